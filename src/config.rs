@@ -1,0 +1,1 @@
+//! `Config`: the validated, typed configuration and the embedded defaults.
