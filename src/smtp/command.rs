@@ -338,7 +338,7 @@ mod tests {
                 mail("δ@b.example", MailParams { smtputf8: true, ..plain }),
             ),
             (
-                "MAIL FROM:<a@b.example> SIZE=999999999999999999999",
+                "MAIL FROM:<a@b.example> SIZE=99999999999999999999",
                 mail("a@b.example", MailParams { size: Some(u64::MAX), ..plain }),
             ),
             ("RCPT TO:<c@d.example>", rcpt("c@d.example")),
