@@ -8,6 +8,10 @@ use std::time::Duration;
 use crate::clock::QueueClock;
 use crate::store::Store;
 
+pub mod dsn;
+pub mod outcome;
+pub mod schedule;
+
 /// Retry policy (config `[queue]`).
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -62,7 +66,13 @@ impl Wake {
 }
 
 /// Runs until `stop` is notified. Never returns an error: failures are logged and retried.
-pub async fn run(store: Store, clock: QueueClock, params: ForwardParams, wake: Rc<Wake>, stop: Rc<Wake>) {
+pub async fn run(
+    store: Store,
+    clock: QueueClock,
+    params: ForwardParams,
+    wake: Rc<Wake>,
+    stop: Rc<Wake>,
+) {
     let _ = (store, clock, params, wake, stop);
     todo!()
 }
