@@ -11,16 +11,20 @@ const DELIVERY: Duration = Duration::from_secs(30);
 fn lettre_message_reaches_upstream_byte_exact_after_received_header() {
     let upstream = Upstream::start();
     let relay = RelayProcess::start_to(upstream.port());
-    let original = message(
+    // lettre ends DATA with CRLF.CRLF after the message, so the relay sees (and must keep) the
+    // message plus one CRLF.
+    let sent = message(
         "byte-exact",
         "first line\r\n.starts with a dot\r\n..two dots\r\n.\r\n \r\ntrailing spaces   \r\n\
-         \ttab\r\nlast line\r\n",
+         \ttab\r\nlast line",
     );
+    let mut original = sent.clone();
+    original.extend_from_slice(b"\r\n");
     let reply = send_lettre(
         relay.port(),
         "sender@lan.test",
         &["rcpt@remote.test"],
-        &original,
+        &sent,
     )
     .unwrap_or_else(|e| relay.fail(&format!("lettre send failed: {e}")));
     assert!(
@@ -150,6 +154,10 @@ fn lettre_8bit_message_is_relayed_unchanged() {
         .wait_for(1, DELIVERY)
         .unwrap_or_else(|| relay.fail("nothing delivered"));
     assert_eq!(got[0].after_received(), Some(&original[..]));
+    assert!(
+        got[0].is8bit,
+        "relay dropped BODY=8BITMIME towards the smarthost"
+    );
 }
 
 #[test]
