@@ -140,15 +140,12 @@ fn eight_bit_body_with_body_8bitmime_is_relayed_unchanged() {
 fn lettre_8bit_message_is_relayed_unchanged() {
     let upstream = Upstream::start();
     let relay = RelayProcess::start_to(upstream.port());
-    let original = message("utf8", "Sensor Temperatur: 21,5 °C — ok\r\n");
-    // lettre adds BODY=8BITMIME itself for non-ASCII content.
-    let reply = send_lettre(
-        relay.port(),
-        "sensor@lan.test",
-        &["ops@remote.test"],
-        &original,
-    )
-    .unwrap_or_else(|e| relay.fail(&e));
+    let sent = message("utf8", "Sensor Temperatur: 21,5 °C — ok");
+    let mut original = sent.clone();
+    original.extend_from_slice(b"\r\n"); // lettre's CRLF before the final dot
+                                         // lettre adds BODY=8BITMIME itself for non-ASCII content.
+    let reply = send_lettre(relay.port(), "sensor@lan.test", &["ops@remote.test"], &sent)
+        .unwrap_or_else(|e| relay.fail(&e));
     assert!(reply.starts_with("250 "), "{reply}");
     let got = upstream
         .wait_for(1, DELIVERY)
