@@ -576,7 +576,30 @@ impl Upstream {
     }
 
     /// A loopback port that nothing listens on now (the smarthost is "down").
+    ///
+    /// Picked below the kernel's ephemeral range, so that neither another test's `bind(0)` nor
+    /// an outgoing connection (the relay's own, which could otherwise connect to itself) takes
+    /// it before `start_on`.
     pub(crate) fn reserve_port() -> u16 {
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let span = low.saturating_sub(10_000).max(1);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        for _ in 0..200 {
+            let n = u32::from(NEXT.fetch_add(1, Ordering::SeqCst));
+            let offset = (seed.wrapping_add(n.wrapping_mul(7919))) % u32::from(span);
+            let port = low - 1 - u16::try_from(offset).unwrap();
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        // Fall back to any free port.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     }
