@@ -6,5 +6,6 @@ pub mod client;
 pub mod command;
 pub mod date;
 pub mod line;
+pub mod replies;
 pub mod reply;
 pub mod server;
