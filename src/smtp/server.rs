@@ -129,7 +129,7 @@ impl Replies {
 /// client pipelining junk without reading cannot grow the reply buffer without bound.
 const MAX_QUEUED_REPLIES: usize = 4096;
 
-/// The session state, named for what it awaits (rustls `Expect*`).
+/// The session state, named for what it awaits.
 #[derive(Debug)]
 enum State {
     AwaitHelo,
@@ -194,6 +194,10 @@ impl ServerSession {
     /// Feeds bytes. In body state, decoded (dot-unstuffed, CRLF-normalised) octets are appended
     /// to `body`. Guarantee: when this returns `NeedInput`, the unconsumed tail is shorter than
     /// `MAX_COMMAND_LINE`, so a caller buffer of 4 KiB never deadlocks.
+    ///
+    /// While awaiting a commit (`Next::Commit` returned, `committed` not yet called) nothing is
+    /// consumed: the glue must commit before feeding more. After `Next::StartTls` input is
+    /// dropped until `tls_established`; after `Next::Close` it is dropped for good.
     pub fn handle_input(&mut self, input: &[u8], out: &mut Replies, body: &mut Vec<u8>) -> Step {
         let mut consumed = 0;
         loop {

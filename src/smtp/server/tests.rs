@@ -688,3 +688,66 @@ fn junk_flood_asks_for_a_flush_before_the_reply_buffer_grows() {
     assert!(step.consumed < input.len());
     assert!(replies.as_bytes().len() < MAX_QUEUED_REPLIES + 100);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Tokens that reach the interesting states quickly (the smtp-proto alphabet trick).
+    fn token() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"EHLO c\r\n".to_vec()),
+            Just(b"HELO c\n".to_vec()),
+            Just(b"MAIL FROM:<a@b.example>\r\n".to_vec()),
+            Just(b"MAIL FROM:<> SIZE=5000\r\n".to_vec()),
+            Just(b"RCPT TO:<c@d.example>\r\n".to_vec()),
+            Just(b"DATA\r\n".to_vec()),
+            Just(b"RSET\r\n".to_vec()),
+            Just(b"STARTTLS\r\n".to_vec()),
+            Just(b"\r\n.\r\n".to_vec()),
+            Just(b"\n.\n".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(vec![b'x'; 700]),
+            proptest::collection::vec(any::<u8>(), 0..20),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_input_never_panics_and_splits_do_not_matter(
+            tokens in proptest::collection::vec(token(), 0..40),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let input = tokens.concat();
+            // With STARTTLS offered, what is plaintext leftover depends on what was read before
+            // the handshake, so splits matter there by design: only check it does not panic.
+            let offered = SessionParams { tls: TlsMode::Offered, ..params() };
+            Glue::new(offered).feed(&input);
+            let run = |cuts: &[usize]| {
+                let mut glue = Glue::new(params());
+                let mut start = 0;
+                for &cut in cuts.iter().chain([input.len()].iter()) {
+                    glue.feed(&input[start..cut]);
+                    start = cut;
+                }
+                (glue.output, glue.messages)
+            };
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+            points.sort_unstable();
+            let whole = run(&[]);
+            let text = String::from_utf8(whole.0.clone()).unwrap();
+            for line in text.split_terminator("\r\n") {
+                prop_assert!(line.len() >= 3 && line.len() <= 510);
+                prop_assert!(line.as_bytes()[..3].iter().all(u8::is_ascii_digit));
+            }
+            let split = run(&points);
+            prop_assert_eq!(split.0, whole.0);
+            prop_assert_eq!(split.1, whole.1);
+        }
+    }
+}
