@@ -62,7 +62,13 @@ impl Wake {
 }
 
 /// Runs until `stop` is notified. Never returns an error: failures are logged and retried.
-pub async fn run(store: Store, clock: QueueClock, params: ForwardParams, wake: Rc<Wake>, stop: Rc<Wake>) {
+pub async fn run(
+    store: Store,
+    clock: QueueClock,
+    params: ForwardParams,
+    wake: Rc<Wake>,
+    stop: Rc<Wake>,
+) {
     let _ = (store, clock, params, wake, stop);
     todo!()
 }
