@@ -500,23 +500,6 @@ impl Validator {
 
     fn smarthost(&mut self, section: Option<&file::SmarthostSection>) -> Option<Smarthost> {
         let section = section?;
-        let tls = match section.tls.as_deref() {
-            None | Some("none") => Some(SmarthostTls::None),
-            Some(mode @ ("starttls" | "tls")) => {
-                self.problem(
-                    "smarthost.tls",
-                    format!("{mode:?} arrives with TLS support in a later release; use \"none\" for now"),
-                );
-                None
-            }
-            Some(other) => {
-                self.problem(
-                    "smarthost.tls",
-                    format!("{other:?} is not one of \"none\", \"starttls\", \"tls\""),
-                );
-                None
-            }
-        };
         let address = match section.address.as_deref() {
             None => {
                 self.problem(
@@ -533,6 +516,23 @@ impl Validator {
                 None
             }
             Some(address) => Some(address.to_owned()),
+        };
+        let tls = match section.tls.as_deref() {
+            None | Some("none") => Some(SmarthostTls::None),
+            Some(mode @ ("starttls" | "tls")) => {
+                self.problem(
+                    "smarthost.tls",
+                    format!("{mode:?} arrives with TLS support in a later release; use \"none\" for now"),
+                );
+                None
+            }
+            Some(other) => {
+                self.problem(
+                    "smarthost.tls",
+                    format!("{other:?} is not one of \"none\", \"starttls\", \"tls\""),
+                );
+                None
+            }
         };
         Some(Smarthost {
             address: address?,
