@@ -8,6 +8,10 @@ use std::time::Duration;
 use crate::clock::QueueClock;
 use crate::store::Store;
 
+pub mod dsn;
+pub mod outcome;
+pub mod schedule;
+
 /// Retry policy (config `[queue]`).
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
