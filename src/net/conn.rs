@@ -163,6 +163,8 @@ impl Conn<'_> {
                 }
                 Next::Commit(envelope) => {
                     let outcome = self.commit(&envelope).await;
+                    // Idle sessions should not keep a chunk-sized buffer each.
+                    self.body = Vec::new();
                     let reply = self.session.committed(outcome);
                     self.replies.push(&reply);
                     self.flush().await?;
