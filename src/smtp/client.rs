@@ -254,6 +254,16 @@ impl ClientSession {
         self.extensions.pipelining
     }
 
+    /// Idle and able to take a message.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// Why the session ended, once it has.
+    pub fn failure(&self) -> Option<&SessionFailure> {
+        self.failure.as_ref()
+    }
+
     /// True while the session is waiting for the reply to the final dot (its timeout is the
     /// RFC 5321 §4.5.3.2.6 data-end one).
     pub fn awaiting_data_end(&self) -> bool {
