@@ -244,38 +244,13 @@ impl Forwarder {
                 reason,
             )));
         }
-        let stream = with_timeout(self.params.command_timeout, Stage::Greeting, async {
-            TcpStream::connect(self.smarthost.as_str())
-                .await
-                .map_err(ForwardError::Connect)
-        })
-        .await?;
-        let mut conn = Connection {
-            stream,
-            input: Vec::new(),
-            timeout: self.params.command_timeout,
-        };
-        let mut session = ClientSession::new(ClientParams {
+        let client = ClientParams {
             helo_name: self.params.hostname.clone(),
             tls: self.params.tls,
             smarthost: self.smarthost.clone(),
-        });
-        let mut step = session.handle_reply(&conn.read_reply(Stage::Greeting).await?);
-        // Handshake: until the session is Ready for a message.
-        loop {
-            match step {
-                ClientStep::Send(bytes) => {
-                    conn.write(&bytes).await?;
-                    step = session.handle_reply(&conn.read_reply(Stage::Ehlo).await?);
-                }
-                ClientStep::Ready => break,
-                ClientStep::Failed(failure) => return Err(failure.into()),
-                other => {
-                    debug!("unexpected step during the smarthost handshake: {other:?}");
-                    return Err(SessionFailure::Closed.into());
-                }
-            }
-        }
+        };
+        let (mut conn, mut session) =
+            open_session(&self.smarthost, client, self.params.command_timeout).await?;
         self.link_up();
         let mut attempted = HashSet::new();
         loop {
@@ -339,63 +314,28 @@ impl Forwarder {
             eight_bit: message.info.eight_bit,
             smtputf8: message.info.smtputf8,
         };
-        let mut step = session.start_message(&envelope);
-        let report = loop {
-            let result = match step {
-                ClientStep::Send(bytes) => match conn.write(&bytes).await {
-                    Ok(()) => conn.read_reply(Stage::Mail).await,
-                    Err(e) => Err(e),
-                },
-                ClientStep::Wait => conn.read_reply(Stage::Rcpt).await,
-                ClientStep::SendBody => match self.send_body(conn, message.id).await {
-                    Ok(()) => {
-                        conn.read_reply_within(Stage::DataEnd, self.params.data_end_timeout)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                },
-                ClientStep::MessageDone(report) => break report,
-                ClientStep::Failed(failure) => {
-                    // Closed by an earlier 421: the message was not tried; it stays due.
-                    debug!("queue_id={} not sent: {failure}", message.id);
-                    return Ok(false);
+        let store = self.store.clone();
+        let id = message.id;
+        let body = move || store.body_chunks(id);
+        let timeout = self.params.data_end_timeout;
+        let report = match transfer(conn, session, &envelope, body, timeout).await {
+            Ok(Some(report)) => report,
+            Ok(None) => {
+                debug!("queue_id={} not sent: session closed", message.id);
+                return Ok(false);
+            }
+            Err(e) => {
+                // Lost in the middle of a transaction: this message is deferred (so one
+                // message that breaks the link cannot block the queue), then the link goes
+                // down.
+                if let Some(report) = session.aborted(e.as_reply()) {
+                    self.apply(message, &pending, &report).await;
                 }
-                ClientStep::Ready | ClientStep::Done | ClientStep::StartTls => {
-                    return Ok(false);
-                }
-            };
-            step = match result {
-                Ok(reply) => session.handle_reply(&reply),
-                Err(e) => {
-                    // Lost in the middle of a transaction: this message is deferred (so one
-                    // message that breaks the link cannot block the queue), then the link
-                    // goes down.
-                    if let Some(report) = session.aborted(e.as_reply()) {
-                        self.apply(message, &pending, &report).await;
-                    }
-                    return Err(e);
-                }
-            };
+                return Err(e);
+            }
         };
         self.apply(message, &pending, &report).await;
         Ok(session.is_ready())
-    }
-
-    /// Streams the stored body, dot-stuffed, ending with `.\r\n`.
-    async fn send_body(&self, conn: &mut Connection, id: QueueId) -> Result<(), ForwardError> {
-        let chunks = self.store.body_chunks(id).map_err(store_io)?;
-        let mut encoder = BodyEncoder::new();
-        let mut out = Vec::with_capacity(WRITE_CHUNK + 1024);
-        for chunk in chunks {
-            let chunk = chunk.map_err(store_io)?;
-            encoder.encode(&chunk, &mut out);
-            if out.len() >= WRITE_CHUNK {
-                conn.write(&out).await?;
-                out.clear();
-            }
-        }
-        encoder.finish(&mut out);
-        conn.write(&out).await
     }
 
     /// Turns a report into per-recipient results, logs them, records them and bounces.
@@ -616,6 +556,99 @@ impl Forwarder {
     }
 }
 
+/// Connects and runs the handshake (greeting, EHLO/HELO) until the session is ready.
+async fn open_session(
+    smarthost: &str,
+    params: ClientParams,
+    timeout: Duration,
+) -> Result<(Connection, ClientSession), ForwardError> {
+    let stream = with_timeout(timeout, Stage::Greeting, async {
+        TcpStream::connect(smarthost)
+            .await
+            .map_err(ForwardError::Connect)
+    })
+    .await?;
+    let mut conn = Connection {
+        stream,
+        input: Vec::new(),
+        timeout,
+    };
+    let mut session = ClientSession::new(params);
+    let mut step = session.handle_reply(&conn.read_reply(Stage::Greeting).await?);
+    loop {
+        match step {
+            ClientStep::Send(bytes) => {
+                conn.write(&bytes).await?;
+                step = session.handle_reply(&conn.read_reply(Stage::Ehlo).await?);
+            }
+            ClientStep::Ready => return Ok((conn, session)),
+            ClientStep::Failed(failure) => return Err(failure.into()),
+            other => {
+                debug!("unexpected step during the smarthost handshake: {other:?}");
+                return Err(SessionFailure::Closed.into());
+            }
+        }
+    }
+}
+
+/// Sends one message on a ready session: envelope, then the body from `open_body` (dot-stuffed
+/// on the way), then the final dot. `Ok(None)`: the session was closed before the message
+/// could start. On `Err`, the caller gets the partial report from `session.aborted`.
+async fn transfer<I>(
+    conn: &mut Connection,
+    session: &mut ClientSession,
+    envelope: &Envelope,
+    open_body: impl FnOnce() -> Result<I, StoreError>,
+    data_end_timeout: Duration,
+) -> Result<Option<DeliveryReport>, ForwardError>
+where
+    I: Iterator<Item = Result<Vec<u8>, StoreError>>,
+{
+    let mut open_body = Some(open_body);
+    let mut step = session.start_message(envelope);
+    loop {
+        let reply = match step {
+            ClientStep::Send(bytes) => {
+                conn.write(&bytes).await?;
+                conn.read_reply(Stage::Mail).await?
+            }
+            ClientStep::Wait => conn.read_reply(Stage::Rcpt).await?,
+            ClientStep::SendBody => {
+                let Some(open_body) = open_body.take() else {
+                    return Err(SessionFailure::Closed.into());
+                };
+                send_body(conn, open_body().map_err(store_io)?).await?;
+                conn.read_reply_within(Stage::DataEnd, data_end_timeout)
+                    .await?
+            }
+            ClientStep::MessageDone(report) => return Ok(Some(report)),
+            ClientStep::Failed(_) | ClientStep::Ready | ClientStep::Done | ClientStep::StartTls => {
+                return Ok(None);
+            }
+        };
+        step = session.handle_reply(&reply);
+    }
+}
+
+/// Streams body chunks, dot-stuffed, ending with `.\r\n`, in writes of about `WRITE_CHUNK`.
+async fn send_body(
+    conn: &mut Connection,
+    chunks: impl Iterator<Item = Result<Vec<u8>, StoreError>>,
+) -> Result<(), ForwardError> {
+    let mut encoder = BodyEncoder::new();
+    let mut out = Vec::with_capacity(WRITE_CHUNK + 1024);
+    for chunk in chunks {
+        let chunk = chunk.map_err(store_io)?;
+        encoder.encode(&chunk, &mut out);
+        if out.len() >= WRITE_CHUNK {
+            conn.write(&out).await?;
+            out.clear();
+        }
+    }
+    encoder.finish(&mut out);
+    conn.write(&out).await
+}
+
 /// The TCP stream to the smarthost with its unparsed input.
 struct Connection {
     stream: TcpStream,
@@ -695,4 +728,221 @@ fn wall_clock_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::{Arc, Mutex};
+
+    use mailin_embedded::response::{NO_MAILBOX, OK};
+    use mailin_embedded::{Handler, Response, Server};
+
+    use super::*;
+
+    /// What the independent upstream (mailin-embedded) saw.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    struct Received {
+        from: String,
+        to: Vec<String>,
+        data: Vec<u8>,
+        eight_bit: bool,
+    }
+
+    #[derive(Clone)]
+    struct Upstream {
+        received: Arc<Mutex<Vec<Received>>>,
+        current: Received,
+        /// Recipients answered with 550.
+        reject: Vec<String>,
+    }
+
+    impl Handler for Upstream {
+        fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> Response {
+            self.current = Received {
+                from: from.to_owned(),
+                ..Received::default()
+            };
+            OK
+        }
+        fn rcpt(&mut self, to: &str) -> Response {
+            if self.reject.iter().any(|r| r == to) {
+                return NO_MAILBOX;
+            }
+            self.current.to.push(to.to_owned());
+            OK
+        }
+        fn data_start(&mut self, _: &str, _: &str, is8bit: bool, _: &[String]) -> Response {
+            self.current.eight_bit = is8bit;
+            OK
+        }
+        fn data(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.current.data.extend_from_slice(buf);
+            Ok(())
+        }
+        fn data_end(&mut self) -> Response {
+            self.received.lock().unwrap().push(self.current.clone());
+            OK
+        }
+    }
+
+    /// Starts an upstream on 127.0.0.1:0 (its thread lives until the test process ends).
+    fn start_upstream(reject: &[&str]) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let handler = Upstream {
+            received: Arc::clone(&received),
+            current: Received::default(),
+            reject: reject.iter().map(|r| (*r).to_owned()).collect(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = Server::new(handler);
+        server
+            .with_name("upstream.test")
+            .with_tcp_listener(listener)
+            .with_num_threads(2);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        (addr, received)
+    }
+
+    fn client_params(addr: SocketAddr) -> ClientParams {
+        ClientParams {
+            helo_name: "outpost.test".into(),
+            tls: TlsPolicy::None,
+            smarthost: addr.to_string(),
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// Body with lines that need dot-stuffing, a lone dot, 8-bit octets and no final CRLF
+    /// trouble.
+    const BODY: &[u8] = b"Subject: test\r\nFrom: cron@lan\r\n\r\n.leading dot\r\n..two dots\r\n\
+        .\r\nd\xc3\xa9j\xc3\xa0 vu 8-bit\r\nlast line\r\n";
+
+    fn chunks(body: &[u8], size: usize) -> impl Iterator<Item = Result<Vec<u8>, StoreError>> {
+        body.chunks(size)
+            .map(|c| Ok(c.to_vec()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn transfer_is_byte_exact_through_an_independent_upstream() {
+        let (addr, received) = start_upstream(&[]);
+        smol::block_on(async {
+            let (mut conn, mut session) =
+                open_session(&addr.to_string(), client_params(addr), TIMEOUT)
+                    .await
+                    .unwrap();
+            for (i, chunk_size) in [7, BODY.len()].into_iter().enumerate() {
+                let envelope = Envelope {
+                    sender: format!("cron{i}@lan"),
+                    recipients: vec!["a@example.org".into(), "b@example.org".into()],
+                    size: u64::try_from(BODY.len()).unwrap(),
+                    eight_bit: true,
+                    smtputf8: false,
+                };
+                let body = || Ok(chunks(BODY, chunk_size));
+                let report = transfer(&mut conn, &mut session, &envelope, body, TIMEOUT)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let outcomes = classify(&report);
+                assert!(matches!(
+                    outcomes[..],
+                    [Outcome::Delivered(_), Outcome::Delivered(_)]
+                ));
+            }
+            assert_eq!(session.quit(), ClientStep::Send(b"QUIT\r\n".to_vec()));
+        });
+        let received = received.lock().unwrap();
+        assert_eq!(received.len(), 2, "two messages on one connection");
+        for (i, message) in received.iter().enumerate() {
+            assert_eq!(message.from, format!("cron{i}@lan"));
+            assert_eq!(message.to, ["a@example.org", "b@example.org"]);
+            assert!(message.eight_bit, "BODY=8BITMIME sent");
+            assert_eq!(
+                message.data,
+                BODY,
+                "{:?}",
+                String::from_utf8_lossy(&message.data)
+            );
+        }
+    }
+
+    #[test]
+    fn one_rejected_recipient_does_not_stop_the_others() {
+        let (addr, received) = start_upstream(&["nobody@example.org"]);
+        let report = smol::block_on(async {
+            let (mut conn, mut session) =
+                open_session(&addr.to_string(), client_params(addr), TIMEOUT)
+                    .await
+                    .unwrap();
+            let envelope = Envelope {
+                sender: "cron@lan".into(),
+                recipients: vec!["nobody@example.org".into(), "b@example.org".into()],
+                size: 10,
+                eight_bit: false,
+                smtputf8: false,
+            };
+            let body = || Ok(chunks(b"Subject: x\r\n\r\nhi\r\n", 64));
+            transfer(&mut conn, &mut session, &envelope, body, TIMEOUT)
+                .await
+                .unwrap()
+                .unwrap()
+        });
+        let outcomes = classify(&report);
+        assert!(
+            matches!(&outcomes[0], Outcome::Bounce(r) if r.code == 550),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(&outcomes[1], Outcome::Delivered(_)),
+            "{outcomes:?}"
+        );
+        let received = received.lock().unwrap();
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].to, ["b@example.org"]);
+    }
+
+    #[test]
+    fn unreachable_smarthost_is_a_transient_connect_failure() {
+        // Bind then drop: nothing listens on this port any more.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let result = smol::block_on(open_session(
+            &addr.to_string(),
+            client_params(addr),
+            TIMEOUT,
+        ));
+        let Err(error) = result else {
+            panic!("connected to a closed port");
+        };
+        assert!(matches!(error, ForwardError::Connect(_)), "{error}");
+        assert!(error.is_transient());
+    }
+
+    #[test]
+    fn silent_smarthost_times_out_at_the_greeting() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let result = smol::block_on(open_session(
+            &addr.to_string(),
+            client_params(addr),
+            Duration::from_millis(200),
+        ));
+        drop(listener);
+        let Err(error) = result else {
+            panic!("a silent server produced a session");
+        };
+        assert!(
+            matches!(error, ForwardError::Timeout(Stage::Greeting)),
+            "{error}"
+        );
+    }
 }
