@@ -121,6 +121,7 @@ pub async fn run(
         jitter: Jitter::new(seed),
         link_failures: 0,
         link_retry_at: 0,
+        stalled_until: 0,
     };
     loop {
         let now = forwarder.clock.now();
@@ -184,12 +185,15 @@ struct Forwarder {
     link_failures: u32,
     /// While the link is down: when to try again.
     link_retry_at: QueueTime,
+    /// After local trouble (the store did not record, or claimed mail was due that it then did
+    /// not return): no pass before this, so a broken store cannot make the task spin.
+    stalled_until: QueueTime,
 }
 
 impl Forwarder {
     /// When the next pass should start: `None` waits for a wake-up only.
     fn next_wake(&self) -> Option<QueueTime> {
-        let due = self.store.next_due()?;
+        let due = self.store.next_due()?.max(self.stalled_until);
         if self.link_failures > 0 {
             // Link down: new mail waits for the link's own retry time.
             return Some(due.max(self.link_retry_at));
@@ -205,8 +209,7 @@ impl Forwarder {
                 Ok(due) => due,
                 Err(e) => {
                     error!("cannot read the queue: {e}");
-                    self.link_retry_at = schedule::after(now, self.params.policy.retry_min);
-                    self.link_failures = self.link_failures.max(1);
+                    self.stall(now);
                     return;
                 }
             };
@@ -224,6 +227,8 @@ impl Forwarder {
                 if loaded > 0 {
                     continue;
                 }
+                // `next_due` said something was due but `due` found nothing.
+                self.stall(now);
                 return;
             }
             if let Err(e) = self.session(live).await {
@@ -391,6 +396,7 @@ impl Forwarder {
                 "queue_id={} cannot record delivery results: {e}",
                 message.id
             );
+            self.stall(now);
             return;
         }
         if !bounced.is_empty() {
@@ -429,6 +435,7 @@ impl Forwarder {
             .await
         {
             error!("queue_id={} cannot record expiry: {e}", message.id);
+            self.stall(now);
             return;
         }
         self.bounce(message, &failed, None).await;
@@ -514,6 +521,11 @@ impl Forwarder {
             }
         }
         Ok(bytes)
+    }
+
+    /// Local trouble: hold off for `retry_min`.
+    fn stall(&mut self, now: QueueTime) {
+        self.stalled_until = schedule::after(now, self.params.policy.retry_min);
     }
 
     fn link_up(&mut self) {
