@@ -957,4 +957,202 @@ mod tests {
             "{error}"
         );
     }
+
+    // ---- forward::run end to end, with the real store ----
+
+    use crate::store::StoreOptions;
+
+    fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
+        ForwardParams {
+            smarthost: Some(smarthost.to_string()),
+            hostname: "outpost.test".into(),
+            policy: RetryPolicy {
+                retry_min,
+                retry_max: retry_min * 4,
+                max_age: Duration::from_secs(86_400),
+            },
+            window: 16,
+            command_timeout: TIMEOUT,
+            data_end_timeout: TIMEOUT,
+            tls: TlsPolicy::None,
+        }
+    }
+
+    fn open_store(dir: &std::path::Path) -> Store {
+        let options = StoreOptions {
+            cache_bytes: 1 << 20,
+            flush_every_ms: None,
+            max_bytes: 1 << 30,
+        };
+        let store = Store::open(dir, options).unwrap();
+        store.recover().unwrap();
+        store
+    }
+
+    async fn enqueue(store: &Store, clock: &QueueClock, sender: &str, to: &[&str]) -> QueueId {
+        let mut spool = store.spool().unwrap();
+        for chunk in BODY.chunks(10) {
+            spool.append(chunk).unwrap();
+        }
+        let info = MessageInfo {
+            sender: sender.into(),
+            recipients: to.iter().map(|r| (*r).to_owned()).collect(),
+            eight_bit: true,
+            smtputf8: false,
+            received_unix: 1_795_466_324,
+        };
+        spool.commit(info, clock.now()).await.unwrap().unwrap()
+    }
+
+    /// Polls `done` every 20 ms, at most 500 times (10 s), on the executor's timer.
+    async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..500 {
+            if done() {
+                return true;
+            }
+            Timer::after(Duration::from_millis(20)).await;
+        }
+        done()
+    }
+
+    #[test]
+    fn run_forwards_byte_exact_and_bounces_a_rejected_recipient() {
+        let (addr, received) = start_upstream(&["nobody@example.org"]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let clock = QueueClock::new(store.clock_base());
+        let ex = smol::LocalExecutor::new();
+        let (id, delivered) = smol::block_on(ex.run(async {
+            let id = enqueue(
+                &store,
+                &clock,
+                "cron@lan",
+                &["a@example.org", "nobody@example.org"],
+            )
+            .await;
+            let (wake, stop) = (Wake::new(), Wake::new());
+            let params = forward_params(addr, Duration::from_millis(50));
+            let task = ex.spawn(run(
+                store.clone(),
+                clock,
+                params,
+                Rc::clone(&wake),
+                Rc::clone(&stop),
+            ));
+            wake.notify();
+            // The original to a@…, then the DSN to the sender, both through the upstream.
+            let delivered = wait_until(|| received.lock().unwrap().len() >= 2).await;
+            stop.notify();
+            task.await;
+            (id, delivered)
+        }));
+        let received = received.lock().unwrap();
+        assert!(delivered, "upstream got {received:?}");
+        assert_eq!(received[0].from, "cron@lan");
+        assert_eq!(received[0].to, ["a@example.org"]);
+        assert_eq!(received[0].data, BODY);
+        // The DSN: from the null sender to the original sender, naming the failed recipient.
+        assert_eq!(received[1].from, "");
+        assert_eq!(received[1].to, ["cron@lan"]);
+        let dsn = String::from_utf8_lossy(&received[1].data);
+        assert!(
+            dsn.contains("Final-Recipient: rfc822; nobody@example.org\r\n"),
+            "{dsn}"
+        );
+        assert!(dsn.contains("Diagnostic-Code: smtp; 550 "), "{dsn}");
+        assert!(
+            dsn.contains("Subject: test\r\n"),
+            "original headers returned: {dsn}"
+        );
+        // The original stays listed as failed for the rejected recipient, with the reply.
+        let message = store.get(id).unwrap();
+        let failed = &message.recipients[1];
+        assert_eq!(failed.state, RcptState::Failed);
+        assert!(
+            failed
+                .last_reply
+                .as_deref()
+                .is_some_and(|r| r.starts_with("550")),
+            "{failed:?}"
+        );
+        assert_eq!(message.recipients[0].state, RcptState::Delivered);
+        // Nothing else is queued: the DSN was delivered, and no bounce of a bounce exists.
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn smarthost_down_burns_no_attempts_and_link_up_drains_the_queue() {
+        // The smarthost's port accepts connections and closes them at once (a site failure)
+        // until the upstream takes the same listener over.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refuser = std::thread::spawn(move || {
+            for _ in 0..3 {
+                let (stream, _) = listener.accept().unwrap();
+                drop(stream);
+            }
+            listener
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let clock = QueueClock::new(store.clock_base());
+        let ex = smol::LocalExecutor::new();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let received_in_test = Arc::clone(&received);
+        let delivered = smol::block_on(ex.run(async {
+            let first = enqueue(&store, &clock, "cron@lan", &["a@example.org"]).await;
+            let second = enqueue(&store, &clock, "", &["b@example.org"]).await;
+            let (wake, stop) = (Wake::new(), Wake::new());
+            let params = forward_params(addr, Duration::from_millis(30));
+            let task = ex.spawn(run(
+                store.clone(),
+                clock,
+                params,
+                Rc::clone(&wake),
+                Rc::clone(&stop),
+            ));
+            wake.notify();
+            let three_failures = wait_until(|| refuser.is_finished()).await;
+            assert!(three_failures, "the forwarder did not retry the link");
+            for id in [first, second] {
+                assert_eq!(
+                    store.get(id).unwrap().attempts,
+                    0,
+                    "site failures burn no attempts"
+                );
+            }
+            let listener = refuser.join().unwrap();
+            let handler = Upstream {
+                received: received_in_test,
+                current: Received::default(),
+                reject: Vec::new(),
+            };
+            let mut server = Server::new(handler);
+            server
+                .with_name("upstream.test")
+                .with_tcp_listener(listener)
+                .with_num_threads(2);
+            std::thread::spawn(move || {
+                let _ = server.serve();
+            });
+            let delivered = wait_until(|| received.lock().unwrap().len() >= 2).await;
+            stop.notify();
+            task.await;
+            delivered
+        }));
+        let received = received.lock().unwrap();
+        assert!(delivered, "upstream got {received:?}");
+        assert_eq!(
+            received
+                .iter()
+                .map(|m| m.to[0].as_str())
+                .collect::<Vec<_>>(),
+            ["a@example.org", "b@example.org"]
+        );
+        assert!(received.iter().all(|m| m.data == BODY));
+        assert!(
+            store.list().unwrap().is_empty(),
+            "delivered mail leaves the queue"
+        );
+    }
 }
