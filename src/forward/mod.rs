@@ -96,6 +96,9 @@ impl Wake {
 /// Body bytes written to the smarthost per write.
 const WRITE_CHUNK: usize = 32 * 1024;
 
+/// Longest wait for the reply to QUIT.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Chunk size when spooling a DSN (the store keeps chunks ≤ 32 KiB, see SLED.md).
 const SPOOL_CHUNK: usize = 32 * 1024;
 
@@ -285,9 +288,11 @@ impl Forwarder {
             }
         }
         if let ClientStep::Send(bytes) = session.quit() {
-            // Best effort: the mail is already recorded.
+            // Best effort: the mail is already recorded, so a slow 221 must not hold up the
+            // next pass for a whole command timeout.
             if conn.write(&bytes).await.is_ok() {
-                let _ = conn.read_reply(Stage::Quit).await;
+                let wait = self.params.command_timeout.min(QUIT_TIMEOUT);
+                let _ = conn.read_reply_within(Stage::Quit, wait).await;
             }
         }
         Ok(())
