@@ -1172,4 +1172,52 @@ mod tests {
             "delivered mail leaves the queue"
         );
     }
+
+    #[test]
+    fn expired_mail_bounces_without_a_connection_and_bounces_are_never_bounced() {
+        // Nothing listens here: expiry must not depend on the link.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_store(dir.path());
+        let clock = QueueClock::new(store.clock_base());
+        let ex = smol::LocalExecutor::new();
+        let id = smol::block_on(ex.run(async {
+            let id = enqueue(&store, &clock, "cron@lan", &["a@example.org"]).await;
+            let (wake, stop) = (Wake::new(), Wake::new());
+            let mut params = forward_params(addr, Duration::from_millis(20));
+            params.policy.max_age = Duration::ZERO;
+            let task = ex.spawn(run(
+                store.clone(),
+                clock,
+                params,
+                Rc::clone(&wake),
+                Rc::clone(&stop),
+            ));
+            wake.notify();
+            // The DSN expires too (max_age 0) and must end failed without a DSN of its own.
+            wait_until(|| tried_dsn(&store).is_some()).await;
+            stop.notify();
+            task.await;
+            id
+        }));
+        let original = store.get(id).unwrap();
+        assert_eq!(original.recipients[0].state, RcptState::Failed);
+        let reason = original.recipients[0]
+            .last_reply
+            .clone()
+            .unwrap_or_default();
+        assert!(reason.starts_with("delivery time expired"), "{reason}");
+        let dsn = tried_dsn(&store).expect("a DSN was queued");
+        let body: Vec<u8> = store
+            .body_chunks(dsn.id)
+            .unwrap()
+            .flat_map(Result::unwrap)
+            .collect();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("Status: 4.4.7\r\n"), "{text}");
+        assert_eq!(store.list().unwrap().len(), 2, "no bounce of the bounce");
+    }
 }
