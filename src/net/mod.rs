@@ -22,8 +22,9 @@ use log::{error, info, warn};
 use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
-use crate::config::Config;
+use crate::config::{Config, SmarthostTls};
 use crate::forward::{self, ForwardParams, RetryPolicy, Wake};
+use crate::smtp::client::TlsPolicy;
 use crate::store::{Store, StoreError, StoreOptions};
 
 /// How long in-flight sessions (and a delivery in progress) get to finish after SIGTERM.
@@ -344,6 +345,10 @@ fn forward_params(config: &Config) -> ForwardParams {
         },
         window: FORWARD_WINDOW,
         command_timeout: config.timeouts.smarthost,
+        data_end_timeout: config.timeouts.smarthost_data_end,
+        tls: match config.smarthost.as_ref().map(|s| s.tls) {
+            None | Some(SmarthostTls::None) => TlsPolicy::None,
+        },
     }
 }
 
