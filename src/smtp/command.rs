@@ -44,11 +44,22 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
-    /// RFC 4954. The initial response is a secret: never log it.
+    /// RFC 4954. The initial response is a secret: its `Debug` form is redacted.
     Auth {
         mechanism: String,
-        initial_response: Option<String>,
+        initial_response: Option<SaslResponse>,
     },
+}
+
+/// A SASL response (base64 as sent). Its `Debug` never shows the content, so a logged
+/// `Command` cannot leak credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslResponse(pub String);
+
+impl fmt::Debug for SaslResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SaslResponse(<redacted>)")
+    }
 }
 
 impl Command {
@@ -217,7 +228,7 @@ fn parse_auth(args: &str) -> Result<Command, SyntaxError> {
         .next()
         .ok_or(SyntaxError::BadArguments)?
         .to_ascii_uppercase();
-    let initial_response = words.next().map(str::to_owned);
+    let initial_response = words.next().map(|r| SaslResponse(r.to_owned()));
     if words.next().is_some() {
         return Err(SyntaxError::BadArguments);
     }
@@ -426,7 +437,7 @@ mod tests {
                 "AUTH plain dGVzdA==",
                 Command::Auth {
                     mechanism: "PLAIN".into(),
-                    initial_response: Some("dGVzdA==".into()),
+                    initial_response: Some(SaslResponse("dGVzdA==".into())),
                 },
             ),
             (
@@ -528,6 +539,14 @@ mod tests {
             );
             assert!(!reply.text.is_empty());
         }
+    }
+
+    #[test]
+    fn auth_initial_response_is_redacted_in_debug() {
+        let command = parse_command(b"AUTH PLAIN AHVzZXIAc2VjcmV0").unwrap();
+        let debug = format!("{command:?}");
+        assert!(!debug.contains("AHVzZXIAc2VjcmV0"), "{debug}");
+        assert!(debug.contains("PLAIN"));
     }
 
     #[test]

@@ -352,7 +352,7 @@ impl ServerSession {
             Command::Quit => Ok(self.proceed_quit(out)),
             Command::StartTls => self.check_starttls().map(|()| self.proceed_starttls(out)),
             // The initial response is a secret: it is dropped here, never logged.
-            Command::Auth { .. } => self.check_auth().map(|()| answer(&replies::OK, out)),
+            Command::Auth { .. } => Err(self.refuse_auth()),
         };
         match result {
             Ok(Some(next)) => Some(next),
@@ -550,17 +550,16 @@ impl ServerSession {
 
     /// No SASL mechanism exists yet; when AUTH is offered it is still refused in plaintext
     /// (RFC 4954 §4), so credentials are never invited over an unencrypted connection.
-    fn check_auth(&self) -> Result<(), Reply> {
+    fn refuse_auth(&self) -> Reply {
         if !self.params.auth_offered {
-            return Err(replies::NOT_IMPLEMENTED);
+            replies::NOT_IMPLEMENTED
+        } else if self.helo.is_none() {
+            replies::NEED_HELO
+        } else if !self.tls_active {
+            replies::ENCRYPTION_REQUIRED
+        } else {
+            replies::UNKNOWN_AUTH_MECHANISM
         }
-        if self.helo.is_none() {
-            return Err(replies::NEED_HELO);
-        }
-        if !self.tls_active {
-            return Err(replies::ENCRYPTION_REQUIRED);
-        }
-        Err(replies::UNKNOWN_AUTH_MECHANISM)
     }
 }
 
