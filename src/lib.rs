@@ -1,7 +1,34 @@
 //! outpost: a store-and-forward SMTP relay for embedded and edge hardware.
 //!
-//! (Architecture doc: filled in as the modules land.)
+//! Devices on a site's LAN hand outpost mail over SMTP; outpost journals every message durably
+//! in an embedded sled store and pushes it to an upstream smarthost whenever the link is up.
+//!
+//! ```text
+//!            SMTP                 bytes / replies            flushed commit
+//!  device ─────────▶ listener ──▶ session (sans-I/O) ──▶ store (sled + fdatasync)
+//!                    net::listen   smtp::server            store
+//!                                                           │ due messages
+//!                                                           ▼
+//!  smarthost ◀────── forwarder glue ◀── client session ◀── forward (policy: backoff,
+//!            SMTP    forward::run       smtp::client         per-recipient outcome, DSN)
+//! ```
+//!
+//! What outpost does *not* do: it delivers only to the configured smarthost (no MX lookups),
+//! it never relays for hosts outside `relay_from`, and it never answers 250 to a final dot
+//! before the message is on stable storage.
+//!
+//! # Layout
+//! - [`smtp`]: the SMTP protocol core. No I/O, no clock: bytes in, replies and decisions out.
+//! - [`net`]: the smol glue: listeners, one task per connection, timeouts, the daemon loop.
+//! - [`store`]: the journal; the only module that touches sled.
+//! - [`forward`]: delivery to the smarthost; retry, outcome and DSN policy as pure functions.
+//! - [`config`]: the validated configuration and its embedded defaults.
+//! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
+//!
+//! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
+//! forwarder; sled runs its own flusher and I/O threads.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod forward;
