@@ -70,7 +70,7 @@ fn ids(messages: &[QueuedMessage]) -> Vec<QueueId> {
 fn commit_then_reopen_round_trips() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
-    let big = vec![b'x'; MAX_CHUNK + 10];
+    let big = vec![b'x'; STORED_CHUNK + 10];
     let a = commit(
         &store,
         &[b"Subject: a\r\n\r\n", b"hello\r\n"],
@@ -683,4 +683,20 @@ proptest! {
             check(&store, &model);
         }
     }
+}
+
+#[test]
+fn large_bodies_never_spill_into_unsynced_blob_files() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let chunk = vec![7u8; 32 * 1024];
+    for n in 0..12 {
+        let chunks: Vec<&[u8]> = (0..20).map(|_| chunk.as_slice()).collect();
+        let id = commit(&store, &chunks, &["a@x"], n);
+        if n % 3 == 0 {
+            block_on(store.delete(id)).unwrap();
+        }
+    }
+    let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+    assert_eq!(blobs, 0, "sled wrote blob files");
 }
