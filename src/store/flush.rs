@@ -71,6 +71,12 @@ impl SyncFiles {
         File::open(dir.join("conf"))?.sync_all()?;
         files.log.sync_all()?;
         files.sync_directories(true)?;
+        // sled may just have created the data directory itself (`create_dir_all`).
+        let parent = match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
         Ok(files)
     }
 

@@ -1,6 +1,16 @@
 //! The journal: the only module that touches sled. A message is a spool of body chunks plus a
 //! committed envelope with one record per recipient; a commit is durable (flushed and
 //! fdatasync'ed, shared among concurrent sessions) before it returns.
+//!
+//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `body/`, `spool/`, `due/`, `failed/`
+//! and `meta/` keys, so every state change is one atomic `apply_batch`; a `corrupt` tree holds
+//! quarantined records (`recover.rs`). Encodings are versioned and hand-written (`record.rs`).
+//! Durability is the group flush in `flush.rs`: one sled flush + `fdatasync` of `<dir>/db` in
+//! flight at a time, shared by every write that landed before it started.
+//!
+//! Never: call `Tree::len` or scan `body/` or `msg/` on a hot path (only `recover`, `list`
+//! and `purge_failed`'s bounded index scan read more than one message); run two flushes at
+//! once; write a value over `STORED_CHUNK`; assume sled's flush alone survives a power cut.
 
 mod flush;
 mod key;
@@ -241,7 +251,7 @@ impl Store {
     }
 
     pub fn spool(&self) -> Result<Spool, StoreError> {
-        let id = QueueId(self.inner.db.generate_id()?);
+        let id = self.fresh_id()?;
         // The marker goes in before any chunk: `recover` finds and sweeps what a crash left.
         self.inner.db.insert(key::spool(id), &[])?;
         Ok(Spool {
@@ -251,6 +261,30 @@ impl Store {
             bytes: 0,
             finished: false,
         })
+    }
+
+    /// sled's `generate_id` (`db.rs`) is monotonic and, after a crash, restarts 2 ×
+    /// `idgen_persist_interval` past the last persisted value; should an id still be in use
+    /// (state lost by a power cut between sled's own syncs), take the next one.
+    fn fresh_id(&self) -> Result<QueueId, StoreError> {
+        for _ in 0..16 {
+            let id = QueueId(self.inner.db.generate_id()?);
+            if !self.inner.db.contains_key(key::msg(id))?
+                && !self.inner.db.contains_key(key::spool(id))?
+            {
+                return Ok(id);
+            }
+            log::warn!("store: queue_id={id} generated twice; skipped");
+        }
+        Err(StoreError::Sled(
+            "generate_id keeps returning ids in use".into(),
+        ))
+    }
+
+    /// Makes every write so far durable (group flush): `save_clock` at shutdown, for example.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let seq = self.inner.flush.note_write();
+        self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
 
     pub fn usage(&self) -> Usage {

@@ -686,6 +686,23 @@ proptest! {
 }
 
 #[test]
+fn queue_clock_persists_and_never_goes_back() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    assert_eq!(store.clock_base(), 0);
+    store.save_clock(5_000).unwrap();
+    store.save_clock(4_000).unwrap();
+    block_on(store.flush()).unwrap();
+    assert_eq!(store.clock_base(), 5_000);
+    commit(&store, &[b"x"], &["a@x"], 9_000); // a commit carries the clock forward too
+    drop(store);
+    let (store, _) = open(&dir);
+    assert_eq!(store.clock_base(), 9_000);
+    let clock = crate::clock::QueueClock::new(store.clock_base());
+    assert!(clock.now() >= 9_000);
+}
+
+#[test]
 fn large_bodies_never_spill_into_unsynced_blob_files() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
