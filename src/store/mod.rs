@@ -240,7 +240,9 @@ impl Store {
     }
 
     /// Persists the queue clock (called periodically and at shutdown). Never moves it back.
-    /// Durable with the next flush (any commit, or sled's background flusher).
+    /// Durable with the next group flush (any commit, `flush`), sled's periodic `sync_all`, or
+    /// when the last handle is dropped (sled's `Log::drop` flushes and `sync_all`s,
+    /// `pagecache/logger.rs`).
     pub fn save_clock(&self, now: QueueTime) -> Result<(), StoreError> {
         let now = now.max(self.inner.clock.get());
         self.inner
