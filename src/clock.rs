@@ -15,7 +15,10 @@ pub struct QueueClock {
 
 impl QueueClock {
     pub fn new(base: QueueTime) -> Self {
-        Self { base, started: Instant::now() }
+        Self {
+            base,
+            started: Instant::now(),
+        }
     }
     pub fn now(&self) -> QueueTime {
         let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);

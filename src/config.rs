@@ -1,1 +1,807 @@
-//! `Config`: the validated, typed configuration and the embedded defaults.
+//! `Config`: the validated, typed configuration and the embedded defaults (stage two of two).
+//! Everything is parsed and checked here, once; nothing downstream parses config text again.
+//! Reads the config file and the kernel hostname, nothing else; never async.
+
+pub mod file;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use self::file::ConfigFile;
+pub use self::file::Problem;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// Upper bound for `max_recipients`: each recipient is held in memory per session.
+const MAX_RECIPIENTS_LIMIT: u64 = 10_000;
+/// Upper bound for `max_connections` (file descriptors, and RAM per session).
+const MAX_CONNECTIONS_LIMIT: u64 = 10_000;
+/// Upper bound for `max_errors`.
+const MAX_ERRORS_LIMIT: u64 = 1_000;
+/// sled needs some cache to work at all; below this it thrashes.
+const MIN_CACHE_BYTES: u64 = 64 * KIB;
+
+/// The validated configuration the daemon runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Our name in the banner, EHLO, Received: headers and DSNs.
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    /// Clients allowed to relay (RFC 5321 §3.6.1: never an open relay).
+    pub relay_from: Vec<IpNet>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    /// Bad commands in one session before 421 and close.
+    pub max_errors: u32,
+    /// `None`: mail is accepted and held.
+    pub smarthost: Option<Smarthost>,
+    pub queue: QueueConfig,
+    pub store: StoreConfig,
+    pub timeouts: Timeouts,
+}
+
+/// `[smarthost]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Smarthost {
+    /// `host:port`, port required; the host is resolved at each connect.
+    pub address: String,
+    pub tls: SmarthostTls,
+}
+
+/// `[smarthost] tls`. Only `none` exists until TLS support lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmarthostTls {
+    None,
+}
+
+impl SmarthostTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+        }
+    }
+}
+
+/// `[queue]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Time spent queued (queue clock, not wall clock) before a message bounces.
+    pub max_age: Duration,
+    /// Queue cap in body bytes; beyond it commits get 452 4.3.1.
+    pub max_bytes: u64,
+    /// How long failed messages stay listed.
+    pub failed_retention: Duration,
+}
+
+/// `[store]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// sled `cache_capacity`.
+    pub cache_bytes: u64,
+}
+
+/// `[timeouts]` (RFC 5321 §4.5.3.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Waiting for the next command (§4.5.3.2.7).
+    pub command: Duration,
+    /// Each read of a DATA block (§4.5.3.2.6).
+    pub data: Duration,
+    /// Connecting to the smarthost and each of its replies.
+    pub smarthost: Duration,
+    /// The smarthost's reply to our final dot (§4.5.3.2.6).
+    pub smarthost_data_end: Duration,
+}
+
+/// Command-line flags that override the file (`serve --listen …`). Applied before validation,
+/// so a bad flag is reported like a bad key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub listen: Vec<String>,
+    pub data_dir: Option<String>,
+    pub smarthost: Option<String>,
+    pub hostname: Option<String>,
+}
+
+impl Overrides {
+    pub fn apply(&self, file: &mut ConfigFile) {
+        if !self.listen.is_empty() {
+            file.listen = Some(self.listen.clone());
+        }
+        if let Some(dir) = &self.data_dir {
+            file.data_dir = Some(dir.clone());
+        }
+        if let Some(address) = &self.smarthost {
+            file.smarthost.get_or_insert_with(Default::default).address = Some(address.clone());
+        }
+        if let Some(name) = &self.hostname {
+            file.hostname = Some(name.clone());
+        }
+    }
+}
+
+/// Every problem found in a configuration, each naming its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the config came from: the file's path, or "defaults".
+    pub origin: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, problem) in self.problems.iter().enumerate() {
+            if n > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {problem}", self.origin)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Default for Config {
+    /// The embedded defaults: what `outpost` with no arguments runs on (README documents them).
+    fn default() -> Self {
+        Self {
+            hostname: system_hostname(),
+            data_dir: PathBuf::from("./outpost-data"),
+            listen: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2525)],
+            relay_from: vec![
+                IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+                IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+            ],
+            max_message_size: 10 * MIB,
+            max_recipients: 100,
+            max_connections: 32,
+            max_errors: 10,
+            smarthost: None,
+            queue: QueueConfig {
+                retry_min: Duration::from_secs(30),
+                retry_max: Duration::from_secs(15 * 60),
+                max_age: Duration::from_secs(5 * 24 * 3600),
+                max_bytes: 256 * MIB,
+                failed_retention: Duration::from_secs(7 * 24 * 3600),
+            },
+            store: StoreConfig { cache_bytes: MIB },
+            timeouts: Timeouts {
+                command: Duration::from_secs(5 * 60),
+                data: Duration::from_secs(3 * 60),
+                smarthost: Duration::from_secs(5 * 60),
+                smarthost_data_end: Duration::from_secs(10 * 60),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path` (or only the defaults when `None`), with `overrides` on top.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let (origin, mut file) = match path {
+            None => ("defaults".to_owned(), ConfigFile::default()),
+            Some(path) => {
+                let origin = path.display().to_string();
+                let parsed = std::fs::read_to_string(path)
+                    .map_err(|e| Problem::new("(file)", format!("cannot read: {e}")))
+                    .and_then(|text| ConfigFile::parse(&text));
+                match parsed {
+                    Ok(file) => (origin, file),
+                    Err(problem) => {
+                        return Err(ConfigError {
+                            origin,
+                            problems: vec![problem],
+                        })
+                    }
+                }
+            }
+        };
+        overrides.apply(&mut file);
+        Self::from_file(&file).map_err(|problems| ConfigError { origin, problems })
+    }
+
+    /// Types and checks every key of `file`, filling in defaults; returns all problems found.
+    pub fn from_file(file: &ConfigFile) -> Result<Self, Vec<Problem>> {
+        let mut v = Validator::default();
+        let d = Self::default();
+        let config = Self {
+            hostname: v.hostname(file.hostname.as_deref(), d.hostname),
+            data_dir: v.data_dir(file.data_dir.as_deref(), d.data_dir),
+            listen: v.listen(file.listen.as_deref(), d.listen),
+            relay_from: v.relay_from(file.relay_from.as_deref(), d.relay_from),
+            max_message_size: v.size(
+                "max_message_size",
+                file.max_message_size,
+                d.max_message_size,
+                1,
+            ),
+            max_recipients: v.count(
+                "max_recipients",
+                file.max_recipients,
+                d.max_recipients,
+                MAX_RECIPIENTS_LIMIT,
+            ),
+            max_connections: v.count(
+                "max_connections",
+                file.max_connections,
+                d.max_connections,
+                MAX_CONNECTIONS_LIMIT,
+            ),
+            max_errors: v.count(
+                "max_errors",
+                file.max_errors,
+                d.max_errors,
+                MAX_ERRORS_LIMIT,
+            ),
+            smarthost: v.smarthost(file.smarthost.as_ref()),
+            queue: v.queue(&file.queue, d.queue),
+            store: StoreConfig {
+                cache_bytes: v.size(
+                    "store.cache_bytes",
+                    file.store.cache_bytes,
+                    d.store.cache_bytes,
+                    MIN_CACHE_BYTES,
+                ),
+            },
+            timeouts: v.timeouts(&file.timeouts, d.timeouts),
+        };
+        config.cross_check(&mut v.problems);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(v.problems)
+        }
+    }
+
+    /// Checks between keys, reported on the key a user would change.
+    fn cross_check(&self, problems: &mut Vec<Problem>) {
+        if self.queue.retry_min > self.queue.retry_max {
+            problems.push(Problem::new(
+                "queue.retry_min",
+                format!(
+                    "{} is longer than queue.retry_max ({})",
+                    humantime::format_duration(self.queue.retry_min),
+                    humantime::format_duration(self.queue.retry_max)
+                ),
+            ));
+        }
+        if self.max_message_size > self.queue.max_bytes {
+            problems.push(Problem::new(
+                "max_message_size",
+                format!(
+                    "{} is larger than the whole queue (queue.max_bytes = {})",
+                    self.max_message_size, self.queue.max_bytes
+                ),
+            ));
+        }
+    }
+
+    /// The effective configuration as TOML that `Config::load` reads back to the same value.
+    pub fn to_toml(&self) -> String {
+        fn list<T: fmt::Display>(items: &[T]) -> String {
+            let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
+            format!("[{}]", quoted.join(", "))
+        }
+        let dur = |d: Duration| toml_str(&humantime::format_duration(d).to_string());
+        let mut out = String::new();
+        out += &format!("hostname = {}\n", toml_str(&self.hostname));
+        out += &format!(
+            "data_dir = {}\n",
+            toml_str(&self.data_dir.display().to_string())
+        );
+        out += &format!("listen = {}\n", list(&self.listen));
+        out += &format!("relay_from = {}\n", list(&self.relay_from));
+        out += &format!("max_message_size = {}\n", self.max_message_size);
+        out += &format!("max_recipients = {}\n", self.max_recipients);
+        out += &format!("max_connections = {}\n", self.max_connections);
+        out += &format!("max_errors = {}\n", self.max_errors);
+        match &self.smarthost {
+            Some(s) => {
+                out += &format!("\n[smarthost]\naddress = {}\n", toml_str(&s.address));
+                out += &format!("tls = {}\n", toml_str(s.tls.as_str()));
+            }
+            None => out += "\n# [smarthost]: none configured; mail is accepted and held\n",
+        }
+        let q = &self.queue;
+        out += &format!("\n[queue]\nretry_min = {}\n", dur(q.retry_min));
+        out += &format!(
+            "retry_max = {}\nmax_age = {}\n",
+            dur(q.retry_max),
+            dur(q.max_age)
+        );
+        out += &format!("max_bytes = {}\n", q.max_bytes);
+        out += &format!("failed_retention = {}\n", dur(q.failed_retention));
+        out += &format!("\n[store]\ncache_bytes = {}\n", self.store.cache_bytes);
+        let t = &self.timeouts;
+        out += &format!(
+            "\n[timeouts]\ncommand = {}\ndata = {}\n",
+            dur(t.command),
+            dur(t.data)
+        );
+        out += &format!("smarthost = {}\n", dur(t.smarthost));
+        out += &format!("smarthost_data_end = {}\n", dur(t.smarthost_data_end));
+        out
+    }
+}
+
+/// A TOML basic string: quotes, backslashes and control characters escaped.
+fn toml_str(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Collects problems while typing keys; each method returns the default on error so that
+/// validation carries on and reports everything in one go.
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: &str, message: String) {
+        self.problems.push(Problem::new(key, message));
+    }
+
+    fn hostname(&mut self, value: Option<&str>, default: String) -> String {
+        let Some(name) = value else { return default };
+        if is_hostname(name) {
+            name.to_owned()
+        } else {
+            self.problem("hostname", format!("{name:?} is not a valid domain name"));
+            default
+        }
+    }
+
+    fn data_dir(&mut self, value: Option<&str>, default: PathBuf) -> PathBuf {
+        match value {
+            None => default,
+            Some("") => {
+                self.problem("data_dir", "must not be empty".to_owned());
+                default
+            }
+            Some(dir) => PathBuf::from(dir),
+        }
+    }
+
+    fn listen(&mut self, value: Option<&[String]>, default: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let Some(items) = value else { return default };
+        if items.is_empty() {
+            self.problem("listen", "needs at least one address".to_owned());
+        }
+        let mut addrs = Vec::with_capacity(items.len());
+        for item in items {
+            match item.parse::<SocketAddr>() {
+                Ok(addr) => addrs.push(addr),
+                Err(_) => self.problem(
+                    "listen",
+                    format!(
+                        "{item:?} is not an IP:port address (e.g. \"0.0.0.0:25\", \"[::]:25\")"
+                    ),
+                ),
+            }
+        }
+        addrs
+    }
+
+    fn relay_from(&mut self, value: Option<&[String]>, default: Vec<IpNet>) -> Vec<IpNet> {
+        let Some(items) = value else { return default };
+        let mut nets = Vec::with_capacity(items.len());
+        for item in items {
+            // A bare address means just that host.
+            match item
+                .parse::<IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+            {
+                Ok(net) => nets.push(net),
+                Err(_) => self.problem(
+                    "relay_from",
+                    format!("{item:?} is not a network (e.g. \"192.168.1.0/24\") or an address"),
+                ),
+            }
+        }
+        nets
+    }
+
+    fn size(&mut self, key: &str, value: Option<u64>, default: u64, min: u64) -> u64 {
+        match value {
+            None => default,
+            Some(n) if n >= min => n,
+            Some(n) => {
+                self.problem(key, format!("{n} is too small (at least {min})"));
+                default
+            }
+        }
+    }
+
+    fn count<T: TryFrom<u64>>(&mut self, key: &str, value: Option<u64>, default: T, max: u64) -> T {
+        let Some(n) = value else { return default };
+        match T::try_from(n) {
+            Ok(count) if (1..=max).contains(&n) => count,
+            _ => {
+                self.problem(key, format!("{n} is out of range (1 to {max})"));
+                default
+            }
+        }
+    }
+
+    /// A humantime duration ("30s", "15m", "5d"); zero only where `zero_ok`.
+    fn duration(
+        &mut self,
+        key: &str,
+        value: &Option<String>,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Duration {
+        let Some(text) = value else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.problem(key, format!("{text:?} must be longer than zero"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("{text:?} is not a duration like \"30s\", \"15m\", \"5d\": {e}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn queue(&mut self, q: &file::QueueSection, d: QueueConfig) -> QueueConfig {
+        QueueConfig {
+            retry_min: self.duration("queue.retry_min", &q.retry_min, d.retry_min, false),
+            retry_max: self.duration("queue.retry_max", &q.retry_max, d.retry_max, false),
+            max_age: self.duration("queue.max_age", &q.max_age, d.max_age, false),
+            max_bytes: self.size("queue.max_bytes", q.max_bytes, d.max_bytes, 1),
+            failed_retention: self.duration(
+                "queue.failed_retention",
+                &q.failed_retention,
+                d.failed_retention,
+                true,
+            ),
+        }
+    }
+
+    fn timeouts(&mut self, t: &file::TimeoutsSection, d: Timeouts) -> Timeouts {
+        Timeouts {
+            command: self.duration("timeouts.command", &t.command, d.command, false),
+            data: self.duration("timeouts.data", &t.data, d.data, false),
+            smarthost: self.duration("timeouts.smarthost", &t.smarthost, d.smarthost, false),
+            smarthost_data_end: self.duration(
+                "timeouts.smarthost_data_end",
+                &t.smarthost_data_end,
+                d.smarthost_data_end,
+                false,
+            ),
+        }
+    }
+
+    fn smarthost(&mut self, section: Option<&file::SmarthostSection>) -> Option<Smarthost> {
+        let section = section?;
+        let address = match section.address.as_deref() {
+            None => {
+                self.problem(
+                    "smarthost.address",
+                    "missing: [smarthost] needs address = \"host:port\"".to_owned(),
+                );
+                None
+            }
+            Some(address) if !is_host_port(address) => {
+                self.problem(
+                    "smarthost.address",
+                    format!("{address:?} is not host:port (a port is required)"),
+                );
+                None
+            }
+            Some(address) => Some(address.to_owned()),
+        };
+        let tls = match section.tls.as_deref() {
+            None | Some("none") => Some(SmarthostTls::None),
+            Some(mode @ ("starttls" | "tls")) => {
+                self.problem(
+                    "smarthost.tls",
+                    format!("{mode:?} arrives with TLS support in a later release; use \"none\" for now"),
+                );
+                None
+            }
+            Some(other) => {
+                self.problem(
+                    "smarthost.tls",
+                    format!("{other:?} is not one of \"none\", \"starttls\", \"tls\""),
+                );
+                None
+            }
+        };
+        Some(Smarthost {
+            address: address?,
+            tls: tls?,
+        })
+    }
+}
+
+/// `/proc/sys/kernel/hostname` if it is a usable domain name, else `localhost`.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| is_hostname(name))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// RFC 1035 / RFC 5321 §4.1.2 `Domain` syntax (letters, digits, hyphens, dots), or an address
+/// literal `[…]`. The name goes into every reply, so anything else (spaces, CR, LF) is refused.
+fn is_hostname(name: &str) -> bool {
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        let inner = inner.strip_prefix("IPv6:").unwrap_or(inner);
+        return inner.parse::<IpAddr>().is_ok();
+    }
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `host:port` or `[v6]:port` with a non-zero port.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => is_hostname(host),
+    };
+    port_ok && host_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_text(text: &str) -> Result<Config, Vec<Problem>> {
+        let file = ConfigFile::parse(text).map_err(|p| vec![p])?;
+        Config::from_file(&file)
+    }
+
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        assert_eq!(from_text("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let d = Config::default();
+        assert_eq!(
+            d.listen,
+            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(d.data_dir, PathBuf::from("./outpost-data"));
+        let relay: Vec<String> = d.relay_from.iter().map(ToString::to_string).collect();
+        assert_eq!(relay, ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(d.max_message_size, 10 * 1024 * 1024);
+        assert_eq!(
+            (d.max_recipients, d.max_connections, d.max_errors),
+            (100, 32, 10)
+        );
+        assert_eq!(d.smarthost, None);
+        assert_eq!(d.queue.retry_min, Duration::from_secs(30));
+        assert_eq!(d.queue.retry_max, Duration::from_secs(900));
+        assert_eq!(d.queue.max_age, Duration::from_secs(5 * 86_400));
+        assert_eq!(d.queue.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(d.queue.failed_retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(d.store.cache_bytes, 1024 * 1024);
+        assert_eq!(d.timeouts.command, Duration::from_secs(300));
+        assert_eq!(d.timeouts.data, Duration::from_secs(180));
+        assert_eq!(d.timeouts.smarthost, Duration::from_secs(300));
+        assert_eq!(d.timeouts.smarthost_data_end, Duration::from_secs(600));
+        assert!(is_hostname(&d.hostname));
+    }
+
+    #[test]
+    fn full_file_is_typed() {
+        let c = from_text(
+            r#"
+hostname = "relay.example.org"
+data_dir = "/var/spool/outpost"
+listen = ["0.0.0.0:25", "[::]:25"]
+relay_from = ["192.168.1.0/24", "10.0.0.7"]
+max_message_size = 1048576
+max_recipients = 50
+max_connections = 8
+max_errors = 3
+[smarthost]
+address = "mail.example.org:587"
+tls = "none"
+[queue]
+retry_min = "1m"
+retry_max = "1h"
+max_age = "3d"
+max_bytes = 1073741824
+failed_retention = "1d"
+[store]
+cache_bytes = 2097152
+[timeouts]
+command = "1m"
+data = "2m"
+smarthost = "30s"
+smarthost_data_end = "5m"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.hostname, "relay.example.org");
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.relay_from[1].contains(&"10.0.0.7".parse::<IpAddr>().unwrap()));
+        assert_eq!(c.relay_from[1].prefix_len(), 32);
+        assert_eq!(c.max_recipients, 50);
+        assert_eq!(
+            c.smarthost,
+            Some(Smarthost {
+                address: "mail.example.org:587".into(),
+                tls: SmarthostTls::None
+            })
+        );
+        assert_eq!(c.queue.max_age, Duration::from_secs(3 * 86_400));
+        assert_eq!(c.timeouts.smarthost, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_naming_it() {
+        let problems = from_text("max_message_sise = 5\n").unwrap_err();
+        assert_eq!(keys(&problems), ["max_message_sise"]);
+    }
+
+    #[test]
+    fn bad_duration_names_its_key() {
+        let problems = from_text("[queue]\nretry_min = \"soon\"\n").unwrap_err();
+        assert_eq!(keys(&problems), ["queue.retry_min"]);
+        assert!(problems[0].message.contains("\"soon\""), "{}", problems[0]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let problems = from_text(
+            "listen = [\"localhost:25\"]\nrelay_from = [\"10.0.0.0/33\"]\nmax_recipients = 0\n\
+             [timeouts]\ncommand = \"0s\"\ndata = \"x\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&problems),
+            [
+                "listen",
+                "relay_from",
+                "max_recipients",
+                "timeouts.command",
+                "timeouts.data"
+            ]
+        );
+    }
+
+    #[test]
+    fn smarthost_needs_a_port() {
+        let problems = from_text("[smarthost]\naddress = \"mail.example.org\"\n").unwrap_err();
+        assert_eq!(keys(&problems), ["smarthost.address"]);
+        assert!(from_text("[smarthost]\naddress = \"[::1]:25\"\n").is_ok());
+        assert!(from_text("[smarthost]\naddress = \"mx:0\"\n").is_err());
+    }
+
+    #[test]
+    fn smarthost_tls_modes_wait_for_tls_support() {
+        for mode in ["starttls", "tls"] {
+            let text = format!("[smarthost]\naddress = \"mx:25\"\ntls = \"{mode}\"\n");
+            let problems = from_text(&text).unwrap_err();
+            assert_eq!(keys(&problems), ["smarthost.tls"]);
+            assert!(
+                problems[0].message.contains("TLS support"),
+                "{}",
+                problems[0]
+            );
+        }
+        let problems = from_text("[smarthost]\naddress = \"mx:25\"\ntls = \"yes\"\n").unwrap_err();
+        assert_eq!(keys(&problems), ["smarthost.tls"]);
+    }
+
+    #[test]
+    fn hostname_with_spaces_or_crlf_is_refused() {
+        for bad in ["bad name", "a\r\n250 x", "", "-a.example", "a..b"] {
+            let text = format!("hostname = {bad:?}\n");
+            assert_eq!(
+                keys(&from_text(&text).unwrap_err()),
+                ["hostname"],
+                "{bad:?}"
+            );
+        }
+        assert!(from_text("hostname = \"[192.0.2.1]\"\n").is_ok());
+    }
+
+    #[test]
+    fn retry_min_above_retry_max_is_refused() {
+        let problems = from_text("[queue]\nretry_min = \"1h\"\nretry_max = \"1m\"\n").unwrap_err();
+        assert_eq!(keys(&problems), ["queue.retry_min"]);
+    }
+
+    #[test]
+    fn message_larger_than_queue_is_refused() {
+        let problems =
+            from_text("max_message_size = 2000\n[queue]\nmax_bytes = 1000\n").unwrap_err();
+        assert_eq!(keys(&problems), ["max_message_size"]);
+    }
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let mut file =
+            ConfigFile::parse("listen = [\"127.0.0.1:25\"]\nhostname = \"a.example\"\n").unwrap();
+        let overrides = Overrides {
+            listen: vec!["127.0.0.1:2600".into(), "[::1]:2600".into()],
+            data_dir: Some("/tmp/q".into()),
+            smarthost: Some("mx.example:25".into()),
+            hostname: Some("b.example".into()),
+        };
+        overrides.apply(&mut file);
+        let c = Config::from_file(&file).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/q"));
+        assert_eq!(c.hostname, "b.example");
+        assert_eq!(
+            c.smarthost.map(|s| s.address).as_deref(),
+            Some("mx.example:25")
+        );
+    }
+
+    #[test]
+    fn effective_config_reads_back_to_the_same_value() {
+        let mut c = Config {
+            smarthost: Some(Smarthost {
+                address: "mx.example:25".into(),
+                tls: SmarthostTls::None,
+            }),
+            ..Config::default()
+        };
+        c.listen.push("[::1]:25".parse().unwrap());
+        assert_eq!(from_text(&c.to_toml()).unwrap(), c);
+        let d = Config::default();
+        assert_eq!(from_text(&d.to_toml()).unwrap(), d);
+    }
+
+    #[test]
+    fn unreadable_file_is_a_config_error_naming_the_file() {
+        let err = Config::load(
+            Some(Path::new("/nonexistent/outpost.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.origin, "/nonexistent/outpost.toml");
+        assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+}

@@ -28,6 +28,7 @@
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
 //! forwarder; sled runs its own flusher and I/O threads.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod forward;

@@ -1,1 +1,103 @@
-fn main(){}
+//! The `outpost` binary: parse the command line, set up logging, dispatch, map errors to exit
+//! codes (sysexits). Holds no logic of its own.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use log::{error, LevelFilter};
+use outpost::cli::{self, Cmd, ServeArgs};
+use outpost::config::{Config, ConfigError};
+use outpost::net;
+
+/// sysexits(3)
+const EX_USAGE: u8 = 64;
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cmd = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprintln!("outpost: {e}\nTry `outpost --help`.");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match cmd {
+        Cmd::Help => print_stdout(cli::USAGE),
+        Cmd::Version => print_stdout(&format!("{}\n", cli::version())),
+        Cmd::CheckConfig(args) => check_config(&args),
+        Cmd::Serve(args) => serve(&args),
+    }
+}
+
+fn print_stdout(text: &str) -> ExitCode {
+    // A closed stdout (`outpost --help | head -1`) is not worth a panic.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}
+
+fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
+    Config::load(args.config.as_deref(), &args.overrides).map_err(|e| report_config_error(&e))
+}
+
+fn report_config_error(e: &ConfigError) -> ExitCode {
+    for problem in &e.problems {
+        eprintln!("outpost: config error: {}: {problem}", e.origin);
+    }
+    ExitCode::from(EX_CONFIG)
+}
+
+fn check_config(args: &ServeArgs) -> ExitCode {
+    match load(args) {
+        Ok(config) => {
+            let origin = args
+                .config
+                .as_ref()
+                .map_or("defaults".into(), |p| p.display().to_string());
+            print_stdout(&format!(
+                "# {origin}: ok; effective configuration:\n{}",
+                config.to_toml()
+            ))
+        }
+        Err(code) => code,
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    init_logging();
+    let config = match load(args) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match net::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Level from `OUTPOST_LOG`, else `RUST_LOG` (a plain level name), else info; to stderr.
+fn init_logging() {
+    let from_env = |name| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<LevelFilter>().ok())
+    };
+    let level = from_env("OUTPOST_LOG")
+        .or_else(|| from_env("RUST_LOG"))
+        .unwrap_or(LevelFilter::Info);
+    // sled is chatty below warn; its details matter only when tracing.
+    let sled_level = if level == LevelFilter::Trace {
+        level
+    } else {
+        level.min(LevelFilter::Warn)
+    };
+    let logger = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_module_level("sled", sled_level)
+        .with_utc_timestamps();
+    if let Err(e) = logger.init() {
+        eprintln!("outpost: cannot set up logging: {e}");
+    }
+}

@@ -93,7 +93,10 @@ fn is_local_part(local: &str) -> bool {
     if local.is_empty() || local.len() > MAX_LOCAL_PART {
         return false;
     }
-    match local.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
+    match local
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    {
         Some(quoted) => is_quoted_content(quoted),
         None => is_dot_string(local),
     }
@@ -101,7 +104,8 @@ fn is_local_part(local: &str) -> bool {
 
 /// `Dot-string = Atom *("." Atom)`.
 fn is_dot_string(text: &str) -> bool {
-    text.split('.').all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
+    text.split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext))
 }
 
 /// `*QcontentSMTP` between the quotes: qtextSMTP or a backslash pair.
@@ -122,7 +126,10 @@ fn is_quoted_content(text: &str) -> bool {
 }
 
 fn is_domain_or_literal(domain: &str) -> bool {
-    match domain.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+    match domain
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    {
         Some(literal) => is_address_literal(literal),
         None => is_domain(domain),
     }
@@ -147,9 +154,7 @@ pub(crate) fn is_domain(domain: &str) -> bool {
 /// other tags are refused: no standardized tag exists that a relay could route to.
 fn is_address_literal(literal: &str) -> bool {
     match literal.get(..5) {
-        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
-            literal[5..].parse::<Ipv6Addr>().is_ok()
-        }
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => literal[5..].parse::<Ipv6Addr>().is_ok(),
         _ => literal.parse::<Ipv4Addr>().is_ok(),
     }
 }

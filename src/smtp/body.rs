@@ -58,7 +58,8 @@ pub struct BodyDecoder {
     line_len: usize,
     size: u64,
     max_size: u64,
-    error: Option<BodyError>,
+    /// Some line exceeded `MAX_TEXT_LINE`.
+    long_line: bool,
 }
 
 impl BodyDecoder {
@@ -68,7 +69,7 @@ impl BodyDecoder {
             line_len: 0,
             size: 0,
             max_size,
-            error: None,
+            long_line: false,
         }
     }
 
@@ -77,9 +78,17 @@ impl BodyDecoder {
         self.size
     }
 
-    /// The first error seen; after it nothing more is appended, but input is still drained.
+    /// Why the body cannot be stored. Once either limit is crossed nothing more is appended,
+    /// but input is still drained. Size wins over line length, whatever came first, so the
+    /// answer does not depend on how the input was split.
     pub fn error(&self) -> Option<BodyError> {
-        self.error
+        if self.size > self.max_size {
+            Some(BodyError::TooLarge)
+        } else if self.long_line {
+            Some(BodyError::LineTooLong)
+        } else {
+            None
+        }
     }
 
     /// Decodes from `input`, appending decoded octets to `out`, up to and including the
@@ -103,10 +112,16 @@ impl BodyDecoder {
             pos += 1;
             self.line_len = self.line_len.saturating_add(1);
             if self.step(byte, out) {
-                return Decoded { consumed: pos, done: true };
+                return Decoded {
+                    consumed: pos,
+                    done: true,
+                };
             }
         }
-        Decoded { consumed: pos, done: false }
+        Decoded {
+            consumed: pos,
+            done: false,
+        }
     }
 
     /// One byte through the state machine; true when it completed the end-of-data line.
@@ -161,9 +176,7 @@ impl BodyDecoder {
     }
 
     fn end_line(&mut self, crlf: bool) {
-        if self.line_len > MAX_TEXT_LINE && self.error.is_none() {
-            self.error = Some(BodyError::LineTooLong);
-        }
+        self.long_line |= self.line_len > MAX_TEXT_LINE;
         self.line_len = 0;
         self.state = DecodeState::LineStart { crlf };
     }
@@ -171,15 +184,10 @@ impl BodyDecoder {
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         self.size = self.size.saturating_add(len);
-        if self.error.is_none() && self.size > self.max_size {
-            self.error = Some(BodyError::TooLarge);
-        }
         // A line already past the limit is an error as soon as it is seen, so memory stays
         // bounded however long the line grows.
-        if self.error.is_none() && self.line_len > MAX_TEXT_LINE {
-            self.error = Some(BodyError::LineTooLong);
-        }
-        if self.error.is_none() {
+        self.long_line |= self.line_len > MAX_TEXT_LINE;
+        if self.size <= self.max_size && !self.long_line {
             out.extend_from_slice(bytes);
         }
     }
@@ -194,7 +202,10 @@ pub struct BodyEncoder {
 
 impl Default for BodyEncoder {
     fn default() -> Self {
-        Self { at_line_start: true, after_cr: false }
+        Self {
+            at_line_start: true,
+            after_cr: false,
+        }
     }
 }
 
@@ -309,7 +320,13 @@ mod tests {
         assert_eq!(decode(b"hi\r\n.\r\nMAIL"), (b"hi\r\n".to_vec(), 7, true));
         assert_eq!(decode(b".\r\n"), (Vec::new(), 3, true));
         // Smuggling variants: none of these ends DATA.
-        for input in [&b"a\n.\nb"[..], b"a\n.\r\nb", b"a\r\n.\nb", b"a\r.\rb", b"a\r\n.\rb"] {
+        for input in [
+            &b"a\n.\nb"[..],
+            b"a\n.\r\nb",
+            b"a\r\n.\nb",
+            b"a\r.\rb",
+            b"a\r\n.\rb",
+        ] {
             let (_, consumed, done) = decode(input);
             assert!(!done, "{:?}", String::from_utf8_lossy(input));
             assert_eq!(consumed, input.len());
@@ -363,7 +380,11 @@ mod tests {
         let ok = [vec![b'y'; MAX_TEXT_LINE - 2], b"\r\n.\r\n".to_vec()].concat();
         let (_, _, done, error) = decode_split(&ok, &[], u64::MAX);
         assert!(done && error.is_none());
-        let stuffed_ok = [b".".to_vec(), vec![b'y'; MAX_TEXT_LINE - 3], b"\r\n.\r\n".to_vec()];
+        let stuffed_ok = [
+            b".".to_vec(),
+            vec![b'y'; MAX_TEXT_LINE - 3],
+            b"\r\n.\r\n".to_vec(),
+        ];
         let (_, _, done, error) = decode_split(&stuffed_ok.concat(), &[], u64::MAX);
         assert!(done && error.is_none());
         let long = [vec![b'y'; 5000], b"\r\nok\r\n.\r\n".to_vec()].concat();
@@ -379,7 +400,10 @@ mod tests {
         assert_eq!(encode_split(b"", &[]), b".\r\n");
         assert_eq!(encode_split(b"a", &[]), b"a\r\n.\r\n");
         assert_eq!(encode_split(b"a\r", &[]), b"a\r\n.\r\n");
-        assert_eq!(encode_split(b".a\n.\r\nb.\n", &[1, 3]), b"..a\r\n..\r\nb.\r\n.\r\n");
+        assert_eq!(
+            encode_split(b".a\n.\r\nb.\n", &[1, 3]),
+            b"..a\r\n..\r\nb.\r\n.\r\n"
+        );
     }
 
     #[test]
@@ -389,7 +413,11 @@ mod tests {
         assert!(whole.2);
         for a in 0..input.len() {
             for b in a..input.len() {
-                assert_eq!(decode_split(input, &[a, b], u64::MAX), whole, "cuts {a} {b}");
+                assert_eq!(
+                    decode_split(input, &[a, b], u64::MAX),
+                    whole,
+                    "cuts {a} {b}"
+                );
             }
         }
     }

@@ -254,6 +254,16 @@ impl ClientSession {
         self.extensions.pipelining
     }
 
+    /// Idle and able to take a message.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// Why the session ended, once it has.
+    pub fn failure(&self) -> Option<&SessionFailure> {
+        self.failure.as_ref()
+    }
+
     /// True while the session is waiting for the reply to the final dot (its timeout is the
     /// RFC 5321 §4.5.3.2.6 data-end one).
     pub fn awaiting_data_end(&self) -> bool {
@@ -1029,5 +1039,50 @@ mod tests {
     fn lost_connection_while_idle_reports_nothing() {
         let mut session = ready(EHLO_PIPELINING);
         assert_eq!(session.aborted(r("451 4.4.2 lost")), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the smarthost answers, the session never panics, never sends a command
+        /// after QUIT or failure, and every report answers every recipient slot.
+        #[test]
+        fn any_reply_sequence_is_handled(
+            codes in proptest::collection::vec(
+                proptest::sample::select(vec![220u16, 221, 250, 251, 354, 421, 450, 451, 500, 550, 554, 199, 600]),
+                0..40,
+            ),
+            pipelining in proptest::bool::ANY,
+            recipients in 1usize..4,
+        ) {
+            let mut session = ClientSession::new(params(TlsPolicy::None));
+            let ehlo = if pipelining { EHLO_PIPELINING } else { EHLO_PLAIN };
+            let names: Vec<String> = (0..recipients).map(|i| format!("r{i}@x")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut finished = false;
+            for (i, code) in codes.into_iter().enumerate() {
+                if finished {
+                    break;
+                }
+                let reply = if i == 1 && code == 250 { r(ehlo) } else { Reply::new(code, None, "x") };
+                let mut step = session.handle_reply(&reply);
+                loop {
+                    match step {
+                        ClientStep::Ready => step = session.start_message(&envelope(&names)),
+                        ClientStep::MessageDone(report) => {
+                            proptest::prop_assert_eq!(report.recipients.len(), recipients);
+                            step = session.start_message(&envelope(&names));
+                            if !session.is_ready() && matches!(step, ClientStep::Failed(_)) {
+                                finished = true;
+                                break;
+                            }
+                        }
+                        ClientStep::Failed(_) | ClientStep::Done => {
+                            finished = true;
+                            break;
+                        }
+                        ClientStep::Send(_) | ClientStep::Wait | ClientStep::SendBody | ClientStep::StartTls => break,
+                    }
+                }
+            }
+        }
     }
 }

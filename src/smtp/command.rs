@@ -44,11 +44,22 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
-    /// RFC 4954. The initial response is a secret: never log it.
+    /// RFC 4954. The initial response is a secret: its `Debug` form is redacted.
     Auth {
         mechanism: String,
-        initial_response: Option<String>,
+        initial_response: Option<SaslResponse>,
     },
+}
+
+/// A SASL response (base64 as sent). Its `Debug` never shows the content, so a logged
+/// `Command` cannot leak credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SaslResponse(pub String);
+
+impl fmt::Debug for SaslResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SaslResponse(<redacted>)")
+    }
 }
 
 impl Command {
@@ -83,7 +94,11 @@ pub enum SyntaxError {
 }
 
 const fn status(class: u8, subject: u16, detail: u16) -> Option<EnhancedStatus> {
-    Some(EnhancedStatus { class, subject, detail })
+    Some(EnhancedStatus {
+        class,
+        subject,
+        detail,
+    })
 }
 
 impl From<&SyntaxError> for Reply {
@@ -105,7 +120,11 @@ impl From<&SyntaxError> for Reply {
             SyntaxError::UnknownParameter => (555, status(5, 5, 4), "Unsupported parameter"),
             SyntaxError::BadParameterValue => (501, status(5, 5, 4), "Invalid parameter value"),
         };
-        Self { code, status, text: text.into() }
+        Self {
+            code,
+            status,
+            text: text.into(),
+        }
     }
 }
 
@@ -175,7 +194,10 @@ fn parse_mail(args: &str) -> Result<Command, SyntaxError> {
     let (path, params) = split_path(rest).ok_or(SyntaxError::BadSenderAddress)?;
     let params = parse_mail_params(params)?;
     if path.is_empty() {
-        return Ok(Command::Mail { path: ReversePath::Null, params });
+        return Ok(Command::Mail {
+            path: ReversePath::Null,
+            params,
+        });
     }
     let mailbox = Mailbox::parse(path, true)
         .filter(|m| !m.is_bare_postmaster())
@@ -183,7 +205,10 @@ fn parse_mail(args: &str) -> Result<Command, SyntaxError> {
     if !mailbox.is_ascii() && !params.smtputf8 {
         return Err(SyntaxError::NonAsciiAddress);
     }
-    Ok(Command::Mail { path: ReversePath::Mailbox(mailbox), params })
+    Ok(Command::Mail {
+        path: ReversePath::Mailbox(mailbox),
+        params,
+    })
 }
 
 /// `RCPT TO:<forward-path>`; the SMTPUTF8 check needs the transaction, so `server` does it.
@@ -199,12 +224,18 @@ fn parse_rcpt(args: &str) -> Result<Command, SyntaxError> {
 
 fn parse_auth(args: &str) -> Result<Command, SyntaxError> {
     let mut words = args.split_whitespace();
-    let mechanism = words.next().ok_or(SyntaxError::BadArguments)?.to_ascii_uppercase();
-    let initial_response = words.next().map(str::to_owned);
+    let mechanism = words
+        .next()
+        .ok_or(SyntaxError::BadArguments)?
+        .to_ascii_uppercase();
+    let initial_response = words.next().map(|r| SaslResponse(r.to_owned()));
     if words.next().is_some() {
         return Err(SyntaxError::BadArguments);
     }
-    Ok(Command::Auth { mechanism, initial_response })
+    Ok(Command::Auth {
+        mechanism,
+        initial_response,
+    })
 }
 
 /// Strips `FROM:`/`TO:` case-insensitively, then optional white space after the colon.
@@ -303,43 +334,88 @@ mod tests {
     }
 
     fn rcpt(path: &str) -> Command {
-        Command::Rcpt { path: mailbox(path) }
+        Command::Rcpt {
+            path: mailbox(path),
+        }
     }
 
     #[test]
     fn commands_parse_table() {
         let plain = MailParams::default();
         let table: Vec<(&str, Command)> = vec![
-            ("EHLO client.example", Command::Ehlo("client.example".into())),
-            ("ehlo client.example", Command::Ehlo("client.example".into())),
+            (
+                "EHLO client.example",
+                Command::Ehlo("client.example".into()),
+            ),
+            (
+                "ehlo client.example",
+                Command::Ehlo("client.example".into()),
+            ),
             ("EhLo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
             ("HELO client", Command::Helo("client".into())),
             ("HELO  client  ", Command::Helo("client".into())),
-            ("MAIL FROM:<a@b.example>", mail("a@b.example", plain.clone())),
-            ("mail from:<a@b.example>", mail("a@b.example", plain.clone())),
-            ("MAIL FROM: <a@b.example>", mail("a@b.example", plain.clone())),
+            (
+                "MAIL FROM:<a@b.example>",
+                mail("a@b.example", plain.clone()),
+            ),
+            (
+                "mail from:<a@b.example>",
+                mail("a@b.example", plain.clone()),
+            ),
+            (
+                "MAIL FROM: <a@b.example>",
+                mail("a@b.example", plain.clone()),
+            ),
             ("MAIL FROM:a@b.example", mail("a@b.example", plain.clone())),
             ("MAIL FROM:<>", mail("", plain.clone())),
-            ("MAIL FROM:<@relay.example:a@b.example>", mail("a@b.example", plain.clone())),
-            ("MAIL FROM:<\"a >b\"@b.example>", mail("\"a >b\"@b.example", plain.clone())),
+            (
+                "MAIL FROM:<@relay.example:a@b.example>",
+                mail("a@b.example", plain.clone()),
+            ),
+            (
+                "MAIL FROM:<\"a >b\"@b.example>",
+                mail("\"a >b\"@b.example", plain.clone()),
+            ),
             (
                 "MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME",
                 mail(
                     "a@b.example",
-                    MailParams { size: Some(1000), body: Some(BodyType::EightBitMime), ..plain },
+                    MailParams {
+                        size: Some(1000),
+                        body: Some(BodyType::EightBitMime),
+                        ..plain
+                    },
                 ),
             ),
             (
                 "MAIL FROM:a@b.example body=7bit",
-                mail("a@b.example", MailParams { body: Some(BodyType::SevenBit), ..plain }),
+                mail(
+                    "a@b.example",
+                    MailParams {
+                        body: Some(BodyType::SevenBit),
+                        ..plain
+                    },
+                ),
             ),
             (
                 "MAIL FROM:<δ@b.example> SMTPUTF8",
-                mail("δ@b.example", MailParams { smtputf8: true, ..plain }),
+                mail(
+                    "δ@b.example",
+                    MailParams {
+                        smtputf8: true,
+                        ..plain
+                    },
+                ),
             ),
             (
                 "MAIL FROM:<a@b.example> SIZE=99999999999999999999",
-                mail("a@b.example", MailParams { size: Some(u64::MAX), ..plain }),
+                mail(
+                    "a@b.example",
+                    MailParams {
+                        size: Some(u64::MAX),
+                        ..plain
+                    },
+                ),
             ),
             ("RCPT TO:<c@d.example>", rcpt("c@d.example")),
             ("rcpt to: <c@d.example>", rcpt("c@d.example")),
@@ -361,10 +437,16 @@ mod tests {
                 "AUTH plain dGVzdA==",
                 Command::Auth {
                     mechanism: "PLAIN".into(),
-                    initial_response: Some("dGVzdA==".into()),
+                    initial_response: Some(SaslResponse("dGVzdA==".into())),
                 },
             ),
-            ("AUTH LOGIN", Command::Auth { mechanism: "LOGIN".into(), initial_response: None }),
+            (
+                "AUTH LOGIN",
+                Command::Auth {
+                    mechanism: "LOGIN".into(),
+                    initial_response: None,
+                },
+            ),
         ];
         for (line, expected) in table {
             assert_eq!(parse_command(line.as_bytes()), Ok(expected), "{line:?}");
@@ -401,7 +483,10 @@ mod tests {
             (b"MAIL FROM:<a@b.example> SIZE=12a", BadParameterValue),
             (b"MAIL FROM:<a@b.example> SIZE=1 SIZE=2", BadParameterValue),
             (b"MAIL FROM:<a@b.example> SIZE", BadParameterValue),
-            (b"MAIL FROM:<a@b.example> BODY=BINARYMIME", BadParameterValue),
+            (
+                b"MAIL FROM:<a@b.example> BODY=BINARYMIME",
+                BadParameterValue,
+            ),
             (b"MAIL FROM:<a@b.example> SMTPUTF8=yes", BadParameterValue),
             (b"RCPT", BadArguments),
             (b"RCPT FROM:<c@d.example>", BadArguments),
@@ -416,7 +501,12 @@ mod tests {
             (b"AUTH PLAIN a b", BadArguments),
         ];
         for &(line, expected) in table {
-            assert_eq!(parse_command(line), Err(expected), "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                parse_command(line),
+                Err(expected),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
@@ -438,18 +528,45 @@ mod tests {
         for (error, code, (class, subject, detail)) in table {
             let reply = Reply::from(&error);
             assert_eq!(reply.code, code, "{error:?}");
-            assert_eq!(reply.status, Some(EnhancedStatus { class, subject, detail }), "{error:?}");
+            assert_eq!(
+                reply.status,
+                Some(EnhancedStatus {
+                    class,
+                    subject,
+                    detail
+                }),
+                "{error:?}"
+            );
             assert!(!reply.text.is_empty());
         }
     }
 
     #[test]
+    fn auth_initial_response_is_redacted_in_debug() {
+        let command = parse_command(b"AUTH PLAIN AHVzZXIAc2VjcmV0").unwrap();
+        let debug = format!("{command:?}");
+        assert!(!debug.contains("AHVzZXIAc2VjcmV0"), "{debug}");
+        assert!(debug.contains("PLAIN"));
+    }
+
+    #[test]
     fn pipeline_group_enders_follow_rfc_2920() {
-        assert!(!parse_command(b"MAIL FROM:<>").unwrap().ends_pipeline_group());
-        assert!(!parse_command(b"RCPT TO:<a@b.example>").unwrap().ends_pipeline_group());
+        assert!(!parse_command(b"MAIL FROM:<>")
+            .unwrap()
+            .ends_pipeline_group());
+        assert!(!parse_command(b"RCPT TO:<a@b.example>")
+            .unwrap()
+            .ends_pipeline_group());
         assert!(!parse_command(b"RSET").unwrap().ends_pipeline_group());
-        for line in ["EHLO x", "HELO x", "DATA", "NOOP", "QUIT", "VRFY x", "STARTTLS"] {
-            assert!(parse_command(line.as_bytes()).unwrap().ends_pipeline_group(), "{line}");
+        for line in [
+            "EHLO x", "HELO x", "DATA", "NOOP", "QUIT", "VRFY x", "STARTTLS",
+        ] {
+            assert!(
+                parse_command(line.as_bytes())
+                    .unwrap()
+                    .ends_pipeline_group(),
+                "{line}"
+            );
         }
     }
 }

@@ -50,13 +50,18 @@ impl LineFramer {
             Some(lf) => {
                 let line = &input[..lf];
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                Frame::Line { line, consumed: lf + 1 }
+                Frame::Line {
+                    line,
+                    consumed: lf + 1,
+                }
             }
             None if self.discarding || input.len() >= MAX_COMMAND_LINE => {
                 // No line end within the limit: this line can no longer be valid. Drop what we
                 // have, remember to drop the rest of it too.
                 self.discarding = true;
-                Frame::Partial { consumed: input.len() }
+                Frame::Partial {
+                    consumed: input.len(),
+                }
             }
             None => Frame::Partial { consumed: 0 },
         }
@@ -99,15 +104,21 @@ mod tests {
     #[test]
     fn crlf_and_bare_lf_both_end_command_lines() {
         let lines = frame_all(b"NOOP\r\nNOOP\nNOOP\r\r\nPART", 1000);
-        let expected: Vec<Option<Vec<u8>>> =
-            vec![Some(b"NOOP".to_vec()), Some(b"NOOP".to_vec()), Some(b"NOOP\r".to_vec())];
+        let expected: Vec<Option<Vec<u8>>> = vec![
+            Some(b"NOOP".to_vec()),
+            Some(b"NOOP".to_vec()),
+            Some(b"NOOP\r".to_vec()),
+        ];
         assert_eq!(lines, expected);
     }
 
     #[test]
     fn line_of_exactly_512_octets_is_accepted_513_is_not() {
         let ok = [vec![b'A'; MAX_COMMAND_LINE - 2], b"\r\n".to_vec()].concat();
-        assert_eq!(frame_all(&ok, 4096), vec![Some(vec![b'A'; MAX_COMMAND_LINE - 2])]);
+        assert_eq!(
+            frame_all(&ok, 4096),
+            vec![Some(vec![b'A'; MAX_COMMAND_LINE - 2])]
+        );
         let long = [vec![b'A'; MAX_COMMAND_LINE - 1], b"\r\n".to_vec()].concat();
         assert_eq!(frame_all(&long, 4096), vec![None]);
     }
@@ -116,7 +127,11 @@ mod tests {
     fn over_long_line_is_discarded_to_its_end_then_framing_resumes() {
         let input = [vec![b'X'; 5000], b"\r\nQUIT\r\n".to_vec()].concat();
         for chunk in [1, 7, 511, 512, 513, 4096, 10_000] {
-            assert_eq!(frame_all(&input, chunk), vec![None, Some(b"QUIT".to_vec())], "{chunk}");
+            assert_eq!(
+                frame_all(&input, chunk),
+                vec![None, Some(b"QUIT".to_vec())],
+                "{chunk}"
+            );
         }
     }
 

@@ -1,10 +1,22 @@
 //! `ServerSession`: the receiver state machine. Bytes in, replies and decisions out.
 //! Performs no I/O and reads no clock.
+//!
+//! The glue feeds whatever it read to `handle_input` and acts on the returned `Step`; every
+//! reply goes through `Replies` (the one choke point), and every decision the glue must make
+//! (open a spool, commit, start TLS, close) is a `Next` variant. The session never produces the
+//! 250 for a message by itself: only `committed` does, after the glue made the message durable.
 
 use core::net::IpAddr;
+use std::borrow::Cow;
 
 use super::address::{Mailbox, ReversePath};
+use super::body::{BodyDecoder, BodyError};
+use super::command::{parse_command, Command, MailParams, SyntaxError};
+use super::line::{Frame, LineFramer};
+use super::replies;
 use super::reply::Reply;
+
+pub use super::command::BodyType;
 
 /// Whether STARTTLS can be offered on this connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,13 +42,6 @@ pub struct SessionParams {
     pub tls: TlsMode,
     pub auth_offered: bool,
     pub limits: Limits,
-}
-
-/// RFC 1652 / RFC 6152 body type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyType {
-    SevenBit,
-    EightBitMime,
 }
 
 /// What the session hands the glue at the final dot.
@@ -67,11 +72,13 @@ pub enum Awaiting {
     Closed,
 }
 
+#[derive(Debug)]
 pub struct Step {
     pub consumed: usize,
     pub next: Next,
 }
 
+#[derive(Debug)]
 pub enum Next {
     /// Everything usable was consumed; write pending replies, then read more.
     NeedInput,
@@ -85,6 +92,10 @@ pub enum Next {
     /// Final dot seen: append the body buffer, store, flush, then `committed`.
     Commit(Envelope),
     /// 220 queued: write it, then start TLS (see the STARTTLS invariant).
+    ///
+    /// STARTTLS invariant (CVE-2011-0411): `consumed` ends right after the STARTTLS line.
+    /// Whatever follows in the caller's buffer was sent in plaintext and must be dropped, never
+    /// fed back after the handshake. Input fed before `tls_established` is dropped too.
     StartTls,
     /// Write pending replies and close.
     Close,
@@ -114,42 +125,468 @@ impl Replies {
     }
 }
 
+/// Queued replies beyond which `handle_input` asks the glue to write before going on, so a
+/// client pipelining junk without reading cannot grow the reply buffer without bound.
+const MAX_QUEUED_REPLIES: usize = 4096;
+
+/// The session state, named for what it awaits.
+#[derive(Debug)]
+enum State {
+    AwaitHelo,
+    AwaitMail,
+    AwaitRcptOrData,
+    InBody(BodyDecoder),
+    AwaitCommit,
+    /// STARTTLS accepted; waiting for the glue's handshake. Plaintext input is dropped.
+    AwaitTls,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+/// The MAIL … end-of-data transaction (OpenSMTPD `smtp_tx`).
+#[derive(Debug)]
+struct Transaction {
+    reverse_path: ReversePath,
+    recipients: Vec<Mailbox>,
+    body_type: BodyType,
+    smtputf8: bool,
+}
+
 pub struct ServerSession {
     params: SessionParams,
+    state: State,
+    helo: Option<Helo>,
+    tx: Option<Transaction>,
+    framer: LineFramer,
+    tls_active: bool,
+    errors: u32,
 }
 
 impl ServerSession {
     pub fn new(params: SessionParams) -> Self {
-        Self { params }
+        let tls_active = params.tls == TlsMode::Active;
+        Self {
+            params,
+            state: State::AwaitHelo,
+            helo: None,
+            tx: None,
+            framer: LineFramer::new(),
+            tls_active,
+            errors: 0,
+        }
     }
+
+    /// `220 <hostname> ESMTP outpost` (no enhanced status: RFC 2034 §3).
     pub fn greeting(&self) -> Reply {
-        let _ = &self.params;
-        todo!()
+        let text = format!("{} ESMTP outpost", self.params.hostname);
+        Reply {
+            code: 220,
+            status: None,
+            text: Cow::Owned(text),
+        }
     }
+
     /// Feeds bytes. In body state, decoded (dot-unstuffed, CRLF-normalised) octets are appended
     /// to `body`. Guarantee: when this returns `NeedInput`, the unconsumed tail is shorter than
     /// `MAX_COMMAND_LINE`, so a caller buffer of 4 KiB never deadlocks.
+    ///
+    /// While awaiting a commit (`Next::Commit` returned, `committed` not yet called) nothing is
+    /// consumed: the glue must commit before feeding more. After `Next::StartTls` input is
+    /// dropped until `tls_established`; after `Next::Close` it is dropped for good.
     pub fn handle_input(&mut self, input: &[u8], out: &mut Replies, body: &mut Vec<u8>) -> Step {
-        let _ = (input, out, body);
-        todo!()
+        let mut consumed = 0;
+        loop {
+            let rest = &input[consumed..];
+            let (used, next) = match &mut self.state {
+                // Sticky terminal state: input ignored, no reply.
+                State::Closed => (rest.len(), Some(Next::Close)),
+                State::AwaitTls => (rest.len(), Some(Next::StartTls)),
+                // The glue must call `committed` first; nothing is consumed meanwhile.
+                State::AwaitCommit => (0, Some(Next::NeedInput)),
+                State::InBody(decoder) => {
+                    let decoded = decoder.decode(rest, body);
+                    let next = if decoded.done {
+                        self.end_of_data(out)
+                    } else {
+                        Next::NeedInput
+                    };
+                    (decoded.consumed, Some(next))
+                }
+                State::AwaitHelo | State::AwaitMail | State::AwaitRcptOrData => {
+                    self.handle_line(rest, out)
+                }
+            };
+            consumed += used;
+            let next = match next {
+                Some(Next::FlushReplies) if consumed == input.len() => Some(Next::NeedInput),
+                None if out.as_bytes().len() >= MAX_QUEUED_REPLIES => Some(Next::FlushReplies),
+                next => next,
+            };
+            if let Some(next) = next {
+                return Step { consumed, next };
+            }
+        }
     }
+
     /// The only way a 250 after DATA is produced.
     pub fn committed(&mut self, outcome: CommitOutcome) -> Reply {
-        let _ = outcome;
-        todo!()
+        if !matches!(self.state, State::AwaitCommit) {
+            return replies::NOTHING_TO_COMMIT;
+        }
+        self.state = State::AwaitMail;
+        match outcome {
+            CommitOutcome::Stored(queue_id) => replies::queued_as(&queue_id),
+            CommitOutcome::QueueFull => replies::QUEUE_FULL,
+            CommitOutcome::Failed => replies::STORE_FAILED,
+        }
     }
+
+    /// RFC 3207 §4.2: after the handshake the session starts afresh (no HELO, no transaction).
     pub fn tls_established(&mut self) {
-        todo!()
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        self.tls_active = true;
+        self.helo = None;
+        self.tx = None;
+        self.framer.reset();
+        self.state = State::AwaitHelo;
     }
+
+    /// `421 4.4.2`; the session is closed for good.
     pub fn timed_out(&mut self) -> Reply {
-        todo!()
+        self.close();
+        replies::TIMEOUT
     }
+
     pub fn awaiting(&self) -> Awaiting {
-        todo!()
+        match self.state {
+            State::AwaitHelo | State::AwaitMail | State::AwaitRcptOrData | State::AwaitTls => {
+                Awaiting::Command
+            }
+            State::InBody(_) => Awaiting::Body,
+            State::AwaitCommit => Awaiting::Commit,
+            State::Closed => Awaiting::Closed,
+        }
     }
+
     /// RFC 5321 §4.4 trace header for the current transaction, CRLF-terminated (folded).
     pub fn received_header(&self, queue_id: &str, date: &str) -> String {
-        let _ = (queue_id, date);
-        todo!()
+        let helo = self
+            .helo
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), |h| sanitize(&h.name));
+        let peer = match self.params.peer.to_canonical() {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("IPv6:{ip}"),
+        };
+        let mut header = format!(
+            "Received: from {helo} ([{peer}])\r\n\tby {} (outpost) with {} id {queue_id}",
+            self.params.hostname,
+            self.protocol_name(),
+        );
+        // One recipient only: naming several would disclose the Bcc list to each of them.
+        if let Some([recipient]) = self.tx.as_ref().map(|tx| tx.recipients.as_slice()) {
+            header.push_str(&format!("\r\n\tfor <{recipient}>"));
+        }
+        header.push_str(&format!("; {date}\r\n"));
+        header
+    }
+
+    /// RFC 3848 / RFC 6531 §3.7.3 `with` protocol names.
+    fn protocol_name(&self) -> &'static str {
+        let extended = self.helo.as_ref().is_some_and(|h| h.extended);
+        let utf8 = self.tx.as_ref().is_some_and(|tx| tx.smtputf8);
+        match (utf8, self.tls_active, extended) {
+            (true, true, _) => "UTF8SMTPS",
+            (true, false, _) => "UTF8SMTP",
+            (false, true, _) => "ESMTPS",
+            (false, false, true) => "ESMTP",
+            (false, false, false) => "SMTP",
+        }
+    }
+
+    fn close(&mut self) {
+        self.state = State::Closed;
+        self.tx = None;
+    }
+
+    /// Frames and handles one command line. `None`: go on with the rest of the input.
+    fn handle_line(&mut self, input: &[u8], out: &mut Replies) -> (usize, Option<Next>) {
+        match self.framer.next_line(input) {
+            Frame::Partial { consumed } => (consumed, Some(Next::NeedInput)),
+            Frame::TooLong { consumed } => (
+                consumed,
+                self.reject(Reply::from(&SyntaxError::LineTooLong), out),
+            ),
+            Frame::Line { line, consumed } => (consumed, self.handle_command(line, out)),
+        }
+    }
+
+    /// The one dispatch: `check_*` decides (sequencing, limits), `proceed_*` applies.
+    fn handle_command(&mut self, line: &[u8], out: &mut Replies) -> Option<Next> {
+        let command = match parse_command(line) {
+            Ok(command) => command,
+            Err(error) => return self.reject(Reply::from(&error), out),
+        };
+        let ends_group = command.ends_pipeline_group();
+        let result = match command {
+            Command::Ehlo(name) => Ok(self.proceed_helo(name, true, out)),
+            Command::Helo(name) => Ok(self.proceed_helo(name, false, out)),
+            Command::Mail { path, params } => self
+                .check_mail(&params)
+                .map(|()| self.proceed_mail(path, params, out)),
+            Command::Rcpt { path } => self
+                .check_rcpt(&path)
+                .map(|()| self.proceed_rcpt(path, out)),
+            Command::Data => self.check_data().map(|()| self.proceed_data(out)),
+            Command::Rset => Ok(self.proceed_rset(out)),
+            Command::Noop => Ok(answer(&replies::OK, out)),
+            Command::Vrfy => Ok(answer(&replies::CANNOT_VRFY, out)),
+            Command::Help => Ok(answer(&replies::HELP, out)),
+            Command::Quit => Ok(self.proceed_quit(out)),
+            Command::StartTls => self.check_starttls().map(|()| self.proceed_starttls(out)),
+            // The initial response is a secret: it is dropped here, never logged.
+            Command::Auth { .. } => Err(self.refuse_auth()),
+        };
+        match result {
+            Ok(Some(next)) => Some(next),
+            Ok(None) => ends_group.then_some(Next::FlushReplies),
+            Err(reply) => self
+                .reject(reply, out)
+                .or(ends_group.then_some(Next::FlushReplies)),
+        }
+    }
+
+    /// Queues a refusal and counts it; too many earn 421 and a close (Postfix
+    /// `smtpd_hard_error_limit`). Size and recipient-limit refusals are not the client's junk.
+    fn reject(&mut self, reply: Reply, out: &mut Replies) -> Option<Next> {
+        out.push(&reply);
+        if reply.code < 500 || reply.code == 552 {
+            return None;
+        }
+        self.errors = self.errors.saturating_add(1);
+        if self.errors < self.params.limits.max_errors.max(1) {
+            return None;
+        }
+        out.push(&replies::TOO_MANY_ERRORS);
+        self.close();
+        Some(Next::Close)
+    }
+
+    /// EHLO/HELO are valid in every command state and act as RSET (RFC 5321 §4.1.4).
+    fn proceed_helo(&mut self, name: String, extended: bool, out: &mut Replies) -> Option<Next> {
+        let mut text = self.params.hostname.clone();
+        if extended {
+            text.push_str("\nPIPELINING");
+            text.push_str(&format!("\nSIZE {}", self.params.limits.max_message_size));
+            text.push_str("\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8");
+            if self.params.tls == TlsMode::Offered && !self.tls_active {
+                text.push_str("\nSTARTTLS");
+            }
+        }
+        out.push(&Reply {
+            code: 250,
+            status: None,
+            text: Cow::Owned(text),
+        });
+        self.helo = Some(Helo { name, extended });
+        self.tx = None;
+        self.state = State::AwaitMail;
+        None
+    }
+
+    fn check_mail(&self, params: &MailParams) -> Result<(), Reply> {
+        if self.helo.is_none() {
+            return Err(replies::NEED_HELO);
+        }
+        if self.tx.is_some() {
+            return Err(replies::NESTED_MAIL);
+        }
+        // RFC 1870 §6: refuse a declared size over the limit before any body is sent.
+        if params
+            .size
+            .is_some_and(|size| size > self.params.limits.max_message_size)
+        {
+            return Err(replies::MESSAGE_TOO_BIG);
+        }
+        Ok(())
+    }
+
+    fn proceed_mail(
+        &mut self,
+        reverse_path: ReversePath,
+        params: MailParams,
+        out: &mut Replies,
+    ) -> Option<Next> {
+        self.tx = Some(Transaction {
+            reverse_path,
+            recipients: Vec::new(),
+            body_type: params.body.unwrap_or(BodyType::SevenBit),
+            smtputf8: params.smtputf8,
+        });
+        self.state = State::AwaitRcptOrData;
+        answer(&replies::SENDER_OK, out)
+    }
+
+    fn check_rcpt(&self, path: &Mailbox) -> Result<(), Reply> {
+        if self.helo.is_none() {
+            return Err(replies::NEED_HELO);
+        }
+        let Some(tx) = &self.tx else {
+            return Err(replies::NEED_MAIL);
+        };
+        if !path.is_ascii() && !tx.smtputf8 {
+            return Err(replies::NEED_SMTPUTF8);
+        }
+        // Never an open relay: the glue decides `relay_allowed` from `relay_from`.
+        if !self.params.relay_allowed {
+            return Err(replies::RELAY_DENIED);
+        }
+        if tx.recipients.len() >= self.params.limits.max_recipients {
+            return Err(replies::TOO_MANY_RECIPIENTS);
+        }
+        Ok(())
+    }
+
+    fn proceed_rcpt(&mut self, path: Mailbox, out: &mut Replies) -> Option<Next> {
+        if let Some(tx) = &mut self.tx {
+            // A repeated recipient is acknowledged but kept once: one delivery per address.
+            if !tx.recipients.contains(&path) {
+                tx.recipients.push(path);
+            }
+        }
+        answer(&replies::RECIPIENT_OK, out)
+    }
+
+    fn check_data(&self) -> Result<(), Reply> {
+        if self.helo.is_none() {
+            return Err(replies::NEED_HELO);
+        }
+        match &self.tx {
+            None => Err(replies::NEED_MAIL),
+            Some(tx) if tx.recipients.is_empty() => Err(replies::NO_VALID_RECIPIENTS),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn proceed_data(&mut self, out: &mut Replies) -> Option<Next> {
+        self.state = State::InBody(BodyDecoder::new(self.params.limits.max_message_size));
+        out.push(&replies::START_DATA);
+        Some(Next::BodyStart)
+    }
+
+    /// The final dot: hand the envelope over, or queue the refusal of a drained body.
+    fn end_of_data(&mut self, out: &mut Replies) -> Next {
+        let (error, size) = match &self.state {
+            State::InBody(decoder) => (decoder.error(), decoder.size()),
+            _ => (None, 0),
+        };
+        self.state = State::AwaitMail;
+        let tx = self.tx.take();
+        let refusal = match (error, tx) {
+            (Some(BodyError::TooLarge), _) => replies::MESSAGE_TOO_BIG,
+            (Some(BodyError::LineTooLong), _) => replies::BODY_LINE_TOO_LONG,
+            // DATA is only entered with a transaction; answer 451 rather than panic.
+            (None, None) => replies::STORE_FAILED,
+            (None, Some(tx)) => {
+                self.state = State::AwaitCommit;
+                return Next::Commit(Envelope {
+                    reverse_path: tx.reverse_path,
+                    recipients: tx.recipients,
+                    body_type: tx.body_type,
+                    smtputf8: tx.smtputf8,
+                    size,
+                });
+            }
+        };
+        out.push(&refusal);
+        Next::BodyDiscarded
+    }
+
+    fn proceed_rset(&mut self, out: &mut Replies) -> Option<Next> {
+        self.tx = None;
+        self.state = if self.helo.is_some() {
+            State::AwaitMail
+        } else {
+            State::AwaitHelo
+        };
+        answer(&replies::OK, out)
+    }
+
+    fn proceed_quit(&mut self, out: &mut Replies) -> Option<Next> {
+        out.push(&replies::BYE);
+        self.close();
+        Some(Next::Close)
+    }
+
+    fn check_starttls(&self) -> Result<(), Reply> {
+        if self.tls_active {
+            return Err(replies::TLS_ALREADY_ACTIVE);
+        }
+        if self.params.tls != TlsMode::Offered {
+            return Err(replies::NOT_IMPLEMENTED);
+        }
+        if self.helo.is_none() {
+            return Err(replies::NEED_HELO);
+        }
+        if self.tx.is_some() {
+            return Err(replies::TRANSACTION_IN_PROGRESS);
+        }
+        Ok(())
+    }
+
+    /// Stops right after the STARTTLS line: see `Next::StartTls`.
+    fn proceed_starttls(&mut self, out: &mut Replies) -> Option<Next> {
+        out.push(&replies::READY_FOR_TLS);
+        self.state = State::AwaitTls;
+        Some(Next::StartTls)
+    }
+
+    /// No SASL mechanism exists yet; when AUTH is offered it is still refused in plaintext
+    /// (RFC 4954 §4), so credentials are never invited over an unencrypted connection.
+    fn refuse_auth(&self) -> Reply {
+        if !self.params.auth_offered {
+            replies::NOT_IMPLEMENTED
+        } else if self.helo.is_none() {
+            replies::NEED_HELO
+        } else if !self.tls_active {
+            replies::ENCRYPTION_REQUIRED
+        } else {
+            replies::UNKNOWN_AUTH_MECHANISM
+        }
     }
 }
+
+/// Queues a reply that changes no state.
+fn answer(reply: &Reply, out: &mut Replies) -> Option<Next> {
+    out.push(reply);
+    None
+}
+
+/// The HELO name as printed in the trace header: printable ASCII only, no comment or
+/// separator characters, bounded, so a client cannot inject header lines or fields.
+fn sanitize(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .take(super::address::MAX_DOMAIN)
+        .map(|c| match c {
+            '(' | ')' | ';' | '\\' | '"' => '?',
+            c if c.is_ascii_graphic() => c,
+            _ => '?',
+        })
+        .collect();
+    if clean.is_empty() {
+        "unknown".to_owned()
+    } else {
+        clean
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! `ConfigFile`: the TOML file as written, key for key (stage one of two). Serde checks the
+//! shape (known keys, value types); `Config::from_file` does the rest. Reads no files itself.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// The config file's keys, exactly as in TOML and the docs. Every key is optional: a missing
+/// key takes its embedded default in `Config::from_file`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub hostname: Option<String>,
+    pub data_dir: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub relay_from: Option<Vec<String>>,
+    pub max_message_size: Option<u64>,
+    pub max_recipients: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_errors: Option<u64>,
+    pub smarthost: Option<SmarthostSection>,
+    #[serde(default)]
+    pub queue: QueueSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+}
+
+/// `[smarthost]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SmarthostSection {
+    pub address: Option<String>,
+    pub tls: Option<String>,
+}
+
+/// `[queue]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    pub retry_min: Option<String>,
+    pub retry_max: Option<String>,
+    pub max_age: Option<String>,
+    pub max_bytes: Option<u64>,
+    pub failed_retention: Option<String>,
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    pub cache_bytes: Option<u64>,
+}
+
+/// `[timeouts]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    pub command: Option<String>,
+    pub data: Option<String>,
+    pub smarthost: Option<String>,
+    pub smarthost_data_end: Option<String>,
+}
+
+/// One thing wrong with the configuration, named by its key (`queue.retry_min`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl ConfigFile {
+    /// Parses TOML text. Serde stops at the first shape error, so this returns one problem;
+    /// its key is recovered from the error's position because toml's message does not name it.
+    pub fn parse(text: &str) -> Result<Self, Problem> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            let Some(span) = e.span() else {
+                return Problem::new("(file)", message);
+            };
+            let line = 1 + text
+                .get(..span.start)
+                .map_or(0, |t| t.matches('\n').count());
+            let message = if message.is_empty() {
+                format!("line {line}: TOML syntax error")
+            } else {
+                format!("line {line}: {message}")
+            };
+            Problem::new(
+                key_at(text, span.start).unwrap_or_else(|| "(file)".to_owned()),
+                message,
+            )
+        })
+    }
+}
+
+/// Best-effort dotted key (`queue.retry_min`) for the TOML position `pos`: the key of the
+/// nearest `key =` line at or before `pos`, prefixed by the enclosing `[section]`.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    // The rest of the line the position is on counts too (unknown keys point at the key).
+    let line_end = text.get(pos..)?.find('\n').map_or(text.len(), |n| pos + n);
+    let upto = text.get(..line_end)?;
+    let mut key = None;
+    let mut section = None;
+    for line in upto.lines().rev().map(str::trim) {
+        if line.starts_with('[') {
+            section = Some(line.trim_matches(|c| c == '[' || c == ']').trim());
+            break;
+        }
+        if key.is_none() && !line.starts_with('#') {
+            key = line
+                .split_once('=')
+                .map(|(name, _)| name.trim().trim_matches('"'));
+        }
+    }
+    match (section, key) {
+        (Some(section), Some(key)) => Some(format!("{section}.{key}")),
+        (None, Some(key)) => Some(key.to_owned()),
+        (Some(section), None) => Some(section.to_owned()),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let p = ConfigFile::parse("hostname = \"a\"\nlisten_on = [\"x\"]\n").unwrap_err();
+        assert_eq!(p.key, "listen_on");
+        assert!(p.message.contains("unknown field `listen_on`"), "{p}");
+        assert!(p.message.contains("line 2"), "{p}");
+    }
+
+    #[test]
+    fn unknown_key_in_section_is_named_with_section() {
+        let p = ConfigFile::parse("[queue]\nretry_min = \"1s\"\nretry_mix = \"2s\"\n").unwrap_err();
+        assert_eq!(p.key, "queue.retry_mix");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let p = ConfigFile::parse("[timeouts]\ncommand = 5\n").unwrap_err();
+        assert_eq!(p.key, "timeouts.command");
+        assert!(p.message.contains("expected a string"), "{p}");
+    }
+
+    #[test]
+    fn wrong_type_in_multiline_array_names_key() {
+        let p = ConfigFile::parse("listen = [\n  \"127.0.0.1:25\",\n  25,\n]\n").unwrap_err();
+        assert_eq!(p.key, "listen");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let p = ConfigFile::parse("[tls]\ncert = \"x\"\n").unwrap_err();
+        assert!(p.message.contains("unknown field `tls`"), "{p}");
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(ConfigFile::parse("").unwrap(), ConfigFile::default());
+    }
+}

@@ -1,0 +1,469 @@
+//! End-to-end tests of the forwarder: `open_session`/`transfer` and `run` against an independent
+//! upstream (mailin-embedded on 127.0.0.1:0) and, for `run`, the real store in a temp dir.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+use mailin_embedded::response::{NO_MAILBOX, OK};
+use mailin_embedded::{Handler, Response, Server};
+
+use super::*;
+use crate::store::StoreOptions;
+
+/// What the independent upstream (mailin-embedded) saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Received {
+    from: String,
+    to: Vec<String>,
+    data: Vec<u8>,
+    eight_bit: bool,
+}
+
+#[derive(Clone)]
+struct Upstream {
+    received: Arc<Mutex<Vec<Received>>>,
+    current: Received,
+    /// Recipients answered with 550.
+    reject: Vec<String>,
+}
+
+impl Handler for Upstream {
+    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> Response {
+        self.current = Received {
+            from: from.to_owned(),
+            ..Received::default()
+        };
+        OK
+    }
+    fn rcpt(&mut self, to: &str) -> Response {
+        if self.reject.iter().any(|r| r == to) {
+            return NO_MAILBOX;
+        }
+        self.current.to.push(to.to_owned());
+        OK
+    }
+    fn data_start(&mut self, _: &str, _: &str, is8bit: bool, _: &[String]) -> Response {
+        self.current.eight_bit = is8bit;
+        OK
+    }
+    fn data(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.current.data.extend_from_slice(buf);
+        Ok(())
+    }
+    fn data_end(&mut self) -> Response {
+        self.received.lock().unwrap().push(self.current.clone());
+        OK
+    }
+}
+
+/// Starts an upstream on 127.0.0.1:0 (its thread lives until the test process ends).
+fn start_upstream(reject: &[&str]) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let handler = Upstream {
+        received: Arc::clone(&received),
+        current: Received::default(),
+        reject: reject.iter().map(|r| (*r).to_owned()).collect(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = Server::new(handler);
+    server
+        .with_name("upstream.test")
+        .with_tcp_listener(listener)
+        .with_num_threads(2);
+    std::thread::spawn(move || {
+        let _ = server.serve();
+    });
+    (addr, received)
+}
+
+fn client_params(addr: SocketAddr) -> ClientParams {
+    ClientParams {
+        helo_name: "outpost.test".into(),
+        tls: TlsPolicy::None,
+        smarthost: addr.to_string(),
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Body with lines that need dot-stuffing, a lone dot, 8-bit octets and no final CRLF
+/// trouble.
+const BODY: &[u8] = b"Subject: test\r\nFrom: cron@lan\r\n\r\n.leading dot\r\n..two dots\r\n\
+    .\r\nd\xc3\xa9j\xc3\xa0 vu 8-bit\r\nlast line\r\n";
+
+fn chunks(body: &[u8], size: usize) -> impl Iterator<Item = Result<Vec<u8>, StoreError>> {
+    body.chunks(size)
+        .map(|c| Ok(c.to_vec()))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+#[test]
+fn transfer_is_byte_exact_through_an_independent_upstream() {
+    let (addr, received) = start_upstream(&[]);
+    smol::block_on(async {
+        let (mut conn, mut session) = open_session(&addr.to_string(), client_params(addr), TIMEOUT)
+            .await
+            .unwrap();
+        for (i, chunk_size) in [7, BODY.len()].into_iter().enumerate() {
+            let envelope = Envelope {
+                sender: format!("cron{i}@lan"),
+                recipients: vec!["a@example.org".into(), "b@example.org".into()],
+                size: u64::try_from(BODY.len()).unwrap(),
+                eight_bit: true,
+                smtputf8: false,
+            };
+            let body = || Ok(chunks(BODY, chunk_size));
+            let report = transfer(&mut conn, &mut session, &envelope, body, TIMEOUT)
+                .await
+                .unwrap()
+                .unwrap();
+            let outcomes = classify(&report);
+            assert!(matches!(
+                outcomes[..],
+                [Outcome::Delivered(_), Outcome::Delivered(_)]
+            ));
+        }
+        assert_eq!(session.quit(), ClientStep::Send(b"QUIT\r\n".to_vec()));
+    });
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), 2, "two messages on one connection");
+    for (i, message) in received.iter().enumerate() {
+        assert_eq!(message.from, format!("cron{i}@lan"));
+        assert_eq!(message.to, ["a@example.org", "b@example.org"]);
+        assert!(message.eight_bit, "BODY=8BITMIME sent");
+        assert_eq!(
+            message.data,
+            BODY,
+            "{:?}",
+            String::from_utf8_lossy(&message.data)
+        );
+    }
+}
+
+#[test]
+fn one_rejected_recipient_does_not_stop_the_others() {
+    let (addr, received) = start_upstream(&["nobody@example.org"]);
+    let report = smol::block_on(async {
+        let (mut conn, mut session) = open_session(&addr.to_string(), client_params(addr), TIMEOUT)
+            .await
+            .unwrap();
+        let envelope = Envelope {
+            sender: "cron@lan".into(),
+            recipients: vec!["nobody@example.org".into(), "b@example.org".into()],
+            size: 10,
+            eight_bit: false,
+            smtputf8: false,
+        };
+        let body = || Ok(chunks(b"Subject: x\r\n\r\nhi\r\n", 64));
+        transfer(&mut conn, &mut session, &envelope, body, TIMEOUT)
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    let outcomes = classify(&report);
+    assert!(
+        matches!(&outcomes[0], Outcome::Bounce(r) if r.code == 550),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(&outcomes[1], Outcome::Delivered(_)),
+        "{outcomes:?}"
+    );
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].to, ["b@example.org"]);
+}
+
+#[test]
+fn unreachable_smarthost_is_a_transient_connect_failure() {
+    // Bind then drop: nothing listens on this port any more.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let result = smol::block_on(open_session(
+        &addr.to_string(),
+        client_params(addr),
+        TIMEOUT,
+    ));
+    let Err(error) = result else {
+        panic!("connected to a closed port");
+    };
+    assert!(matches!(error, ForwardError::Connect(_)), "{error}");
+    assert!(error.is_transient());
+}
+
+#[test]
+fn silent_smarthost_times_out_at_the_greeting() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let result = smol::block_on(open_session(
+        &addr.to_string(),
+        client_params(addr),
+        Duration::from_millis(200),
+    ));
+    drop(listener);
+    let Err(error) = result else {
+        panic!("a silent server produced a session");
+    };
+    assert!(
+        matches!(error, ForwardError::Timeout(Stage::Greeting)),
+        "{error}"
+    );
+}
+
+// ---- forward::run end to end, with the real store ----
+
+fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
+    ForwardParams {
+        smarthost: Some(smarthost.to_string()),
+        hostname: "outpost.test".into(),
+        policy: RetryPolicy {
+            retry_min,
+            retry_max: retry_min * 4,
+            max_age: Duration::from_secs(86_400),
+        },
+        window: 16,
+        command_timeout: TIMEOUT,
+        data_end_timeout: TIMEOUT,
+        tls: TlsPolicy::None,
+    }
+}
+
+fn open_store(dir: &std::path::Path) -> Store {
+    let options = StoreOptions {
+        cache_bytes: 1 << 20,
+        flush_every_ms: None,
+        max_bytes: 1 << 30,
+    };
+    let store = Store::open(dir, options).unwrap();
+    store.recover().unwrap();
+    store
+}
+
+async fn enqueue(store: &Store, clock: &QueueClock, sender: &str, to: &[&str]) -> QueueId {
+    let mut spool = store.spool().unwrap();
+    for chunk in BODY.chunks(10) {
+        spool.append(chunk).unwrap();
+    }
+    let info = MessageInfo {
+        sender: sender.into(),
+        recipients: to.iter().map(|r| (*r).to_owned()).collect(),
+        eight_bit: true,
+        smtputf8: false,
+        received_unix: 1_795_466_324,
+    };
+    spool.commit(info, clock.now()).await.unwrap().unwrap()
+}
+
+/// Polls `done` every 20 ms, at most 500 times (10 s), on the executor's timer.
+async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        Timer::after(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+/// The queued DSN (null sender), once the forwarder has tried it: mailin-embedded refuses
+/// `MAIL FROM:<>` (its parser needs a non-empty path), so the DSN ends up failed, which
+/// also shows that a failed bounce is never bounced again.
+fn tried_dsn(store: &Store) -> Option<QueuedMessage> {
+    let list = store.list().ok()?;
+    list.into_iter().find(|m| {
+        m.info.sender.is_empty() && m.recipients.iter().all(|r| r.state == RcptState::Failed)
+    })
+}
+
+#[test]
+fn run_forwards_byte_exact_and_bounces_a_rejected_recipient() {
+    let (addr, received) = start_upstream(&["nobody@example.org"]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let clock = QueueClock::new(store.clock_base());
+    let ex = smol::LocalExecutor::new();
+    let (id, dsn) = smol::block_on(ex.run(async {
+        let to = ["a@example.org", "nobody@example.org"];
+        let id = enqueue(&store, &clock, "cron@lan", &to).await;
+        let (wake, stop) = (Wake::new(), Wake::new());
+        let params = forward_params(addr, Duration::from_millis(50));
+        let task = ex.spawn(run(
+            store.clone(),
+            clock,
+            params,
+            Rc::clone(&wake),
+            Rc::clone(&stop),
+        ));
+        wake.notify();
+        wait_until(|| tried_dsn(&store).is_some()).await;
+        stop.notify();
+        task.await;
+        (id, tried_dsn(&store))
+    }));
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), 1, "upstream got {received:?}");
+    assert_eq!(received[0].from, "cron@lan");
+    assert_eq!(received[0].to, ["a@example.org"]);
+    assert_eq!(received[0].data, BODY);
+    // The original stays listed as failed for the rejected recipient, with the reply.
+    let message = store.get(id).unwrap();
+    assert_eq!(message.recipients[0].state, RcptState::Delivered);
+    let failed = &message.recipients[1];
+    assert_eq!(failed.state, RcptState::Failed);
+    assert!(
+        failed
+            .last_reply
+            .as_deref()
+            .is_some_and(|r| r.starts_with("550")),
+        "{failed:?}"
+    );
+    // The DSN: from the null sender to the original sender, naming the failed recipient.
+    let dsn = dsn.expect("a DSN was queued and tried");
+    assert_eq!(dsn.info.recipients, ["cron@lan"]);
+    let body: Vec<u8> = store
+        .body_chunks(dsn.id)
+        .unwrap()
+        .flat_map(Result::unwrap)
+        .collect();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("\r\nTo: <cron@lan>\r\n"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; nobody@example.org\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("Diagnostic-Code: smtp; 550 "), "{text}");
+    assert!(
+        text.contains("Subject: test\r\n"),
+        "original headers returned: {text}"
+    );
+    // No bounce of the bounce: the original and the DSN are all there is.
+    assert_eq!(store.list().unwrap().len(), 2);
+}
+
+#[test]
+fn smarthost_down_burns_no_attempts_and_link_up_drains_the_queue() {
+    // The smarthost's port accepts connections and closes them at once (a site failure)
+    // until the upstream takes the same listener over.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refuser = std::thread::spawn(move || {
+        for _ in 0..3 {
+            let (stream, _) = listener.accept().unwrap();
+            drop(stream);
+        }
+        listener
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let clock = QueueClock::new(store.clock_base());
+    let ex = smol::LocalExecutor::new();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let received_in_test = Arc::clone(&received);
+    let delivered = smol::block_on(ex.run(async {
+        let first = enqueue(&store, &clock, "cron@lan", &["a@example.org"]).await;
+        let second = enqueue(&store, &clock, "ups@lan", &["b@example.org"]).await;
+        let (wake, stop) = (Wake::new(), Wake::new());
+        let params = forward_params(addr, Duration::from_millis(30));
+        let task = ex.spawn(run(
+            store.clone(),
+            clock,
+            params,
+            Rc::clone(&wake),
+            Rc::clone(&stop),
+        ));
+        wake.notify();
+        let three_failures = wait_until(|| refuser.is_finished()).await;
+        assert!(three_failures, "the forwarder did not retry the link");
+        for id in [first, second] {
+            assert_eq!(
+                store.get(id).unwrap().attempts,
+                0,
+                "site failures burn no attempts"
+            );
+        }
+        let listener = refuser.join().unwrap();
+        let handler = Upstream {
+            received: received_in_test,
+            current: Received::default(),
+            reject: Vec::new(),
+        };
+        let mut server = Server::new(handler);
+        server
+            .with_name("upstream.test")
+            .with_tcp_listener(listener)
+            .with_num_threads(2);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        let delivered = wait_until(|| received.lock().unwrap().len() >= 2).await;
+        stop.notify();
+        task.await;
+        delivered
+    }));
+    let received = received.lock().unwrap();
+    assert!(delivered, "upstream got {received:?}");
+    assert_eq!(
+        received
+            .iter()
+            .map(|m| m.to[0].as_str())
+            .collect::<Vec<_>>(),
+        ["a@example.org", "b@example.org"]
+    );
+    assert!(received.iter().all(|m| m.data == BODY));
+    assert!(
+        store.list().unwrap().is_empty(),
+        "delivered mail leaves the queue"
+    );
+}
+
+#[test]
+fn expired_mail_bounces_without_a_connection_and_bounces_are_never_bounced() {
+    // Nothing listens here: expiry must not depend on the link.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let clock = QueueClock::new(store.clock_base());
+    let ex = smol::LocalExecutor::new();
+    let id = smol::block_on(ex.run(async {
+        let id = enqueue(&store, &clock, "cron@lan", &["a@example.org"]).await;
+        let (wake, stop) = (Wake::new(), Wake::new());
+        let mut params = forward_params(addr, Duration::from_millis(20));
+        params.policy.max_age = Duration::ZERO;
+        let task = ex.spawn(run(
+            store.clone(),
+            clock,
+            params,
+            Rc::clone(&wake),
+            Rc::clone(&stop),
+        ));
+        wake.notify();
+        // The DSN expires too (max_age 0) and must end failed without a DSN of its own.
+        wait_until(|| tried_dsn(&store).is_some()).await;
+        stop.notify();
+        task.await;
+        id
+    }));
+    let original = store.get(id).unwrap();
+    assert_eq!(original.recipients[0].state, RcptState::Failed);
+    let reason = original.recipients[0]
+        .last_reply
+        .clone()
+        .unwrap_or_default();
+    assert!(reason.starts_with("delivery time expired"), "{reason}");
+    let dsn = tried_dsn(&store).expect("a DSN was queued");
+    let body: Vec<u8> = store
+        .body_chunks(dsn.id)
+        .unwrap()
+        .flat_map(Result::unwrap)
+        .collect();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("Status: 4.4.7\r\n"), "{text}");
+    assert_eq!(store.list().unwrap().len(), 2, "no bounce of the bounce");
+}

@@ -1,0 +1,393 @@
+//! One SMTP session over a TCP stream: read → `ServerSession::handle_input` → write, with a
+//! timeout on every read and write; streams the body into a store spool in bounded chunks and
+//! commits it before the session may say 250. Holds no protocol logic: every reply comes from
+//! the session (or, for shutdown, from one named reply here).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, TcpStream};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_io::{Async, Timer};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use log::{debug, error, info, trace, warn};
+
+use super::Ctx;
+use crate::smtp::date::rfc5322_date;
+use crate::smtp::reply::{EnhancedStatus, Reply};
+use crate::smtp::server::{
+    Awaiting, BodyType, CommitOutcome, Envelope, Next, Replies, ServerSession, SessionParams,
+};
+use crate::store::{MessageInfo, Spool};
+
+/// Input buffer: commands are ≤ 512 octets (RFC 5321 §4.5.3.1.4) and the session guarantees
+/// the unconsumed tail after `NeedInput` is shorter than that, so 4 KiB always has room.
+const INPUT_BUF: usize = 4096;
+/// Largest body chunk handed to the store (sled values stay well below 128 KiB; SLED.md).
+const MAX_CHUNK: usize = 32 * 1024;
+/// Spill the body buffer once it holds this much: one `handle_input` call adds at most
+/// 2 × `INPUT_BUF` (bare LF becomes CRLF), so the buffer never exceeds `MAX_CHUNK`.
+const SPILL_AT: usize = MAX_CHUNK - 2 * INPUT_BUF;
+const _: () = assert!(SPILL_AT - 1 + 2 * INPUT_BUF <= MAX_CHUNK);
+
+/// Drives one session to its end; never panics on peer input, logs how it ended.
+pub(super) async fn run(stream: Async<TcpStream>, params: SessionParams, id: u64, ctx: &Ctx) {
+    let tag = Tag {
+        id,
+        peer: params.peer,
+    };
+    debug!("{tag} connected relay_allowed={}", params.relay_allowed);
+    let mut conn = Conn {
+        stream,
+        session: ServerSession::new(params),
+        ctx,
+        tag,
+        replies: Replies::new(),
+        body: Vec::new(),
+        spool: SpoolState::Idle,
+        received_unix: 0,
+        input: [0; INPUT_BUF],
+        len: 0,
+    };
+    let end = conn.drive().await;
+    let in_body = conn.session.awaiting() == Awaiting::Body;
+    if let SpoolState::Open(spool) = std::mem::take(&mut conn.spool) {
+        spool.abort();
+    }
+    match end {
+        End::Closed => debug!("{tag} closed"),
+        End::PeerClosed if in_body => warn!("{tag} disconnected during DATA; message discarded"),
+        End::PeerClosed => debug!("{tag} disconnected"),
+        End::TimedOut(what) => warn!("{tag} timed out awaiting {what}; 421 sent"),
+        End::Shutdown => info!("{tag} closed for shutdown"),
+        End::Io(e) => info!("{tag} connection error: {e}"),
+        End::Internal(what) => error!("{tag} closed: {what}"),
+    }
+}
+
+/// `session=<n> peer=<ip>`, the prefix of every session log line.
+#[derive(Clone, Copy)]
+struct Tag {
+    id: u64,
+    peer: IpAddr,
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "session={} peer={}", self.id, self.peer)
+    }
+}
+
+/// How a session ended.
+enum End {
+    /// The session said `Close` (QUIT, too many errors …).
+    Closed,
+    PeerClosed,
+    TimedOut(&'static str),
+    Shutdown,
+    Io(io::Error),
+    /// A broken invariant on our side.
+    Internal(&'static str),
+}
+
+/// What a read raced against.
+enum Wait {
+    Read(io::Result<usize>),
+    TimedOut,
+    Shutdown,
+}
+
+/// Where the current message body goes.
+#[derive(Default)]
+enum SpoolState {
+    /// No DATA in progress.
+    #[default]
+    Idle,
+    Open(Spool),
+    /// The store failed during this DATA: drain the body, then answer 451 (via `Failed`).
+    Failed,
+}
+
+struct Conn<'a> {
+    stream: Async<TcpStream>,
+    session: ServerSession,
+    ctx: &'a Ctx,
+    tag: Tag,
+    replies: Replies,
+    /// Decoded body octets not yet in the spool (≤ `MAX_CHUNK`).
+    body: Vec<u8>,
+    spool: SpoolState,
+    received_unix: u64,
+    input: [u8; INPUT_BUF],
+    len: usize,
+}
+
+impl Conn<'_> {
+    async fn drive(&mut self) -> End {
+        let greeting = self.session.greeting();
+        self.replies.push(&greeting);
+        match self.step_loop().await {
+            Ok(()) => End::Closed,
+            Err(end) => end,
+        }
+    }
+
+    /// Feeds input to the session and carries out what it asks, until it closes.
+    async fn step_loop(&mut self) -> Result<(), End> {
+        loop {
+            let step = self.session.handle_input(
+                &self.input[..self.len],
+                &mut self.replies,
+                &mut self.body,
+            );
+            self.discard(step.consumed);
+            if self.body.len() >= SPILL_AT {
+                self.spill_body();
+            }
+            match step.next {
+                Next::NeedInput => {
+                    self.flush().await?;
+                    self.fill().await?;
+                }
+                Next::FlushReplies => self.flush().await?,
+                Next::BodyStart => {
+                    self.flush().await?;
+                    self.open_spool();
+                }
+                Next::BodyDiscarded => {
+                    if let SpoolState::Open(spool) = std::mem::take(&mut self.spool) {
+                        spool.abort();
+                    }
+                    self.body.clear();
+                }
+                Next::Commit(envelope) => {
+                    let outcome = self.commit(&envelope).await;
+                    // Idle sessions should not keep a chunk-sized buffer each.
+                    self.body = Vec::new();
+                    let reply = self.session.committed(outcome);
+                    self.replies.push(&reply);
+                    self.flush().await?;
+                }
+                // TLS arrives with a later issue; sessions are built with TlsMode::Unavailable.
+                Next::StartTls => {
+                    self.flush().await?;
+                    return Err(End::Internal("STARTTLS requested but TLS is not available"));
+                }
+                Next::Close => {
+                    self.flush().await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Drops the first `consumed` input bytes, keeping the rest (pipelined commands).
+    fn discard(&mut self, consumed: usize) {
+        let consumed = consumed.min(self.len);
+        self.input.copy_within(consumed..self.len, 0);
+        self.len -= consumed;
+    }
+
+    /// Reads more input, racing the read against the RFC 5321 §4.5.3.2 timeout for what the
+    /// session awaits, and (between commands) against shutdown.
+    async fn fill(&mut self) -> Result<(), End> {
+        let timeouts = &self.ctx.config.timeouts;
+        let (timeout, what) = match self.session.awaiting() {
+            Awaiting::Command => (timeouts.command, "command"),
+            Awaiting::Body => (timeouts.data, "data"),
+            Awaiting::Commit | Awaiting::Closed => {
+                return Err(End::Internal("session asked for input while not reading"));
+            }
+        };
+        if self.len == INPUT_BUF {
+            return Err(End::Internal(
+                "input buffer full without a complete command",
+            ));
+        }
+        // An idle session (no partial command, not in DATA) is closed at shutdown; a session in
+        // DATA gets to finish its message.
+        let closable = what == "command" && self.len == 0;
+        let shutdown = &self.ctx.shutdown;
+        let buf = &mut self.input[self.len..];
+        let stream = &mut self.stream;
+        let read = async { Wait::Read(stream.read(buf).await) };
+        let timer = async {
+            Timer::after(timeout).await;
+            Wait::TimedOut
+        };
+        let stop = async {
+            if closable {
+                shutdown.wait().await;
+            } else {
+                future::pending::<()>().await;
+            }
+            Wait::Shutdown
+        };
+        match future::or(read, future::or(stop, timer)).await {
+            Wait::Read(Ok(0)) => Err(End::PeerClosed),
+            Wait::Read(Ok(n)) => {
+                self.len += n;
+                Ok(())
+            }
+            Wait::Read(Err(e)) => Err(End::Io(e)),
+            Wait::Shutdown => {
+                self.replies.push(&shutting_down(&self.ctx.config.hostname));
+                let _ = self.flush().await;
+                Err(End::Shutdown)
+            }
+            Wait::TimedOut => {
+                let reply = self.session.timed_out();
+                self.replies.push(&reply);
+                let _ = self.flush().await;
+                Err(End::TimedOut(what))
+            }
+        }
+    }
+
+    /// Writes pending replies, bounded by the command timeout (a client that stops reading
+    /// must not pin the session forever).
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.replies.is_empty() {
+            return Ok(());
+        }
+        trace!(
+            "{} S: {:?}",
+            self.tag,
+            String::from_utf8_lossy(self.replies.as_bytes())
+        );
+        let timeout = self.ctx.config.timeouts.command;
+        let bytes = self.replies.as_bytes();
+        let stream = &mut self.stream;
+        let written = future::or(async { Some(stream.write_all(bytes).await) }, async {
+            Timer::after(timeout).await;
+            None
+        })
+        .await;
+        self.replies.clear();
+        match written {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(End::Io(e)),
+            None => Err(End::TimedOut("the client to read our reply")),
+        }
+    }
+
+    /// DATA accepted (354 sent): open a spool and write the trace header first.
+    fn open_spool(&mut self) {
+        self.body.clear();
+        self.received_unix = unix_now();
+        let mut spool = match self.ctx.store.spool() {
+            Ok(spool) => spool,
+            Err(e) => {
+                error!("{} cannot open a spool: {e}", self.tag);
+                self.spool = SpoolState::Failed;
+                return;
+            }
+        };
+        let header = self
+            .session
+            .received_header(&spool.id().to_string(), &rfc5322_date(self.received_unix));
+        self.spool = match spool.append(header.as_bytes()) {
+            Ok(()) => SpoolState::Open(spool),
+            Err(e) => {
+                error!(
+                    "{} queue_id={} cannot write to the spool: {e}",
+                    self.tag,
+                    spool.id()
+                );
+                spool.abort();
+                SpoolState::Failed
+            }
+        };
+    }
+
+    /// Moves the body buffer into the spool in chunks of at most `MAX_CHUNK`. Without an open
+    /// spool (store failed) the bytes are dropped: the body is drained and the commit fails.
+    fn spill_body(&mut self) {
+        if let SpoolState::Open(spool) = &mut self.spool {
+            let appended = self
+                .body
+                .chunks(MAX_CHUNK)
+                .try_for_each(|chunk| spool.append(chunk));
+            if let Err(e) = appended {
+                error!(
+                    "{} queue_id={} cannot write to the spool: {e}",
+                    self.tag,
+                    spool.id()
+                );
+                if let SpoolState::Open(spool) =
+                    std::mem::replace(&mut self.spool, SpoolState::Failed)
+                {
+                    spool.abort();
+                }
+            }
+        }
+        self.body.clear();
+    }
+
+    /// The final dot: append the rest of the body, commit (durable on return), tell the
+    /// forwarder. Only a `Stored` outcome lets the session answer 250.
+    async fn commit(&mut self, envelope: &Envelope) -> CommitOutcome {
+        self.spill_body();
+        let SpoolState::Open(spool) = std::mem::take(&mut self.spool) else {
+            return CommitOutcome::Failed;
+        };
+        let info = MessageInfo {
+            sender: envelope.reverse_path.as_str().to_owned(),
+            recipients: envelope
+                .recipients
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            eight_bit: envelope.body_type == BodyType::EightBitMime,
+            smtputf8: envelope.smtputf8,
+            received_unix: self.received_unix,
+        };
+        let tag = self.tag;
+        let spool_id = spool.id();
+        match spool.commit(info, self.ctx.clock.now()).await {
+            Ok(Ok(id)) => {
+                info!(
+                    "{tag} queue_id={id} from=<{}> nrcpt={} size={} status=queued",
+                    envelope.reverse_path.as_str(),
+                    envelope.recipients.len(),
+                    envelope.size
+                );
+                self.ctx.wake.notify();
+                CommitOutcome::Stored(id.to_string())
+            }
+            Ok(Err(_queue_full)) => {
+                warn!(
+                    "{tag} queue_id={spool_id} size={} status=rejected reason=\"queue full \
+                     (queue.max_bytes)\"",
+                    envelope.size
+                );
+                CommitOutcome::QueueFull
+            }
+            Err(e) => {
+                error!("{tag} queue_id={spool_id} commit failed: {e}");
+                CommitOutcome::Failed
+            }
+        }
+    }
+}
+
+/// RFC 5321 §3.8: 421 when the service is shutting down.
+fn shutting_down(hostname: &str) -> Reply {
+    Reply {
+        code: 421,
+        status: Some(EnhancedStatus {
+            class: 4,
+            subject: 3,
+            detail: 2,
+        }),
+        text: Cow::Owned(format!("{hostname} Service shutting down, try again later")),
+    }
+}
+
+/// Wall-clock seconds, for the Received: date only (queue ages use the queue clock).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,125 @@
+//! The accept loop: connection cap, relay ACL → `SessionParams`, one task per connection on the
+//! daemon's `LocalExecutor`. Never reads from a client and never touches the store.
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use futures_lite::future;
+use log::{debug, warn};
+use smol::LocalExecutor;
+
+use super::{conn, Ctx, SessionSlot};
+use crate::config::Config;
+use crate::smtp::reply::{EnhancedStatus, Reply};
+use crate::smtp::server::{Limits, SessionParams, TlsMode};
+
+/// Pause after a failed accept (EMFILE and friends) so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Accepts until shutdown is raised; then the listener is dropped (new connects are refused).
+pub(super) async fn accept_loop(
+    ex: Rc<LocalExecutor<'static>>,
+    listener: Async<TcpListener>,
+    ctx: Rc<Ctx>,
+) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            ctx.shutdown.wait().await;
+            None
+        });
+        let (stream, peer) = match accepted.await {
+            None => return,
+            Some(Ok(accepted)) => accepted,
+            Some(Err(e)) => {
+                warn!("accept failed: {e}");
+                Timer::after(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let id = ctx.next_session_id();
+        // A v4 client on a dual-stack [::] listener shows up as ::ffff:a.b.c.d.
+        let peer = peer.ip().to_canonical();
+        if ctx.sessions() >= ctx.config.max_connections {
+            warn!(
+                "session={id} peer={peer} status=rejected reason=\"too many connections ({})\"",
+                ctx.config.max_connections
+            );
+            refuse(stream.get_ref(), &ctx.config.hostname);
+            continue;
+        }
+        if let Err(e) = stream.get_ref().set_nodelay(true) {
+            debug!("session={id} peer={peer} cannot set TCP_NODELAY: {e}");
+        }
+        let slot = SessionSlot::new(ctx.clone());
+        let params = session_params(&ctx.config, peer);
+        let ctx = ctx.clone();
+        ex.spawn(async move {
+            conn::run(stream, params, id, &ctx).await;
+            drop(slot);
+        })
+        .detach();
+    }
+}
+
+/// RFC 5321 §3.1: a server may answer the connection with 421 instead of 220. A fresh
+/// socket's send buffer is empty, so one non-blocking write suffices and the accept loop
+/// never waits on a client it is turning away.
+fn refuse(stream: &TcpStream, hostname: &str) {
+    let reply = Reply {
+        code: 421,
+        status: Some(EnhancedStatus {
+            class: 4,
+            subject: 7,
+            detail: 0,
+        }),
+        text: Cow::Owned(format!("{hostname} Too many connections, try again later")),
+    };
+    let mut wire = Vec::new();
+    reply.write_to(&mut wire);
+    let mut stream = stream;
+    // Best effort: the client learns the reason if the write lands, and is closed either way.
+    let _ = stream.write(&wire);
+}
+
+/// What the session needs to know about this client.
+fn session_params(config: &Config, peer: IpAddr) -> SessionParams {
+    SessionParams {
+        hostname: config.hostname.clone(),
+        peer,
+        relay_allowed: config.relay_from.iter().any(|net| net.contains(&peer)),
+        tls: TlsMode::Unavailable,
+        auth_offered: false,
+        limits: Limits {
+            max_message_size: config.max_message_size,
+            max_recipients: config.max_recipients,
+            max_errors: config.max_errors,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_allowed_only_inside_relay_from() {
+        let config = Config::default();
+        let inside: IpAddr = "127.0.0.5".parse().unwrap();
+        let v6_loopback: IpAddr = "::1".parse().unwrap();
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(session_params(&config, inside).relay_allowed);
+        assert!(session_params(&config, v6_loopback).relay_allowed);
+        assert!(!session_params(&config, outside).relay_allowed);
+    }
+
+    #[test]
+    fn mapped_v4_peer_matches_v4_network() {
+        let config = Config::default();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(session_params(&config, mapped.to_canonical()).relay_allowed);
+    }
+}

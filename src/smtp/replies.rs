@@ -1,0 +1,81 @@
+//! The receiver's named replies, each with its RFC 3463 enhanced status: the one table the
+//! session answers from (syntax errors have theirs in `command`). Performs no I/O.
+//!
+//! Exceptions to "every reply carries a status": the 220 greeting and the EHLO/HELO replies
+//! (RFC 2034 §3 excludes them, and an EHLO keyword line must not start with a status), and 354
+//! (RFC 3463 has no class 3).
+
+use std::borrow::Cow;
+
+use super::reply::{EnhancedStatus, Reply};
+
+const fn reply(code: u16, status: (u8, u16, u16), text: &'static str) -> Reply {
+    let (class, subject, detail) = status;
+    Reply {
+        code,
+        status: Some(EnhancedStatus {
+            class,
+            subject,
+            detail,
+        }),
+        text: Cow::Borrowed(text),
+    }
+}
+
+pub const OK: Reply = reply(250, (2, 0, 0), "Ok");
+pub const SENDER_OK: Reply = reply(250, (2, 1, 0), "Ok");
+pub const RECIPIENT_OK: Reply = reply(250, (2, 1, 5), "Ok");
+/// RFC 5321 §3.5.3: outpost cannot verify, but will accept and try.
+pub const CANNOT_VRFY: Reply = reply(252, (2, 1, 5), "Cannot VRFY user, but will accept message");
+pub const HELP: Reply = reply(214, (2, 0, 0), "outpost: see RFC 5321");
+pub const BYE: Reply = reply(221, (2, 0, 0), "Bye");
+pub const START_DATA: Reply = Reply {
+    code: 354,
+    status: None,
+    text: Cow::Borrowed("End data with <CR><LF>.<CR><LF>"),
+};
+/// RFC 3207 §4.
+pub const READY_FOR_TLS: Reply = reply(220, (2, 0, 0), "Ready to start TLS");
+
+pub const NEED_HELO: Reply = reply(503, (5, 5, 1), "Send HELO/EHLO first");
+pub const NEED_MAIL: Reply = reply(503, (5, 5, 1), "Need MAIL command");
+pub const NESTED_MAIL: Reply = reply(503, (5, 5, 1), "Nested MAIL command");
+pub const TRANSACTION_IN_PROGRESS: Reply = reply(503, (5, 5, 1), "Mail transaction in progress");
+pub const TLS_ALREADY_ACTIVE: Reply = reply(503, (5, 5, 1), "TLS already active");
+pub const NOTHING_TO_COMMIT: Reply = reply(503, (5, 5, 1), "No message to commit");
+pub const NOT_IMPLEMENTED: Reply = reply(502, (5, 5, 1), "Command not implemented");
+/// RFC 2920 §3.1: DATA after every RCPT failed.
+pub const NO_VALID_RECIPIENTS: Reply = reply(554, (5, 5, 1), "No valid recipients");
+/// RFC 6531 §3.5: a non-ASCII recipient in a transaction without SMTPUTF8.
+pub const NEED_SMTPUTF8: Reply = reply(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8");
+pub const RELAY_DENIED: Reply = reply(554, (5, 7, 1), "Relaying denied");
+pub const TOO_MANY_RECIPIENTS: Reply = reply(452, (4, 5, 3), "Too many recipients");
+/// RFC 1870 §6.
+pub const MESSAGE_TOO_BIG: Reply = reply(552, (5, 3, 4), "Message size exceeds fixed limit");
+pub const BODY_LINE_TOO_LONG: Reply = reply(554, (5, 6, 0), "Message line too long");
+/// RFC 4954 §4: no AUTH over plaintext.
+pub const ENCRYPTION_REQUIRED: Reply = reply(
+    538,
+    (5, 7, 11),
+    "Encryption required for requested authentication mechanism",
+);
+/// RFC 4954 §4: no SASL mechanism implemented yet.
+pub const UNKNOWN_AUTH_MECHANISM: Reply = reply(504, (5, 5, 4), "Unrecognized authentication type");
+
+pub const QUEUE_FULL: Reply = reply(452, (4, 3, 1), "Insufficient system storage");
+pub const STORE_FAILED: Reply = reply(451, (4, 3, 0), "Local error in processing");
+pub const TOO_MANY_ERRORS: Reply = reply(421, (4, 7, 0), "Too many errors, closing connection");
+pub const TIMEOUT: Reply = reply(421, (4, 4, 2), "Timeout, closing connection");
+
+/// `250 2.0.0 queued as <id>`: the only success reply to the final dot.
+pub fn queued_as(queue_id: &str) -> Reply {
+    Reply {
+        code: 250,
+        status: Some(EnhancedStatus {
+            class: 2,
+            subject: 0,
+            detail: 0,
+        }),
+        text: Cow::Owned(format!("queued as {queue_id}")),
+    }
+}
