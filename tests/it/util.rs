@@ -202,6 +202,8 @@ pub(crate) struct RelayProcess {
     pub(crate) config_path: PathBuf,
     pub(crate) data_dir: PathBuf,
     child: Option<Child>,
+    /// Extra `serve` arguments (flags that override the file).
+    args: Vec<String>,
     /// Everything the relay printed, over all restarts.
     log: Arc<Mutex<String>>,
     /// The current listening port (changes on every restart: the config says port 0).
@@ -221,6 +223,11 @@ impl RelayProcess {
     }
 
     pub(crate) fn start_with(config: RelayConfig) -> Self {
+        Self::start_with_args(config, &[])
+    }
+
+    /// Like `start_with`, adding `serve` flags after `--config FILE`.
+    pub(crate) fn start_with_args(config: RelayConfig, args: &[&str]) -> Self {
         let dir = TestDir::new();
         let data_dir = dir.join("data");
         let config_path = dir.join("outpost.toml");
@@ -230,6 +237,7 @@ impl RelayProcess {
             config_path,
             data_dir,
             child: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             log: Arc::new(Mutex::new(String::new())),
             port: Arc::new(AtomicU16::new(0)),
             starts: 0,
@@ -250,6 +258,11 @@ impl RelayProcess {
 
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The running child's process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, no chance to flush or clean up.
@@ -315,6 +328,7 @@ impl RelayProcess {
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
+            .args(&self.args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
