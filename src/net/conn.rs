@@ -174,6 +174,12 @@ impl Conn<'_> {
                     self.flush().await?;
                     return Err(End::Internal("STARTTLS requested but TLS is not available"));
                 }
+                // AUTH is only offered with TLS, which arrives below.
+                Next::AuthCheck(_) => {
+                    let reply = self.session.auth_checked(None, &mut self.replies);
+                    let _ = reply;
+                    self.flush().await?;
+                }
                 Next::Close => {
                     self.flush().await?;
                     return Ok(());
@@ -196,7 +202,7 @@ impl Conn<'_> {
         let (timeout, what) = match self.session.awaiting() {
             Awaiting::Command => (timeouts.command, "command"),
             Awaiting::Body => (timeouts.data, "data"),
-            Awaiting::Commit | Awaiting::Closed => {
+            Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
                 return Err(End::Internal("session asked for input while not reading"));
             }
         };

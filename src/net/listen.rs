@@ -93,6 +93,7 @@ fn session_params(config: &Config, peer: IpAddr) -> SessionParams {
         relay_allowed: config.relay_from.iter().any(|net| net.contains(&peer)),
         tls: TlsMode::Unavailable,
         auth_offered: false,
+        require_tls: false,
         limits: Limits {
             max_message_size: config.max_message_size,
             max_recipients: config.max_recipients,

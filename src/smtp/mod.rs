@@ -14,6 +14,7 @@
 //! - [`replies`]: the receiver's named replies, each with its RFC 3463 status.
 //! - [`reply`]: `Reply`, its wire form (the one place that formats replies), `parse_reply`.
 //! - [`address`]: `Mailbox`, `ReversePath` (RFC 5321 §4.1.2 grammar).
+//! - [`auth`]: SASL PLAIN/LOGIN decoding (server) and encoding (client); no password checks.
 //! - [`line`](mod@line): command-line framing over the caller's buffer.
 //! - [`body`]: `BodyDecoder` (dot-unstuffing, end of data, line-end policy, limits) and
 //!   `BodyEncoder` (dot-stuffing for the forwarder).
@@ -31,7 +32,8 @@
 //! | 6531 | SMTPUTF8: UTF-8 addresses only in transactions that declare it (else 553 5.6.7) |
 //! | 3207 | STARTTLS (when the glue offers it): state reset after the handshake |
 //! | 3848 | `with ESMTP`/`SMTP`/`ESMTPS` (and RFC 6531 `UTF8SMTP[S]`) in `Received:` |
-//! | 4954 | AUTH: not offered yet; refused with 502, or 538 5.7.11 without TLS |
+//! | 4954 | AUTH PLAIN (RFC 4616) and LOGIN, advertised and accepted only over TLS ([`auth`]) |
+//! | 3207 §4 | `require_tls`: MAIL before STARTTLS gets `530 5.7.0` |
 //!
 //! The client side (RFC 5321, 2920, 1870, 6152, 6531, 3207) is described in [`client`].
 //!
@@ -73,10 +75,14 @@
 //! - **Open relay.** Every RCPT from a client the glue did not mark `relay_allowed` (from
 //!   `relay_from`) gets `554 5.7.1`, `postmaster` included, and such refusals count towards
 //!   `max_errors`. Proven by `smtp::server::tests::relay_denied_gets_554_5_7_1`.
-//! - **AUTH in plaintext.** AUTH is never advertised yet; when `auth_offered` is set, AUTH
-//!   without TLS gets `538 5.7.11` before any credentials are exchanged, and the initial
-//!   response is dropped unlogged. Proven by
-//!   `smtp::server::tests::auth_is_refused_in_plaintext_when_offered`.
+//! - **AUTH in plaintext.** AUTH is advertised only once TLS is active; AUTH without TLS gets
+//!   `538 5.7.11` before any credentials are exchanged, and SASL responses never reach a log
+//!   (`Credentials` and `SaslResponse` redact themselves in `Debug`). Proven by
+//!   `smtp::server::tests::auth_is_refused_in_plaintext_when_offered` and
+//!   `smtp::server::tests::auth_is_advertised_only_over_tls`.
+//! - **Password guessing.** Each failed AUTH gets `535 5.7.8` after the glue's delay; the third
+//!   closes the session with `421 4.7.0`. Proven by
+//!   `smtp::server::tests::auth_failures_get_535_then_421_and_close`.
 //! - **Smarthost TLS downgrade.** With `TlsPolicy::StartTls` a smarthost that does not offer
 //!   STARTTLS (or refuses it) is a failure, never a plaintext fallback. Proven by
 //!   `smtp::client::tests::starttls_policy_never_falls_back_to_plaintext`.
@@ -88,6 +94,7 @@
 //!   `smtp::server::tests::junk_flood_asks_for_a_flush_before_the_reply_buffer_grows`.
 
 pub mod address;
+pub mod auth;
 pub mod body;
 pub mod client;
 pub mod command;
