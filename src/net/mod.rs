@@ -6,6 +6,7 @@
 
 mod conn;
 mod listen;
+pub mod tls;
 
 use std::cell::Cell;
 use std::fmt;
