@@ -1,0 +1,363 @@
+//! Versioned on-disk encodings of the store's records: `MessageMeta` (`msg/<id>`),
+//! `RcptRecord` (`rcpt/<id>/<idx>`) and the counters under `meta/`. Hand-written compact binary:
+//! every record starts with a version byte; integers are big-endian; strings are a `u32` length
+//! plus UTF-8 bytes. Pure functions: no I/O, and decoding never panics on any input (it returns
+//! `DecodeError`, which the store turns into a quarantine).
+
+use std::fmt;
+
+use super::{RcptRecord, RcptState, Usage};
+use crate::clock::QueueTime;
+
+/// Version byte of every record this build writes.
+const VERSION: u8 = 1;
+
+/// Why a stored record could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct DecodeError(pub(super) &'static str);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Envelope and schedule of one committed message (`msg/<id>`); its recipients live in their
+/// own records so one attempt's results rewrite only what changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct MessageMeta {
+    pub(super) sender: String,
+    pub(super) eight_bit: bool,
+    pub smtputf8: bool,
+    pub(super) received_unix: u64,
+    /// Body bytes as stored (what the queue cap counts).
+    pub(super) size: u64,
+    pub(super) enqueued_at: QueueTime,
+    pub(super) attempts: u32,
+    pub(super) next_attempt: QueueTime,
+    pub(super) held: bool,
+    /// Set when no recipient is left to try and at least one failed: retention starts here.
+    pub(super) failed_at: Option<QueueTime>,
+    /// Number of `rcpt/<id>/<idx>` records written at commit (idx `0..recipients`).
+    pub(super) recipients: u32,
+    /// Number of `body/<id>/<chunk>` keys (chunk `0..chunks`): deletion needs no scan.
+    pub(super) chunks: u32,
+}
+
+const FLAG_EIGHT_BIT: u8 = 1;
+const FLAG_SMTPUTF8: u8 = 2;
+const FLAG_HELD: u8 = 4;
+const FLAG_FAILED: u8 = 8;
+const KNOWN_FLAGS: u8 = FLAG_EIGHT_BIT | FLAG_SMTPUTF8 | FLAG_HELD | FLAG_FAILED;
+
+impl MessageMeta {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.sender.len());
+        out.push(VERSION);
+        let mut flags = 0;
+        if self.eight_bit {
+            flags |= FLAG_EIGHT_BIT;
+        }
+        if self.smtputf8 {
+            flags |= FLAG_SMTPUTF8;
+        }
+        if self.held {
+            flags |= FLAG_HELD;
+        }
+        if self.failed_at.is_some() {
+            flags |= FLAG_FAILED;
+        }
+        out.push(flags);
+        put_str(&mut out, &self.sender);
+        out.extend_from_slice(&self.received_unix.to_be_bytes());
+        out.extend_from_slice(&self.size.to_be_bytes());
+        out.extend_from_slice(&self.enqueued_at.to_be_bytes());
+        out.extend_from_slice(&self.attempts.to_be_bytes());
+        out.extend_from_slice(&self.next_attempt.to_be_bytes());
+        out.extend_from_slice(&self.failed_at.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&self.recipients.to_be_bytes());
+        out.extend_from_slice(&self.chunks.to_be_bytes());
+        out
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version()?;
+        let flags = r.u8()?;
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(DecodeError("unknown message flags"));
+        }
+        let sender = r.string()?;
+        let received_unix = r.u64()?;
+        let size = r.u64()?;
+        let enqueued_at = r.u64()?;
+        let attempts = r.u32()?;
+        let next_attempt = r.u64()?;
+        let failed_at = r.u64()?;
+        let recipients = r.u32()?;
+        let chunks = r.u32()?;
+        r.end()?;
+        Ok(Self {
+            sender,
+            eight_bit: flags & FLAG_EIGHT_BIT != 0,
+            smtputf8: flags & FLAG_SMTPUTF8 != 0,
+            received_unix,
+            size,
+            enqueued_at,
+            attempts,
+            next_attempt,
+            held: flags & FLAG_HELD != 0,
+            failed_at: (flags & FLAG_FAILED != 0).then_some(failed_at),
+            recipients,
+            chunks,
+        })
+    }
+}
+
+pub(super) fn encode_rcpt(rcpt: &RcptRecord) -> Vec<u8> {
+    let reply_len = rcpt.last_reply.as_ref().map_or(0, String::len);
+    let mut out = Vec::with_capacity(16 + rcpt.address.len() + reply_len);
+    out.push(VERSION);
+    out.push(match rcpt.state {
+        RcptState::Pending => 0,
+        RcptState::Deferred => 1,
+        RcptState::Delivered => 2,
+        RcptState::Failed => 3,
+    });
+    put_str(&mut out, &rcpt.address);
+    match &rcpt.last_reply {
+        None => out.push(0),
+        Some(reply) => {
+            out.push(1);
+            put_str(&mut out, reply);
+        }
+    }
+    out
+}
+
+pub(super) fn decode_rcpt(bytes: &[u8]) -> Result<RcptRecord, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version()?;
+    let state = match r.u8()? {
+        0 => RcptState::Pending,
+        1 => RcptState::Deferred,
+        2 => RcptState::Delivered,
+        3 => RcptState::Failed,
+        _ => return Err(DecodeError("unknown recipient state")),
+    };
+    let address = r.string()?;
+    let last_reply = match r.u8()? {
+        0 => None,
+        1 => Some(r.string()?),
+        _ => return Err(DecodeError("bad reply tag")),
+    };
+    r.end()?;
+    Ok(RcptRecord {
+        address,
+        state,
+        last_reply,
+    })
+}
+
+/// `meta/usage`: the queue counters, kept so nothing ever has to count the tree.
+pub(super) fn encode_usage(usage: Usage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(VERSION);
+    out.extend_from_slice(&usage.messages.to_be_bytes());
+    out.extend_from_slice(&usage.bytes.to_be_bytes());
+    out
+}
+
+pub(super) fn decode_usage(bytes: &[u8]) -> Result<Usage, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version()?;
+    let messages = r.u64()?;
+    let bytes = r.u64()?;
+    r.end()?;
+    Ok(Usage { messages, bytes })
+}
+
+/// `meta/clock`: the queue clock (ms of time spent queued).
+pub(super) fn encode_clock(now: QueueTime) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    out.push(VERSION);
+    out.extend_from_slice(&now.to_be_bytes());
+    out
+}
+
+pub(super) fn decode_clock(bytes: &[u8]) -> Result<QueueTime, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version()?;
+    let now = r.u64()?;
+    r.end()?;
+    Ok(now)
+}
+
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    // Addresses and replies are bounded far below 4 GiB by the SMTP limits; saturate anyway so
+    // the encoding can never be silently wrong (decoding would then report a short record).
+    let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A bounds-checked cursor: every read returns `DecodeError` instead of panicking.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.rest.len() < n {
+            return Err(DecodeError("record too short"));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn version(&mut self) -> Result<(), DecodeError> {
+        match self.u8()? {
+            VERSION => Ok(()),
+            _ => Err(DecodeError("unknown record version")),
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.array().map(u64::from_be_bytes)
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let len = usize::try_from(self.u32()?).map_err(|_| DecodeError("string too long"))?;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError("string not UTF-8"))
+    }
+
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError("trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn meta_strategy() -> impl Strategy<Value = MessageMeta> {
+        (
+            ".{0,40}",
+            any::<(bool, bool, bool)>(),
+            any::<(u64, u64, u64, u32, u64)>(),
+            proptest::option::of(any::<u64>()),
+            any::<(u32, u32)>(),
+        )
+            .prop_map(|(sender, flags, nums, failed_at, (recipients, chunks))| {
+                MessageMeta {
+                    sender,
+                    eight_bit: flags.0,
+                    smtputf8: flags.1,
+                    held: flags.2,
+                    received_unix: nums.0,
+                    size: nums.1,
+                    enqueued_at: nums.2,
+                    attempts: nums.3,
+                    next_attempt: nums.4,
+                    failed_at,
+                    recipients,
+                    chunks,
+                }
+            })
+    }
+
+    fn rcpt_strategy() -> impl Strategy<Value = RcptRecord> {
+        (".{0,40}", 0..4u8, proptest::option::of(".{0,60}")).prop_map(|(address, s, last_reply)| {
+            let state = match s {
+                0 => RcptState::Pending,
+                1 => RcptState::Deferred,
+                2 => RcptState::Delivered,
+                _ => RcptState::Failed,
+            };
+            RcptRecord {
+                address,
+                state,
+                last_reply,
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn meta_round_trips(meta in meta_strategy()) {
+            prop_assert_eq!(MessageMeta::decode(&meta.encode()), Ok(meta));
+        }
+
+        #[test]
+        fn rcpt_round_trips(rcpt in rcpt_strategy()) {
+            prop_assert_eq!(decode_rcpt(&encode_rcpt(&rcpt)), Ok(rcpt));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = MessageMeta::decode(&bytes);
+            let _ = decode_rcpt(&bytes);
+            let _ = decode_usage(&bytes);
+            let _ = decode_clock(&bytes);
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(meta in meta_strategy(), cut in 0usize..200) {
+            let bytes = meta.encode();
+            let cut = cut % bytes.len();
+            prop_assert!(MessageMeta::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_rejected() {
+        let mut bytes = encode_usage(Usage {
+            messages: 1,
+            bytes: 2,
+        });
+        assert_eq!(
+            decode_usage(&bytes),
+            Ok(Usage {
+                messages: 1,
+                bytes: 2
+            })
+        );
+        bytes[0] = 9;
+        assert_eq!(
+            decode_usage(&bytes),
+            Err(DecodeError("unknown record version"))
+        );
+    }
+
+    #[test]
+    fn clock_round_trips() {
+        assert_eq!(decode_clock(&encode_clock(123_456)), Ok(123_456));
+        assert!(decode_clock(&[1, 2, 3]).is_err());
+    }
+}

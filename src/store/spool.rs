@@ -1,0 +1,146 @@
+//! `Spool`: a message body written in chunks as DATA arrives, then committed with its envelope
+//! in one atomic batch followed by the group flush, or removed. Never holds a body in memory.
+
+use super::record::{self, MessageMeta};
+use super::{
+    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, Store, StoreError,
+    Usage, STORED_CHUNK,
+};
+use crate::clock::QueueTime;
+
+impl Spool {
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// Body bytes appended so far.
+    pub fn len(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Stores `bytes` as the next body chunk(s) (split into `STORED_CHUNK` values). Not flushed: the
+    /// commit's flush covers every chunk.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        for piece in bytes.chunks(STORED_CHUNK) {
+            let next = self.chunks.checked_add(1).ok_or_else(|| {
+                StoreError::Corrupt(format!("queue_id={} too many chunks", self.id))
+            })?;
+            self.store
+                .inner
+                .db
+                .insert(key::body(self.id, self.chunks), piece)?;
+            self.chunks = next;
+            self.bytes += u64::try_from(piece.len()).unwrap_or(u64::MAX);
+        }
+        Ok(())
+    }
+
+    /// Writes envelope, recipient records, due entry and counters in one atomic batch (which
+    /// also removes the spool marker), then waits for a group flush (`flush` + `fdatasync`).
+    /// Returns only once durable. `QueueFull` (the spool is removed) when the committed bytes
+    /// plus this message would exceed `max_bytes`.
+    pub async fn commit(
+        mut self,
+        info: MessageInfo,
+        now: QueueTime,
+    ) -> Result<Result<QueueId, QueueFull>, StoreError> {
+        let store = self.store.clone();
+        let inner = &store.inner;
+        let old = inner.usage.get();
+        if old.bytes.saturating_add(self.bytes) > inner.max_bytes {
+            drop(self); // `Drop` removes chunks and marker
+            return Ok(Err(QueueFull));
+        }
+        let id = self.id;
+        let recipients = u32::try_from(info.recipients.len())
+            .map_err(|_| StoreError::Corrupt(format!("queue_id={id} too many recipients")))?;
+        let meta = MessageMeta {
+            sender: info.sender,
+            eight_bit: info.eight_bit,
+            smtputf8: info.smtputf8,
+            received_unix: info.received_unix,
+            size: self.bytes,
+            enqueued_at: now,
+            attempts: 0,
+            next_attempt: now,
+            held: false,
+            failed_at: None,
+            recipients,
+            chunks: self.chunks,
+        };
+        let mut batch = sled::Batch::default();
+        for (idx, address) in (0..recipients).zip(info.recipients) {
+            let rcpt = RcptRecord {
+                address,
+                state: RcptState::Pending,
+                last_reply: None,
+            };
+            batch.insert(key::rcpt(id, idx), record::encode_rcpt(&rcpt));
+        }
+        index(&mut batch, id, &meta);
+        batch.insert(key::msg(id), meta.encode());
+        batch.remove(key::spool(id));
+        // Queue time only moves forward, and a commit persists it for free.
+        let clock = inner.clock.get().max(now);
+        batch.insert(key::CLOCK, record::encode_clock(clock));
+        inner.clock.set(clock);
+        let usage = Usage {
+            messages: old.messages + 1,
+            bytes: old.bytes + self.bytes,
+        };
+        // From here on the message is either committed (batch applied) or not at all; a
+        // failed batch leaves the spool for `Drop` to remove.
+        store.apply_commit(batch, usage, &mut self).await?;
+        Ok(Ok(id))
+    }
+
+    /// Drops the chunks written so far.
+    pub fn abort(self) {}
+
+    fn remove_all(&mut self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for chunk in 0..self.chunks {
+            batch.remove(key::body(self.id, chunk));
+        }
+        batch.remove(key::spool(self.id));
+        self.store.inner.db.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+impl Store {
+    async fn apply_commit(
+        &self,
+        mut batch: sled::Batch,
+        usage: Usage,
+        spool: &mut Spool,
+    ) -> Result<(), StoreError> {
+        batch.insert(key::USAGE, record::encode_usage(usage));
+        self.inner.db.apply_batch(batch)?;
+        spool.finished = true;
+        self.inner.usage.set(usage);
+        let seq = self.inner.flush.note_write();
+        self.inner.flush.wait(seq).await.map_err(StoreError::Io)
+    }
+}
+
+impl Drop for Spool {
+    /// An uncommitted spool's chunks go at once (not flushed: if they survive a crash, the
+    /// marker makes `recover` sweep them).
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Err(e) = self.remove_all() {
+            log::error!(
+                "store: queue_id={} spool not removed ({e}); swept at restart",
+                self.id
+            );
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! Store tests: round trips through sled and reopen, recovery, the group-commit ordering, and a
+//! model test against a `BTreeMap`.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_lite::future::block_on;
+use proptest::prelude::*;
+use smol::LocalExecutor;
+use tempfile::TempDir;
+
+use super::*;
+
+fn options(max_bytes: u64) -> StoreOptions {
+    StoreOptions {
+        cache_bytes: 1 << 20,
+        flush_every_ms: None,
+        max_bytes,
+    }
+}
+
+fn open(dir: &TempDir) -> (Store, RecoveryReport) {
+    let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+    let report = store.recover().unwrap();
+    (store, report)
+}
+
+fn info(recipients: &[&str]) -> MessageInfo {
+    MessageInfo {
+        sender: "cron@lan.example".into(),
+        recipients: recipients.iter().map(|r| (*r).to_string()).collect(),
+        eight_bit: true,
+        smtputf8: false,
+        received_unix: 1_700_000_000,
+    }
+}
+
+fn commit(store: &Store, body: &[&[u8]], recipients: &[&str], now: QueueTime) -> QueueId {
+    let mut spool = store.spool().unwrap();
+    for chunk in body {
+        spool.append(chunk).unwrap();
+    }
+    block_on(spool.commit(info(recipients), now))
+        .unwrap()
+        .unwrap()
+}
+
+fn body_of(store: &Store, id: QueueId) -> Vec<u8> {
+    store
+        .body_chunks(id)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+fn keys_with_prefix(store: &Store, prefix: &[u8]) -> usize {
+    store.inner.db.scan_prefix(prefix).count()
+}
+
+fn ids(messages: &[QueuedMessage]) -> Vec<QueueId> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+#[test]
+fn commit_then_reopen_round_trips() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let big = vec![b'x'; STORED_CHUNK + 10];
+    let a = commit(
+        &store,
+        &[b"Subject: a\r\n\r\n", b"hello\r\n"],
+        &["a@x", "b@y"],
+        7,
+    );
+    let b = commit(&store, &[&big], &["c@z"], 9);
+    let before = store.get(a).unwrap();
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 2,
+            bytes: 21 + big.len() as u64
+        }
+    );
+    drop(store);
+
+    let (store, report) = open(&dir);
+    assert_eq!(
+        report,
+        RecoveryReport {
+            messages: 2,
+            swept_spools: 0,
+            quarantined: 0
+        }
+    );
+    let after = store.get(a).unwrap();
+    assert_eq!(after, before);
+    assert_eq!(after.info, info(&["a@x", "b@y"]));
+    assert_eq!(after.enqueued_at, 7);
+    assert_eq!(after.size, 21);
+    assert!(after
+        .recipients
+        .iter()
+        .all(|r| r.state == RcptState::Pending));
+    assert_eq!(body_of(&store, a), b"Subject: a\r\n\r\nhello\r\n");
+    assert_eq!(body_of(&store, b), big);
+    assert_eq!(
+        store.body_chunks(b).unwrap().count(),
+        2,
+        "over-long append is split"
+    );
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 2,
+            bytes: 21 + big.len() as u64
+        }
+    );
+    assert!(store.clock_base() >= 9);
+    assert_eq!(ids(&store.list().unwrap()), vec![a, b]);
+}
+
+#[test]
+fn uncommitted_spool_is_swept_after_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let kept = commit(&store, &[b"kept"], &["a@x"], 1);
+    let mut spool = store.spool().unwrap();
+    spool.append(b"half a message").unwrap();
+    spool.append(b"more").unwrap();
+    let lost = spool.id();
+    spool.finished = true; // as if the process died here: `Drop` does not clean up
+    drop(spool);
+    assert_eq!(keys_with_prefix(&store, &key::body_prefix(lost)), 2);
+    drop(store);
+
+    let (store, report) = open(&dir);
+    assert_eq!(report.swept_spools, 1);
+    assert_eq!(report.messages, 1);
+    assert_eq!(keys_with_prefix(&store, &key::body_prefix(lost)), 0);
+    assert_eq!(keys_with_prefix(&store, key::SPOOL), 0);
+    assert_eq!(body_of(&store, kept), b"kept");
+    assert!(matches!(store.get(lost), Err(StoreError::NotFound(_))));
+}
+
+#[test]
+fn dropped_and_aborted_spools_leave_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let mut spool = store.spool().unwrap();
+    spool.append(b"abc").unwrap();
+    spool.abort();
+    let mut spool = store.spool().unwrap();
+    spool.append(b"def").unwrap();
+    drop(spool);
+    assert_eq!(keys_with_prefix(&store, key::BODY), 0);
+    assert_eq!(keys_with_prefix(&store, key::SPOOL), 0);
+}
+
+#[test]
+fn queue_full_is_reported_and_the_spool_removed() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path(), options(100)).unwrap();
+    store.recover().unwrap();
+    let first = commit(&store, &[&[b'a'; 60]], &["a@x"], 1);
+    let mut spool = store.spool().unwrap();
+    spool.append(&[b'b'; 41]).unwrap();
+    let id = spool.id();
+    assert_eq!(
+        block_on(spool.commit(info(&["a@x"]), 2)).unwrap(),
+        Err(QueueFull)
+    );
+    assert_eq!(keys_with_prefix(&store, &key::body_prefix(id)), 0);
+    assert_eq!(keys_with_prefix(&store, key::SPOOL), 0);
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 1,
+            bytes: 60
+        }
+    );
+    // Exactly at the cap still fits.
+    commit(&store, &[&[b'c'; 40]], &["a@x"], 3);
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 2,
+            bytes: 100
+        }
+    );
+    assert_eq!(ids(&store.list().unwrap())[0], first);
+}
+
+#[test]
+fn all_delivered_removes_the_message_and_its_body() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"one", b"two"], &["a@x", "b@y"], 1);
+    let results = [
+        (0, RcptState::Delivered, Some("250 ok".into())),
+        (1, RcptState::Delivered, None),
+    ];
+    block_on(store.record(id, &results, 1, 100)).unwrap();
+    assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
+    assert_eq!(store.usage(), Usage::default());
+    assert_eq!(keys_with_prefix(&store, key::BODY), 0);
+    assert_eq!(keys_with_prefix(&store, key::RCPT), 0);
+    assert_eq!(keys_with_prefix(&store, key::DUE), 0);
+    assert_eq!(store.next_due(), None);
+}
+
+#[test]
+fn partial_delivery_reschedules_the_rest() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"body"], &["a@x", "b@y"], 1);
+    let results = [
+        (0, RcptState::Delivered, None),
+        (1, RcptState::Deferred, Some("451".into())),
+    ];
+    block_on(store.record(id, &results, 1, 500)).unwrap();
+    let message = store.get(id).unwrap();
+    assert_eq!(message.attempts, 1);
+    assert_eq!(message.next_attempt, 500);
+    assert_eq!(message.recipients[0].state, RcptState::Delivered);
+    assert_eq!(message.recipients[1].last_reply.as_deref(), Some("451"));
+    assert!(store.due(499, 10).unwrap().is_empty());
+    assert_eq!(ids(&store.due(500, 10).unwrap()), vec![id]);
+    assert_eq!(store.next_due(), Some(500));
+    assert_eq!(
+        keys_with_prefix(&store, key::DUE),
+        1,
+        "old due entry replaced"
+    );
+
+    store.reschedule_all(20).unwrap();
+    assert_eq!(store.next_due(), Some(20));
+    assert_eq!(store.get(id).unwrap().next_attempt, 20);
+}
+
+#[test]
+fn failed_with_none_pending_stays_listed_until_purged() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"body"], &["a@x", "b@y"], 1);
+    let results = [
+        (0, RcptState::Delivered, None),
+        (1, RcptState::Failed, Some("550 no".into())),
+    ];
+    block_on(store.record(id, &results, 1, 300)).unwrap();
+    assert_eq!(store.failed_at(id).unwrap(), Some(300));
+    assert!(store.due(u64::MAX, 10).unwrap().is_empty());
+    assert_eq!(store.next_due(), None);
+    assert_eq!(ids(&store.list().unwrap()), vec![id]);
+    assert_eq!(store.usage().messages, 1);
+
+    drop(store);
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert_eq!(
+        store.next_due(),
+        None,
+        "recover does not make a failed message due"
+    );
+    assert_eq!(block_on(store.purge_failed(300)).unwrap(), 0);
+    assert_eq!(block_on(store.purge_failed(301)).unwrap(), 1);
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(store.usage(), Usage::default());
+}
+
+#[test]
+fn due_is_oldest_first_and_bounded() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let late = commit(&store, &[b"1"], &["a@x"], 30);
+    let early = commit(&store, &[b"2"], &["a@x"], 10);
+    let middle = commit(&store, &[b"3"], &["a@x"], 20);
+    assert_eq!(ids(&store.due(25, 10).unwrap()), vec![early, middle]);
+    assert_eq!(ids(&store.due(u64::MAX, 2).unwrap()), vec![early, middle]);
+    assert_eq!(ids(&store.due(30, 10).unwrap()), vec![early, middle, late]);
+    assert!(store.due(9, 10).unwrap().is_empty());
+    assert_eq!(store.next_due(), Some(10));
+}
+
+#[test]
+fn held_messages_are_never_due_until_released() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"1"], &["a@x"], 5);
+    block_on(store.hold(id)).unwrap();
+    assert!(store.get(id).unwrap().held);
+    assert!(store.due(u64::MAX, 10).unwrap().is_empty());
+    store.reschedule_all(0).unwrap();
+    drop(store);
+    let (store, _) = open(&dir);
+    assert!(store.due(u64::MAX, 10).unwrap().is_empty());
+    block_on(store.release(id)).unwrap();
+    assert_eq!(ids(&store.due(5, 10).unwrap()), vec![id]);
+}
+
+#[test]
+fn corrupt_record_is_quarantined_and_the_rest_loads() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let bad = commit(&store, &[b"bad"], &["a@x", "b@y"], 1);
+    let good = commit(&store, &[b"good"], &["c@z"], 2);
+    let half = commit(&store, &[b"half"], &["d@w", "e@v"], 3);
+    drop(store);
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(key::msg(bad), &b"\x01garbage"[..]).unwrap();
+        db.insert(key::rcpt(half, 1), &b"\xff"[..]).unwrap();
+        db.flush().unwrap();
+    }
+
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 2);
+    assert_eq!(
+        report.quarantined, 4,
+        "bad msg + its 2 recipients + one recipient of half"
+    );
+    assert!(matches!(store.get(bad), Err(StoreError::NotFound(_))));
+    assert_eq!(body_of(&store, good), b"good");
+    assert_eq!(
+        store.get(half).unwrap().info.recipients,
+        vec!["d@w".to_string()]
+    );
+    assert_eq!(ids(&store.list().unwrap()), vec![good, half]);
+    assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![good, half]);
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 2,
+            bytes: 8
+        }
+    );
+    let corrupt = &store.inner.corrupt;
+    assert_eq!(
+        corrupt.get(key::msg(bad)).unwrap().as_deref(),
+        Some(&b"\x01garbage"[..])
+    );
+    assert!(
+        corrupt.get(key::body(bad, 0)).unwrap().is_some(),
+        "its body is kept aside"
+    );
+    assert_eq!(keys_with_prefix(&store, &key::body_prefix(bad)), 0);
+}
+
+#[test]
+fn commit_completes_only_after_its_fdatasync() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let (synced, release) = gated_hook(&store);
+
+    let ex = LocalExecutor::new();
+    let returned = Rc::new(Cell::new(false));
+    let mut spool = store.spool().unwrap();
+    spool.append(b"must be durable").unwrap();
+    let id = spool.id();
+    let flag = Rc::clone(&returned);
+    let task = ex.spawn(async move {
+        let result = spool.commit(info(&["a@x"]), 1).await;
+        flag.set(true);
+        result
+    });
+    for _ in 0..2000 {
+        ex.try_tick();
+        if synced.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        synced.load(Ordering::SeqCst),
+        1,
+        "the commit started a sync"
+    );
+    assert!(
+        store.inner.db.contains_key(key::msg(id)).unwrap(),
+        "written before the sync"
+    );
+    for _ in 0..20 {
+        ex.try_tick();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(!returned.get(), "commit returned before its sync finished");
+    release.send(()).unwrap();
+    assert_eq!(block_on(ex.run(task)).unwrap(), Ok(id));
+    assert!(returned.get());
+    assert!(store.durable_epoch() >= 1);
+}
+
+#[test]
+fn concurrent_commits_share_one_flush_at_a_time() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let ex = LocalExecutor::new();
+    let before = store.durable_epoch();
+    let tasks: Vec<_> = (0..32u8)
+        .map(|n| {
+            let store = store.clone();
+            ex.spawn(async move {
+                let mut spool = store.spool().unwrap();
+                spool.append(&[n; 100]).unwrap();
+                spool
+                    .commit(info(&["a@x"]), u64::from(n))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let ids = block_on(ex.run(async {
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.push(task.await);
+        }
+        ids
+    }));
+    assert_eq!(ids.len(), 32);
+    let syncs = store.durable_epoch() - before;
+    assert!((1..32).contains(&syncs), "{syncs} syncs for 32 commits");
+    assert_eq!(store.max_concurrent_syncs(), 1);
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 32,
+            bytes: 3200
+        }
+    );
+}
+
+/// A hook that counts syncs and holds each one open until the test sends on the channel.
+fn gated_hook(store: &Store) -> (Arc<AtomicU64>, std::sync::mpsc::Sender<()>) {
+    let synced = Arc::new(AtomicU64::new(0));
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let hook_synced = Arc::clone(&synced);
+    store.set_sync_hook(Some(Arc::new(move || {
+        // Runs on the sync thread after `fdatasync` returned; hold the sync open here.
+        hook_synced.fetch_add(1, Ordering::SeqCst);
+        let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(20));
+    })));
+    (synced, release)
+}
+
+/// Ticks `ex` until `synced` reaches `n` (bounded: 2000 rounds).
+fn tick_until_synced(ex: &LocalExecutor<'_>, synced: &AtomicU64, n: u64) {
+    for _ in 0..2000 {
+        ex.try_tick();
+        if synced.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("sync #{n} never started");
+}
+
+#[test]
+fn cancelled_commit_does_not_start_a_second_flush() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let (synced, release) = gated_hook(&store);
+    let ex = LocalExecutor::new();
+    let mut spool = store.spool().unwrap();
+    spool.append(b"x").unwrap();
+    let first = ex.spawn(spool.commit(info(&["a@x"]), 1));
+    tick_until_synced(&ex, &synced, 1);
+    // The session went away while its sync is still running (held open by the hook).
+    assert!(block_on(ex.run(first.cancel())).is_none());
+
+    let mut spool = store.spool().unwrap();
+    spool.append(b"y").unwrap();
+    let second = ex.spawn(spool.commit(info(&["a@x"]), 2));
+    for _ in 0..20 {
+        ex.try_tick();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        synced.load(Ordering::SeqCst),
+        1,
+        "no second sync while the first runs"
+    );
+    release.send(()).unwrap(); // first sync ends; the second commit needs a sync of its own
+    tick_until_synced(&ex, &synced, 2);
+    release.send(()).unwrap();
+    let id = block_on(ex.run(second)).unwrap().unwrap();
+    assert_eq!(store.max_concurrent_syncs(), 1);
+    assert_eq!(store.usage().messages, 2);
+    assert!(store.get(id).is_ok());
+}
+
+/// One step of the model test.
+#[derive(Clone, Debug)]
+enum Op {
+    Commit {
+        body: Vec<Vec<u8>>,
+        recipients: usize,
+        now: u64,
+    },
+    Abort,
+    Record {
+        pick: usize,
+        results: Vec<(usize, u8)>,
+        next: u64,
+    },
+    Delete {
+        pick: usize,
+    },
+    Hold {
+        pick: usize,
+        held: bool,
+    },
+    Reopen,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let chunk = proptest::collection::vec(any::<u8>(), 0..40);
+    prop_oneof![
+        4 => (proptest::collection::vec(chunk, 0..3), 1..4usize, 0..100u64)
+            .prop_map(|(body, recipients, now)| Op::Commit { body, recipients, now }),
+        1 => Just(Op::Abort),
+        4 => (any::<usize>(), proptest::collection::vec((0..4usize, 0..4u8), 0..4), 0..200u64)
+            .prop_map(|(pick, results, next)| Op::Record { pick, results, next }),
+        1 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, held)| Op::Hold { pick, held }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Clone, Debug)]
+struct Model {
+    body: Vec<u8>,
+    states: Vec<RcptState>,
+    next_attempt: u64,
+    held: bool,
+}
+
+fn state(n: u8) -> RcptState {
+    match n {
+        0 => RcptState::Pending,
+        1 => RcptState::Deferred,
+        2 => RcptState::Delivered,
+        _ => RcptState::Failed,
+    }
+}
+
+fn pick(model: &BTreeMap<QueueId, Model>, n: usize) -> Option<QueueId> {
+    (!model.is_empty()).then(|| *model.keys().nth(n % model.len()).unwrap_or(&QueueId(0)))
+}
+
+/// Applies `op` to store and model; `Reopen` is done by the caller (the old handle must go first).
+fn apply(store: &Store, model: &mut BTreeMap<QueueId, Model>, op: Op) {
+    match op {
+        Op::Commit {
+            body,
+            recipients,
+            now,
+        } => {
+            let addresses: Vec<String> = (0..recipients).map(|n| format!("r{n}@x")).collect();
+            let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+            let chunks: Vec<&[u8]> = body.iter().map(Vec::as_slice).collect();
+            let id = commit(store, &chunks, &refs, now);
+            let states = vec![RcptState::Pending; recipients];
+            model.insert(
+                id,
+                Model {
+                    body: body.concat(),
+                    states,
+                    next_attempt: now,
+                    held: false,
+                },
+            );
+        }
+        Op::Abort => {
+            let mut spool = store.spool().unwrap();
+            spool.append(b"aborted").unwrap();
+            spool.abort();
+        }
+        Op::Record {
+            pick: n,
+            results,
+            next,
+        } => {
+            let Some(id) = pick(model, n) else { return };
+            let results: Vec<_> = results.iter().map(|&(i, s)| (i, state(s), None)).collect();
+            block_on(store.record(id, &results, 1, next)).unwrap();
+            let entry = model.get_mut(&id).unwrap();
+            for (i, s, _) in &results {
+                if let Some(slot) = entry.states.get_mut(*i) {
+                    *slot = *s;
+                }
+            }
+            entry.next_attempt = next;
+            let open = entry
+                .states
+                .iter()
+                .any(|s| matches!(s, RcptState::Pending | RcptState::Deferred));
+            if !open && !entry.states.contains(&RcptState::Failed) {
+                model.remove(&id);
+            }
+        }
+        Op::Delete { pick: n } => {
+            let Some(id) = pick(model, n) else { return };
+            block_on(store.delete(id)).unwrap();
+            model.remove(&id);
+        }
+        Op::Hold { pick: n, held } => {
+            let Some(id) = pick(model, n) else { return };
+            if held {
+                block_on(store.hold(id)).unwrap();
+            } else {
+                block_on(store.release(id)).unwrap();
+            }
+            model.get_mut(&id).unwrap().held = held;
+        }
+        Op::Reopen => {}
+    }
+}
+
+fn check(store: &Store, model: &BTreeMap<QueueId, Model>) {
+    let listed = store.list().unwrap();
+    assert_eq!(ids(&listed), model.keys().copied().collect::<Vec<_>>());
+    for message in &listed {
+        let expected = &model[&message.id];
+        let states: Vec<_> = message.recipients.iter().map(|r| r.state).collect();
+        assert_eq!(states, expected.states);
+        assert_eq!(message.held, expected.held);
+        assert_eq!(message.next_attempt, expected.next_attempt);
+        assert_eq!(body_of(store, message.id), expected.body);
+    }
+    let bytes = model.values().map(|m| m.body.len() as u64).sum();
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: model.len() as u64,
+            bytes
+        }
+    );
+    let mut due: Vec<_> = model
+        .iter()
+        .filter(|(_, m)| {
+            !m.held
+                && m.states
+                    .iter()
+                    .any(|s| matches!(s, RcptState::Pending | RcptState::Deferred))
+        })
+        .map(|(id, m)| (m.next_attempt, *id))
+        .collect();
+    due.sort();
+    let got: Vec<_> = store
+        .due(u64::MAX, 1000)
+        .unwrap()
+        .iter()
+        .map(|m| (m.next_attempt, m.id))
+        .collect();
+    assert_eq!(got, due);
+    assert_eq!(store.next_due(), due.first().map(|d| d.0));
+    assert_eq!(keys_with_prefix(store, key::SPOOL), 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_a_btreemap_model(ops in proptest::collection::vec(op_strategy(), 1..24)) {
+        let dir = TempDir::new().unwrap();
+        let (mut store, _) = open(&dir);
+        let mut model = BTreeMap::new();
+        for op in ops {
+            if matches!(op, Op::Reopen) {
+                drop(store);
+                let report;
+                (store, report) = open(&dir);
+                prop_assert_eq!(report.messages, model.len() as u64);
+                prop_assert_eq!(report.swept_spools + report.quarantined, 0);
+            }
+            apply(&store, &mut model, op);
+            check(&store, &model);
+        }
+    }
+}
+
+#[test]
+fn queue_clock_persists_and_never_goes_back() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    assert_eq!(store.clock_base(), 0);
+    store.save_clock(5_000).unwrap();
+    store.save_clock(4_000).unwrap();
+    block_on(store.flush()).unwrap();
+    assert_eq!(store.clock_base(), 5_000);
+    commit(&store, &[b"x"], &["a@x"], 9_000); // a commit carries the clock forward too
+    drop(store);
+    let (store, _) = open(&dir);
+    assert_eq!(store.clock_base(), 9_000);
+    let clock = crate::clock::QueueClock::new(store.clock_base());
+    assert!(clock.now() >= 9_000);
+}
+
+#[test]
+fn large_bodies_never_spill_into_unsynced_blob_files() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let chunk = vec![7u8; 32 * 1024];
+    for n in 0..12 {
+        let chunks: Vec<&[u8]> = (0..20).map(|_| chunk.as_slice()).collect();
+        let id = commit(&store, &chunks, &["a@x"], n);
+        if n % 3 == 0 {
+            block_on(store.delete(id)).unwrap();
+        }
+    }
+    let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+    assert_eq!(blobs, 0, "sled wrote blob files");
+}

@@ -1,0 +1,19 @@
+//! The integration-test binary: runs the real `outpost` binary on 127.0.0.1:0 against independent
+//! peers (lettre and raw `TcpStream` clients; a mailin-embedded smarthost). It never links the
+//! relay's own SMTP code into a peer, never uses the network beyond loopback, and bounds every
+//! wait.
+
+// Test helpers may unwrap: a failed unwrap is a failed test (clippy.toml allows it in #[test] fns;
+// this extends it to the helpers in util.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+mod bounce;
+mod cli;
+mod durability;
+mod forward;
+mod limits;
+mod receive;
+mod relay_acl;
+mod retry;
