@@ -349,6 +349,8 @@ fn forward_params(config: &Config) -> ForwardParams {
         data_end_timeout: config.timeouts.smarthost_data_end,
         tls: match config.smarthost.as_ref().map(|s| s.tls) {
             None | Some(SmarthostTls::None) => TlsPolicy::None,
+            Some(SmarthostTls::StartTls) => TlsPolicy::StartTls,
+            Some(SmarthostTls::Implicit) => TlsPolicy::Implicit,
         },
     }
 }
