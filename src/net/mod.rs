@@ -22,12 +22,12 @@ use async_io::{Async, Timer};
 use event_listener::Event;
 use futures_lite::{future, StreamExt};
 use log::{error, info, warn};
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ServerConfig};
 use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
 use crate::config::{Config, SmarthostTls};
-use crate::forward::{self, ForwardParams, RetryPolicy, Wake};
+use crate::forward::{self, ClientCredentials, ForwardParams, RetryPolicy, Wake};
 use crate::smtp::client::TlsPolicy;
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -129,6 +129,8 @@ pub struct Ctx {
     pub shutdown: Shutdown,
     /// `[tls]` loaded: STARTTLS on `listen`, and the `listen_tls` ports.
     pub tls: Option<Arc<ServerConfig>>,
+    /// Roots for the smarthost's certificate (`[smarthost] tls` other than "none").
+    pub smarthost_tls: Option<Arc<ClientConfig>>,
     sessions: Cell<usize>,
     session_ended: Event,
     next_session: Cell<u64>,
@@ -140,6 +142,7 @@ impl Ctx {
         store: Store,
         clock: QueueClock,
         tls: Option<Arc<ServerConfig>>,
+        smarthost_tls: Option<Arc<ClientConfig>>,
     ) -> Rc<Self> {
         Rc::new(Self {
             config,
@@ -148,6 +151,7 @@ impl Ctx {
             wake: Wake::new(),
             shutdown: Shutdown::default(),
             tls,
+            smarthost_tls,
             sessions: Cell::new(0),
             session_ended: Event::new(),
             next_session: Cell::new(1),
@@ -251,12 +255,13 @@ pub fn run_with(
         Some(files) => Some(tls::server_config(&files.cert, &files.key).map_err(DaemonError::Tls)?),
         None => None,
     };
-    if let Some(smarthost) = &config.smarthost {
-        if smarthost.tls != SmarthostTls::None {
-            // Checked here so a bad ca_file stops the start instead of every delivery.
-            tls::client_config(smarthost.ca_file.as_deref()).map_err(DaemonError::Tls)?;
+    // Built here so a bad ca_file stops the start instead of failing every delivery.
+    let smarthost_tls = match &config.smarthost {
+        Some(smarthost) if smarthost.tls != SmarthostTls::None => {
+            Some(tls::client_config(smarthost.ca_file.as_deref()).map_err(DaemonError::Tls)?)
         }
-    }
+        _ => None,
+    };
     let store = open_store(&config)?;
     let clock = QueueClock::new(store.clock_base());
     let plain = listeners.into_iter().map(|l| (l, false));
@@ -274,7 +279,7 @@ pub fn run_with(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let ex = Rc::new(LocalExecutor::new());
-    let ctx = Ctx::new(config, store, clock, tls);
+    let ctx = Ctx::new(config, store, clock, tls, smarthost_tls);
     async_io::block_on(ex.run(serve(ex.clone(), listeners, ctx, shutdown)));
     Ok(())
 }
@@ -336,7 +341,7 @@ pub async fn serve(
     let forwarder = ex.spawn(forward::run(
         ctx.store.clone(),
         ctx.clock,
-        forward_params(&ctx.config),
+        forward_params(&ctx.config, ctx.smarthost_tls.clone()),
         ctx.wake.clone(),
         stop_forwarder.clone(),
     ));
@@ -390,7 +395,7 @@ pub async fn serve(
     }
 }
 
-fn forward_params(config: &Config) -> ForwardParams {
+fn forward_params(config: &Config, tls_config: Option<Arc<ClientConfig>>) -> ForwardParams {
     ForwardParams {
         smarthost: config.smarthost.as_ref().map(|s| s.address.clone()),
         hostname: config.hostname.clone(),
@@ -407,6 +412,15 @@ fn forward_params(config: &Config) -> ForwardParams {
             Some(SmarthostTls::StartTls) => TlsPolicy::StartTls,
             Some(SmarthostTls::Implicit) => TlsPolicy::Implicit,
         },
+        tls_config,
+        credentials: config
+            .smarthost
+            .as_ref()
+            .and_then(|s| s.auth.as_ref())
+            .map(|auth| ClientCredentials {
+                username: auth.username.clone(),
+                password: auth.password.expose().to_owned(),
+            }),
     }
 }
 

@@ -458,7 +458,6 @@ fn submit(port: u16) {
 }
 
 #[test]
-#[ignore = "WIP: forwarder TLS"]
 fn outbound_starttls_to_an_independent_smarthost_with_a_private_ca() {
     let pki = TestPki::new(&["127.0.0.1"]);
     let (port, upstream) = Upstream::start(Some(&pki), false);
@@ -474,7 +473,6 @@ fn outbound_starttls_to_an_independent_smarthost_with_a_private_ca() {
 }
 
 #[test]
-#[ignore = "WIP: forwarder TLS"]
 fn untrusted_certificate_means_not_sent_and_still_queued() {
     let pki = TestPki::new(&["127.0.0.1"]);
     let stranger = TestPki::new(&["127.0.0.1"]);
@@ -498,7 +496,6 @@ fn untrusted_certificate_means_not_sent_and_still_queued() {
 }
 
 #[test]
-#[ignore = "WIP: forwarder TLS"]
 fn smarthost_without_starttls_gets_nothing_in_clear() {
     let (port, upstream) = Upstream::start(None, false);
     let pki = TestPki::new(&["127.0.0.1"]);
@@ -511,7 +508,6 @@ fn smarthost_without_starttls_gets_nothing_in_clear() {
 }
 
 #[test]
-#[ignore = "WIP: forwarder TLS"]
 fn smarthost_auth_over_starttls() {
     let pki = TestPki::new(&["127.0.0.1"]);
     let (port, upstream) = Upstream::start(Some(&pki), true);
@@ -536,7 +532,6 @@ fn smarthost_auth_over_starttls() {
 }
 
 #[test]
-#[ignore = "WIP: forwarder TLS"]
 fn smarthost_auth_failure_keeps_mail_queued() {
     let pki = TestPki::new(&["127.0.0.1"]);
     let (port, upstream) = Upstream::start(Some(&pki), true);
