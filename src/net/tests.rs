@@ -32,12 +32,16 @@ struct Daemon {
     tls_port: Option<u16>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), DaemonError>>>,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
-    fn start(mut config: Config) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+    fn start(config: Config) -> Self {
+        Self::start_in(config, tempfile::tempdir().unwrap())
+    }
+
+    /// Starts on the queue in `dir` (a restart keeps the queue).
+    fn start_in(mut config: Config, dir: tempfile::TempDir) -> Self {
         config.data_dir = dir.path().join("data");
         let plain = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = plain.local_addr().unwrap().port();
@@ -60,13 +64,17 @@ impl Daemon {
             tls_port,
             stop,
             thread: Some(thread),
-            _dir: dir,
+            dir: Some(dir),
         }
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+    /// Stops the daemon and hands its data dir over (for a restart).
+    fn stop(mut self) -> tempfile::TempDir {
+        self.join();
+        self.dir.take().unwrap()
+    }
+
+    fn join(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             let result = thread.join();
@@ -74,6 +82,12 @@ impl Drop for Daemon {
                 result.unwrap().unwrap();
             }
         }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.join();
     }
 }
 
@@ -484,15 +498,91 @@ fn untrusted_certificate_means_not_sent_and_still_queued() {
         !upstream.wait_for(1, Duration::from_secs(3)),
         "sent despite a bad certificate"
     );
-    // Same with the default web PKI roots.
-    let daemon2 = Daemon::start(relay_to(port, SmarthostTls::StartTls, None));
-    submit(daemon2.port);
+    // Same with the default web PKI roots, on the same queue.
+    let dir = daemon.stop();
+    let daemon = Daemon::start_in(relay_to(port, SmarthostTls::StartTls, None), dir);
     assert!(
         !upstream.wait_for(1, Duration::from_secs(3)),
         "sent despite a bad certificate"
     );
-    drop(daemon);
-    drop(daemon2);
+    // Still queued: once the operator trusts the right CA, it goes.
+    let dir = daemon.stop();
+    let _daemon = Daemon::start_in(relay_to(port, SmarthostTls::StartTls, Some(&pki)), dir);
+    assert!(
+        upstream.wait_for(1, Duration::from_secs(20)),
+        "the message was lost"
+    );
+}
+
+/// A TLS-terminating front for a plaintext SMTP server (mailin has no implicit TLS): each
+/// connection is a rustls server stream on one side and plain TCP on the other, copied both
+/// ways by polling with short read timeouts.
+fn implicit_tls_front(pki: &TestPki, backend: u16) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = pki.server_config();
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let config = Arc::clone(&config);
+            thread::spawn(move || proxy_tls(client, config, backend));
+        }
+    });
+    port
+}
+
+fn proxy_tls(client: TcpStream, config: Arc<rustls::ServerConfig>, backend: u16) {
+    let Ok(mut backend) = TcpStream::connect(("127.0.0.1", backend)) else {
+        return;
+    };
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let tick = Some(Duration::from_millis(10));
+    let _ = client.set_read_timeout(tick);
+    let _ = backend.set_read_timeout(tick);
+    let mut tls = StreamOwned::new(conn, client);
+    let mut buf = [0u8; 4096];
+    let idle = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    };
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end {
+        match tls.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) if backend.write_all(&buf[..n]).is_err() => return,
+            Ok(_) => {}
+            Err(e) if idle(&e) => {}
+            Err(_) => return,
+        }
+        match backend.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) if tls.write_all(&buf[..n]).and_then(|()| tls.flush()).is_err() => return,
+            Ok(_) => {}
+            Err(e) if idle(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[test]
+fn outbound_implicit_tls() {
+    let pki = TestPki::new(&["127.0.0.1"]);
+    let (backend, upstream) = Upstream::start(None, false);
+    let port = implicit_tls_front(&pki, backend);
+    let daemon = Daemon::start(relay_to(port, SmarthostTls::Implicit, Some(&pki)));
+    submit(daemon.port);
+    assert!(
+        upstream.wait_for(1, Duration::from_secs(20)),
+        "not delivered"
+    );
+    // An implicit-TLS policy against a plaintext server sends nothing.
+    let (plain_port, plain) = Upstream::start(None, false);
+    let daemon = Daemon::start(relay_to(plain_port, SmarthostTls::Implicit, Some(&pki)));
+    submit(daemon.port);
+    assert!(!plain.wait_for(1, Duration::from_secs(3)), "sent in clear");
 }
 
 #[test]
