@@ -63,8 +63,10 @@
 //! - **STARTTLS command injection (CVE-2011-0411).** Plaintext pipelined after STARTTLS must
 //!   not be executed inside the TLS session. `handle_input` stops consuming right after the
 //!   STARTTLS line (the glue drops the leftover), drops input fed before `tls_established`, and
-//!   `tls_established` forgets HELO and any transaction. Proven by
-//!   `smtp::server::tests::starttls_leaves_pipelined_plaintext_unconsumed_and_resets_the_session`.
+//!   `tls_established` forgets HELO and any transaction; the glue drops a connection that sent
+//!   anything behind STARTTLS. Proven by
+//!   `smtp::server::tests::starttls_leaves_pipelined_plaintext_unconsumed_and_resets_the_session`
+//!   and, through the daemon over TCP, `net::tests::plaintext_pipelined_after_starttls_is_never_executed`.
 //! - **SMTP smuggling** (bare LF, `<LF>.<LF>`, `<LF>.<CRLF>`, `<CRLF>.<LF>`). Only
 //!   `<CRLF>.<CRLF>` ends DATA, and whatever is stored is re-stuffed on the way out, so outpost
 //!   and its smarthost always agree where a message ends. Proven by
@@ -84,8 +86,12 @@
 //!   closes the session with `421 4.7.0`. Proven by
 //!   `smtp::server::tests::auth_failures_get_535_then_421_and_close`.
 //! - **Smarthost TLS downgrade.** With `TlsPolicy::StartTls` a smarthost that does not offer
-//!   STARTTLS (or refuses it) is a failure, never a plaintext fallback. Proven by
-//!   `smtp::client::tests::starttls_policy_never_falls_back_to_plaintext`.
+//!   STARTTLS (or refuses it) is a failure, never a plaintext fallback; credentials are never
+//!   sent without TLS; a certificate that does not verify leaves the mail queued. Proven by
+//!   `smtp::client::tests::starttls_policy_never_falls_back_to_plaintext`,
+//!   `smtp::client::tests::credentials_are_never_sent_without_tls`,
+//!   `net::tests::smarthost_without_starttls_gets_nothing_in_clear` and
+//!   `net::tests::untrusted_certificate_means_not_sent_and_still_queued`.
 //! - **Trace-header injection.** The HELO name is reduced to printable ASCII without comment
 //!   or separator characters before it enters `Received:`. Proven by
 //!   `smtp::server::tests::received_header_traces_helo_peer_protocol_and_single_recipient`.
