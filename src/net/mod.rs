@@ -35,8 +35,8 @@ use self::tls::TlsError;
 
 /// How long in-flight sessions (and a delivery in progress) get to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How often the queue clock is persisted (it is also saved at shutdown).
-const CLOCK_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the queue clock is persisted (also at shutdown) and failed messages are purged.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 /// sled's background flush; commits flush explicitly anyway.
 const STORE_FLUSH_EVERY_MS: u64 = 1000;
 /// Messages the forwarder loads per pass (the bounded active window).
@@ -345,7 +345,7 @@ pub async fn serve(
         ctx.wake.clone(),
         stop_forwarder.clone(),
     ));
-    let clock_saver = ex.spawn(save_clock_periodically(ctx.clone()));
+    let housekeeper = ex.spawn(housekeeping(ctx.clone()));
     let acceptors: Vec<_> = listeners
         .into_iter()
         .map(|(listener, implicit_tls)| {
@@ -388,10 +388,13 @@ pub async fn serve(
     if !forwarder_done.await {
         warn!("shutdown: the forwarder did not stop within {SHUTDOWN_GRACE:?}; cancelling it");
     }
-    drop(clock_saver);
-    match ctx.store.save_clock(ctx.clock.now()) {
+    drop(housekeeper);
+    if let Err(e) = ctx.store.save_clock(ctx.clock.now()) {
+        error!("shutdown: cannot save the queue clock: {e}");
+    }
+    match ctx.store.flush().await {
         Ok(()) => info!("shutdown complete"),
-        Err(e) => error!("shutdown: cannot save the queue clock: {e}"),
+        Err(e) => error!("shutdown: final flush failed: {e}"),
     }
 }
 
@@ -424,12 +427,26 @@ fn forward_params(config: &Config, tls_config: Option<Arc<ClientConfig>>) -> For
     }
 }
 
-/// The queue clock counts time spent queued; saving it bounds what a crash can lose of it.
-async fn save_clock_periodically(ctx: Rc<Ctx>) {
+/// Every `HOUSEKEEPING_INTERVAL`: persist the queue clock (it counts time spent queued; saving
+/// bounds what a crash can lose of it) and delete failed messages older than
+/// `queue.failed_retention` (queue time, so a clock jump cannot purge early).
+async fn housekeeping(ctx: Rc<Ctx>) {
+    let retention_ms =
+        u64::try_from(ctx.config.queue.failed_retention.as_millis()).unwrap_or(u64::MAX);
     loop {
-        Timer::after(CLOCK_SAVE_INTERVAL).await;
-        if let Err(e) = ctx.store.save_clock(ctx.clock.now()) {
+        Timer::after(HOUSEKEEPING_INTERVAL).await;
+        let now = ctx.clock.now();
+        if let Err(e) = ctx.store.save_clock(now) {
             error!("cannot save the queue clock: {e}");
+        }
+        match ctx
+            .store
+            .purge_failed(now.saturating_sub(retention_ms))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!("purged {n} failed messages older than queue.failed_retention"),
+            Err(e) => error!("cannot purge failed messages: {e}"),
         }
     }
 }
