@@ -8,13 +8,22 @@ use std::path::PathBuf;
 use lexopt::prelude::*;
 
 use crate::config::Overrides;
+use crate::control::Request;
+use crate::sendmail::SendmailArgs;
 
 pub const USAGE: &str = "\
 Usage:
   outpost                          serve on the embedded defaults
   outpost serve [OPTIONS]          run the relay
   outpost check-config [OPTIONS]   validate the configuration and print it
+  outpost queue [list [--json]]    the queue: ID, age, size, sender, recipients, next attempt
+  outpost queue show ID            one message: envelope, state, last replies, headers
+  outpost queue flush              try the smarthost now (also SIGUSR1 to the daemon)
+  outpost queue delete|hold|release ID...
+  outpost status                   link state, queue counts, last error (exit 69: not running)
+  outpost sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   submit stdin (sendmail(1))
   outpost --help | --version
+  (invoked as `mailq`: `outpost queue list`; as `sendmail`: `outpost sendmail`)
 
 Options (flags override the config file):
   -c, --config FILE        TOML config file
@@ -23,19 +32,34 @@ Options (flags override the config file):
   -s, --smarthost H:PORT   upstream relay (`[smarthost] address`)
   -n, --hostname NAME      our name in the banner and headers (`hostname`)
 
+queue, status and sendmail take -c/--config FILE and -d/--data-dir DIR anywhere, to find
+the daemon's data_dir (and its control socket); otherwise the same defaults as serve.
+
 Exit codes: 0 ok, 64 usage error, 78 config error, 73/74 store cannot be created/opened.
 Logging: OUTPOST_LOG (or RUST_LOG) = error|warn|info|debug|trace; default info.
 ";
 
-/// What the command line asks for. Later issues add `Queue(QueueCmd)`, `Sendmail(SendmailArgs)`
-/// (also chosen by argv[0] == "sendmail") and `Status` here.
+/// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cmd {
     Serve(ServeArgs),
     /// Same options as `serve`: validate and print the effective config.
     CheckConfig(ServeArgs),
+    /// `outpost queue …` (and `mailq`): one request to the daemon.
+    Queue(ClientArgs, Request),
+    /// `outpost status`.
+    Status(ClientArgs),
+    /// `outpost sendmail …` (and argv[0] == "sendmail").
+    Sendmail(ClientArgs, SendmailArgs),
     Help,
     Version,
+}
+
+/// How `queue`, `status` and `sendmail` find the daemon's `data_dir`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientArgs {
+    pub config: Option<PathBuf>,
+    pub overrides: Overrides,
 }
 
 /// Where the config comes from and what the flags override.
@@ -68,6 +92,30 @@ pub fn version() -> String {
     format!("outpost {}", env!("CARGO_PKG_VERSION"))
 }
 
+/// Parses a whole argv: argv[0] named `mailq` or `sendmail` (a symlink to the binary) picks
+/// that front end; anything else parses the rest with `parse`.
+pub fn parse_invocation<I>(argv: I) -> Result<Cmd, UsageError>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    let mut argv = argv.into_iter().map(Into::into);
+    let name = argv
+        .next()
+        .map(|a0| {
+            let path = PathBuf::from(a0);
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    match name.as_str() {
+        "mailq" => parse_queue(&mut lexopt::Parser::from_args(argv), true),
+        "sendmail" => parse_sendmail(&mut lexopt::Parser::from_args(argv)),
+        _ => parse(argv),
+    }
+}
+
 /// Parses the arguments after argv[0].
 pub fn parse<I>(args: I) -> Result<Cmd, UsageError>
 where
@@ -87,6 +135,9 @@ where
                 parse_serve_args(&mut parser).map(|a| a.map_or(Cmd::Help, Cmd::CheckConfig))
             }
             Some("help") => Ok(Cmd::Help),
+            Some("queue") => parse_queue(&mut parser, false),
+            Some("status") => parse_status(&mut parser),
+            Some("sendmail") => parse_sendmail(&mut parser),
             _ => Err(UsageError(format!(
                 "unknown command {word:?} (try `outpost --help`)"
             ))),
@@ -134,6 +185,162 @@ fn parse_serve_args(parser: &mut lexopt::Parser) -> Result<Option<ServeArgs>, Us
         }
     }
     Ok(Some(args))
+}
+
+/// `--config`/`--data-dir` of the client commands.
+#[derive(Clone, Copy)]
+enum ClientFlag {
+    Config,
+    DataDir,
+}
+
+fn client_flag(arg: &lexopt::Arg<'_>) -> Option<ClientFlag> {
+    match arg {
+        Short('c') | Long("config") => Some(ClientFlag::Config),
+        Short('d') | Long("data-dir") => Some(ClientFlag::DataDir),
+        _ => None,
+    }
+}
+
+fn client_value(
+    parser: &mut lexopt::Parser,
+    flag: ClientFlag,
+    target: &mut ClientArgs,
+) -> Result<(), UsageError> {
+    match flag {
+        ClientFlag::Config => {
+            if target.config.is_some() {
+                return Err(UsageError("--config given twice".into()));
+            }
+            target.config = Some(PathBuf::from(parser.value()?));
+        }
+        ClientFlag::DataDir => {
+            target.overrides.data_dir = Some(string(parser, "--data-dir")?);
+        }
+    }
+    Ok(())
+}
+
+/// `queue [VERB] [IDS…] [--json]`; `mailq` is `queue list` with no verb allowed.
+fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageError> {
+    let mut target = ClientArgs::default();
+    let mut verb: Option<String> = if mailq { Some("list".into()) } else { None };
+    let mut json = false;
+    let mut ids = Vec::new();
+    while let Some(arg) = parser.next()? {
+        if let Some(flag) = client_flag(&arg) {
+            client_value(parser, flag, &mut target)?;
+            continue;
+        }
+        match arg {
+            Long("json") => json = true,
+            Short('h') | Long("help") => return Ok(Cmd::Help),
+            Value(v) => {
+                let v = v
+                    .into_string()
+                    .map_err(|v| UsageError(format!("{v:?} is not valid UTF-8")))?;
+                if verb.is_none() {
+                    verb = Some(v);
+                } else {
+                    ids.push(v);
+                }
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let verb = verb.unwrap_or_else(|| "list".into());
+    if json && verb != "list" {
+        return Err(UsageError("--json goes with `queue list` only".into()));
+    }
+    let need_ids = |ids: Vec<String>| {
+        if ids.is_empty() {
+            Err(UsageError(format!(
+                "`queue {verb}` needs one or more queue ids"
+            )))
+        } else {
+            Ok(ids)
+        }
+    };
+    let request = match verb.as_str() {
+        "list" | "flush" if !ids.is_empty() => {
+            return Err(UsageError(format!("`queue {verb}` takes no queue ids")))
+        }
+        "list" => Request::List { json },
+        "flush" => Request::Flush,
+        "show" => match <[String; 1]>::try_from(ids) {
+            Ok([id]) => Request::Show(id),
+            Err(_) => return Err(UsageError("`queue show` takes exactly one queue id".into())),
+        },
+        "delete" => Request::Delete(need_ids(ids)?),
+        "hold" => Request::Hold(need_ids(ids)?),
+        "release" => Request::Release(need_ids(ids)?),
+        other => {
+            return Err(UsageError(format!(
+                "unknown queue command {other:?} (list, show, flush, delete, hold, release)"
+            )))
+        }
+    };
+    Ok(Cmd::Queue(target, request))
+}
+
+fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
+    let mut target = ClientArgs::default();
+    while let Some(arg) = parser.next()? {
+        if let Some(flag) = client_flag(&arg) {
+            client_value(parser, flag, &mut target)?;
+            continue;
+        }
+        match arg {
+            Short('h') | Long("help") => return Ok(Cmd::Help),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    Ok(Cmd::Status(target))
+}
+
+/// sendmail(1) options; the common ones a program passes that mean nothing here (`-oem`,
+/// `-odi`, `-v`, `-B 8BITMIME`, `-bm`, `-N never`) are accepted and ignored. `-bp` lists
+/// the queue like `mailq`.
+fn parse_sendmail(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
+    let mut target = ClientArgs::default();
+    let mut args = SendmailArgs::default();
+    while let Some(arg) = parser.next()? {
+        if let Some(flag) = client_flag(&arg) {
+            client_value(parser, flag, &mut target)?;
+            continue;
+        }
+        match arg {
+            Short('t') => args.extract = true,
+            Short('i') => args.ignore_dots = true,
+            Short('o') => {
+                if string(parser, "-o")? == "i" {
+                    args.ignore_dots = true;
+                }
+            }
+            Short('f') | Short('r') => args.from = Some(string(parser, "-f")?),
+            Short('F') => args.full_name = Some(string(parser, "-F")?),
+            Short('B') | Short('N') | Short('R') | Short('V') => {
+                let _ = parser.value()?;
+            }
+            Short('v') => {}
+            Short('b') => match string(parser, "-b")?.as_str() {
+                "m" => {}
+                "p" => return Ok(Cmd::Queue(target, Request::List { json: false })),
+                other => {
+                    return Err(UsageError(format!(
+                        "-b{other} is not supported (only -bm and -bp)"
+                    )))
+                }
+            },
+            Long("help") => return Ok(Cmd::Help),
+            Value(v) => args.recipients.push(
+                v.into_string()
+                    .map_err(|v| UsageError(format!("{v:?} is not valid UTF-8")))?,
+            ),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    Ok(Cmd::Sendmail(target, args))
 }
 
 fn string(parser: &mut lexopt::Parser, flag: &str) -> Result<String, UsageError> {
@@ -226,6 +433,105 @@ mod tests {
         ] {
             assert!(parse_str(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn queue_commands_and_options_anywhere() {
+        let dir = ClientArgs {
+            config: Some("c.toml".into()),
+            overrides: Overrides {
+                data_dir: Some("/q".into()),
+                ..Overrides::default()
+            },
+        };
+        assert_eq!(
+            parse_str(&["queue"]).unwrap(),
+            Cmd::Queue(ClientArgs::default(), Request::List { json: false })
+        );
+        assert_eq!(
+            parse_str(&["queue", "--config", "c.toml", "list", "--json", "-d", "/q"]).unwrap(),
+            Cmd::Queue(dir.clone(), Request::List { json: true })
+        );
+        assert_eq!(
+            parse_str(&["queue", "delete", "A", "--data-dir=/q", "B", "-c", "c.toml"]).unwrap(),
+            Cmd::Queue(dir.clone(), Request::Delete(vec!["A".into(), "B".into()]))
+        );
+        assert_eq!(
+            parse_str(&["queue", "show", "A"]).unwrap(),
+            Cmd::Queue(ClientArgs::default(), Request::Show("A".into()))
+        );
+        assert_eq!(
+            parse_str(&["status", "-d", "/q", "--config", "c.toml"]).unwrap(),
+            Cmd::Status(dir)
+        );
+        for bad in [
+            &["queue", "show"][..],
+            &["queue", "show", "A", "B"],
+            &["queue", "hold"],
+            &["queue", "flush", "A"],
+            &["queue", "list", "A"],
+            &["queue", "show", "A", "--json"],
+            &["queue", "frob"],
+            &["status", "extra"],
+        ] {
+            assert!(parse_str(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn argv0_mailq_and_sendmail_pick_their_front_ends() {
+        assert_eq!(
+            parse_invocation(["/usr/bin/mailq"]).unwrap(),
+            Cmd::Queue(ClientArgs::default(), Request::List { json: false })
+        );
+        assert_eq!(
+            parse_invocation(["mailq", "--json"]).unwrap(),
+            Cmd::Queue(ClientArgs::default(), Request::List { json: true })
+        );
+        assert!(parse_invocation(["mailq", "flush"]).is_err());
+        let Cmd::Sendmail(_, args) =
+            parse_invocation(["/usr/sbin/sendmail", "-t", "-oi", "-f", "me@x", "you@y"]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(args.extract && args.ignore_dots);
+        assert_eq!(args.from.as_deref(), Some("me@x"));
+        assert_eq!(args.recipients, ["you@y"]);
+        assert_eq!(
+            parse_invocation(["/x/outpost", "--version"]).unwrap(),
+            Cmd::Version
+        );
+    }
+
+    #[test]
+    fn sendmail_accepts_common_ignored_flags() {
+        let Cmd::Sendmail(target, args) = parse_str(&[
+            "sendmail",
+            "-oem",
+            "-odi",
+            "-v",
+            "-B",
+            "8BITMIME",
+            "-bm",
+            "-Fcron daemon",
+            "-i",
+            "--data-dir",
+            "/q",
+            "--",
+            "-weird@x",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(target.overrides.data_dir.as_deref(), Some("/q"));
+        assert!(args.ignore_dots && !args.extract);
+        assert_eq!(args.full_name.as_deref(), Some("cron daemon"));
+        assert_eq!(args.recipients, ["-weird@x"]);
+        assert!(parse_str(&["sendmail", "-bs"]).is_err());
+        assert_eq!(
+            parse_str(&["sendmail", "-bp"]).unwrap(),
+            Cmd::Queue(ClientArgs::default(), Request::List { json: false })
+        );
     }
 
     #[test]

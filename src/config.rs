@@ -57,6 +57,8 @@ pub struct Config {
     pub queue: QueueConfig,
     pub store: StoreConfig,
     pub timeouts: Timeouts,
+    /// `[metrics] listen`: Prometheus text exposition on `GET /metrics`; `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[smarthost]`
@@ -247,6 +249,7 @@ impl Default for Config {
                 smarthost: Duration::from_secs(5 * 60),
                 smarthost_data_end: Duration::from_secs(10 * 60),
             },
+            metrics: None,
         }
     }
 }
@@ -273,6 +276,41 @@ impl Config {
             }
         };
         overrides.apply(&mut file);
+        Self::from_file(&file).map_err(|problems| ConfigError { origin, problems })
+    }
+
+    /// For `queue`, `status` and `sendmail`, which need only `data_dir`, `hostname` and the
+    /// limits: like `load`, but `[tls]`, `[[users]]` and the smarthost's credentials are not
+    /// checked, so a user who may not read the key or password files can still run them.
+    pub fn load_client(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let (origin, mut file) = match path {
+            None => ("defaults".to_owned(), ConfigFile::default()),
+            Some(path) => {
+                let origin = path.display().to_string();
+                let parsed = std::fs::read_to_string(path)
+                    .map_err(|e| Problem::new("(file)", format!("cannot read: {e}")))
+                    .and_then(|text| ConfigFile::parse(&text));
+                match parsed {
+                    Ok(file) => (origin, file),
+                    Err(problem) => {
+                        return Err(ConfigError {
+                            origin,
+                            problems: vec![problem],
+                        })
+                    }
+                }
+            }
+        };
+        overrides.apply(&mut file);
+        file.tls = None;
+        file.users.clear();
+        file.listen_tls = None;
+        file.require_tls = None;
+        if let Some(smarthost) = file.smarthost.as_mut() {
+            smarthost.ca_file = None;
+            smarthost.username = None;
+            smarthost.password_file = None;
+        }
         Self::from_file(&file).map_err(|problems| ConfigError { origin, problems })
     }
 
@@ -327,6 +365,13 @@ impl Config {
                 ),
             },
             timeouts: v.timeouts(&file.timeouts, d.timeouts),
+            metrics: match file.metrics.as_ref().and_then(|m| m.listen.as_deref()) {
+                None => d.metrics,
+                Some(addr) => v
+                    .addresses("metrics.listen", &[addr.to_owned()])
+                    .into_iter()
+                    .next(),
+            },
         };
         config.cross_check(&mut v.problems);
         if v.problems.is_empty() {
@@ -446,6 +491,9 @@ impl Config {
         );
         out += &format!("smarthost = {}\n", dur(t.smarthost));
         out += &format!("smarthost_data_end = {}\n", dur(t.smarthost_data_end));
+        if let Some(addr) = self.metrics {
+            out += &format!("\n[metrics]\nlisten = \"{addr}\"\n");
+        }
         out
     }
 }

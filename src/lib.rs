@@ -24,6 +24,8 @@
 //! - [`store`]: the journal; the only module that touches sled.
 //! - [`forward`]: delivery to the smarthost; retry, outcome and DSN policy as pure functions.
 //! - [`config`]: the validated configuration and its embedded defaults.
+//! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
+//! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
 //! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
 //!
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
@@ -32,7 +34,9 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod forward;
 pub mod net;
+pub mod sendmail;
 pub mod smtp;
 pub mod store;

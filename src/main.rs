@@ -5,16 +5,16 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use log::{error, LevelFilter};
-use outpost::cli::{self, Cmd, ServeArgs};
+use outpost::cli::{self, ClientArgs, Cmd, ServeArgs};
 use outpost::config::{Config, ConfigError};
-use outpost::net;
+use outpost::{control, net, sendmail};
 
 /// sysexits(3)
 const EX_USAGE: u8 = 64;
 const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
-    let cmd = match cli::parse(std::env::args_os().skip(1)) {
+    let cmd = match cli::parse_invocation(std::env::args_os()) {
         Ok(cmd) => cmd,
         Err(e) => {
             eprintln!("outpost: {e}\nTry `outpost --help`.");
@@ -26,6 +26,23 @@ fn main() -> ExitCode {
         Cmd::Version => print_stdout(&format!("{}\n", cli::version())),
         Cmd::CheckConfig(args) => check_config(&args),
         Cmd::Serve(args) => serve(&args),
+        Cmd::Queue(target, request) => match load_client(&target) {
+            Ok(config) => ExitCode::from(control::client_main(&config.data_dir, &request)),
+            Err(code) => code,
+        },
+        Cmd::Status(target) => match load_client(&target) {
+            Ok(config) => ExitCode::from(control::client_main(
+                &config.data_dir,
+                &control::Request::Status,
+            )),
+            Err(code) => code,
+        },
+        Cmd::Sendmail(target, args) => match load_client(&target) {
+            Ok(config) => {
+                ExitCode::from(sendmail::main(&args, &config, &mut std::io::stdin().lock()))
+            }
+            Err(code) => code,
+        },
     }
 }
 
@@ -37,6 +54,11 @@ fn print_stdout(text: &str) -> ExitCode {
 
 fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
     Config::load(args.config.as_deref(), &args.overrides).map_err(|e| report_config_error(&e))
+}
+
+fn load_client(args: &ClientArgs) -> Result<Config, ExitCode> {
+    Config::load_client(args.config.as_deref(), &args.overrides)
+        .map_err(|e| report_config_error(&e))
 }
 
 fn report_config_error(e: &ConfigError) -> ExitCode {

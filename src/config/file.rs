@@ -33,6 +33,8 @@ pub struct ConfigFile {
     pub store: StoreSection,
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: Option<MetricsSection>,
 }
 
 /// `[smarthost]`
@@ -91,6 +93,14 @@ pub struct TimeoutsSection {
     pub data: Option<String>,
     pub smarthost: Option<String>,
     pub smarthost_data_end: Option<String>,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `IP:PORT` serving `GET /metrics` (Prometheus text format).
+    pub listen: Option<String>,
 }
 
 /// One thing wrong with the configuration, named by its key (`queue.retry_min`).

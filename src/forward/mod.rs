@@ -5,7 +5,7 @@
 //! `smtp::client` (sans-I/O); what to do about a reply lives in `outcome`; when to retry in
 //! `schedule`; bounce messages in `dsn`. Never touches sled directly, never logs secrets.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::io;
 use std::rc::Rc;
@@ -98,6 +98,78 @@ impl Wake {
     }
 }
 
+/// What the forwarder knows about the link to the smarthost, for `outpost status` and the
+/// metrics; plus the `flush` signal (`queue flush`, SIGUSR1, link events) that makes the
+/// forwarder try at once, even while the link backoff would wait. Shared on one thread.
+#[derive(Default)]
+pub struct LinkState {
+    /// Tried at least once: `Some(true)` up, `Some(false)` down; `None` before the first try.
+    up: Cell<Option<bool>>,
+    /// Wall-clock Unix seconds of the last change of `up`.
+    since_unix: Cell<u64>,
+    /// The smarthost answered at least once since start.
+    ever_reached: Cell<bool>,
+    /// Wall-clock Unix seconds of the last message the smarthost took (any recipient).
+    last_success_unix: Cell<Option<u64>>,
+    last_error: RefCell<Option<String>>,
+    /// Recipients by outcome since start.
+    sent: Cell<u64>,
+    deferred: Cell<u64>,
+    bounced: Cell<u64>,
+    /// Raised by `queue flush`, SIGUSR1 or a link event: try now, ignore the link backoff.
+    pub flush: Wake,
+}
+
+/// A snapshot of `LinkState`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkReport {
+    pub up: Option<bool>,
+    pub since_unix: u64,
+    pub ever_reached: bool,
+    pub last_success_unix: Option<u64>,
+    pub last_error: Option<String>,
+    pub sent: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+}
+
+impl LinkState {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    pub fn report(&self) -> LinkReport {
+        LinkReport {
+            up: self.up.get(),
+            since_unix: self.since_unix.get(),
+            ever_reached: self.ever_reached.get(),
+            last_success_unix: self.last_success_unix.get(),
+            last_error: self.last_error.borrow().clone(),
+            sent: self.sent.get(),
+            deferred: self.deferred.get(),
+            bounced: self.bounced.get(),
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.get() != Some(up) {
+            self.up.set(Some(up));
+            self.since_unix.set(wall_clock_secs());
+        }
+        if up {
+            self.ever_reached.set(true);
+        }
+    }
+
+    fn set_error(&self, error: String) {
+        *self.last_error.borrow_mut() = Some(error);
+    }
+
+    fn count(&self, counter: &Cell<u64>) {
+        counter.set(counter.get().saturating_add(1));
+    }
+}
+
 /// Body bytes written to the smarthost per write.
 const WRITE_CHUNK: usize = 32 * 1024;
 
@@ -115,6 +187,18 @@ pub async fn run(
     wake: Rc<Wake>,
     stop: Rc<Wake>,
 ) {
+    run_linked(store, clock, params, wake, stop, LinkState::new()).await;
+}
+
+/// `run`, reporting the link's state into `link` and obeying its `flush` signal.
+pub async fn run_linked(
+    store: Store,
+    clock: QueueClock,
+    params: ForwardParams,
+    wake: Rc<Wake>,
+    stop: Rc<Wake>,
+    link: Rc<LinkState>,
+) {
     let Some(smarthost) = params.smarthost.clone() else {
         warn!("no smarthost configured: mail is accepted and held in the queue");
         stop.wait().await;
@@ -130,6 +214,7 @@ pub async fn run(
         link_failures: 0,
         link_retry_at: 0,
         stalled_until: 0,
+        link,
     };
     loop {
         let now = forwarder.clock.now();
@@ -148,7 +233,16 @@ pub async fn run(
             )
             .await
         } else {
-            idle(next.map(|at| Duration::from_millis(at - now)), &wake, &stop).await
+            let timer = next.map(|at| Duration::from_millis(at - now));
+            let link = forwarder.link.clone();
+            match idle(timer, &wake, &link.flush, &stop).await {
+                Woken::Stop => true,
+                Woken::Flush => {
+                    forwarder.flush();
+                    false
+                }
+                Woken::Mail => false,
+            }
         };
         if stopped {
             return;
@@ -156,15 +250,25 @@ pub async fn run(
     }
 }
 
-/// Waits for new mail, the timer (`None`: no timer) or stop; true when stopped.
-async fn idle(timer: Option<Duration>, wake: &Wake, stop: &Wake) -> bool {
+enum Woken {
+    Stop,
+    Flush,
+    Mail,
+}
+
+/// Waits for new mail or the timer (`None`: no timer), a flush or stop.
+async fn idle(timer: Option<Duration>, wake: &Wake, flush: &Wake, stop: &Wake) -> Woken {
     let stopped = async {
         stop.wait().await;
-        true
+        Woken::Stop
+    };
+    let flushed = async {
+        flush.wait().await;
+        Woken::Flush
     };
     let woken = async {
         wake.wait().await;
-        false
+        Woken::Mail
     };
     let timed_out = async {
         match timer {
@@ -173,9 +277,9 @@ async fn idle(timer: Option<Duration>, wake: &Wake, stop: &Wake) -> bool {
             }
             None => future::pending::<()>().await,
         }
-        false
+        Woken::Mail
     };
-    future::or(stopped, future::or(woken, timed_out)).await
+    future::or(stopped, future::or(flushed, future::or(woken, timed_out))).await
 }
 
 /// The forwarder task's state between passes.
@@ -192,9 +296,21 @@ struct Forwarder {
     /// After local trouble (the store did not record, or claimed mail was due that it then did
     /// not return): no pass before this, so a broken store cannot make the task spin.
     stalled_until: QueueTime,
+    link: Rc<LinkState>,
 }
 
 impl Forwarder {
+    /// `queue flush`, SIGUSR1, a link event: forget the link backoff and make every deferred
+    /// message due now, so the next pass probes the smarthost at once.
+    fn flush(&mut self) {
+        info!("flush requested: trying the smarthost now");
+        self.link_retry_at = 0;
+        self.stalled_until = 0;
+        if let Err(e) = self.store.reschedule_all(self.clock.now()) {
+            error!("cannot reschedule the queue: {e}");
+        }
+    }
+
     /// When the next pass should start: `None` waits for a wake-up only.
     fn next_wake(&self) -> Option<QueueTime> {
         let due = self.store.next_due()?.max(self.stalled_until);
@@ -368,9 +484,13 @@ impl Forwarder {
             match outcome {
                 Outcome::Retry(_) => {
                     retry = true;
+                    self.link.count(&self.link.deferred);
+                    self.link.set_error(format!("{address}: {reply}"));
                     warn!("{line}");
                 }
                 Outcome::Bounce(reply) => {
+                    self.link.count(&self.link.bounced);
+                    self.link.set_error(format!("{address}: {reply}"));
                     info!("{line}");
                     bounced.push(dsn::FailedRecipient {
                         address: address.clone(),
@@ -378,7 +498,11 @@ impl Forwarder {
                         diagnostic: reply.to_string(),
                     });
                 }
-                Outcome::Delivered(_) => info!("{line}"),
+                Outcome::Delivered(_) => {
+                    self.link.count(&self.link.sent);
+                    self.link.last_success_unix.set(Some(wall_clock_secs()));
+                    info!("{line}");
+                }
             }
             results.push((index, state, Some(reply)));
         }
@@ -425,6 +549,7 @@ impl Forwarder {
                 "queue_id={} to=<{}> status=bounced reply=\"{diagnostic}\"",
                 message.id, recipient.address
             );
+            self.link.count(&self.link.bounced);
             failed.push(dsn::FailedRecipient {
                 address: recipient.address.clone(),
                 status: "4.4.7".into(),
@@ -533,6 +658,7 @@ impl Forwarder {
     }
 
     fn link_up(&mut self) {
+        self.link.set_up(true);
         if self.link_failures == 0 {
             return;
         }
@@ -550,6 +676,9 @@ impl Forwarder {
 
     /// A site failure: all mail waits, no message's attempts are burned.
     fn link_down(&mut self, error: &ForwardError) {
+        self.link.set_up(false);
+        self.link
+            .set_error(format!("smarthost {}: {error}", self.smarthost));
         self.link_failures = self.link_failures.saturating_add(1);
         let delay = schedule::link_backoff(
             self.link_failures,

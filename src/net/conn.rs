@@ -420,7 +420,7 @@ impl Conn<'_> {
                     envelope.recipients.len(),
                     envelope.size
                 );
-                self.ctx.wake.notify();
+                self.ctx.accepted_one();
                 CommitOutcome::Stored(id.to_string())
             }
             Ok(Err(_queue_full)) => {

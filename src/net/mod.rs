@@ -7,9 +7,10 @@
 mod auth;
 mod conn;
 mod listen;
+pub mod metrics;
 pub mod tls;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -21,13 +22,13 @@ use std::time::{Duration, Instant};
 use async_io::{Async, Timer};
 use event_listener::Event;
 use futures_lite::{future, StreamExt};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use rustls::{ClientConfig, ServerConfig};
 use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
 use crate::config::{Config, SmarthostTls};
-use crate::forward::{self, ClientCredentials, ForwardParams, RetryPolicy, Wake};
+use crate::forward::{self, ClientCredentials, ForwardParams, LinkState, RetryPolicy, Wake};
 use crate::smtp::client::TlsPolicy;
 use crate::store::{Store, StoreError, StoreOptions};
 
@@ -41,6 +42,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 const STORE_FLUSH_EVERY_MS: u64 = 1000;
 /// Messages the forwarder loads per pass (the bounded active window).
 const FORWARD_WINDOW: usize = 64;
+/// How often a listen address that does not exist yet (EADDRNOTAVAIL) is tried again.
+const BIND_RETRY: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not start; each maps to a sysexits code.
 #[derive(Debug)]
@@ -55,6 +58,8 @@ pub enum DaemonError {
         source: io::Error,
     },
     Signals(io::Error),
+    /// The control socket `data_dir/control.sock` could not be bound.
+    Control(io::Error),
     /// `[tls]` or `[smarthost] ca_file` could not be loaded (a config error).
     Tls(TlsError),
 }
@@ -68,6 +73,7 @@ impl DaemonError {
             Self::Bind { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => 77,
             Self::Bind { .. } => 69,
             Self::Signals(_) => 71,
+            Self::Control(_) => 73,
             // EX_CONFIG: the PEM files named in the config are unusable.
             Self::Tls(_) => 78,
         }
@@ -83,6 +89,7 @@ impl fmt::Display for DaemonError {
             Self::OpenStore(e) => write!(f, "cannot open the queue: {e}"),
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            Self::Control(e) => write!(f, "cannot create the control socket: {e}"),
             Self::Tls(e) => write!(f, "TLS configuration: {e}"),
         }
     }
@@ -131,6 +138,15 @@ pub struct Ctx {
     pub tls: Option<Arc<ServerConfig>>,
     /// Roots for the smarthost's certificate (`[smarthost] tls` other than "none").
     pub smarthost_tls: Option<Arc<ClientConfig>>,
+    /// The forwarder's view of the smarthost, and the flush signal (`queue flush`, SIGUSR1).
+    pub link: Rc<LinkState>,
+    /// Poked by `sendmail` (over the control socket): pick up the maildrop now.
+    pub maildrop: Rc<Wake>,
+    /// Messages committed since start (SMTP and maildrop), for the metrics.
+    pub accepted: Cell<u64>,
+    /// Listen addresses that did not exist at start (EADDRNOTAVAIL), flagged `true` for
+    /// implicit TLS: `serve` keeps trying to bind them.
+    pub late_listeners: RefCell<Vec<(SocketAddr, bool)>>,
     sessions: Cell<usize>,
     session_ended: Event,
     next_session: Cell<u64>,
@@ -152,10 +168,20 @@ impl Ctx {
             shutdown: Shutdown::default(),
             tls,
             smarthost_tls,
+            link: LinkState::new(),
+            maildrop: Wake::new(),
+            accepted: Cell::new(0),
+            late_listeners: RefCell::new(Vec::new()),
             sessions: Cell::new(0),
             session_ended: Event::new(),
             next_session: Cell::new(1),
         })
+    }
+
+    /// Counts one committed message and pokes the forwarder.
+    pub fn accepted_one(&self) {
+        self.accepted.set(self.accepted.get().saturating_add(1));
+        self.wake.notify();
     }
 
     /// Sessions currently open.
@@ -217,20 +243,38 @@ impl Drop for SessionSlot {
     }
 }
 
-/// The daemon: binds `config.listen`, serves until SIGTERM or SIGINT, then shuts down cleanly.
-/// Blocks the calling thread.
+/// The daemon: binds `config.listen`, serves until SIGTERM or SIGINT (SIGUSR1 flushes the
+/// queue), then shuts down cleanly. Blocks the calling thread.
 pub fn run(config: Config) -> Result<(), DaemonError> {
-    let signals =
-        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
-            .map_err(DaemonError::Signals)?;
-    let listeners = bind(&config.listen)?;
-    let tls_listeners = bind(&config.listen_tls)?;
-    run_with(config, listeners, tls_listeners, async move {
+    use async_signal::Signal;
+    let signals = async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Usr1])
+        .map_err(DaemonError::Signals)?;
+    let (listeners, late) = bind_or_wait(&config.listen)?;
+    let (tls_listeners, late_tls) = bind_or_wait(&config.listen_tls)?;
+    let late = late
+        .into_iter()
+        .map(|a| (a, false))
+        .chain(late_tls.into_iter().map(|a| (a, true)))
+        .collect();
+    let link = LinkState::new();
+    let flush_link = link.clone();
+    let shutdown = async move {
         let mut signals = signals;
-        if let Some(Ok(signal)) = signals.next().await {
-            info!("received {signal:?}: shutting down");
+        while let Some(signal) = signals.next().await {
+            match signal {
+                Ok(Signal::Usr1) => {
+                    info!("received SIGUSR1: flushing the queue");
+                    flush_link.flush.notify();
+                }
+                Ok(signal) => {
+                    info!("received {signal:?}: shutting down");
+                    return;
+                }
+                Err(e) => warn!("signal stream: {e}"),
+            }
         }
-    })
+    };
+    run_daemon(config, listeners, tls_listeners, late, link, shutdown)
 }
 
 /// Binds every address (port 0 picks a free port; the log line shows the real one).
@@ -241,6 +285,27 @@ pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, DaemonError> {
         .collect()
 }
 
+/// Like `bind`, but an address that does not exist yet (EADDRNOTAVAIL: a router interface
+/// that comes up late) is returned separately, for `serve` to keep trying.
+fn bind_or_wait(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Vec<SocketAddr>), DaemonError> {
+    let mut bound = Vec::new();
+    let mut late = Vec::new();
+    for &addr in addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => bound.push(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                warn!(
+                    "cannot listen on {addr} yet ({e}): retrying every {}s",
+                    BIND_RETRY.as_secs()
+                );
+                late.push(addr);
+            }
+            Err(source) => return Err(DaemonError::Bind { addr, source }),
+        }
+    }
+    Ok((bound, late))
+}
+
 /// The daemon on already-bound listeners (tests bind 127.0.0.1:0): `listeners` speak SMTP
 /// (with STARTTLS when `[tls]` is set), `tls_listeners` implicit TLS. Loads the TLS material,
 /// opens and recovers the store, then serves until `shutdown` resolves. Blocks the calling
@@ -249,6 +314,18 @@ pub fn run_with(
     config: Config,
     listeners: Vec<TcpListener>,
     tls_listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let link = LinkState::new();
+    run_daemon(config, listeners, tls_listeners, Vec::new(), link, shutdown)
+}
+
+fn run_daemon(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
+    late_listeners: Vec<(SocketAddr, bool)>,
+    link: Rc<LinkState>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let tls = match &config.tls {
@@ -278,9 +355,23 @@ pub fn run_with(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let metrics = match config.metrics {
+        Some(addr) => Some(metrics::bind(addr)?),
+        None => None,
+    };
+    // After the store: its lock proves no other daemon owns this data_dir and its socket.
+    let control = crate::control::bind(&config.data_dir).map_err(DaemonError::Control)?;
     let ex = Rc::new(LocalExecutor::new());
-    let ctx = Ctx::new(config, store, clock, tls, smarthost_tls);
-    async_io::block_on(ex.run(serve(ex.clone(), listeners, ctx, shutdown)));
+    let mut ctx = Ctx::new(config, store, clock, tls, smarthost_tls);
+    if let Some(fresh) = Rc::get_mut(&mut ctx) {
+        fresh.link = link;
+        *fresh.late_listeners.get_mut() = late_listeners;
+    }
+    let ops = ex.spawn(operations(ex.clone(), ctx.clone(), control, metrics));
+    async_io::block_on(ex.run(async {
+        serve(ex.clone(), listeners, ctx, shutdown).await;
+        drop(ops);
+    }));
     Ok(())
 }
 
@@ -338,13 +429,21 @@ pub async fn serve(
         warn!("no smarthost configured: mail is accepted and held");
     }
     let stop_forwarder = Wake::new();
-    let forwarder = ex.spawn(forward::run(
+    let forwarder = ex.spawn(forward::run_linked(
         ctx.store.clone(),
         ctx.clock,
         forward_params(&ctx.config, ctx.smarthost_tls.clone()),
         ctx.wake.clone(),
         stop_forwarder.clone(),
+        ctx.link.clone(),
     ));
+    let late: Vec<_> = ctx.late_listeners.borrow_mut().drain(..).collect();
+    let late_acceptors: Vec<_> = late
+        .into_iter()
+        .map(|(addr, implicit_tls)| {
+            ex.spawn(late_listener(ex.clone(), addr, ctx.clone(), implicit_tls))
+        })
+        .collect();
     let housekeeper = ex.spawn(housekeeping(ctx.clone()));
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -366,7 +465,7 @@ pub async fn serve(
     );
     ctx.shutdown.raise();
     stop_forwarder.notify();
-    for acceptor in acceptors {
+    for acceptor in acceptors.into_iter().chain(late_acceptors) {
         acceptor.await;
     }
     if !ctx.sessions_ended(deadline).await {
@@ -396,6 +495,61 @@ pub async fn serve(
         Ok(()) => info!("shutdown complete"),
         Err(e) => error!("shutdown: final flush failed: {e}"),
     }
+}
+
+/// Keeps binding `addr` (which did not exist at start) every `BIND_RETRY`, then accepts on it
+/// like any listener. Ends at shutdown.
+async fn late_listener(
+    ex: Rc<LocalExecutor<'static>>,
+    addr: SocketAddr,
+    ctx: Rc<Ctx>,
+    implicit_tls: bool,
+) {
+    let listener = loop {
+        let stop = future::or(
+            async {
+                Timer::after(BIND_RETRY).await;
+                false
+            },
+            async {
+                ctx.shutdown.wait().await;
+                true
+            },
+        );
+        if stop.await {
+            return;
+        }
+        match TcpListener::bind(addr).and_then(Async::new) {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                debug!("cannot listen on {addr} yet: {e}");
+            }
+            Err(e) => {
+                error!("cannot listen on {addr}: {e}; retrying");
+            }
+        }
+    };
+    match listener.get_ref().local_addr() {
+        Ok(addr) => info!("listening on {addr} (address came up)"),
+        Err(e) => warn!("listening on an address that cannot be read back: {e}"),
+    }
+    listen::accept_loop(ex, listener, ctx, implicit_tls).await;
+}
+
+/// The operator's side: control socket, maildrop pickup, metrics. Cancelled at the end of
+/// `serve` (by dropping the task).
+async fn operations(
+    ex: Rc<LocalExecutor<'static>>,
+    ctx: Rc<Ctx>,
+    control: Async<std::os::unix::net::UnixListener>,
+    metrics: Option<Async<TcpListener>>,
+) {
+    let control = ex.spawn(crate::control::serve(ex.clone(), control, ctx.clone()));
+    let maildrop = ex.spawn(crate::sendmail::pickup_loop(ctx.clone()));
+    let metrics = metrics.map(|listener| ex.spawn(metrics::serve(ex.clone(), listener, ctx)));
+    control.await;
+    drop(maildrop);
+    drop(metrics);
 }
 
 fn forward_params(config: &Config, tls_config: Option<Arc<ClientConfig>>) -> ForwardParams {

@@ -1,0 +1,881 @@
+//! The control socket: how `outpost queue`, `outpost status` and `outpost sendmail` talk to the
+//! running daemon (sled locks its files, so the CLI never opens the store itself).
+//!
+//! Protocol: the client connects to `data_dir/control.sock` (mode 0600), writes one request
+//! line (`LIST`, `LIST JSON`, `SHOW <id>`, `FLUSH`, `DELETE <id>…`, `HOLD <id>…`,
+//! `RELEASE <id>…`, `STATUS`, `POKE`), and reads the answer until the daemon closes: a first
+//! line `OK` or `ERR`, then text for a human (or JSON for `LIST JSON`).
+//!
+//! This file holds both sides: `serve` (daemon, on the `LocalExecutor`) and `request`/
+//! `client_main` (blocking, in the CLI process), plus the pure renderers they share. It never
+//! touches sled (only the `store` API) and never blocks the executor on a client.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use log::{debug, info, warn};
+use smol::LocalExecutor;
+
+use crate::clock::QueueTime;
+use crate::forward::LinkReport;
+use crate::net::Ctx;
+use crate::smtp::date::rfc5322_date;
+use crate::store::{QueueId, QueuedMessage, RcptState, StoreError, Usage};
+
+/// File name of the socket inside `data_dir`.
+pub const SOCKET_NAME: &str = "control.sock";
+/// Longest request line.
+const MAX_REQUEST: usize = 4096;
+/// A client gets this long to send its request and to read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a message `queue show` prints as its header section.
+const MAX_SHOWN_HEADERS: usize = 64 * 1024;
+/// How long the CLI waits for the daemon's answer (deleting many ids flushes each).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// sysexits(3) used by the client side.
+pub const EX_UNAVAILABLE: u8 = 69;
+const EX_SOFTWARE: u8 = 70;
+
+/// `data_dir/control.sock`.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// One request over the control socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    List {
+        json: bool,
+    },
+    Show(String),
+    Flush,
+    Delete(Vec<String>),
+    Hold(Vec<String>),
+    Release(Vec<String>),
+    Status,
+    /// New files in the maildrop (`sendmail`).
+    Poke,
+}
+
+impl Request {
+    /// The request line, without the line end.
+    pub fn to_line(&self) -> String {
+        let ids = |verb: &str, ids: &[String]| format!("{verb} {}", ids.join(" "));
+        match self {
+            Self::List { json: false } => "LIST".into(),
+            Self::List { json: true } => "LIST JSON".into(),
+            Self::Show(id) => format!("SHOW {id}"),
+            Self::Flush => "FLUSH".into(),
+            Self::Delete(list) => ids("DELETE", list),
+            Self::Hold(list) => ids("HOLD", list),
+            Self::Release(list) => ids("RELEASE", list),
+            Self::Status => "STATUS".into(),
+            Self::Poke => "POKE".into(),
+        }
+    }
+
+    pub fn parse_line(line: &str) -> Option<Self> {
+        let mut words = line.split_ascii_whitespace();
+        let verb = words.next()?;
+        let rest: Vec<String> = words.map(str::to_owned).collect();
+        let request = match (verb, rest.as_slice()) {
+            ("LIST", []) => Self::List { json: false },
+            ("LIST", [json]) if json == "JSON" => Self::List { json: true },
+            ("SHOW", [id]) => Self::Show(id.clone()),
+            ("FLUSH", []) => Self::Flush,
+            ("DELETE", ids) if !ids.is_empty() => Self::Delete(rest),
+            ("HOLD", ids) if !ids.is_empty() => Self::Hold(rest),
+            ("RELEASE", ids) if !ids.is_empty() => Self::Release(rest),
+            ("STATUS", []) => Self::Status,
+            ("POKE", []) => Self::Poke,
+            _ => return None,
+        };
+        Some(request)
+    }
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub ok: bool,
+    pub body: String,
+}
+
+impl Response {
+    fn ok(body: String) -> Self {
+        Self { ok: true, body }
+    }
+
+    fn err(body: String) -> Self {
+        Self { ok: false, body }
+    }
+
+    fn to_wire(&self) -> Vec<u8> {
+        let mut out = if self.ok { "OK\n" } else { "ERR\n" }.to_owned();
+        out.push_str(&self.body);
+        out.into_bytes()
+    }
+
+    fn from_wire(text: &str) -> Option<Self> {
+        let (status, body) = text.split_once('\n').unwrap_or((text, ""));
+        let ok = match status {
+            "OK" => true,
+            "ERR" => false,
+            _ => return None,
+        };
+        Some(Self {
+            ok,
+            body: body.to_owned(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon side
+
+/// Binds `data_dir/control.sock` (a stale socket from a crash is replaced: the store's lock
+/// already proved no other daemon uses this `data_dir`) with mode 0600.
+pub fn bind(data_dir: &Path) -> io::Result<Async<UnixListener>> {
+    let path = socket_path(data_dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => debug!("removed a stale control socket {}", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(&path)?;
+    // Before this, the umask's mode lacks write for others (connect needs write permission).
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Async::new(listener)
+}
+
+/// Accepts control clients until shutdown; one short task per client.
+pub async fn serve(ex: Rc<LocalExecutor<'static>>, listener: Async<UnixListener>, ctx: Rc<Ctx>) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            ctx.shutdown.wait().await;
+            None
+        });
+        let stream = match accepted.await {
+            None => break,
+            Some(Ok((stream, _))) => stream,
+            Some(Err(e)) => {
+                warn!("control socket: accept failed: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        ex.spawn(async move {
+            let served = future::or(client(stream, &ctx), async {
+                Timer::after(ANSWER_TIMEOUT).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+            });
+            if let Err(e) = served.await {
+                debug!("control client: {e}");
+            }
+        })
+        .detach();
+    }
+    let path = socket_path(&ctx.config.data_dir);
+    if let Err(e) = std::fs::remove_file(&path) {
+        debug!("cannot remove {}: {e}", path.display());
+    }
+}
+
+async fn client(mut stream: Async<UnixStream>, ctx: &Ctx) -> io::Result<()> {
+    let line = future::or(read_request(&mut stream), async {
+        Timer::after(CLIENT_TIMEOUT).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no request"))
+    })
+    .await?;
+    let response = match Request::parse_line(&line) {
+        Some(request) => {
+            if request != Request::Poke {
+                info!("control: {}", request.to_line());
+            }
+            answer(&request, ctx).await
+        }
+        None => Response::err(format!("unknown request {line:?}\n")),
+    };
+    stream.write_all(&response.to_wire()).await?;
+    stream.flush().await
+}
+
+async fn read_request(stream: &mut Async<UnixStream>) -> io::Result<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 256];
+    loop {
+        let n = stream.read(&mut byte).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&byte[..n]);
+        if buf.contains(&b'\n') || buf.len() > MAX_REQUEST {
+            break;
+        }
+    }
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    buf.truncate(end.min(MAX_REQUEST));
+    String::from_utf8(buf).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
+async fn answer(request: &Request, ctx: &Ctx) -> Response {
+    let now = ctx.clock.now();
+    match request {
+        Request::List { json } => match ctx.store.list() {
+            Ok(messages) if *json => Response::ok(render_list_json(&messages, now)),
+            Ok(messages) => Response::ok(render_list(&messages, now)),
+            Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
+        },
+        Request::Show(id) => show(ctx, id, now),
+        Request::Flush => {
+            ctx.link.flush.notify();
+            Response::ok("flush requested: the forwarder tries the smarthost now\n".into())
+        }
+        Request::Delete(ids) => per_id(ctx, ids, "deleted", Action::Delete).await,
+        Request::Hold(ids) => per_id(ctx, ids, "held", Action::Hold).await,
+        Request::Release(ids) => {
+            let response = per_id(ctx, ids, "released", Action::Release).await;
+            ctx.wake.notify();
+            response
+        }
+        Request::Status => match ctx.store.list() {
+            Ok(messages) => {
+                let summary = QueueSummary::of(&messages, now);
+                let smarthost = ctx.config.smarthost.as_ref().map(|s| s.address.as_str());
+                Response::ok(render_status(
+                    &ctx.link.report(),
+                    smarthost,
+                    &summary,
+                    ctx.store.usage(),
+                ))
+            }
+            Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
+        },
+        Request::Poke => {
+            ctx.maildrop.notify();
+            Response::ok(String::new())
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Delete,
+    Hold,
+    Release,
+}
+
+async fn per_id(ctx: &Ctx, ids: &[String], done: &str, action: Action) -> Response {
+    let mut body = String::new();
+    let mut ok = true;
+    for text in ids {
+        let Some(id) = parse_id(text) else {
+            ok = false;
+            let _ = writeln!(body, "{text}: not a queue id (16 hex digits)");
+            continue;
+        };
+        let result = match action {
+            Action::Delete => ctx.store.delete(id).await,
+            Action::Hold => ctx.store.hold(id).await,
+            Action::Release => ctx.store.release(id).await,
+        };
+        match result {
+            Ok(()) => {
+                info!("control: queue_id={id} {done}");
+                let _ = writeln!(body, "{id}: {done}");
+            }
+            Err(StoreError::NotFound(_)) => {
+                ok = false;
+                let _ = writeln!(body, "{id}: no such message");
+            }
+            Err(e) => {
+                ok = false;
+                let _ = writeln!(body, "{id}: {e}");
+            }
+        }
+    }
+    Response { ok, body }
+}
+
+fn parse_id(text: &str) -> Option<QueueId> {
+    let hex = text.len() <= 16 && !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| QueueId::parse(text)).flatten()
+}
+
+fn show(ctx: &Ctx, text: &str, now: QueueTime) -> Response {
+    let Some(id) = parse_id(text) else {
+        return Response::err(format!("{text}: not a queue id (16 hex digits)\n"));
+    };
+    let message = match ctx.store.get(id) {
+        Ok(message) => message,
+        Err(e) => return Response::err(format!("{e}\n")),
+    };
+    let headers = match header_section(ctx, id) {
+        Ok(headers) => headers,
+        Err(e) => format!("(headers unreadable: {e})\n"),
+    };
+    Response::ok(render_show(&message, &headers, now))
+}
+
+/// The stored message up to its empty line, bounded by `MAX_SHOWN_HEADERS`.
+fn header_section(ctx: &Ctx, id: QueueId) -> Result<String, StoreError> {
+    let mut bytes = Vec::new();
+    for chunk in ctx.store.body_chunks(id)? {
+        bytes.extend_from_slice(&chunk?);
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            bytes.truncate(end + 2);
+            break;
+        }
+        if bytes.len() > MAX_SHOWN_HEADERS {
+            bytes.truncate(MAX_SHOWN_HEADERS);
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&bytes).replace("\r\n", "\n"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering (pure)
+
+/// A message's overall state for listings and counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageState {
+    Pending,
+    Deferred,
+    Held,
+    Failed,
+}
+
+impl MessageState {
+    pub const ALL: [Self; 4] = [Self::Pending, Self::Deferred, Self::Held, Self::Failed];
+
+    pub fn of(message: &QueuedMessage) -> Self {
+        let open = |s: &RcptState| matches!(s, RcptState::Pending | RcptState::Deferred);
+        if message.recipients.iter().any(|r| open(&r.state)) {
+            if message.held {
+                Self::Held
+            } else if message
+                .recipients
+                .iter()
+                .any(|r| r.state == RcptState::Deferred)
+            {
+                Self::Deferred
+            } else {
+                Self::Pending
+            }
+        } else if message.held {
+            Self::Held
+        } else {
+            Self::Failed
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Deferred => "deferred",
+            Self::Held => "held",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+fn rcpt_state(message: &QueuedMessage, state: RcptState) -> &'static str {
+    match state {
+        RcptState::Pending | RcptState::Deferred if message.held => "held",
+        RcptState::Pending => "pending",
+        RcptState::Deferred => "deferred",
+        RcptState::Delivered => "sent",
+        RcptState::Failed => "failed",
+    }
+}
+
+/// Counts and bytes per `MessageState`, and the oldest message's age.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// Indexed like `MessageState::ALL`.
+    pub messages: [u64; 4],
+    pub bytes: [u64; 4],
+    /// Queue-clock milliseconds since the oldest message arrived.
+    pub oldest_age_ms: Option<u64>,
+}
+
+impl QueueSummary {
+    pub fn of(messages: &[QueuedMessage], now: QueueTime) -> Self {
+        let mut summary = Self::default();
+        for message in messages {
+            let state = MessageState::of(message);
+            let slot = MessageState::ALL
+                .iter()
+                .position(|s| *s == state)
+                .unwrap_or(0);
+            summary.messages[slot] += 1;
+            summary.bytes[slot] = summary.bytes[slot].saturating_add(message.size);
+            let age = now.saturating_sub(message.enqueued_at);
+            summary.oldest_age_ms = Some(summary.oldest_age_ms.map_or(age, |a| a.max(age)));
+        }
+        summary
+    }
+}
+
+/// `1h 2m 3s` from queue-clock milliseconds, to the second.
+fn age(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+}
+
+fn next_attempt(message: &QueuedMessage, now: QueueTime) -> String {
+    match MessageState::of(message) {
+        MessageState::Held => "held (until released)".into(),
+        MessageState::Failed => "never (failed)".into(),
+        _ if message.next_attempt <= now => "now".into(),
+        _ => format!("in {}", age(message.next_attempt - now)),
+    }
+}
+
+/// `outpost queue list`: mailq-like, one block per message.
+pub fn render_list(messages: &[QueuedMessage], now: QueueTime) -> String {
+    if messages.is_empty() {
+        return "Mail queue is empty\n".into();
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16}  {:>10}  {:>9}  {:<8}  SENDER / RECIPIENTS",
+        "ID", "AGE", "SIZE", "STATE"
+    );
+    for m in messages {
+        let sender = if m.info.sender.is_empty() {
+            "<>".to_owned()
+        } else {
+            format!("<{}>", m.info.sender)
+        };
+        let _ = writeln!(
+            out,
+            "{:<16}  {:>10}  {:>9}  {:<8}  {sender}",
+            m.id.to_string(),
+            age(now.saturating_sub(m.enqueued_at)),
+            m.size,
+            MessageState::of(m).as_str(),
+        );
+        for r in &m.recipients {
+            let _ = write!(
+                out,
+                "{:52}{:<8}  <{}>",
+                "",
+                rcpt_state(m, r.state),
+                r.address
+            );
+            if let Some(reply) = &r.last_reply {
+                let _ = write!(out, "  {reply}");
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "{:52}next attempt: {} (attempts: {})",
+            "",
+            next_attempt(m, now),
+            m.attempts
+        );
+    }
+    let total: u64 = messages.iter().map(|m| m.size).sum();
+    let _ = writeln!(out, "-- {} messages, {total} bytes", messages.len());
+    out
+}
+
+/// `outpost queue list --json`: an array of objects (ages in seconds).
+pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
+    let mut out = String::from("[");
+    for (n, m) in messages.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let next = match MessageState::of(m) {
+            MessageState::Held | MessageState::Failed => "null".to_owned(),
+            _ => (m.next_attempt.saturating_sub(now) / 1000).to_string(),
+        };
+        let _ = write!(
+            out,
+            "\n{{\"id\":\"{}\",\"age_secs\":{},\"size\":{},\"sender\":{},\"state\":\"{}\",\
+             \"held\":{},\"attempts\":{},\"next_attempt_in_secs\":{next},\"received_unix\":{},\
+             \"recipients\":[",
+            m.id,
+            now.saturating_sub(m.enqueued_at) / 1000,
+            m.size,
+            json_str(&m.info.sender),
+            MessageState::of(m).as_str(),
+            m.held,
+            m.attempts,
+            m.info.received_unix,
+        );
+        for (i, r) in m.recipients.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let reply = r.last_reply.as_deref().map_or("null".into(), json_str);
+            let _ = write!(
+                out,
+                "{{\"address\":{},\"state\":\"{}\",\"last_reply\":{reply}}}",
+                json_str(&r.address),
+                rcpt_state(m, r.state)
+            );
+        }
+        out.push_str("]}");
+    }
+    out.push_str("\n]\n");
+    out
+}
+
+/// A JSON string literal.
+pub fn json_str(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `outpost queue show ID`.
+pub fn render_show(m: &QueuedMessage, headers: &str, now: QueueTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "id: {}", m.id);
+    let _ = writeln!(out, "state: {}", MessageState::of(m).as_str());
+    let _ = writeln!(out, "sender: <{}>", m.info.sender);
+    let _ = writeln!(out, "size: {} bytes", m.size);
+    let _ = writeln!(out, "received: {}", rfc5322_date(m.info.received_unix));
+    let _ = writeln!(
+        out,
+        "queued for: {}",
+        age(now.saturating_sub(m.enqueued_at))
+    );
+    let _ = writeln!(out, "attempts: {}", m.attempts);
+    let _ = writeln!(out, "next attempt: {}", next_attempt(m, now));
+    let _ = writeln!(out, "recipients:");
+    for r in &m.recipients {
+        let reply = r.last_reply.as_deref().unwrap_or("no reply yet");
+        let _ = writeln!(out, "  <{}> {}: {reply}", r.address, rcpt_state(m, r.state));
+    }
+    let _ = writeln!(out, "headers:");
+    for line in headers.lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+/// `outpost status`.
+pub fn render_status(
+    link: &LinkReport,
+    smarthost: Option<&str>,
+    summary: &QueueSummary,
+    usage: Usage,
+) -> String {
+    let mut out = format!("{}\n", crate::cli::version());
+    let link_line = match (smarthost, link.up) {
+        (None, _) => "none (no smarthost configured: mail is held)".to_owned(),
+        (Some(host), None) => format!("unknown ({host} not tried yet)"),
+        (Some(host), Some(true)) => format!("up since {} ({host})", rfc5322_date(link.since_unix)),
+        (Some(host), Some(false)) if link.ever_reached => {
+            format!("down since {} ({host})", rfc5322_date(link.since_unix))
+        }
+        (Some(host), Some(false)) => format!(
+            "down since {}, never reached ({host})",
+            rfc5322_date(link.since_unix)
+        ),
+    };
+    let _ = writeln!(out, "link: {link_line}");
+    let _ = write!(
+        out,
+        "queue: {} messages, {} bytes",
+        usage.messages, usage.bytes
+    );
+    for (i, state) in MessageState::ALL.iter().enumerate() {
+        let _ = write!(
+            out,
+            "{}{} {}",
+            if i == 0 { " (" } else { ", " },
+            summary.messages[i],
+            state.as_str()
+        );
+    }
+    out.push_str(")\n");
+    match summary.oldest_age_ms {
+        Some(ms) => {
+            let _ = writeln!(out, "oldest: {}", age(ms));
+        }
+        None => out.push_str("oldest: -\n"),
+    }
+    let _ = writeln!(
+        out,
+        "last success: {}",
+        link.last_success_unix.map_or("never".into(), rfc5322_date)
+    );
+    let _ = writeln!(
+        out,
+        "last error: {}",
+        link.last_error.as_deref().unwrap_or("none")
+    );
+    let _ = writeln!(
+        out,
+        "since start: {} sent, {} deferred, {} bounced",
+        link.sent, link.deferred, link.bounced
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side (blocking; the CLI process)
+
+/// Why a request did not get an answer.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No socket, or nobody listening on it.
+    NotRunning(PathBuf, io::Error),
+    Io(io::Error),
+    Protocol(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotRunning(path, e) => write!(
+                f,
+                "the outpost daemon is not running (control socket {}: {e})",
+                path.display()
+            ),
+            Self::Io(e) => write!(f, "control socket: {e}"),
+            Self::Protocol(e) => write!(f, "control socket: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Sends one request to the daemon whose `data_dir` is given and waits (bounded) for the
+/// answer.
+pub fn request(data_dir: &Path, request: &Request) -> Result<Response, ClientError> {
+    let path = socket_path(data_dir);
+    let mut stream =
+        UnixStream::connect(&path).map_err(|e| ClientError::NotRunning(path.clone(), e))?;
+    stream
+        .set_write_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(ClientError::Io)?;
+    stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(ClientError::Io)?;
+    stream
+        .write_all(format!("{}\n", request.to_line()).as_bytes())
+        .map_err(ClientError::Io)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(ClientError::Io)?;
+    let text = String::from_utf8_lossy(&answer);
+    Response::from_wire(&text)
+        .ok_or_else(|| ClientError::Protocol(format!("unexpected answer {:?}", text.trim())))
+}
+
+/// Runs a `queue`/`status` command: prints the answer; returns the exit code (0 ok, 1 the
+/// daemon refused part of it, 69 the daemon is not running, 70 the socket misbehaved).
+pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
+    match request(data_dir, req) {
+        Ok(response) => {
+            let mut stdout = io::stdout();
+            let mut stderr = io::stderr();
+            let sink: &mut dyn Write = if response.ok {
+                &mut stdout
+            } else {
+                &mut stderr
+            };
+            let _ = sink.write_all(response.body.as_bytes());
+            if response.ok {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e @ ClientError::NotRunning(..)) => {
+            eprintln!("outpost: {e}");
+            EX_UNAVAILABLE
+        }
+        Err(e) => {
+            eprintln!("outpost: {e}");
+            EX_SOFTWARE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MessageInfo, RcptRecord};
+
+    fn message(id: u64, states: &[RcptState], held: bool) -> QueuedMessage {
+        let recipients: Vec<RcptRecord> = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| RcptRecord {
+                address: format!("r{i}@x.test"),
+                state: *s,
+                last_reply: (*s == RcptState::Deferred).then(|| "451 4.3.0 later".to_owned()),
+            })
+            .collect();
+        QueuedMessage {
+            id: QueueId(id),
+            info: MessageInfo {
+                sender: "a@lan.test".into(),
+                recipients: recipients.iter().map(|r| r.address.clone()).collect(),
+                eight_bit: false,
+                smtputf8: false,
+                received_unix: 0,
+            },
+            size: 100,
+            enqueued_at: 1_000,
+            attempts: 1,
+            next_attempt: 70_000,
+            held,
+            recipients,
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips_through_its_line() {
+        let ids = vec!["00000000000000AB".to_owned(), "1".to_owned()];
+        for request in [
+            Request::List { json: false },
+            Request::List { json: true },
+            Request::Show("00000000000000AB".into()),
+            Request::Flush,
+            Request::Delete(ids.clone()),
+            Request::Hold(ids.clone()),
+            Request::Release(ids),
+            Request::Status,
+            Request::Poke,
+        ] {
+            assert_eq!(Request::parse_line(&request.to_line()), Some(request));
+        }
+        assert_eq!(Request::parse_line("DELETE"), None);
+        assert_eq!(Request::parse_line("LIST XML"), None);
+        assert_eq!(Request::parse_line("RM 1"), None);
+    }
+
+    #[test]
+    fn response_wire_form_round_trips() {
+        let r = Response::err("x: no such message\n".into());
+        let wire = String::from_utf8(r.to_wire()).unwrap();
+        assert_eq!(Response::from_wire(&wire), Some(r));
+        assert_eq!(Response::from_wire("HELLO\n"), None);
+    }
+
+    #[test]
+    fn message_state_prefers_held_then_deferred() {
+        use RcptState::*;
+        assert_eq!(
+            MessageState::of(&message(1, &[Pending], false)),
+            MessageState::Pending
+        );
+        assert_eq!(
+            MessageState::of(&message(1, &[Pending, Deferred], false)),
+            MessageState::Deferred
+        );
+        assert_eq!(
+            MessageState::of(&message(1, &[Deferred], true)),
+            MessageState::Held
+        );
+        assert_eq!(
+            MessageState::of(&message(1, &[Delivered, Failed], false)),
+            MessageState::Failed
+        );
+    }
+
+    #[test]
+    fn list_shows_ids_states_replies_and_next_attempt() {
+        let text = render_list(
+            &[message(
+                0xAB,
+                &[RcptState::Pending, RcptState::Deferred],
+                false,
+            )],
+            61_000,
+        );
+        assert!(text.contains("00000000000000AB"), "{text}");
+        assert!(text.contains("1m"), "{text}");
+        assert!(
+            text.contains("deferred  <r1@x.test>  451 4.3.0 later"),
+            "{text}"
+        );
+        assert!(text.contains("next attempt: in 9s"), "{text}");
+        assert_eq!(render_list(&[], 0), "Mail queue is empty\n");
+    }
+
+    #[test]
+    fn json_list_escapes_and_nulls() {
+        let mut m = message(1, &[RcptState::Pending], true);
+        m.info.sender = "we\"ird\\@x".into();
+        let json = render_list_json(&[m], 2_000);
+        assert!(json.contains(r#""sender":"we\"ird\\@x""#), "{json}");
+        assert!(json.contains(r#""next_attempt_in_secs":null"#), "{json}");
+        assert!(json.contains(r#""state":"held""#), "{json}");
+        assert!(json.contains(r#""last_reply":null"#), "{json}");
+        assert_eq!(json_str("a\u{1}"), "\"a\\u0001\"");
+    }
+
+    #[test]
+    fn summary_counts_by_state_and_oldest_age() {
+        use RcptState::*;
+        let messages = [
+            message(1, &[Pending], false),
+            message(2, &[Deferred], false),
+            message(3, &[Pending], true),
+        ];
+        let s = QueueSummary::of(&messages, 5_000);
+        assert_eq!(s.messages, [1, 1, 1, 0]);
+        assert_eq!(s.bytes, [100, 100, 100, 0]);
+        assert_eq!(s.oldest_age_ms, Some(4_000));
+    }
+
+    #[test]
+    fn status_names_link_state() {
+        let mut link = LinkReport::default();
+        let s = QueueSummary::default();
+        let u = Usage::default();
+        assert!(render_status(&link, None, &s, u).contains("link: none"));
+        assert!(render_status(&link, Some("h:25"), &s, u).contains("not tried yet"));
+        link.up = Some(false);
+        assert!(render_status(&link, Some("h:25"), &s, u).contains("never reached"));
+        link.ever_reached = true;
+        let text = render_status(&link, Some("h:25"), &s, u);
+        assert!(
+            text.contains("link: down since") && !text.contains("never reached"),
+            "{text}"
+        );
+        link.up = Some(true);
+        assert!(render_status(&link, Some("h:25"), &s, u).contains("link: up since"));
+    }
+
+    #[test]
+    fn queue_ids_must_be_hex() {
+        assert_eq!(parse_id("00000000000000ab"), Some(QueueId(0xab)));
+        assert_eq!(parse_id("xyz"), None);
+        assert_eq!(parse_id("+1"), None);
+        assert_eq!(parse_id("00000000000000000001"), None);
+    }
+}

@@ -1,0 +1,280 @@
+//! `[metrics] listen`: Prometheus text exposition (format 0.0.4) on `GET /metrics`.
+//!
+//! A hand-written HTTP/1.1 responder for exactly one request per connection: every HTTP
+//! server crate that fits a single-threaded smol executor pulls in hyper (or brings its own
+//! runtime), which is more code than everything here on a 512 MB board. It reads one request
+//! head (bounded in size and time), answers with `Connection: close`, and never keeps a
+//! connection open, reads a body, or touches the store beyond `list`/`usage`.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use log::{debug, info, warn};
+use smol::LocalExecutor;
+
+use super::{Ctx, DaemonError};
+use crate::control::{MessageState, QueueSummary};
+use crate::forward::LinkReport;
+
+/// Longest request head (request line + headers).
+const MAX_HEAD: usize = 8 * 1024;
+/// A scraper gets this long to send its request and read the answer.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes served at once; more are closed at accept.
+const MAX_SCRAPES: usize = 4;
+
+pub(super) fn bind(addr: SocketAddr) -> Result<Async<TcpListener>, DaemonError> {
+    TcpListener::bind(addr)
+        .and_then(Async::new)
+        .map_err(|source| DaemonError::Bind { addr, source })
+}
+
+/// Accepts scrapers until shutdown.
+pub(super) async fn serve(
+    ex: Rc<LocalExecutor<'static>>,
+    listener: Async<TcpListener>,
+    ctx: Rc<Ctx>,
+) {
+    if let Ok(addr) = listener.get_ref().local_addr() {
+        info!("metrics on http://{addr}/metrics");
+    }
+    let busy = Rc::new(Cell::new(0usize));
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            ctx.shutdown.wait().await;
+            None
+        });
+        let stream = match accepted.await {
+            None => return,
+            Some(Ok((stream, _))) => stream,
+            Some(Err(e)) => {
+                warn!("metrics: accept failed: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if busy.get() >= MAX_SCRAPES {
+            continue; // dropped: closed
+        }
+        busy.set(busy.get() + 1);
+        let (ctx, busy) = (ctx.clone(), busy.clone());
+        ex.spawn(async move {
+            let served = future::or(scrape(stream, &ctx), async {
+                Timer::after(SCRAPE_TIMEOUT).await;
+                Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+            });
+            if let Err(e) = served.await {
+                debug!("metrics client: {e}");
+            }
+            busy.set(busy.get().saturating_sub(1));
+        })
+        .detach();
+    }
+}
+
+async fn scrape(mut stream: Async<TcpStream>, ctx: &Ctx) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > MAX_HEAD {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "").await;
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let (method, path) = (words.next(), words.next());
+    match (method, path) {
+        (Some(b"GET"), Some(b"/metrics")) => {
+            let body = render(ctx);
+            respond(&mut stream, "200 OK", &body).await
+        }
+        (Some(b"GET"), _) => respond(&mut stream, "404 Not Found", "try /metrics\n").await,
+        _ => respond(&mut stream, "405 Method Not Allowed", "").await,
+    }
+}
+
+async fn respond(stream: &mut Async<TcpStream>, status: &str, body: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.flush().await
+}
+
+fn render(ctx: &Ctx) -> String {
+    let now = ctx.clock.now();
+    let summary = match ctx.store.list() {
+        Ok(messages) => QueueSummary::of(&messages, now),
+        Err(e) => {
+            warn!("metrics: cannot read the queue: {e}");
+            QueueSummary::default()
+        }
+    };
+    let sample = Sample {
+        summary,
+        link: ctx.link.report(),
+        accepted: ctx.accepted.get(),
+        sessions: ctx.sessions(),
+        smarthost: ctx.config.smarthost.is_some(),
+    };
+    exposition(&sample)
+}
+
+/// What one scrape reports.
+struct Sample {
+    summary: QueueSummary,
+    link: LinkReport,
+    accepted: u64,
+    sessions: usize,
+    smarthost: bool,
+}
+
+/// The Prometheus text format (one HELP and TYPE per family).
+fn exposition(s: &Sample) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP outpost_{name} {help}");
+        let _ = writeln!(out, "# TYPE outpost_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "outpost_{name}{labels} {value}");
+        }
+    };
+    let by_state = |values: &[u64; 4]| -> Vec<(String, u64)> {
+        MessageState::ALL
+            .iter()
+            .zip(values)
+            .map(|(state, v)| (format!("{{state=\"{}\"}}", state.as_str()), *v))
+            .collect()
+    };
+    let plain = |v: u64| vec![(String::new(), v)];
+    family(
+        "queue_messages",
+        "gauge",
+        "Messages in the queue by state.",
+        &by_state(&s.summary.messages),
+    );
+    family(
+        "queue_bytes",
+        "gauge",
+        "Message bytes in the queue by state.",
+        &by_state(&s.summary.bytes),
+    );
+    family(
+        "queue_oldest_age_seconds",
+        "gauge",
+        "Time the oldest queued message has spent in the queue (0 when empty).",
+        &plain(s.summary.oldest_age_ms.unwrap_or(0) / 1000),
+    );
+    family(
+        "accepted_total",
+        "counter",
+        "Messages accepted into the queue since start (SMTP and sendmail).",
+        &plain(s.accepted),
+    );
+    family(
+        "sent_total",
+        "counter",
+        "Recipients the smarthost accepted since start.",
+        &plain(s.link.sent),
+    );
+    family(
+        "deferred_total",
+        "counter",
+        "Recipient attempts deferred (temporary failure) since start.",
+        &plain(s.link.deferred),
+    );
+    family(
+        "bounced_total",
+        "counter",
+        "Recipients failed for good (5xx or expired) since start.",
+        &plain(s.link.bounced),
+    );
+    family(
+        "link_up",
+        "gauge",
+        "1 when the last attempt reached the smarthost, else 0.",
+        &plain(u64::from(s.link.up == Some(true))),
+    );
+    family(
+        "link_known",
+        "gauge",
+        "1 once the smarthost has been tried since start (0 also without a smarthost).",
+        &plain(u64::from(s.smarthost && s.link.up.is_some())),
+    );
+    family(
+        "link_change_timestamp_seconds",
+        "gauge",
+        "Unix time of the last link state change (0: none yet).",
+        &plain(s.link.since_unix),
+    );
+    family(
+        "last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last delivery to the smarthost (0: none since start).",
+        &plain(s.link.last_success_unix.unwrap_or(0)),
+    );
+    family(
+        "smtp_sessions",
+        "gauge",
+        "SMTP sessions open now.",
+        &plain(u64::try_from(s.sessions).unwrap_or(u64::MAX)),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_help_type_and_labelled_states() {
+        let sample = Sample {
+            summary: QueueSummary {
+                messages: [1, 2, 0, 3],
+                bytes: [10, 20, 0, 30],
+                oldest_age_ms: Some(61_500),
+            },
+            link: LinkReport {
+                up: Some(true),
+                sent: 7,
+                ..LinkReport::default()
+            },
+            accepted: 9,
+            sessions: 1,
+            smarthost: true,
+        };
+        let text = exposition(&sample);
+        assert!(
+            text.contains("# TYPE outpost_queue_messages gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outpost_queue_messages{state=\"deferred\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("outpost_queue_bytes{state=\"failed\"} 30\n"));
+        assert!(text.contains("outpost_queue_oldest_age_seconds 61\n"));
+        assert!(text.contains("outpost_accepted_total 9\n"));
+        assert!(text.contains("outpost_sent_total 7\n"));
+        assert!(text.contains("outpost_link_up 1\n"));
+        // Every sample line belongs to a family declared just before.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
+        }
+    }
+}

@@ -1,0 +1,764 @@
+//! sendmail(1) for local programs, Postfix maildrop style: the command (`outpost sendmail`, or
+//! the binary invoked as `sendmail`) turns stdin into a message file in `data_dir/maildrop/`
+//! (temp file, fsync, rename, fsync the directory), pokes the daemon over the control socket if
+//! it runs, and exits 0; the daemon (`pickup_loop`) moves each file into the store and removes
+//! it only once the store's commit is durable. So a message handed to sendmail survives a
+//! daemon that is down, restarting or crashing.
+//!
+//! Owns the maildrop file format and both its writer and reader. Never talks SMTP, never
+//! touches sled (only `Store::spool`/`commit`), and never deletes a file it has not stored.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_io::Timer;
+use futures_lite::future;
+use log::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::control::{self, Request};
+use crate::net::Ctx;
+use crate::smtp::date::rfc5322_date;
+use crate::store::{MessageInfo, QueueId, StoreError};
+
+/// sysexits(3)
+pub const EX_USAGE: u8 = 64;
+pub const EX_DATAERR: u8 = 65;
+pub const EX_CANTCREAT: u8 = 73;
+
+/// The maildrop directory inside `data_dir`.
+pub const MAILDROP: &str = "maildrop";
+/// First line of every maildrop file.
+const MAGIC: &str = "outpost-maildrop 1";
+/// How often the daemon looks into the maildrop without a poke.
+const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest envelope line in a maildrop file.
+const MAX_ENVELOPE_LINE: usize = 2048;
+/// Body bytes per `Spool::append`.
+const CHUNK: usize = 32 * 1024;
+/// RFC 5322 §2.1.1: 998 characters plus CRLF.
+const MAX_LINE: usize = 998;
+
+/// `sendmail` options (see `cli`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendmailArgs {
+    /// `-t`: recipients from To:, Cc:, Bcc: (Bcc: is removed).
+    pub extract: bool,
+    /// `-i`/`-oi`: a line with a single dot does not end the input.
+    pub ignore_dots: bool,
+    /// `-f`: envelope sender.
+    pub from: Option<String>,
+    /// `-F`: full name for an added From:.
+    pub full_name: Option<String>,
+    pub recipients: Vec<String>,
+}
+
+/// Why sendmail refuses (exit code and message).
+#[derive(Debug, PartialEq, Eq)]
+pub struct SendmailError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl SendmailError {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: EX_USAGE,
+            message: message.into(),
+        }
+    }
+
+    fn data(message: impl Into<String>) -> Self {
+        Self {
+            code: EX_DATAERR,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for SendmailError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A message ready for the maildrop.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Prepared {
+    pub sender: String,
+    pub recipients: Vec<String>,
+    /// CRLF line ends.
+    pub message: Vec<u8>,
+}
+
+/// What `prepare` needs from the environment (passed in so it stays pure).
+pub struct Origin<'a> {
+    /// Our host name: qualifies bare local parts (`root` → `root@host`) and Message-IDs.
+    pub hostname: &'a str,
+    /// The login name, for the default sender.
+    pub user: &'a str,
+    pub now_unix: u64,
+    /// Unique per call (Message-ID).
+    pub unique: u64,
+}
+
+/// `sendmail`: reads `input`, writes the maildrop file, pokes the daemon. Returns the exit
+/// code; prints its own errors.
+pub fn main(args: &SendmailArgs, config: &Config, input: &mut dyn Read) -> u8 {
+    let mut raw = Vec::new();
+    let limit = config.max_message_size.saturating_add(1);
+    if let Err(e) = input.take(limit).read_to_end(&mut raw) {
+        eprintln!("sendmail: cannot read the message: {e}");
+        return EX_DATAERR;
+    }
+    if u64::try_from(raw.len()).unwrap_or(u64::MAX) >= limit {
+        eprintln!(
+            "sendmail: message larger than max_message_size ({} bytes)",
+            config.max_message_size
+        );
+        return EX_DATAERR;
+    }
+    let user = std::env::var("LOGNAME")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "root".into());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let origin = Origin {
+        hostname: &config.hostname,
+        user: &user,
+        now_unix: now.as_secs(),
+        unique: u64::from(now.subsec_nanos()) ^ (u64::from(std::process::id()) << 32),
+    };
+    let prepared = match prepare(args, &origin, &raw) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return e.code;
+        }
+    };
+    let dir = config.data_dir.join(MAILDROP);
+    if let Err(e) = drop_file(&dir, &prepared, origin.unique) {
+        eprintln!("sendmail: cannot write to {}: {e}", dir.display());
+        return EX_CANTCREAT;
+    }
+    // The daemon also looks every few seconds and at start: a failed poke loses nothing.
+    if let Err(e) = control::request(&config.data_dir, &Request::Poke) {
+        debug!("sendmail: no poke: {e}");
+    }
+    0
+}
+
+/// Turns raw input into a message and its envelope (pure).
+pub fn prepare(
+    args: &SendmailArgs,
+    origin: &Origin<'_>,
+    raw: &[u8],
+) -> Result<Prepared, SendmailError> {
+    if raw.contains(&0) {
+        return Err(SendmailError::data("the message contains NUL bytes"));
+    }
+    let mut lines: Vec<&[u8]> = raw
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .collect();
+    if raw.ends_with(b"\n") {
+        lines.pop();
+    }
+    if !args.ignore_dots {
+        if let Some(end) = lines.iter().position(|l| *l == b".") {
+            lines.truncate(end);
+        }
+    }
+    if let Some(n) = lines.iter().position(|l| l.len() > MAX_LINE) {
+        return Err(SendmailError::data(format!(
+            "line {} is longer than {MAX_LINE} characters (RFC 5322 §2.1.1)",
+            n + 1
+        )));
+    }
+    let header_end = header_section_len(&lines);
+    let (mut headers, body) = lines.split_at(header_end);
+    let fields = unfold(headers);
+    let sender = match &args.from {
+        Some(from) => qualify(from.trim_matches(|c| c == '<' || c == '>'), origin.hostname)?,
+        None => qualify(origin.user, origin.hostname)?,
+    };
+    let mut recipients = Vec::new();
+    for rcpt in &args.recipients {
+        for address in addresses(rcpt) {
+            recipients.push(qualify(&address, origin.hostname)?);
+        }
+    }
+    let mut kept: Vec<&[u8]> = Vec::with_capacity(headers.len());
+    if args.extract {
+        for (name, value, span) in &fields {
+            if ["to", "cc", "bcc"].contains(&name.as_str()) {
+                for address in addresses(value) {
+                    recipients.push(qualify(&address, origin.hostname)?);
+                }
+            }
+            if name != "bcc" {
+                kept.extend_from_slice(&headers[span.clone()]);
+            }
+        }
+        headers = &kept;
+    }
+    dedup(&mut recipients);
+    if recipients.is_empty() {
+        return Err(SendmailError::usage(if args.extract {
+            "no recipients: none on the command line and no To:, Cc: or Bcc: header"
+        } else {
+            "no recipients given (name them, or use -t to read them from the headers)"
+        }));
+    }
+    let has = |field: &str| fields.iter().any(|(name, _, _)| name == field);
+    let mut message = Vec::with_capacity(raw.len() + 256);
+    if !has("from") {
+        let from = match &args.full_name {
+            Some(name) => format!("From: \"{}\" <{sender}>", name.replace(['"', '\\'], "")),
+            None => format!("From: <{sender}>"),
+        };
+        push_line(&mut message, from.as_bytes());
+    }
+    if !has("date") {
+        push_line(
+            &mut message,
+            format!("Date: {}", rfc5322_date(origin.now_unix)).as_bytes(),
+        );
+    }
+    if !has("message-id") {
+        let id = format!(
+            "Message-ID: <{}.{:016x}@{}>",
+            origin.now_unix, origin.unique, origin.hostname
+        );
+        push_line(&mut message, id.as_bytes());
+    }
+    for line in headers {
+        push_line(&mut message, line);
+    }
+    if header_end == 0 || !body.is_empty() {
+        // The empty line between headers and body (kept or added).
+        let body = if body.first().is_some_and(|l| l.is_empty()) {
+            body
+        } else {
+            message.extend_from_slice(b"\r\n");
+            body
+        };
+        for line in body {
+            push_line(&mut message, line);
+        }
+    }
+    Ok(Prepared {
+        sender,
+        recipients,
+        message,
+    })
+}
+
+fn push_line(out: &mut Vec<u8>, line: &[u8]) {
+    out.extend_from_slice(line);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Lines that form the header section: header fields and their continuation lines, up to the
+/// first line that is neither (usually the empty line). Input without headers gives 0.
+fn header_section_len(lines: &[&[u8]]) -> usize {
+    let mut n = 0;
+    for line in lines {
+        let continuation = n > 0 && matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation && !is_field_start(line) {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// `Name:` with RFC 5322 field-name characters (printable ASCII except `:`).
+fn is_field_start(line: &[u8]) -> bool {
+    match line.iter().position(|&b| b == b':') {
+        Some(colon) if colon > 0 => line[..colon].iter().all(|&b| (33..=126).contains(&b)),
+        _ => false,
+    }
+}
+
+/// Header fields as (lower-case name, unfolded value, line span).
+fn unfold(headers: &[&[u8]]) -> Vec<(String, String, std::ops::Range<usize>)> {
+    let mut fields: Vec<(String, String, std::ops::Range<usize>)> = Vec::new();
+    for (i, line) in headers.iter().enumerate() {
+        let text = String::from_utf8_lossy(line);
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some(last) = fields.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(text.trim());
+                last.2.end = i + 1;
+            }
+            continue;
+        }
+        if let Some((name, value)) = text.split_once(':') {
+            fields.push((
+                name.trim().to_ascii_lowercase(),
+                value.trim().to_owned(),
+                i..i + 1,
+            ));
+        }
+    }
+    fields
+}
+
+/// The addresses in an address-list header value or a command-line argument: commas outside
+/// quotes, comments and angle brackets separate; `<addr>` wins over the display name;
+/// comments are dropped; a group's `name:` and `;` are skipped.
+fn addresses(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut angle: Option<String> = None;
+    let (mut quoted, mut comment, mut in_angle) = (false, 0u32, false);
+    let mut finish = |current: &mut String, angle: &mut Option<String>| {
+        let address = angle.take().unwrap_or_else(|| current.trim().to_owned());
+        let address = address.trim().to_owned();
+        if !address.is_empty() {
+            out.push(address);
+        }
+        current.clear();
+    };
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted || comment > 0 => {
+                chars.next();
+            }
+            '"' if comment == 0 && !in_angle => quoted = !quoted,
+            '(' if !quoted && !in_angle => comment += 1,
+            ')' if !quoted && comment > 0 => comment -= 1,
+            _ if comment > 0 => {}
+            '<' if !quoted => {
+                in_angle = true;
+                angle = Some(String::new());
+            }
+            '>' if in_angle => in_angle = false,
+            _ if in_angle => {
+                if let Some(a) = angle.as_mut() {
+                    a.push(c);
+                }
+            }
+            ':' if !quoted => current.clear(), // group name
+            ',' | ';' if !quoted => finish(&mut current, &mut angle),
+            _ if quoted => {}
+            c => current.push(c),
+        }
+    }
+    finish(&mut current, &mut angle);
+    out
+}
+
+/// `user` → `user@hostname`; refuses what cannot be an address.
+fn qualify(address: &str, hostname: &str) -> Result<String, SendmailError> {
+    let address = address.trim();
+    let bad = address.is_empty()
+        || address.len() > 254
+        || address
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"'))
+        || address.starts_with('@')
+        || address.ends_with('@');
+    if bad {
+        return Err(SendmailError::data(format!(
+            "{address:?} is not a mail address"
+        )));
+    }
+    if address.contains('@') {
+        Ok(address.to_owned())
+    } else {
+        Ok(format!("{address}@{hostname}"))
+    }
+}
+
+/// Removes later duplicates (case-insensitively), keeping order.
+fn dedup(addresses: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    addresses.retain(|a| seen.insert(a.to_ascii_lowercase()));
+}
+
+/// Writes the maildrop file durably: temp file, fsync, rename to `*.msg`, fsync the directory.
+pub fn drop_file(dir: &Path, prepared: &Prepared, unique: u64) -> io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!("{nanos:024}-{:016x}", unique);
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let path = dir.join(format!("{name}.msg"));
+    let mut envelope = format!("{MAGIC}\nfrom {}\n", prepared.sender);
+    for rcpt in &prepared.recipients {
+        envelope.push_str(&format!("to {rcpt}\n"));
+    }
+    envelope.push('\n');
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(envelope.as_bytes())?;
+        file.write_all(&prepared.message)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon side
+
+/// Picks up the maildrop at start, on every poke and every `PICKUP_INTERVAL`, until shutdown.
+pub async fn pickup_loop(ctx: Rc<Ctx>) {
+    let dir = ctx.config.data_dir.join(MAILDROP);
+    if let Err(e) = fs::create_dir_all(&dir) {
+        error!("cannot create the maildrop {}: {e}", dir.display());
+    }
+    loop {
+        pickup(&ctx, &dir).await;
+        let stop = future::or(
+            async {
+                ctx.maildrop.wait().await;
+                false
+            },
+            future::or(
+                async {
+                    Timer::after(PICKUP_INTERVAL).await;
+                    false
+                },
+                async {
+                    ctx.shutdown.wait().await;
+                    true
+                },
+            ),
+        );
+        if stop.await {
+            return;
+        }
+    }
+}
+
+/// Why a maildrop file was not stored.
+enum PickupError {
+    /// The file is not a maildrop file: set aside as `*.bad`.
+    Bad(String),
+    /// The queue is full: the file waits.
+    QueueFull,
+    Io(io::Error),
+    Store(StoreError),
+}
+
+/// Stores every `*.msg` file, oldest first; removes each only after its durable commit.
+async fn pickup(ctx: &Ctx, dir: &Path) {
+    let mut names: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "msg"))
+            .collect(),
+        Err(e) => {
+            debug!("maildrop {}: {e}", dir.display());
+            return;
+        }
+    };
+    names.sort();
+    for path in names {
+        match ingest(ctx, &path).await {
+            Ok(id) => {
+                ctx.accepted_one();
+                if let Err(e) = fs::remove_file(&path) {
+                    // Stored already: at worst it is stored again (at least once).
+                    error!(
+                        "maildrop: queue_id={id} stored but {} not removed: {e}",
+                        path.display()
+                    );
+                }
+            }
+            Err(PickupError::Bad(reason)) => {
+                let bad = path.with_extension("bad");
+                error!(
+                    "maildrop: {} is unusable ({reason}); moved to {}",
+                    path.display(),
+                    bad.display()
+                );
+                if let Err(e) = fs::rename(&path, &bad) {
+                    error!("maildrop: cannot set {} aside: {e}", path.display());
+                }
+            }
+            Err(PickupError::QueueFull) => {
+                warn!(
+                    "maildrop: queue full (queue.max_bytes); {} waits",
+                    path.display()
+                );
+                return;
+            }
+            Err(PickupError::Io(e)) => {
+                // Gone meanwhile (another pickup) or unreadable: try again later.
+                debug!("maildrop: {}: {e}", path.display());
+            }
+            Err(PickupError::Store(e)) => {
+                error!("maildrop: cannot store {}: {e}", path.display());
+                return;
+            }
+        }
+    }
+}
+
+async fn ingest(ctx: &Ctx, path: &Path) -> Result<QueueId, PickupError> {
+    let file = File::open(path).map_err(PickupError::Io)?;
+    let received_unix = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let mut reader = BufReader::new(file);
+    let (sender, recipients) = read_envelope(&mut reader, ctx.config.max_recipients)?;
+    let mut spool = ctx.store.spool().map_err(PickupError::Store)?;
+    let mut eight_bit = false;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = reader.read(&mut buf).map_err(PickupError::Io)?;
+        if n == 0 {
+            break;
+        }
+        eight_bit |= !buf[..n].is_ascii();
+        spool.append(&buf[..n]).map_err(PickupError::Store)?;
+    }
+    let smtputf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
+    let info = MessageInfo {
+        sender: sender.clone(),
+        recipients,
+        eight_bit,
+        smtputf8,
+        received_unix,
+    };
+    let nrcpt = info.recipients.len();
+    let size = spool.len();
+    match spool.commit(info, ctx.clock.now()).await {
+        Ok(Ok(id)) => {
+            info!("maildrop queue_id={id} from=<{sender}> nrcpt={nrcpt} size={size} status=queued");
+            Ok(id)
+        }
+        Ok(Err(_)) => Err(PickupError::QueueFull),
+        Err(e) => Err(PickupError::Store(e)),
+    }
+}
+
+/// The envelope lines up to the empty line.
+fn read_envelope(
+    reader: &mut impl BufRead,
+    max_recipients: usize,
+) -> Result<(String, Vec<String>), PickupError> {
+    let mut line = Vec::new();
+    let mut next = |reader: &mut dyn BufRead| -> Result<String, PickupError> {
+        line.clear();
+        reader
+            .take(u64::try_from(MAX_ENVELOPE_LINE).unwrap_or(u64::MAX))
+            .read_until(b'\n', &mut line)
+            .map_err(PickupError::Io)?;
+        if line.pop() != Some(b'\n') {
+            return Err(PickupError::Bad("truncated envelope".into()));
+        }
+        String::from_utf8(line.clone()).map_err(|_| PickupError::Bad("envelope not UTF-8".into()))
+    };
+    if next(reader)? != MAGIC {
+        return Err(PickupError::Bad(format!("first line is not {MAGIC:?}")));
+    }
+    let sender = next(reader)?
+        .strip_prefix("from ")
+        .map(str::to_owned)
+        .ok_or_else(|| PickupError::Bad("no sender line".into()))?;
+    let mut recipients = Vec::new();
+    loop {
+        let text = next(reader)?;
+        if text.is_empty() {
+            break;
+        }
+        let Some(rcpt) = text.strip_prefix("to ") else {
+            return Err(PickupError::Bad(format!(
+                "unexpected envelope line {text:?}"
+            )));
+        };
+        if recipients.len() >= max_recipients {
+            return Err(PickupError::Bad(format!(
+                "more than {max_recipients} recipients"
+            )));
+        }
+        recipients.push(rcpt.to_owned());
+    }
+    if recipients.is_empty() {
+        return Err(PickupError::Bad("no recipients".into()));
+    }
+    Ok((sender, recipients))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> Origin<'static> {
+        Origin {
+            hostname: "gw.test",
+            user: "cron",
+            now_unix: 0,
+            unique: 0xabc,
+        }
+    }
+
+    fn args(rcpts: &[&str]) -> SendmailArgs {
+        SendmailArgs {
+            recipients: rcpts.iter().map(|s| (*s).to_owned()).collect(),
+            ..SendmailArgs::default()
+        }
+    }
+
+    fn text(p: &Prepared) -> String {
+        String::from_utf8(p.message.clone()).unwrap()
+    }
+
+    #[test]
+    fn adds_from_date_and_message_id_when_missing() {
+        let p = prepare(&args(&["ops@x.test"]), &origin(), b"Subject: hi\n\nbody\n").unwrap();
+        let t = text(&p);
+        assert!(
+            t.starts_with("From: <cron@gw.test>\r\nDate: Thu, 01 Jan 1970"),
+            "{t}"
+        );
+        assert!(
+            t.contains("Message-ID: <0.0000000000000abc@gw.test>\r\n"),
+            "{t}"
+        );
+        assert!(t.ends_with("Subject: hi\r\n\r\nbody\r\n"), "{t}");
+        assert_eq!(p.sender, "cron@gw.test");
+        assert_eq!(p.recipients, ["ops@x.test"]);
+    }
+
+    #[test]
+    fn keeps_existing_from_date_message_id() {
+        let raw = b"From: a@b.test\nDate: x\nMessage-Id: <1@b>\n\nbody\n";
+        let p = prepare(&args(&["ops@x.test"]), &origin(), raw).unwrap();
+        assert_eq!(
+            text(&p),
+            "From: a@b.test\r\nDate: x\r\nMessage-Id: <1@b>\r\n\r\nbody\r\n"
+        );
+    }
+
+    #[test]
+    fn extract_reads_to_cc_bcc_and_removes_bcc() {
+        let raw = b"To: \"Ops, Team\" <ops@x.test>, b@x.test (Bee)\n\
+                    Cc: undisclosed:;\nBcc: secret@x.test,\n  other@x.test\nSubject: s\n\nhi\n";
+        let mut a = args(&["extra@x.test", "ops@x.test"]);
+        a.extract = true;
+        let p = prepare(&a, &origin(), raw).unwrap();
+        assert_eq!(
+            p.recipients,
+            [
+                "extra@x.test",
+                "ops@x.test",
+                "b@x.test",
+                "secret@x.test",
+                "other@x.test"
+            ]
+        );
+        let t = text(&p);
+        assert!(
+            !t.contains("Bcc") && !t.contains("secret") && !t.contains("other@"),
+            "{t}"
+        );
+        assert!(t.contains("Subject: s\r\n\r\nhi\r\n"), "{t}");
+    }
+
+    #[test]
+    fn no_recipients_is_a_usage_error() {
+        let e = prepare(&args(&[]), &origin(), b"Subject: x\n\n").unwrap_err();
+        assert_eq!(e.code, EX_USAGE);
+        let mut a = args(&[]);
+        a.extract = true;
+        assert_eq!(
+            prepare(&a, &origin(), b"Subject: x\n\n").unwrap_err().code,
+            EX_USAGE
+        );
+    }
+
+    #[test]
+    fn bad_input_is_a_data_error() {
+        assert_eq!(
+            prepare(&args(&["a@b"]), &origin(), b"x\0y")
+                .unwrap_err()
+                .code,
+            EX_DATAERR
+        );
+        let long = vec![b'x'; 1200];
+        assert_eq!(
+            prepare(&args(&["a@b"]), &origin(), &long).unwrap_err().code,
+            EX_DATAERR
+        );
+        assert_eq!(
+            prepare(&args(&["a b@c"]), &origin(), b"x")
+                .unwrap_err()
+                .code,
+            EX_DATAERR
+        );
+    }
+
+    #[test]
+    fn single_dot_ends_input_unless_i() {
+        let raw = b"Subject: x\n\none\n.\ntwo\n";
+        let p = prepare(&args(&["a@b"]), &origin(), raw).unwrap();
+        assert!(text(&p).ends_with("\r\n\r\none\r\n"));
+        let mut a = args(&["a@b"]);
+        a.ignore_dots = true;
+        let p = prepare(&a, &origin(), raw).unwrap();
+        assert!(text(&p).ends_with("one\r\n.\r\ntwo\r\n"));
+    }
+
+    #[test]
+    fn bare_local_parts_are_qualified_and_full_name_used() {
+        let mut a = args(&["root"]);
+        a.from = Some("<backup>".into());
+        a.full_name = Some("Backup \"Job\"".into());
+        let p = prepare(&a, &origin(), b"no headers here\n").unwrap();
+        assert_eq!(p.recipients, ["root@gw.test"]);
+        assert_eq!(p.sender, "backup@gw.test");
+        let t = text(&p);
+        assert!(
+            t.starts_with("From: \"Backup Job\" <backup@gw.test>\r\n"),
+            "{t}"
+        );
+        assert!(t.ends_with("\r\n\r\nno headers here\r\n"), "{t}");
+    }
+
+    #[test]
+    fn maildrop_file_round_trips_its_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = prepare(
+            &args(&["a@x.test", "b@x.test"]),
+            &origin(),
+            b"Subject: s\n\nb\n",
+        )
+        .unwrap();
+        let path = drop_file(dir.path(), &p, 1).unwrap();
+        assert_eq!(path.extension().unwrap(), "msg");
+        let mut reader = BufReader::new(File::open(&path).unwrap());
+        let Ok((sender, rcpts)) = read_envelope(&mut reader, 10) else {
+            panic!("envelope unreadable");
+        };
+        assert_eq!(sender, "cron@gw.test");
+        assert_eq!(rcpts, ["a@x.test", "b@x.test"]);
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, p.message);
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temp file left behind");
+    }
+}
