@@ -14,6 +14,8 @@ mod cli;
 mod durability;
 mod forward;
 mod limits;
+mod ops;
 mod receive;
 mod relay_acl;
 mod retry;
+mod sendmail;

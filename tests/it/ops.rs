@@ -1,0 +1,256 @@
+//! Operating the daemon: `outpost queue …` and `outpost status` over the control socket,
+//! `queue flush` and SIGUSR1 during an outage, the `mailq` alias, the Prometheus endpoint and
+//! listen addresses that do not exist yet. Every test drives the real binary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::util::{
+    alias, assert_queued, message, run_command, RawClient, RelayConfig, RelayProcess, TestDir,
+    Upstream, OUTPOST,
+};
+
+const DELIVERY: Duration = Duration::from_secs(20);
+
+fn send(relay: &RelayProcess, subject: &str, to: &[&str]) -> String {
+    let mut client = RawClient::ready(relay.port());
+    assert_queued(&client.send_mail("a@lan.test", to, &message(subject, "x\r\n")))
+}
+
+/// A relay whose smarthost port is closed, with retry times far above every test deadline.
+fn relay_with_outage() -> (u16, RelayProcess) {
+    let port = Upstream::reserve_port();
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(port).queue("retry_min = \"5m\"\nretry_max = \"10m\""),
+    );
+    (port, relay)
+}
+
+/// Waits until `outpost status` says the link is down (the first attempt has failed).
+fn wait_link_down(relay: &RelayProcess) {
+    let down = crate::util::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        relay.command_ok(&["status"]).contains("link: down since")
+    });
+    if !down {
+        relay.fail("status never said the link is down");
+    }
+}
+
+#[test]
+fn queue_list_show_hold_release_delete_and_status() {
+    let (_port, relay) = relay_with_outage();
+    let first = send(&relay, "first", &["b@remote.test"]);
+    let second = send(&relay, "second", &["c@remote.test", "d@remote.test"]);
+    wait_link_down(&relay);
+
+    let list = relay.command_ok(&["queue"]);
+    for needle in [
+        &first,
+        &second,
+        "<a@lan.test>",
+        "<c@remote.test>",
+        "2 messages",
+    ] {
+        assert!(list.contains(needle), "{needle} missing from:\n{list}");
+    }
+    assert_eq!(relay.command_ok(&["queue", "list"]), list);
+    let json = relay.command_ok(&["queue", "list", "--json"]);
+    assert!(json.trim_start().starts_with('[') && json.trim_end().ends_with(']'));
+    assert!(json.contains(&format!("\"id\":\"{second}\"")), "{json}");
+    assert!(json.contains("\"address\":\"d@remote.test\""), "{json}");
+
+    let show = relay.command_ok(&["queue", "show", &second]);
+    assert!(show.contains("sender: <a@lan.test>"), "{show}");
+    assert!(show.contains("<d@remote.test>"), "{show}");
+    assert!(show.contains("Subject: second"), "{show}");
+
+    relay.command_ok(&["queue", "hold", &first]);
+    let json = relay.command_ok(&["queue", "list", "--json"]);
+    assert!(
+        json.contains(&format!("\"id\":\"{first}\"")) && json.contains("\"state\":\"held\""),
+        "{json}"
+    );
+    relay.command_ok(&["queue", "release", &first]);
+    let json = relay.command_ok(&["queue", "list", "--json"]);
+    assert!(!json.contains("\"state\":\"held\""), "{json}");
+
+    // --data-dir works as well as --config, before or after the verb.
+    let data_dir = relay.data_dir.to_string_lossy().into_owned();
+    let run = run_command(
+        OUTPOST.as_ref(),
+        &["queue", "--data-dir", &data_dir, "delete", &first],
+        b"",
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    let list = relay.command_ok(&["queue"]);
+    assert!(!list.contains(&first) && list.contains(&second), "{list}");
+
+    let unknown = relay.command(&["queue", "delete", "00000000DEADBEEF"], b"");
+    assert_eq!(unknown.code, Some(1), "{unknown}");
+    assert!(unknown.stderr.contains("no such message"), "{unknown}");
+
+    let status = relay.command_ok(&["status"]);
+    for needle in [
+        "outpost ",
+        "link: down since",
+        "never reached",
+        "queue: 1 messages",
+        "last error: smarthost 127.0.0.1:",
+    ] {
+        assert!(status.contains(needle), "{needle} missing from:\n{status}");
+    }
+}
+
+#[test]
+fn status_and_queue_exit_69_when_the_daemon_is_not_running() {
+    let dir = TestDir::new();
+    let data_dir = dir.join("nothing-here").to_string_lossy().into_owned();
+    for args in [
+        &["status", "--data-dir", &data_dir][..],
+        &["queue", "-d", &data_dir],
+    ] {
+        let run = run_command(OUTPOST.as_ref(), args, b"");
+        assert_eq!(run.code, Some(69), "{run}");
+        assert!(run.stderr.contains("not running"), "{run}");
+    }
+}
+
+#[test]
+fn queue_flush_during_an_outage_delivers_as_soon_as_the_upstream_is_back() {
+    let (port, relay) = relay_with_outage();
+    send(&relay, "flushed", &["b@remote.test"]);
+    wait_link_down(&relay);
+    let upstream = Upstream::start_on(port);
+    // The link backoff (retry_min = 5m) would hold the message far beyond the deadline below.
+    relay.command_ok(&["queue", "flush"]);
+    let got = upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("queue flush did not deliver"));
+    assert!(got[0].data_str().contains("Subject: flushed"));
+    let up = crate::util::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        relay.command_ok(&["status"]).contains("link: up since")
+    });
+    assert!(up, "status does not say the link is up");
+}
+
+#[test]
+fn sigusr1_flushes_like_queue_flush() {
+    let (port, relay) = relay_with_outage();
+    send(&relay, "usr1", &["b@remote.test"]);
+    wait_link_down(&relay);
+    let upstream = Upstream::start_on(port);
+    relay.signal("USR1");
+    upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("SIGUSR1 did not deliver"));
+}
+
+#[test]
+fn invoked_as_mailq_lists_the_queue() {
+    let (_port, relay) = relay_with_outage();
+    let id = send(&relay, "mailq", &["b@remote.test"]);
+    let mailq = alias(&relay.dir, "mailq");
+    let config = relay.config_path.to_string_lossy().into_owned();
+    let run = run_command(&mailq, &["--config", &config], b"");
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains(&id), "{run}");
+    assert!(run.stdout.contains("<b@remote.test>"), "{run}");
+}
+
+/// `GET path` on the metrics port; returns (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    assert!(
+        head.contains(&format!("Content-Length: {}", body.len())),
+        "{head}"
+    );
+    (status, body.to_owned())
+}
+
+fn metrics_port(relay: &RelayProcess) -> u16 {
+    let log = relay.log();
+    let rest = log
+        .split("metrics on http://")
+        .nth(1)
+        .unwrap_or_else(|| relay.fail("no `metrics on` line"));
+    let addr: std::net::SocketAddr = rest.split('/').next().unwrap().parse().unwrap();
+    addr.port()
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, state: Option<&str>) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && state.map_or(true, |st| s.labels.get("state") == Some(st)))
+        .unwrap_or_else(|| panic!("no sample {name} {state:?}"));
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let upstream = Upstream::start();
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(upstream.port()).top("[metrics]\nlisten = \"127.0.0.1:0\""),
+    );
+    send(&relay, "metrics", &["b@remote.test", "c@remote.test"]);
+    upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("not delivered"));
+    let port = metrics_port(&relay);
+    // The queue entry goes once the delivery is recorded; poll the endpoint for that.
+    let mut scrape = None;
+    let done = crate::util::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (status, body) = http_get(port, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        let parsed = prometheus_parse::Scrape::parse(lines).unwrap();
+        let sent = value(&parsed, "outpost_sent_total", None);
+        scrape = Some(parsed);
+        sent >= 2.0
+    });
+    let scrape = scrape.unwrap();
+    assert!(done, "sent_total never reached 2: {:?}", scrape.samples);
+    assert_eq!(value(&scrape, "outpost_accepted_total", None), 1.0);
+    assert_eq!(value(&scrape, "outpost_link_up", None), 1.0);
+    assert_eq!(value(&scrape, "outpost_bounced_total", None), 0.0);
+    for state in ["pending", "deferred", "held", "failed"] {
+        assert_eq!(value(&scrape, "outpost_queue_messages", Some(state)), 0.0);
+        assert_eq!(value(&scrape, "outpost_queue_bytes", Some(state)), 0.0);
+    }
+    assert!(value(&scrape, "outpost_last_success_timestamp_seconds", None) > 0.0);
+    assert!(scrape.docs.contains_key("outpost_queue_oldest_age_seconds"));
+    let (status, _) = http_get(port, "/");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+#[test]
+fn a_listen_address_that_does_not_exist_yet_is_retried_not_fatal() {
+    // 192.0.2.0/24 (TEST-NET-1) is never configured here: bind fails with EADDRNOTAVAIL and
+    // no packet is sent.
+    let relay = RelayProcess::start_with_args(
+        RelayConfig::default(),
+        &["--listen", "127.0.0.1:0", "--listen", "192.0.2.1:2525"],
+    );
+    let log = relay.log();
+    assert!(
+        log.contains("cannot listen on 192.0.2.1:2525 yet"),
+        "no retry line:\n{log}"
+    );
+    // Still serving on the address that exists.
+    let mut client = RawClient::ready(relay.port());
+    assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &message("late", "x\r\n")));
+}
