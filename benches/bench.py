@@ -279,7 +279,7 @@ def stop_pid(pid, popen=None, grace=10):
 class Outpost:
     name = "outpost"
 
-    def __init__(self, binary, workdir, sink_port):
+    def __init__(self, binary, workdir, sink_port, extra_toml=""):
         self.dir = tempfile.mkdtemp(prefix="outpost-", dir=workdir)
         cfg = os.path.join(self.dir, "outpost.toml")
         with open(cfg, "w") as f:
@@ -291,6 +291,7 @@ class Outpost:
                 f"[smarthost]\n"
                 f'address = "127.0.0.1:{sink_port}"\n'
                 f'tls = "none"\n'
+                f"{extra_toml}\n"
             )
         self.logpath = os.path.join(self.dir, "outpost.log")
         self.logf = open(self.logpath, "wb")
@@ -528,7 +529,8 @@ def pct(xs, p):
 
 
 def run_relay(kind, args, sink, sessions, size, count):
-    relay = Outpost(args.outpost, args.workdir, sink.port) if kind == "outpost" \
+    relay = Outpost(args.outpost, args.workdir, sink.port,
+                    args.outpost_toml.replace("\\n", "\n")) if kind == "outpost" \
         else Postfix(args.workdir, sink.port)
     res = {}
     try:
@@ -785,6 +787,9 @@ def main():
     ap.add_argument("--settle", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=180.0)
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
+    ap.add_argument("--outpost-toml", default="",
+                    help=r"appended to outpost's config (tables only), for tuning, e.g. "
+                         r"'[store]\ncache_bytes = 262144'")
     args = ap.parse_args()
     args.cmdline = os.environ.get("BENCH_CMDLINE") or " ".join(["python3"] + sys.argv)
     args.outpost = os.path.abspath(args.outpost)
