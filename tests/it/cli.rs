@@ -200,11 +200,14 @@ fn check_config_on_a_missing_file_exits_78() {
 }
 
 #[test]
-fn smarthost_tls_starttls_is_refused_until_tls_support_arrives() {
-    let run = check_config("[smarthost]\naddress = \"127.0.0.1:2600\"\ntls = \"starttls\"\n");
+fn smarthost_ca_file_that_cannot_be_read_exits_78_naming_the_key() {
+    let run = check_config(
+        "[smarthost]\naddress = \"127.0.0.1:2600\"\ntls = \"starttls\"\n\
+         ca_file = \"/nonexistent/ca.pem\"\n",
+    );
     assert_eq!(run.code, Some(78), "{run}");
     assert!(
-        run.all().contains("tls"),
+        run.all().contains("smarthost.ca_file"),
         "message does not name the key: {run}"
     );
 }
@@ -281,6 +284,34 @@ fn sigterm_exits_0() {
     let mut relay = RelayProcess::start("");
     let mut client = RawClient::ready(relay.port());
     assert_eq!(client.cmd("QUIT").code, 221);
+    let status = relay.terminate(Duration::from_secs(20));
+    match status {
+        Some(status) if status.success() => {}
+        other => relay.fail(&format!("after SIGTERM: {other:?}")),
+    }
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_transaction_finish_then_exits_0() {
+    let mut relay = RelayProcess::start("");
+    let mut client = RawClient::ready(relay.port());
+    assert_eq!(client.cmd("MAIL FROM:<a@lan.test>").code, 250);
+    assert_eq!(client.cmd("RCPT TO:<b@remote.test>").code, 250);
+    assert_eq!(client.cmd("DATA").code, 354);
+    client.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
+    let pid = relay.pid().expect("relay not running");
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status();
+    // Finish the transaction after the signal: it must still be accepted.
+    thread::sleep(Duration::from_millis(300));
+    client.send(b"second half\r\n.\r\n");
+    let reply = client.read_reply();
+    if reply.code != 250 {
+        relay.fail(&format!(
+            "in-flight message not accepted after SIGTERM: {reply}"
+        ));
+    }
     let status = relay.terminate(Duration::from_secs(20));
     match status {
         Some(status) if status.success() => {}
