@@ -25,6 +25,10 @@ const MAX_CONNECTIONS_LIMIT: u64 = 10_000;
 const MAX_ERRORS_LIMIT: u64 = 1_000;
 /// sled needs some cache to work at all; below this it thrashes.
 const MIN_CACHE_BYTES: u64 = 64 * KIB;
+/// SHA-512-crypt rounds (glibc's range starts at 1000; above this one AUTH costs seconds of
+/// CPU on a small board, which a password-guessing client could exploit).
+const MIN_CRYPT_ROUNDS: u64 = 1000;
+const MAX_CRYPT_ROUNDS: u64 = 5_000_000;
 
 /// The validated configuration the daemon runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +37,14 @@ pub struct Config {
     pub hostname: String,
     pub data_dir: PathBuf,
     pub listen: Vec<SocketAddr>,
+    /// Implicit-TLS listeners (RFC 8314); empty unless `[tls]` is set.
+    pub listen_tls: Vec<SocketAddr>,
+    /// MAIL before STARTTLS gets 530 5.7.0.
+    pub require_tls: bool,
+    /// `[tls]`: with it, `listen` ports offer STARTTLS.
+    pub tls: Option<TlsFiles>,
+    /// `[[users]]`: AUTH PLAIN/LOGIN over TLS; an authenticated client may relay.
+    pub users: Vec<User>,
     /// Clients allowed to relay (RFC 5321 §3.6.1: never an open relay).
     pub relay_from: Vec<IpNet>,
     pub max_message_size: u64,
@@ -53,20 +65,70 @@ pub struct Smarthost {
     /// `host:port`, port required; the host is resolved at each connect.
     pub address: String,
     pub tls: SmarthostTls,
+    /// PEM CAs replacing the built-in web PKI roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// `username` + `password_file`: AUTH to the smarthost (never over plaintext).
+    pub auth: Option<SmarthostAuth>,
 }
 
-/// `[smarthost] tls`. Only `none` exists until TLS support lands.
+/// `[smarthost] tls`: `starttls` (default) and `tls` never fall back to plaintext.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SmarthostTls {
     None,
+    StartTls,
+    /// Implicit TLS (RFC 8314, usually port 465).
+    Implicit,
 }
 
 impl SmarthostTls {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
+            Self::StartTls => "starttls",
+            Self::Implicit => "tls",
         }
     }
+}
+
+/// Credentials for the smarthost; the password was read from `password_file` at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmarthostAuth {
+    pub username: String,
+    pub password_file: PathBuf,
+    pub password: Secret,
+}
+
+/// A secret string: `Debug` never shows it, and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `[tls]`: checked readable at load; parsed (PEM) when the daemon starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One `[[users]]` entry; `password_hash` is a checked SHA-512-crypt string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password_hash: String,
 }
 
 /// `[queue]`
@@ -158,6 +220,10 @@ impl Default for Config {
             hostname: system_hostname(),
             data_dir: PathBuf::from("./outpost-data"),
             listen: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2525)],
+            listen_tls: Vec::new(),
+            require_tls: false,
+            tls: None,
+            users: Vec::new(),
             relay_from: vec![
                 IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
                 IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
@@ -218,6 +284,13 @@ impl Config {
             hostname: v.hostname(file.hostname.as_deref(), d.hostname),
             data_dir: v.data_dir(file.data_dir.as_deref(), d.data_dir),
             listen: v.listen(file.listen.as_deref(), d.listen),
+            listen_tls: match file.listen_tls.as_deref() {
+                None => d.listen_tls,
+                Some(items) => v.addresses("listen_tls", items),
+            },
+            require_tls: file.require_tls.unwrap_or(d.require_tls),
+            tls: v.tls(file.tls.as_ref()),
+            users: v.users(&file.users),
             relay_from: v.relay_from(file.relay_from.as_deref(), d.relay_from),
             max_message_size: v.size(
                 "max_message_size",
@@ -265,6 +338,22 @@ impl Config {
 
     /// Checks between keys, reported on the key a user would change.
     fn cross_check(&self, problems: &mut Vec<Problem>) {
+        if self.tls.is_none() {
+            let needs_tls = [
+                ("listen_tls", !self.listen_tls.is_empty()),
+                ("require_tls", self.require_tls),
+                ("users", !self.users.is_empty()),
+            ];
+            for (key, set) in needs_tls {
+                if set {
+                    problems.push(Problem::new(
+                        key,
+                        "needs [tls] cert and key (TLS is how clients reach it; AUTH is never \
+                         offered in plaintext)",
+                    ));
+                }
+            }
+        }
         if self.queue.retry_min > self.queue.retry_max {
             problems.push(Problem::new(
                 "queue.retry_min",
@@ -300,15 +389,42 @@ impl Config {
             toml_str(&self.data_dir.display().to_string())
         );
         out += &format!("listen = {}\n", list(&self.listen));
+        out += &format!("listen_tls = {}\n", list(&self.listen_tls));
+        out += &format!("require_tls = {}\n", self.require_tls);
         out += &format!("relay_from = {}\n", list(&self.relay_from));
         out += &format!("max_message_size = {}\n", self.max_message_size);
         out += &format!("max_recipients = {}\n", self.max_recipients);
         out += &format!("max_connections = {}\n", self.max_connections);
         out += &format!("max_errors = {}\n", self.max_errors);
+        if let Some(tls) = &self.tls {
+            let path = |p: &Path| toml_str(&p.display().to_string());
+            out += &format!(
+                "\n[tls]\ncert = {}\nkey = {}\n",
+                path(&tls.cert),
+                path(&tls.key)
+            );
+        }
+        for user in &self.users {
+            out += &format!(
+                "\n[[users]]\nname = {}\npassword_hash = {}\n",
+                toml_str(&user.name),
+                toml_str(&user.password_hash)
+            );
+        }
         match &self.smarthost {
             Some(s) => {
                 out += &format!("\n[smarthost]\naddress = {}\n", toml_str(&s.address));
                 out += &format!("tls = {}\n", toml_str(s.tls.as_str()));
+                if let Some(ca) = &s.ca_file {
+                    out += &format!("ca_file = {}\n", toml_str(&ca.display().to_string()));
+                }
+                if let Some(auth) = &s.auth {
+                    out += &format!("username = {}\n", toml_str(&auth.username));
+                    out += &format!(
+                        "password_file = {}\n",
+                        toml_str(&auth.password_file.display().to_string())
+                    );
+                }
             }
             None => out += "\n# [smarthost]: none configured; mail is accepted and held\n",
         }
@@ -388,12 +504,16 @@ impl Validator {
         if items.is_empty() {
             self.problem("listen", "needs at least one address".to_owned());
         }
+        self.addresses("listen", items)
+    }
+
+    fn addresses(&mut self, key: &str, items: &[String]) -> Vec<SocketAddr> {
         let mut addrs = Vec::with_capacity(items.len());
         for item in items {
             match item.parse::<SocketAddr>() {
                 Ok(addr) => addrs.push(addr),
                 Err(_) => self.problem(
-                    "listen",
+                    key,
                     format!(
                         "{item:?} is not an IP:port address (e.g. \"0.0.0.0:25\", \"[::]:25\")"
                     ),
@@ -401,6 +521,61 @@ impl Validator {
             }
         }
         addrs
+    }
+
+    /// A file that must be readable now (the daemon reads it at start).
+    fn readable_file(&mut self, key: &str, value: Option<&str>) -> Option<PathBuf> {
+        let Some(path) = value else {
+            self.problem(key, "missing".to_owned());
+            return None;
+        };
+        match std::fs::File::open(path) {
+            Ok(_) => Some(PathBuf::from(path)),
+            Err(e) => {
+                self.problem(key, format!("cannot read {path:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, section: Option<&file::TlsSection>) -> Option<TlsFiles> {
+        let section = section?;
+        let cert = self.readable_file("tls.cert", section.cert.as_deref());
+        let key = self.readable_file("tls.key", section.key.as_deref());
+        Some(TlsFiles {
+            cert: cert?,
+            key: key?,
+        })
+    }
+
+    fn users(&mut self, sections: &[file::UserSection]) -> Vec<User> {
+        let mut users: Vec<User> = Vec::with_capacity(sections.len());
+        for section in sections {
+            let Some(name) = section.name.as_deref().filter(|n| !n.is_empty()) else {
+                self.problem(
+                    "users.name",
+                    "missing or empty in a [[users]] entry".to_owned(),
+                );
+                continue;
+            };
+            if users.iter().any(|u| u.name == name) {
+                self.problem("users.name", format!("{name:?} is listed twice"));
+                continue;
+            }
+            let Some(hash) = section.password_hash.as_deref() else {
+                self.problem("users.password_hash", format!("missing for user {name:?}"));
+                continue;
+            };
+            if let Err(message) = check_sha512_crypt(hash) {
+                self.problem("users.password_hash", format!("user {name:?}: {message}"));
+                continue;
+            }
+            users.push(User {
+                name: name.to_owned(),
+                password_hash: hash.to_owned(),
+            });
+        }
+        users
     }
 
     fn relay_from(&mut self, value: Option<&[String]>, default: Vec<IpNet>) -> Vec<IpNet> {
@@ -518,14 +693,9 @@ impl Validator {
             Some(address) => Some(address.to_owned()),
         };
         let tls = match section.tls.as_deref() {
-            None | Some("none") => Some(SmarthostTls::None),
-            Some(mode @ ("starttls" | "tls")) => {
-                self.problem(
-                    "smarthost.tls",
-                    format!("{mode:?} arrives with TLS support in a later release; use \"none\" for now"),
-                );
-                None
-            }
+            None | Some("starttls") => Some(SmarthostTls::StartTls),
+            Some("tls") => Some(SmarthostTls::Implicit),
+            Some("none") => Some(SmarthostTls::None),
             Some(other) => {
                 self.problem(
                     "smarthost.tls",
@@ -534,11 +704,129 @@ impl Validator {
                 None
             }
         };
+        let ca_file = match section.ca_file.as_deref() {
+            None => Some(None),
+            Some(path) => self
+                .readable_file("smarthost.ca_file", Some(path))
+                .map(Some),
+        };
+        let auth = self.smarthost_auth(section, tls);
         Some(Smarthost {
             address: address?,
             tls: tls?,
+            ca_file: ca_file?,
+            auth: auth?,
         })
     }
+
+    /// `username` + `password_file`, both or neither; never with `tls = "none"`.
+    fn smarthost_auth(
+        &mut self,
+        section: &file::SmarthostSection,
+        tls: Option<SmarthostTls>,
+    ) -> Option<Option<SmarthostAuth>> {
+        let (username, password_file) = match (&section.username, &section.password_file) {
+            (None, None) => return Some(None),
+            (Some(username), Some(file)) => (username, file),
+            (Some(_), None) => {
+                self.problem(
+                    "smarthost.password_file",
+                    "missing: username needs it".to_owned(),
+                );
+                return None;
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    "smarthost.username",
+                    "missing: password_file needs it".to_owned(),
+                );
+                return None;
+            }
+        };
+        if tls == Some(SmarthostTls::None) {
+            self.problem(
+                "smarthost.username",
+                "AUTH would send the password in clear: set tls = \"starttls\" or \"tls\""
+                    .to_owned(),
+            );
+            return None;
+        }
+        let password = match std::fs::read_to_string(password_file) {
+            Ok(text) => {
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                text.strip_suffix('\r').unwrap_or(text).to_owned()
+            }
+            Err(e) => {
+                self.problem(
+                    "smarthost.password_file",
+                    format!("cannot read {password_file:?}: {e}"),
+                );
+                return None;
+            }
+        };
+        if password.is_empty() {
+            self.problem(
+                "smarthost.password_file",
+                format!("{password_file:?} is empty"),
+            );
+            return None;
+        }
+        Some(Some(SmarthostAuth {
+            username: username.clone(),
+            password_file: PathBuf::from(password_file),
+            password: Secret::new(password),
+        }))
+    }
+}
+
+/// Checks the shape of a SHA-512-crypt string (`$6$[rounds=N$]salt$hash`, as made by
+/// `mkpasswd -m sha-512` or `openssl passwd -6`); anything else is refused with what it is.
+fn check_sha512_crypt(hash: &str) -> Result<(), String> {
+    const CRYPT_CHARS: &str = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let Some(rest) = hash.strip_prefix("$6$") else {
+        let scheme = match hash.split('$').nth(1) {
+            _ if !hash.starts_with('$') => {
+                return Err(
+                    "looks like a plaintext password; store a SHA-512-crypt hash \
+                            (mkpasswd -m sha-512, or openssl passwd -6)"
+                        .to_owned(),
+                )
+            }
+            Some("1") => "MD5-crypt ($1$)",
+            Some("2a" | "2b" | "2y") => "bcrypt ($2…$)",
+            Some("5") => "SHA-256-crypt ($5$)",
+            Some("y") => "yescrypt ($y$)",
+            Some(s) if s.starts_with("argon2") => "Argon2",
+            _ => "an unknown scheme",
+        };
+        return Err(format!(
+            "{scheme} is not supported; use SHA-512-crypt ($6$: mkpasswd -m sha-512, or \
+             openssl passwd -6)"
+        ));
+    };
+    let mut parts: Vec<&str> = rest.split('$').collect();
+    if let Some(rounds) = parts.first().and_then(|p| p.strip_prefix("rounds=")) {
+        match rounds.parse::<u64>() {
+            Ok(n) if (MIN_CRYPT_ROUNDS..=MAX_CRYPT_ROUNDS).contains(&n) => {}
+            _ => {
+                return Err(format!(
+                    "rounds={rounds} is outside {MIN_CRYPT_ROUNDS}..={MAX_CRYPT_ROUNDS}"
+                ))
+            }
+        }
+        parts.remove(0);
+    }
+    let [salt, digest] = parts.as_slice() else {
+        return Err("is not $6$salt$hash".to_owned());
+    };
+    let crypt_chars = |s: &str| s.chars().all(|c| CRYPT_CHARS.contains(c));
+    if salt.is_empty() || salt.len() > 16 || !crypt_chars(salt) {
+        return Err("has a bad salt (1 to 16 characters of [./0-9A-Za-z])".to_owned());
+    }
+    if digest.len() != 86 || !crypt_chars(digest) {
+        return Err("has a bad hash part (86 characters of [./0-9A-Za-z])".to_owned());
+    }
+    Ok(())
 }
 
 /// `/proc/sys/kernel/hostname` if it is a usable domain name, else `localhost`.
@@ -669,7 +957,9 @@ smarthost_data_end = "5m"
             c.smarthost,
             Some(Smarthost {
                 address: "mail.example.org:587".into(),
-                tls: SmarthostTls::None
+                tls: SmarthostTls::None,
+                ca_file: None,
+                auth: None,
             })
         );
         assert_eq!(c.queue.max_age, Duration::from_secs(3 * 86_400));
@@ -717,19 +1007,132 @@ smarthost_data_end = "5m"
     }
 
     #[test]
-    fn smarthost_tls_modes_wait_for_tls_support() {
-        for mode in ["starttls", "tls"] {
-            let text = format!("[smarthost]\naddress = \"mx:25\"\ntls = \"{mode}\"\n");
-            let problems = from_text(&text).unwrap_err();
-            assert_eq!(keys(&problems), ["smarthost.tls"]);
-            assert!(
-                problems[0].message.contains("TLS support"),
-                "{}",
-                problems[0]
-            );
+    fn smarthost_tls_defaults_to_starttls() {
+        let modes = [
+            ("", SmarthostTls::StartTls),
+            ("tls = \"starttls\"\n", SmarthostTls::StartTls),
+            ("tls = \"tls\"\n", SmarthostTls::Implicit),
+            ("tls = \"none\"\n", SmarthostTls::None),
+        ];
+        for (line, mode) in modes {
+            let text = format!("[smarthost]\naddress = \"mx:25\"\n{line}");
+            assert_eq!(from_text(&text).unwrap().smarthost.unwrap().tls, mode);
         }
         let problems = from_text("[smarthost]\naddress = \"mx:25\"\ntls = \"yes\"\n").unwrap_err();
         assert_eq!(keys(&problems), ["smarthost.tls"]);
+    }
+
+    /// `openssl passwd -6 -salt Zx9q2mB7 camera-pw`
+    const HASH: &str = "$6$Zx9q2mB7$7euoUzgiGoP/JG7b1oQ/kumgdF6Rt0IqsCVygrN/0nG5ZBWl2b626DDBnWCtQE\
+                        YUs8L4DnHNrO320C/FDxqzL0";
+
+    fn tls_dir() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["cert.pem", "key.pem", "ca.pem", "password"] {
+            std::fs::write(dir.path().join(name), "secret-pw\n").unwrap();
+        }
+        let tls = format!(
+            "[tls]\ncert = {}\nkey = {}\n",
+            toml_str(&dir.path().join("cert.pem").display().to_string()),
+            toml_str(&dir.path().join("key.pem").display().to_string())
+        );
+        (dir, tls)
+    }
+
+    #[test]
+    fn tls_users_and_smarthost_auth_are_typed() {
+        let (dir, tls) = tls_dir();
+        let path = |name: &str| toml_str(&dir.path().join(name).display().to_string());
+        let text = format!(
+            "listen_tls = [\"127.0.0.1:465\"]\nrequire_tls = true\n{tls}\n\
+             [[users]]\nname = \"camera\"\npassword_hash = \"{HASH}\"\n\
+             [[users]]\nname = \"printer\"\npassword_hash = \"$6$rounds=10000$abc$IdWKNKTJEb8LxY7CGg8YBXlvtfZzFw7Mp/r6niK9YB2mdvgY..TKjv1T..8RadRt2qvUHYRLr/TsVArtr91iR1\"\n\
+             [smarthost]\naddress = \"smtp.example.com:465\"\ntls = \"tls\"\nca_file = {}\n\
+             username = \"relay\"\npassword_file = {}\n",
+            path("ca.pem"),
+            path("password")
+        );
+        let c = from_text(&text).unwrap();
+        assert_eq!(c.listen_tls, vec!["127.0.0.1:465".parse().unwrap()]);
+        assert!(c.require_tls);
+        assert_eq!(c.tls.as_ref().unwrap().cert, dir.path().join("cert.pem"));
+        assert_eq!(c.users.len(), 2);
+        assert_eq!(c.users[0].name, "camera");
+        let smarthost = c.smarthost.clone().unwrap();
+        assert_eq!(smarthost.tls, SmarthostTls::Implicit);
+        let auth = smarthost.auth.unwrap();
+        assert_eq!(auth.username, "relay");
+        assert_eq!(
+            auth.password.expose(),
+            "secret-pw",
+            "trailing newline stripped"
+        );
+        assert!(
+            !format!("{c:?}").contains("secret-pw"),
+            "Debug leaks the password"
+        );
+        assert!(!c.to_toml().contains("secret-pw"));
+        assert_eq!(from_text(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn password_hashes_other_than_sha512_crypt_are_refused_by_name() {
+        let (_dir, tls) = tls_dir();
+        let cases = [
+            ("hunter2", "plaintext"),
+            ("$1$abc$xyz", "MD5-crypt"),
+            ("$2b$12$abcdefghijklmnopqrstuv", "bcrypt"),
+            ("$5$abc$xyz", "SHA-256-crypt"),
+            ("$y$j9T$abc$xyz", "yescrypt"),
+            ("$6$abc", "$6$salt$hash"),
+            ("$6$abc$short", "hash part"),
+            ("$6$rounds=10$abc$x", "rounds=10"),
+        ];
+        for (hash, needle) in cases {
+            let text = format!(
+                "{tls}[[users]]\nname = \"u\"\npassword_hash = {}\n",
+                toml_str(hash)
+            );
+            let problems = from_text(&text).unwrap_err();
+            assert_eq!(keys(&problems), ["users.password_hash"], "{hash}");
+            assert!(
+                problems[0].message.contains(needle),
+                "{hash}: {}",
+                problems[0]
+            );
+        }
+    }
+
+    #[test]
+    fn tls_features_need_the_tls_section() {
+        let text = format!(
+            "listen_tls = [\"127.0.0.1:465\"]\nrequire_tls = true\n\
+             [[users]]\nname = \"camera\"\npassword_hash = \"{HASH}\"\n"
+        );
+        let problems = from_text(&text).unwrap_err();
+        assert_eq!(keys(&problems), ["listen_tls", "require_tls", "users"]);
+        let problems = from_text("[tls]\ncert = \"/nonexistent/c.pem\"\n").unwrap_err();
+        assert_eq!(keys(&problems), ["tls.cert", "tls.key"]);
+    }
+
+    #[test]
+    fn smarthost_auth_needs_both_keys_and_tls() {
+        let (dir, _) = tls_dir();
+        let file = toml_str(&dir.path().join("password").display().to_string());
+        let base = "[smarthost]\naddress = \"mx:587\"\n";
+        let problems = from_text(&format!("{base}username = \"u\"\n")).unwrap_err();
+        assert_eq!(keys(&problems), ["smarthost.password_file"]);
+        let problems = from_text(&format!("{base}password_file = {file}\n")).unwrap_err();
+        assert_eq!(keys(&problems), ["smarthost.username"]);
+        let text = format!("{base}tls = \"none\"\nusername = \"u\"\npassword_file = {file}\n");
+        let problems = from_text(&text).unwrap_err();
+        assert_eq!(keys(&problems), ["smarthost.username"]);
+        assert!(problems[0].message.contains("in clear"), "{}", problems[0]);
+        let text = format!("{base}username = \"u\"\npassword_file = \"/nonexistent/pw\"\n");
+        assert_eq!(
+            keys(&from_text(&text).unwrap_err()),
+            ["smarthost.password_file"]
+        );
     }
 
     #[test]
@@ -785,6 +1188,8 @@ smarthost_data_end = "5m"
             smarthost: Some(Smarthost {
                 address: "mx.example:25".into(),
                 tls: SmarthostTls::None,
+                ca_file: None,
+                auth: None,
             }),
             ..Config::default()
         };

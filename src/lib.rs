@@ -19,7 +19,8 @@
 //!
 //! # Layout
 //! - [`smtp`]: the SMTP protocol core. No I/O, no clock: bytes in, replies and decisions out.
-//! - [`net`]: the smol glue: listeners, one task per connection, timeouts, the daemon loop.
+//! - [`net`]: the smol glue: listeners, one task per connection, timeouts, the daemon loop;
+//!   `net::tls` (rustls configs, STARTTLS upgrade in place) and the AUTH password check.
 //! - [`store`]: the journal; the only module that touches sled.
 //! - [`forward`]: delivery to the smarthost; retry, outcome and DSN policy as pure functions.
 //! - [`config`]: the validated configuration and its embedded defaults.

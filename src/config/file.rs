@@ -13,12 +13,20 @@ pub struct ConfigFile {
     pub hostname: Option<String>,
     pub data_dir: Option<String>,
     pub listen: Option<Vec<String>>,
+    /// Implicit-TLS listeners (RFC 8314), e.g. `["0.0.0.0:465"]`; needs `[tls]`.
+    pub listen_tls: Option<Vec<String>>,
+    /// MAIL before STARTTLS gets 530 5.7.0.
+    pub require_tls: Option<bool>,
     pub relay_from: Option<Vec<String>>,
     pub max_message_size: Option<u64>,
     pub max_recipients: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_errors: Option<u64>,
     pub smarthost: Option<SmarthostSection>,
+    pub tls: Option<TlsSection>,
+    /// `[[users]]`: who may AUTH (over TLS only).
+    #[serde(default)]
+    pub users: Vec<UserSection>,
     #[serde(default)]
     pub queue: QueueSection,
     #[serde(default)]
@@ -33,6 +41,28 @@ pub struct ConfigFile {
 pub struct SmarthostSection {
     pub address: Option<String>,
     pub tls: Option<String>,
+    /// PEM CA certificates that replace the built-in web PKI roots.
+    pub ca_file: Option<String>,
+    pub username: Option<String>,
+    /// File holding the smarthost password (read at start, trailing newline stripped).
+    pub password_file: Option<String>,
+}
+
+/// `[tls]`: the certificate and key outpost presents to its clients.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+/// One `[[users]]` entry.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    pub name: Option<String>,
+    /// SHA-512-crypt (`$6$…`, `mkpasswd -m sha-512`, `openssl passwd -6`).
+    pub password_hash: Option<String>,
 }
 
 /// `[queue]`
@@ -170,8 +200,14 @@ mod tests {
 
     #[test]
     fn unknown_section_is_named() {
-        let p = ConfigFile::parse("[tls]\ncert = \"x\"\n").unwrap_err();
-        assert!(p.message.contains("unknown field `tls`"), "{p}");
+        let p = ConfigFile::parse("[tsl]\ncert = \"x\"\n").unwrap_err();
+        assert!(p.message.contains("unknown field `tsl`"), "{p}");
+    }
+
+    #[test]
+    fn unknown_key_in_users_is_named() {
+        let p = ConfigFile::parse("[[users]]\nname = \"a\"\npassword = \"x\"\n").unwrap_err();
+        assert!(p.message.contains("unknown field `password`"), "{p}");
     }
 
     #[test]

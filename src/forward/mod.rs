@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_io::Timer;
@@ -17,6 +18,7 @@ use log::{debug, error, info, warn};
 use smol::net::TcpStream;
 
 use crate::clock::{QueueClock, QueueTime};
+use crate::net::tls::{self, MaybeTls};
 use crate::smtp::body::BodyEncoder;
 use crate::smtp::client::{
     ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, SessionFailure, Stage,
@@ -28,7 +30,7 @@ use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreE
 use self::outcome::{classify, ForwardError, Outcome};
 use self::schedule::Jitter;
 
-pub use crate::smtp::client::TlsPolicy;
+pub use crate::smtp::client::{ClientCredentials, TlsPolicy};
 
 pub mod dsn;
 pub mod outcome;
@@ -57,9 +59,12 @@ pub struct ForwardParams {
     /// Timeout for the reply to the final dot (config `[timeouts] smarthost_data_end`, RFC 5321
     /// §4.5.3.2.6: 10 minutes).
     pub data_end_timeout: Duration,
-    /// Config `[smarthost] tls`. Only `None` is wired; the others fail the link (never a
-    /// plaintext fallback) until TLS support lands.
+    /// Config `[smarthost] tls`. `StartTls` and `Implicit` never fall back to plaintext.
     pub tls: TlsPolicy,
+    /// Certificate roots for `StartTls`/`Implicit` (web PKI, or `ca_file`); required by them.
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// `[smarthost] username` + the password from `password_file`.
+    pub credentials: Option<ClientCredentials>,
 }
 
 /// A level-triggered wake-up flag shared by the glue and the forwarder (single thread).
@@ -239,22 +244,20 @@ impl Forwarder {
 
     /// One connection: handshake, then every due message in turn, then QUIT.
     async fn session(&mut self, mut batch: Vec<QueuedMessage>) -> Result<(), ForwardError> {
-        if self.params.tls != TlsPolicy::None {
-            // Never fall back to plaintext: without TLS support the link stays down.
-            let reason =
-                "TLS to the smarthost is not supported yet (set [smarthost] tls = \"none\")";
-            return Err(ForwardError::Io(io::Error::new(
-                io::ErrorKind::Unsupported,
-                reason,
-            )));
-        }
         let client = ClientParams {
             helo_name: self.params.hostname.clone(),
             tls: self.params.tls,
             smarthost: self.smarthost.clone(),
+            credentials: self.params.credentials.clone(),
         };
-        let (mut conn, mut session) =
-            open_session(&self.smarthost, client, self.params.command_timeout).await?;
+        let tls_config = self.params.tls_config.clone();
+        let (mut conn, mut session) = open_session(
+            &self.smarthost,
+            client,
+            tls_config,
+            self.params.command_timeout,
+        )
+        .await?;
         self.link_up();
         let mut attempted = HashSet::new();
         loop {
@@ -571,10 +574,13 @@ impl Forwarder {
     }
 }
 
-/// Connects and runs the handshake (greeting, EHLO/HELO) until the session is ready.
+/// Connects and runs the handshake (TLS for `Implicit`, greeting, EHLO/HELO, STARTTLS, AUTH)
+/// until the session is ready. With a TLS policy, nothing but the handshake happens before
+/// TLS is up: no plaintext fallback.
 async fn open_session(
     smarthost: &str,
     params: ClientParams,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> Result<(Connection, ClientSession), ForwardError> {
     let stream = with_timeout(timeout, Stage::Greeting, async {
@@ -584,17 +590,27 @@ async fn open_session(
     })
     .await?;
     let mut conn = Connection {
-        stream,
+        stream: MaybeTls::Plain(stream),
         input: Vec::new(),
         timeout,
     };
+    if params.tls == TlsPolicy::Implicit {
+        conn.start_tls(smarthost, tls_config.as_ref(), Stage::Greeting)
+            .await?;
+    }
     let mut session = ClientSession::new(params);
     let mut step = session.handle_reply(&conn.read_reply(Stage::Greeting).await?);
     loop {
         match step {
+            // The bytes may be AUTH secrets: never logged.
             ClientStep::Send(bytes) => {
                 conn.write(&bytes).await?;
                 step = session.handle_reply(&conn.read_reply(Stage::Ehlo).await?);
+            }
+            ClientStep::StartTls => {
+                conn.start_tls(smarthost, tls_config.as_ref(), Stage::StartTls)
+                    .await?;
+                step = session.tls_established();
             }
             ClientStep::Ready => return Ok((conn, session)),
             ClientStep::Failed(failure) => return Err(failure.into()),
@@ -666,12 +682,61 @@ async fn send_body(
 
 /// The TCP stream to the smarthost with its unparsed input.
 struct Connection {
-    stream: TcpStream,
+    stream: MaybeTls<TcpStream>,
     input: Vec<u8>,
     timeout: Duration,
 }
 
 impl Connection {
+    /// The client handshake, bounded by the command timeout; the certificate must be valid for
+    /// the smarthost's host name (also the SNI).
+    async fn start_tls(
+        &mut self,
+        smarthost: &str,
+        config: Option<&Arc<rustls::ClientConfig>>,
+        stage: Stage,
+    ) -> Result<(), ForwardError> {
+        // RFC 3207 §4.2 in reverse: a reply the smarthost sent behind its 220 in plaintext
+        // could be an attacker's; refuse rather than read it inside TLS.
+        if !self.input.is_empty() {
+            return Err(ForwardError::Tls {
+                message: format!("smarthost {smarthost} sent data after its 220 to STARTTLS"),
+                transient: true,
+            });
+        }
+        let (Some(config), Ok(name)) = (config, tls::server_name(smarthost)) else {
+            return Err(ForwardError::Tls {
+                message: format!("no usable TLS settings for smarthost {smarthost}"),
+                transient: false,
+            });
+        };
+        let stream = &mut self.stream;
+        let handshake = with_timeout(self.timeout, stage, async {
+            stream.connect(config, name).await.map_err(ForwardError::Io)
+        })
+        .await;
+        match handshake {
+            Ok(()) => {
+                debug!(
+                    "smarthost {smarthost}: TLS established ({})",
+                    self.stream.describe()
+                );
+                Ok(())
+            }
+            Err(ForwardError::Io(e)) => {
+                let failure = tls::describe_handshake_error(&e, smarthost);
+                if failure.clock_wrong {
+                    error!("the system clock is wrong: {}", failure.message);
+                }
+                Err(ForwardError::Tls {
+                    message: failure.message,
+                    transient: failure.clock_wrong || e.get_ref().is_none(),
+                })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
     async fn read_reply(&mut self, stage: Stage) -> Result<Reply, ForwardError> {
         self.read_reply_within(stage, self.timeout).await
     }

@@ -123,17 +123,26 @@ pub enum ForwardError {
     Timeout(Stage),
     /// The smarthost sent something that is not a reply.
     Protocol(ReplyError),
-    /// The smarthost refused the session (greeting, EHLO, STARTTLS, 421).
+    /// The smarthost refused the session (greeting, EHLO, STARTTLS, AUTH, 421).
     Session(SessionFailure),
+    /// The TLS handshake failed (worded for the operator: certificate name, issuer, clock).
+    /// `transient` when waiting can fix it (a wrong clock, a broken connection).
+    Tls { message: String, transient: bool },
 }
 
 impl ForwardError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Io(_) | Self::Timeout(_) | Self::Protocol(_) => true,
+            Self::Tls { transient, .. } => *transient,
             Self::Session(SessionFailure::Rejected { reply, .. }) => !reply.is_permanent(),
             Self::Session(SessionFailure::Unexpected { .. } | SessionFailure::Closed) => true,
-            Self::Session(SessionFailure::NoStartTls { .. }) => false,
+            Self::Session(
+                SessionFailure::NoStartTls { .. }
+                | SessionFailure::NoAuth { .. }
+                | SessionFailure::AuthNeedsTls { .. },
+            ) => false,
+            Self::Session(SessionFailure::AuthFailed { reply }) => !reply.is_permanent(),
         }
     }
 
@@ -161,6 +170,7 @@ impl fmt::Display for ForwardError {
             Self::Timeout(stage) => write!(f, "timeout waiting for smarthost reply to {stage}"),
             Self::Protocol(e) => write!(f, "smarthost protocol error: {e}"),
             Self::Session(failure) => write!(f, "{failure}"),
+            Self::Tls { message, .. } => f.write_str(message),
         }
     }
 }
@@ -333,6 +343,6 @@ mod tests {
         };
         let error = ForwardError::from(no_tls);
         assert!(!error.is_transient());
-        assert_eq!(error.to_string(), "smarthost mx does not offer STARTTLS");
+        assert_eq!(error.to_string(), "smarthost mx:25 does not offer STARTTLS");
     }
 }

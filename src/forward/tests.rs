@@ -82,6 +82,7 @@ fn client_params(addr: SocketAddr) -> ClientParams {
         helo_name: "outpost.test".into(),
         tls: TlsPolicy::None,
         smarthost: addr.to_string(),
+        credentials: None,
     }
 }
 
@@ -103,9 +104,10 @@ fn chunks(body: &[u8], size: usize) -> impl Iterator<Item = Result<Vec<u8>, Stor
 fn transfer_is_byte_exact_through_an_independent_upstream() {
     let (addr, received) = start_upstream(&[]);
     smol::block_on(async {
-        let (mut conn, mut session) = open_session(&addr.to_string(), client_params(addr), TIMEOUT)
-            .await
-            .unwrap();
+        let (mut conn, mut session) =
+            open_session(&addr.to_string(), client_params(addr), None, TIMEOUT)
+                .await
+                .unwrap();
         for (i, chunk_size) in [7, BODY.len()].into_iter().enumerate() {
             let envelope = Envelope {
                 sender: format!("cron{i}@lan"),
@@ -146,9 +148,10 @@ fn transfer_is_byte_exact_through_an_independent_upstream() {
 fn one_rejected_recipient_does_not_stop_the_others() {
     let (addr, received) = start_upstream(&["nobody@example.org"]);
     let report = smol::block_on(async {
-        let (mut conn, mut session) = open_session(&addr.to_string(), client_params(addr), TIMEOUT)
-            .await
-            .unwrap();
+        let (mut conn, mut session) =
+            open_session(&addr.to_string(), client_params(addr), None, TIMEOUT)
+                .await
+                .unwrap();
         let envelope = Envelope {
             sender: "cron@lan".into(),
             recipients: vec!["nobody@example.org".into(), "b@example.org".into()],
@@ -186,6 +189,7 @@ fn unreachable_smarthost_is_a_transient_connect_failure() {
     let result = smol::block_on(open_session(
         &addr.to_string(),
         client_params(addr),
+        None,
         TIMEOUT,
     ));
     let Err(error) = result else {
@@ -202,6 +206,7 @@ fn silent_smarthost_times_out_at_the_greeting() {
     let result = smol::block_on(open_session(
         &addr.to_string(),
         client_params(addr),
+        None,
         Duration::from_millis(200),
     ));
     drop(listener);
@@ -229,6 +234,8 @@ fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
         command_timeout: TIMEOUT,
         data_end_timeout: TIMEOUT,
         tls: TlsPolicy::None,
+        tls_config: None,
+        credentials: None,
     }
 }
 

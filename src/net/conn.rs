@@ -1,18 +1,22 @@
 //! One SMTP session over a TCP stream: read → `ServerSession::handle_input` → write, with a
 //! timeout on every read and write; streams the body into a store spool in bounded chunks and
 //! commits it before the session may say 250. Holds no protocol logic: every reply comes from
-//! the session (or, for shutdown, from one named reply here).
+//! the session (or, for shutdown, from one named reply here). Carries out STARTTLS (dropping
+//! any plaintext pipelined behind it) and AUTH checks (with the failure delay).
 
 use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
+use super::auth::{verify, AUTH_FAILURE_DELAY};
+use super::tls::MaybeTls;
 use super::Ctx;
 use crate::smtp::date::rfc5322_date;
 use crate::smtp::reply::{EnhancedStatus, Reply};
@@ -31,13 +35,28 @@ const MAX_CHUNK: usize = 32 * 1024;
 const SPILL_AT: usize = MAX_CHUNK - 2 * INPUT_BUF;
 const _: () = assert!(SPILL_AT - 1 + 2 * INPUT_BUF <= MAX_CHUNK);
 
-/// Drives one session to its end; never panics on peer input, logs how it ended.
-pub(super) async fn run(stream: Async<TcpStream>, params: SessionParams, id: u64, ctx: &Ctx) {
+/// Drives one session to its end; never panics on peer input, logs how it ended. With
+/// `implicit_tls` (a `listen_tls` port) the TLS handshake comes before the greeting.
+pub(super) async fn run(
+    stream: Async<TcpStream>,
+    params: SessionParams,
+    id: u64,
+    ctx: &Ctx,
+    implicit_tls: bool,
+) {
     let tag = Tag {
         id,
         peer: params.peer,
     };
     debug!("{tag} connected relay_allowed={}", params.relay_allowed);
+    let mut stream = MaybeTls::Plain(stream);
+    if implicit_tls {
+        if let Err(e) = handshake(&mut stream, ctx).await {
+            info!("{tag} TLS handshake failed: {e}");
+            return;
+        }
+        debug!("{tag} TLS established ({})", stream.describe());
+    }
     let mut conn = Conn {
         stream,
         session: ServerSession::new(params),
@@ -62,6 +81,11 @@ pub(super) async fn run(stream: Async<TcpStream>, params: SessionParams, id: u64
         End::TimedOut(what) => warn!("{tag} timed out awaiting {what}; 421 sent"),
         End::Shutdown => info!("{tag} closed for shutdown"),
         End::Io(e) => info!("{tag} connection error: {e}"),
+        End::PlaintextAfterStartTls(n) => warn!(
+            "{tag} closed: {n} bytes of plaintext pipelined after STARTTLS (command injection, \
+             CVE-2011-0411) were discarded"
+        ),
+        End::TlsFailed(e) => info!("{tag} STARTTLS handshake failed: {e}"),
         End::Internal(what) => error!("{tag} closed: {what}"),
     }
 }
@@ -89,6 +113,9 @@ enum End {
     Io(io::Error),
     /// A broken invariant on our side.
     Internal(&'static str),
+    /// The client sent bytes after STARTTLS before the handshake; they were dropped.
+    PlaintextAfterStartTls(usize),
+    TlsFailed(io::Error),
 }
 
 /// What a read raced against.
@@ -110,7 +137,7 @@ enum SpoolState {
 }
 
 struct Conn<'a> {
-    stream: Async<TcpStream>,
+    stream: MaybeTls<Async<TcpStream>>,
     session: ServerSession,
     ctx: &'a Ctx,
     tag: Tag,
@@ -169,10 +196,22 @@ impl Conn<'_> {
                     self.replies.push(&reply);
                     self.flush().await?;
                 }
-                // TLS arrives with a later issue; sessions are built with TlsMode::Unavailable.
-                Next::StartTls => {
+                Next::StartTls => self.start_tls().await?,
+                Next::AuthCheck(credentials) => {
+                    let verdict = verify(&self.ctx.config.users, &credentials);
+                    match &verdict {
+                        Some(user) => info!("{} authenticated user={user}", self.tag),
+                        None => {
+                            warn!("{} AUTH failed user={:?}", self.tag, credentials.username);
+                            Timer::after(AUTH_FAILURE_DELAY).await;
+                        }
+                    }
+                    drop(credentials);
+                    let next = self.session.auth_checked(verdict, &mut self.replies);
                     self.flush().await?;
-                    return Err(End::Internal("STARTTLS requested but TLS is not available"));
+                    if matches!(next, Next::Close) {
+                        return Ok(());
+                    }
                 }
                 Next::Close => {
                     self.flush().await?;
@@ -180,6 +219,24 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+
+    /// RFC 3207 and the STARTTLS invariant: the 220 goes out in plaintext; anything the
+    /// client sent behind STARTTLS before reading it is an injection attempt (or a broken
+    /// client) and ends the connection unread. Then the handshake, and a fresh session state.
+    async fn start_tls(&mut self) -> Result<(), End> {
+        self.flush().await?;
+        if self.len > 0 {
+            let leftover = self.len;
+            self.len = 0;
+            return Err(End::PlaintextAfterStartTls(leftover));
+        }
+        handshake(&mut self.stream, self.ctx)
+            .await
+            .map_err(End::TlsFailed)?;
+        debug!("{} TLS established ({})", self.tag, self.stream.describe());
+        self.session.tls_established();
+        Ok(())
     }
 
     /// Drops the first `consumed` input bytes, keeping the rest (pipelined commands).
@@ -196,7 +253,7 @@ impl Conn<'_> {
         let (timeout, what) = match self.session.awaiting() {
             Awaiting::Command => (timeouts.command, "command"),
             Awaiting::Body => (timeouts.data, "data"),
-            Awaiting::Commit | Awaiting::Closed => {
+            Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
                 return Err(End::Internal("session asked for input while not reading"));
             }
         };
@@ -259,10 +316,20 @@ impl Conn<'_> {
         let timeout = self.ctx.config.timeouts.command;
         let bytes = self.replies.as_bytes();
         let stream = &mut self.stream;
-        let written = future::or(async { Some(stream.write_all(bytes).await) }, async {
-            Timer::after(timeout).await;
-            None
-        })
+        let written = future::or(
+            async {
+                let written = stream.write_all(bytes).await;
+                // TLS buffers records; flush pushes them to the socket.
+                Some(match written {
+                    Ok(()) => stream.flush().await,
+                    Err(e) => Err(e),
+                })
+            },
+            async {
+                Timer::after(timeout).await;
+                None
+            },
+        )
         .await;
         self.replies.clear();
         match written {
@@ -370,6 +437,22 @@ impl Conn<'_> {
             }
         }
     }
+}
+
+/// The server side of a TLS handshake, bounded by the command timeout.
+async fn handshake(stream: &mut MaybeTls<Async<TcpStream>>, ctx: &Ctx) -> io::Result<()> {
+    let Some(config) = ctx.tls.as_ref().map(Arc::clone) else {
+        return Err(io::Error::other("TLS is not configured"));
+    };
+    let timeout = ctx.config.timeouts.command;
+    future::or(async { stream.accept(&config).await }, async {
+        Timer::after(timeout).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        ))
+    })
+    .await
 }
 
 /// RFC 5321 §3.8: 421 when the service is shutting down.

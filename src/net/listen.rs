@@ -21,10 +21,12 @@ use crate::smtp::server::{Limits, SessionParams, TlsMode};
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Accepts until shutdown is raised; then the listener is dropped (new connects are refused).
+/// `implicit_tls`: a `listen_tls` port (RFC 8314), where TLS starts before the greeting.
 pub(super) async fn accept_loop(
     ex: Rc<LocalExecutor<'static>>,
     listener: Async<TcpListener>,
     ctx: Rc<Ctx>,
+    implicit_tls: bool,
 ) {
     loop {
         let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -55,10 +57,15 @@ pub(super) async fn accept_loop(
             debug!("session={id} peer={peer} cannot set TCP_NODELAY: {e}");
         }
         let slot = SessionSlot::new(ctx.clone());
-        let params = session_params(&ctx.config, peer);
+        let tls = match (ctx.tls.is_some(), implicit_tls) {
+            (false, _) => TlsMode::Unavailable,
+            (true, false) => TlsMode::Offered,
+            (true, true) => TlsMode::Active,
+        };
+        let params = session_params(&ctx.config, peer, tls);
         let ctx = ctx.clone();
         ex.spawn(async move {
-            conn::run(stream, params, id, &ctx).await;
+            conn::run(stream, params, id, &ctx, implicit_tls).await;
             drop(slot);
         })
         .detach();
@@ -86,13 +93,15 @@ fn refuse(stream: &TcpStream, hostname: &str) {
 }
 
 /// What the session needs to know about this client.
-fn session_params(config: &Config, peer: IpAddr) -> SessionParams {
+fn session_params(config: &Config, peer: IpAddr, tls: TlsMode) -> SessionParams {
     SessionParams {
         hostname: config.hostname.clone(),
         peer,
         relay_allowed: config.relay_from.iter().any(|net| net.contains(&peer)),
-        tls: TlsMode::Unavailable,
-        auth_offered: false,
+        tls,
+        // The session advertises and accepts AUTH only once TLS is active.
+        auth_offered: !config.users.is_empty() && tls != TlsMode::Unavailable,
+        require_tls: config.require_tls && tls != TlsMode::Unavailable,
         limits: Limits {
             max_message_size: config.max_message_size,
             max_recipients: config.max_recipients,
@@ -111,15 +120,15 @@ mod tests {
         let inside: IpAddr = "127.0.0.5".parse().unwrap();
         let v6_loopback: IpAddr = "::1".parse().unwrap();
         let outside: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(session_params(&config, inside).relay_allowed);
-        assert!(session_params(&config, v6_loopback).relay_allowed);
-        assert!(!session_params(&config, outside).relay_allowed);
+        assert!(session_params(&config, inside, TlsMode::Unavailable).relay_allowed);
+        assert!(session_params(&config, v6_loopback, TlsMode::Unavailable).relay_allowed);
+        assert!(!session_params(&config, outside, TlsMode::Unavailable).relay_allowed);
     }
 
     #[test]
     fn mapped_v4_peer_matches_v4_network() {
         let config = Config::default();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert!(session_params(&config, mapped.to_canonical()).relay_allowed);
+        assert!(session_params(&config, mapped.to_canonical(), TlsMode::Unavailable).relay_allowed);
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! Everything runs on one `LocalExecutor` on the calling thread (`run`/`run_with` block).
 
+mod auth;
 mod conn;
 mod listen;
+pub mod tls;
 
 use std::cell::Cell;
 use std::fmt;
@@ -13,19 +15,23 @@ use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
 use event_listener::Event;
 use futures_lite::{future, StreamExt};
 use log::{error, info, warn};
+use rustls::{ClientConfig, ServerConfig};
 use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
 use crate::config::{Config, SmarthostTls};
-use crate::forward::{self, ForwardParams, RetryPolicy, Wake};
+use crate::forward::{self, ClientCredentials, ForwardParams, RetryPolicy, Wake};
 use crate::smtp::client::TlsPolicy;
 use crate::store::{Store, StoreError, StoreOptions};
+
+use self::tls::TlsError;
 
 /// How long in-flight sessions (and a delivery in progress) get to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -39,10 +45,18 @@ const FORWARD_WINDOW: usize = 64;
 /// Why the daemon could not start; each maps to a sysexits code.
 #[derive(Debug)]
 pub enum DaemonError {
-    CreateDataDir { path: String, source: io::Error },
+    CreateDataDir {
+        path: String,
+        source: io::Error,
+    },
     OpenStore(StoreError),
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: io::Error,
+    },
     Signals(io::Error),
+    /// `[tls]` or `[smarthost] ca_file` could not be loaded (a config error).
+    Tls(TlsError),
 }
 
 impl DaemonError {
@@ -54,6 +68,8 @@ impl DaemonError {
             Self::Bind { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => 77,
             Self::Bind { .. } => 69,
             Self::Signals(_) => 71,
+            // EX_CONFIG: the PEM files named in the config are unusable.
+            Self::Tls(_) => 78,
         }
     }
 }
@@ -67,6 +83,7 @@ impl fmt::Display for DaemonError {
             Self::OpenStore(e) => write!(f, "cannot open the queue: {e}"),
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            Self::Tls(e) => write!(f, "TLS configuration: {e}"),
         }
     }
 }
@@ -110,19 +127,31 @@ pub struct Ctx {
     pub wake: Rc<Wake>,
     /// Raised at SIGTERM: stop accepting, close idle sessions.
     pub shutdown: Shutdown,
+    /// `[tls]` loaded: STARTTLS on `listen`, and the `listen_tls` ports.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Roots for the smarthost's certificate (`[smarthost] tls` other than "none").
+    pub smarthost_tls: Option<Arc<ClientConfig>>,
     sessions: Cell<usize>,
     session_ended: Event,
     next_session: Cell<u64>,
 }
 
 impl Ctx {
-    pub fn new(config: Config, store: Store, clock: QueueClock) -> Rc<Self> {
+    pub fn new(
+        config: Config,
+        store: Store,
+        clock: QueueClock,
+        tls: Option<Arc<ServerConfig>>,
+        smarthost_tls: Option<Arc<ClientConfig>>,
+    ) -> Rc<Self> {
         Rc::new(Self {
             config,
             store,
             clock,
             wake: Wake::new(),
             shutdown: Shutdown::default(),
+            tls,
+            smarthost_tls,
             sessions: Cell::new(0),
             session_ended: Event::new(),
             next_session: Cell::new(1),
@@ -195,7 +224,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
             .map_err(DaemonError::Signals)?;
     let listeners = bind(&config.listen)?;
-    run_with(config, listeners, async move {
+    let tls_listeners = bind(&config.listen_tls)?;
+    run_with(config, listeners, tls_listeners, async move {
         let mut signals = signals;
         if let Some(Ok(signal)) = signals.next().await {
             info!("received {signal:?}: shutting down");
@@ -211,27 +241,45 @@ pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, DaemonError> {
         .collect()
 }
 
-/// The daemon on already-bound listeners (tests bind 127.0.0.1:0): opens and recovers the
-/// store, then serves until `shutdown` resolves. Blocks the calling thread.
+/// The daemon on already-bound listeners (tests bind 127.0.0.1:0): `listeners` speak SMTP
+/// (with STARTTLS when `[tls]` is set), `tls_listeners` implicit TLS. Loads the TLS material,
+/// opens and recovers the store, then serves until `shutdown` resolves. Blocks the calling
+/// thread.
 pub fn run_with(
     config: Config,
     listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let tls = match &config.tls {
+        Some(files) => Some(tls::server_config(&files.cert, &files.key).map_err(DaemonError::Tls)?),
+        None => None,
+    };
+    // Built here so a bad ca_file stops the start instead of failing every delivery.
+    let smarthost_tls = match &config.smarthost {
+        Some(smarthost) if smarthost.tls != SmarthostTls::None => {
+            Some(tls::client_config(smarthost.ca_file.as_deref()).map_err(DaemonError::Tls)?)
+        }
+        _ => None,
+    };
     let store = open_store(&config)?;
     let clock = QueueClock::new(store.clock_base());
-    let listeners = listeners
-        .into_iter()
-        .map(|listener| {
+    let plain = listeners.into_iter().map(|l| (l, false));
+    let implicit = tls_listeners.into_iter().map(|l| (l, true));
+    let listeners = plain
+        .chain(implicit)
+        .map(|(listener, implicit_tls)| {
             let addr = listener.local_addr();
-            Async::new(listener).map_err(|source| DaemonError::Bind {
-                addr: addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-                source,
-            })
+            Async::new(listener)
+                .map(|listener| (listener, implicit_tls))
+                .map_err(|source| DaemonError::Bind {
+                    addr: addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    source,
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let ex = Rc::new(LocalExecutor::new());
-    let ctx = Ctx::new(config, store, clock);
+    let ctx = Ctx::new(config, store, clock, tls, smarthost_tls);
     async_io::block_on(ex.run(serve(ex.clone(), listeners, ctx, shutdown)));
     Ok(())
 }
@@ -266,17 +314,23 @@ fn open_store(config: &Config) -> Result<Store, DaemonError> {
     Ok(store)
 }
 
-/// Serves `listeners` until `shutdown` resolves, then stops accepting, gives in-flight sessions
-/// and the forwarder `SHUTDOWN_GRACE` to finish, and saves the queue clock.
+/// Serves `listeners` (each flagged `true` for implicit TLS) until `shutdown` resolves, then
+/// stops accepting, gives in-flight sessions and the forwarder `SHUTDOWN_GRACE` to finish, and
+/// saves the queue clock.
 pub async fn serve(
     ex: Rc<LocalExecutor<'static>>,
-    listeners: Vec<Async<TcpListener>>,
+    listeners: Vec<(Async<TcpListener>, bool)>,
     ctx: Rc<Ctx>,
     shutdown: impl Future<Output = ()>,
 ) {
-    for listener in &listeners {
+    for (listener, implicit_tls) in &listeners {
+        let kind = match (implicit_tls, ctx.tls.is_some()) {
+            (true, _) => " (implicit TLS)",
+            (false, true) => " (STARTTLS)",
+            (false, false) => "",
+        };
         match listener.get_ref().local_addr() {
-            Ok(addr) => info!("listening on {addr}"),
+            Ok(addr) => info!("listening on {addr}{kind}"),
             Err(e) => warn!("listening on an address that cannot be read back: {e}"),
         }
     }
@@ -287,14 +341,21 @@ pub async fn serve(
     let forwarder = ex.spawn(forward::run(
         ctx.store.clone(),
         ctx.clock,
-        forward_params(&ctx.config),
+        forward_params(&ctx.config, ctx.smarthost_tls.clone()),
         ctx.wake.clone(),
         stop_forwarder.clone(),
     ));
     let housekeeper = ex.spawn(housekeeping(ctx.clone()));
     let acceptors: Vec<_> = listeners
         .into_iter()
-        .map(|listener| ex.spawn(listen::accept_loop(ex.clone(), listener, ctx.clone())))
+        .map(|(listener, implicit_tls)| {
+            ex.spawn(listen::accept_loop(
+                ex.clone(),
+                listener,
+                ctx.clone(),
+                implicit_tls,
+            ))
+        })
         .collect();
 
     shutdown.await;
@@ -337,7 +398,7 @@ pub async fn serve(
     }
 }
 
-fn forward_params(config: &Config) -> ForwardParams {
+fn forward_params(config: &Config, tls_config: Option<Arc<ClientConfig>>) -> ForwardParams {
     ForwardParams {
         smarthost: config.smarthost.as_ref().map(|s| s.address.clone()),
         hostname: config.hostname.clone(),
@@ -351,7 +412,18 @@ fn forward_params(config: &Config) -> ForwardParams {
         data_end_timeout: config.timeouts.smarthost_data_end,
         tls: match config.smarthost.as_ref().map(|s| s.tls) {
             None | Some(SmarthostTls::None) => TlsPolicy::None,
+            Some(SmarthostTls::StartTls) => TlsPolicy::StartTls,
+            Some(SmarthostTls::Implicit) => TlsPolicy::Implicit,
         },
+        tls_config,
+        credentials: config
+            .smarthost
+            .as_ref()
+            .and_then(|s| s.auth.as_ref())
+            .map(|auth| ClientCredentials {
+                username: auth.username.clone(),
+                password: auth.password.expose().to_owned(),
+            }),
     }
 }
 
@@ -378,3 +450,6 @@ async fn housekeeping(ctx: Rc<Ctx>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,6 @@
 //! `ClientSession`: the forwarder's SMTP client state machine (RFC 5321 client side, RFC 2920
-//! pipelining, RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8, RFC 3207 STARTTLS policy).
+//! pipelining, RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8, RFC 3207 STARTTLS policy,
+//! RFC 4954 AUTH PLAIN/LOGIN, only ever over TLS).
 //!
 //! Sans-I/O: the glue feeds every reply it parsed (`handle_reply`) and does what the returned
 //! `ClientStep` says. One session carries several messages in turn. The session only *records*
@@ -10,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
+use super::auth;
 use super::reply::{EnhancedStatus, Reply};
 
 /// How the session protects the link to the smarthost.
@@ -32,6 +34,24 @@ pub struct ClientParams {
     pub tls: TlsPolicy,
     /// The smarthost as configured (`host:port`), for failure texts.
     pub smarthost: String,
+    /// AUTH to the smarthost after EHLO (over TLS only; never sent in plaintext).
+    pub credentials: Option<ClientCredentials>,
+}
+
+/// The smarthost login. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// One message to transfer: the envelope plus what MAIL parameters need.
@@ -56,6 +76,7 @@ pub enum Stage {
     Ehlo,
     Helo,
     StartTls,
+    Auth,
     Rset,
     Mail,
     Rcpt,
@@ -71,6 +92,7 @@ impl fmt::Display for Stage {
             Self::Ehlo => "EHLO",
             Self::Helo => "HELO",
             Self::StartTls => "STARTTLS",
+            Self::Auth => "AUTH",
             Self::Rset => "RSET",
             Self::Mail => "MAIL FROM",
             Self::Rcpt => "RCPT TO",
@@ -104,6 +126,12 @@ pub enum SessionFailure {
     Rejected { stage: Stage, reply: Reply },
     /// `TlsPolicy::StartTls` but the smarthost did not offer STARTTLS.
     NoStartTls { smarthost: String },
+    /// Credentials are configured but the smarthost offers neither PLAIN nor LOGIN.
+    NoAuth { smarthost: String },
+    /// Credentials are configured but the session is not encrypted: nothing was sent.
+    AuthNeedsTls { smarthost: String },
+    /// The smarthost refused the credentials (or the exchange).
+    AuthFailed { reply: Reply },
     /// A reply when none was due (the smarthost is out of step).
     Unexpected { reply: Reply },
     /// The session ended earlier, or the caller asked for something out of turn.
@@ -115,11 +143,18 @@ impl fmt::Display for SessionFailure {
         match self {
             Self::Rejected { stage, reply } => write!(f, "smarthost rejected {stage}: {reply}"),
             Self::NoStartTls { smarthost } => {
-                let host = smarthost
-                    .rsplit_once(':')
-                    .map_or(smarthost.as_str(), |(h, _)| h);
-                write!(f, "smarthost {host} does not offer STARTTLS")
+                write!(f, "smarthost {smarthost} does not offer STARTTLS")
             }
+            Self::NoAuth { smarthost } => write!(
+                f,
+                "smarthost {smarthost} does not offer AUTH PLAIN or LOGIN, but \
+                 [smarthost] username is set"
+            ),
+            Self::AuthNeedsTls { smarthost } => write!(
+                f,
+                "refusing to send the password to smarthost {smarthost} without TLS"
+            ),
+            Self::AuthFailed { reply } => write!(f, "authentication failed: {reply}"),
             Self::Unexpected { reply } => write!(f, "unexpected reply from smarthost: {reply}"),
             Self::Closed => f.write_str("SMTP session already closed"),
         }
@@ -156,6 +191,12 @@ enum State {
     AwaitHelo,
     AwaitStartTls,
     AwaitTlsHandshake,
+    /// AUTH LOGIN sent: the username challenge is due.
+    AwaitLoginUsername,
+    /// Username sent: the password challenge is due.
+    AwaitLoginPassword,
+    /// The credentials are sent: 235 or a refusal is due.
+    AwaitAuthResult,
     Ready,
     AwaitTransactionReplies,
     AwaitDataEnd,
@@ -172,6 +213,8 @@ struct Extensions {
     eight_bit_mime: bool,
     smtputf8: bool,
     starttls: bool,
+    auth_plain: bool,
+    auth_login: bool,
 }
 
 impl Extensions {
@@ -179,11 +222,21 @@ impl Extensions {
     fn parse(reply: &Reply) -> Self {
         let mut ext = Self::default();
         for line in reply.lines().skip(1) {
+            // `AUTH=PLAIN LOGIN` is the pre-RFC 4954 spelling some servers still send.
+            let line = line.replacen('=', " ", 1);
             let mut words = line.split_ascii_whitespace();
             let Some(keyword) = words.next() else {
                 continue;
             };
             match keyword.to_ascii_uppercase().as_str() {
+                "AUTH" => {
+                    for mechanism in words.by_ref().filter_map(auth::Mechanism::parse) {
+                        match mechanism {
+                            auth::Mechanism::Plain => ext.auth_plain = true,
+                            auth::Mechanism::Login => ext.auth_login = true,
+                        }
+                    }
+                }
                 "PIPELINING" => ext.pipelining = true,
                 "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "8BITMIME" => ext.eight_bit_mime = true,
@@ -277,6 +330,9 @@ impl ClientSession {
             State::AwaitEhlo => self.on_ehlo(reply),
             State::AwaitHelo => self.on_helo(reply),
             State::AwaitStartTls => self.on_starttls(reply),
+            State::AwaitLoginUsername | State::AwaitLoginPassword | State::AwaitAuthResult => {
+                self.on_auth(reply)
+            }
             State::AwaitTransactionReplies => self.on_transaction_reply(reply),
             State::AwaitDataEnd => self.on_data_end(reply),
             State::AwaitQuit => {
@@ -420,8 +476,65 @@ impl ClientSession {
             self.state = State::AwaitStartTls;
             return ClientStep::Send(b"STARTTLS\r\n".to_vec());
         }
+        if self.params.credentials.is_some() {
+            return self.start_auth();
+        }
         self.state = State::Ready;
         ClientStep::Ready
+    }
+
+    /// RFC 4954 §4: PLAIN (one round trip) if offered, else LOGIN. The bytes returned are
+    /// secret: the glue never logs what it sends.
+    fn start_auth(&mut self) -> ClientStep {
+        let smarthost = self.params.smarthost.clone();
+        if !self.tls_active {
+            return self.fail(SessionFailure::AuthNeedsTls { smarthost });
+        }
+        let Some(credentials) = &self.params.credentials else {
+            return self.fail(SessionFailure::Closed);
+        };
+        if self.extensions.auth_plain {
+            let command = auth::plain_command(&credentials.username, &credentials.password);
+            self.state = State::AwaitAuthResult;
+            return ClientStep::Send(command);
+        }
+        if self.extensions.auth_login {
+            self.state = State::AwaitLoginUsername;
+            return ClientStep::Send(b"AUTH LOGIN\r\n".to_vec());
+        }
+        self.fail(SessionFailure::NoAuth { smarthost })
+    }
+
+    fn on_auth(&mut self, reply: &Reply) -> ClientStep {
+        let expected = if self.state == State::AwaitAuthResult {
+            235
+        } else {
+            334
+        };
+        if reply.code != expected {
+            return self.fail(SessionFailure::AuthFailed {
+                reply: reply.clone(),
+            });
+        }
+        let Some(credentials) = &self.params.credentials else {
+            return self.fail(SessionFailure::Closed);
+        };
+        match self.state {
+            State::AwaitLoginUsername => {
+                let response = auth::login_response(&credentials.username);
+                self.state = State::AwaitLoginPassword;
+                ClientStep::Send(response)
+            }
+            State::AwaitLoginPassword => {
+                let response = auth::login_response(&credentials.password);
+                self.state = State::AwaitAuthResult;
+                ClientStep::Send(response)
+            }
+            _ => {
+                self.state = State::Ready;
+                ClientStep::Ready
+            }
+        }
     }
 
     fn on_helo(&mut self, reply: &Reply) -> ClientStep {
@@ -672,6 +785,7 @@ mod tests {
             helo_name: "outpost.lan".into(),
             tls,
             smarthost: "mx.example:25".into(),
+            credentials: None,
         }
     }
 
@@ -920,7 +1034,7 @@ mod tests {
         };
         assert_eq!(
             failure.to_string(),
-            "smarthost mx.example does not offer STARTTLS"
+            "smarthost mx.example:25 does not offer STARTTLS"
         );
         assert!(matches!(
             session.start_message(&envelope(&["a@x"])),
@@ -953,6 +1067,86 @@ mod tests {
             session.handle_reply(&r("250-mx\n250 PIPELINING")),
             ClientStep::Ready
         );
+    }
+
+    fn with_credentials(tls: TlsPolicy) -> ClientSession {
+        ClientSession::new(ClientParams {
+            credentials: Some(ClientCredentials {
+                username: "relay".into(),
+                password: "pw".into(),
+            }),
+            ..params(tls)
+        })
+    }
+
+    #[test]
+    fn auth_plain_after_starttls() {
+        let mut session = with_credentials(TlsPolicy::StartTls);
+        session.handle_reply(&r("220 mx"));
+        session.handle_reply(&r("250-mx\n250-AUTH PLAIN LOGIN\n250 STARTTLS"));
+        assert_eq!(session.handle_reply(&r("220 go")), ClientStep::StartTls);
+        session.tls_established();
+        // base64 of "\0relay\0pw"
+        assert_eq!(
+            session.handle_reply(&r("250-mx\n250 AUTH LOGIN PLAIN")),
+            send("AUTH PLAIN AHJlbGF5AHB3\r\n")
+        );
+        assert_eq!(session.handle_reply(&r("235 2.7.0 ok")), ClientStep::Ready);
+    }
+
+    #[test]
+    fn auth_login_when_plain_is_not_offered() {
+        let mut session = with_credentials(TlsPolicy::Implicit);
+        session.handle_reply(&r("220 mx"));
+        let step = session.handle_reply(&r("250-mx\n250 AUTH=LOGIN"));
+        assert_eq!(step, send("AUTH LOGIN\r\n"));
+        assert_eq!(
+            session.handle_reply(&r("334 VXNlcm5hbWU6")),
+            send("cmVsYXk=\r\n")
+        );
+        assert_eq!(
+            session.handle_reply(&r("334 UGFzc3dvcmQ6")),
+            send("cHc=\r\n")
+        );
+        assert_eq!(session.handle_reply(&r("235 ok")), ClientStep::Ready);
+    }
+
+    #[test]
+    fn auth_refusal_and_missing_mechanisms_fail_the_session() {
+        let mut session = with_credentials(TlsPolicy::Implicit);
+        session.handle_reply(&r("220 mx"));
+        session.handle_reply(&r("250-mx\n250 AUTH PLAIN"));
+        let step = session.handle_reply(&r("535 5.7.8 bad credentials"));
+        let ClientStep::Failed(failure) = step else {
+            panic!("{step:?}");
+        };
+        assert_eq!(
+            failure.to_string(),
+            "authentication failed: 535 5.7.8 bad credentials"
+        );
+        let mut session = with_credentials(TlsPolicy::Implicit);
+        session.handle_reply(&r("220 mx"));
+        let step = session.handle_reply(&r("250-mx\n250 AUTH CRAM-MD5"));
+        assert!(
+            matches!(step, ClientStep::Failed(SessionFailure::NoAuth { .. })),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn credentials_are_never_sent_without_tls() {
+        let mut session = with_credentials(TlsPolicy::None);
+        session.handle_reply(&r("220 mx"));
+        let step = session.handle_reply(&r("250-mx\n250 AUTH PLAIN LOGIN"));
+        assert!(
+            matches!(
+                step,
+                ClientStep::Failed(SessionFailure::AuthNeedsTls { .. })
+            ),
+            "{step:?}"
+        );
+        let shown = format!("{:?}", session);
+        assert!(!shown.contains("\"pw\""), "{shown}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`replies`]: the receiver's named replies, each with its RFC 3463 status.
 //! - [`reply`]: `Reply`, its wire form (the one place that formats replies), `parse_reply`.
 //! - [`address`]: `Mailbox`, `ReversePath` (RFC 5321 §4.1.2 grammar).
+//! - [`auth`]: SASL PLAIN/LOGIN decoding (server) and encoding (client); no password checks.
 //! - [`line`](mod@line): command-line framing over the caller's buffer.
 //! - [`body`]: `BodyDecoder` (dot-unstuffing, end of data, line-end policy, limits) and
 //!   `BodyEncoder` (dot-stuffing for the forwarder).
@@ -31,7 +32,8 @@
 //! | 6531 | SMTPUTF8: UTF-8 addresses only in transactions that declare it (else 553 5.6.7) |
 //! | 3207 | STARTTLS (when the glue offers it): state reset after the handshake |
 //! | 3848 | `with ESMTP`/`SMTP`/`ESMTPS` (and RFC 6531 `UTF8SMTP[S]`) in `Received:` |
-//! | 4954 | AUTH: not offered yet; refused with 502, or 538 5.7.11 without TLS |
+//! | 4954 | AUTH PLAIN (RFC 4616) and LOGIN, advertised and accepted only over TLS ([`auth`]) |
+//! | 3207 §4 | `require_tls`: MAIL before STARTTLS gets `530 5.7.0` |
 //!
 //! The client side (RFC 5321, 2920, 1870, 6152, 6531, 3207) is described in [`client`].
 //!
@@ -61,8 +63,10 @@
 //! - **STARTTLS command injection (CVE-2011-0411).** Plaintext pipelined after STARTTLS must
 //!   not be executed inside the TLS session. `handle_input` stops consuming right after the
 //!   STARTTLS line (the glue drops the leftover), drops input fed before `tls_established`, and
-//!   `tls_established` forgets HELO and any transaction. Proven by
-//!   `smtp::server::tests::starttls_leaves_pipelined_plaintext_unconsumed_and_resets_the_session`.
+//!   `tls_established` forgets HELO and any transaction; the glue drops a connection that sent
+//!   anything behind STARTTLS. Proven by
+//!   `smtp::server::tests::starttls_leaves_pipelined_plaintext_unconsumed_and_resets_the_session`
+//!   and, through the daemon over TCP, `net::tests::plaintext_pipelined_after_starttls_is_never_executed`.
 //! - **SMTP smuggling** (bare LF, `<LF>.<LF>`, `<LF>.<CRLF>`, `<CRLF>.<LF>`). Only
 //!   `<CRLF>.<CRLF>` ends DATA, and whatever is stored is re-stuffed on the way out, so outpost
 //!   and its smarthost always agree where a message ends. Proven by
@@ -73,13 +77,21 @@
 //! - **Open relay.** Every RCPT from a client the glue did not mark `relay_allowed` (from
 //!   `relay_from`) gets `554 5.7.1`, `postmaster` included, and such refusals count towards
 //!   `max_errors`. Proven by `smtp::server::tests::relay_denied_gets_554_5_7_1`.
-//! - **AUTH in plaintext.** AUTH is never advertised yet; when `auth_offered` is set, AUTH
-//!   without TLS gets `538 5.7.11` before any credentials are exchanged, and the initial
-//!   response is dropped unlogged. Proven by
-//!   `smtp::server::tests::auth_is_refused_in_plaintext_when_offered`.
+//! - **AUTH in plaintext.** AUTH is advertised only once TLS is active; AUTH without TLS gets
+//!   `538 5.7.11` before any credentials are exchanged, and SASL responses never reach a log
+//!   (`Credentials` and `SaslResponse` redact themselves in `Debug`). Proven by
+//!   `smtp::server::tests::auth_is_refused_in_plaintext_when_offered` and
+//!   `smtp::server::tests::auth_is_advertised_only_over_tls`.
+//! - **Password guessing.** Each failed AUTH gets `535 5.7.8` after the glue's delay; the third
+//!   closes the session with `421 4.7.0`. Proven by
+//!   `smtp::server::tests::auth_failures_get_535_then_421_and_close`.
 //! - **Smarthost TLS downgrade.** With `TlsPolicy::StartTls` a smarthost that does not offer
-//!   STARTTLS (or refuses it) is a failure, never a plaintext fallback. Proven by
-//!   `smtp::client::tests::starttls_policy_never_falls_back_to_plaintext`.
+//!   STARTTLS (or refuses it) is a failure, never a plaintext fallback; credentials are never
+//!   sent without TLS; a certificate that does not verify leaves the mail queued. Proven by
+//!   `smtp::client::tests::starttls_policy_never_falls_back_to_plaintext`,
+//!   `smtp::client::tests::credentials_are_never_sent_without_tls`,
+//!   `net::tests::smarthost_without_starttls_gets_nothing_in_clear` and
+//!   `net::tests::untrusted_certificate_means_not_sent_and_still_queued`.
 //! - **Trace-header injection.** The HELO name is reduced to printable ASCII without comment
 //!   or separator characters before it enters `Received:`. Proven by
 //!   `smtp::server::tests::received_header_traces_helo_peer_protocol_and_single_recipient`.
@@ -88,6 +100,7 @@
 //!   `smtp::server::tests::junk_flood_asks_for_a_flush_before_the_reply_buffer_grows`.
 
 pub mod address;
+pub mod auth;
 pub mod body;
 pub mod client;
 pub mod command;

@@ -59,8 +59,28 @@ pub const ENCRYPTION_REQUIRED: Reply = reply(
     (5, 7, 11),
     "Encryption required for requested authentication mechanism",
 );
-/// RFC 4954 §4: no SASL mechanism implemented yet.
+/// RFC 4954 §4: a mechanism other than PLAIN or LOGIN.
 pub const UNKNOWN_AUTH_MECHANISM: Reply = reply(504, (5, 5, 4), "Unrecognized authentication type");
+/// RFC 4954 §4: one successful AUTH per session.
+pub const ALREADY_AUTHENTICATED: Reply = reply(503, (5, 5, 1), "Already authenticated");
+/// RFC 4954 §6.
+pub const AUTH_SUCCEEDED: Reply = reply(235, (2, 7, 0), "Authentication successful");
+/// RFC 4954 §6; the glue has already waited its failure delay.
+pub const AUTH_FAILED: Reply = reply(535, (5, 7, 8), "Authentication credentials invalid");
+/// RFC 4954 §4: the client sent `*`.
+pub const AUTH_CANCELED: Reply = reply(501, (5, 0, 0), "Authentication canceled");
+/// RFC 4954 §4: a response that is not base64 or not the mechanism's format.
+pub const AUTH_BAD_RESPONSE: Reply = reply(501, (5, 5, 2), "Cannot decode response");
+/// RFC 4954 §6.
+pub const AUTH_LINE_TOO_LONG: Reply =
+    reply(500, (5, 5, 6), "Authentication exchange line is too long");
+pub const TOO_MANY_AUTH_FAILURES: Reply = reply(
+    421,
+    (4, 7, 0),
+    "Too many authentication failures, closing connection",
+);
+/// RFC 3207 §4: `require_tls` and MAIL before STARTTLS.
+pub const MUST_STARTTLS: Reply = reply(530, (5, 7, 0), "Must issue a STARTTLS command first");
 
 pub const QUEUE_FULL: Reply = reply(452, (4, 3, 1), "Insufficient system storage");
 pub const STORE_FAILED: Reply = reply(451, (4, 3, 0), "Local error in processing");

@@ -10,12 +10,14 @@ use core::net::IpAddr;
 use std::borrow::Cow;
 
 use super::address::{Mailbox, ReversePath};
+use super::auth::{Mechanism, SaslError, SaslExchange, SaslStep};
 use super::body::{BodyDecoder, BodyError};
 use super::command::{parse_command, Command, MailParams, SyntaxError};
 use super::line::{Frame, LineFramer};
 use super::replies;
 use super::reply::Reply;
 
+pub use super::auth::Credentials;
 pub use super::command::BodyType;
 
 /// Whether STARTTLS can be offered on this connection.
@@ -40,7 +42,10 @@ pub struct SessionParams {
     pub peer: IpAddr,
     pub relay_allowed: bool,
     pub tls: TlsMode,
+    /// AUTH PLAIN/LOGIN is offered, but only once TLS is active (RFC 4954 §4).
     pub auth_offered: bool,
+    /// `require_tls`: MAIL before STARTTLS gets 530 5.7.0 (RFC 3207 §4).
+    pub require_tls: bool,
     pub limits: Limits,
 }
 
@@ -69,6 +74,8 @@ pub enum Awaiting {
     Command,
     Body,
     Commit,
+    /// The glue is checking credentials (`Next::AuthCheck`).
+    AuthCheck,
     Closed,
 }
 
@@ -97,6 +104,9 @@ pub enum Next {
     /// Whatever follows in the caller's buffer was sent in plaintext and must be dropped, never
     /// fed back after the handshake. Input fed before `tls_established` is dropped too.
     StartTls,
+    /// AUTH exchange complete: check the credentials (never log the password), wait the
+    /// failure delay if they are wrong, then call `auth_checked`. Nothing is consumed meanwhile.
+    AuthCheck(Credentials),
     /// Write pending replies and close.
     Close,
 }
@@ -120,6 +130,13 @@ impl Replies {
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+    /// RFC 4954 §4 `334 SP [base64] CRLF`: the space is kept even for an empty challenge,
+    /// which `Reply::write_to` would drop.
+    pub fn push_challenge(&mut self, challenge: &str) {
+        self.buf.extend_from_slice(b"334 ");
+        self.buf.extend_from_slice(challenge.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
     pub fn clear(&mut self) {
         self.buf.clear();
     }
@@ -139,8 +156,16 @@ enum State {
     AwaitCommit,
     /// STARTTLS accepted; waiting for the glue's handshake. Plaintext input is dropped.
     AwaitTls,
+    /// AUTH in progress: the next line is a SASL response, not a command.
+    AwaitSasl(SaslExchange),
+    /// Credentials handed to the glue; waiting for `auth_checked`.
+    AwaitAuthCheck,
     Closed,
 }
+
+/// Failed AUTH attempts before 421 and close (a password-guessing client gets three tries per
+/// connection, each after the glue's delay).
+pub const MAX_AUTH_FAILURES: u32 = 3;
 
 #[derive(Debug)]
 struct Helo {
@@ -165,6 +190,9 @@ pub struct ServerSession {
     framer: LineFramer,
     tls_active: bool,
     errors: u32,
+    /// The user name once AUTH succeeded.
+    authenticated: Option<String>,
+    auth_failures: u32,
 }
 
 impl ServerSession {
@@ -178,6 +206,8 @@ impl ServerSession {
             framer: LineFramer::new(),
             tls_active,
             errors: 0,
+            authenticated: None,
+            auth_failures: 0,
         }
     }
 
@@ -206,8 +236,9 @@ impl ServerSession {
                 // Sticky terminal state: input ignored, no reply.
                 State::Closed => (rest.len(), Some(Next::Close)),
                 State::AwaitTls => (rest.len(), Some(Next::StartTls)),
-                // The glue must call `committed` first; nothing is consumed meanwhile.
-                State::AwaitCommit => (0, Some(Next::NeedInput)),
+                // The glue must call `committed` (`auth_checked`) first; nothing is consumed.
+                State::AwaitCommit | State::AwaitAuthCheck => (0, Some(Next::NeedInput)),
+                State::AwaitSasl(_) => self.handle_sasl_line(rest, out),
                 State::InBody(decoder) => {
                     let decoded = decoder.decode(rest, body);
                     let next = if decoded.done {
@@ -246,6 +277,34 @@ impl ServerSession {
         }
     }
 
+    /// The glue's verdict on `Next::AuthCheck`: 235 2.7.0, or 535 5.7.8 (and after
+    /// `MAX_AUTH_FAILURES` a 421 and `Next::Close`). Queues the replies.
+    pub fn auth_checked(&mut self, username: Option<String>, out: &mut Replies) -> Next {
+        if !matches!(self.state, State::AwaitAuthCheck) {
+            out.push(&replies::NOTHING_TO_COMMIT);
+            return Next::FlushReplies;
+        }
+        self.state = State::AwaitMail;
+        if let Some(username) = username {
+            self.authenticated = Some(username);
+            out.push(&replies::AUTH_SUCCEEDED);
+            return Next::FlushReplies;
+        }
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        out.push(&replies::AUTH_FAILED);
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            out.push(&replies::TOO_MANY_AUTH_FAILURES);
+            self.close();
+            return Next::Close;
+        }
+        Next::FlushReplies
+    }
+
+    /// The user name of a successful AUTH, for the glue's log lines.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
     /// RFC 3207 §4.2: after the handshake the session starts afresh (no HELO, no transaction).
     pub fn tls_established(&mut self) {
         if matches!(self.state, State::Closed) {
@@ -254,6 +313,7 @@ impl ServerSession {
         self.tls_active = true;
         self.helo = None;
         self.tx = None;
+        self.authenticated = None;
         self.framer.reset();
         self.state = State::AwaitHelo;
     }
@@ -266,9 +326,12 @@ impl ServerSession {
 
     pub fn awaiting(&self) -> Awaiting {
         match self.state {
-            State::AwaitHelo | State::AwaitMail | State::AwaitRcptOrData | State::AwaitTls => {
-                Awaiting::Command
-            }
+            State::AwaitHelo
+            | State::AwaitMail
+            | State::AwaitRcptOrData
+            | State::AwaitTls
+            | State::AwaitSasl(_) => Awaiting::Command,
+            State::AwaitAuthCheck => Awaiting::AuthCheck,
             State::InBody(_) => Awaiting::Body,
             State::AwaitCommit => Awaiting::Commit,
             State::Closed => Awaiting::Closed,
@@ -302,9 +365,12 @@ impl ServerSession {
     fn protocol_name(&self) -> &'static str {
         let extended = self.helo.as_ref().is_some_and(|h| h.extended);
         let utf8 = self.tx.as_ref().is_some_and(|tx| tx.smtputf8);
+        let auth = self.authenticated.is_some();
         match (utf8, self.tls_active, extended) {
+            (true, true, _) if auth => "UTF8SMTPSA",
             (true, true, _) => "UTF8SMTPS",
             (true, false, _) => "UTF8SMTP",
+            (false, true, _) if auth => "ESMTPSA",
             (false, true, _) => "ESMTPS",
             (false, false, true) => "ESMTP",
             (false, false, false) => "SMTP",
@@ -351,8 +417,17 @@ impl ServerSession {
             Command::Help => Ok(answer(&replies::HELP, out)),
             Command::Quit => Ok(self.proceed_quit(out)),
             Command::StartTls => self.check_starttls().map(|()| self.proceed_starttls(out)),
-            // The initial response is a secret: it is dropped here, never logged.
-            Command::Auth { .. } => Err(self.refuse_auth()),
+            // The initial response is a secret: it goes to the exchange, never to a log.
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.check_auth().and_then(|()| {
+                self.proceed_auth(
+                    &mechanism,
+                    initial_response.as_ref().map(|r| r.0.as_str()),
+                    out,
+                )
+            }),
         };
         match result {
             Ok(Some(next)) => Some(next),
@@ -389,6 +464,10 @@ impl ServerSession {
             if self.params.tls == TlsMode::Offered && !self.tls_active {
                 text.push_str("\nSTARTTLS");
             }
+            // RFC 4954 §4: never invite credentials over plaintext.
+            if self.params.auth_offered && self.tls_active {
+                text.push_str("\nAUTH PLAIN LOGIN");
+            }
         }
         out.push(&Reply {
             code: 250,
@@ -407,6 +486,9 @@ impl ServerSession {
         }
         if self.tx.is_some() {
             return Err(replies::NESTED_MAIL);
+        }
+        if self.params.require_tls && !self.tls_active {
+            return Err(replies::MUST_STARTTLS);
         }
         // RFC 1870 §6: refuse a declared size over the limit before any body is sent.
         if params
@@ -444,8 +526,9 @@ impl ServerSession {
         if !path.is_ascii() && !tx.smtputf8 {
             return Err(replies::NEED_SMTPUTF8);
         }
-        // Never an open relay: the glue decides `relay_allowed` from `relay_from`.
-        if !self.params.relay_allowed {
+        // Never an open relay: the glue decides `relay_allowed` from `relay_from`; an
+        // authenticated client may relay from anywhere.
+        if !self.params.relay_allowed && self.authenticated.is_none() {
             return Err(replies::RELAY_DENIED);
         }
         if tx.recipients.len() >= self.params.limits.max_recipients {
@@ -548,17 +631,80 @@ impl ServerSession {
         Some(Next::StartTls)
     }
 
-    /// No SASL mechanism exists yet; when AUTH is offered it is still refused in plaintext
-    /// (RFC 4954 §4), so credentials are never invited over an unencrypted connection.
-    fn refuse_auth(&self) -> Reply {
+    /// RFC 4954 §4: AUTH only when offered, after EHLO, over TLS, once, outside a transaction.
+    fn check_auth(&self) -> Result<(), Reply> {
         if !self.params.auth_offered {
-            replies::NOT_IMPLEMENTED
-        } else if self.helo.is_none() {
-            replies::NEED_HELO
-        } else if !self.tls_active {
-            replies::ENCRYPTION_REQUIRED
-        } else {
-            replies::UNKNOWN_AUTH_MECHANISM
+            return Err(replies::NOT_IMPLEMENTED);
+        }
+        if self.helo.is_none() {
+            return Err(replies::NEED_HELO);
+        }
+        if !self.tls_active {
+            return Err(replies::ENCRYPTION_REQUIRED);
+        }
+        if self.authenticated.is_some() {
+            return Err(replies::ALREADY_AUTHENTICATED);
+        }
+        if self.tx.is_some() {
+            return Err(replies::TRANSACTION_IN_PROGRESS);
+        }
+        Ok(())
+    }
+
+    fn proceed_auth(
+        &mut self,
+        mechanism: &str,
+        initial_response: Option<&str>,
+        out: &mut Replies,
+    ) -> Result<Option<Next>, Reply> {
+        let mechanism = Mechanism::parse(mechanism).ok_or(replies::UNKNOWN_AUTH_MECHANISM)?;
+        let (exchange, step) = SaslExchange::start(mechanism, initial_response);
+        self.state = State::AwaitSasl(exchange);
+        self.sasl_step(step, out)
+    }
+
+    /// One SASL response line (RFC 4954 §4); the framer's limits apply to it.
+    fn handle_sasl_line(&mut self, input: &[u8], out: &mut Replies) -> (usize, Option<Next>) {
+        let (consumed, step) = match self.framer.next_line(input) {
+            Frame::Partial { consumed } => return (consumed, Some(Next::NeedInput)),
+            Frame::TooLong { consumed } => {
+                self.state = State::AwaitMail;
+                return (consumed, self.reject(replies::AUTH_LINE_TOO_LONG, out));
+            }
+            Frame::Line { line, consumed } => {
+                let step = match (std::str::from_utf8(line), &mut self.state) {
+                    (Ok(line), State::AwaitSasl(exchange)) => exchange.respond(line),
+                    _ => SaslStep::Failed(SaslError::BadBase64),
+                };
+                (consumed, step)
+            }
+        };
+        let next = match self.sasl_step(step, out) {
+            Ok(next) => next,
+            Err(reply) => self.reject(reply, out),
+        };
+        (consumed, next.or(Some(Next::FlushReplies)))
+    }
+
+    /// Acts on the exchange's move: a challenge, credentials for the glue, or a refusal
+    /// (which ends the exchange).
+    fn sasl_step(&mut self, step: SaslStep, out: &mut Replies) -> Result<Option<Next>, Reply> {
+        match step {
+            SaslStep::Challenge(challenge) => {
+                out.push_challenge(challenge);
+                Ok(Some(Next::FlushReplies))
+            }
+            SaslStep::Done(credentials) => {
+                self.state = State::AwaitAuthCheck;
+                Ok(Some(Next::AuthCheck(credentials)))
+            }
+            SaslStep::Failed(error) => {
+                self.state = State::AwaitMail;
+                Err(match error {
+                    SaslError::Canceled => replies::AUTH_CANCELED,
+                    SaslError::BadBase64 | SaslError::Malformed => replies::AUTH_BAD_RESPONSE,
+                })
+            }
         }
     }
 }

@@ -200,11 +200,14 @@ fn check_config_on_a_missing_file_exits_78() {
 }
 
 #[test]
-fn smarthost_tls_starttls_is_refused_until_tls_support_arrives() {
-    let run = check_config("[smarthost]\naddress = \"127.0.0.1:2600\"\ntls = \"starttls\"\n");
+fn smarthost_ca_file_that_cannot_be_read_exits_78_naming_the_key() {
+    let run = check_config(
+        "[smarthost]\naddress = \"127.0.0.1:2600\"\ntls = \"starttls\"\n\
+         ca_file = \"/nonexistent/ca.pem\"\n",
+    );
     assert_eq!(run.code, Some(78), "{run}");
     assert!(
-        run.all().contains("tls"),
+        run.all().contains("smarthost.ca_file"),
         "message does not name the key: {run}"
     );
 }

@@ -19,6 +19,7 @@ fn params() -> SessionParams {
         relay_allowed: true,
         tls: TlsMode::Unavailable,
         auth_offered: false,
+        require_tls: false,
         limits: Limits {
             max_message_size: 1000,
             max_recipients: 3,
@@ -99,6 +100,19 @@ impl Glue {
                 Next::StartTls => {
                     self.tls_leftover.push(std::mem::take(&mut self.pending));
                     self.session.tls_established();
+                }
+                // The one user of these tests: camera / pw.
+                Next::AuthCheck(credentials) => {
+                    let ok = credentials.username == "camera" && credentials.password == "pw";
+                    let next = self
+                        .session
+                        .auth_checked(ok.then_some(credentials.username), &mut replies);
+                    self.output.extend_from_slice(replies.as_bytes());
+                    replies.clear();
+                    if matches!(next, Next::Close) {
+                        self.closed = true;
+                        return;
+                    }
                 }
                 Next::Close => {
                     self.closed = true;
@@ -339,6 +353,163 @@ fn auth_is_refused_in_plaintext_when_offered() {
         &[
             ("C: EHLO c", &format!("S: {EHLO_REPLY}")),
             ("C: AUTH PLAIN AHVzZXIAcGFzcw==", "S: 538 5.7.11"),
+        ],
+    );
+}
+
+const EHLO_TLS_AUTH: &str = "250-mx.example\n250-PIPELINING\n250-SIZE 1000\n250-8BITMIME\n\
+                             250-ENHANCEDSTATUSCODES\n250-SMTPUTF8\n250 AUTH PLAIN LOGIN";
+
+/// A session over TLS (implicit, or after STARTTLS) that offers AUTH, from outside `relay_from`.
+fn tls_auth_params() -> SessionParams {
+    SessionParams {
+        tls: TlsMode::Active,
+        auth_offered: true,
+        relay_allowed: false,
+        ..params()
+    }
+}
+
+#[test]
+fn auth_is_advertised_only_over_tls() {
+    let offered = SessionParams {
+        tls: TlsMode::Offered,
+        auth_offered: true,
+        ..params()
+    };
+    transcript_with(
+        offered,
+        &[
+            ("C: EHLO c", "S: 250-mx.example\n250-PIPELINING\n250-SIZE 1000\n250-8BITMIME\n250-ENHANCEDSTATUSCODES\n250-SMTPUTF8\n250 STARTTLS"),
+            ("C: AUTH LOGIN", "S: 538 5.7.11"),
+            ("C: STARTTLS", "S: 220 2.0.0"),
+            ("C: EHLO c", &format!("S: {EHLO_TLS_AUTH}")),
+        ],
+    );
+}
+
+#[test]
+fn auth_plain_success_lets_an_outsider_relay() {
+    let glue = transcript_with(
+        tls_auth_params(),
+        &[
+            ("C: EHLO c", &format!("S: {EHLO_TLS_AUTH}")),
+            ("C: MAIL FROM:<a@b.example>", "S: 250 2.1.0"),
+            ("C: RCPT TO:<c@d.example>", "S: 554 5.7.1"),
+            ("C: AUTH PLAIN AGNhbWVyYQBwdw==", "S: 503 5.5.1"),
+            ("C: RSET", "S: 250 2.0.0"),
+            ("C: AUTH PLAIN AGNhbWVyYQBwdw==", "S: 235 2.7.0"),
+            ("C: AUTH PLAIN AGNhbWVyYQBwdw==", "S: 503 5.5.1"),
+            ("C: MAIL FROM:<a@b.example>", "S: 250 2.1.0"),
+            ("C: RCPT TO:<c@d.example>", "S: 250 2.1.5"),
+        ],
+    );
+    assert_eq!(glue.session.authenticated(), Some("camera"));
+    let header = glue.session.received_header("ID", "date");
+    assert!(header.contains("with ESMTPSA id ID"), "{header}");
+}
+
+#[test]
+fn auth_plain_and_login_with_challenges() {
+    transcript_with(
+        tls_auth_params(),
+        &[
+            ("C: EHLO c", &format!("S: {EHLO_TLS_AUTH}")),
+            ("C: AUTH PLAIN", "S: 334 "),
+            ("C: AGNhbWVyYQBwdw==", "S: 235 2.7.0"),
+        ],
+    );
+    let glue = transcript_with(
+        tls_auth_params(),
+        &[
+            ("C: EHLO c", &format!("S: {EHLO_TLS_AUTH}")),
+            ("C: auth login", "S: 334 VXNlcm5hbWU6"),
+            ("C: Y2FtZXJh", "S: 334 UGFzc3dvcmQ6"),
+            ("C: cHc=", "S: 235 2.7.0"),
+            ("C: RCPT TO:<c@d.example>", "S: 503 5.5.1"),
+        ],
+    );
+    assert!(!glue.closed);
+}
+
+#[test]
+fn empty_challenge_keeps_its_space() {
+    let mut glue = Glue::new(tls_auth_params());
+    glue.feed(b"EHLO c\r\nAUTH PLAIN\r\n");
+    assert!(glue.take_output().ends_with("\r\n334 \r\n"));
+}
+
+#[test]
+fn auth_failures_get_535_then_421_and_close() {
+    let glue = transcript_with(
+        tls_auth_params(),
+        &[
+            ("C: EHLO c", &format!("S: {EHLO_TLS_AUTH}")),
+            // camera / wrong
+            ("C: AUTH PLAIN AGNhbWVyYQB3cm9uZw==", "S: 535 5.7.8"),
+            ("C: AUTH LOGIN Y2FtZXJh", "S: 334 UGFzc3dvcmQ6"),
+            ("C: d3Jvbmc=", "S: 535 5.7.8"),
+            (
+                "C: AUTH PLAIN AGNhbWVyYQB3cm9uZw==",
+                "S: 535 5.7.8\n421 4.7.0",
+            ),
+        ],
+    );
+    assert!(glue.closed);
+    assert_eq!(glue.session.authenticated(), None);
+}
+
+#[test]
+fn auth_cancel_junk_and_unknown_mechanisms_are_refused() {
+    let mut params = tls_auth_params();
+    params.limits.max_errors = 10;
+    let glue = transcript_with(
+        params,
+        &[
+            ("C: AUTH PLAIN AGNhbWVyYQBwdw==", "S: 503 5.5.1"),
+            ("C: EHLO c", &format!("S: {EHLO_TLS_AUTH}")),
+            ("C: AUTH CRAM-MD5", "S: 504 5.5.4"),
+            ("C: AUTH", "S: 501 5.5.4"),
+            ("C: AUTH LOGIN", "S: 334 VXNlcm5hbWU6"),
+            ("C: *", "S: 501 5.0.0"),
+            ("C: AUTH PLAIN", "S: 334 "),
+            ("C: !!not base64!!", "S: 501 5.5.2"),
+            ("C: AUTH PLAIN bm8gbnVscw==", "S: 501 5.5.2"),
+            ("C: NOOP", "S: 250 2.0.0"),
+        ],
+    );
+    assert_eq!(glue.session.authenticated(), None);
+}
+
+#[test]
+fn over_long_auth_response_gets_500_5_5_6() {
+    let long = format!("C: {}", "QUFB".repeat(200));
+    transcript_with(
+        tls_auth_params(),
+        &[
+            ("C: EHLO c", &format!("S: {EHLO_TLS_AUTH}")),
+            ("C: AUTH PLAIN", "S: 334 "),
+            (long.as_str(), "S: 500 5.5.6"),
+            ("C: NOOP", "S: 250 2.0.0"),
+        ],
+    );
+}
+
+#[test]
+fn require_tls_refuses_mail_before_starttls() {
+    let required = SessionParams {
+        tls: TlsMode::Offered,
+        require_tls: true,
+        ..params()
+    };
+    transcript_with(
+        required,
+        &[
+            ("C: EHLO c", "S: 250-mx.example\n250-PIPELINING\n250-SIZE 1000\n250-8BITMIME\n250-ENHANCEDSTATUSCODES\n250-SMTPUTF8\n250 STARTTLS"),
+            ("C: MAIL FROM:<a@b.example>", "S: 530 5.7.0"),
+            ("C: STARTTLS", "S: 220 2.0.0"),
+            ("C: EHLO c", &format!("S: {EHLO_REPLY}")),
+            ("C: MAIL FROM:<a@b.example>", "S: 250 2.1.0"),
         ],
     );
 }
