@@ -294,6 +294,12 @@ impl Forwarder {
                 let _ = conn.read_reply_within(Stage::Quit, wait).await;
             }
         }
+        // TLS close_notify, bounded like the QUIT.
+        let stream = &mut conn.stream;
+        let _ = with_timeout(QUIT_TIMEOUT, Stage::Quit, async {
+            stream.close().await.map_err(ForwardError::Io)
+        })
+        .await;
         Ok(())
     }
 
