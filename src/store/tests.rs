@@ -24,7 +24,20 @@ fn options(max_bytes: u64) -> StoreOptions {
 }
 
 fn open(dir: &TempDir) -> (Store, RecoveryReport) {
-    let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+    // A dropped store's last sync may still be finishing on the blocking pool, holding sled's
+    // file lock for a moment (seen under CPU contention): retry, bounded.
+    let mut tries = 0;
+    let store = loop {
+        match Store::open(dir.path(), options(1 << 30)) {
+            Ok(store) => break store,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                eprintln!("reopen attempt {tries}: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot reopen the store: {e}"),
+        }
+    };
     let report = store.recover().unwrap();
     (store, report)
 }

@@ -290,3 +290,31 @@ fn sigterm_exits_0() {
         other => relay.fail(&format!("after SIGTERM: {other:?}")),
     }
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_transaction_finish_then_exits_0() {
+    let mut relay = RelayProcess::start("");
+    let mut client = RawClient::ready(relay.port());
+    assert_eq!(client.cmd("MAIL FROM:<a@lan.test>").code, 250);
+    assert_eq!(client.cmd("RCPT TO:<b@remote.test>").code, 250);
+    assert_eq!(client.cmd("DATA").code, 354);
+    client.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
+    let pid = relay.pid().expect("relay not running");
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status();
+    // Finish the transaction after the signal: it must still be accepted.
+    thread::sleep(Duration::from_millis(300));
+    client.send(b"second half\r\n.\r\n");
+    let reply = client.read_reply();
+    if reply.code != 250 {
+        relay.fail(&format!(
+            "in-flight message not accepted after SIGTERM: {reply}"
+        ));
+    }
+    let status = relay.terminate(Duration::from_secs(20));
+    match status {
+        Some(status) if status.success() => {}
+        other => relay.fail(&format!("after SIGTERM: {other:?}")),
+    }
+}

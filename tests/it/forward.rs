@@ -105,3 +105,48 @@ fn queue_built_during_outage_is_drained_over_one_connection() {
         "queued mail was sent over several connections:\n{transcript}"
     );
 }
+
+#[test]
+fn large_message_spanning_many_store_chunks_is_relayed_byte_exact() {
+    let upstream = Upstream::start();
+    let relay = RelayProcess::start_to(upstream.port());
+    let mut client = RawClient::ready(relay.port());
+    // About 600 KB: many 32 KiB spool chunks, lines of varied length, some starting with '.'.
+    let mut real = b"Subject: large\r\n\r\n".to_vec();
+    let mut wire = real.clone();
+    for n in 0..8000usize {
+        let line = if n % 97 == 0 {
+            format!(".dot line {n}\r\n")
+        } else {
+            format!("{n:05} {}\r\n", "abcdefghij".repeat(n % 9 + 1))
+        };
+        real.extend_from_slice(line.as_bytes());
+        if line.starts_with('.') {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line.as_bytes());
+    }
+    assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &wire));
+    let got = upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("nothing delivered"));
+    let body = got[0].after_received().expect("no Received: field");
+    assert_eq!(body.len(), real.len(), "length differs");
+    assert!(body == &real[..], "large message altered in transit");
+}
+
+#[test]
+fn smarthost_flag_overrides_the_config_file() {
+    let upstream = Upstream::start();
+    // The file names a smarthost that is down; the flag must win.
+    let down = Upstream::reserve_port();
+    let relay = RelayProcess::start_with_args(
+        crate::util::RelayConfig::with_smarthost(down),
+        &["--smarthost", &format!("127.0.0.1:{}", upstream.port())],
+    );
+    let mut client = RawClient::ready(relay.port());
+    assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &message("flag", "x\r\n")));
+    upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("--smarthost did not take effect"));
+}

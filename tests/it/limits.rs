@@ -294,3 +294,53 @@ fn stalled_data_times_out_with_421_4_4_2_and_nothing_is_queued() {
         "the stalled message was relayed"
     );
 }
+
+#[test]
+fn full_queue_gets_452_4_3_1_and_keeps_what_it_accepted() {
+    // The smarthost is down: everything accepted stays queued, so the cap is reached.
+    let down = Upstream::reserve_port();
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(down)
+            .top("max_message_size = 2000")
+            .queue("max_bytes = 4000"),
+    );
+    let mut client = RawClient::ready(relay.port());
+    let body = body_of(20, 70); // about 1.5 KB per message
+    let mut accepted = 0;
+    let mut refused = None;
+    for _ in 0..10 {
+        let reply = client.cmd("MAIL FROM:<a@lan.test>");
+        if reply.code != 250 {
+            refused = Some(reply);
+            break;
+        }
+        assert_eq!(client.cmd("RCPT TO:<b@remote.test>").code, 250);
+        let data = client.cmd("DATA");
+        if data.code != 354 {
+            refused = Some(data);
+            break;
+        }
+        client.send(&body);
+        client.send(b".\r\n");
+        let reply = client.read_reply();
+        if reply.code != 250 {
+            refused = Some(reply);
+            break;
+        }
+        accepted += 1;
+    }
+    let refused = refused.unwrap_or_else(|| relay.fail("max_bytes never refused a message"));
+    assert_eq!(refused.code, 452, "{refused}\n{}", client.transcript());
+    assert!(refused.text().starts_with("4.3.1"), "{refused}");
+    assert!(
+        accepted >= 1,
+        "the first message was refused: {}",
+        client.transcript()
+    );
+    assert_eq!(client.cmd("RSET").code, 250, "session unusable after 452");
+    // Everything acknowledged is delivered once the smarthost is back.
+    let upstream = Upstream::start_on(down);
+    upstream
+        .wait_for(accepted, DELIVERY)
+        .unwrap_or_else(|| relay.fail("accepted messages lost after the queue filled"));
+}

@@ -342,3 +342,16 @@ fn null_sender_is_accepted() {
     assert_eq!(client.cmd("MAIL FROM:<>").code, 250);
     assert_eq!(client.cmd("RCPT TO:<postmaster@remote.test>").code, 250);
 }
+
+#[test]
+fn smtputf8_addresses_are_accepted_with_the_smtputf8_parameter() {
+    let relay = RelayProcess::start("");
+    let mut client = RawClient::ready(relay.port());
+    let reply = client.cmd("MAIL FROM:<jörg@lan.test> SMTPUTF8");
+    assert_eq!(reply.code, 250, "{reply}");
+    let reply = client.cmd("RCPT TO:<zoë@remote.test>");
+    assert_eq!(reply.code, 250, "{reply}");
+    assert_eq!(client.cmd("DATA").code, 354);
+    client.send("Subject: ünïcödé\r\n\r\nx\r\n.\r\n".as_bytes());
+    assert_queued(&client.read_reply());
+}

@@ -202,6 +202,8 @@ pub(crate) struct RelayProcess {
     pub(crate) config_path: PathBuf,
     pub(crate) data_dir: PathBuf,
     child: Option<Child>,
+    /// Extra `serve` arguments (flags that override the file).
+    args: Vec<String>,
     /// Everything the relay printed, over all restarts.
     log: Arc<Mutex<String>>,
     /// The current listening port (changes on every restart: the config says port 0).
@@ -221,6 +223,11 @@ impl RelayProcess {
     }
 
     pub(crate) fn start_with(config: RelayConfig) -> Self {
+        Self::start_with_args(config, &[])
+    }
+
+    /// Like `start_with`, adding `serve` flags after `--config FILE`.
+    pub(crate) fn start_with_args(config: RelayConfig, args: &[&str]) -> Self {
         let dir = TestDir::new();
         let data_dir = dir.join("data");
         let config_path = dir.join("outpost.toml");
@@ -230,6 +237,7 @@ impl RelayProcess {
             config_path,
             data_dir,
             child: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             log: Arc::new(Mutex::new(String::new())),
             port: Arc::new(AtomicU16::new(0)),
             starts: 0,
@@ -250,6 +258,11 @@ impl RelayProcess {
 
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The running child's process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, no chance to flush or clean up.
@@ -315,6 +328,7 @@ impl RelayProcess {
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
+            .args(&self.args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -576,7 +590,30 @@ impl Upstream {
     }
 
     /// A loopback port that nothing listens on now (the smarthost is "down").
+    ///
+    /// Picked below the kernel's ephemeral range, so that neither another test's `bind(0)` nor
+    /// an outgoing connection (the relay's own, which could otherwise connect to itself) takes
+    /// it before `start_on`.
     pub(crate) fn reserve_port() -> u16 {
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let span = low.saturating_sub(10_000).max(1);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        for _ in 0..200 {
+            let n = u32::from(NEXT.fetch_add(1, Ordering::SeqCst));
+            let offset = (seed.wrapping_add(n.wrapping_mul(7919))) % u32::from(span);
+            let port = low - 1 - u16::try_from(offset).unwrap();
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        // Fall back to any free port.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     }
