@@ -430,8 +430,13 @@ impl Conn<'_> {
         let spool_id = spool.id();
         match spool.commit(info, self.ctx.clock.now()).await {
             Ok(Ok(id)) => {
+                // Who relayed it: the AUTH user, if any (Postfix's sasl_username).
+                let user = self
+                    .session
+                    .authenticated()
+                    .map_or_else(String::new, |user| format!(" user={user:?}"));
                 info!(
-                    "{tag} queue_id={id} from=<{}> nrcpt={} size={} status=queued",
+                    "{tag} queue_id={id} from=<{}> nrcpt={} size={}{user} status=queued",
                     envelope.reverse_path.as_str(),
                     envelope.recipients.len(),
                     envelope.size
