@@ -7,32 +7,29 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_io::Timer;
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_lite::future;
 use log::{debug, error, info, warn};
-use smol::net::TcpStream;
 
 use crate::clock::{QueueClock, QueueTime};
-use crate::net::tls::{self, MaybeTls};
-use crate::smtp::body::BodyEncoder;
 use crate::smtp::client::{
     ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, SessionFailure, Stage,
 };
 use crate::smtp::date::rfc5322_date;
-use crate::smtp::reply::{parse_reply, Reply};
 use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreError};
 
+use self::link::{open_session, transfer, Connection};
 use self::outcome::{classify, ForwardError, Outcome};
 use self::schedule::Jitter;
 
 pub use crate::smtp::client::{ClientCredentials, TlsPolicy};
 
 pub mod dsn;
+mod link;
 pub mod outcome;
 pub mod schedule;
 
@@ -169,9 +166,6 @@ impl LinkState {
         counter.set(counter.get().saturating_add(1));
     }
 }
-
-/// Body bytes written to the smarthost per write.
-const WRITE_CHUNK: usize = 32 * 1024;
 
 /// Longest wait for the reply to QUIT.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -410,6 +404,7 @@ impl Forwarder {
                 let _ = conn.read_reply_within(Stage::Quit, wait).await;
             }
         }
+        conn.close(QUIT_TIMEOUT).await;
         Ok(())
     }
 
@@ -701,228 +696,6 @@ impl Forwarder {
             );
         }
     }
-}
-
-/// Connects and runs the handshake (TLS for `Implicit`, greeting, EHLO/HELO, STARTTLS, AUTH)
-/// until the session is ready. With a TLS policy, nothing but the handshake happens before
-/// TLS is up: no plaintext fallback.
-async fn open_session(
-    smarthost: &str,
-    params: ClientParams,
-    tls_config: Option<Arc<rustls::ClientConfig>>,
-    timeout: Duration,
-) -> Result<(Connection, ClientSession), ForwardError> {
-    let stream = with_timeout(timeout, Stage::Greeting, async {
-        TcpStream::connect(smarthost)
-            .await
-            .map_err(ForwardError::Connect)
-    })
-    .await?;
-    let mut conn = Connection {
-        stream: MaybeTls::Plain(stream),
-        input: Vec::new(),
-        timeout,
-    };
-    if params.tls == TlsPolicy::Implicit {
-        conn.start_tls(smarthost, tls_config.as_ref(), Stage::Greeting)
-            .await?;
-    }
-    let mut session = ClientSession::new(params);
-    let mut step = session.handle_reply(&conn.read_reply(Stage::Greeting).await?);
-    loop {
-        match step {
-            // The bytes may be AUTH secrets: never logged.
-            ClientStep::Send(bytes) => {
-                conn.write(&bytes).await?;
-                step = session.handle_reply(&conn.read_reply(Stage::Ehlo).await?);
-            }
-            ClientStep::StartTls => {
-                conn.start_tls(smarthost, tls_config.as_ref(), Stage::StartTls)
-                    .await?;
-                step = session.tls_established();
-            }
-            ClientStep::Ready => return Ok((conn, session)),
-            ClientStep::Failed(failure) => return Err(failure.into()),
-            other => {
-                debug!("unexpected step during the smarthost handshake: {other:?}");
-                return Err(SessionFailure::Closed.into());
-            }
-        }
-    }
-}
-
-/// Sends one message on a ready session: envelope, then the body from `open_body` (dot-stuffed
-/// on the way), then the final dot. `Ok(None)`: the session was closed before the message
-/// could start. On `Err`, the caller gets the partial report from `session.aborted`.
-async fn transfer<I>(
-    conn: &mut Connection,
-    session: &mut ClientSession,
-    envelope: &Envelope,
-    open_body: impl FnOnce() -> Result<I, StoreError>,
-    data_end_timeout: Duration,
-) -> Result<Option<DeliveryReport>, ForwardError>
-where
-    I: Iterator<Item = Result<Vec<u8>, StoreError>>,
-{
-    let mut open_body = Some(open_body);
-    let mut step = session.start_message(envelope);
-    loop {
-        let reply = match step {
-            ClientStep::Send(bytes) => {
-                conn.write(&bytes).await?;
-                conn.read_reply(Stage::Mail).await?
-            }
-            ClientStep::Wait => conn.read_reply(Stage::Rcpt).await?,
-            ClientStep::SendBody => {
-                let Some(open_body) = open_body.take() else {
-                    return Err(SessionFailure::Closed.into());
-                };
-                send_body(conn, open_body().map_err(store_io)?).await?;
-                conn.read_reply_within(Stage::DataEnd, data_end_timeout)
-                    .await?
-            }
-            ClientStep::MessageDone(report) => return Ok(Some(report)),
-            ClientStep::Failed(_) | ClientStep::Ready | ClientStep::Done | ClientStep::StartTls => {
-                return Ok(None);
-            }
-        };
-        step = session.handle_reply(&reply);
-    }
-}
-
-/// Streams body chunks, dot-stuffed, ending with `.\r\n`, in writes of about `WRITE_CHUNK`.
-async fn send_body(
-    conn: &mut Connection,
-    chunks: impl Iterator<Item = Result<Vec<u8>, StoreError>>,
-) -> Result<(), ForwardError> {
-    let mut encoder = BodyEncoder::new();
-    let mut out = Vec::with_capacity(WRITE_CHUNK + 1024);
-    for chunk in chunks {
-        let chunk = chunk.map_err(store_io)?;
-        encoder.encode(&chunk, &mut out);
-        if out.len() >= WRITE_CHUNK {
-            conn.write(&out).await?;
-            out.clear();
-        }
-    }
-    encoder.finish(&mut out);
-    conn.write(&out).await
-}
-
-/// The TCP stream to the smarthost with its unparsed input.
-struct Connection {
-    stream: MaybeTls<TcpStream>,
-    input: Vec<u8>,
-    timeout: Duration,
-}
-
-impl Connection {
-    /// The client handshake, bounded by the command timeout; the certificate must be valid for
-    /// the smarthost's host name (also the SNI).
-    async fn start_tls(
-        &mut self,
-        smarthost: &str,
-        config: Option<&Arc<rustls::ClientConfig>>,
-        stage: Stage,
-    ) -> Result<(), ForwardError> {
-        // RFC 3207 §4.2 in reverse: a reply the smarthost sent behind its 220 in plaintext
-        // could be an attacker's; refuse rather than read it inside TLS.
-        if !self.input.is_empty() {
-            return Err(ForwardError::Tls {
-                message: format!("smarthost {smarthost} sent data after its 220 to STARTTLS"),
-                transient: true,
-            });
-        }
-        let (Some(config), Ok(name)) = (config, tls::server_name(smarthost)) else {
-            return Err(ForwardError::Tls {
-                message: format!("no usable TLS settings for smarthost {smarthost}"),
-                transient: false,
-            });
-        };
-        let stream = &mut self.stream;
-        let handshake = with_timeout(self.timeout, stage, async {
-            stream.connect(config, name).await.map_err(ForwardError::Io)
-        })
-        .await;
-        match handshake {
-            Ok(()) => {
-                debug!(
-                    "smarthost {smarthost}: TLS established ({})",
-                    self.stream.describe()
-                );
-                Ok(())
-            }
-            Err(ForwardError::Io(e)) => {
-                let failure = tls::describe_handshake_error(&e, smarthost);
-                if failure.clock_wrong {
-                    error!("the system clock is wrong: {}", failure.message);
-                }
-                Err(ForwardError::Tls {
-                    message: failure.message,
-                    transient: failure.clock_wrong || e.get_ref().is_none(),
-                })
-            }
-            Err(other) => Err(other),
-        }
-    }
-
-    async fn read_reply(&mut self, stage: Stage) -> Result<Reply, ForwardError> {
-        self.read_reply_within(stage, self.timeout).await
-    }
-
-    async fn read_reply_within(
-        &mut self,
-        stage: Stage,
-        timeout: Duration,
-    ) -> Result<Reply, ForwardError> {
-        loop {
-            if let Some((reply, used)) = parse_reply(&self.input).map_err(ForwardError::Protocol)? {
-                self.input.drain(..used);
-                debug!("smarthost: {reply}");
-                return Ok(reply);
-            }
-            let mut buf = [0u8; 4096];
-            let stream = &mut self.stream;
-            let n = with_timeout(timeout, stage, async {
-                stream.read(&mut buf).await.map_err(ForwardError::Io)
-            })
-            .await?;
-            if n == 0 {
-                let eof = io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "smarthost closed the connection",
-                );
-                return Err(ForwardError::Io(eof));
-            }
-            self.input.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), ForwardError> {
-        let stream = &mut self.stream;
-        with_timeout(self.timeout, Stage::Data, async {
-            stream.write_all(bytes).await.map_err(ForwardError::Io)?;
-            stream.flush().await.map_err(ForwardError::Io)
-        })
-        .await
-    }
-}
-
-/// Races `work` against a timer (the async-io timeout idiom).
-async fn with_timeout<T>(
-    timeout: Duration,
-    stage: Stage,
-    work: impl std::future::Future<Output = Result<T, ForwardError>>,
-) -> Result<T, ForwardError> {
-    future::or(work, async {
-        Timer::after(timeout).await;
-        Err(ForwardError::Timeout(stage))
-    })
-    .await
-}
-
-fn store_io(error: StoreError) -> ForwardError {
-    ForwardError::Io(io::Error::other(error.to_string()))
 }
 
 /// `host` of `host:port` (for `Remote-MTA` and messages).

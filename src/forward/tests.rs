@@ -1,6 +1,7 @@
 //! End-to-end tests of the forwarder: `open_session`/`transfer` and `run` against an independent
 //! upstream (mailin-embedded on 127.0.0.1:0) and, for `run`, the real store in a temp dir.
 
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -34,6 +34,9 @@ const MAX_CHUNK: usize = 32 * 1024;
 /// 2 × `INPUT_BUF` (bare LF becomes CRLF), so the buffer never exceeds `MAX_CHUNK`.
 const SPILL_AT: usize = MAX_CHUNK - 2 * INPUT_BUF;
 const _: () = assert!(SPILL_AT - 1 + 2 * INPUT_BUF <= MAX_CHUNK);
+
+/// Longest wait for a clean close (TLS close_notify) after the session said `Close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Drives one session to its end; never panics on peer input, logs how it ended. With
 /// `implicit_tls` (a `listen_tls` port) the TLS handshake comes before the greeting.
@@ -70,6 +73,19 @@ pub(super) async fn run(
         len: 0,
     };
     let end = conn.drive().await;
+    if matches!(end, End::Closed) {
+        // TLS close_notify (or a TCP half-close), so the client sees a clean end; bounded.
+        let stream = &mut conn.stream;
+        future::or(
+            async {
+                let _ = stream.close().await;
+            },
+            async {
+                Timer::after(CLOSE_TIMEOUT).await;
+            },
+        )
+        .await;
+    }
     let in_body = conn.session.awaiting() == Awaiting::Body;
     if let SpoolState::Open(spool) = std::mem::take(&mut conn.spool) {
         spool.abort();
@@ -414,8 +430,13 @@ impl Conn<'_> {
         let spool_id = spool.id();
         match spool.commit(info, self.ctx.clock.now()).await {
             Ok(Ok(id)) => {
+                // Who relayed it: the AUTH user, if any (Postfix's sasl_username).
+                let user = self
+                    .session
+                    .authenticated()
+                    .map_or_else(String::new, |user| format!(" user={user:?}"));
                 info!(
-                    "{tag} queue_id={id} from=<{}> nrcpt={} size={} status=queued",
+                    "{tag} queue_id={id} from=<{}> nrcpt={} size={}{user} status=queued",
                     envelope.reverse_path.as_str(),
                     envelope.recipients.len(),
                     envelope.size

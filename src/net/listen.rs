@@ -50,7 +50,10 @@ pub(super) async fn accept_loop(
                 "session={id} peer={peer} status=rejected reason=\"too many connections ({})\"",
                 ctx.config.max_connections
             );
-            refuse(stream.get_ref(), &ctx.config.hostname);
+            // A TLS client could not read a plaintext 421: it is just closed.
+            if !implicit_tls {
+                refuse(stream.get_ref(), &ctx.config.hostname);
+            }
             continue;
         }
         if let Err(e) = stream.get_ref().set_nodelay(true) {

@@ -1241,14 +1241,24 @@ mod tests {
         #[test]
         fn any_reply_sequence_is_handled(
             codes in proptest::collection::vec(
-                proptest::sample::select(vec![220u16, 221, 250, 251, 354, 421, 450, 451, 500, 550, 554, 199, 600]),
+                proptest::sample::select(vec![220u16, 221, 235, 250, 251, 334, 354, 421, 450, 451, 500, 535, 550, 554, 199, 600]),
                 0..40,
             ),
             pipelining in proptest::bool::ANY,
             recipients in 1usize..4,
+            authenticate in proptest::bool::ANY,
         ) {
-            let mut session = ClientSession::new(params(TlsPolicy::None));
-            let ehlo = if pipelining { EHLO_PIPELINING } else { EHLO_PLAIN };
+            let mut session = if authenticate {
+                with_credentials(TlsPolicy::Implicit)
+            } else {
+                ClientSession::new(params(TlsPolicy::None))
+            };
+            let ehlo = match (authenticate, pipelining) {
+                (true, true) => "250-mx.example\n250-PIPELINING\n250 AUTH PLAIN",
+                (true, false) => "250-mx.example\n250 AUTH LOGIN",
+                (false, true) => EHLO_PIPELINING,
+                (false, false) => EHLO_PLAIN,
+            };
             let names: Vec<String> = (0..recipients).map(|i| format!("r{i}@x")).collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let mut finished = false;

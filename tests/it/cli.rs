@@ -318,3 +318,17 @@ fn sigterm_lets_an_in_flight_transaction_finish_then_exits_0() {
         other => relay.fail(&format!("after SIGTERM: {other:?}")),
     }
 }
+
+#[test]
+fn hostname_flag_names_the_relay_in_the_banner() {
+    let relay = crate::util::RelayProcess::start_with_args(
+        crate::util::RelayConfig::default(),
+        &["--hostname", "edge7.example"],
+    );
+    let (_client, greeting) = RawClient::connect(relay.port());
+    assert_eq!(greeting.code, 220);
+    assert!(
+        greeting.text().contains("edge7.example"),
+        "banner: {greeting}"
+    );
+}

@@ -876,6 +876,12 @@ mod properties {
             Just(b"DATA\r\n".to_vec()),
             Just(b"RSET\r\n".to_vec()),
             Just(b"STARTTLS\r\n".to_vec()),
+            Just(b"AUTH PLAIN AGNhbWVyYQBwdw==\r\n".to_vec()),
+            Just(b"AUTH PLAIN\r\n".to_vec()),
+            Just(b"AUTH LOGIN\r\n".to_vec()),
+            Just(b"Y2FtZXJh\r\n".to_vec()),
+            Just(b"cHc=\r\n".to_vec()),
+            Just(b"*\r\n".to_vec()),
             Just(b"\r\n.\r\n".to_vec()),
             Just(b"\n.\n".to_vec()),
             Just(b".".to_vec()),
@@ -899,8 +905,10 @@ mod properties {
             // the handshake, so splits matter there by design: only check it does not panic.
             let offered = SessionParams { tls: TlsMode::Offered, ..params() };
             Glue::new(offered).feed(&input);
+            // Over TLS with AUTH offered (and relaying only after AUTH), and in plaintext.
+            for session in [tls_auth_params(), params()] {
             let run = |cuts: &[usize]| {
-                let mut glue = Glue::new(params());
+                let mut glue = Glue::new(session.clone());
                 let mut start = 0;
                 for &cut in cuts.iter().chain([input.len()].iter()) {
                     glue.feed(&input[start..cut]);
@@ -919,6 +927,7 @@ mod properties {
             let split = run(&points);
             prop_assert_eq!(split.0, whole.0);
             prop_assert_eq!(split.1, whole.1);
+            }
         }
     }
 }

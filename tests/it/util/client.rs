@@ -1,0 +1,323 @@
+//! SMTP clients for the tests: lettre's sync transport and a raw `TcpStream` client for
+//! byte-exact transcripts. Every read has a timeout.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+/// Read timeout of the raw client: a reply that takes longer is a failure.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Sends `message` with lettre's sync SMTP transport (no TLS) and returns the reply to the final
+/// dot as `"250 2.0.0 queued as …"`, or lettre's error text.
+pub(crate) fn send_lettre(
+    port: u16,
+    from: &str,
+    to: &[&str],
+    message: &[u8],
+) -> Result<String, String> {
+    use lettre::address::Envelope;
+    use lettre::{Address, SmtpTransport, Transport};
+    let from: Address = from.parse().map_err(|e| format!("{e}"))?;
+    let to: Vec<Address> = to.iter().map(|a| a.parse().unwrap()).collect();
+    let envelope = Envelope::new(Some(from), to).map_err(|e| format!("{e}"))?;
+    let transport = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(port)
+        .timeout(Some(REPLY_TIMEOUT))
+        .build();
+    let message = message.to_vec();
+    thread::spawn(move || match transport.send_raw(&envelope, &message) {
+        Ok(response) => {
+            let lines: Vec<&str> = response.message().collect();
+            Ok(format!("{} {}", response.code(), lines.join("\n")))
+        }
+        Err(e) => Err(format!("{e}")),
+    })
+    .join()
+    .unwrap()
+}
+
+/// One reply: its code and each line's text after `NNN-`/`NNN `.
+#[derive(Clone, Debug)]
+pub(crate) struct Reply {
+    pub(crate) code: u16,
+    pub(crate) lines: Vec<String>,
+}
+
+impl Reply {
+    /// The first line's text (after the code).
+    pub(crate) fn text(&self) -> &str {
+        self.lines.first().map_or("", String::as_str)
+    }
+
+    /// Whether every line's text starts with an RFC 3463 status `c.s.d` with `c` = code / 100.
+    pub(crate) fn has_enhanced_status(&self) -> bool {
+        let class = char::from_digit(u32::from(self.code / 100), 10).unwrap_or('?');
+        self.lines.iter().all(|line| {
+            let status = line.split(' ').next().unwrap_or("");
+            let parts: Vec<&str> = status.split('.').collect();
+            parts.len() == 3
+                && parts[0].len() == 1
+                && parts[0].starts_with(class)
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        })
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.lines.join(" / "))
+    }
+}
+
+/// A raw SMTP client for byte-exact checks; keeps a transcript for failure messages.
+pub(crate) struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    transcript: String,
+}
+
+impl RawClient {
+    /// Connects and reads the greeting.
+    pub(crate) fn connect(port: u16) -> (Self, Reply) {
+        let mut client = Self::connect_no_greeting(port).unwrap();
+        let greeting = client.read_reply();
+        (client, greeting)
+    }
+
+    pub(crate) fn connect_no_greeting(port: u16) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+            transcript: String::new(),
+        })
+    }
+
+    /// Connects, reads the greeting and sends EHLO; panics unless both succeed.
+    pub(crate) fn ready(port: u16) -> Self {
+        let (mut client, greeting) = Self::connect(port);
+        client.check(greeting.code == 220, "greeting 220");
+        let ehlo = client.cmd("EHLO client.test");
+        client.check(ehlo.code == 250, "EHLO 250");
+        client
+    }
+
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
+        self.note("C", bytes);
+        if let Err(e) = self.stream.write_all(bytes) {
+            self.fail(&format!("write failed: {e}"));
+        }
+    }
+
+    /// Like `send` but reports errors (the peer may have closed).
+    pub(crate) fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.note("C", bytes);
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends `line` + CRLF and reads one reply.
+    pub(crate) fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.read_reply()
+    }
+
+    /// Reads one complete (possibly multi-line) reply; panics on timeout or EOF.
+    pub(crate) fn read_reply(&mut self) -> Reply {
+        match self.try_read_reply() {
+            Ok(reply) => reply,
+            Err(e) => self.fail(&format!("no complete reply: {e}")),
+        }
+    }
+
+    pub(crate) fn try_read_reply(&mut self) -> std::io::Result<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            let code = text
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("not a reply: {text:?}"),
+                    )
+                })?;
+            let sep = text.as_bytes().get(3).copied();
+            lines.push(text.get(4..).unwrap_or("").to_owned());
+            if sep != Some(b'-') {
+                return Ok(Reply { code, lines });
+            }
+        }
+    }
+
+    /// Whether the server closed the connection: EOF or a reset within the read timeout.
+    /// Unread bytes or a timeout count as open.
+    pub(crate) fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => {
+                self.buf.push(byte[0]);
+                false
+            }
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
+    fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                self.note("S", &line);
+                return Ok(line);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "server closed",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Runs MAIL, RCPT…, DATA, body (already dot-stuffed, ending in CRLF), `.`; returns the reply
+    /// to the final dot. Panics if an earlier step is refused.
+    pub(crate) fn send_mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> Reply {
+        let reply = self.cmd(&format!("MAIL FROM:<{from}>"));
+        self.check(reply.code == 250, "MAIL 250");
+        for rcpt in to {
+            let reply = self.cmd(&format!("RCPT TO:<{rcpt}>"));
+            self.check(reply.code == 250, "RCPT 250");
+        }
+        let reply = self.cmd("DATA");
+        self.check(reply.code == 354, "DATA 354");
+        self.send(body);
+        self.send(b".\r\n");
+        self.read_reply()
+    }
+
+    /// `send_mail` without panics, for clients that expect the relay to die under them.
+    pub(crate) fn try_send_mail(
+        &mut self,
+        from: &str,
+        to: &[&str],
+        body: &[u8],
+    ) -> std::io::Result<Reply> {
+        let refused =
+            |what: &str, reply: &Reply| std::io::Error::other(format!("{what} refused: {reply}"));
+        self.try_send(format!("MAIL FROM:<{from}>\r\n").as_bytes())?;
+        let reply = self.try_read_reply()?;
+        if reply.code != 250 {
+            return Err(refused("MAIL", &reply));
+        }
+        for rcpt in to {
+            self.try_send(format!("RCPT TO:<{rcpt}>\r\n").as_bytes())?;
+            let reply = self.try_read_reply()?;
+            if reply.code != 250 {
+                return Err(refused("RCPT", &reply));
+            }
+        }
+        self.try_send(b"DATA\r\n")?;
+        let reply = self.try_read_reply()?;
+        if reply.code != 354 {
+            return Err(refused("DATA", &reply));
+        }
+        self.try_send(body)?;
+        self.try_send(b".\r\n")?;
+        self.try_read_reply()
+    }
+
+    pub(crate) fn transcript(&self) -> &str {
+        &self.transcript
+    }
+
+    pub(crate) fn check(&self, cond: bool, what: &str) {
+        if !cond {
+            self.fail(&format!("expected {what}"));
+        }
+    }
+
+    pub(crate) fn fail(&self, msg: &str) -> ! {
+        panic!("{msg}\n==== client transcript ====\n{}", self.transcript);
+    }
+
+    fn note(&mut self, side: &str, bytes: &[u8]) {
+        if self.transcript.len() > 64 * 1024 {
+            return;
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let shown: String = text.chars().take(300).collect();
+        let _ = writeln!(self.transcript, "{side}: {:?}", shown);
+    }
+}
+
+/// Asserts that `reply` is `250 2.0.0 queued as <16 upper-case hex>` and returns the queue id.
+pub(crate) fn assert_queued(reply: &Reply) -> String {
+    let id = reply
+        .text()
+        .strip_prefix("2.0.0 queued as ")
+        .unwrap_or_else(|| {
+            panic!("expected `250 2.0.0 queued as <ID>`, got `{reply}`");
+        });
+    assert_eq!(reply.code, 250, "reply to the final dot: {reply}");
+    assert!(
+        id.len() == 16
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)),
+        "queue id is not 16 upper-case hex digits: {reply}"
+    );
+    id.to_owned()
+}
+
+/// A small RFC 5322 message with CRLF line ends and the given extra header and body.
+pub(crate) fn message(subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: sender@lan.test\r\nTo: rcpt@remote.test\r\nSubject: {subject}\r\n\
+         Message-ID: <{subject}@lan.test>\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enhanced_status_is_recognised() {
+        let ok = Reply {
+            code: 250,
+            lines: vec!["2.1.0 ok".into()],
+        };
+        let bad = Reply {
+            code: 250,
+            lines: vec!["ok".into()],
+        };
+        let wrong_class = Reply {
+            code: 550,
+            lines: vec!["4.1.0 no".into()],
+        };
+        assert!(ok.has_enhanced_status());
+        assert!(!bad.has_enhanced_status());
+        assert!(!wrong_class.has_enhanced_status());
+    }
+}

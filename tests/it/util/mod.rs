@@ -1,0 +1,103 @@
+//! Test harness: temp dirs, the real `outpost` binary as a child process (`relay`), an
+//! independent upstream smarthost (`upstream`: mailin-embedded behind a small recording proxy),
+//! SMTP clients (`client`: lettre and a raw transcript client) and a bounded `wait_until`. Never
+//! binds anything but 127.0.0.1, never waits without a deadline, and never uses the relay's own
+//! SMTP code.
+
+mod client;
+mod ops;
+mod relay;
+mod upstream;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub(crate) use client::*;
+pub(crate) use ops::*;
+pub(crate) use relay::*;
+pub(crate) use upstream::*;
+
+/// Polls `cond` every `poll` until it holds or `deadline` passes; returns whether it held.
+/// The number of polls is bounded by `deadline / poll + 1`.
+pub(crate) fn wait_until(
+    deadline: Duration,
+    poll: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        thread::sleep(poll);
+    }
+}
+
+// Temp dirs
+
+/// A per-test temporary directory, removed on drop (kept when the test panics, for inspection).
+pub(crate) struct TestDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDir {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("outpost-it-")
+            .tempdir()
+            .unwrap();
+        Self { dir: Some(dir) }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.as_ref().map(tempfile::TempDir::path).unwrap()
+    }
+
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    /// Recursive listing with sizes, for failure dumps.
+    pub(crate) fn listing(&self) -> String {
+        fn walk(dir: &Path, out: &mut String, depth: usize) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+            entries.sort_by_key(std::fs::DirEntry::file_name);
+            for entry in entries {
+                let path = entry.path();
+                let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "{:indent$}{} ({len} bytes)",
+                    "",
+                    entry.file_name().to_string_lossy(),
+                    indent = depth * 2
+                );
+                if path.is_dir() && depth < 4 {
+                    walk(&path, out, depth + 1);
+                }
+            }
+        }
+        let mut out = String::new();
+        walk(self.path(), &mut out, 0);
+        out
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("test dir kept at {}", kept.display());
+            }
+        }
+    }
+}

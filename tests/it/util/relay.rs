@@ -1,0 +1,344 @@
+//! The relay under test: the real `outpost serve` binary as a child process, its config, its
+//! captured log, SIGKILL/restart/SIGTERM. Never waits for it without a deadline.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::TestDir;
+
+/// Path of the binary under test.
+pub(crate) const OUTPOST: &str = env!("CARGO_BIN_EXE_outpost");
+
+/// Upper bound for the relay to print its `listening on` line.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Config sections the tests vary; everything else is fixed by `RelayProcess::start_with`.
+#[derive(Clone, Default)]
+pub(crate) struct RelayConfig {
+    /// Port of the smarthost on 127.0.0.1 (`None`: no `[smarthost]` section).
+    pub(crate) smarthost: Option<u16>,
+    /// Extra top-level keys, e.g. `max_recipients = 2`.
+    pub(crate) top: String,
+    /// Extra `[queue]` keys.
+    pub(crate) queue: String,
+    /// Extra `[timeouts]` keys.
+    pub(crate) timeouts: String,
+}
+
+impl RelayConfig {
+    pub(crate) fn with_smarthost(port: u16) -> Self {
+        Self {
+            smarthost: Some(port),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn top(mut self, toml: &str) -> Self {
+        self.top.push_str(toml);
+        self.top.push('\n');
+        self
+    }
+
+    pub(crate) fn queue(mut self, toml: &str) -> Self {
+        self.queue.push_str(toml);
+        self.queue.push('\n');
+        self
+    }
+
+    pub(crate) fn timeouts(mut self, toml: &str) -> Self {
+        self.timeouts.push_str(toml);
+        self.timeouts.push('\n');
+        self
+    }
+
+    fn render(&self, data_dir: &Path) -> String {
+        let mut toml = String::new();
+        let _ = writeln!(toml, "hostname = \"outpost.test\"");
+        let _ = writeln!(
+            toml,
+            "data_dir = {}",
+            toml_string(&data_dir.to_string_lossy())
+        );
+        let _ = writeln!(toml, "listen = [\"127.0.0.1:0\"]");
+        toml.push_str(&self.top);
+        if let Some(port) = self.smarthost {
+            let _ = writeln!(
+                toml,
+                "\n[smarthost]\naddress = \"127.0.0.1:{port}\"\ntls = \"none\""
+            );
+        }
+        let _ = writeln!(toml, "\n[queue]");
+        // A test that sets its own retry times replaces these (TOML refuses duplicate keys).
+        if !self.queue.contains("retry_min") {
+            let _ = writeln!(toml, "retry_min = \"1s\"");
+        }
+        if !self.queue.contains("retry_max") {
+            let _ = writeln!(toml, "retry_max = \"2s\"");
+        }
+        toml.push_str(&self.queue);
+        let _ = writeln!(
+            toml,
+            "\n[timeouts]\nsmarthost = \"10s\"\nsmarthost_data_end = \"10s\""
+        );
+        toml.push_str(&self.timeouts);
+        toml
+    }
+}
+
+/// A TOML basic string.
+pub(crate) fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The real `outpost serve` binary, run as a child process with its stderr captured.
+pub(crate) struct RelayProcess {
+    pub(crate) dir: TestDir,
+    pub(crate) config_path: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    child: Option<Child>,
+    /// Extra `serve` arguments (flags that override the file).
+    args: Vec<String>,
+    /// Everything the relay printed, over all restarts.
+    log: Arc<Mutex<String>>,
+    /// The current listening port (changes on every restart: the config says port 0).
+    port: Arc<AtomicU16>,
+    starts: usize,
+}
+
+impl RelayProcess {
+    /// Starts a relay with no smarthost and `top` as extra top-level config.
+    pub(crate) fn start(top: &str) -> Self {
+        Self::start_with(RelayConfig::default().top(top))
+    }
+
+    /// Starts a relay relaying to the upstream on `port` (which may not be listening yet).
+    pub(crate) fn start_to(port: u16) -> Self {
+        Self::start_with(RelayConfig::with_smarthost(port))
+    }
+
+    pub(crate) fn start_with(config: RelayConfig) -> Self {
+        Self::start_with_args(config, &[])
+    }
+
+    /// Like `start_with`, adding `serve` flags after `--config FILE`.
+    pub(crate) fn start_with_args(config: RelayConfig, args: &[&str]) -> Self {
+        let dir = TestDir::new();
+        let data_dir = dir.join("data");
+        let config_path = dir.join("outpost.toml");
+        std::fs::write(&config_path, config.render(&data_dir)).unwrap();
+        let mut relay = Self {
+            dir,
+            config_path,
+            data_dir,
+            child: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            log: Arc::new(Mutex::new(String::new())),
+            port: Arc::new(AtomicU16::new(0)),
+            starts: 0,
+        };
+        relay.spawn();
+        relay
+    }
+
+    /// The port the relay listens on now.
+    pub(crate) fn port(&self) -> u16 {
+        self.port.load(Ordering::SeqCst)
+    }
+
+    /// A handle that follows the port across restarts (for client threads).
+    pub(crate) fn port_handle(&self) -> Arc<AtomicU16> {
+        Arc::clone(&self.port)
+    }
+
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The running child's process id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, no chance to flush or clean up.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.note("---- killed with SIGKILL ----");
+        }
+    }
+
+    /// Starts the binary again on the same config and data dir (killing it first if running).
+    pub(crate) fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub(crate) fn terminate(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = child.id().to_string();
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status();
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.note(&format!("---- exited after SIGTERM: {status} ----"));
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Panics with `msg`, the relay's log and the data-dir listing.
+    pub(crate) fn fail(&self, msg: &str) -> ! {
+        panic!("{msg}\n{}", self.dump());
+    }
+
+    pub(crate) fn dump(&self) -> String {
+        format!(
+            "==== relay log ({}) ====\n{}\n==== data dir {} ====\n{}",
+            self.config_path.display(),
+            self.log(),
+            self.data_dir.display(),
+            self.dir.listing()
+        )
+    }
+
+    fn note(&self, line: &str) {
+        let mut log = self.log.lock().unwrap();
+        log.push_str(line);
+        log.push('\n');
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        self.note(&format!("---- start #{} ----", self.starts));
+        let mut child = Command::new(OUTPOST)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(&self.args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        for pipe in [
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&self.log);
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    let line = String::from_utf8_lossy(&line).into_owned();
+                    if let Some(addr) = listening_addr(&line) {
+                        let _ = tx.send(addr);
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        drop(tx);
+        self.child = Some(child);
+        let end = Instant::now() + START_DEADLINE;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(addr) => {
+                    self.port.store(addr.port(), Ordering::SeqCst);
+                    return;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    self.fail(&format!("relay exited before listening: {status:?}"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                        // Give the reader threads a moment to collect the last lines.
+                        thread::sleep(Duration::from_millis(100));
+                        self.fail(&format!("relay exited before listening: {status}"));
+                    }
+                    if Instant::now() >= end {
+                        self.fail("relay printed no `listening on 127.0.0.1:PORT` line in time");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("{}", self.dump());
+        }
+    }
+}
+
+/// Finds `listening on 127.0.0.1:PORT` in a log line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let token: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ')')
+        .collect();
+    token.trim_matches(|c| c == '"' || c == '\'').parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_line_is_parsed() {
+        let line = "2026-01-01T00:00:00Z INFO  [outpost::net] listening on 127.0.0.1:4321";
+        assert_eq!(
+            listening_addr(line),
+            Some("127.0.0.1:4321".parse().unwrap())
+        );
+        assert_eq!(listening_addr("listening on addr=127.0.0.1:9 x"), None);
+        assert_eq!(listening_addr("nothing here"), None);
+    }
+}
