@@ -8,6 +8,8 @@ mod auth;
 mod conn;
 mod listen;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+mod netlink;
 pub mod tls;
 
 use std::cell::{Cell, RefCell};
@@ -58,8 +60,6 @@ pub enum DaemonError {
         source: io::Error,
     },
     Signals(io::Error),
-    /// The control socket `data_dir/control.sock` could not be bound.
-    Control(io::Error),
     /// `[tls]` or `[smarthost] ca_file` could not be loaded (a config error).
     Tls(TlsError),
 }
@@ -73,7 +73,6 @@ impl DaemonError {
             Self::Bind { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => 77,
             Self::Bind { .. } => 69,
             Self::Signals(_) => 71,
-            Self::Control(_) => 73,
             // EX_CONFIG: the PEM files named in the config are unusable.
             Self::Tls(_) => 78,
         }
@@ -89,7 +88,6 @@ impl fmt::Display for DaemonError {
             Self::OpenStore(e) => write!(f, "cannot open the queue: {e}"),
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
-            Self::Control(e) => write!(f, "cannot create the control socket: {e}"),
             Self::Tls(e) => write!(f, "TLS configuration: {e}"),
         }
     }
@@ -360,7 +358,19 @@ fn run_daemon(
         None => None,
     };
     // After the store: its lock proves no other daemon owns this data_dir and its socket.
-    let control = crate::control::bind(&config.data_dir).map_err(DaemonError::Control)?;
+    // Without it the relay still relays (and sendmail's maildrop is still picked up every few
+    // seconds); only `outpost queue`/`status` cannot reach the daemon.
+    let control = match crate::control::bind(&config.data_dir) {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            error!(
+                "cannot create the control socket in {}: {e}; `outpost queue` and `outpost \
+                 status` will not reach this daemon",
+                config.data_dir.display()
+            );
+            None
+        }
+    };
     let ex = Rc::new(LocalExecutor::new());
     let mut ctx = Ctx::new(config, store, clock, tls, smarthost_tls);
     if let Some(fresh) = Rc::get_mut(&mut ctx) {
@@ -541,13 +551,24 @@ async fn late_listener(
 async fn operations(
     ex: Rc<LocalExecutor<'static>>,
     ctx: Rc<Ctx>,
-    control: Async<std::os::unix::net::UnixListener>,
+    control: Option<Async<std::os::unix::net::UnixListener>>,
     metrics: Option<Async<TcpListener>>,
 ) {
-    let control = ex.spawn(crate::control::serve(ex.clone(), control, ctx.clone()));
+    let control = control.map(|l| ex.spawn(crate::control::serve(ex.clone(), l, ctx.clone())));
     let maildrop = ex.spawn(crate::sendmail::pickup_loop(ctx.clone()));
-    let metrics = metrics.map(|listener| ex.spawn(metrics::serve(ex.clone(), listener, ctx)));
-    control.await;
+    let metrics = metrics.map(|l| ex.spawn(metrics::serve(ex.clone(), l, ctx.clone())));
+    #[cfg(target_os = "linux")]
+    let _netlink = match netlink::open() {
+        Ok(socket) => Some(ex.spawn(netlink::watch(socket, ctx.clone()))),
+        Err(e) => {
+            warn!("cannot watch for network changes (netlink): {e}");
+            None
+        }
+    };
+    match control {
+        Some(control) => control.await,
+        None => ctx.shutdown.wait().await,
+    }
     drop(maildrop);
     drop(metrics);
 }
