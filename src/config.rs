@@ -1210,6 +1210,35 @@ smarthost_data_end = "5m"
     }
 
     #[test]
+    fn metrics_listen_is_typed_and_read_back() {
+        let config = from_text("[metrics]\nlisten = \"127.0.0.1:9325\"\n").unwrap();
+        assert_eq!(config.metrics, Some("127.0.0.1:9325".parse().unwrap()));
+        assert!(config
+            .to_toml()
+            .contains("[metrics]\nlisten = \"127.0.0.1:9325\""));
+        let again = from_text(&config.to_toml()).unwrap();
+        assert_eq!(again, config);
+        let problems = from_text("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(keys(&problems), ["metrics.listen"]);
+        assert_eq!(from_text("").unwrap().metrics, None);
+    }
+
+    #[test]
+    fn client_load_ignores_unreadable_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/q\"\n[smarthost]\naddress = \"h:587\"\nusername = \"u\"\n\
+             password_file = \"/nonexistent/pw\"\n",
+        )
+        .unwrap();
+        assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+        let config = Config::load_client(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/q"));
+    }
+
+    #[test]
     fn overrides_replace_file_values() {
         let mut file =
             ConfigFile::parse("listen = [\"127.0.0.1:25\"]\nhostname = \"a.example\"\n").unwrap();

@@ -231,8 +231,14 @@ async fn answer(request: &Request, ctx: &Ctx) -> Response {
     let now = ctx.clock.now();
     match request {
         Request::List { json } => match ctx.store.list() {
-            Ok(messages) if *json => Response::ok(render_list_json(&messages, now)),
-            Ok(messages) => Response::ok(render_list(&messages, now)),
+            Ok(mut messages) => {
+                with_link_wait(&mut messages, ctx.link.report().retry_at);
+                if *json {
+                    Response::ok(render_list_json(&messages, now))
+                } else {
+                    Response::ok(render_list(&messages, now))
+                }
+            }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
         },
         Request::Show(id) => show(ctx, id, now),
@@ -256,6 +262,7 @@ async fn answer(request: &Request, ctx: &Ctx) -> Response {
                     smarthost,
                     &summary,
                     ctx.store.usage(),
+                    Some(now),
                 ))
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
@@ -316,7 +323,13 @@ fn show(ctx: &Ctx, text: &str, now: QueueTime) -> Response {
         return Response::err(format!("{text}: not a queue id (16 hex digits)\n"));
     };
     let message = match ctx.store.get(id) {
-        Ok(message) => message,
+        Ok(mut message) => {
+            with_link_wait(
+                std::slice::from_mut(&mut message),
+                ctx.link.report().retry_at,
+            );
+            message
+        }
         Err(e) => return Response::err(format!("{e}\n")),
     };
     let headers = match header_section(ctx, id) {
@@ -324,6 +337,15 @@ fn show(ctx: &Ctx, text: &str, now: QueueTime) -> Response {
         Err(e) => format!("(headers unreadable: {e})\n"),
     };
     Response::ok(render_show(&message, &headers, now))
+}
+
+/// While the link is down nothing goes before the next probe: show that as the next attempt.
+fn with_link_wait(messages: &mut [QueuedMessage], link_retry: Option<QueueTime>) {
+    if let Some(at) = link_retry {
+        for m in messages {
+            m.next_attempt = m.next_attempt.max(at);
+        }
+    }
 }
 
 /// The stored message up to its empty line, bounded by `MAX_SHOWN_HEADERS`.
@@ -589,6 +611,7 @@ pub fn render_status(
     smarthost: Option<&str>,
     summary: &QueueSummary,
     usage: Usage,
+    now: Option<QueueTime>,
 ) -> String {
     let mut out = format!("{}\n", crate::cli::version());
     let link_line = match (smarthost, link.up) {
@@ -604,6 +627,13 @@ pub fn render_status(
         ),
     };
     let _ = writeln!(out, "link: {link_line}");
+    if let (Some(at), Some(now)) = (link.retry_at, now) {
+        let _ = writeln!(
+            out,
+            "next probe: in {} (`outpost queue flush` probes now)",
+            age(at.saturating_sub(now))
+        );
+    }
     let _ = write!(
         out,
         "queue: {} messages, {} bytes",
@@ -827,6 +857,17 @@ mod tests {
     }
 
     #[test]
+    fn while_the_link_is_down_the_next_attempt_is_the_next_probe() {
+        let mut messages = [message(1, &[RcptState::Pending], false)];
+        messages[0].next_attempt = 2_000;
+        with_link_wait(&mut messages, Some(32_000));
+        let text = render_list(&messages, 2_000);
+        assert!(text.contains("next attempt: in 30s"), "{text}");
+        with_link_wait(&mut messages, None);
+        assert_eq!(messages[0].next_attempt, 32_000);
+    }
+
+    #[test]
     fn json_list_escapes_and_nulls() {
         let mut m = message(1, &[RcptState::Pending], true);
         m.info.sender = "we\"ird\\@x".into();
@@ -857,18 +898,22 @@ mod tests {
         let mut link = LinkReport::default();
         let s = QueueSummary::default();
         let u = Usage::default();
-        assert!(render_status(&link, None, &s, u).contains("link: none"));
-        assert!(render_status(&link, Some("h:25"), &s, u).contains("not tried yet"));
+        assert!(render_status(&link, None, &s, u, None).contains("link: none"));
+        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("not tried yet"));
         link.up = Some(false);
-        assert!(render_status(&link, Some("h:25"), &s, u).contains("never reached"));
+        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("never reached"));
         link.ever_reached = true;
-        let text = render_status(&link, Some("h:25"), &s, u);
+        let text = render_status(&link, Some("h:25"), &s, u, None);
         assert!(
             text.contains("link: down since") && !text.contains("never reached"),
             "{text}"
         );
         link.up = Some(true);
-        assert!(render_status(&link, Some("h:25"), &s, u).contains("link: up since"));
+        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("link: up since"));
+        link.up = Some(false);
+        link.retry_at = Some(9_000);
+        let text = render_status(&link, Some("h:25"), &s, u, Some(5_000));
+        assert!(text.contains("next probe: in 4s"), "{text}");
     }
 
     #[test]

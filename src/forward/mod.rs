@@ -113,6 +113,8 @@ pub struct LinkState {
     sent: Cell<u64>,
     deferred: Cell<u64>,
     bounced: Cell<u64>,
+    /// While the link is down: the queue time of the next probe.
+    retry_at: Cell<Option<QueueTime>>,
     /// Raised by `queue flush`, SIGUSR1 or a link event: try now, ignore the link backoff.
     pub flush: Wake,
 }
@@ -128,6 +130,8 @@ pub struct LinkReport {
     pub sent: u64,
     pub deferred: u64,
     pub bounced: u64,
+    /// While the link is down: the queue time of the next probe.
+    pub retry_at: Option<QueueTime>,
 }
 
 impl LinkState {
@@ -145,6 +149,7 @@ impl LinkState {
             sent: self.sent.get(),
             deferred: self.deferred.get(),
             bounced: self.bounced.get(),
+            retry_at: self.retry_at.get(),
         }
     }
 
@@ -299,6 +304,7 @@ impl Forwarder {
     fn flush(&mut self) {
         info!("flush requested: trying the smarthost now");
         self.link_retry_at = 0;
+        self.link.retry_at.set(None);
         self.stalled_until = 0;
         if let Err(e) = self.store.reschedule_all(self.clock.now()) {
             error!("cannot reschedule the queue: {e}");
@@ -654,6 +660,7 @@ impl Forwarder {
 
     fn link_up(&mut self) {
         self.link.set_up(true);
+        self.link.retry_at.set(None);
         if self.link_failures == 0 {
             return;
         }
@@ -681,6 +688,7 @@ impl Forwarder {
             self.jitter.next_u32(),
         );
         self.link_retry_at = schedule::after(self.clock.now(), delay);
+        self.link.retry_at.set(Some(self.link_retry_at));
         let next = humantime::format_duration(Duration::from_millis(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         ));

@@ -254,3 +254,43 @@ fn a_listen_address_that_does_not_exist_yet_is_retried_not_fatal() {
     let mut client = RawClient::ready(relay.port());
     assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &message("late", "x\r\n")));
 }
+
+#[test]
+fn a_held_message_stays_through_a_flush_and_goes_once_released() {
+    let (port, relay) = relay_with_outage();
+    let held = send(&relay, "held", &["b@remote.test"]);
+    send(&relay, "free", &["c@remote.test"]);
+    wait_link_down(&relay);
+    relay.command_ok(&["queue", "hold", &held]);
+    let list = relay.command_ok(&["queue"]);
+    assert!(list.contains("next attempt: held"), "{list}");
+    assert!(
+        list.contains("next attempt: in "),
+        "link wait not shown:\n{list}"
+    );
+    let upstream = Upstream::start_on(port);
+    relay.command_ok(&["queue", "flush"]);
+    let got = upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("the free message was not delivered"));
+    assert!(got[0].data_str().contains("Subject: free"));
+    // The free one is recorded before the session ends; the held one is still queued, held.
+    let recorded =
+        crate::util::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            !relay.command_ok(&["queue"]).contains("Subject: free")
+                && relay
+                    .command_ok(&["queue", "list", "--json"])
+                    .matches("\"id\"")
+                    .count()
+                    == 1
+        });
+    assert!(recorded, "{}", relay.command_ok(&["queue"]));
+    let show = relay.command_ok(&["queue", "show", &held]);
+    assert!(show.contains("state: held"), "{show}");
+    assert_eq!(upstream.count(), 1, "a held message was sent");
+    relay.command_ok(&["queue", "release", &held]);
+    let got = upstream
+        .wait_for(2, DELIVERY)
+        .unwrap_or_else(|| relay.fail("released message not delivered"));
+    assert!(got[1].data_str().contains("Subject: held"));
+}
