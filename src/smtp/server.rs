@@ -321,7 +321,17 @@ impl ServerSession {
     /// `421 4.4.2`; the session is closed for good.
     pub fn timed_out(&mut self) -> Reply {
         self.close();
-        replies::TIMEOUT
+        self.closing(&replies::TIMEOUT)
+    }
+
+    /// A 421 names our domain first (RFC 5321 §4.2: `421 <domain> Service not available,
+    /// closing transmission channel`), so a client's log shows which relay hung up.
+    fn closing(&self, base: &Reply) -> Reply {
+        Reply {
+            code: base.code,
+            status: base.status,
+            text: Cow::Owned(format!("{} {}", self.params.hostname, base.text)),
+        }
     }
 
     pub fn awaiting(&self) -> Awaiting {
@@ -449,7 +459,7 @@ impl ServerSession {
         if self.errors < self.params.limits.max_errors.max(1) {
             return None;
         }
-        out.push(&replies::TOO_MANY_ERRORS);
+        out.push(&self.closing(&replies::TOO_MANY_ERRORS));
         self.close();
         Some(Next::Close)
     }

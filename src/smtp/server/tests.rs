@@ -745,7 +745,13 @@ fn starttls_needs_ehlo_and_no_transaction() {
 fn timed_out_gets_421_4_4_2_and_closes() {
     let mut session = ServerSession::new(params());
     let reply = session.timed_out();
-    assert_eq!(reply.to_string(), "421 4.4.2 Timeout, closing connection");
+    assert_eq!(
+        reply.to_string(),
+        format!(
+            "421 4.4.2 {} Timeout, closing connection",
+            params().hostname
+        )
+    );
     assert_eq!(session.awaiting(), Awaiting::Closed);
     let mut replies = Replies::new();
     let step = session.handle_input(b"EHLO c\r\n", &mut replies, &mut Vec::new());
