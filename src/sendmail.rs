@@ -169,6 +169,10 @@ pub fn prepare(
     if raw.ends_with(b"\n") {
         lines.pop();
     }
+    // An mbox separator (`From user date`, no colon after the name) is not a header.
+    if lines.first().is_some_and(|l| l.starts_with(b"From ")) {
+        lines.remove(0);
+    }
     if !args.ignore_dots {
         if let Some(end) = lines.iter().position(|l| *l == b".") {
             lines.truncate(end);
@@ -709,6 +713,15 @@ mod tests {
                 .code,
             EX_DATAERR
         );
+    }
+
+    #[test]
+    fn a_leading_mbox_from_line_is_dropped() {
+        let raw = b"From cron Mon Nov 23 12:00:00 2026\nSubject: x\n\nbody\n";
+        let p = prepare(&args(&["a@b"]), &origin(), raw).unwrap();
+        let t = text(&p);
+        assert!(!t.contains("From cron"), "{t}");
+        assert!(t.contains("\r\nSubject: x\r\n\r\nbody\r\n"), "{t}");
     }
 
     #[test]
