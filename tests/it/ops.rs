@@ -44,6 +44,12 @@ fn queue_list_show_hold_release_delete_and_status() {
     let second = send(&relay, "second", &["c@remote.test", "d@remote.test"]);
     wait_link_down(&relay);
 
+    // Only the daemon's user may talk to it.
+    let socket = relay.data_dir.join("control.sock");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
+
     let list = relay.command_ok(&["queue"]);
     for needle in [
         &first,

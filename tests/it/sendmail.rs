@@ -84,3 +84,27 @@ fn sendmail_without_recipients_exits_64_and_bad_input_65() {
     let list = relay.command_ok(&["queue"]);
     assert!(list.contains("Mail queue is empty"), "{list}");
 }
+
+#[test]
+fn a_file_that_is_not_a_maildrop_file_is_set_aside_and_the_rest_delivered() {
+    let upstream = Upstream::start();
+    let mut relay = RelayProcess::start_with(RelayConfig::with_smarthost(upstream.port()));
+    relay.stop();
+    let maildrop = relay.data_dir.join("maildrop");
+    std::fs::create_dir_all(&maildrop).unwrap();
+    std::fs::write(maildrop.join("0-junk.msg"), b"Subject: not ours\n\nx\n").unwrap();
+    let run = relay.command(&["sendmail", "ops@remote.test"], b"Subject: good\n\nx\n");
+    assert_eq!(run.code, Some(0), "{run}");
+    relay.restart();
+    let got = upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("good message not delivered"));
+    assert!(got[0].data_str().contains("Subject: good"));
+    let set_aside =
+        crate::util::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            maildrop.join("0-junk.bad").exists()
+        });
+    assert!(set_aside, "junk file not renamed to .bad");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(upstream.count(), 1, "the junk file was sent");
+}
