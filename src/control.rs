@@ -7,7 +7,7 @@
 //! line `OK` or `ERR`, then text for a human (or JSON for `LIST JSON`).
 //!
 //! This file holds both sides: `serve` (daemon, on the `LocalExecutor`) and `request`/
-//! `client_main` (blocking, in the CLI process), plus the pure renderers they share. It never
+//! `client_main` (blocking, in the CLI process); `render` holds the pure renderers. It never
 //! touches sled (only the `store` API) and never blocks the executor on a client.
 
 use std::fmt::Write as _;
@@ -24,10 +24,15 @@ use log::{debug, info, warn};
 use smol::LocalExecutor;
 
 use crate::clock::QueueTime;
-use crate::forward::LinkReport;
 use crate::net::Ctx;
-use crate::smtp::date::rfc5322_date;
-use crate::store::{QueueId, QueuedMessage, RcptState, StoreError, Usage};
+use crate::store::{QueueId, StoreError};
+
+use self::render::with_link_wait;
+pub use self::render::{
+    json_str, render_list, render_list_json, render_show, render_status, MessageState, QueueSummary,
+};
+
+mod render;
 
 /// File name of the socket inside `data_dir`.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -339,15 +344,6 @@ fn show(ctx: &Ctx, text: &str, now: QueueTime) -> Response {
     Response::ok(render_show(&message, &headers, now))
 }
 
-/// While the link is down nothing goes before the next probe: show that as the next attempt.
-fn with_link_wait(messages: &mut [QueuedMessage], link_retry: Option<QueueTime>) {
-    if let Some(at) = link_retry {
-        for m in messages {
-            m.next_attempt = m.next_attempt.max(at);
-        }
-    }
-}
-
 /// The stored message up to its empty line, bounded by `MAX_SHOWN_HEADERS`.
 fn header_section(ctx: &Ctx, id: QueueId) -> Result<String, StoreError> {
     let mut bytes = Vec::new();
@@ -363,314 +359,6 @@ fn header_section(ctx: &Ctx, id: QueueId) -> Result<String, StoreError> {
         }
     }
     Ok(String::from_utf8_lossy(&bytes).replace("\r\n", "\n"))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Rendering (pure)
-
-/// A message's overall state for listings and counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MessageState {
-    Pending,
-    Deferred,
-    Held,
-    Failed,
-}
-
-impl MessageState {
-    pub const ALL: [Self; 4] = [Self::Pending, Self::Deferred, Self::Held, Self::Failed];
-
-    pub fn of(message: &QueuedMessage) -> Self {
-        let open = |s: &RcptState| matches!(s, RcptState::Pending | RcptState::Deferred);
-        if message.recipients.iter().any(|r| open(&r.state)) {
-            if message.held {
-                Self::Held
-            } else if message
-                .recipients
-                .iter()
-                .any(|r| r.state == RcptState::Deferred)
-            {
-                Self::Deferred
-            } else {
-                Self::Pending
-            }
-        } else if message.held {
-            Self::Held
-        } else {
-            Self::Failed
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Deferred => "deferred",
-            Self::Held => "held",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-fn rcpt_state(message: &QueuedMessage, state: RcptState) -> &'static str {
-    match state {
-        RcptState::Pending | RcptState::Deferred if message.held => "held",
-        RcptState::Pending => "pending",
-        RcptState::Deferred => "deferred",
-        RcptState::Delivered => "sent",
-        RcptState::Failed => "failed",
-    }
-}
-
-/// Counts and bytes per `MessageState`, and the oldest message's age.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct QueueSummary {
-    /// Indexed like `MessageState::ALL`.
-    pub messages: [u64; 4],
-    pub bytes: [u64; 4],
-    /// Queue-clock milliseconds since the oldest message arrived.
-    pub oldest_age_ms: Option<u64>,
-}
-
-impl QueueSummary {
-    pub fn of(messages: &[QueuedMessage], now: QueueTime) -> Self {
-        let mut summary = Self::default();
-        for message in messages {
-            let state = MessageState::of(message);
-            let slot = MessageState::ALL
-                .iter()
-                .position(|s| *s == state)
-                .unwrap_or(0);
-            summary.messages[slot] += 1;
-            summary.bytes[slot] = summary.bytes[slot].saturating_add(message.size);
-            let age = now.saturating_sub(message.enqueued_at);
-            summary.oldest_age_ms = Some(summary.oldest_age_ms.map_or(age, |a| a.max(age)));
-        }
-        summary
-    }
-}
-
-/// `1h 2m 3s` from queue-clock milliseconds, to the second.
-fn age(ms: u64) -> String {
-    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
-}
-
-fn next_attempt(message: &QueuedMessage, now: QueueTime) -> String {
-    match MessageState::of(message) {
-        MessageState::Held => "held (until released)".into(),
-        MessageState::Failed => "never (failed)".into(),
-        _ if message.next_attempt <= now => "now".into(),
-        _ => format!("in {}", age(message.next_attempt - now)),
-    }
-}
-
-/// `outpost queue list`: mailq-like, one block per message.
-pub fn render_list(messages: &[QueuedMessage], now: QueueTime) -> String {
-    if messages.is_empty() {
-        return "Mail queue is empty\n".into();
-    }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<16}  {:>10}  {:>9}  {:<8}  SENDER / RECIPIENTS",
-        "ID", "AGE", "SIZE", "STATE"
-    );
-    for m in messages {
-        let sender = if m.info.sender.is_empty() {
-            "<>".to_owned()
-        } else {
-            format!("<{}>", m.info.sender)
-        };
-        let _ = writeln!(
-            out,
-            "{:<16}  {:>10}  {:>9}  {:<8}  {sender}",
-            m.id.to_string(),
-            age(now.saturating_sub(m.enqueued_at)),
-            m.size,
-            MessageState::of(m).as_str(),
-        );
-        for r in &m.recipients {
-            let _ = write!(
-                out,
-                "{:52}{:<8}  <{}>",
-                "",
-                rcpt_state(m, r.state),
-                r.address
-            );
-            if let Some(reply) = &r.last_reply {
-                let _ = write!(out, "  {reply}");
-            }
-            out.push('\n');
-        }
-        let _ = writeln!(
-            out,
-            "{:52}next attempt: {} (attempts: {})",
-            "",
-            next_attempt(m, now),
-            m.attempts
-        );
-    }
-    let total: u64 = messages.iter().map(|m| m.size).sum();
-    let _ = writeln!(out, "-- {} messages, {total} bytes", messages.len());
-    out
-}
-
-/// `outpost queue list --json`: an array of objects (ages in seconds).
-pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
-    let mut out = String::from("[");
-    for (n, m) in messages.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        let next = match MessageState::of(m) {
-            MessageState::Held | MessageState::Failed => "null".to_owned(),
-            _ => (m.next_attempt.saturating_sub(now) / 1000).to_string(),
-        };
-        let _ = write!(
-            out,
-            "\n{{\"id\":\"{}\",\"age_secs\":{},\"size\":{},\"sender\":{},\"state\":\"{}\",\
-             \"held\":{},\"attempts\":{},\"next_attempt_in_secs\":{next},\"received_unix\":{},\
-             \"recipients\":[",
-            m.id,
-            now.saturating_sub(m.enqueued_at) / 1000,
-            m.size,
-            json_str(&m.info.sender),
-            MessageState::of(m).as_str(),
-            m.held,
-            m.attempts,
-            m.info.received_unix,
-        );
-        for (i, r) in m.recipients.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let reply = r.last_reply.as_deref().map_or("null".into(), json_str);
-            let _ = write!(
-                out,
-                "{{\"address\":{},\"state\":\"{}\",\"last_reply\":{reply}}}",
-                json_str(&r.address),
-                rcpt_state(m, r.state)
-            );
-        }
-        out.push_str("]}");
-    }
-    out.push_str("\n]\n");
-    out
-}
-
-/// A JSON string literal.
-pub fn json_str(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// `outpost queue show ID`.
-pub fn render_show(m: &QueuedMessage, headers: &str, now: QueueTime) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "id: {}", m.id);
-    let _ = writeln!(out, "state: {}", MessageState::of(m).as_str());
-    let _ = writeln!(out, "sender: <{}>", m.info.sender);
-    let _ = writeln!(out, "size: {} bytes", m.size);
-    let _ = writeln!(out, "received: {}", rfc5322_date(m.info.received_unix));
-    let _ = writeln!(
-        out,
-        "queued for: {}",
-        age(now.saturating_sub(m.enqueued_at))
-    );
-    let _ = writeln!(out, "attempts: {}", m.attempts);
-    let _ = writeln!(out, "next attempt: {}", next_attempt(m, now));
-    let _ = writeln!(out, "recipients:");
-    for r in &m.recipients {
-        let reply = r.last_reply.as_deref().unwrap_or("no reply yet");
-        let _ = writeln!(out, "  <{}> {}: {reply}", r.address, rcpt_state(m, r.state));
-    }
-    let _ = writeln!(out, "headers:");
-    for line in headers.lines() {
-        let _ = writeln!(out, "  {line}");
-    }
-    out
-}
-
-/// `outpost status`.
-pub fn render_status(
-    link: &LinkReport,
-    smarthost: Option<&str>,
-    summary: &QueueSummary,
-    usage: Usage,
-    now: Option<QueueTime>,
-) -> String {
-    let mut out = format!("{}\n", crate::cli::version());
-    let link_line = match (smarthost, link.up) {
-        (None, _) => "none (no smarthost configured: mail is held)".to_owned(),
-        (Some(host), None) => format!("unknown ({host} not tried yet)"),
-        (Some(host), Some(true)) => format!("up since {} ({host})", rfc5322_date(link.since_unix)),
-        (Some(host), Some(false)) if link.ever_reached => {
-            format!("down since {} ({host})", rfc5322_date(link.since_unix))
-        }
-        (Some(host), Some(false)) => format!(
-            "down since {}, never reached ({host})",
-            rfc5322_date(link.since_unix)
-        ),
-    };
-    let _ = writeln!(out, "link: {link_line}");
-    if let (Some(at), Some(now)) = (link.retry_at, now) {
-        let _ = writeln!(
-            out,
-            "next probe: in {} (`outpost queue flush` probes now)",
-            age(at.saturating_sub(now))
-        );
-    }
-    let _ = write!(
-        out,
-        "queue: {} messages, {} bytes",
-        usage.messages, usage.bytes
-    );
-    for (i, state) in MessageState::ALL.iter().enumerate() {
-        let _ = write!(
-            out,
-            "{}{} {}",
-            if i == 0 { " (" } else { ", " },
-            summary.messages[i],
-            state.as_str()
-        );
-    }
-    out.push_str(")\n");
-    match summary.oldest_age_ms {
-        Some(ms) => {
-            let _ = writeln!(out, "oldest: {}", age(ms));
-        }
-        None => out.push_str("oldest: -\n"),
-    }
-    let _ = writeln!(
-        out,
-        "last success: {}",
-        link.last_success_unix.map_or("never".into(), rfc5322_date)
-    );
-    let _ = writeln!(
-        out,
-        "last error: {}",
-        link.last_error.as_deref().unwrap_or("none")
-    );
-    let _ = writeln!(
-        out,
-        "since start: {} sent, {} deferred, {} bounced",
-        link.sent, link.deferred, link.bounced
-    );
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -756,35 +444,6 @@ pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{MessageInfo, RcptRecord};
-
-    fn message(id: u64, states: &[RcptState], held: bool) -> QueuedMessage {
-        let recipients: Vec<RcptRecord> = states
-            .iter()
-            .enumerate()
-            .map(|(i, s)| RcptRecord {
-                address: format!("r{i}@x.test"),
-                state: *s,
-                last_reply: (*s == RcptState::Deferred).then(|| "451 4.3.0 later".to_owned()),
-            })
-            .collect();
-        QueuedMessage {
-            id: QueueId(id),
-            info: MessageInfo {
-                sender: "a@lan.test".into(),
-                recipients: recipients.iter().map(|r| r.address.clone()).collect(),
-                eight_bit: false,
-                smtputf8: false,
-                received_unix: 0,
-            },
-            size: 100,
-            enqueued_at: 1_000,
-            attempts: 1,
-            next_attempt: 70_000,
-            held,
-            recipients,
-        }
-    }
 
     #[test]
     fn every_request_round_trips_through_its_line() {
@@ -813,107 +472,6 @@ mod tests {
         let wire = String::from_utf8(r.to_wire()).unwrap();
         assert_eq!(Response::from_wire(&wire), Some(r));
         assert_eq!(Response::from_wire("HELLO\n"), None);
-    }
-
-    #[test]
-    fn message_state_prefers_held_then_deferred() {
-        use RcptState::*;
-        assert_eq!(
-            MessageState::of(&message(1, &[Pending], false)),
-            MessageState::Pending
-        );
-        assert_eq!(
-            MessageState::of(&message(1, &[Pending, Deferred], false)),
-            MessageState::Deferred
-        );
-        assert_eq!(
-            MessageState::of(&message(1, &[Deferred], true)),
-            MessageState::Held
-        );
-        assert_eq!(
-            MessageState::of(&message(1, &[Delivered, Failed], false)),
-            MessageState::Failed
-        );
-    }
-
-    #[test]
-    fn list_shows_ids_states_replies_and_next_attempt() {
-        let text = render_list(
-            &[message(
-                0xAB,
-                &[RcptState::Pending, RcptState::Deferred],
-                false,
-            )],
-            61_000,
-        );
-        assert!(text.contains("00000000000000AB"), "{text}");
-        assert!(text.contains("1m"), "{text}");
-        assert!(
-            text.contains("deferred  <r1@x.test>  451 4.3.0 later"),
-            "{text}"
-        );
-        assert!(text.contains("next attempt: in 9s"), "{text}");
-        assert_eq!(render_list(&[], 0), "Mail queue is empty\n");
-    }
-
-    #[test]
-    fn while_the_link_is_down_the_next_attempt_is_the_next_probe() {
-        let mut messages = [message(1, &[RcptState::Pending], false)];
-        messages[0].next_attempt = 2_000;
-        with_link_wait(&mut messages, Some(32_000));
-        let text = render_list(&messages, 2_000);
-        assert!(text.contains("next attempt: in 30s"), "{text}");
-        with_link_wait(&mut messages, None);
-        assert_eq!(messages[0].next_attempt, 32_000);
-    }
-
-    #[test]
-    fn json_list_escapes_and_nulls() {
-        let mut m = message(1, &[RcptState::Pending], true);
-        m.info.sender = "we\"ird\\@x".into();
-        let json = render_list_json(&[m], 2_000);
-        assert!(json.contains(r#""sender":"we\"ird\\@x""#), "{json}");
-        assert!(json.contains(r#""next_attempt_in_secs":null"#), "{json}");
-        assert!(json.contains(r#""state":"held""#), "{json}");
-        assert!(json.contains(r#""last_reply":null"#), "{json}");
-        assert_eq!(json_str("a\u{1}"), "\"a\\u0001\"");
-    }
-
-    #[test]
-    fn summary_counts_by_state_and_oldest_age() {
-        use RcptState::*;
-        let messages = [
-            message(1, &[Pending], false),
-            message(2, &[Deferred], false),
-            message(3, &[Pending], true),
-        ];
-        let s = QueueSummary::of(&messages, 5_000);
-        assert_eq!(s.messages, [1, 1, 1, 0]);
-        assert_eq!(s.bytes, [100, 100, 100, 0]);
-        assert_eq!(s.oldest_age_ms, Some(4_000));
-    }
-
-    #[test]
-    fn status_names_link_state() {
-        let mut link = LinkReport::default();
-        let s = QueueSummary::default();
-        let u = Usage::default();
-        assert!(render_status(&link, None, &s, u, None).contains("link: none"));
-        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("not tried yet"));
-        link.up = Some(false);
-        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("never reached"));
-        link.ever_reached = true;
-        let text = render_status(&link, Some("h:25"), &s, u, None);
-        assert!(
-            text.contains("link: down since") && !text.contains("never reached"),
-            "{text}"
-        );
-        link.up = Some(true);
-        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("link: up since"));
-        link.up = Some(false);
-        link.retry_at = Some(9_000);
-        let text = render_status(&link, Some("h:25"), &s, u, Some(5_000));
-        assert!(text.contains("next probe: in 4s"), "{text}");
     }
 
     #[test]
