@@ -435,9 +435,7 @@ pub async fn serve(
             Err(e) => warn!("listening on an address that cannot be read back: {e}"),
         }
     }
-    if ctx.config.smarthost.is_none() {
-        warn!("no smarthost configured: mail is accepted and held");
-    }
+    // With no smarthost the forwarder itself logs the one "mail is held" warning.
     let stop_forwarder = Wake::new();
     let forwarder = ex.spawn(forward::run_linked(
         ctx.store.clone(),
