@@ -9,7 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use outpost::smtp::reply::{parse_reply, Reply, ReplyError, MAX_PARSED_LINE, MAX_PARSED_REPLY};
+use outpost::smtp::reply::{
+    parse_reply, EnhancedStatus, Reply, ReplyError, MAX_PARSED_LINE, MAX_PARSED_REPLY,
+};
 
 #[path = "common.rs"]
 mod common;
@@ -133,7 +135,16 @@ fn round_trip(reply: &Reply) {
     };
     assert_eq!(consumed, wire.len());
     assert_eq!(back.code, reply.code);
-    assert_eq!(back.status, reply.status, "status lost in the round trip");
+    // Text that looks like a status once a stray CR became a space reads back as a status.
+    let first = reply.lines().next().unwrap_or("").replace('\r', " ");
+    let lookalike = EnhancedStatus::parse_prefix(&first)
+        .map(|(status, _)| status)
+        .filter(|status| u16::from(status.class) == reply.code / 100);
+    assert_eq!(
+        back.status,
+        reply.status.or(lookalike),
+        "status changed in the round trip"
+    );
     assert_eq!(
         back.lines().count(),
         reply.lines().count(),
