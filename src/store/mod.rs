@@ -137,14 +137,54 @@ pub struct Usage {
 }
 
 /// Largest body value the store writes; `Spool::append` splits bigger input (callers pass up
-/// to 32 KiB). Why so small: sled writes a page that does not fit a quarter of its 512 KiB log
-/// segment (`logger.rs` `reserve_inner`, `MINIMUM_ITEMS_PER_SEGMENT` in `constants.rs`) to a
-/// `blobs/<lsn>` file that it never fsyncs (`blob_io.rs` `write_blob`), and a leaf page holds up
-/// to ~17 values before it splits (`node.rs` `should_split`: more than 16). Measured with 40
-/// messages of 640 KiB: 32 KiB values made 70 blob files, 8 KiB made 2, 6 and 4 KiB made none.
-/// The sync still fsyncs any blob that appears (`flush.rs`), but staying out of `blobs/` keeps
-/// every write in the one log file the group flush `fdatasync`s.
-pub const STORED_CHUNK: usize = 4 * 1024;
+/// to 32 KiB). Why so small: sled writes a page that does not fit a quarter of its log segment
+/// (`logger.rs` `reserve_inner`, `MINIMUM_ITEMS_PER_SEGMENT` in `constants.rs`; 64 KiB with
+/// `SEGMENT_SIZE`) to a `blobs/<lsn>` file that it never fsyncs (`blob_io.rs` `write_blob`),
+/// and a leaf page holds up to 17 values before it splits (`node.rs` `should_split`: more
+/// than 16): 17 × (2 KiB + key) ≈ 35 KiB stays well inside either segment size in use.
+/// Measured with 40 messages of 640 KiB and 512 KiB segments: 32 KiB values made 70 blob files,
+/// 8 KiB made 2, 6 and 4 KiB made none. The sync still fsyncs any blob that appears
+/// (`flush.rs`), but staying out of `blobs/` keeps every write in the one log file the group
+/// flush `fdatasync`s. 2 KiB rather than 4 KiB: it is what lets `SEGMENT_SIZE` halve.
+pub const STORED_CHUNK: usize = 2 * 1024;
+
+/// sled `segment_size` for a new store (sled's default is 512 KiB). sled allocates a fresh
+/// segment-sized io buffer (`pagecache/iobuf.rs` `AlignedBuf::new`) for every segment it
+/// rolls to, and under a burst dozens of sealed ones wait for their write at once: they were
+/// most of the peak RSS (heaptrack, 8 sessions × 100 KiB). benches/bench.py, 8 × 100 KiB,
+/// 3 rounds: peak RSS 52.1 → 32.5 MiB, accept rate unchanged against 2 KiB chunks in 512 KiB
+/// segments (305 vs 306/s); 128 KiB segments (1 KiB chunks) reached 23 MiB but cost a third
+/// of the accept rate. Must stay ≥ 4 × the largest page (see `STORED_CHUNK`).
+pub const SEGMENT_SIZE: usize = 256 * 1024;
+
+/// The longest `last_reply` the store keeps (cut at a char boundary): keeps every recipient
+/// record, and so every leaf of them, far below the blob threshold whatever the smarthost says.
+const MAX_REPLY: usize = 1024;
+
+/// sled refuses to open a database with another `segment_size` than the one it was created
+/// with (`config.rs` `verify_config`), so an existing store keeps the one in its `conf` file
+/// (`StorageParameters::serialize`: a `segment_size: N` line); new stores get `SEGMENT_SIZE`.
+fn segment_size(dir: &Path) -> usize {
+    let Ok(conf) = std::fs::read(dir.join("conf")) else {
+        return SEGMENT_SIZE;
+    };
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(SEGMENT_SIZE)
+}
+
+/// `reply` cut to at most `MAX_REPLY` bytes.
+fn clip_reply(reply: Option<&String>) -> Option<String> {
+    reply.map(|text| {
+        let mut end = text.len().min(MAX_REPLY);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
+    })
+}
 
 /// Handle to the open store; cheap to clone (shared inside one thread).
 #[derive(Clone)]
@@ -192,6 +232,7 @@ impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
+            .segment_size(segment_size(dir))
             .cache_capacity(options.cache_bytes)
             .flush_every_ms(options.flush_every_ms)
             .use_compression(false)
@@ -366,7 +407,7 @@ impl Store {
                 continue;
             };
             rcpt.state = *state;
-            rcpt.last_reply.clone_from(reply);
+            rcpt.last_reply = clip_reply(reply.as_ref());
             batch.insert(k.as_slice(), record::encode_rcpt(rcpt));
         }
         let open = recipients

@@ -324,7 +324,11 @@ fn corrupt_record_is_quarantined_and_the_rest_loads() {
     let half = commit(&store, &[b"half"], &["d@w", "e@v"], 3);
     drop(store);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .segment_size(SEGMENT_SIZE)
+            .open()
+            .unwrap();
         db.insert(key::msg(bad), &b"\x01garbage"[..]).unwrap();
         db.insert(key::rcpt(half, 1), &b"\xff"[..]).unwrap();
         db.flush().unwrap();
@@ -729,4 +733,40 @@ fn large_bodies_never_spill_into_unsynced_blob_files() {
     }
     let blobs = std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
     assert_eq!(blobs, 0, "sled wrote blob files");
+}
+
+#[test]
+fn a_store_created_with_sleds_default_segment_size_still_opens() {
+    let dir = TempDir::new().unwrap();
+    let old = sled::Config::new()
+        .path(dir.path())
+        .segment_size(512 * 1024)
+        .open()
+        .unwrap();
+    old.insert(b"meta/x", b"kept".as_slice()).unwrap();
+    old.flush().unwrap();
+    drop(old);
+    let (store, _) = open(&dir);
+    assert_eq!(segment_size(dir.path()), 512 * 1024);
+    let id = commit(&store, &[b"body"], &["a@x"], 1);
+    assert_eq!(body_of(&store, id), b"body");
+    let fresh = TempDir::new().unwrap();
+    let (_store, _) = open(&fresh);
+    assert_eq!(segment_size(fresh.path()), SEGMENT_SIZE);
+}
+
+#[test]
+fn a_long_smarthost_reply_is_kept_cut_to_max_reply() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"body"], &["a@x", "b@y"], 1);
+    let long = "é".repeat(MAX_REPLY); // 2 bytes each: the cut lands inside one
+    let results = [(0, RcptState::Deferred, Some(long.clone()))];
+    block_on(store.record(id, &results, 1, 50)).unwrap();
+    let kept = store.get(id).unwrap().recipients[0]
+        .last_reply
+        .clone()
+        .unwrap();
+    assert_eq!(kept.len(), MAX_REPLY);
+    assert!(long.starts_with(&kept));
 }
