@@ -17,7 +17,8 @@
 //! * The encoder also turns bare LF into CRLF (RFC 5321 §2.3.8: never transmit bare LF), since
 //!   bodies from the sendmail front end arrive with LF line ends.
 
-/// RFC 5321 §4.5.3.1.6: maximum text line in the body, including the CRLF.
+/// RFC 5321 §4.5.3.1.6: maximum text line in the body, including the CRLF and excluding the
+/// stuffing dot; counted on the line as stored (a bare LF counts as CRLF).
 pub const MAX_TEXT_LINE: usize = 1000;
 
 /// Why a body, although fully drained, cannot be stored.
@@ -54,7 +55,7 @@ pub struct Decoded {
 #[derive(Debug)]
 pub struct BodyDecoder {
     state: DecodeState,
-    /// Received octets of the current line so far, stuffing dot and line end included.
+    /// Octets of the current line as stored (CRLF-normalised, without the stuffing dot).
     line_len: usize,
     size: u64,
     max_size: u64,
@@ -101,7 +102,6 @@ impl BodyDecoder {
                 let run = input[pos..].iter().position(|&b| b == b'\r' || b == b'\n');
                 let run = run.unwrap_or(input.len() - pos);
                 if run > 0 {
-                    self.line_len = self.line_len.saturating_add(run);
                     self.emit(&input[pos..pos + run], out);
                     self.state = DecodeState::Text { cr: false };
                     pos += run;
@@ -110,7 +110,6 @@ impl BodyDecoder {
             }
             let byte = input[pos];
             pos += 1;
-            self.line_len = self.line_len.saturating_add(1);
             if self.step(byte, out) {
                 return Decoded {
                     consumed: pos,
@@ -184,6 +183,10 @@ impl BodyDecoder {
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         self.size = self.size.saturating_add(len);
+        // The text-line limit counts the line as stored and forwarded: CRLF-normalised (a bare
+        // LF becomes two octets) and without the stuffing dot, which RFC 5321 §4.5.3.1.6
+        // excludes (the forwarder adds it back on the wire).
+        self.line_len = self.line_len.saturating_add(bytes.len());
         // A line already past the limit is an error as soon as it is seen, so memory stays
         // bounded however long the line grows.
         self.long_line |= self.line_len > MAX_TEXT_LINE;
@@ -373,6 +376,24 @@ mod tests {
         assert_eq!(consumed, input.len() - 6);
         assert_eq!(error, Some(BodyError::TooLarge));
         assert!(out.len() <= 50);
+    }
+
+    #[test]
+    fn stuffing_dot_does_not_count_toward_the_line_limit() {
+        let line = [b".".to_vec(), vec![b'x'; 998], b"\r\n.\r\n".to_vec()].concat();
+        let (out, _, done, error) = decode_split(&line, &[], u64::MAX);
+        assert!(done);
+        assert_eq!(error, None);
+        assert_eq!(out.len(), 1000);
+    }
+
+    #[test]
+    fn bare_lf_line_counts_as_normalised_crlf() {
+        // 999 octets + LF is 1000 on the wire but 1001 once stored as CRLF: too long to forward.
+        let line = [vec![b'x'; 999], b"\n\r\n.\r\n".to_vec()].concat();
+        let (_, _, done, error) = decode_split(&line, &[], u64::MAX);
+        assert!(done);
+        assert_eq!(error, Some(BodyError::LineTooLong));
     }
 
     #[test]
