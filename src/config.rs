@@ -257,25 +257,7 @@ impl Default for Config {
 impl Config {
     /// Reads and validates `path` (or only the defaults when `None`), with `overrides` on top.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let (origin, mut file) = match path {
-            None => ("defaults".to_owned(), ConfigFile::default()),
-            Some(path) => {
-                let origin = path.display().to_string();
-                let parsed = std::fs::read_to_string(path)
-                    .map_err(|e| Problem::new("(file)", format!("cannot read: {e}")))
-                    .and_then(|text| ConfigFile::parse(&text));
-                match parsed {
-                    Ok(file) => (origin, file),
-                    Err(problem) => {
-                        return Err(ConfigError {
-                            origin,
-                            problems: vec![problem],
-                        })
-                    }
-                }
-            }
-        };
-        overrides.apply(&mut file);
+        let (origin, file) = Self::read(path, overrides)?;
         Self::from_file(&file).map_err(|problems| ConfigError { origin, problems })
     }
 
@@ -283,25 +265,7 @@ impl Config {
     /// limits: like `load`, but `[tls]`, `[[users]]` and the smarthost's credentials are not
     /// checked, so a user who may not read the key or password files can still run them.
     pub fn load_client(path: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let (origin, mut file) = match path {
-            None => ("defaults".to_owned(), ConfigFile::default()),
-            Some(path) => {
-                let origin = path.display().to_string();
-                let parsed = std::fs::read_to_string(path)
-                    .map_err(|e| Problem::new("(file)", format!("cannot read: {e}")))
-                    .and_then(|text| ConfigFile::parse(&text));
-                match parsed {
-                    Ok(file) => (origin, file),
-                    Err(problem) => {
-                        return Err(ConfigError {
-                            origin,
-                            problems: vec![problem],
-                        })
-                    }
-                }
-            }
-        };
-        overrides.apply(&mut file);
+        let (origin, mut file) = Self::read(path, overrides)?;
         file.tls = None;
         file.users.clear();
         file.listen_tls = None;
@@ -312,6 +276,34 @@ impl Config {
             smarthost.password_file = None;
         }
         Self::from_file(&file).map_err(|problems| ConfigError { origin, problems })
+    }
+
+    /// Reads `path` (or starts from the defaults when `None`) and applies `overrides`: the
+    /// common first stage of `load` and `load_client`.
+    fn read(
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<(String, ConfigFile), ConfigError> {
+        let (origin, mut file) = match path {
+            None => ("defaults".to_owned(), ConfigFile::default()),
+            Some(path) => {
+                let origin = path.display().to_string();
+                let parsed = std::fs::read_to_string(path)
+                    .map_err(|e| Problem::new("(file)", format!("cannot read: {e}")))
+                    .and_then(|text| ConfigFile::parse(&text));
+                match parsed {
+                    Ok(file) => (origin, file),
+                    Err(problem) => {
+                        return Err(ConfigError {
+                            origin,
+                            problems: vec![problem],
+                        })
+                    }
+                }
+            }
+        };
+        overrides.apply(&mut file);
+        Ok((origin, file))
     }
 
     /// Types and checks every key of `file`, filling in defaults; returns all problems found.
