@@ -10,6 +10,7 @@
 mod util;
 
 mod bounce;
+mod chaos;
 mod cli;
 mod durability;
 mod forward;
