@@ -6,7 +6,6 @@
 //! The defaults fit `cargo test` (~20 s of chaos). `scripts/chaos` runs the same test longer and
 //! harder through the `OUTPOST_CHAOS_*` variables (see `ChaosParams::from_env`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -79,19 +78,6 @@ fn tagged(id: &str, pad: usize) -> Vec<u8> {
         body.extend_from_slice(format!("{id} line {n:04} of padding\r\n").as_bytes());
     }
     body
-}
-
-/// The `X-Test-Id` values the smarthost accepted, with their counts.
-fn arrived_ids(upstream: &Upstream) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    for m in upstream.delivered() {
-        for line in m.data_str().lines() {
-            if let Some(id) = line.strip_prefix("X-Test-Id: ") {
-                *ids.entry(id.trim().to_owned()).or_insert(0) += 1;
-            }
-        }
-    }
-    ids
 }
 
 /// One client thread: sends tagged messages (some over several store chunks), reconnecting
@@ -215,14 +201,14 @@ fn chaos_kill9_under_load_and_mid_delivery_loses_no_acknowledged_message() {
     let acked = acked.lock().unwrap().clone();
     let (mut last_count, mut last_progress) = (0, Instant::now());
     let drained = wait_until(params.drain, Duration::from_millis(100), || {
-        let arrived = arrived_ids(&upstream);
+        let arrived = upstream.arrived_ids();
         if arrived.len() != last_count {
             (last_count, last_progress) = (arrived.len(), Instant::now());
         }
         acked.iter().all(|id| arrived.contains_key(id)) || last_progress.elapsed() > STALL
     });
     let drain_time = started.elapsed() - chaos_time;
-    let arrived = arrived_ids(&upstream);
+    let arrived = upstream.arrived_ids();
     let lost: Vec<&String> = acked
         .iter()
         .filter(|id| !arrived.contains_key(*id))

@@ -1,32 +1,14 @@
 //! Durability with the real binary: a message that got 250 survives SIGKILL at any moment and
 //! reaches the smarthost after a restart. Duplicates are tolerated (and counted), losses are not.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{assert_queued, wait_until, RawClient, RelayProcess, Upstream};
+use crate::util::{assert_queued, tagged_message, wait_until, RawClient, RelayProcess, Upstream};
 
 const DELIVERY: Duration = Duration::from_secs(30);
-
-/// The `X-Test-Id` values in the messages the upstream received, with their counts.
-fn arrived_ids(upstream: &Upstream) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    for m in upstream.delivered() {
-        for line in m.data_str().lines() {
-            if let Some(id) = line.strip_prefix("X-Test-Id: ") {
-                *ids.entry(id.trim().to_owned()).or_insert(0) += 1;
-            }
-        }
-    }
-    ids
-}
-
-fn tagged_message(id: &str) -> Vec<u8> {
-    format!("X-Test-Id: {id}\r\nSubject: {id}\r\n\r\nbody of {id}\r\n").into_bytes()
-}
 
 #[test]
 fn acknowledged_message_survives_kill9_right_after_250() {
@@ -41,12 +23,12 @@ fn acknowledged_message_survives_kill9_right_after_250() {
     }
     let upstream = Upstream::start_on(port);
     let all = wait_until(DELIVERY, Duration::from_millis(50), || {
-        arrived_ids(&upstream).len() == 3
+        upstream.arrived_ids().len() == 3
     });
     if !all {
         relay.fail(&format!(
             "lost acknowledged messages; arrived: {:?}",
-            arrived_ids(&upstream)
+            upstream.arrived_ids()
         ));
     }
 }
@@ -134,10 +116,10 @@ fn kill9_restart_loop_under_load_loses_no_acknowledged_message() {
     // The relay restarted last is the one that stays up and drains the queue.
     let acked = acked.lock().unwrap().clone();
     let done = wait_until(DELIVERY, Duration::from_millis(100), || {
-        let arrived = arrived_ids(&upstream);
+        let arrived = upstream.arrived_ids();
         acked.iter().all(|id| arrived.contains_key(id))
     });
-    let arrived = arrived_ids(&upstream);
+    let arrived = upstream.arrived_ids();
     let lost: Vec<&String> = acked
         .iter()
         .filter(|id| !arrived.contains_key(*id))
@@ -191,13 +173,13 @@ fn message_cut_off_by_kill9_mid_data_is_never_delivered() {
     let mut client = RawClient::ready(relay.port());
     assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &tagged_message("marker")));
     let arrived = wait_until(DELIVERY, Duration::from_millis(50), || {
-        arrived_ids(&upstream).contains_key("marker")
+        upstream.arrived_ids().contains_key("marker")
     });
     if !arrived {
         relay.fail("marker not delivered after restart");
     }
     std::thread::sleep(Duration::from_secs(1));
-    let ids = arrived_ids(&upstream);
+    let ids = upstream.arrived_ids();
     if ids.contains_key("partial") {
         relay.fail("a message without its final dot was delivered");
     }

@@ -13,6 +13,7 @@ mod bounce;
 mod chaos;
 mod cli;
 mod durability;
+mod flaps;
 mod forward;
 mod limits;
 mod ops;

@@ -289,6 +289,11 @@ pub(crate) fn assert_queued(reply: &Reply) -> String {
     id.to_owned()
 }
 
+/// A message carrying `X-Test-Id: id`, for counting arrivals (`Upstream::arrived_ids`).
+pub(crate) fn tagged_message(id: &str) -> Vec<u8> {
+    format!("X-Test-Id: {id}\r\nSubject: {id}\r\n\r\nbody of {id}\r\n").into_bytes()
+}
+
 /// A small RFC 5322 message with CRLF line ends and the given extra header and body.
 pub(crate) fn message(subject: &str, body: &str) -> Vec<u8> {
     format!(

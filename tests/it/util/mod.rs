@@ -5,7 +5,10 @@
 //! SMTP code.
 
 mod client;
+mod flaky;
 mod ops;
+mod pki;
+mod proc;
 mod relay;
 mod upstream;
 
@@ -15,7 +18,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub(crate) use client::*;
+pub(crate) use flaky::*;
 pub(crate) use ops::*;
+pub(crate) use pki::*;
+pub(crate) use proc::*;
 pub(crate) use relay::*;
 pub(crate) use upstream::*;
 

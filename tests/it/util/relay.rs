@@ -30,6 +30,8 @@ pub(crate) struct RelayConfig {
     pub(crate) queue: String,
     /// Extra `[timeouts]` keys.
     pub(crate) timeouts: String,
+    /// `[smarthost]` `tls` and `ca_file` (default: `tls = "none"`).
+    pub(crate) smarthost_tls: Option<(&'static str, PathBuf)>,
 }
 
 impl RelayConfig {
@@ -38,6 +40,12 @@ impl RelayConfig {
             smarthost: Some(port),
             ..Self::default()
         }
+    }
+
+    /// TLS to the smarthost (`"starttls"` or `"implicit"`), trusting the CA in `ca_file`.
+    pub(crate) fn smarthost_tls(mut self, tls: &'static str, ca_file: PathBuf) -> Self {
+        self.smarthost_tls = Some((tls, ca_file));
+        self
     }
 
     pub(crate) fn top(mut self, toml: &str) -> Self {
@@ -69,10 +77,16 @@ impl RelayConfig {
         let _ = writeln!(toml, "listen = [\"127.0.0.1:0\"]");
         toml.push_str(&self.top);
         if let Some(port) = self.smarthost {
-            let _ = writeln!(
-                toml,
-                "\n[smarthost]\naddress = \"127.0.0.1:{port}\"\ntls = \"none\""
-            );
+            let _ = writeln!(toml, "\n[smarthost]\naddress = \"127.0.0.1:{port}\"");
+            match &self.smarthost_tls {
+                Some((tls, ca)) => {
+                    let ca = toml_string(&ca.to_string_lossy());
+                    let _ = writeln!(toml, "tls = \"{tls}\"\nca_file = {ca}");
+                }
+                None => {
+                    let _ = writeln!(toml, "tls = \"none\"");
+                }
+            }
         }
         let _ = writeln!(toml, "\n[queue]");
         // A test that sets its own retry times replaces these (TOML refuses duplicate keys).
@@ -83,10 +97,14 @@ impl RelayConfig {
             let _ = writeln!(toml, "retry_max = \"2s\"");
         }
         toml.push_str(&self.queue);
-        let _ = writeln!(
-            toml,
-            "\n[timeouts]\nsmarthost = \"10s\"\nsmarthost_data_end = \"10s\""
-        );
+        let _ = writeln!(toml, "\n[timeouts]");
+        // As with `[queue]`: a test's own values replace these.
+        if !self.timeouts.contains("smarthost =") {
+            let _ = writeln!(toml, "smarthost = \"10s\"");
+        }
+        if !self.timeouts.contains("smarthost_data_end") {
+            let _ = writeln!(toml, "smarthost_data_end = \"10s\"");
+        }
         toml.push_str(&self.timeouts);
         toml
     }

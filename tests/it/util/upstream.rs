@@ -214,30 +214,62 @@ impl Upstream {
         listener.local_addr().unwrap().port()
     }
 
-    fn serve(public: TcpListener, policy: Box<Policy>) -> Self {
-        let port = public.local_addr().unwrap().port();
-        let shared = Arc::new(UpstreamShared {
+    /// A smarthost offering STARTTLS with the PEM `cert` and `key`, reached directly (no
+    /// recording proxy, which reads lines: the transcript stays empty; `delivered` works).
+    pub(crate) fn start_starttls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        // mailin builds its rustls config with the process-default provider; this build links
+        // two providers, so one must be chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Self::shared(Box::new(|_| None));
+        let tls = mailin_embedded::SslConfig::SelfSigned {
+            cert_path: cert.display().to_string(),
+            key_path: key.display().to_string(),
+        };
+        Self::run_mailin(&shared, listener, Some(tls));
+        Self { port, shared }
+    }
+
+    fn shared(policy: Box<Policy>) -> Arc<UpstreamShared> {
+        Arc::new(UpstreamShared {
             delivered: Mutex::new(Vec::new()),
             policy,
             transcript: Mutex::new(String::new()),
-        });
-        let inner = TcpListener::bind("127.0.0.1:0").unwrap();
-        let inner_addr = inner.local_addr().unwrap();
+        })
+    }
+
+    fn run_mailin(
+        shared: &Arc<UpstreamShared>,
+        listener: TcpListener,
+        tls: Option<mailin_embedded::SslConfig>,
+    ) {
         let handler = RecordingHandler {
-            shared: Arc::clone(&shared),
+            shared: Arc::clone(shared),
             from: String::new(),
             to: Vec::new(),
             is8bit: false,
             data: Vec::new(),
         };
+        let mut server = Server::new(handler);
+        server
+            .with_name("upstream.test")
+            .with_num_threads(16)
+            .with_tcp_listener(listener);
+        if let Some(tls) = tls {
+            server.with_ssl(tls).unwrap();
+        }
         thread::spawn(move || {
-            let mut server = Server::new(handler);
-            server
-                .with_name("upstream.test")
-                .with_num_threads(16)
-                .with_tcp_listener(inner);
             let _ = server.serve();
         });
+    }
+
+    fn serve(public: TcpListener, policy: Box<Policy>) -> Self {
+        let port = public.local_addr().unwrap().port();
+        let shared = Self::shared(policy);
+        let inner = TcpListener::bind("127.0.0.1:0").unwrap();
+        let inner_addr = inner.local_addr().unwrap();
+        Self::run_mailin(&shared, inner, None);
         let proxy_shared = Arc::clone(&shared);
         thread::spawn(move || {
             for (n, client) in public.incoming().enumerate() {
@@ -269,6 +301,19 @@ impl Upstream {
     pub(crate) fn wait_for(&self, n: usize, deadline: Duration) -> Option<Vec<Delivered>> {
         wait_until(deadline, Duration::from_millis(25), || self.count() >= n)
             .then(|| self.delivered())
+    }
+
+    /// The `X-Test-Id` values of the messages accepted so far, with how often each arrived.
+    pub(crate) fn arrived_ids(&self) -> std::collections::HashMap<String, usize> {
+        let mut ids = std::collections::HashMap::new();
+        for m in self.delivered() {
+            for line in m.data_str().lines() {
+                if let Some(id) = line.strip_prefix("X-Test-Id: ") {
+                    *ids.entry(id.trim().to_owned()).or_insert(0) += 1;
+                }
+            }
+        }
+        ids
     }
 
     pub(crate) fn transcript(&self) -> String {
