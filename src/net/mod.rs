@@ -408,7 +408,7 @@ fn open_store(config: &Config) -> Result<Store, DaemonError> {
     );
     if report.quarantined > 0 {
         warn!(
-            "{} undecodable queue records were moved to the corrupt tree",
+            "{} damaged queue records were moved to the corrupt tree",
             report.quarantined
         );
     }

@@ -33,12 +33,12 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
                 continue;
             }
         };
-        for rcpt in db.scan_prefix(key::rcpt_prefix(id)) {
-            let (k, raw) = rcpt?;
-            if let Err(e) = record::decode_rcpt(&raw) {
-                quarantine(store, &k, &raw, &e.to_string())?;
-                report.quarantined += 1;
-            }
+        // A message with a damaged or missing part goes to `corrupt` whole: delivering it with
+        // a recipient or a body chunk short would lose mail silently.
+        if let Some(why) = damaged_part(store, id, &meta)? {
+            quarantine(store, &k, &raw, &why)?;
+            report.quarantined += 1 + quarantine_parts(store, id)?;
+            continue;
         }
         usage.messages += 1;
         usage.bytes = usage.bytes.saturating_add(meta.size);
@@ -91,6 +91,44 @@ fn sweep_spools(store: &Store) -> Result<u64, StoreError> {
     Ok(swept)
 }
 
+/// What is wrong with the parts of a message whose envelope decodes: an undecodable recipient
+/// record, fewer or more recipient records than the envelope names, or a body chunk missing
+/// (chunks are numbered `0..meta.chunks`; a point look-up each, no body is read into memory
+/// beyond sled's page cache).
+fn damaged_part(
+    store: &Store,
+    id: QueueId,
+    meta: &MessageMeta,
+) -> Result<Option<String>, StoreError> {
+    let db = &store.inner.db;
+    let mut recipients = 0u64;
+    for rcpt in db.scan_prefix(key::rcpt_prefix(id)) {
+        let (k, raw) = rcpt?;
+        if let Err(e) = record::decode_rcpt(&raw) {
+            return Ok(Some(format!("recipient record {}: {e}", printable(&k))));
+        }
+        recipients += 1;
+    }
+    if recipients != u64::from(meta.recipients) {
+        return Ok(Some(format!(
+            "{recipients} recipient records for {} recipients",
+            meta.recipients
+        )));
+    }
+    for chunk in 0..meta.chunks {
+        if !db.contains_key(key::body(id, chunk))? {
+            return Ok(Some(format!(
+                "body chunk {chunk} of {} missing",
+                meta.chunks
+            )));
+        }
+    }
+    if db.contains_key(key::body(id, meta.chunks))? {
+        return Ok(Some(format!("body longer than its {} chunks", meta.chunks)));
+    }
+    Ok(None)
+}
+
 /// Moves the recipient records and body chunks of a message whose envelope is unreadable next
 /// to it in `corrupt` (kept for the operator, out of the queue). Returns the recipient records
 /// moved (body chunks are data, not records).
@@ -113,7 +151,7 @@ fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
 /// Copies the raw record into `corrupt` under the same key, then removes it from the queue.
 fn quarantine(store: &Store, k: &[u8], raw: &[u8], why: &str) -> Result<(), StoreError> {
     log::warn!(
-        "store: key={} undecodable ({why}); moved to the corrupt tree",
+        "store: key={} damaged ({why}); moved to the corrupt tree",
         printable(k)
     );
     store.inner.corrupt.insert(k, raw)?;

@@ -75,6 +75,10 @@ fn keys_with_prefix(store: &Store, prefix: &[u8]) -> usize {
     store.inner.db.scan_prefix(prefix).count()
 }
 
+fn keys_in(db: &sled::Db, prefix: &[u8]) -> Vec<sled::IVec> {
+    db.scan_prefix(prefix).keys().map(Result::unwrap).collect()
+}
+
 fn ids(messages: &[QueuedMessage]) -> Vec<QueueId> {
     messages.iter().map(|m| m.id).collect()
 }
@@ -335,24 +339,21 @@ fn corrupt_record_is_quarantined_and_the_rest_loads() {
     }
 
     let (store, report) = open(&dir);
-    assert_eq!(report.messages, 2);
+    assert_eq!(report.messages, 1);
     assert_eq!(
-        report.quarantined, 4,
-        "bad msg + its 2 recipients + one recipient of half"
+        report.quarantined, 6,
+        "bad msg + its 2 recipients; half (one recipient damaged) whole: msg + 2 recipients"
     );
     assert!(matches!(store.get(bad), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.get(half), Err(StoreError::NotFound(_))));
     assert_eq!(body_of(&store, good), b"good");
-    assert_eq!(
-        store.get(half).unwrap().info.recipients,
-        vec!["d@w".to_string()]
-    );
-    assert_eq!(ids(&store.list().unwrap()), vec![good, half]);
-    assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![good, half]);
+    assert_eq!(ids(&store.list().unwrap()), vec![good]);
+    assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![good]);
     assert_eq!(
         store.usage(),
         Usage {
-            messages: 2,
-            bytes: 8
+            messages: 1,
+            bytes: 4
         }
     );
     let corrupt = &store.inner.corrupt;
@@ -365,6 +366,42 @@ fn corrupt_record_is_quarantined_and_the_rest_loads() {
         "its body is kept aside"
     );
     assert_eq!(keys_with_prefix(&store, &key::body_prefix(bad)), 0);
+    assert!(
+        corrupt.get(key::rcpt(half, 0)).unwrap().is_some()
+            && corrupt.get(key::body(half, 0)).unwrap().is_some(),
+        "the message with a damaged recipient is kept aside whole"
+    );
+}
+
+#[test]
+fn message_with_a_missing_body_chunk_or_recipient_is_quarantined_whole() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let cut = commit(&store, &[b"one", b"two", b"three"], &["a@x"], 1);
+    let lone = commit(&store, &[b"lone"], &["b@y"], 2);
+    let good = commit(&store, &[b"good"], &["c@z"], 3);
+    drop(store);
+    {
+        let db = sled::Config::new()
+            .path(dir.path())
+            .segment_size(SEGMENT_SIZE)
+            .open()
+            .unwrap();
+        let chunks = keys_in(&db, &key::body_prefix(cut));
+        assert!(chunks.len() >= 2, "the test needs a multi-chunk body");
+        db.remove(chunks.last().unwrap()).unwrap();
+        db.remove(key::rcpt(lone, 0)).unwrap();
+        db.flush().unwrap();
+    }
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert!(matches!(store.get(cut), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.get(lone), Err(StoreError::NotFound(_))));
+    assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![good]);
+    let corrupt = &store.inner.corrupt;
+    assert!(corrupt.get(key::msg(cut)).unwrap().is_some());
+    assert!(corrupt.get(key::msg(lone)).unwrap().is_some());
+    assert!(corrupt.get(key::body(lone, 0)).unwrap().is_some());
 }
 
 #[test]
