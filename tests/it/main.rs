@@ -12,6 +12,7 @@ mod util;
 mod bounce;
 mod chaos;
 mod cli;
+mod corruption;
 mod durability;
 mod flaps;
 mod forward;
