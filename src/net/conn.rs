@@ -150,6 +150,8 @@ enum SpoolState {
     Open(Spool),
     /// The store failed during this DATA: drain the body, then answer 451 (via `Failed`).
     Failed,
+    /// `data_dir` was below its free-space reserve at DATA: drain, then answer 452 4.3.1.
+    NoSpace,
 }
 
 struct Conn<'a> {
@@ -359,10 +361,20 @@ impl Conn<'_> {
     fn open_spool(&mut self) {
         self.body.clear();
         self.received_unix = unix_now();
+        if let Some(available) = self.ctx.short_of_space() {
+            warn!(
+                "{} status=rejected reason=\"data_dir nearly full ({} KiB available)\"",
+                self.tag,
+                available / 1024
+            );
+            self.spool = SpoolState::NoSpace;
+            return;
+        }
         let mut spool = match self.ctx.store.spool() {
             Ok(spool) => spool,
             Err(e) => {
                 error!("{} cannot open a spool: {e}", self.tag);
+                self.ctx.store_failed(&e);
                 self.spool = SpoolState::Failed;
                 return;
             }
@@ -378,6 +390,7 @@ impl Conn<'_> {
                     self.tag,
                     spool.id()
                 );
+                self.ctx.store_failed(&e);
                 spool.abort();
                 SpoolState::Failed
             }
@@ -398,6 +411,7 @@ impl Conn<'_> {
                     self.tag,
                     spool.id()
                 );
+                self.ctx.store_failed(&e);
                 if let SpoolState::Open(spool) =
                     std::mem::replace(&mut self.spool, SpoolState::Failed)
                 {
@@ -412,8 +426,10 @@ impl Conn<'_> {
     /// forwarder. Only a `Stored` outcome lets the session answer 250.
     async fn commit(&mut self, envelope: &Envelope) -> CommitOutcome {
         self.spill_body();
-        let SpoolState::Open(spool) = std::mem::take(&mut self.spool) else {
-            return CommitOutcome::Failed;
+        let spool = match std::mem::take(&mut self.spool) {
+            SpoolState::Open(spool) => spool,
+            SpoolState::NoSpace => return CommitOutcome::QueueFull,
+            SpoolState::Idle | SpoolState::Failed => return CommitOutcome::Failed,
         };
         let info = MessageInfo {
             sender: envelope.reverse_path.as_str().to_owned(),
@@ -454,6 +470,7 @@ impl Conn<'_> {
             }
             Err(e) => {
                 error!("{tag} queue_id={spool_id} commit failed: {e}");
+                self.ctx.store_failed(&e);
                 CommitOutcome::Failed
             }
         }

@@ -10,6 +10,7 @@ mod listen;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 mod netlink;
+mod space;
 pub mod tls;
 
 use std::cell::{Cell, RefCell};
@@ -62,6 +63,9 @@ pub enum DaemonError {
     Signals(io::Error),
     /// `[tls]` or `[smarthost] ca_file` could not be loaded (a config error).
     Tls(TlsError),
+    /// The store failed while serving (an I/O error: disk full, fsync failure); sled refuses
+    /// every write after one, so the daemon stops for its supervisor to restart it.
+    StoreFailed(String),
 }
 
 impl DaemonError {
@@ -75,6 +79,8 @@ impl DaemonError {
             Self::Signals(_) => 71,
             // EX_CONFIG: the PEM files named in the config are unusable.
             Self::Tls(_) => 78,
+            // EX_TEMPFAIL: restart and try again.
+            Self::StoreFailed(_) => 75,
         }
     }
 }
@@ -89,6 +95,11 @@ impl fmt::Display for DaemonError {
             Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             Self::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             Self::Tls(e) => write!(f, "TLS configuration: {e}"),
+            Self::StoreFailed(e) => write!(
+                f,
+                "the queue failed while serving ({e}); exiting so that outpost is restarted \
+                 with the queue reopened"
+            ),
         }
     }
 }
@@ -132,6 +143,9 @@ pub struct Ctx {
     pub wake: Rc<Wake>,
     /// Raised at SIGTERM: stop accepting, close idle sessions.
     pub shutdown: Shutdown,
+    /// Raised when the store fails with an I/O error: shut down, exit 75.
+    pub store_failure: Shutdown,
+    store_error: RefCell<Option<String>>,
     /// `[tls]` loaded: STARTTLS on `listen`, and the `listen_tls` ports.
     pub tls: Option<Arc<ServerConfig>>,
     /// Roots for the smarthost's certificate (`[smarthost] tls` other than "none").
@@ -164,6 +178,8 @@ impl Ctx {
             clock,
             wake: Wake::new(),
             shutdown: Shutdown::default(),
+            store_failure: Shutdown::default(),
+            store_error: RefCell::new(None),
             tls,
             smarthost_tls,
             link: LinkState::new(),
@@ -180,6 +196,25 @@ impl Ctx {
     pub fn accepted_one(&self) {
         self.accepted.set(self.accepted.get().saturating_add(1));
         self.wake.notify();
+    }
+
+    /// A store operation failed. An I/O error (disk full, failed fsync) leaves sled refusing
+    /// every later write and the page cache's state unknown (PostgreSQL's "fsyncgate"): the
+    /// only safe recovery is a fresh open, so the daemon shuts down and exits 75 for its
+    /// supervisor to restart it. Other errors (a damaged record) concern one message only.
+    pub fn store_failed(&self, e: &StoreError) {
+        if !matches!(e, StoreError::Io(_) | StoreError::Sled(_)) || self.store_failure.is_raised() {
+            return;
+        }
+        error!("the queue failed: {e}; shutting down (the queue is reopened at the next start)");
+        *self.store_error.borrow_mut() = Some(e.to_string());
+        self.store_failure.raise();
+    }
+
+    /// Free space left in `data_dir` for new mail, when it is below the reserve.
+    pub fn short_of_space(&self) -> Option<u64> {
+        let available = space::available(&self.config.data_dir)?;
+        (available < space::reserve(&self.config)).then_some(available)
     }
 
     /// Sessions currently open.
@@ -378,11 +413,15 @@ fn run_daemon(
         *fresh.late_listeners.get_mut() = late_listeners;
     }
     let ops = ex.spawn(operations(ex.clone(), ctx.clone(), control, metrics));
+    let served = ctx.clone();
     async_io::block_on(ex.run(async {
         serve(ex.clone(), listeners, ctx, shutdown).await;
         drop(ops);
     }));
-    Ok(())
+    match served.store_error.take() {
+        Some(e) => Err(DaemonError::StoreFailed(e)),
+        None => Ok(()),
+    }
 }
 
 /// Opens the store in `data_dir` (created if missing) and sweeps what a crash left behind.
@@ -465,7 +504,7 @@ pub async fn serve(
         })
         .collect();
 
-    shutdown.await;
+    future::or(shutdown, ctx.store_failure.wait()).await;
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     info!(
         "shutdown: no new connections; {} sessions in flight",
