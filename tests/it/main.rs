@@ -13,6 +13,7 @@ mod bounce;
 mod chaos;
 mod cli;
 mod corruption;
+mod diskfull;
 mod durability;
 mod flaps;
 mod forward;

@@ -135,6 +135,8 @@ pub(crate) struct RelayProcess {
     child: Option<Child>,
     /// Extra `serve` arguments (flags that override the file).
     args: Vec<String>,
+    /// Shell commands run before `exec outpost …` (e.g. `ulimit`), if any.
+    wrapper: Option<String>,
     /// Everything the relay printed, over all restarts.
     log: Arc<Mutex<String>>,
     /// The current listening port (changes on every restart: the config says port 0).
@@ -159,6 +161,16 @@ impl RelayProcess {
 
     /// Like `start_with`, adding `serve` flags after `--config FILE`.
     pub(crate) fn start_with_args(config: RelayConfig, args: &[&str]) -> Self {
+        Self::launch(config, args, None)
+    }
+
+    /// Like `start_with`, with `sh -c '<wrapper>; exec outpost serve …'` (limits, signal
+    /// dispositions: an ignored signal stays ignored across exec).
+    pub(crate) fn start_wrapped(config: RelayConfig, wrapper: &str) -> Self {
+        Self::launch(config, &[], Some(wrapper))
+    }
+
+    fn launch(config: RelayConfig, args: &[&str], wrapper: Option<&str>) -> Self {
         let dir = TestDir::new();
         let data_dir = dir.join("data");
         let config_path = dir.join("outpost.toml");
@@ -169,12 +181,32 @@ impl RelayProcess {
             data_dir,
             child: None,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            wrapper: wrapper.map(str::to_owned),
             log: Arc::new(Mutex::new(String::new())),
             port: Arc::new(AtomicU16::new(0)),
             starts: 0,
         };
         relay.spawn();
         relay
+    }
+
+    /// The wrapper for the next `restart` (`None`: run the binary directly).
+    pub(crate) fn set_wrapper(&mut self, wrapper: Option<&str>) {
+        self.wrapper = wrapper.map(str::to_owned);
+    }
+
+    /// Waits (bounded) for the relay to exit on its own; its status, or `None` if it still runs.
+    pub(crate) fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                self.note(&format!("---- exited on its own: {status} ----"));
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The port the relay listens on now.
@@ -255,7 +287,17 @@ impl RelayProcess {
     fn spawn(&mut self) {
         self.starts += 1;
         self.note(&format!("---- start #{} ----", self.starts));
-        let mut child = Command::new(OUTPOST)
+        let mut command = match &self.wrapper {
+            Some(wrapper) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("{wrapper}\nexec \"$0\" \"$@\""))
+                    .arg(OUTPOST);
+                sh
+            }
+            None => Command::new(OUTPOST),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
