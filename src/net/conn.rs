@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -71,6 +71,7 @@ pub(super) async fn run(
         received_unix: 0,
         input: [0; INPUT_BUF],
         len: 0,
+        command_since: None,
     };
     let end = conn.drive().await;
     if matches!(end, End::Closed) {
@@ -166,6 +167,12 @@ struct Conn<'a> {
     received_unix: u64,
     input: [u8; INPUT_BUF],
     len: usize,
+    /// When the wait for the current command began: the command timeout is a deadline for the
+    /// whole command line, not for each read (a client sending an octet a second — slowloris —
+    /// would otherwise hold a session, and one of `max_connections`, forever). Cleared when a
+    /// reply is written (every command gets one; the session's line reader takes partial
+    /// lines in, so consumed input is no sign of a complete command).
+    command_since: Option<Instant>,
 }
 
 impl Conn<'_> {
@@ -268,9 +275,14 @@ impl Conn<'_> {
     /// session awaits, and (between commands) against shutdown.
     async fn fill(&mut self) -> Result<(), End> {
         let timeouts = &self.ctx.config.timeouts;
-        let (timeout, what) = match self.session.awaiting() {
-            Awaiting::Command => (timeouts.command, "command"),
-            Awaiting::Body => (timeouts.data, "data"),
+        // Commands: one deadline per command line (see `command_since`). Body: the RFC 5321
+        // §4.5.3.2.6 data-block timeout, per read.
+        let (deadline, what) = match self.session.awaiting() {
+            Awaiting::Command => {
+                let since = *self.command_since.get_or_insert_with(Instant::now);
+                (since + timeouts.command, "command")
+            }
+            Awaiting::Body => (Instant::now() + timeouts.data, "data"),
             Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
                 return Err(End::Internal("session asked for input while not reading"));
             }
@@ -288,7 +300,7 @@ impl Conn<'_> {
         let stream = &mut self.stream;
         let read = async { Wait::Read(stream.read(buf).await) };
         let timer = async {
-            Timer::after(timeout).await;
+            Timer::at(deadline).await;
             Wait::TimedOut
         };
         let stop = async {
@@ -326,6 +338,7 @@ impl Conn<'_> {
         if self.replies.is_empty() {
             return Ok(());
         }
+        self.command_since = None;
         trace!(
             "{} S: {:?}",
             self.tag,

@@ -344,3 +344,32 @@ fn full_queue_gets_452_4_3_1_and_keeps_what_it_accepted() {
         .wait_for(accepted, DELIVERY)
         .unwrap_or_else(|| relay.fail("accepted messages lost after the queue filled"));
 }
+
+#[test]
+fn slowloris_command_line_times_out_at_the_command_deadline() {
+    // Regression: the command timeout was per read, so an octet a second held a session (and
+    // a `max_connections` slot) forever. It is a deadline for the whole command line now.
+    let relay = RelayProcess::start_with(RelayConfig::default().timeouts("command = \"2s\""));
+    let mut client = RawClient::ready(relay.port());
+    let started = std::time::Instant::now();
+    let mut reply = None;
+    // 40 octets at 4 a second: 10 s, five times the timeout; each gap is far below it.
+    for byte in b"NOOP xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx".iter() {
+        if client.try_send(&[*byte]).is_err() {
+            break;
+        }
+        if let Ok(r) = client.try_read_reply_within(Duration::from_millis(250)) {
+            reply = Some(r);
+            break;
+        }
+    }
+    let reply = reply.unwrap_or_else(|| {
+        relay.fail(&format!(
+            "no reply after {:?} of a never-ending command line",
+            started.elapsed()
+        ))
+    });
+    assert_eq!(reply.code, 421, "{reply}");
+    assert!(reply.text().starts_with("4.4.2"), "{reply}");
+    assert!(client.is_closed(), "connection open after 421");
+}

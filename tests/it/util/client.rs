@@ -180,6 +180,14 @@ impl RawClient {
         }
     }
 
+    /// `try_read_reply` waiting at most `wait` (a timeout is `WouldBlock`/`TimedOut`).
+    pub(crate) fn try_read_reply_within(&mut self, wait: Duration) -> std::io::Result<Reply> {
+        let _ = self.stream.set_read_timeout(Some(wait));
+        let reply = self.try_read_reply();
+        let _ = self.stream.set_read_timeout(Some(REPLY_TIMEOUT));
+        reply
+    }
+
     fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
         loop {
             if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
