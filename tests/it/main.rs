@@ -9,6 +9,7 @@
 
 mod util;
 
+mod abuse;
 mod bounce;
 mod chaos;
 mod cli;

@@ -1,0 +1,330 @@
+//! Network abuse on loopback, all at once and bounded: slowloris (a byte a second), hundreds of
+//! idle connections against `max_connections`, binary noise, a 10 MB command line, a pipelining
+//! flood that never reads, and AUTH guessing in plaintext. Meanwhile a well-behaved client keeps
+//! sending mail: it gets through within a bounded wait (a liveness bound, not a speed figure),
+//! every limit answers with its code, and the relay's resident memory stays bounded.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::{rss_kib, RawClient, RelayConfig, RelayProcess, Reply, Upstream};
+
+/// Command timeout of the relay under attack (idle and slow sessions end after it).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+const MAX_CONNECTIONS: usize = 64;
+
+/// The replies (code and first text word) a raw connection saw, and whether it was closed.
+#[derive(Default)]
+struct Seen {
+    codes: Mutex<Vec<String>>,
+}
+
+impl Seen {
+    fn add(&self, reply: &Reply) {
+        let status = reply.text().split(' ').next().unwrap_or("").to_owned();
+        self.codes
+            .lock()
+            .unwrap()
+            .push(format!("{} {status}", reply.code));
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.codes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
+    }
+}
+
+/// Reads replies until the relay closes (or `deadline`); records them.
+fn read_until_closed(client: &mut RawClient, seen: &Seen, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        match client.try_read_reply() {
+            Ok(reply) => seen.add(&reply),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn slowloris(port: u16, seen: &Seen, closed: &AtomicUsize, stop: &AtomicBool) {
+    let Ok(mut client) = RawClient::connect_no_greeting(port) else {
+        return;
+    };
+    let Ok(greeting) = client.try_read_reply() else {
+        return;
+    };
+    seen.add(&greeting);
+    if greeting.code != 220 {
+        return;
+    }
+    // "EHLO xxxxx…" one octet a second, never a line end.
+    for byte in b"EHLO ".iter().chain([b'x'; 600].iter()) {
+        if stop.load(Ordering::SeqCst) || client.try_send(&[*byte]).is_err() {
+            break;
+        }
+        match client.try_read_reply_within(Duration::from_secs(1)) {
+            Ok(reply) => {
+                // Only the timeout may answer a line that never ends.
+                seen.add(&reply);
+                if reply.code == 421 && reply.text().starts_with("4.4.2") && client.is_closed() {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                }
+                return;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[test]
+fn abuse_on_loopback_leaves_a_well_behaved_client_served_and_memory_bounded() {
+    let upstream = Upstream::start();
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(upstream.port())
+            .top(&format!(
+                "max_connections = {MAX_CONNECTIONS}\nmax_errors = 5"
+            ))
+            .timeouts(&format!("command = \"{}s\"", COMMAND_TIMEOUT.as_secs())),
+    );
+    let port = relay.port();
+    let pid = relay.pid().unwrap();
+    let rss_before = rss_kib(pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let mut attackers = Vec::new();
+
+    // Slowloris: 4 sessions, an octet a second.
+    let slow_closed = Arc::new(AtomicUsize::new(0));
+    for _ in 0..4 {
+        let (seen, closed, stop) = (
+            Arc::clone(&seen),
+            Arc::clone(&slow_closed),
+            Arc::clone(&stop),
+        );
+        attackers.push(thread::spawn(move || {
+            slowloris(port, &seen, &closed, &stop)
+        }));
+    }
+    thread::sleep(Duration::from_millis(300));
+    // Hundreds of idle connections: connect, read the greeting, say nothing.
+    let idle = {
+        let seen = Arc::clone(&seen);
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for _ in 0..300 {
+                if let Ok(mut client) = RawClient::connect_no_greeting(port) {
+                    if let Ok(greeting) = client.try_read_reply() {
+                        seen.add(&greeting);
+                    }
+                    held.push(client);
+                }
+            }
+            // Hold them until the relay times them out (bounded).
+            let deadline = Instant::now() + COMMAND_TIMEOUT + Duration::from_secs(10);
+            let mut timed_out = 0;
+            for client in &mut held {
+                if read_until_closed(client, &seen, deadline) {
+                    timed_out += 1;
+                }
+            }
+            (held.len(), timed_out)
+        })
+    };
+    // Binary noise: 64 KiB of pseudo-random octets on each of 4 sessions.
+    for t in 0..4u64 {
+        let seen = Arc::clone(&seen);
+        attackers.push(thread::spawn(move || {
+            let Ok(mut client) = RawClient::connect_no_greeting(port) else {
+                return;
+            };
+            let mut x = 0x2545_F491_4F6C_DD1D_u64 ^ t;
+            let noise: Vec<u8> = (0..65536)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[0]
+                })
+                .collect();
+            let _ = client.try_send(&noise);
+            read_until_closed(&mut client, &seen, Instant::now() + Duration::from_secs(20));
+        }));
+    }
+    // A 10 MB command line.
+    let long_line = {
+        let seen = Arc::clone(&seen);
+        thread::spawn(move || {
+            let mut client = RawClient::ready(port);
+            let mut line = b"MAIL FROM:<".to_vec();
+            line.resize(10 * 1024 * 1024, b'a');
+            line.extend_from_slice(b"@lan.test>\r\n");
+            let sent = client.try_send(&line).is_ok();
+            let reply = client.try_read_reply().ok();
+            if let Some(reply) = &reply {
+                seen.add(reply);
+            }
+            (sent, reply)
+        })
+    };
+    // A pipelining flood that never reads its replies.
+    let flood = thread::spawn(move || {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            return 0;
+        };
+        stream.set_write_timeout(Some(COMMAND_TIMEOUT * 4)).unwrap();
+        let chunk = b"NOOP\r\n".repeat(10_000);
+        let mut sent = 0;
+        for _ in 0..100 {
+            if stream.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        // Drain whatever came back so the socket closes cleanly.
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut sink = [0u8; 65536];
+        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+        sent
+    });
+    // AUTH guessing in plaintext.
+    let auth = {
+        let seen = Arc::clone(&seen);
+        thread::spawn(move || {
+            let mut client = RawClient::ready(port);
+            for n in 0..50 {
+                if client
+                    .try_send(format!("AUTH PLAIN AGFkbWluAGd1ZXNz{n:02}\r\n").as_bytes())
+                    .is_err()
+                {
+                    break;
+                }
+                match client.try_read_reply() {
+                    Ok(reply) => {
+                        let code = reply.code;
+                        seen.add(&reply);
+                        if code == 421 {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            client.is_closed()
+        })
+    };
+
+    // The well-behaved client: a message a second; a 421 at the cap is retried.
+    let mut waits = Vec::new();
+    let mut peak_rss = rss_before;
+    let started = Instant::now();
+    for n in 0..10 {
+        let t0 = Instant::now();
+        let bound = COMMAND_TIMEOUT + Duration::from_secs(20);
+        let delivered = loop {
+            peak_rss = peak_rss.max(rss_kib(pid));
+            if t0.elapsed() > bound {
+                break false;
+            }
+            let Ok(mut client) = RawClient::connect_no_greeting(port) else {
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            match client.try_read_reply() {
+                Ok(greeting) if greeting.code == 220 => {}
+                _ => {
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            if client.try_send(b"EHLO good.test\r\n").is_err() || client.try_read_reply().is_err() {
+                continue;
+            }
+            let body = format!("X-Test-Id: good-{n}\r\nSubject: good\r\n\r\nhello\r\n");
+            match client.try_send_mail("good@lan.test", &["ops@remote.test"], body.as_bytes()) {
+                Ok(reply) if reply.code == 250 => break true,
+                _ => thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        if !delivered {
+            relay.fail(&format!(
+                "the well-behaved client could not send message {n} within {bound:?}"
+            ));
+        }
+        waits.push(t0.elapsed());
+        thread::sleep(Duration::from_millis(500));
+    }
+    let good_time = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+
+    let (long_sent, long_reply) = long_line.join().unwrap();
+    let flooded = flood.join().unwrap();
+    let auth_closed = auth.join().unwrap();
+    let (idle_held, idle_timed_out) = idle.join().unwrap();
+    for attacker in attackers {
+        attacker.join().unwrap();
+    }
+    peak_rss = peak_rss.max(rss_kib(pid));
+    let all_good = upstream.wait_for(10, Duration::from_secs(30)).is_some();
+
+    println!(
+        "abuse: well-behaved client sent 10 messages in {:.1} s (longest wait {:.1} s); \
+         {idle_held} idle connections ({} greeted 220, {} refused 421 4.7.0, {idle_timed_out} \
+         closed by the relay); slowloris closed: {}; 10 MB line: {:?}; flood: {} KiB sent \
+         unread; AUTH guesses closed: {auth_closed}; replies 500: {}, 421 4.4.2: {}; VmRSS \
+         {} -> peak {} KiB",
+        good_time.as_secs_f64(),
+        waits.iter().max().unwrap().as_secs_f64(),
+        seen.count("220"),
+        seen.count("421 4.7.0"),
+        slow_closed.load(Ordering::SeqCst),
+        long_reply.as_ref().map(ToString::to_string),
+        flooded / 1024,
+        seen.count("500"),
+        seen.count("421 4.4.2"),
+        rss_before,
+        peak_rss
+    );
+    assert!(
+        all_good,
+        "the well-behaved client's messages did not all arrive"
+    );
+    assert!(
+        seen.count("421 4.7.0") > 0,
+        "no connection was refused at max_connections"
+    );
+    assert_eq!(
+        slow_closed.load(Ordering::SeqCst),
+        4,
+        "slowloris sessions were not all closed"
+    );
+    assert!(
+        idle_timed_out >= MAX_CONNECTIONS / 2,
+        "idle sessions were not closed by the command timeout"
+    );
+    assert!(long_sent, "the 10 MB line could not be sent");
+    match &long_reply {
+        Some(reply) if reply.code == 500 && reply.text().starts_with("5.5.2") => {}
+        other => relay.fail(&format!(
+            "10 MB command line answered {other:?}, not 500 5.5.2"
+        )),
+    }
+    assert!(auth_closed, "AUTH guessing was never cut off");
+    // Bounded: the 10 MB line and the flood are never held in memory.
+    if peak_rss > rss_before + 64 * 1024 {
+        relay.fail(&format!(
+            "VmRSS grew from {rss_before} to {peak_rss} KiB under abuse"
+        ));
+    }
+}
