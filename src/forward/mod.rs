@@ -518,7 +518,7 @@ impl Forwarder {
         };
         if let Err(e) = self
             .store
-            .record(message.id, &results, attempts, next)
+            .record(message.id, &results, wall_clock_secs(), attempts, next)
             .await
         {
             error!(
@@ -561,7 +561,13 @@ impl Forwarder {
         let now = self.clock.now();
         if let Err(e) = self
             .store
-            .record(message.id, &results, message.attempts, now)
+            .record(
+                message.id,
+                &results,
+                wall_clock_secs(),
+                message.attempts,
+                now,
+            )
             .await
         {
             error!("queue_id={} cannot record expiry: {e}", message.id);

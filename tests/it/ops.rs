@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::util::{
-    alias, assert_queued, message, run_command, RawClient, RelayConfig, RelayProcess, TestDir,
-    Upstream, OUTPOST,
+    alias, assert_queued, message, reply, run_command, RawClient, RelayConfig, RelayProcess, Stage,
+    TestDir, Upstream, OUTPOST,
 };
 
 const DELIVERY: Duration = Duration::from_secs(20);
@@ -241,6 +241,40 @@ fn metrics_endpoint_serves_prometheus_text() {
     assert!(scrape.docs.contains_key("outpost_queue_oldest_age_seconds"));
     let (status, _) = http_get(port, "/");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+#[test]
+fn queue_show_lists_the_attempt_history_with_each_reply() {
+    // One recipient is always deferred, the other accepted at the first attempt.
+    let upstream = Upstream::start_with_policy(|stage| match stage {
+        Stage::Rcpt { to } if to.contains("busy@") => Some(reply(451, "4.2.1 mailbox busy")),
+        _ => None,
+    });
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(upstream.port())
+            .queue("retry_min = \"1s\"\nretry_max = \"1s\""),
+    );
+    let id = send(&relay, "history", &["ok@remote.test", "busy@remote.test"]);
+    let mut show = String::new();
+    let tried_twice = crate::util::wait_until(DELIVERY, Duration::from_millis(200), || {
+        show = relay.command_ok(&["queue", "show", &id]);
+        show.matches("\n    <busy@remote.test> deferred: 451 4.2.1 mailbox busy")
+            .count()
+            >= 2
+    });
+    assert!(tried_twice, "no history of two attempts:\n{show}");
+    assert!(
+        show.contains("history (oldest first"),
+        "no history heading:\n{show}"
+    );
+    // History lines are indented by four. The first attempt lists both recipients; later
+    // ones only the one still deferred.
+    assert_eq!(
+        show.matches("\n    <ok@remote.test> sent: 250").count(),
+        1,
+        "{show}"
+    );
+    assert_eq!(upstream.count(), 1, "ok@ delivered once");
 }
 
 #[test]
