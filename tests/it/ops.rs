@@ -125,15 +125,22 @@ fn status_and_queue_exit_69_when_the_daemon_is_not_running() {
 #[test]
 fn queue_flush_during_an_outage_delivers_as_soon_as_the_upstream_is_back() {
     let (port, relay) = relay_with_outage();
-    send(&relay, "flushed", &["b@remote.test"]);
+    let subjects = ["flushed-1", "flushed-2", "flushed-3"];
+    for subject in subjects {
+        send(&relay, subject, &["b@remote.test"]);
+    }
     wait_link_down(&relay);
     let upstream = Upstream::start_on(port);
-    // The link backoff (retry_min = 5m) would hold the message far beyond the deadline below.
+    // The link backoff (retry_min = 5m) would hold the messages far beyond the deadline below.
     relay.command_ok(&["queue", "flush"]);
     let got = upstream
-        .wait_for(1, DELIVERY)
+        .wait_for(subjects.len(), DELIVERY)
         .unwrap_or_else(|| relay.fail("queue flush did not deliver"));
-    assert!(got[0].data_str().contains("Subject: flushed"));
+    // The queue drains oldest first.
+    for (delivered, subject) in got.iter().zip(subjects) {
+        let data = delivered.data_str();
+        assert!(data.contains(&format!("Subject: {subject}\r\n")), "{data}");
+    }
     let up = crate::util::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         relay.command_ok(&["status"]).contains("link: up since")
     });
