@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 
 outpost=$(realpath "$1")
 sink_python=${2:-python3}
-die() { printf 'netns: error: %s\n' "$*" >&2; exit 1; }
+CI_NAME=netns
+source .ci/lib.sh
 
 [[ $(id -u) == 0 ]] || die "needs root (ip netns)"
 command -v ip >/dev/null || die "ip (iproute2) is not installed"
@@ -27,34 +28,7 @@ host_if=opo$$h
 ns_if=opo$$n
 smarthost_ip=10.213.0.1
 late_ip=10.213.1.1
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        { kill -9 "$pid" && wait "$pid"; } 2>/dev/null || true
-    done
-    ip link del "$host_if" 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_for() {
-    local seconds=$1 what=$2 i
-    shift 2
-    for ((i = 0; i < seconds * 10; i++)); do
-        if "$@"; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out after ${seconds}s waiting for $what" >&2
-    return 1
-}
-fail() {
-    echo "---- relay log ----"; cat "$work/outpost.log" || true
-    echo "---- sink log ----"; cat "$work/sink.log" || true
-    die "$1"
-}
+at_exit+=("ip link del $host_if" "ip netns del $ns")
 in_ns() { ip netns exec "$ns" "$@"; }
 now_ms() { date +%s%3N; }
 
