@@ -695,9 +695,8 @@ impl Forwarder {
         );
         self.link_retry_at = schedule::after(self.clock.now(), delay);
         self.link.retry_at.set(Some(self.link_retry_at));
-        let next = humantime::format_duration(Duration::from_millis(
-            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-        ));
+        // Whole seconds: the jitter's milliseconds are noise in a log line.
+        let next = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
         if self.link_failures == 1 {
             warn!(
                 "smarthost {} unavailable: {error}; holding mail, next try in {next}",
