@@ -13,43 +13,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==== %s ====\n' "$*"; }
-die() { printf 'ci: faults: error: %s\n' "$*" >&2; exit 1; }
+CI_NAME=faults
+source .ci/lib.sh
 
 outpost=${1:-target/release/outpost}
 [[ -x $outpost ]] || cargo build --release
 [[ $(id -u) == 0 ]] || die "needs root (mount -t tmpfs)"
 command -v python3 >/dev/null || die "python3 is needed"
 
-work=$(mktemp -d)
 disk="$work/disk"
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        { kill -9 "$pid" && wait "$pid"; } 2>/dev/null || true
-    done
-    umount "$disk" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_for() {
-    local seconds=$1 what=$2 i
-    shift 2
-    for ((i = 0; i < seconds * 10; i++)); do
-        if "$@"; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out after ${seconds}s waiting for $what" >&2
-    return 1
-}
-fail() {
-    echo "---- relay log (last 60 lines) ----"; tail -n 60 "$work/outpost.log" || true
-    df -k "$disk" || true
-    die "$1"
-}
-
+# Unmounted before $work is removed (lib.sh runs these after killing the processes).
+at_exit+=("umount '$disk'")
 mkdir -p "$disk"
 mount -t tmpfs -o size=16m tmpfs "$disk"
 cat >"$work/outpost.toml" <<EOF

@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 outpost=$1
 
-die() { printf 'ci: interop-tls: error: %s\n' "$*" >&2; exit 1; }
+CI_NAME=interop-tls
+source .ci/lib.sh
 
 SUDO=""
 if [[ $(id -u) != 0 ]] && command -v sudo >/dev/null; then SUDO="sudo -n"; fi
@@ -26,32 +27,6 @@ fi
 command -v openssl >/dev/null || die "openssl is not installed"
 perl -MIO::Socket::SSL -e1 2>/dev/null || die "swaks needs IO::Socket::SSL (libio-socket-ssl-perl)"
 openssl version
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_for() {
-    local seconds=$1 what=$2 i
-    shift 2
-    for ((i = 0; i < seconds * 10; i++)); do
-        if "$@"; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out after ${seconds}s waiting for $what" >&2
-    return 1
-}
-
-fail() {
-    echo "---- relay log ----"; cat "$work/outpost.log" || true
-    echo "---- sink log ----"; cat "$work/sink.log" || true
-    die "$1"
-}
 
 # A private CA and a certificate for localhost / 127.0.0.1, valid for a day.
 cd "$work"

@@ -337,11 +337,15 @@ fn show(ctx: &Ctx, text: &str, now: QueueTime) -> Response {
         }
         Err(e) => return Response::err(format!("{e}\n")),
     };
+    let history = match ctx.store.history(id) {
+        Ok(history) => history,
+        Err(e) => return Response::err(format!("{e}\n")),
+    };
     let headers = match header_section(ctx, id) {
         Ok(headers) => headers,
         Err(e) => format!("(headers unreadable: {e})\n"),
     };
-    Response::ok(render_show(&message, &headers, now))
+    Response::ok(render_show(&message, &history, &headers, now))
 }
 
 /// The stored message up to its empty line, bounded by `MAX_SHOWN_HEADERS`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::clock::QueueTime;
 use crate::forward::LinkReport;
 use crate::smtp::date::rfc5322_date;
-use crate::store::{QueuedMessage, RcptState, Usage};
+use crate::store::{AttemptRecord, QueuedMessage, RcptState, Usage, KEPT_ATTEMPTS};
 
 /// A message's overall state for listings and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,12 @@ impl MessageState {
 fn rcpt_state(message: &QueuedMessage, state: RcptState) -> &'static str {
     match state {
         RcptState::Pending | RcptState::Deferred if message.held => "held",
+        _ => state_word(state),
+    }
+}
+
+fn state_word(state: RcptState) -> &'static str {
+    match state {
         RcptState::Pending => "pending",
         RcptState::Deferred => "deferred",
         RcptState::Delivered => "sent",
@@ -221,7 +227,12 @@ pub fn json_str(text: &str) -> String {
 }
 
 /// `outpost queue show ID`.
-pub fn render_show(m: &QueuedMessage, headers: &str, now: QueueTime) -> String {
+pub fn render_show(
+    m: &QueuedMessage,
+    history: &[AttemptRecord],
+    headers: &str,
+    now: QueueTime,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "id: {}", m.id);
     let _ = writeln!(out, "state: {}", MessageState::of(m).as_str());
@@ -239,6 +250,24 @@ pub fn render_show(m: &QueuedMessage, headers: &str, now: QueueTime) -> String {
     for r in &m.recipients {
         let reply = r.last_reply.as_deref().unwrap_or("no reply yet");
         let _ = writeln!(out, "  <{}> {}: {reply}", r.address, rcpt_state(m, r.state));
+    }
+    if history.is_empty() {
+        let _ = writeln!(out, "history: no attempt yet");
+    } else {
+        let _ = writeln!(
+            out,
+            "history (oldest first, the last {KEPT_ATTEMPTS} attempts are kept):"
+        );
+    }
+    for attempt in history {
+        let _ = writeln!(out, "  {}", rfc5322_date(attempt.at_unix));
+        for (idx, state, reply) in &attempt.results {
+            let address = usize::try_from(*idx)
+                .ok()
+                .and_then(|i| m.recipients.get(i))
+                .map_or("?", |r| r.address.as_str());
+            let _ = writeln!(out, "    <{address}> {}: {reply}", state_word(*state));
+        }
     }
     let _ = writeln!(out, "headers:");
     for line in headers.lines() {
@@ -396,6 +425,35 @@ mod tests {
         );
         assert!(text.contains("next attempt: in 9s"), "{text}");
         assert_eq!(render_list(&[], 0), "Mail queue is empty\n");
+    }
+
+    #[test]
+    fn show_lists_the_attempt_history_per_recipient() {
+        let m = message(7, &[RcptState::Deferred, RcptState::Delivered], false);
+        let history = [
+            AttemptRecord {
+                at_unix: 0,
+                results: vec![
+                    (0, RcptState::Deferred, "451 4.3.0 first".into()),
+                    (1, RcptState::Delivered, "250 ok".into()),
+                ],
+            },
+            AttemptRecord {
+                at_unix: 86_400,
+                results: vec![(0, RcptState::Deferred, "451 4.3.0 second".into())],
+            },
+        ];
+        let text = render_show(&m, &history, "Subject: hi\r\n", 0);
+        let expected = "history (oldest first, the last 10 attempts are kept):\n  \
+                        Thu, 01 Jan 1970 00:00:00 +0000\n    \
+                        <r0@x.test> deferred: 451 4.3.0 first\n    \
+                        <r1@x.test> sent: 250 ok\n  \
+                        Fri, 02 Jan 1970 00:00:00 +0000\n    \
+                        <r0@x.test> deferred: 451 4.3.0 second\n";
+        assert!(text.contains(expected), "{text}");
+        assert!(text.contains("headers:\n  Subject: hi"), "{text}");
+        let text = render_show(&m, &[], "", 0);
+        assert!(text.contains("history: no attempt yet"), "{text}");
     }
 
     #[test]

@@ -518,7 +518,7 @@ impl Forwarder {
         };
         if let Err(e) = self
             .store
-            .record(message.id, &results, attempts, next)
+            .record(message.id, &results, wall_clock_secs(), attempts, next)
             .await
         {
             error!(
@@ -561,7 +561,13 @@ impl Forwarder {
         let now = self.clock.now();
         if let Err(e) = self
             .store
-            .record(message.id, &results, message.attempts, now)
+            .record(
+                message.id,
+                &results,
+                wall_clock_secs(),
+                message.attempts,
+                now,
+            )
             .await
         {
             error!("queue_id={} cannot record expiry: {e}", message.id);
@@ -689,9 +695,8 @@ impl Forwarder {
         );
         self.link_retry_at = schedule::after(self.clock.now(), delay);
         self.link.retry_at.set(Some(self.link_retry_at));
-        let next = humantime::format_duration(Duration::from_millis(
-            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-        ));
+        // Whole seconds: the jitter's milliseconds are noise in a log line.
+        let next = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
         if self.link_failures == 1 {
             warn!(
                 "smarthost {} unavailable: {error}; holding mail, next try in {next}",

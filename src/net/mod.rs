@@ -132,6 +132,25 @@ impl Shutdown {
             listener.await;
         }
     }
+
+    /// Waits for `wake` or `period`, whichever comes first; `true` when shutdown came first
+    /// (the caller's loop should end).
+    pub async fn interrupts(&self, period: Duration, wake: impl Future<Output = ()>) -> bool {
+        let timer = async {
+            Timer::after(period).await;
+        };
+        future::or(
+            async {
+                future::or(wake, timer).await;
+                false
+            },
+            async {
+                self.wait().await;
+                true
+            },
+        )
+        .await
+    }
 }
 
 /// What every connection task shares (single thread: `Rc`, `Cell`).
@@ -553,17 +572,7 @@ async fn late_listener(
     implicit_tls: bool,
 ) {
     let listener = loop {
-        let stop = future::or(
-            async {
-                Timer::after(BIND_RETRY).await;
-                false
-            },
-            async {
-                ctx.shutdown.wait().await;
-                true
-            },
-        );
-        if stop.await {
+        if ctx.shutdown.interrupts(BIND_RETRY, future::pending()).await {
             return;
         }
         match TcpListener::bind(addr).and_then(Async::new) {

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use async_io::Timer;
-use futures_lite::future;
 use log::{debug, error, info, warn};
 
 use super::{MAGIC, MAILDROP};
@@ -32,23 +30,11 @@ pub async fn pickup_loop(ctx: Rc<Ctx>) {
     }
     loop {
         pickup(&ctx, &dir).await;
-        let stop = future::or(
-            async {
-                ctx.maildrop.wait().await;
-                false
-            },
-            future::or(
-                async {
-                    Timer::after(PICKUP_INTERVAL).await;
-                    false
-                },
-                async {
-                    ctx.shutdown.wait().await;
-                    true
-                },
-            ),
-        );
-        if stop.await {
+        if ctx
+            .shutdown
+            .interrupts(PICKUP_INTERVAL, ctx.maildrop.wait())
+            .await
+        {
             return;
         }
     }

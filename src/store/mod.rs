@@ -97,6 +97,19 @@ pub struct QueuedMessage {
     pub recipients: Vec<RcptRecord>,
 }
 
+/// One delivery attempt of a message, as `queue show` lists it: when (wall clock, seconds since
+/// the epoch) and, per recipient tried, its position in `QueuedMessage::recipients`, the state it
+/// was left in and the reply that decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub at_unix: u64,
+    pub results: Vec<(u32, RcptState, String)>,
+}
+
+/// How many of a message's most recent attempts the store keeps (older ones are dropped in the
+/// batch that writes a new one).
+pub const KEPT_ATTEMPTS: u32 = 10;
+
 /// The store's verdict at commit when `max_bytes` would be exceeded: expected, not an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueFull;
@@ -387,20 +400,26 @@ impl Store {
     }
 
     /// Records one attempt's per-recipient results (`idx` is the position in
-    /// `QueuedMessage::recipients`); `attempts` and `next_attempt` for what stays queued. A
-    /// message whose recipients are all delivered is removed; one with failed recipients and
-    /// none pending stays listed as failed, is never due again, and its retention starts at
-    /// `next_attempt` (pass `now` then; see `failed_at`, `purge_failed`). Durable on return.
+    /// `QueuedMessage::recipients`), made at `at_unix` (wall clock, for the attempt history);
+    /// `attempts` and `next_attempt` for what stays queued. A message whose recipients are all
+    /// delivered is removed; one with failed recipients and none pending stays listed as
+    /// failed, is never due again, and its retention starts at `next_attempt` (pass `now` then;
+    /// see `failed_at`, `purge_failed`). Durable on return.
     pub async fn record(
         &self,
         id: QueueId,
         results: &[(usize, RcptState, Option<String>)],
+        at_unix: u64,
         attempts: u32,
         next_attempt: QueueTime,
     ) -> Result<(), StoreError> {
         let mut meta = self.meta(id)?;
         let mut recipients = self.recipients(id)?;
         let mut batch = sled::Batch::default();
+        let mut attempt = AttemptRecord {
+            at_unix,
+            results: Vec::with_capacity(results.len()),
+        };
         for (idx, state, reply) in results {
             let Some((k, rcpt)) = recipients.get_mut(*idx) else {
                 log::warn!("store: queue_id={id} no recipient #{idx}; result ignored");
@@ -409,6 +428,10 @@ impl Store {
             rcpt.state = *state;
             rcpt.last_reply = clip_reply(reply.as_ref());
             batch.insert(k.as_slice(), record::encode_rcpt(rcpt));
+            let reply = rcpt.last_reply.clone().unwrap_or_default();
+            attempt
+                .results
+                .push((u32::try_from(*idx).unwrap_or(u32::MAX), *state, reply));
         }
         let open = recipients
             .iter()
@@ -425,11 +448,57 @@ impl Store {
             };
             index(&mut batch, id, &meta);
             batch.insert(key::msg(id), meta.encode());
+            if !attempt.results.is_empty() {
+                self.append_attempt(&mut batch, id, &attempt)?;
+            }
             self.apply(batch, None).await
         } else {
             log::debug!("store: queue_id={id} all recipients delivered; removed");
             self.remove_message(batch, id, &meta).await
         }
+    }
+
+    /// The message's most recent attempts (at most `KEPT_ATTEMPTS`), oldest first. An
+    /// unreadable entry is logged and skipped: history is informational.
+    pub fn history(&self, id: QueueId) -> Result<Vec<AttemptRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.db.scan_prefix(key::hist_prefix(id)) {
+            let (k, raw) = entry?;
+            match record::decode_attempt(&raw) {
+                Ok(attempt) => out.push(attempt),
+                Err(e) => log::warn!(
+                    "store: queue_id={id} attempt record {:?} unreadable: {e}",
+                    key::parse_numbered(key::HIST, &k).map(|(_, n)| n)
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds `attempt` as the message's newest history entry to `batch`, dropping the entry that
+    /// falls out of the last `KEPT_ATTEMPTS` (a bounded scan: at most that many keys).
+    fn append_attempt(
+        &self,
+        batch: &mut sled::Batch,
+        id: QueueId,
+        attempt: &AttemptRecord,
+    ) -> Result<(), StoreError> {
+        let last = match self
+            .inner
+            .db
+            .scan_prefix(key::hist_prefix(id))
+            .keys()
+            .next_back()
+        {
+            Some(k) => key::parse_numbered(key::HIST, &k?).map(|(_, n)| n),
+            None => None,
+        };
+        let n = last.map_or(0, |n| n.saturating_add(1));
+        batch.insert(key::hist(id, n), record::encode_attempt(attempt));
+        if let Some(old) = n.checked_sub(KEPT_ATTEMPTS) {
+            batch.remove(key::hist(id, old));
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: QueueId) -> Result<QueuedMessage, StoreError> {
@@ -602,6 +671,9 @@ impl Store {
         }
         for chunk in 0..meta.chunks {
             batch.remove(key::body(id, chunk));
+        }
+        for k in self.inner.db.scan_prefix(key::hist_prefix(id)).keys() {
+            batch.remove(k?);
         }
         let old = self.inner.usage.get();
         let usage = Usage {

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::{RcptRecord, RcptState, Usage};
+use super::{AttemptRecord, RcptRecord, RcptState, Usage};
 use crate::clock::QueueTime;
 
 /// Version byte of every record this build writes.
@@ -114,16 +114,30 @@ impl MessageMeta {
     }
 }
 
-pub(super) fn encode_rcpt(rcpt: &RcptRecord) -> Vec<u8> {
-    let reply_len = rcpt.last_reply.as_ref().map_or(0, String::len);
-    let mut out = Vec::with_capacity(16 + rcpt.address.len() + reply_len);
-    out.push(VERSION);
-    out.push(match rcpt.state {
+fn state_byte(state: RcptState) -> u8 {
+    match state {
         RcptState::Pending => 0,
         RcptState::Deferred => 1,
         RcptState::Delivered => 2,
         RcptState::Failed => 3,
-    });
+    }
+}
+
+fn state_of(byte: u8) -> Result<RcptState, DecodeError> {
+    Ok(match byte {
+        0 => RcptState::Pending,
+        1 => RcptState::Deferred,
+        2 => RcptState::Delivered,
+        3 => RcptState::Failed,
+        _ => return Err(DecodeError("unknown recipient state")),
+    })
+}
+
+pub(super) fn encode_rcpt(rcpt: &RcptRecord) -> Vec<u8> {
+    let reply_len = rcpt.last_reply.as_ref().map_or(0, String::len);
+    let mut out = Vec::with_capacity(16 + rcpt.address.len() + reply_len);
+    out.push(VERSION);
+    out.push(state_byte(rcpt.state));
     put_str(&mut out, &rcpt.address);
     match &rcpt.last_reply {
         None => out.push(0),
@@ -138,13 +152,7 @@ pub(super) fn encode_rcpt(rcpt: &RcptRecord) -> Vec<u8> {
 pub(super) fn decode_rcpt(bytes: &[u8]) -> Result<RcptRecord, DecodeError> {
     let mut r = Reader::new(bytes);
     r.version()?;
-    let state = match r.u8()? {
-        0 => RcptState::Pending,
-        1 => RcptState::Deferred,
-        2 => RcptState::Delivered,
-        3 => RcptState::Failed,
-        _ => return Err(DecodeError("unknown recipient state")),
-    };
+    let state = state_of(r.u8()?)?;
     let address = r.string()?;
     let last_reply = match r.u8()? {
         0 => None,
@@ -157,6 +165,36 @@ pub(super) fn decode_rcpt(bytes: &[u8]) -> Result<RcptRecord, DecodeError> {
         state,
         last_reply,
     })
+}
+
+/// `hist/<id>/<n>`: one delivery attempt (when, and each recipient's result).
+pub(super) fn encode_attempt(attempt: &AttemptRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 64 * attempt.results.len());
+    out.push(VERSION);
+    out.extend_from_slice(&attempt.at_unix.to_be_bytes());
+    let count = u32::try_from(attempt.results.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&count.to_be_bytes());
+    for (idx, state, reply) in attempt.results.iter().take(count as usize) {
+        out.extend_from_slice(&idx.to_be_bytes());
+        out.push(state_byte(*state));
+        put_str(&mut out, reply);
+    }
+    out
+}
+
+pub(super) fn decode_attempt(bytes: &[u8]) -> Result<AttemptRecord, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version()?;
+    let at_unix = r.u64()?;
+    let count = r.u32()?;
+    let mut results = Vec::new();
+    for _ in 0..count {
+        let idx = r.u32()?;
+        let state = state_of(r.u8()?)?;
+        results.push((idx, state, r.string()?));
+    }
+    r.end()?;
+    Ok(AttemptRecord { at_unix, results })
 }
 
 /// `meta/usage`: the queue counters, kept so nothing ever has to count the tree.
@@ -292,20 +330,26 @@ mod tests {
             })
     }
 
+    fn state_strategy() -> impl Strategy<Value = RcptState> {
+        (0..4u8).prop_map(|s| state_of(s).unwrap())
+    }
+
     fn rcpt_strategy() -> impl Strategy<Value = RcptRecord> {
-        (".{0,40}", 0..4u8, proptest::option::of(".{0,60}")).prop_map(|(address, s, last_reply)| {
-            let state = match s {
-                0 => RcptState::Pending,
-                1 => RcptState::Deferred,
-                2 => RcptState::Delivered,
-                _ => RcptState::Failed,
-            };
-            RcptRecord {
+        (".{0,40}", state_strategy(), proptest::option::of(".{0,60}")).prop_map(
+            |(address, state, last_reply)| RcptRecord {
                 address,
                 state,
                 last_reply,
-            }
-        })
+            },
+        )
+    }
+
+    fn attempt_strategy() -> impl Strategy<Value = AttemptRecord> {
+        (
+            any::<u64>(),
+            proptest::collection::vec((any::<u32>(), state_strategy(), ".{0,60}"), 0..5),
+        )
+            .prop_map(|(at_unix, results)| AttemptRecord { at_unix, results })
     }
 
     proptest! {
@@ -320,9 +364,17 @@ mod tests {
         }
 
         #[test]
+        fn attempt_round_trips(attempt in attempt_strategy(), cut in 0usize..400) {
+            let bytes = encode_attempt(&attempt);
+            prop_assert!(decode_attempt(&bytes[..cut % bytes.len()]).is_err());
+            prop_assert_eq!(decode_attempt(&bytes), Ok(attempt));
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = MessageMeta::decode(&bytes);
             let _ = decode_rcpt(&bytes);
+            let _ = decode_attempt(&bytes);
             let _ = decode_usage(&bytes);
             let _ = decode_clock(&bytes);
         }

@@ -129,13 +129,17 @@ fn damaged_part(
     Ok(None)
 }
 
-/// Moves the recipient records and body chunks of a message whose envelope is unreadable next
-/// to it in `corrupt` (kept for the operator, out of the queue). Returns the recipient records
-/// moved (body chunks are data, not records).
+/// Moves the recipient records, body chunks and attempt history of a message whose envelope
+/// is unreadable, or whose parts are damaged, next to it in `corrupt` (kept for the operator,
+/// out of the queue). Returns the recipient records moved (body chunks are data, not records).
 fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
     let db = &store.inner.db;
     let mut moved = 0;
-    for prefix in [key::rcpt_prefix(id), key::body_prefix(id)] {
+    for prefix in [
+        key::rcpt_prefix(id),
+        key::body_prefix(id),
+        key::hist_prefix(id),
+    ] {
         for entry in db.scan_prefix(prefix) {
             let (k, raw) = entry?;
             store.inner.corrupt.insert(&k, raw)?;

@@ -15,6 +15,9 @@ use tempfile::TempDir;
 
 use super::*;
 
+/// The wall-clock time the tests record attempts at.
+const AT: u64 = 1_700_000_000;
+
 fn options(max_bytes: u64) -> StoreOptions {
     StoreOptions {
         cache_bytes: 1 << 20,
@@ -221,13 +224,62 @@ fn all_delivered_removes_the_message_and_its_body() {
         (0, RcptState::Delivered, Some("250 ok".into())),
         (1, RcptState::Delivered, None),
     ];
-    block_on(store.record(id, &results, 1, 100)).unwrap();
+    block_on(store.record(id, &results, AT, 1, 100)).unwrap();
     assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
     assert_eq!(store.usage(), Usage::default());
     assert_eq!(keys_with_prefix(&store, key::BODY), 0);
     assert_eq!(keys_with_prefix(&store, key::RCPT), 0);
     assert_eq!(keys_with_prefix(&store, key::DUE), 0);
+    assert_eq!(keys_with_prefix(&store, key::HIST), 0);
     assert_eq!(store.next_due(), None);
+}
+
+#[test]
+fn attempt_history_keeps_the_last_attempts_in_order_and_survives_reopen() {
+    let dir = TempDir::new().unwrap();
+    let id = {
+        let (store, _) = open(&dir);
+        let id = commit(&store, &[b"body"], &["a@x", "b@y"], 1);
+        assert!(store.history(id).unwrap().is_empty());
+        let total = KEPT_ATTEMPTS + 3;
+        for n in 0..total {
+            let results = [
+                (0, RcptState::Deferred, Some(format!("451 try {n}"))),
+                (1, RcptState::Deferred, Some(format!("452 try {n}"))),
+            ];
+            let at = AT + u64::from(n);
+            block_on(store.record(id, &results, at, n + 1, 100)).unwrap();
+        }
+        let history = store.history(id).unwrap();
+        assert_eq!(history.len(), KEPT_ATTEMPTS as usize);
+        assert_eq!(history[0].at_unix, AT + 3, "the oldest three were dropped");
+        let last = history.last().unwrap();
+        assert_eq!(last.at_unix, AT + u64::from(total - 1));
+        assert_eq!(
+            last.results,
+            vec![
+                (0, RcptState::Deferred, format!("451 try {}", total - 1)),
+                (1, RcptState::Deferred, format!("452 try {}", total - 1)),
+            ]
+        );
+        // The delivery of one recipient is an attempt of its own, listing only who was tried.
+        let results = [(1, RcptState::Delivered, Some("250 ok".to_owned()))];
+        block_on(store.record(id, &results, AT + 99, total + 1, 200)).unwrap();
+        id
+    };
+    let (store, _) = open(&dir);
+    let history = store.history(id).unwrap();
+    assert_eq!(history.len(), KEPT_ATTEMPTS as usize);
+    let last = history.last().unwrap();
+    assert_eq!(last.at_unix, AT + 99);
+    assert_eq!(
+        last.results,
+        vec![(1, RcptState::Delivered, "250 ok".to_owned())]
+    );
+    // Deleting the message takes its history with it.
+    block_on(store.delete(id)).unwrap();
+    assert_eq!(keys_with_prefix(&store, key::HIST), 0);
+    assert!(store.history(id).unwrap().is_empty());
 }
 
 #[test]
@@ -239,7 +291,7 @@ fn partial_delivery_reschedules_the_rest() {
         (0, RcptState::Delivered, None),
         (1, RcptState::Deferred, Some("451".into())),
     ];
-    block_on(store.record(id, &results, 1, 500)).unwrap();
+    block_on(store.record(id, &results, AT, 1, 500)).unwrap();
     let message = store.get(id).unwrap();
     assert_eq!(message.attempts, 1);
     assert_eq!(message.next_attempt, 500);
@@ -268,7 +320,7 @@ fn failed_with_none_pending_stays_listed_until_purged() {
         (0, RcptState::Delivered, None),
         (1, RcptState::Failed, Some("550 no".into())),
     ];
-    block_on(store.record(id, &results, 1, 300)).unwrap();
+    block_on(store.record(id, &results, AT, 1, 300)).unwrap();
     assert_eq!(store.failed_at(id).unwrap(), Some(300));
     assert!(store.due(u64::MAX, 10).unwrap().is_empty());
     assert_eq!(store.next_due(), None);
@@ -642,7 +694,7 @@ fn apply(store: &Store, model: &mut BTreeMap<QueueId, Model>, op: Op) {
         } => {
             let Some(id) = pick(model, n) else { return };
             let results: Vec<_> = results.iter().map(|&(i, s)| (i, state(s), None)).collect();
-            block_on(store.record(id, &results, 1, next)).unwrap();
+            block_on(store.record(id, &results, AT, 1, next)).unwrap();
             let entry = model.get_mut(&id).unwrap();
             for (i, s, _) in &results {
                 if let Some(slot) = entry.states.get_mut(*i) {
@@ -799,7 +851,7 @@ fn a_long_smarthost_reply_is_kept_cut_to_max_reply() {
     let id = commit(&store, &[b"body"], &["a@x", "b@y"], 1);
     let long = "é".repeat(MAX_REPLY); // 2 bytes each: the cut lands inside one
     let results = [(0, RcptState::Deferred, Some(long.clone()))];
-    block_on(store.record(id, &results, 1, 50)).unwrap();
+    block_on(store.record(id, &results, AT, 1, 50)).unwrap();
     let kept = store.get(id).unwrap().recipients[0]
         .last_reply
         .clone()

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """SMTP sink for the interop checks in .ci/run: stands in for the smarthost.
 
-usage: smtp_sink.py OUTDIR PORTFILE
+usage: smtp_sink.py OUTDIR PORTFILE [HOST]
 
-Listens on 127.0.0.1 (a free port, written to PORTFILE once ready) and stores every message it
+Listens on HOST (default 127.0.0.1; a free port, written to PORTFILE once ready) and stores every message it
 accepts as OUTDIR/NNNN.eml, prefixed with X-Sink-From / X-Sink-To lines for the envelope. Uses
 aiosmtpd when it is installed; otherwise a minimal built-in server that speaks enough SMTP for a
 well-behaved client. Runs until killed.
@@ -18,6 +18,7 @@ import threading
 import time
 
 OUTDIR, PORTFILE = sys.argv[1], sys.argv[2]
+HOST = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
 COUNTER = itertools.count(1)
 LOCK = threading.Lock()
 
@@ -35,7 +36,7 @@ def store(mail_from, rcpt_tos, content):
 
 def free_port():
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
@@ -54,9 +55,9 @@ def run_aiosmtpd():
             return "250 2.0.0 stored"
 
     port = free_port()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller = Controller(Handler(), hostname=HOST, port=port)
     controller.start()
-    print("sink: aiosmtpd on 127.0.0.1:%d" % port, flush=True)
+    print("sink: aiosmtpd on %s:%d" % (HOST, port), flush=True)
     announce(port)
     while True:
         time.sleep(3600)
@@ -106,9 +107,9 @@ class MiniSmtp(socketserver.StreamRequestHandler):
 
 def run_builtin():
     socketserver.ThreadingTCPServer.allow_reuse_address = True
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), MiniSmtp)
+    server = socketserver.ThreadingTCPServer((HOST, 0), MiniSmtp)
     port = server.server_address[1]
-    print("sink: built-in server on 127.0.0.1:%d" % port, flush=True)
+    print("sink: built-in server on %s:%d" % (HOST, port), flush=True)
     announce(port)
     server.serve_forever()
 

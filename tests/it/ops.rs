@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::util::{
-    alias, assert_queued, message, run_command, RawClient, RelayConfig, RelayProcess, TestDir,
-    Upstream, OUTPOST,
+    alias, assert_queued, message, reply, run_command, RawClient, RelayConfig, RelayProcess, Stage,
+    TestDir, Upstream, OUTPOST,
 };
 
 const DELIVERY: Duration = Duration::from_secs(20);
@@ -125,15 +125,22 @@ fn status_and_queue_exit_69_when_the_daemon_is_not_running() {
 #[test]
 fn queue_flush_during_an_outage_delivers_as_soon_as_the_upstream_is_back() {
     let (port, relay) = relay_with_outage();
-    send(&relay, "flushed", &["b@remote.test"]);
+    let subjects = ["flushed-1", "flushed-2", "flushed-3"];
+    for subject in subjects {
+        send(&relay, subject, &["b@remote.test"]);
+    }
     wait_link_down(&relay);
     let upstream = Upstream::start_on(port);
-    // The link backoff (retry_min = 5m) would hold the message far beyond the deadline below.
+    // The link backoff (retry_min = 5m) would hold the messages far beyond the deadline below.
     relay.command_ok(&["queue", "flush"]);
     let got = upstream
-        .wait_for(1, DELIVERY)
+        .wait_for(subjects.len(), DELIVERY)
         .unwrap_or_else(|| relay.fail("queue flush did not deliver"));
-    assert!(got[0].data_str().contains("Subject: flushed"));
+    // The queue drains oldest first.
+    for (delivered, subject) in got.iter().zip(subjects) {
+        let data = delivered.data_str();
+        assert!(data.contains(&format!("Subject: {subject}\r\n")), "{data}");
+    }
     let up = crate::util::wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         relay.command_ok(&["status"]).contains("link: up since")
     });
@@ -241,6 +248,40 @@ fn metrics_endpoint_serves_prometheus_text() {
     assert!(scrape.docs.contains_key("outpost_queue_oldest_age_seconds"));
     let (status, _) = http_get(port, "/");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+#[test]
+fn queue_show_lists_the_attempt_history_with_each_reply() {
+    // One recipient is always deferred, the other accepted at the first attempt.
+    let upstream = Upstream::start_with_policy(|stage| match stage {
+        Stage::Rcpt { to } if to.contains("busy@") => Some(reply(451, "4.2.1 mailbox busy")),
+        _ => None,
+    });
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(upstream.port())
+            .queue("retry_min = \"1s\"\nretry_max = \"1s\""),
+    );
+    let id = send(&relay, "history", &["ok@remote.test", "busy@remote.test"]);
+    let mut show = String::new();
+    let tried_twice = crate::util::wait_until(DELIVERY, Duration::from_millis(200), || {
+        show = relay.command_ok(&["queue", "show", &id]);
+        show.matches("\n    <busy@remote.test> deferred: 451 4.2.1 mailbox busy")
+            .count()
+            >= 2
+    });
+    assert!(tried_twice, "no history of two attempts:\n{show}");
+    assert!(
+        show.contains("history (oldest first"),
+        "no history heading:\n{show}"
+    );
+    // History lines are indented by four. The first attempt lists both recipients; later
+    // ones only the one still deferred.
+    assert_eq!(
+        show.matches("\n    <ok@remote.test> sent: 250").count(),
+        1,
+        "{show}"
+    );
+    assert_eq!(upstream.count(), 1, "ok@ delivered once");
 }
 
 #[test]
