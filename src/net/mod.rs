@@ -659,6 +659,9 @@ async fn housekeeping(ctx: Rc<Ctx>) {
         let now = ctx.clock.now();
         if let Err(e) = ctx.store.save_clock(now) {
             error!("cannot save the queue clock: {e}");
+            // Also how a store that failed under the forwarder alone (no session to notice)
+            // gets the daemon restarted within a minute rather than redelivering forever.
+            ctx.store_failed(&e);
         }
         match ctx
             .store
@@ -667,7 +670,10 @@ async fn housekeeping(ctx: Rc<Ctx>) {
         {
             Ok(0) => {}
             Ok(n) => info!("purged {n} failed messages older than queue.failed_retention"),
-            Err(e) => error!("cannot purge failed messages: {e}"),
+            Err(e) => {
+                error!("cannot purge failed messages: {e}");
+                ctx.store_failed(&e);
+            }
         }
     }
 }
