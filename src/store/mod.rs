@@ -1,21 +1,25 @@
-//! The journal: the only module that touches sled. A message is a spool of body chunks plus a
-//! committed envelope with one record per recipient; a commit is durable (flushed and
-//! fdatasync'ed, shared among concurrent sessions) before it returns.
+//! The journal: the only module that touches sled and the body files. A message is a body
+//! appended to segment files in `<dir>/bodies/` (`segment.rs`) plus a committed envelope with one
+//! record per recipient; a commit is durable (bodies and sled's log `fdatasync`ed, shared among
+//! concurrent sessions) before it returns.
 //!
-//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `body/`, `spool/`, `due/`, `failed/`
+//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `spool/`, `due/`, `failed/`
 //! and `meta/` keys, so every state change is one atomic `apply_batch`; a `corrupt` tree holds
 //! quarantined records (`recover.rs`). Encodings are versioned and hand-written (`record.rs`).
-//! Durability is the group flush in `flush.rs`: one sled flush + `fdatasync` of `<dir>/db` in
-//! flight at a time, shared by every write that landed before it started.
+//! Durability is the group flush in `flush.rs`: one sync (the body segments written since the
+//! last one, then sled flush + `fdatasync` of `<dir>/db`) in flight at a time, shared by every
+//! write that landed before it started.
 //!
-//! Never: call `Tree::len` or scan `body/` or `msg/` on a hot path (only `recover`, `list`
+//! Never: call `Tree::len` or scan `part/` or `msg/` on a hot path (only `recover`, `list`
 //! and `purge_failed`'s bounded index scan read more than one message); run two flushes at
-//! once; write a value over `STORED_CHUNK`; assume sled's flush alone survives a power cut.
+//! once; write a body into sled; unlink a segment before the removal of its last extent is
+//! durable; assume sled's flush alone survives a power cut.
 
 mod flush;
 mod key;
 mod record;
 mod recover;
+mod segment;
 mod spool;
 
 use std::cell::Cell;
@@ -28,6 +32,8 @@ use std::sync::Arc;
 pub use self::flush::SyncHook;
 use self::flush::{GroupFlush, SyncFiles};
 use self::record::{DecodeError, MessageMeta};
+use self::segment::{Extent, ExtentReader, Segments};
+pub use self::segment::{MAX_EXTENT, SEGMENT_BYTES};
 use crate::clock::QueueTime;
 
 /// A queued message's id: sled's monotonic `generate_id`, shown as 16 upper-case hex digits.
@@ -136,17 +142,15 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-/// Largest body value the store writes; `Spool::append` splits bigger input (callers pass up
-/// to 32 KiB). Why so small: sled writes a page that does not fit a quarter of its log segment
-/// (`logger.rs` `reserve_inner`, `MINIMUM_ITEMS_PER_SEGMENT` in `constants.rs`; 64 KiB with
-/// `SEGMENT_SIZE`) to a `blobs/<lsn>` file that it never fsyncs (`blob_io.rs` `write_blob`),
-/// and a leaf page holds up to 17 values before it splits (`node.rs` `should_split`: more
-/// than 16): 17 × (2 KiB + key) ≈ 35 KiB stays well inside either segment size in use.
-/// Measured with 40 messages of 640 KiB and 512 KiB segments: 32 KiB values made 70 blob files,
-/// 8 KiB made 2, 6 and 4 KiB made none. The sync still fsyncs any blob that appears
-/// (`flush.rs`), but staying out of `blobs/` keeps every write in the one log file the group
-/// flush `fdatasync`s. 2 KiB rather than 4 KiB: it is what lets `SEGMENT_SIZE` halve.
-pub const STORED_CHUNK: usize = 2 * 1024;
+// Why sled values stay small (bodies live in segment files, `segment.rs`; the largest value is
+// a recipient record with a `MAX_REPLY` reply): sled writes a page that does not fit a quarter
+// of its log segment (`logger.rs` `reserve_inner`, `MINIMUM_ITEMS_PER_SEGMENT` in
+// `constants.rs`) to a `blobs/<lsn>` file that it never fsyncs (`blob_io.rs` `write_blob`), and
+// a leaf page holds up to 17 values before it splits (`node.rs` `should_split`). The sync still
+// fsyncs any blob that appears (`flush.rs`).
+
+/// Directory of the body segments inside the data directory (`segment.rs`).
+const BODIES_DIR: &str = "bodies";
 
 /// sled `segment_size` for a new store (sled's default is 512 KiB). sled allocates a fresh
 /// segment-sized io buffer (`pagecache/iobuf.rs` `AlignedBuf::new`) for every segment it
@@ -154,7 +158,7 @@ pub const STORED_CHUNK: usize = 2 * 1024;
 /// most of the peak RSS (heaptrack, 8 sessions × 100 KiB). benches/bench.py, 8 × 100 KiB,
 /// 3 rounds: peak RSS 52.1 → 32.5 MiB, accept rate unchanged against 2 KiB chunks in 512 KiB
 /// segments (305 vs 306/s); 128 KiB segments (1 KiB chunks) reached 23 MiB but cost a third
-/// of the accept rate. Must stay ≥ 4 × the largest page (see `STORED_CHUNK`).
+/// of the accept rate. Must stay ≥ 4 × the largest page (see above).
 pub const SEGMENT_SIZE: usize = 256 * 1024;
 
 /// The longest `last_reply` the store keeps (cut at a char boundary): keeps every recipient
@@ -209,6 +213,8 @@ pub struct Spool {
     id: QueueId,
     chunks: u32,
     bytes: u64,
+    /// Body segments appended to, with the extents in each (released if never committed).
+    segments: Vec<(u64, u64)>,
     /// Committed (or already cleaned up): `Drop` has nothing to remove.
     finished: bool,
 }
@@ -219,6 +225,12 @@ impl From<sled::Error> for StoreError {
             sled::Error::Io(e) => Self::Io(e),
             other => Self::Sled(other.to_string()),
         }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
     }
 }
 
@@ -240,6 +252,9 @@ impl Store {
             .mode(sled::Mode::LowSpace)
             .open()?;
         let corrupt = db.open_tree("corrupt")?;
+        // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
+        let bodies = dir.join(BODIES_DIR);
+        std::fs::create_dir_all(&bodies)?;
         let files = Arc::new(SyncFiles::open(dir).map_err(StoreError::Io)?);
         let usage = match db.get(key::USAGE)? {
             Some(raw) => record::decode_usage(&raw).unwrap_or_else(|e| {
@@ -256,7 +271,7 @@ impl Store {
             }),
             None => 0,
         };
-        let flush = GroupFlush::new(db.clone(), files);
+        let flush = GroupFlush::new(db.clone(), files, Segments::new(bodies));
         let inner = Inner {
             db,
             corrupt,
@@ -303,6 +318,7 @@ impl Store {
             id,
             chunks: 0,
             bytes: 0,
+            segments: Vec::new(),
             finished: false,
         })
     }
@@ -374,7 +390,8 @@ impl Store {
         }
     }
 
-    /// Reads the body in stored chunk order, one stored chunk (≤ `STORED_CHUNK`) at a time.
+    /// Reads the body in order, one appended piece (≤ `MAX_EXTENT`) at a time. A body stored
+    /// by an older build as sled values (`body/` keys) reads the same way.
     pub fn body_chunks(
         &self,
         id: QueueId,
@@ -382,8 +399,21 @@ impl Store {
         if !self.inner.db.contains_key(key::msg(id))? {
             return Err(StoreError::NotFound(id));
         }
-        let chunks = self.inner.db.scan_prefix(key::body_prefix(id)).values();
-        Ok(chunks.map(|chunk| chunk.map(|c| c.to_vec()).map_err(StoreError::from)))
+        let inline = self.inner.db.scan_prefix(key::body_prefix(id)).values();
+        let inline = inline.map(|chunk| chunk.map(|c| c.to_vec()).map_err(StoreError::from));
+        let mut reader = ExtentReader::new(self.inner.flush.segments().dir().to_path_buf());
+        let parts = self.inner.db.scan_prefix(key::part_prefix(id)).values();
+        let parts = parts.map(move |raw| {
+            let extent = Extent::decode(&raw?)
+                .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=part: {e}")))?;
+            reader.read(&extent).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "queue_id={id} body segment {:016X} at {}+{}: {e}",
+                    extent.seg, extent.offset, extent.len
+                ))
+            })
+        });
+        Ok(inline.chain(parts))
     }
 
     /// Records one attempt's per-recipient results (`idx` is the position in
@@ -600,15 +630,31 @@ impl Store {
         for idx in 0..meta.recipients {
             batch.remove(key::rcpt(id, idx));
         }
+        let mut segments: Vec<(u64, u64)> = Vec::new();
         for chunk in 0..meta.chunks {
-            batch.remove(key::body(id, chunk));
+            batch.remove(key::body(id, chunk)); // an older build's inline chunks
+            let k = key::part(id, chunk);
+            if let Some(raw) = self.inner.db.get(&k)? {
+                if let Ok(extent) = Extent::decode(&raw) {
+                    match segments.iter_mut().find(|(seg, _)| *seg == extent.seg) {
+                        Some((_, n)) => *n += 1,
+                        None => segments.push((extent.seg, 1)),
+                    }
+                }
+            }
+            batch.remove(k);
         }
         let old = self.inner.usage.get();
         let usage = Usage {
             messages: old.messages.saturating_sub(1),
             bytes: old.bytes.saturating_sub(meta.size),
         };
-        self.apply(batch, Some(usage)).await
+        self.apply(batch, Some(usage)).await?;
+        // Only now that the removal is durable may the bytes go (see `segment.rs`).
+        for (seg, n) in segments {
+            self.inner.flush.segments().release(seg, n);
+        }
+        Ok(())
     }
 
     /// Applies `batch` atomically (with new counters if given), then waits for the group flush.

@@ -1,10 +1,14 @@
-//! `Spool`: a message body written in chunks as DATA arrives, then committed with its envelope
-//! in one atomic batch followed by the group flush, or removed. Never holds a body in memory.
+//! `Spool`: a message body appended to a body segment (`segment.rs`) as DATA arrives, one
+//! `part/` record per piece, then committed with its envelope in one atomic batch followed by
+//! the group flush, or removed. Never holds a body in memory.
+
+use std::io;
 
 use super::record::{self, MessageMeta};
+use super::segment::MAX_EXTENT;
 use super::{
     index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, Store, StoreError,
-    Usage, STORED_CHUNK,
+    Usage,
 };
 use crate::clock::QueueTime;
 
@@ -22,17 +26,33 @@ impl Spool {
         self.bytes == 0
     }
 
-    /// Stores `bytes` as the next body chunk(s) (split into `STORED_CHUNK` values). Not flushed: the
-    /// commit's flush covers every chunk.
+    /// Appends `bytes` to the body (pieces of at most `MAX_EXTENT`, each with its `part/`
+    /// record). Not flushed: the commit's sync covers every piece.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        for piece in bytes.chunks(STORED_CHUNK) {
+        let inner = &self.store.inner;
+        for piece in bytes.chunks(MAX_EXTENT) {
             let next = self.chunks.checked_add(1).ok_or_else(|| {
                 StoreError::Corrupt(format!("queue_id={} too many chunks", self.id))
             })?;
-            self.store
-                .inner
+            let fresh = || {
+                inner
+                    .db
+                    .generate_id()
+                    .map_err(|e| io::Error::other(format!("sled generate_id: {e}")))
+            };
+            let extent = inner
+                .flush
+                .segments()
+                .append(piece, fresh)
+                .map_err(StoreError::Io)?;
+            // Counted before the record goes in: `Drop` releases it whatever happens next.
+            match self.segments.last_mut() {
+                Some((seg, n)) if *seg == extent.seg => *n += 1,
+                _ => self.segments.push((extent.seg, 1)),
+            }
+            inner
                 .db
-                .insert(key::body(self.id, self.chunks), piece)?;
+                .insert(key::part(self.id, self.chunks), &extent.encode())?;
             self.chunks = next;
             self.bytes += u64::try_from(piece.len()).unwrap_or(u64::MAX);
         }
@@ -104,10 +124,17 @@ impl Spool {
     fn remove_all(&mut self) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for chunk in 0..self.chunks {
-            batch.remove(key::body(self.id, chunk));
+            batch.remove(key::part(self.id, chunk));
         }
         batch.remove(key::spool(self.id));
-        self.store.inner.db.apply_batch(batch)?;
+        let applied = self.store.inner.db.apply_batch(batch);
+        // Even if the records stay (the batch failed), the marker makes `recover` sweep them,
+        // and the sweep needs no body bytes: the segments can go.
+        let segments = self.store.inner.flush.segments();
+        for (seg, n) in self.segments.drain(..) {
+            segments.release(seg, n);
+        }
+        applied?;
         Ok(())
     }
 }
