@@ -274,6 +274,9 @@ impl GroupFlush {
         if result.is_ok() && covers > self.durable.get() {
             self.durable.set(covers);
         }
+        if result.is_ok() {
+            self.segments.durable_up_to(covers);
+        }
         self.changed.notify(usize::MAX);
         result
     }

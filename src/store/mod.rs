@@ -4,7 +4,8 @@
 //! concurrent sessions) before it returns.
 //!
 //! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `spool/`, `due/`, `failed/`
-//! and `meta/` keys, so every state change is one atomic `apply_batch`; a `corrupt` tree holds
+//! and `meta/` keys, written one at a time in an order `recover` can finish (`writes.rs`:
+//! sled's atomic batches cost two or three log writes each); a `corrupt` tree holds
 //! quarantined records (`recover.rs`). Encodings are versioned and hand-written (`record.rs`).
 //! Durability is the group flush in `flush.rs`: one sync (the body segments written since the
 //! last one, then sled flush + `fdatasync` of `<dir>/db`) in flight at a time, shared by every
@@ -21,6 +22,7 @@ mod record;
 mod recover;
 mod segment;
 mod spool;
+mod writes;
 
 use std::cell::Cell;
 use std::fmt;
@@ -34,6 +36,7 @@ use self::flush::{GroupFlush, SyncFiles};
 use self::record::{DecodeError, MessageMeta};
 use self::segment::{Extent, ExtentReader, Segments};
 pub use self::segment::{MAX_EXTENT, SEGMENT_BYTES};
+use self::writes::Writes;
 use crate::clock::QueueTime;
 
 /// A queued message's id: sled's monotonic `generate_id`, shown as 16 upper-case hex digits.
@@ -198,7 +201,7 @@ pub struct Store {
 
 struct Inner {
     /// The default tree holds every live key (see `key.rs`); one tree makes every update one
-    /// atomic `apply_batch`.
+    /// ordered sequence of writes (`writes.rs`).
     db: sled::Db,
     corrupt: sled::Tree,
     usage: Cell<Usage>,
@@ -420,7 +423,13 @@ impl Store {
     /// `QueuedMessage::recipients`); `attempts` and `next_attempt` for what stays queued. A
     /// message whose recipients are all delivered is removed; one with failed recipients and
     /// none pending stays listed as failed, is never due again, and its retention starts at
-    /// `next_attempt` (pass `now` then; see `failed_at`, `purge_failed`). Durable on return.
+    /// `next_attempt` (pass `now` then; see `failed_at`, `purge_failed`). Durable on return,
+    /// except the removal of a message delivered to every recipient: that one is made durable
+    /// by the next sync (any commit, `flush`, which the forwarder calls after each pass), so
+    /// the forwarder does not wait for an `fdatasync` per message. Should the process die
+    /// before, the message is delivered again after the restart (at least once, as with any
+    /// crash between the smarthost's 250 and the removal); Postfix does not sync its unlink of a
+    /// delivered queue file either.
     pub async fn record(
         &self,
         id: QueueId,
@@ -430,7 +439,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut meta = self.meta(id)?;
         let mut recipients = self.recipients(id)?;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for (idx, state, reply) in results {
             let Some((k, rcpt)) = recipients.get_mut(*idx) else {
                 log::warn!("store: queue_id={id} no recipient #{idx}; result ignored");
@@ -438,12 +447,13 @@ impl Store {
             };
             rcpt.state = *state;
             rcpt.last_reply = clip_reply(reply.as_ref());
-            batch.insert(k.as_slice(), record::encode_rcpt(rcpt));
+            batch.insert(k.clone(), record::encode_rcpt(rcpt));
         }
         let open = recipients
             .iter()
             .any(|(_, r)| matches!(r.state, RcptState::Pending | RcptState::Deferred));
         let failed = recipients.iter().any(|(_, r)| r.state == RcptState::Failed);
+        let before = meta.clone();
         unindex(&mut batch, id, &meta);
         meta.attempts = attempts;
         meta.next_attempt = next_attempt;
@@ -458,7 +468,11 @@ impl Store {
             self.apply(batch, None).await
         } else {
             log::debug!("store: queue_id={id} all recipients delivered; removed");
-            self.remove_message(batch, id, &meta).await
+            // The recipient updates are moot: the removal starts with `msg/` (`writes.rs`).
+            let mut batch = Writes::default();
+            unindex(&mut batch, id, &before);
+            self.remove_message(batch, id, &before, Durability::Lazy)
+                .await
         }
     }
 
@@ -494,9 +508,10 @@ impl Store {
     /// Removes a message whatever its state. Durable on return.
     pub async fn delete(&self, id: QueueId) -> Result<(), StoreError> {
         let meta = self.meta(id)?;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         unindex(&mut batch, id, &meta);
-        self.remove_message(batch, id, &meta).await
+        self.remove_message(batch, id, &meta, Durability::Wait)
+            .await
     }
 
     /// Keeps a message out of `due` until `release`. Durable on return.
@@ -536,7 +551,7 @@ impl Store {
         let Some(after) = now.checked_add(1) else {
             return Ok(());
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for entry in self.inner.db.range(key::due(after, QueueId(0))..).keys() {
             let k = entry?;
             let Some((_, id)) = key::parse_timed(key::DUE, &k) else {
@@ -547,12 +562,12 @@ impl Store {
                 Err(StoreError::NotFound(_) | StoreError::Corrupt(_)) => continue,
                 Err(e) => return Err(e),
             };
-            batch.remove(k);
+            batch.remove(k.to_vec());
             meta.next_attempt = now;
-            batch.insert(key::due(now, id), &[]);
+            batch.insert(key::due(now, id), Vec::new());
             batch.insert(key::msg(id), meta.encode());
         }
-        self.inner.db.apply_batch(batch)?;
+        batch.apply(&self.inner.db)?;
         Ok(())
     }
 
@@ -611,7 +626,7 @@ impl Store {
         if meta.held == held {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         unindex(&mut batch, id, &meta);
         meta.held = held;
         index(&mut batch, id, &meta);
@@ -619,14 +634,20 @@ impl Store {
         self.apply(batch, None).await
     }
 
-    /// Deletes every key of a message (index entries already in `batch`), updates the counters.
+    /// Deletes every key of a message (`msg/` first, then the index entries already in `rest`,
+    /// then the rest: `writes.rs`), updates the counters. With `Durability::Wait`, returns once
+    /// the removal is durable; with `Durability::Lazy`, at once (the next sync makes it
+    /// durable). Either way the body bytes go only after that sync.
     async fn remove_message(
         &self,
-        mut batch: sled::Batch,
+        rest: Writes,
         id: QueueId,
         meta: &MessageMeta,
+        durability: Durability,
     ) -> Result<(), StoreError> {
+        let mut batch = Writes::default();
         batch.remove(key::msg(id));
+        batch.append(rest);
         for idx in 0..meta.recipients {
             batch.remove(key::rcpt(id, idx));
         }
@@ -649,20 +670,26 @@ impl Store {
             messages: old.messages.saturating_sub(1),
             bytes: old.bytes.saturating_sub(meta.size),
         };
-        self.apply(batch, Some(usage)).await?;
-        // Only now that the removal is durable may the bytes go (see `segment.rs`).
+        batch.insert(key::USAGE, record::encode_usage(usage));
+        batch.apply(&self.inner.db)?;
+        self.inner.usage.set(usage);
+        let seq = self.inner.flush.note_write();
+        // Only once the removal is durable may the bytes go (see `segment.rs`).
         for (seg, n) in segments {
-            self.inner.flush.segments().release(seg, n);
+            self.inner.flush.segments().release_after(seq, seg, n);
         }
-        Ok(())
+        match durability {
+            Durability::Wait => self.inner.flush.wait(seq).await.map_err(StoreError::Io),
+            Durability::Lazy => Ok(()),
+        }
     }
 
-    /// Applies `batch` atomically (with new counters if given), then waits for the group flush.
-    async fn apply(&self, mut batch: sled::Batch, usage: Option<Usage>) -> Result<(), StoreError> {
+    /// Applies `batch` in order (with new counters if given), then waits for the group flush.
+    async fn apply(&self, mut batch: Writes, usage: Option<Usage>) -> Result<(), StoreError> {
         if let Some(usage) = usage {
             batch.insert(key::USAGE, record::encode_usage(usage));
         }
-        self.inner.db.apply_batch(batch)?;
+        batch.apply(&self.inner.db)?;
         if let Some(usage) = usage {
             self.inner.usage.set(usage);
         }
@@ -671,8 +698,15 @@ impl Store {
     }
 }
 
+/// Whether a removal waits for its sync.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Wait,
+    Lazy,
+}
+
 /// Removes the index entry `meta` implies (due, failed, or none when held).
-fn unindex(batch: &mut sled::Batch, id: QueueId, meta: &MessageMeta) {
+fn unindex(batch: &mut Writes, id: QueueId, meta: &MessageMeta) {
     if let Some(at) = meta.failed_at {
         batch.remove(key::failed(at, id));
     } else if !meta.held {
@@ -680,9 +714,9 @@ fn unindex(batch: &mut sled::Batch, id: QueueId, meta: &MessageMeta) {
     }
 }
 
-fn index(batch: &mut sled::Batch, id: QueueId, meta: &MessageMeta) {
+fn index(batch: &mut Writes, id: QueueId, meta: &MessageMeta) {
     if let Some(k) = index_key(id, meta) {
-        batch.insert(k, &[]);
+        batch.insert(k, Vec::new());
     }
 }
 

@@ -23,6 +23,7 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     let mut usage = Usage::default();
     let mut clock = store.inner.clock.get();
     let mut expected = BTreeSet::new();
+    remove_orphan_recipients(store)?;
     let parts = check_parts(store)?;
     for entry in db.scan_prefix(key::MSG) {
         let (k, raw) = entry?;
@@ -102,7 +103,12 @@ fn sweep_spools(store: &Store) -> Result<u64, StoreError> {
         let mut batch = sled::Batch::default();
         if let Some(id) = key::parse_id(key::SPOOL, &marker) {
             if !db.contains_key(key::msg(id))? {
-                for prefix in [key::body_prefix(id), key::part_prefix(id)] {
+                let prefixes = [
+                    key::body_prefix(id),
+                    key::part_prefix(id),
+                    key::rcpt_prefix(id),
+                ];
+                for prefix in prefixes {
                     for chunk in db.scan_prefix(prefix).keys() {
                         batch.remove(chunk?);
                     }
@@ -138,6 +144,29 @@ fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
         }
     }
     Ok(moved)
+}
+
+/// Removes recipient records of no message: what a crash left in the middle of a removal
+/// (which starts with `msg/`, see `writes.rs`).
+fn remove_orphan_recipients(store: &Store) -> Result<(), StoreError> {
+    let db = &store.inner.db;
+    let mut stray = sled::Batch::default();
+    for k in db.scan_prefix(key::RCPT).keys() {
+        let k = k?;
+        let orphan = match key::parse_numbered(key::RCPT, &k) {
+            Some((id, _)) => !db.contains_key(key::msg(id))?,
+            None => true,
+        };
+        if orphan {
+            log::info!(
+                "store: key={} recipient of no message removed",
+                printable(&k)
+            );
+            stray.remove(k);
+        }
+    }
+    db.apply_batch(stray)?;
+    Ok(())
 }
 
 /// What the `part/` records say, per message: how many there are, and whether each decodes and

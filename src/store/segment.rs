@@ -110,6 +110,9 @@ pub(super) struct Segments {
     refs: RefCell<BTreeMap<u64, u64>>,
     dirty: RefCell<Vec<(u64, Arc<File>)>>,
     dir_dirty: Cell<bool>,
+    /// Extents whose removal was applied to sled with write number `.0`: released once a sync
+    /// covering that write completed (`durable_up_to`).
+    after_sync: RefCell<Vec<(u64, u64, u64)>>,
 }
 
 impl Segments {
@@ -121,6 +124,7 @@ impl Segments {
             refs: RefCell::new(BTreeMap::new()),
             dirty: RefCell::new(Vec::new()),
             dir_dirty: Cell::new(false),
+            after_sync: RefCell::new(Vec::new()),
         }
     }
 
@@ -221,6 +225,25 @@ impl Segments {
         }
         let active = self.active.borrow();
         self.release_if_unused(seg, active.as_ref().map(|a| a.seg));
+    }
+
+    /// `count` extents in `seg` were removed by write number `seq`, not yet durable: they are
+    /// released once a sync covers `seq`.
+    pub(super) fn release_after(&self, seq: u64, seg: u64, count: u64) {
+        self.after_sync.borrow_mut().push((seq, seg, count));
+    }
+
+    /// A sync covering every write numbered ≤ `covers` completed.
+    pub(super) fn durable_up_to(&self, covers: u64) {
+        let ready: Vec<(u64, u64, u64)> = {
+            let mut pending = self.after_sync.borrow_mut();
+            let (ready, later) = pending.drain(..).partition(|(seq, _, _)| *seq <= covers);
+            *pending = later;
+            ready
+        };
+        for (_, seg, count) in ready {
+            self.release(seg, count);
+        }
     }
 
     fn release_if_unused(&self, seg: u64, active: Option<u64>) {

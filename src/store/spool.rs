@@ -6,9 +6,9 @@ use std::io;
 
 use super::record::{self, MessageMeta};
 use super::segment::MAX_EXTENT;
+use super::writes::Writes;
 use super::{
-    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, Store, StoreError,
-    Usage,
+    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
 };
 use crate::clock::QueueTime;
 
@@ -92,7 +92,8 @@ impl Spool {
             recipients,
             chunks: self.chunks,
         };
-        let mut batch = sled::Batch::default();
+        // In the order `writes.rs` explains: everything else, then `msg/<id>`, then the marker.
+        let mut batch = Writes::default();
         for (idx, address) in (0..recipients).zip(info.recipients) {
             let rcpt = RcptRecord {
                 address,
@@ -102,19 +103,25 @@ impl Spool {
             batch.insert(key::rcpt(id, idx), record::encode_rcpt(&rcpt));
         }
         index(&mut batch, id, &meta);
-        batch.insert(key::msg(id), meta.encode());
-        batch.remove(key::spool(id));
         // Queue time only moves forward, and a commit persists it for free.
         let clock = inner.clock.get().max(now);
         batch.insert(key::CLOCK, record::encode_clock(clock));
-        inner.clock.set(clock);
         let usage = Usage {
             messages: old.messages + 1,
             bytes: old.bytes + self.bytes,
         };
-        // From here on the message is either committed (batch applied) or not at all; a
-        // failed batch leaves the spool for `Drop` to remove.
-        store.apply_commit(batch, usage, &mut self).await?;
+        batch.insert(key::USAGE, record::encode_usage(usage));
+        // A failure up to the `msg/` insert leaves the spool for `Drop` to remove (and records
+        // of no message for `due` and `recover` to drop).
+        batch.apply(&inner.db)?;
+        inner.clock.set(clock);
+        inner.db.insert(key::msg(id), meta.encode())?;
+        // Committed: from here on the parts belong to the message.
+        self.finished = true;
+        inner.usage.set(usage);
+        inner.db.remove(key::spool(id))?;
+        let seq = inner.flush.note_write();
+        inner.flush.wait(seq).await.map_err(StoreError::Io)?;
         Ok(Ok(id))
     }
 
@@ -122,13 +129,14 @@ impl Spool {
     pub fn abort(self) {}
 
     fn remove_all(&mut self) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        // The marker last: until it goes, `recover` would sweep what is left.
+        let mut batch = Writes::default();
         for chunk in 0..self.chunks {
             batch.remove(key::part(self.id, chunk));
         }
         batch.remove(key::spool(self.id));
-        let applied = self.store.inner.db.apply_batch(batch);
-        // Even if the records stay (the batch failed), the marker makes `recover` sweep them,
+        let applied = batch.apply(&self.store.inner.db);
+        // Even if the records stay (a write failed), the marker makes `recover` sweep them,
         // and the sweep needs no body bytes: the segments can go.
         let segments = self.store.inner.flush.segments();
         for (seg, n) in self.segments.drain(..) {
@@ -136,22 +144,6 @@ impl Spool {
         }
         applied?;
         Ok(())
-    }
-}
-
-impl Store {
-    async fn apply_commit(
-        &self,
-        mut batch: sled::Batch,
-        usage: Usage,
-        spool: &mut Spool,
-    ) -> Result<(), StoreError> {
-        batch.insert(key::USAGE, record::encode_usage(usage));
-        self.inner.db.apply_batch(batch)?;
-        spool.finished = true;
-        self.inner.usage.set(usage);
-        let seq = self.inner.flush.note_write();
-        self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
 }
 

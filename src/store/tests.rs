@@ -930,3 +930,76 @@ fn a_body_stored_inline_by_an_older_build_still_reads_and_deletes() {
     block_on(store.delete(id)).unwrap();
     assert_eq!(keys_with_prefix(&store, key::BODY), 0);
 }
+
+#[test]
+fn a_delivered_message_goes_at_once_and_its_segment_after_the_next_sync() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let piece = vec![b'd'; MAX_EXTENT];
+    let body: Vec<&[u8]> = (0..usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT)
+        .map(|_| piece.as_slice())
+        .collect();
+    let first = commit(&store, &body, &["a@x"], 1); // fills the first segment
+    commit(&store, &[b"second"], &["b@y"], 2); // opens the next one
+    let before = store.durable_epoch();
+    let results = [(0, RcptState::Delivered, Some("250 ok".into()))];
+    block_on(store.record(first, &results, 1, 3)).unwrap();
+    assert_eq!(
+        store.durable_epoch(),
+        before,
+        "a delivered removal does not wait for a sync"
+    );
+    assert!(matches!(store.get(first), Err(StoreError::NotFound(_))));
+    assert_eq!(
+        segment_files(&dir).len(),
+        2,
+        "its bytes stay until the removal is durable"
+    );
+    block_on(store.flush()).unwrap();
+    assert_eq!(segment_files(&dir).len(), 1);
+}
+
+#[test]
+fn a_crash_inside_a_commit_or_a_removal_leaves_nothing_behind_after_recover() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    // A commit cut before its `msg/` write: parts, recipient records and an index entry.
+    let mut spool = store.spool().unwrap();
+    spool.append(b"never committed").unwrap();
+    let half = spool.id();
+    let db = &store.inner.db;
+    let rcpt = RcptRecord {
+        address: "a@x".into(),
+        state: RcptState::Pending,
+        last_reply: None,
+    };
+    db.insert(key::rcpt(half, 0), record::encode_rcpt(&rcpt))
+        .unwrap();
+    db.insert(key::due(1, half), &[]).unwrap();
+    spool.finished = true; // the process died here
+    drop(spool);
+    // A removal cut right after its `msg/` write.
+    let gone = commit(&store, &[b"delivered"], &["b@y"], 2);
+    db.remove(key::msg(gone)).unwrap();
+    let kept = commit(&store, &[b"kept"], &["c@z"], 3);
+    block_on(store.flush()).unwrap();
+    drop(store);
+
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert_eq!(report.swept_spools, 1);
+    assert_eq!(report.quarantined, 0);
+    for id in [half, gone] {
+        assert_eq!(keys_with_prefix(&store, &key::rcpt_prefix(id)), 0);
+        assert_eq!(keys_with_prefix(&store, &key::part_prefix(id)), 0);
+    }
+    assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![kept]);
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 1,
+            bytes: 4
+        }
+    );
+    assert_eq!(body_of(&store, kept), b"kept");
+}
