@@ -11,7 +11,10 @@
 //! | `spool/<id:8>`                | empty: a spool not committed   |
 //! | `due/<time:8>/<id:8>`         | empty: the scheduler index     |
 //! | `failed/<time:8>/<id:8>`      | empty: retention index         |
-//! | `meta/usage`, `meta/clock`    | counters, queue clock          |
+//! | `meta/usage`, `meta/clock`    | counters, clock (see below)    |
+//!
+//! `meta/usage` is written by `recover` only (the counters live in memory and are recounted at
+//! every start); `meta/clock` by `recover` and `Store::save_clock` (periodically, at shutdown).
 
 use super::QueueId;
 use crate::clock::QueueTime;

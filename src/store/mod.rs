@@ -465,7 +465,7 @@ impl Store {
             };
             index(&mut batch, id, &meta);
             batch.insert(key::msg(id), meta.encode());
-            self.apply(batch, None).await
+            self.apply(batch).await
         } else {
             log::debug!("store: queue_id={id} all recipients delivered; removed");
             // The recipient updates are moot: the removal starts with `msg/` (`writes.rs`).
@@ -631,7 +631,7 @@ impl Store {
         meta.held = held;
         index(&mut batch, id, &meta);
         batch.insert(key::msg(id), meta.encode());
-        self.apply(batch, None).await
+        self.apply(batch).await
     }
 
     /// Deletes every key of a message (`msg/` first, then the index entries already in `rest`,
@@ -670,7 +670,6 @@ impl Store {
             messages: old.messages.saturating_sub(1),
             bytes: old.bytes.saturating_sub(meta.size),
         };
-        batch.insert(key::USAGE, record::encode_usage(usage));
         batch.apply(&self.inner.db)?;
         self.inner.usage.set(usage);
         let seq = self.inner.flush.note_write();
@@ -684,15 +683,9 @@ impl Store {
         }
     }
 
-    /// Applies `batch` in order (with new counters if given), then waits for the group flush.
-    async fn apply(&self, mut batch: Writes, usage: Option<Usage>) -> Result<(), StoreError> {
-        if let Some(usage) = usage {
-            batch.insert(key::USAGE, record::encode_usage(usage));
-        }
+    /// Applies `batch` in order, then waits for the group flush.
+    async fn apply(&self, batch: Writes) -> Result<(), StoreError> {
         batch.apply(&self.inner.db)?;
-        if let Some(usage) = usage {
-            self.inner.usage.set(usage);
-        }
         let seq = self.inner.flush.note_write();
         self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }

@@ -70,15 +70,8 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     remove_orphan_segments(store, &refs)?;
     store.inner.flush.segments().set_refs(refs);
 
-    if usage != store.inner.usage.get() {
-        log::warn!(
-            "store: counters were messages={} bytes={}, recounted messages={} bytes={}",
-            store.inner.usage.get().messages,
-            store.inner.usage.get().bytes,
-            usage.messages,
-            usage.bytes
-        );
-    }
+    // The stored counters date from the last start (commits do not write them): the recount is
+    // the truth, not a repair.
     db.insert(key::USAGE, record::encode_usage(usage))?;
     store.inner.usage.set(usage);
     db.insert(key::CLOCK, record::encode_clock(clock))?;

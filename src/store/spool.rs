@@ -103,14 +103,13 @@ impl Spool {
             batch.insert(key::rcpt(id, idx), record::encode_rcpt(&rcpt));
         }
         index(&mut batch, id, &meta);
-        // Queue time only moves forward, and a commit persists it for free.
+        // Neither the queue clock nor the counters are written per message (one more key each
+        // in sled's log): `recover` takes the clock past every `enqueued_at` and recounts.
         let clock = inner.clock.get().max(now);
-        batch.insert(key::CLOCK, record::encode_clock(clock));
         let usage = Usage {
             messages: old.messages + 1,
             bytes: old.bytes + self.bytes,
         };
-        batch.insert(key::USAGE, record::encode_usage(usage));
         // A failure up to the `msg/` insert leaves the spool for `Drop` to remove (and records
         // of no message for `due` and `recover` to drop).
         batch.apply(&inner.db)?;

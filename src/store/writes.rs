@@ -14,11 +14,11 @@
 //! sequence numbers, and sled recovers a prefix of the log (`pagecache/segment.rs`: a later
 //! segment is not recovered without its predecessors). So a crash leaves the first k writes of
 //! a sequence. The orders the store uses:
-//! - commit: recipient records, index entry, counters, then `msg/<id>` (the commit point), then
+//! - commit: recipient records, index entry, then `msg/<id>` (the commit point), then
 //!   the removal of the `spool/<id>` marker. Without `msg/`, `recover` sweeps the spool with its
 //!   parts and recipient records; with it, only the marker goes.
-//! - removal: `msg/<id>` first (the point of no return), then recipients, parts, index entry and
-//!   counters; `recover` removes records of no message and rebuilds indexes and counters.
+//! - removal: `msg/<id>` first (the point of no return), then recipients, parts and index entry;
+//!   `recover` removes records of no message and rebuilds indexes and counters.
 //! - updates (attempt results, hold, reschedule): recipient records and index entries, then
 //!   `msg/<id>`; `recover` rebuilds the `due/`/`failed/` index from `msg/` records.
 
