@@ -646,6 +646,22 @@ def read_meminfo_total():
         return int(f.readline().split()[1]) // 1024
 
 
+def linkage(binary):
+    """'static' or 'dynamic': whether the ELF file asks for an interpreter (PT_INTERP). The
+    shared libraries of a dynamic build (libc, ld.so) count in its RSS."""
+    import struct
+    with open(binary, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return "?"
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    types = [struct.unpack_from("<I", table, i * phentsize)[0] for i in range(phnum)]
+    return "dynamic, glibc" if 3 in types else "static"
+
+
 def report(args, info, fsync, direct, results, started, elapsed, version):
     L = []
     L.append(f"# outpost vs Postfix — last run\n")
@@ -658,8 +674,8 @@ def report(args, info, fsync, direct, results, started, elapsed, version):
                  f"are the thing to read")
     pfv = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True,
                          text=True).stdout.strip()
-    L.append(f"- {version} (release build) vs Postfix {pfv} (Debian package, private instance: "
-             f"defaults + relayhost)")
+    L.append(f"- {version} (release build, {linkage(args.outpost)}) vs Postfix {pfv} (Debian "
+             f"package, private instance: defaults + relayhost)")
     L.append(f"- limits: the disk's fdatasync rate **{fsync[0]:.0f}/s appending**, "
              f"{fsync[1]:.0f}/s overwriting in place (512 B write + fdatasync loop, 2 s each, in "
              f"the work dir); smtp-sink accepting directly from smtp-source (no relay, no disk, 3× the messages, "

@@ -354,6 +354,11 @@ impl Forwarder {
             if let Err(e) = self.session(live).await {
                 self.link_down(&e);
             }
+            // Removals of delivered mail are not waited for one by one (`Store::record`): one
+            // sync per pass makes them durable and lets their body segments go.
+            if let Err(e) = self.store.flush().await {
+                error!("cannot sync the queue after a delivery pass: {e}");
+            }
             return;
         }
     }

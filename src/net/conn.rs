@@ -370,7 +370,9 @@ impl Conn<'_> {
         }
     }
 
-    /// DATA accepted (354 sent): open a spool and write the trace header first.
+    /// DATA accepted (354 sent): open a spool and put the trace header first in the body buffer
+    /// (not appended on its own: a small message then reaches the store in one append, one
+    /// write to its body file).
     fn open_spool(&mut self) {
         self.body.clear();
         self.received_unix = unix_now();
@@ -383,7 +385,7 @@ impl Conn<'_> {
             self.spool = SpoolState::NoSpace;
             return;
         }
-        let mut spool = match self.ctx.store.spool() {
+        let spool = match self.ctx.store.spool() {
             Ok(spool) => spool,
             Err(e) => {
                 error!("{} cannot open a spool: {e}", self.tag);
@@ -395,19 +397,10 @@ impl Conn<'_> {
         let header = self
             .session
             .received_header(&spool.id().to_string(), &rfc5322_date(self.received_unix));
-        self.spool = match spool.append(header.as_bytes()) {
-            Ok(()) => SpoolState::Open(spool),
-            Err(e) => {
-                error!(
-                    "{} queue_id={} cannot write to the spool: {e}",
-                    self.tag,
-                    spool.id()
-                );
-                self.ctx.store_failed(&e);
-                spool.abort();
-                SpoolState::Failed
-            }
-        };
+        // The header is far below `SPILL_AT` (a line of names bounded by RFC 5321 limits), so
+        // the buffer stays within `MAX_CHUNK` as the body arrives.
+        self.body.extend_from_slice(header.as_bytes());
+        self.spool = SpoolState::Open(spool);
     }
 
     /// Moves the body buffer into the spool in chunks of at most `MAX_CHUNK`. Without an open

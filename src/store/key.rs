@@ -1,17 +1,21 @@
 //! Key layout of the store's one sled tree. Ids, chunk numbers and times are big-endian so
-//! sled's byte order is numeric order: a prefix scan of `due/` is oldest-first, `body/<id>/` is
-//! chunk order. Pure: builds and parses byte strings, never touches sled.
+//! sled's byte order is numeric order: a prefix scan of `due/` is oldest-first, `part/<id>/` is
+//! body order. Pure: builds and parses byte strings, never touches sled.
 //!
 //! | key                           | value                          |
 //! |-------------------------------|--------------------------------|
 //! | `msg/<id:8>`                  | `MessageMeta`                  |
 //! | `rcpt/<id:8>/<idx:4>`         | `RcptRecord`                   |
-//! | `body/<id:8>/<chunk:4>`       | raw body bytes (≤ 32 KiB)      |
+//! | `part/<id:8>/<n:4>`           | `Extent` of body piece n       |
+//! | `body/<id:8>/<chunk:4>`       | raw body bytes (older stores)  |
 //! | `hist/<id:8>/<n:4>`           | `AttemptRecord` (last few)     |
 //! | `spool/<id:8>`                | empty: a spool not committed   |
 //! | `due/<time:8>/<id:8>`         | empty: the scheduler index     |
 //! | `failed/<time:8>/<id:8>`      | empty: retention index         |
-//! | `meta/usage`, `meta/clock`    | counters, queue clock          |
+//! | `meta/usage`, `meta/clock`    | counters, clock (see below)    |
+//!
+//! `meta/usage` is written by `recover` only (the counters live in memory and are recounted at
+//! every start); `meta/clock` by `recover` and `Store::save_clock` (periodically, at shutdown).
 
 use super::QueueId;
 use crate::clock::QueueTime;
@@ -19,6 +23,7 @@ use crate::clock::QueueTime;
 pub(super) const MSG: &[u8] = b"msg/";
 pub(super) const RCPT: &[u8] = b"rcpt/";
 pub(super) const BODY: &[u8] = b"body/";
+pub(super) const PART: &[u8] = b"part/";
 pub(super) const HIST: &[u8] = b"hist/";
 pub(super) const SPOOL: &[u8] = b"spool/";
 pub(super) const DUE: &[u8] = b"due/";
@@ -68,11 +73,22 @@ pub(super) fn body(id: QueueId, chunk: u32) -> Vec<u8> {
     join(BODY, &[&id.0.to_be_bytes(), &chunk.to_be_bytes()])
 }
 
+/// `part/<id>/`: the prefix of one message's body extents.
+pub(super) fn part_prefix(id: QueueId) -> Vec<u8> {
+    let mut key = join(PART, &[&id.0.to_be_bytes()]);
+    key.push(b'/');
+    key
+}
+
 /// `hist/<id>/`: the prefix of one message's attempt history.
 pub(super) fn hist_prefix(id: QueueId) -> Vec<u8> {
     let mut key = join(HIST, &[&id.0.to_be_bytes()]);
     key.push(b'/');
     key
+}
+
+pub(super) fn part(id: QueueId, n: u32) -> Vec<u8> {
+    join(PART, &[&id.0.to_be_bytes(), &n.to_be_bytes()])
 }
 
 pub(super) fn hist(id: QueueId, n: u32) -> Vec<u8> {
@@ -105,7 +121,7 @@ pub(super) fn parse_timed(prefix: &[u8], key: &[u8]) -> Option<(QueueTime, Queue
     Some((u64::from_be_bytes(time), QueueId(u64::from_be_bytes(id))))
 }
 
-/// `(id, n)` of a `rcpt/<id>/<n>`, `body/<id>/<n>` or `hist/<id>/<n>` key.
+/// `(id, n)` of a `rcpt/<id>/<n>`, `part/<id>/<n>`, `body/<id>/<n>` or `hist/<id>/<n>` key.
 pub(super) fn parse_numbered(prefix: &[u8], key: &[u8]) -> Option<(QueueId, u32)> {
     let rest = key.strip_prefix(prefix)?;
     if rest.len() != 13 || rest[8] != b'/' {

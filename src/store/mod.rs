@@ -1,22 +1,28 @@
-//! The journal: the only module that touches sled. A message is a spool of body chunks plus a
-//! committed envelope with one record per recipient; a commit is durable (flushed and
-//! fdatasync'ed, shared among concurrent sessions) before it returns.
+//! The journal: the only module that touches sled and the body files. A message is a body
+//! appended to segment files in `<dir>/bodies/` (`segment.rs`) plus a committed envelope with one
+//! record per recipient; a commit is durable (bodies and sled's log `fdatasync`ed, shared among
+//! concurrent sessions) before it returns.
 //!
-//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `body/`, `spool/`, `due/`, `failed/`
-//! and `meta/` keys, so every state change is one atomic `apply_batch`; a `corrupt` tree holds
+//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `spool/`, `due/`, `failed/`
+//! and `meta/` keys, written one at a time in an order `recover` can finish (`writes.rs`:
+//! sled's atomic batches cost two or three log writes each); a `corrupt` tree holds
 //! quarantined records (`recover.rs`). Encodings are versioned and hand-written (`record.rs`).
-//! Durability is the group flush in `flush.rs`: one sled flush + `fdatasync` of `<dir>/db` in
-//! flight at a time, shared by every write that landed before it started.
+//! Durability is the group flush in `flush.rs`: one sync (the body segments written since the
+//! last one, then sled flush + `fdatasync` of `<dir>/db`) in flight at a time, shared by every
+//! write that landed before it started.
 //!
-//! Never: call `Tree::len` or scan `body/` or `msg/` on a hot path (only `recover`, `list`
+//! Never: call `Tree::len` or scan `part/` or `msg/` on a hot path (only `recover`, `list`
 //! and `purge_failed`'s bounded index scan read more than one message); run two flushes at
-//! once; write a value over `STORED_CHUNK`; assume sled's flush alone survives a power cut.
+//! once; write a body into sled; unlink a segment before the removal of its last extent is
+//! durable; assume sled's flush alone survives a power cut.
 
 mod flush;
 mod key;
 mod record;
 mod recover;
+mod segment;
 mod spool;
+mod writes;
 
 use std::cell::Cell;
 use std::fmt;
@@ -28,6 +34,9 @@ use std::sync::Arc;
 pub use self::flush::SyncHook;
 use self::flush::{GroupFlush, SyncFiles};
 use self::record::{DecodeError, MessageMeta};
+use self::segment::{Extent, ExtentReader, Segments};
+pub use self::segment::{MAX_EXTENT, SEGMENT_BYTES};
+use self::writes::Writes;
 use crate::clock::QueueTime;
 
 /// A queued message's id: sled's monotonic `generate_id`, shown as 16 upper-case hex digits.
@@ -149,17 +158,15 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-/// Largest body value the store writes; `Spool::append` splits bigger input (callers pass up
-/// to 32 KiB). Why so small: sled writes a page that does not fit a quarter of its log segment
-/// (`logger.rs` `reserve_inner`, `MINIMUM_ITEMS_PER_SEGMENT` in `constants.rs`; 64 KiB with
-/// `SEGMENT_SIZE`) to a `blobs/<lsn>` file that it never fsyncs (`blob_io.rs` `write_blob`),
-/// and a leaf page holds up to 17 values before it splits (`node.rs` `should_split`: more
-/// than 16): 17 × (2 KiB + key) ≈ 35 KiB stays well inside either segment size in use.
-/// Measured with 40 messages of 640 KiB and 512 KiB segments: 32 KiB values made 70 blob files,
-/// 8 KiB made 2, 6 and 4 KiB made none. The sync still fsyncs any blob that appears
-/// (`flush.rs`), but staying out of `blobs/` keeps every write in the one log file the group
-/// flush `fdatasync`s. 2 KiB rather than 4 KiB: it is what lets `SEGMENT_SIZE` halve.
-pub const STORED_CHUNK: usize = 2 * 1024;
+// Why sled values stay small (bodies live in segment files, `segment.rs`; the largest value is
+// a recipient record with a `MAX_REPLY` reply): sled writes a page that does not fit a quarter
+// of its log segment (`logger.rs` `reserve_inner`, `MINIMUM_ITEMS_PER_SEGMENT` in
+// `constants.rs`) to a `blobs/<lsn>` file that it never fsyncs (`blob_io.rs` `write_blob`), and
+// a leaf page holds up to 17 values before it splits (`node.rs` `should_split`). The sync still
+// fsyncs any blob that appears (`flush.rs`).
+
+/// Directory of the body segments inside the data directory (`segment.rs`).
+const BODIES_DIR: &str = "bodies";
 
 /// sled `segment_size` for a new store (sled's default is 512 KiB). sled allocates a fresh
 /// segment-sized io buffer (`pagecache/iobuf.rs` `AlignedBuf::new`) for every segment it
@@ -167,7 +174,7 @@ pub const STORED_CHUNK: usize = 2 * 1024;
 /// most of the peak RSS (heaptrack, 8 sessions × 100 KiB). benches/bench.py, 8 × 100 KiB,
 /// 3 rounds: peak RSS 52.1 → 32.5 MiB, accept rate unchanged against 2 KiB chunks in 512 KiB
 /// segments (305 vs 306/s); 128 KiB segments (1 KiB chunks) reached 23 MiB but cost a third
-/// of the accept rate. Must stay ≥ 4 × the largest page (see `STORED_CHUNK`).
+/// of the accept rate. Must stay ≥ 4 × the largest page (see above).
 pub const SEGMENT_SIZE: usize = 256 * 1024;
 
 /// The longest `last_reply` the store keeps (cut at a char boundary): keeps every recipient
@@ -207,7 +214,7 @@ pub struct Store {
 
 struct Inner {
     /// The default tree holds every live key (see `key.rs`); one tree makes every update one
-    /// atomic `apply_batch`.
+    /// ordered sequence of writes (`writes.rs`).
     db: sled::Db,
     corrupt: sled::Tree,
     usage: Cell<Usage>,
@@ -222,6 +229,8 @@ pub struct Spool {
     id: QueueId,
     chunks: u32,
     bytes: u64,
+    /// Body segments appended to, with the extents in each (released if never committed).
+    segments: Vec<(u64, u64)>,
     /// Committed (or already cleaned up): `Drop` has nothing to remove.
     finished: bool,
 }
@@ -232,6 +241,12 @@ impl From<sled::Error> for StoreError {
             sled::Error::Io(e) => Self::Io(e),
             other => Self::Sled(other.to_string()),
         }
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
     }
 }
 
@@ -253,6 +268,9 @@ impl Store {
             .mode(sled::Mode::LowSpace)
             .open()?;
         let corrupt = db.open_tree("corrupt")?;
+        // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
+        let bodies = dir.join(BODIES_DIR);
+        std::fs::create_dir_all(&bodies)?;
         let files = Arc::new(SyncFiles::open(dir).map_err(StoreError::Io)?);
         let usage = match db.get(key::USAGE)? {
             Some(raw) => record::decode_usage(&raw).unwrap_or_else(|e| {
@@ -269,7 +287,7 @@ impl Store {
             }),
             None => 0,
         };
-        let flush = GroupFlush::new(db.clone(), files);
+        let flush = GroupFlush::new(db.clone(), files, Segments::new(bodies));
         let inner = Inner {
             db,
             corrupt,
@@ -316,6 +334,7 @@ impl Store {
             id,
             chunks: 0,
             bytes: 0,
+            segments: Vec::new(),
             finished: false,
         })
     }
@@ -387,7 +406,8 @@ impl Store {
         }
     }
 
-    /// Reads the body in stored chunk order, one stored chunk (≤ `STORED_CHUNK`) at a time.
+    /// Reads the body in order, one appended piece (≤ `MAX_EXTENT`) at a time. A body stored
+    /// by an older build as sled values (`body/` keys) reads the same way.
     pub fn body_chunks(
         &self,
         id: QueueId,
@@ -395,8 +415,21 @@ impl Store {
         if !self.inner.db.contains_key(key::msg(id))? {
             return Err(StoreError::NotFound(id));
         }
-        let chunks = self.inner.db.scan_prefix(key::body_prefix(id)).values();
-        Ok(chunks.map(|chunk| chunk.map(|c| c.to_vec()).map_err(StoreError::from)))
+        let inline = self.inner.db.scan_prefix(key::body_prefix(id)).values();
+        let inline = inline.map(|chunk| chunk.map(|c| c.to_vec()).map_err(StoreError::from));
+        let mut reader = ExtentReader::new(self.inner.flush.segments().dir().to_path_buf());
+        let parts = self.inner.db.scan_prefix(key::part_prefix(id)).values();
+        let parts = parts.map(move |raw| {
+            let extent = Extent::decode(&raw?)
+                .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=part: {e}")))?;
+            reader.read(&extent).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "queue_id={id} body segment {:016X} at {}+{}: {e}",
+                    extent.seg, extent.offset, extent.len
+                ))
+            })
+        });
+        Ok(inline.chain(parts))
     }
 
     /// Records one attempt's per-recipient results (`idx` is the position in
@@ -404,7 +437,12 @@ impl Store {
     /// `attempts` and `next_attempt` for what stays queued. A message whose recipients are all
     /// delivered is removed; one with failed recipients and none pending stays listed as
     /// failed, is never due again, and its retention starts at `next_attempt` (pass `now` then;
-    /// see `failed_at`, `purge_failed`). Durable on return.
+    /// see `failed_at`, `purge_failed`). Durable on return, except the removal of a message
+    /// delivered to every recipient: that one is made durable by the next sync (any commit,
+    /// `flush`, which the forwarder calls after each pass), so the forwarder does not wait for
+    /// an `fdatasync` per message. Should the process die before, the message is delivered
+    /// again after the restart (at least once, as with any crash between the smarthost's 250
+    /// and the removal); Postfix does not sync its unlink of a delivered queue file either.
     pub async fn record(
         &self,
         id: QueueId,
@@ -415,7 +453,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut meta = self.meta(id)?;
         let mut recipients = self.recipients(id)?;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut attempt = AttemptRecord {
             at_unix,
             results: Vec::with_capacity(results.len()),
@@ -427,7 +465,7 @@ impl Store {
             };
             rcpt.state = *state;
             rcpt.last_reply = clip_reply(reply.as_ref());
-            batch.insert(k.as_slice(), record::encode_rcpt(rcpt));
+            batch.insert(k.clone(), record::encode_rcpt(rcpt));
             let reply = rcpt.last_reply.clone().unwrap_or_default();
             attempt
                 .results
@@ -437,6 +475,7 @@ impl Store {
             .iter()
             .any(|(_, r)| matches!(r.state, RcptState::Pending | RcptState::Deferred));
         let failed = recipients.iter().any(|(_, r)| r.state == RcptState::Failed);
+        let before = meta.clone();
         unindex(&mut batch, id, &meta);
         meta.attempts = attempts;
         meta.next_attempt = next_attempt;
@@ -448,13 +487,18 @@ impl Store {
             };
             index(&mut batch, id, &meta);
             batch.insert(key::msg(id), meta.encode());
+            // After `msg/`: the history is informational; a crash before it loses one entry.
             if !attempt.results.is_empty() {
                 self.append_attempt(&mut batch, id, &attempt)?;
             }
-            self.apply(batch, None).await
+            self.apply(batch).await
         } else {
             log::debug!("store: queue_id={id} all recipients delivered; removed");
-            self.remove_message(batch, id, &meta).await
+            // The recipient updates are moot: the removal starts with `msg/` (`writes.rs`).
+            let mut batch = Writes::default();
+            unindex(&mut batch, id, &before);
+            self.remove_message(batch, id, &before, Durability::Lazy)
+                .await
         }
     }
 
@@ -479,7 +523,7 @@ impl Store {
     /// falls out of the last `KEPT_ATTEMPTS` (a bounded scan: at most that many keys).
     fn append_attempt(
         &self,
-        batch: &mut sled::Batch,
+        batch: &mut Writes,
         id: QueueId,
         attempt: &AttemptRecord,
     ) -> Result<(), StoreError> {
@@ -533,9 +577,10 @@ impl Store {
     /// Removes a message whatever its state. Durable on return.
     pub async fn delete(&self, id: QueueId) -> Result<(), StoreError> {
         let meta = self.meta(id)?;
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         unindex(&mut batch, id, &meta);
-        self.remove_message(batch, id, &meta).await
+        self.remove_message(batch, id, &meta, Durability::Wait)
+            .await
     }
 
     /// Keeps a message out of `due` until `release`. Durable on return.
@@ -575,7 +620,7 @@ impl Store {
         let Some(after) = now.checked_add(1) else {
             return Ok(());
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for entry in self.inner.db.range(key::due(after, QueueId(0))..).keys() {
             let k = entry?;
             let Some((_, id)) = key::parse_timed(key::DUE, &k) else {
@@ -586,12 +631,12 @@ impl Store {
                 Err(StoreError::NotFound(_) | StoreError::Corrupt(_)) => continue,
                 Err(e) => return Err(e),
             };
-            batch.remove(k);
+            batch.remove(k.to_vec());
             meta.next_attempt = now;
-            batch.insert(key::due(now, id), &[]);
+            batch.insert(key::due(now, id), Vec::new());
             batch.insert(key::msg(id), meta.encode());
         }
-        self.inner.db.apply_batch(batch)?;
+        batch.apply(&self.inner.db)?;
         Ok(())
     }
 
@@ -650,55 +695,83 @@ impl Store {
         if meta.held == held {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         unindex(&mut batch, id, &meta);
         meta.held = held;
         index(&mut batch, id, &meta);
         batch.insert(key::msg(id), meta.encode());
-        self.apply(batch, None).await
+        self.apply(batch).await
     }
 
-    /// Deletes every key of a message (index entries already in `batch`), updates the counters.
+    /// Deletes every key of a message (`msg/` first, then the index entries already in `rest`,
+    /// then the rest: `writes.rs`), updates the counters. With `Durability::Wait`, returns once
+    /// the removal is durable; with `Durability::Lazy`, at once (the next sync makes it
+    /// durable). Either way the body bytes go only after that sync.
     async fn remove_message(
         &self,
-        mut batch: sled::Batch,
+        rest: Writes,
         id: QueueId,
         meta: &MessageMeta,
+        durability: Durability,
     ) -> Result<(), StoreError> {
+        let mut batch = Writes::default();
         batch.remove(key::msg(id));
+        batch.append(rest);
         for idx in 0..meta.recipients {
             batch.remove(key::rcpt(id, idx));
         }
+        let mut segments: Vec<(u64, u64)> = Vec::new();
         for chunk in 0..meta.chunks {
-            batch.remove(key::body(id, chunk));
+            batch.remove(key::body(id, chunk)); // an older build's inline chunks
+            let k = key::part(id, chunk);
+            if let Some(raw) = self.inner.db.get(&k)? {
+                if let Ok(extent) = Extent::decode(&raw) {
+                    match segments.iter_mut().find(|(seg, _)| *seg == extent.seg) {
+                        Some((_, n)) => *n += 1,
+                        None => segments.push((extent.seg, 1)),
+                    }
+                }
+            }
+            batch.remove(k);
         }
         for k in self.inner.db.scan_prefix(key::hist_prefix(id)).keys() {
-            batch.remove(k?);
+            batch.remove(k?.to_vec());
         }
         let old = self.inner.usage.get();
         let usage = Usage {
             messages: old.messages.saturating_sub(1),
             bytes: old.bytes.saturating_sub(meta.size),
         };
-        self.apply(batch, Some(usage)).await
+        batch.apply(&self.inner.db)?;
+        self.inner.usage.set(usage);
+        let seq = self.inner.flush.note_write();
+        // Only once the removal is durable may the bytes go (see `segment.rs`).
+        for (seg, n) in segments {
+            self.inner.flush.segments().release_after(seq, seg, n);
+        }
+        match durability {
+            Durability::Wait => self.inner.flush.wait(seq).await.map_err(StoreError::Io),
+            Durability::Lazy => Ok(()),
+        }
     }
 
-    /// Applies `batch` atomically (with new counters if given), then waits for the group flush.
-    async fn apply(&self, mut batch: sled::Batch, usage: Option<Usage>) -> Result<(), StoreError> {
-        if let Some(usage) = usage {
-            batch.insert(key::USAGE, record::encode_usage(usage));
-        }
-        self.inner.db.apply_batch(batch)?;
-        if let Some(usage) = usage {
-            self.inner.usage.set(usage);
-        }
+    /// Applies `batch` in order, then waits for the group flush.
+    async fn apply(&self, batch: Writes) -> Result<(), StoreError> {
+        batch.apply(&self.inner.db)?;
         let seq = self.inner.flush.note_write();
         self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
 }
 
+/// Whether a removal waits for its sync.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Wait,
+    Lazy,
+}
+
 /// Removes the index entry `meta` implies (due, failed, or none when held).
-fn unindex(batch: &mut sled::Batch, id: QueueId, meta: &MessageMeta) {
+fn unindex(batch: &mut Writes, id: QueueId, meta: &MessageMeta) {
     if let Some(at) = meta.failed_at {
         batch.remove(key::failed(at, id));
     } else if !meta.held {
@@ -706,9 +779,9 @@ fn unindex(batch: &mut sled::Batch, id: QueueId, meta: &MessageMeta) {
     }
 }
 
-fn index(batch: &mut sled::Batch, id: QueueId, meta: &MessageMeta) {
+fn index(batch: &mut Writes, id: QueueId, meta: &MessageMeta) {
     if let Some(k) = index_key(id, meta) {
-        batch.insert(k, &[]);
+        batch.insert(k, Vec::new());
     }
 }
 

@@ -1,11 +1,16 @@
 //! Start-up recovery: sweeps spools never committed, moves undecodable records into the
-//! `corrupt` tree (one `warn` line per key, never a refusal to start), and rebuilds the counters
-//! and the `due/`/`failed/` indexes from the message records. Runs once, before any session;
-//! the only code that scans every message.
+//! `corrupt` tree (one `warn` line per key, never a refusal to start), quarantines messages
+//! whose body segment is missing or shorter than their `part/` records say (one `error` line
+//! each; the rest of the queue flows), deletes body segments no record points into (orphans of
+//! a crash), and rebuilds the counters, the segment reference counts and the `due/`/`failed/`
+//! indexes from the message records. Runs once, before any session; the only code that scans
+//! every message.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
 
 use super::record::{self, MessageMeta};
+use super::segment::{parse_segment_name, DirtySegments, Extent};
 use super::{index_key, key, QueueId, RecoveryReport, Store, StoreError, Usage};
 
 pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
@@ -18,6 +23,8 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     let mut usage = Usage::default();
     let mut clock = store.inner.clock.get();
     let mut expected = BTreeSet::new();
+    remove_orphan_recipients(store)?;
+    let parts = check_parts(store)?;
     for entry in db.scan_prefix(key::MSG) {
         let (k, raw) = entry?;
         let Some(id) = key::parse_id(key::MSG, &k) else {
@@ -34,8 +41,15 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
             }
         };
         // A message with a damaged or missing part goes to `corrupt` whole: delivering it with
-        // a recipient or a body chunk short would lose mail silently.
-        if let Some(why) = damaged_part(store, id, &meta)? {
+        // a recipient or a piece of its body short would lose mail silently.
+        let damaged = match body_intact(store, id, &meta, &parts) {
+            Err(why) => Some(format!("queue_id={id} body {why}")),
+            Ok(()) => {
+                let inline = !parts.count.contains_key(&id);
+                damaged_part(store, id, &meta, inline)?
+            }
+        };
+        if let Some(why) = damaged {
             quarantine(store, &k, &raw, &why)?;
             report.quarantined += 1 + quarantine_parts(store, id)?;
             continue;
@@ -49,22 +63,23 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     }
     report.messages = usage.messages;
     rebuild_index(store, expected)?;
+    let refs = count_refs(store)?;
+    remove_orphan_segments(store, &refs)?;
+    store.inner.flush.segments().set_refs(refs);
 
-    if usage != store.inner.usage.get() {
-        log::warn!(
-            "store: counters were messages={} bytes={}, recounted messages={} bytes={}",
-            store.inner.usage.get().messages,
-            store.inner.usage.get().bytes,
-            usage.messages,
-            usage.bytes
-        );
-    }
+    // The stored counters date from the last start (commits do not write them): the recount is
+    // the truth, not a repair.
     db.insert(key::USAGE, record::encode_usage(usage))?;
     store.inner.usage.set(usage);
     db.insert(key::CLOCK, record::encode_clock(clock))?;
     store.inner.clock.set(clock);
     // Start-up only, nothing else runs yet: a blocking sync is fine here.
-    store.inner.flush.files().sync(db).map_err(StoreError::Io)?;
+    store
+        .inner
+        .flush
+        .files()
+        .sync(db, &DirtySegments::default())
+        .map_err(StoreError::Io)?;
     Ok(report)
 }
 
@@ -78,8 +93,15 @@ fn sweep_spools(store: &Store) -> Result<u64, StoreError> {
         let mut batch = sled::Batch::default();
         if let Some(id) = key::parse_id(key::SPOOL, &marker) {
             if !db.contains_key(key::msg(id))? {
-                for chunk in db.scan_prefix(key::body_prefix(id)).keys() {
-                    batch.remove(chunk?);
+                let prefixes = [
+                    key::body_prefix(id),
+                    key::part_prefix(id),
+                    key::rcpt_prefix(id),
+                ];
+                for prefix in prefixes {
+                    for chunk in db.scan_prefix(prefix).keys() {
+                        batch.remove(chunk?);
+                    }
                 }
                 swept += 1;
                 log::info!("store: queue_id={id} uncommitted spool swept");
@@ -92,13 +114,15 @@ fn sweep_spools(store: &Store) -> Result<u64, StoreError> {
 }
 
 /// What is wrong with the parts of a message whose envelope decodes: an undecodable recipient
-/// record, fewer or more recipient records than the envelope names, or a body chunk missing
-/// (chunks are numbered `0..meta.chunks`; a point look-up each, no body is read into memory
-/// beyond sled's page cache).
+/// record, fewer or more recipient records than the envelope names, or, for a body stored
+/// inline in sled by an older build (`inline`), a chunk missing (chunks are numbered
+/// `0..meta.chunks`; a point look-up each, no body is read into memory beyond sled's page
+/// cache). Bodies in segment files are checked by `body_intact`.
 fn damaged_part(
     store: &Store,
     id: QueueId,
     meta: &MessageMeta,
+    inline: bool,
 ) -> Result<Option<String>, StoreError> {
     let db = &store.inner.db;
     let mut recipients = 0u64;
@@ -114,6 +138,9 @@ fn damaged_part(
             "{recipients} recipient records for {} recipients",
             meta.recipients
         )));
+    }
+    if !inline {
+        return Ok(None);
     }
     for chunk in 0..meta.chunks {
         if !db.contains_key(key::body(id, chunk))? {
@@ -138,6 +165,7 @@ fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
     for prefix in [
         key::rcpt_prefix(id),
         key::body_prefix(id),
+        key::part_prefix(id),
         key::hist_prefix(id),
     ] {
         for entry in db.scan_prefix(prefix) {
@@ -150,6 +178,145 @@ fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
         }
     }
     Ok(moved)
+}
+
+/// Removes recipient and attempt records of no message: what a crash left in the middle of a removal
+/// (which starts with `msg/`, see `writes.rs`).
+fn remove_orphan_recipients(store: &Store) -> Result<(), StoreError> {
+    let db = &store.inner.db;
+    let mut stray = sled::Batch::default();
+    for (prefix, what) in [(key::RCPT, "recipient"), (key::HIST, "attempt record")] {
+        for k in db.scan_prefix(prefix).keys() {
+            let k = k?;
+            let orphan = match key::parse_numbered(prefix, &k) {
+                Some((id, _)) => !db.contains_key(key::msg(id))?,
+                None => true,
+            };
+            if orphan {
+                log::info!("store: key={} {what} of no message removed", printable(&k));
+                stray.remove(k);
+            }
+        }
+    }
+    db.apply_batch(stray)?;
+    Ok(())
+}
+
+/// What the `part/` records say, per message: how many there are, and whether each decodes and
+/// lies inside an existing segment file.
+#[derive(Default)]
+struct Parts {
+    count: BTreeMap<QueueId, u32>,
+    broken: BTreeMap<QueueId, String>,
+}
+
+/// Reads every `part/` record once: records of no message (neither committed nor a spool, both
+/// handled before) are removed; the others are checked against the segment files' lengths.
+fn check_parts(store: &Store) -> Result<Parts, StoreError> {
+    let db = &store.inner.db;
+    let segments = store.inner.flush.segments();
+    let mut parts = Parts::default();
+    let mut lengths: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+    let mut stray = sled::Batch::default();
+    for entry in db.scan_prefix(key::PART) {
+        let (k, raw) = entry?;
+        let Some((id, _)) = key::parse_numbered(key::PART, &k) else {
+            log::warn!("store: key={} malformed part key removed", printable(&k));
+            stray.remove(k);
+            continue;
+        };
+        if !db.contains_key(key::msg(id))? {
+            log::warn!("store: key={} part of no message removed", printable(&k));
+            stray.remove(k);
+            continue;
+        }
+        *parts.count.entry(id).or_insert(0) += 1;
+        let problem = match Extent::decode(&raw) {
+            Err(e) => Some(format!("record undecodable ({e})")),
+            Ok(extent) => {
+                let len = match lengths.get(&extent.seg) {
+                    Some(len) => *len,
+                    None => {
+                        let len = match std::fs::metadata(segments.path(extent.seg)) {
+                            Ok(meta) => Some(meta.len()),
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                            Err(e) => return Err(StoreError::Io(e)),
+                        };
+                        *lengths.entry(extent.seg).or_insert(len)
+                    }
+                };
+                match len {
+                    None => Some(format!("segment {:016X} missing", extent.seg)),
+                    Some(len) if len < extent.end() => Some(format!(
+                        "segment {:016X} truncated ({len} bytes, a part ends at {})",
+                        extent.seg,
+                        extent.end()
+                    )),
+                    Some(_) => None,
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            parts.broken.entry(id).or_insert(problem);
+        }
+    }
+    db.apply_batch(stray)?;
+    Ok(parts)
+}
+
+/// Whether a committed message's body can be read back whole.
+fn body_intact(
+    store: &Store,
+    id: QueueId,
+    meta: &MessageMeta,
+    parts: &Parts,
+) -> Result<(), String> {
+    if let Some(problem) = parts.broken.get(&id) {
+        return Err(problem.clone());
+    }
+    match parts.count.get(&id).copied().unwrap_or(0) {
+        // An older build kept bodies inline (`body/` keys).
+        0 if meta.chunks == 0 => Ok(()),
+        0 => match store.inner.db.scan_prefix(key::body_prefix(id)).next() {
+            Some(_) => Ok(()),
+            None => Err(format!("has no parts ({} expected)", meta.chunks)),
+        },
+        n if n == meta.chunks => Ok(()),
+        n => Err(format!("has {n} parts, {} expected", meta.chunks)),
+    }
+}
+
+/// Live extents per segment, from the `part/` records left after the checks.
+fn count_refs(store: &Store) -> Result<BTreeMap<u64, u64>, StoreError> {
+    let mut refs = BTreeMap::new();
+    for raw in store.inner.db.scan_prefix(key::PART).values() {
+        if let Ok(extent) = Extent::decode(&raw?) {
+            *refs.entry(extent.seg).or_insert(0) += 1;
+        }
+    }
+    Ok(refs)
+}
+
+/// Deletes segment files no record points into: what a crash left between an append and its
+/// commit, or between a durable removal and the unlink.
+fn remove_orphan_segments(store: &Store, refs: &BTreeMap<u64, u64>) -> Result<(), StoreError> {
+    let dir = store.inner.flush.segments().dir();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        match name.to_str().and_then(parse_segment_name) {
+            Some(seg) if refs.contains_key(&seg) => {}
+            Some(seg) => {
+                log::info!("store: body segment {seg:016X} referenced by no message; removed");
+                std::fs::remove_file(entry.path())?;
+            }
+            None => log::warn!(
+                "store: {} in the bodies directory is not a segment; left alone",
+                entry.path().display()
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Copies the raw record into `corrupt` under the same key, then removes it from the queue.

@@ -1,10 +1,14 @@
-//! `Spool`: a message body written in chunks as DATA arrives, then committed with its envelope
-//! in one atomic batch followed by the group flush, or removed. Never holds a body in memory.
+//! `Spool`: a message body appended to a body segment (`segment.rs`) as DATA arrives, one
+//! `part/` record per piece, then committed with its envelope in one atomic batch followed by
+//! the group flush, or removed. Never holds a body in memory.
+
+use std::io;
 
 use super::record::{self, MessageMeta};
+use super::segment::MAX_EXTENT;
+use super::writes::Writes;
 use super::{
-    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, Store, StoreError,
-    Usage, STORED_CHUNK,
+    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
 };
 use crate::clock::QueueTime;
 
@@ -22,17 +26,33 @@ impl Spool {
         self.bytes == 0
     }
 
-    /// Stores `bytes` as the next body chunk(s) (split into `STORED_CHUNK` values). Not flushed: the
-    /// commit's flush covers every chunk.
+    /// Appends `bytes` to the body (pieces of at most `MAX_EXTENT`, each with its `part/`
+    /// record). Not flushed: the commit's sync covers every piece.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        for piece in bytes.chunks(STORED_CHUNK) {
+        let inner = &self.store.inner;
+        for piece in bytes.chunks(MAX_EXTENT) {
             let next = self.chunks.checked_add(1).ok_or_else(|| {
                 StoreError::Corrupt(format!("queue_id={} too many chunks", self.id))
             })?;
-            self.store
-                .inner
+            let fresh = || {
+                inner
+                    .db
+                    .generate_id()
+                    .map_err(|e| io::Error::other(format!("sled generate_id: {e}")))
+            };
+            let extent = inner
+                .flush
+                .segments()
+                .append(piece, fresh)
+                .map_err(StoreError::Io)?;
+            // Counted before the record goes in: `Drop` releases it whatever happens next.
+            match self.segments.last_mut() {
+                Some((seg, n)) if *seg == extent.seg => *n += 1,
+                _ => self.segments.push((extent.seg, 1)),
+            }
+            inner
                 .db
-                .insert(key::body(self.id, self.chunks), piece)?;
+                .insert(key::part(self.id, self.chunks), &extent.encode())?;
             self.chunks = next;
             self.bytes += u64::try_from(piece.len()).unwrap_or(u64::MAX);
         }
@@ -72,7 +92,8 @@ impl Spool {
             recipients,
             chunks: self.chunks,
         };
-        let mut batch = sled::Batch::default();
+        // In the order `writes.rs` explains: everything else, then `msg/<id>`, then the marker.
+        let mut batch = Writes::default();
         for (idx, address) in (0..recipients).zip(info.recipients) {
             let rcpt = RcptRecord {
                 address,
@@ -82,19 +103,24 @@ impl Spool {
             batch.insert(key::rcpt(id, idx), record::encode_rcpt(&rcpt));
         }
         index(&mut batch, id, &meta);
-        batch.insert(key::msg(id), meta.encode());
-        batch.remove(key::spool(id));
-        // Queue time only moves forward, and a commit persists it for free.
+        // Neither the queue clock nor the counters are written per message (one more key each
+        // in sled's log): `recover` takes the clock past every `enqueued_at` and recounts.
         let clock = inner.clock.get().max(now);
-        batch.insert(key::CLOCK, record::encode_clock(clock));
-        inner.clock.set(clock);
         let usage = Usage {
             messages: old.messages + 1,
             bytes: old.bytes + self.bytes,
         };
-        // From here on the message is either committed (batch applied) or not at all; a
-        // failed batch leaves the spool for `Drop` to remove.
-        store.apply_commit(batch, usage, &mut self).await?;
+        // A failure up to the `msg/` insert leaves the spool for `Drop` to remove (and records
+        // of no message for `due` and `recover` to drop).
+        batch.apply(&inner.db)?;
+        inner.clock.set(clock);
+        inner.db.insert(key::msg(id), meta.encode())?;
+        // Committed: from here on the parts belong to the message.
+        self.finished = true;
+        inner.usage.set(usage);
+        inner.db.remove(key::spool(id))?;
+        let seq = inner.flush.note_write();
+        inner.flush.wait(seq).await.map_err(StoreError::Io)?;
         Ok(Ok(id))
     }
 
@@ -102,29 +128,21 @@ impl Spool {
     pub fn abort(self) {}
 
     fn remove_all(&mut self) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        // The marker last: until it goes, `recover` would sweep what is left.
+        let mut batch = Writes::default();
         for chunk in 0..self.chunks {
-            batch.remove(key::body(self.id, chunk));
+            batch.remove(key::part(self.id, chunk));
         }
         batch.remove(key::spool(self.id));
-        self.store.inner.db.apply_batch(batch)?;
+        let applied = batch.apply(&self.store.inner.db);
+        // Even if the records stay (a write failed), the marker makes `recover` sweep them,
+        // and the sweep needs no body bytes: the segments can go.
+        let segments = self.store.inner.flush.segments();
+        for (seg, n) in self.segments.drain(..) {
+            segments.release(seg, n);
+        }
+        applied?;
         Ok(())
-    }
-}
-
-impl Store {
-    async fn apply_commit(
-        &self,
-        mut batch: sled::Batch,
-        usage: Usage,
-        spool: &mut Spool,
-    ) -> Result<(), StoreError> {
-        batch.insert(key::USAGE, record::encode_usage(usage));
-        self.inner.db.apply_batch(batch)?;
-        spool.finished = true;
-        self.inner.usage.set(usage);
-        let seq = self.inner.flush.note_write();
-        self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
 }
 

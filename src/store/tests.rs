@@ -90,7 +90,7 @@ fn ids(messages: &[QueuedMessage]) -> Vec<QueueId> {
 fn commit_then_reopen_round_trips() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
-    let big = vec![b'x'; STORED_CHUNK + 10];
+    let big = vec![b'x'; MAX_EXTENT + 10];
     let a = commit(
         &store,
         &[b"Subject: a\r\n\r\n", b"hello\r\n"],
@@ -155,13 +155,13 @@ fn uncommitted_spool_is_swept_after_reopen() {
     let lost = spool.id();
     spool.finished = true; // as if the process died here: `Drop` does not clean up
     drop(spool);
-    assert_eq!(keys_with_prefix(&store, &key::body_prefix(lost)), 2);
+    assert_eq!(keys_with_prefix(&store, &key::part_prefix(lost)), 2);
     drop(store);
 
     let (store, report) = open(&dir);
     assert_eq!(report.swept_spools, 1);
     assert_eq!(report.messages, 1);
-    assert_eq!(keys_with_prefix(&store, &key::body_prefix(lost)), 0);
+    assert_eq!(keys_with_prefix(&store, &key::part_prefix(lost)), 0);
     assert_eq!(keys_with_prefix(&store, key::SPOOL), 0);
     assert_eq!(body_of(&store, kept), b"kept");
     assert!(matches!(store.get(lost), Err(StoreError::NotFound(_))));
@@ -177,7 +177,7 @@ fn dropped_and_aborted_spools_leave_nothing() {
     let mut spool = store.spool().unwrap();
     spool.append(b"def").unwrap();
     drop(spool);
-    assert_eq!(keys_with_prefix(&store, key::BODY), 0);
+    assert_eq!(keys_with_prefix(&store, key::PART), 0);
     assert_eq!(keys_with_prefix(&store, key::SPOOL), 0);
 }
 
@@ -194,7 +194,7 @@ fn queue_full_is_reported_and_the_spool_removed() {
         block_on(spool.commit(info(&["a@x"]), 2)).unwrap(),
         Err(QueueFull)
     );
-    assert_eq!(keys_with_prefix(&store, &key::body_prefix(id)), 0);
+    assert_eq!(keys_with_prefix(&store, &key::part_prefix(id)), 0);
     assert_eq!(keys_with_prefix(&store, key::SPOOL), 0);
     assert_eq!(
         store.usage(),
@@ -227,7 +227,7 @@ fn all_delivered_removes_the_message_and_its_body() {
     block_on(store.record(id, &results, AT, 1, 100)).unwrap();
     assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
     assert_eq!(store.usage(), Usage::default());
-    assert_eq!(keys_with_prefix(&store, key::BODY), 0);
+    assert_eq!(keys_with_prefix(&store, key::PART), 0);
     assert_eq!(keys_with_prefix(&store, key::RCPT), 0);
     assert_eq!(keys_with_prefix(&store, key::DUE), 0);
     assert_eq!(keys_with_prefix(&store, key::HIST), 0);
@@ -414,19 +414,44 @@ fn corrupt_record_is_quarantined_and_the_rest_loads() {
         Some(&b"\x01garbage"[..])
     );
     assert!(
-        corrupt.get(key::body(bad, 0)).unwrap().is_some(),
+        corrupt.get(key::part(bad, 0)).unwrap().is_some(),
         "its body is kept aside"
     );
-    assert_eq!(keys_with_prefix(&store, &key::body_prefix(bad)), 0);
+    assert_eq!(keys_with_prefix(&store, &key::part_prefix(bad)), 0);
     assert!(
         corrupt.get(key::rcpt(half, 0)).unwrap().is_some()
-            && corrupt.get(key::body(half, 0)).unwrap().is_some(),
+            && corrupt.get(key::part(half, 0)).unwrap().is_some(),
         "the message with a damaged recipient is kept aside whole"
     );
 }
 
 #[test]
-fn message_with_a_missing_body_chunk_or_recipient_is_quarantined_whole() {
+fn attempt_records_of_no_message_are_removed_at_recovery() {
+    // A removal starts with `msg/`: a crash right after it leaves the history behind.
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"body"], &["a@x"], 1);
+    let results = [(0, RcptState::Deferred, Some("451 later".to_owned()))];
+    block_on(store.record(id, &results, AT, 1, 100)).unwrap();
+    assert_eq!(keys_with_prefix(&store, key::HIST), 1);
+    drop(store);
+    {
+        let db = sled::Config::new()
+            .path(dir.path())
+            .segment_size(SEGMENT_SIZE)
+            .open()
+            .unwrap();
+        db.remove(key::msg(id)).unwrap();
+        db.flush().unwrap();
+    }
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 0);
+    assert_eq!(keys_with_prefix(&store, key::HIST), 0);
+    assert_eq!(keys_with_prefix(&store, key::RCPT), 0);
+}
+
+#[test]
+fn message_with_a_missing_body_part_or_recipient_is_quarantined_whole() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let cut = commit(&store, &[b"one", b"two", b"three"], &["a@x"], 1);
@@ -439,9 +464,9 @@ fn message_with_a_missing_body_chunk_or_recipient_is_quarantined_whole() {
             .segment_size(SEGMENT_SIZE)
             .open()
             .unwrap();
-        let chunks = keys_in(&db, &key::body_prefix(cut));
-        assert!(chunks.len() >= 2, "the test needs a multi-chunk body");
-        db.remove(chunks.last().unwrap()).unwrap();
+        let parts = keys_in(&db, &key::part_prefix(cut));
+        assert!(parts.len() >= 2, "the test needs a body in several parts");
+        db.remove(parts.last().unwrap()).unwrap();
         db.remove(key::rcpt(lone, 0)).unwrap();
         db.flush().unwrap();
     }
@@ -453,7 +478,7 @@ fn message_with_a_missing_body_chunk_or_recipient_is_quarantined_whole() {
     let corrupt = &store.inner.corrupt;
     assert!(corrupt.get(key::msg(cut)).unwrap().is_some());
     assert!(corrupt.get(key::msg(lone)).unwrap().is_some());
-    assert!(corrupt.get(key::body(lone, 0)).unwrap().is_some());
+    assert!(corrupt.get(key::part(lone, 0)).unwrap().is_some());
 }
 
 #[test]
@@ -858,4 +883,237 @@ fn a_long_smarthost_reply_is_kept_cut_to_max_reply() {
         .unwrap();
     assert_eq!(kept.len(), MAX_REPLY);
     assert!(long.starts_with(&kept));
+}
+
+fn segment_files(dir: &TempDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join(BODIES_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn bodies_live_in_segment_files_not_in_sled() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"Subject: s\r\n\r\n", b"body\r\n"], &["a@x"], 1);
+    assert_eq!(keys_with_prefix(&store, key::BODY), 0);
+    assert_eq!(keys_with_prefix(&store, &key::part_prefix(id)), 2);
+    let files = segment_files(&dir);
+    assert_eq!(files.len(), 1);
+    let on_disk = std::fs::read(dir.path().join(BODIES_DIR).join(&files[0])).unwrap();
+    assert_eq!(on_disk, b"Subject: s\r\n\r\nbody\r\n");
+}
+
+#[test]
+fn segments_are_unlinked_once_every_message_in_them_is_gone() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let piece = vec![b'p'; MAX_EXTENT];
+    let pieces = usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT;
+    let body: Vec<&[u8]> = (0..pieces).map(|_| piece.as_slice()).collect();
+    // Each message fills one segment exactly: three of them take three segments.
+    let ids: Vec<QueueId> = (0..3).map(|n| commit(&store, &body, &["a@x"], n)).collect();
+    assert_eq!(segment_files(&dir).len(), 3);
+    block_on(store.delete(ids[0])).unwrap();
+    assert_eq!(
+        segment_files(&dir).len(),
+        2,
+        "the first segment held only the first message"
+    );
+    block_on(store.delete(ids[2])).unwrap();
+    assert_eq!(segment_files(&dir).len(), 2, "the active segment stays");
+    assert_eq!(body_of(&store, ids[1]), body.concat());
+    block_on(store.delete(ids[1])).unwrap();
+    assert_eq!(
+        segment_files(&dir).len(),
+        1,
+        "only the active segment is left"
+    );
+    drop(store);
+    let (_store, report) = open(&dir);
+    assert_eq!(report.messages, 0);
+    assert!(
+        segment_files(&dir).is_empty(),
+        "an unreferenced segment is an orphan"
+    );
+}
+
+#[test]
+fn an_aborted_spool_releases_its_segment() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let piece = vec![b'q'; MAX_EXTENT];
+    let mut spool = store.spool().unwrap();
+    for _ in 0..usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT + 1 {
+        spool.append(&piece).unwrap();
+    }
+    assert_eq!(segment_files(&dir).len(), 2);
+    spool.abort();
+    assert_eq!(
+        segment_files(&dir).len(),
+        1,
+        "the full one went, the active one stays"
+    );
+    assert_eq!(keys_with_prefix(&store, key::PART), 0);
+}
+
+#[test]
+fn orphan_segments_are_deleted_at_recovery_and_foreign_files_left() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let kept = commit(&store, &[b"kept"], &["a@x"], 1);
+    drop(store);
+    let bodies = dir.path().join(BODIES_DIR);
+    std::fs::write(bodies.join(format!("{:016X}", u64::MAX - 1)), b"orphan").unwrap();
+    std::fs::write(bodies.join("README"), b"not ours").unwrap();
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert_eq!(segment_files(&dir).len(), 2, "{:?}", segment_files(&dir));
+    assert!(bodies.join("README").exists());
+    assert_eq!(body_of(&store, kept), b"kept");
+}
+
+#[test]
+fn a_missing_or_truncated_body_is_quarantined_and_the_rest_flows() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let whole = commit(&store, &[b"whole body"], &["a@x"], 1);
+    let cut = commit(&store, &[b"this one gets cut"], &["b@y", "c@z"], 2);
+    let piece = vec![b'r'; MAX_EXTENT];
+    let fill: Vec<&[u8]> = (0..usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT)
+        .map(|_| piece.as_slice())
+        .collect();
+    let gone = commit(&store, &fill, &["d@w"], 3); // rolls: its last piece opens a new segment
+    drop(store);
+    let files = segment_files(&dir);
+    assert_eq!(files.len(), 2);
+    let bodies = dir.path().join(BODIES_DIR);
+    std::fs::remove_file(bodies.join(&files[1])).unwrap();
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .open(bodies.join(&files[0]))
+        .unwrap();
+    first.set_len(15).unwrap(); // inside `cut`'s body
+    drop(first);
+
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert_eq!(
+        report.quarantined, 5,
+        "2 messages, with 1 + 2 recipient records"
+    );
+    assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![whole]);
+    assert_eq!(body_of(&store, whole), b"whole body");
+    for id in [cut, gone] {
+        assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
+        assert!(store.inner.corrupt.get(key::msg(id)).unwrap().is_some());
+    }
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 1,
+            bytes: 10
+        }
+    );
+    // The queue goes on: a new message is stored and read back.
+    let next = commit(&store, &[b"next"], &["e@v"], 4);
+    assert_eq!(body_of(&store, next), b"next");
+}
+
+#[test]
+fn a_body_stored_inline_by_an_older_build_still_reads_and_deletes() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"x"], &["a@x"], 1);
+    // Rewrite it the way the previous layout stored bodies: `body/` values, no `part/` keys.
+    let mut meta = store.meta(id).unwrap();
+    meta.chunks = 2;
+    let db = &store.inner.db;
+    db.remove(key::part(id, 0)).unwrap();
+    db.insert(key::body(id, 0), &b"old "[..]).unwrap();
+    db.insert(key::body(id, 1), &b"body"[..]).unwrap();
+    db.insert(key::msg(id), meta.encode()).unwrap();
+    block_on(store.flush()).unwrap();
+    drop(store);
+    let (store, report) = open(&dir);
+    assert_eq!(report.quarantined, 0);
+    assert_eq!(body_of(&store, id), b"old body");
+    block_on(store.delete(id)).unwrap();
+    assert_eq!(keys_with_prefix(&store, key::BODY), 0);
+}
+
+#[test]
+fn a_delivered_message_goes_at_once_and_its_segment_after_the_next_sync() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let piece = vec![b'd'; MAX_EXTENT];
+    let body: Vec<&[u8]> = (0..usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT)
+        .map(|_| piece.as_slice())
+        .collect();
+    let first = commit(&store, &body, &["a@x"], 1); // fills the first segment
+    commit(&store, &[b"second"], &["b@y"], 2); // opens the next one
+    let before = store.durable_epoch();
+    let results = [(0, RcptState::Delivered, Some("250 ok".into()))];
+    block_on(store.record(first, &results, AT, 1, 3)).unwrap();
+    assert_eq!(
+        store.durable_epoch(),
+        before,
+        "a delivered removal does not wait for a sync"
+    );
+    assert!(matches!(store.get(first), Err(StoreError::NotFound(_))));
+    assert_eq!(
+        segment_files(&dir).len(),
+        2,
+        "its bytes stay until the removal is durable"
+    );
+    block_on(store.flush()).unwrap();
+    assert_eq!(segment_files(&dir).len(), 1);
+}
+
+#[test]
+fn a_crash_inside_a_commit_or_a_removal_leaves_nothing_behind_after_recover() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    // A commit cut before its `msg/` write: parts, recipient records and an index entry.
+    let mut spool = store.spool().unwrap();
+    spool.append(b"never committed").unwrap();
+    let half = spool.id();
+    let db = &store.inner.db;
+    let rcpt = RcptRecord {
+        address: "a@x".into(),
+        state: RcptState::Pending,
+        last_reply: None,
+    };
+    db.insert(key::rcpt(half, 0), record::encode_rcpt(&rcpt))
+        .unwrap();
+    db.insert(key::due(1, half), &[]).unwrap();
+    spool.finished = true; // the process died here
+    drop(spool);
+    // A removal cut right after its `msg/` write.
+    let gone = commit(&store, &[b"delivered"], &["b@y"], 2);
+    db.remove(key::msg(gone)).unwrap();
+    let kept = commit(&store, &[b"kept"], &["c@z"], 3);
+    block_on(store.flush()).unwrap();
+    drop(store);
+
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert_eq!(report.swept_spools, 1);
+    assert_eq!(report.quarantined, 0);
+    for id in [half, gone] {
+        assert_eq!(keys_with_prefix(&store, &key::rcpt_prefix(id)), 0);
+        assert_eq!(keys_with_prefix(&store, &key::part_prefix(id)), 0);
+    }
+    assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![kept]);
+    assert_eq!(
+        store.usage(),
+        Usage {
+            messages: 1,
+            bytes: 4
+        }
+    );
+    assert_eq!(body_of(&store, kept), b"kept");
 }
