@@ -9,6 +9,7 @@
 
 mod util;
 
+mod boards;
 mod bounce;
 mod cli;
 mod durability;
