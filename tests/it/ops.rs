@@ -18,8 +18,8 @@ fn send(relay: &RelayProcess, subject: &str, to: &[&str]) -> String {
     assert_queued(&client.send_mail("a@lan.test", to, &message(subject, "x\r\n")))
 }
 
-/// `text` with every duration token (`1s`, `5m`, `2h`, `3d`) replaced by `<t>` and runs of
-/// spaces (column padding, which depends on the width of the age) collapsed to one.
+/// `text` with every duration (`1s`, `5m 3s`, `2h`) replaced by one `<t>` and runs of spaces
+/// (column padding, which depends on the width of the age) collapsed to one.
 fn without_durations(text: &str) -> String {
     let is_duration = |word: &str| {
         word.len() >= 2
@@ -28,10 +28,13 @@ fn without_durations(text: &str) -> String {
     };
     text.lines()
         .map(|line| {
-            line.split_whitespace()
+            let mut words: Vec<&str> = line
+                .split_whitespace()
                 .map(|word| if is_duration(word) { "<t>" } else { word })
-                .collect::<Vec<_>>()
-                .join(" ")
+                .collect();
+            // "5m 3s" and "5m" are one duration each.
+            words.dedup_by(|a, b| *a == "<t>" && *b == "<t>");
+            words.join(" ")
         })
         .collect::<Vec<_>>()
         .join("\n")
