@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The board targets (issue 5), without containers: Debian's cross gcc links, qemu-user runs.
 # - the targets come from boards/*.toml (`# board.target` and `# board.also`), so what the docs
-#   list is what CI builds;
+#   list is what CI builds; a gnu target names its glibc floor (`armv7-unknown-linux-gnueabihf.2.31`)
+#   and is linked against that glibc with cargo-zigbuild (zig and cargo-zigbuild from PyPI);
 # - every target is built in release, its stripped size printed and held to the budget;
 # - the whole `cargo test` runs under qemu-user for the targets in TEST_TARGETS (the harness
 #   runs the spawned binary through OUTPOST_TEST_RUNNER; OUTPOST_TEST_SLACK stretches its
 #   deadlines, it skips nothing);
-# - gnu binaries print the glibc they need, the musl one must be static;
+# - a gnu binary must need no glibc newer than its floor, a musl one must be static;
 # - the service files are checked (systemd-analyze verify, sh -n).
 # Run by .ci/run as root (CI=true); runnable by hand where the packages are installed.
 set -euo pipefail
@@ -17,9 +18,13 @@ BUDGET_BYTES=2500000
 # The suite under emulation: the recommended static build and the 32-bit Pi build, plus the gnu
 # aarch64 build. Override with TEST_TARGETS="…" (space-separated; empty for none).
 TEST_TARGETS=${TEST_TARGETS-aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu}
+# Pinned: the glibc-floor builds (gnu targets) are linked by these.
+ZIG_PACKAGES=(ziglang==0.17.1 cargo-zigbuild==0.24.1)
 export OUTPOST_TEST_SLACK=${OUTPOST_TEST_SLACK:-4}
 
 target_dir=${CARGO_TARGET_DIR:-target}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
 
 step() { printf '\n==== %s ====\n' "$*"; }
 die() { printf 'boards: error: %s\n' "$*" >&2; exit 1; }
@@ -34,7 +39,7 @@ timed() { # timed LABEL COMMAND...: runs COMMAND, records LABEL's duration
 
 step "boards: packages"
 packages=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
-    qemu-user binutils)
+    qemu-user binutils python3-venv)
 need_install=false
 for tool in aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc qemu-aarch64 qemu-arm readelf systemd-analyze; do
     command -v "$tool" >/dev/null || need_install=true
@@ -51,20 +56,43 @@ aarch64-linux-gnu-gcc --version | head -n1
 arm-linux-gnueabihf-gcc --version | head -n1
 qemu-aarch64 --version | head -n1
 
-# Targets named in the board files, in first-mention order.
-targets=()
-while read -r t; do
-    [[ " ${targets[*]} " == *" $t "* ]] || targets+=("$t")
+# Targets named in the board files, in first-mention order: specs (triple, or triple.GLIBC for
+# a gnu target linked against that glibc) and plain triples.
+specs=()
+while read -r spec; do
+    [[ " ${specs[*]} " == *" $spec "* ]] || specs+=("$spec")
 done < <(sed -nE 's/^# board\.(target|also) *= *//p' boards/*.toml | tr ' ' '\n' \
-    | grep -E '^[a-z0-9_]+-[a-z0-9_]+-[a-z0-9_]+(-[a-z0-9_]+)?$' || true)
-[[ ${#targets[@]} -gt 0 ]] || die "no '# board.target' lines in boards/*.toml"
-echo "targets from boards/*.toml: ${targets[*]}"
+    | grep -E '^[a-z0-9_]+-[a-z0-9_]+-[a-z0-9_]+(-[a-z0-9_]+)?(\.[0-9]+\.[0-9]+)?$' || true)
+[[ ${#specs[@]} -gt 0 ]] || die "no '# board.target' lines in boards/*.toml"
+targets=()
+for spec in "${specs[@]}"; do targets+=("${spec%%.*}"); done
+echo "targets from boards/*.toml: ${specs[*]}"
+spec_of() { # spec_of TRIPLE
+    local spec
+    for spec in "${specs[@]}"; do [[ ${spec%%.*} == "$1" ]] && { echo "$spec"; return; }; done
+    return 1
+}
 for t in $TEST_TARGETS; do
-    [[ " ${targets[*]} " == *" $t "* ]] || die "TEST_TARGETS names $t, which no board file lists"
+    spec_of "$t" >/dev/null || die "TEST_TARGETS names $t, which no board file lists"
 done
+# cargo, or cargo-zigbuild for a spec with a glibc floor: `build_tool SPEC build|test`.
+build_tool() {
+    if [[ $1 == *.* ]]; then
+        if [[ $2 == build ]]; then echo "cargo-zigbuild zigbuild"; else echo "cargo-zigbuild $2"; fi
+    else
+        echo "cargo $2"
+    fi
+}
 
-step "boards: rustup targets"
+step "boards: rustup targets, zig"
 timed "rustup target add" rustup target add "${targets[@]}"
+if [[ " ${specs[*]} " == *.* ]]; then
+    zig_venv=$tmp/zig
+    timed "zig, cargo-zigbuild (PyPI)" bash -c "python3 -m venv '$zig_venv' \
+        && '$zig_venv/bin/pip' install --quiet --disable-pip-version-check ${ZIG_PACKAGES[*]}"
+    export PATH="$zig_venv/bin:$PATH"
+    echo "zig $(python-zig version), $(cargo-zigbuild --version)"
+fi
 
 # cargo's runner for TARGET from .cargo/config.toml: the same command runs the spawned binary.
 runner_of() {
@@ -78,8 +106,11 @@ runner_of() {
 step "boards: release builds"
 sizes=()
 over=()
-for t in "${targets[@]}"; do
-    timed "cargo build --release --target $t" cargo build --release --locked --target "$t"
+for spec in "${specs[@]}"; do
+    t=${spec%%.*}
+    tool=$(build_tool "$spec" build)
+    # shellcheck disable=SC2086 # the tool is a command line
+    timed "${tool#cargo-} --release --target $spec" $tool --release --locked --target "$spec"
     bin=$target_dir/$t/release/outpost
     size=$(stat -c %s "$bin")
     echo "$t: $(readelf -hW "$bin" | sed -nE 's/^ *(Class|Machine): *//p' | paste -sd' ')"
@@ -93,9 +124,16 @@ for t in "${targets[@]}"; do
             echo "$t: static (no ELF interpreter)"
             ;;
         *-gnu*)
-            floor=$(readelf --dyn-syms -W "$bin" | grep -oE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?' \
-                | sort -V -u | tail -n1 || true)
-            echo "$t: needs ${floor:-an unknown glibc} or newer"
+            needs=$(readelf --dyn-syms -W "$bin" | grep -oE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?' \
+                | sed 's/^GLIBC_//' | sort -V -u | tail -n1 || true)
+            [[ -n "$needs" ]] || die "$t: no GLIBC symbol versions found"
+            echo "$t: needs glibc $needs or newer"
+            if [[ $spec == *.* ]]; then
+                floor=${spec#*.}
+                [[ $(printf '%s\n' "$needs" "$floor" | sort -V | tail -n1) == "$floor" ]] \
+                    || die "$t: needs glibc $needs, newer than its floor $floor"
+                echo "$t: within its glibc floor $floor"
+            fi
             ;;
     esac
     runner=$(runner_of "$t")
@@ -108,8 +146,6 @@ for t in "${targets[@]}"; do
 done
 
 step "boards: service files"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 sed "s|/usr/local/bin/outpost|$(realpath "$target_dir/${targets[0]}/release/outpost")|g" boards/outpost.service \
     >"$tmp/outpost.service"
 systemd-analyze verify "$tmp/outpost.service"
@@ -121,16 +157,20 @@ done
 
 step "boards: cargo test under qemu-user"
 for t in $TEST_TARGETS; do
+    spec=$(spec_of "$t")
+    tool=$(build_tool "$spec" test)
     export OUTPOST_TEST_RUNNER
     OUTPOST_TEST_RUNNER=$(runner_of "$t")
-    timed "cargo test --target $t (build)" cargo test --locked --target "$t" --no-run
+    # shellcheck disable=SC2086 # the tool is a command line
+    timed "${tool#cargo-} --target $spec (build)" $tool --locked --target "$spec" --no-run
     log="$tmp/test-$t.log"
     t0=$SECONDS
-    if ! cargo test --locked --no-fail-fast --target "$t" >"$log" 2>&1; then
+    # shellcheck disable=SC2086
+    if ! $tool --locked --no-fail-fast --target "$spec" >"$log" 2>&1; then
         cat "$log"
-        die "cargo test --target $t failed under ${OUTPOST_TEST_RUNNER}"
+        die "${tool#cargo-} --target $spec failed under ${OUTPOST_TEST_RUNNER}"
     fi
-    timings+=("$(printf '%-62s %4ds' "cargo test --target $t (run)" $((SECONDS - t0)))")
+    timings+=("$(printf '%-62s %4ds' "${tool#cargo-} --target $spec (run)" $((SECONDS - t0)))")
     passed=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$log")
     grep -E '^test result:' "$log"
     timings+=("$(printf '  %-60s %5s' "$t: tests passed" "$passed")")
