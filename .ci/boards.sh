@@ -34,7 +34,7 @@ timed() { # timed LABEL COMMAND...: runs COMMAND, records LABEL's duration
     local label=$1 t0=$SECONDS
     shift
     "$@"
-    timings+=("$(printf '%-62s %4ds' "$label" $((SECONDS - t0)))")
+    timings+=("$(printf '%-72s %4ds' "$label" $((SECONDS - t0)))")
 }
 
 step "boards: packages"
@@ -110,7 +110,7 @@ for spec in "${specs[@]}"; do
     t=${spec%%.*}
     tool=$(build_tool "$spec" build)
     # shellcheck disable=SC2086 # the tool is a command line
-    timed "${tool#cargo-} --release --target $spec" $tool --release --locked --target "$spec"
+    timed "$tool --release --target $spec" $tool --release --locked --target "$spec"
     bin=$target_dir/$t/release/outpost
     size=$(stat -c %s "$bin")
     echo "$t: $(readelf -hW "$bin" | sed -nE 's/^ *(Class|Machine): *//p' | paste -sd' ')"
@@ -162,18 +162,18 @@ for t in $TEST_TARGETS; do
     export OUTPOST_TEST_RUNNER
     OUTPOST_TEST_RUNNER=$(runner_of "$t")
     # shellcheck disable=SC2086 # the tool is a command line
-    timed "${tool#cargo-} --target $spec (build)" $tool --locked --target "$spec" --no-run
+    timed "$tool --target $spec (build)" $tool --locked --target "$spec" --no-run
     log="$tmp/test-$t.log"
     t0=$SECONDS
     # shellcheck disable=SC2086
     if ! $tool --locked --no-fail-fast --target "$spec" >"$log" 2>&1; then
         cat "$log"
-        die "${tool#cargo-} --target $spec failed under ${OUTPOST_TEST_RUNNER}"
+        die "$tool --target $spec failed under ${OUTPOST_TEST_RUNNER}"
     fi
-    timings+=("$(printf '%-62s %4ds' "${tool#cargo-} --target $spec (run)" $((SECONDS - t0)))")
+    timings+=("$(printf '%-72s %4ds' "$tool --target $spec (run)" $((SECONDS - t0)))")
     passed=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$log")
     grep -E '^test result:' "$log"
-    timings+=("$(printf '  %-60s %5s' "$t: tests passed" "$passed")")
+    timings+=("$(printf '  %-70s %5s' "$t: tests passed" "$passed")")
 done
 
 step "boards: summary"
