@@ -549,6 +549,15 @@ fn proxy_tls(client: TcpStream, config: Arc<rustls::ServerConfig>, backend: u16)
         )
     };
     let end = Instant::now() + Duration::from_secs(60);
+    // Finish the handshake before relaying: a write while handshaking reads the ClientHello
+    // first, and a slow client (under emulation) may not have sent it within one tick.
+    while tls.conn.is_handshaking() {
+        match tls.conn.complete_io(&mut tls.sock) {
+            Ok(_) => {}
+            Err(e) if idle(&e) && Instant::now() < end => {}
+            Err(_) => return,
+        }
+    }
     while Instant::now() < end {
         match tls.read(&mut buf) {
             Ok(0) => return,

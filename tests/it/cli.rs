@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{toml_string, RawClient, RelayProcess, TestDir, OUTPOST};
+use crate::util::{outpost_command, slack, toml_string, RawClient, RelayProcess, TestDir, OUTPOST};
 
 struct Run {
     code: Option<i32>,
@@ -32,7 +32,7 @@ impl std::fmt::Display for Run {
 
 /// Runs `outpost args…` in `dir` with a deadline; kills it and panics when the deadline passes.
 fn outpost(dir: &TestDir, args: &[&str]) -> Run {
-    let mut child = Command::new(OUTPOST)
+    let mut child = outpost_command(OUTPOST)
         .args(args)
         .current_dir(dir.path())
         .stdin(Stdio::null())
@@ -52,7 +52,7 @@ fn outpost(dir: &TestDir, args: &[&str]) -> Run {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let end = Instant::now() + Duration::from_secs(20);
+    let end = Instant::now() + slack(Duration::from_secs(20));
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
@@ -245,7 +245,7 @@ fn serve_flags_override_the_config_file() {
     let dir = TestDir::new();
     // The file's listen address is unusable here; --listen must replace it.
     let path = config_file(&dir, "listen = [\"192.0.2.1:25\"]\n");
-    let mut child = Command::new(OUTPOST)
+    let mut child = outpost_command(OUTPOST)
         .args(["serve", "--config", &path, "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .stdin(Stdio::null())
@@ -266,7 +266,7 @@ fn serve_flags_override_the_config_file() {
     });
     let mut log = String::new();
     let mut listening = false;
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+    while let Ok(line) = rx.recv_timeout(slack(Duration::from_secs(20))) {
         log.push_str(&line);
         log.push('\n');
         if line.contains("listening on 127.0.0.1:") {

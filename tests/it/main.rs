@@ -10,6 +10,7 @@
 mod util;
 
 mod abuse;
+mod boards;
 mod bounce;
 mod chaos;
 mod cli;

@@ -7,8 +7,10 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-/// Read timeout of the raw client: a reply that takes longer is a failure.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Read timeout of the clients: a reply that takes longer (times the slack) is a failure.
+fn reply_timeout() -> Duration {
+    super::slack(Duration::from_secs(15))
+}
 
 /// Sends `message` with lettre's sync SMTP transport (no TLS) and returns the reply to the final
 /// dot as `"250 2.0.0 queued as …"`, or lettre's error text.
@@ -25,7 +27,7 @@ pub(crate) fn send_lettre(
     let envelope = Envelope::new(Some(from), to).map_err(|e| format!("{e}"))?;
     let transport = SmtpTransport::builder_dangerous("127.0.0.1")
         .port(port)
-        .timeout(Some(REPLY_TIMEOUT))
+        .timeout(Some(reply_timeout()))
         .build();
     let message = message.to_vec();
     thread::spawn(move || match transport.send_raw(&envelope, &message) {
@@ -91,8 +93,8 @@ impl RawClient {
 
     pub(crate) fn connect_no_greeting(port: u16) -> std::io::Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        stream.set_read_timeout(Some(reply_timeout()))?;
+        stream.set_write_timeout(Some(reply_timeout()))?;
         Ok(Self {
             stream,
             buf: Vec::new(),

@@ -25,14 +25,27 @@ pub(crate) use proc::*;
 pub(crate) use relay::*;
 pub(crate) use upstream::*;
 
-/// Polls `cond` every `poll` until it holds or `deadline` passes; returns whether it held.
-/// The number of polls is bounded by `deadline / poll + 1`.
+/// `deadline` stretched by `OUTPOST_TEST_SLACK` (a factor, default 1): the one place where the
+/// harness's deadlines grow for slow runs (the whole suite under qemu-user on a loaded machine).
+/// Only deadlines for things that must happen go through it, so a slack never hides a failure;
+/// it only makes a failing test wait longer before it says so.
+pub(crate) fn slack(deadline: Duration) -> Duration {
+    let factor = std::env::var("OUTPOST_TEST_SLACK")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|f| f.is_finite() && *f >= 1.0)
+        .unwrap_or(1.0);
+    deadline.mul_f64(factor)
+}
+
+/// Polls `cond` every `poll` until it holds or `deadline` (times the slack) passes; returns
+/// whether it held. The number of polls is bounded by `slack(deadline) / poll + 1`.
 pub(crate) fn wait_until(
     deadline: Duration,
     poll: Duration,
     mut cond: impl FnMut() -> bool,
 ) -> bool {
-    let end = Instant::now() + deadline;
+    let end = Instant::now() + slack(deadline);
     loop {
         if cond() {
             return true;

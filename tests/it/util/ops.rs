@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{RelayProcess, TestDir, OUTPOST};
+use super::{outpost_command, slack, RelayProcess, TestDir, OUTPOST};
 
 /// What a short-lived `outpost` command (queue, status, sendmail) did.
 pub(crate) struct CmdRun {
@@ -26,9 +26,9 @@ impl std::fmt::Display for CmdRun {
     }
 }
 
-/// Runs `program args…` with `stdin` as input; kills it and panics after 30 s.
+/// Runs `program args…` with `stdin` as input; kills it and panics after 30 s (times the slack).
 pub(crate) fn run_command(program: &Path, args: &[&str], stdin: &[u8]) -> CmdRun {
-    let mut child = Command::new(program)
+    let mut child = outpost_command(program)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -52,7 +52,7 @@ pub(crate) fn run_command(program: &Path, args: &[&str], stdin: &[u8]) -> CmdRun
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let end = Instant::now() + Duration::from_secs(30);
+    let end = Instant::now() + slack(Duration::from_secs(30));
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;

@@ -16,6 +16,24 @@ use super::TestDir;
 /// Path of the binary under test.
 pub(crate) const OUTPOST: &str = env!("CARGO_BIN_EXE_outpost");
 
+/// A `Command` that runs `program` (`OUTPOST` or an argv[0] alias of it). In a cross test run the
+/// binary is for another architecture and the kernel here cannot exec it (no binfmt_misc), so
+/// when `OUTPOST_TEST_RUNNER` is set (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`, split on
+/// whitespace) the command is `RUNNER… program`; qemu-user passes `program` on as argv[0], so
+/// aliases keep working. Every test that starts the binary goes through here.
+pub(crate) fn outpost_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let runner = std::env::var("OUTPOST_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        None => Command::new(program),
+        Some(first) => {
+            let mut command = Command::new(first);
+            command.args(words).arg(program);
+            command
+        }
+    }
+}
+
 /// Upper bound for the relay to print its `listening on` line.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -250,7 +268,7 @@ impl RelayProcess {
         let _ = Command::new("sh")
             .args(["-c", &format!("kill -TERM {pid}")])
             .status();
-        let end = Instant::now() + deadline;
+        let end = Instant::now() + super::slack(deadline);
         while Instant::now() < end {
             if let Ok(Some(status)) = child.try_wait() {
                 self.note(&format!("---- exited after SIGTERM: {status} ----"));
@@ -288,14 +306,18 @@ impl RelayProcess {
         self.starts += 1;
         self.note(&format!("---- start #{} ----", self.starts));
         let mut command = match &self.wrapper {
+            // The wrapper (shell lines such as `ulimit`) runs first, then execs the command
+            // `outpost_command` would run (under the emulator in a cross test run).
             Some(wrapper) => {
+                let inner = outpost_command(OUTPOST);
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
                     .arg(format!("{wrapper}\nexec \"$0\" \"$@\""))
-                    .arg(OUTPOST);
+                    .arg(inner.get_program())
+                    .args(inner.get_args());
                 sh
             }
-            None => Command::new(OUTPOST),
+            None => outpost_command(OUTPOST),
         };
         let mut child = command
             .arg("serve")
@@ -339,7 +361,7 @@ impl RelayProcess {
         }
         drop(tx);
         self.child = Some(child);
-        let end = Instant::now() + START_DEADLINE;
+        let end = Instant::now() + super::slack(START_DEADLINE);
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(addr) => {

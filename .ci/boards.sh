@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# The board targets (issue 5), without containers: Debian's cross gcc links, qemu-user runs.
+# - the targets come from boards/*.toml (`# board.target` and `# board.also`), so what the docs
+#   list is what CI builds; a gnu target names its glibc floor (`armv7-unknown-linux-gnueabihf.2.31`)
+#   and is linked against that glibc with cargo-zigbuild (zig and cargo-zigbuild from PyPI);
+# - every target is built in release, its stripped size printed and held to the budget;
+# - the whole `cargo test` runs under qemu-user for the targets in TEST_TARGETS (the harness
+#   runs the spawned binary through OUTPOST_TEST_RUNNER; OUTPOST_TEST_SLACK stretches its
+#   deadlines, it skips nothing);
+# - a gnu binary must need no glibc newer than its floor, a musl one must be static;
+# - the service files are checked (systemd-analyze verify, sh -n).
+# Run by .ci/run as root (CI=true); runnable by hand where the packages are installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Stripped release binary, TLS included (README, "Install on a board").
+BUDGET_BYTES=2500000
+# The suite under emulation: the recommended static build and the 32-bit Pi build, plus the gnu
+# aarch64 build. Override with TEST_TARGETS="…" (space-separated; empty for none).
+TEST_TARGETS=${TEST_TARGETS-aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu}
+# Pinned: the glibc-floor builds (gnu targets) are linked by these.
+ZIG_PACKAGES=(ziglang==0.17.1 cargo-zigbuild==0.24.1)
+export OUTPOST_TEST_SLACK=${OUTPOST_TEST_SLACK:-4}
+
+target_dir=${CARGO_TARGET_DIR:-target}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+step() { printf '\n==== %s ====\n' "$*"; }
+die() { printf 'boards: error: %s\n' "$*" >&2; exit 1; }
+t_start=$SECONDS
+timings=()
+timed() { # timed LABEL COMMAND...: runs COMMAND, records LABEL's duration
+    local label=$1 t0=$SECONDS
+    shift
+    "$@"
+    timings+=("$(printf '%-72s %4ds' "$label" $((SECONDS - t0)))")
+}
+
+step "boards: packages"
+packages=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
+    qemu-user binutils python3-venv)
+need_install=false
+for tool in aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc qemu-aarch64 qemu-arm readelf systemd-analyze; do
+    command -v "$tool" >/dev/null || need_install=true
+done
+command -v systemd-analyze >/dev/null || packages+=(systemd)
+if [[ "${CI:-}" == "true" || $need_install == true ]]; then
+    SUDO=""
+    if [[ $(id -u) != 0 ]] && command -v sudo >/dev/null; then SUDO="sudo -n"; fi
+    # .ci/run has already run apt-get update.
+    DEBIAN_FRONTEND=noninteractive timeout 900 $SUDO apt-get install -y -qq --no-install-recommends \
+        "${packages[@]}" >/dev/null
+fi
+aarch64-linux-gnu-gcc --version | head -n1
+arm-linux-gnueabihf-gcc --version | head -n1
+qemu-aarch64 --version | head -n1
+
+# Targets named in the board files, in first-mention order: specs (triple, or triple.GLIBC for
+# a gnu target linked against that glibc) and plain triples.
+specs=()
+while read -r spec; do
+    [[ " ${specs[*]} " == *" $spec "* ]] || specs+=("$spec")
+done < <(sed -nE 's/^# board\.(target|also) *= *//p' boards/*.toml | tr ' ' '\n' \
+    | grep -E '^[a-z0-9_]+-[a-z0-9_]+-[a-z0-9_]+(-[a-z0-9_]+)?(\.[0-9]+\.[0-9]+)?$' || true)
+[[ ${#specs[@]} -gt 0 ]] || die "no '# board.target' lines in boards/*.toml"
+targets=()
+for spec in "${specs[@]}"; do targets+=("${spec%%.*}"); done
+echo "targets from boards/*.toml: ${specs[*]}"
+spec_of() { # spec_of TRIPLE
+    local spec
+    for spec in "${specs[@]}"; do [[ ${spec%%.*} == "$1" ]] && { echo "$spec"; return; }; done
+    return 1
+}
+for t in $TEST_TARGETS; do
+    spec_of "$t" >/dev/null || die "TEST_TARGETS names $t, which no board file lists"
+done
+# cargo, or cargo-zigbuild for a spec with a glibc floor: `build_tool SPEC build|test`.
+build_tool() {
+    if [[ $1 == *.* ]]; then
+        if [[ $2 == build ]]; then echo "cargo-zigbuild zigbuild"; else echo "cargo-zigbuild $2"; fi
+    else
+        echo "cargo $2"
+    fi
+}
+
+step "boards: rustup targets, zig"
+timed "rustup target add" rustup target add "${targets[@]}"
+if [[ " ${specs[*]} " == *.* ]]; then
+    zig_venv=$tmp/zig
+    timed "zig, cargo-zigbuild (PyPI)" bash -c "python3 -m venv '$zig_venv' \
+        && '$zig_venv/bin/pip' install --quiet --disable-pip-version-check ${ZIG_PACKAGES[*]}"
+    export PATH="$zig_venv/bin:$PATH"
+    echo "zig $(python-zig version), $(cargo-zigbuild --version)"
+fi
+
+# cargo's runner for TARGET from .cargo/config.toml: the same command runs the spawned binary.
+runner_of() {
+    awk -v section="[target.$1]" '
+        $0 == section { inside = 1; next }
+        /^\[/ { inside = 0 }
+        inside && $1 == "runner" { sub(/^[^"]*"/, ""); sub(/".*$/, ""); print; exit }
+    ' .cargo/config.toml
+}
+
+step "boards: release builds"
+sizes=()
+over=()
+for spec in "${specs[@]}"; do
+    t=${spec%%.*}
+    tool=$(build_tool "$spec" build)
+    # shellcheck disable=SC2086 # the tool is a command line
+    timed "$tool --release --target $spec" $tool --release --locked --target "$spec"
+    bin=$target_dir/$t/release/outpost
+    size=$(stat -c %s "$bin")
+    echo "$t: $(readelf -hW "$bin" | sed -nE 's/^ *(Class|Machine): *//p' | paste -sd' ')"
+    sizes+=("$(printf '%-32s %9d bytes (%s MB)' "$t" "$size" "$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1e6 }')")")
+    [[ $size -le $BUDGET_BYTES ]] || over+=("$t")
+    case "$t" in
+        *-musl*)
+            if readelf -lW "$bin" | grep -q INTERP; then
+                die "$t: not a static binary"
+            fi
+            echo "$t: static (no ELF interpreter)"
+            ;;
+        *-gnu*)
+            needs=$(readelf --dyn-syms -W "$bin" | grep -oE 'GLIBC_[0-9]+\.[0-9]+(\.[0-9]+)?' \
+                | sed 's/^GLIBC_//' | sort -V -u | tail -n1 || true)
+            [[ -n "$needs" ]] || die "$t: no GLIBC symbol versions found"
+            echo "$t: needs glibc $needs or newer"
+            if [[ $spec == *.* ]]; then
+                floor=${spec#*.}
+                [[ $(printf '%s\n' "$needs" "$floor" | sort -V | tail -n1) == "$floor" ]] \
+                    || die "$t: needs glibc $needs, newer than its floor $floor"
+                echo "$t: within its glibc floor $floor"
+            fi
+            ;;
+    esac
+    runner=$(runner_of "$t")
+    [[ -n "$runner" ]] || die "no runner for $t in .cargo/config.toml"
+    # shellcheck disable=SC2086 # the runner is a command line
+    $runner "$bin" --version
+    # shellcheck disable=SC2086
+    for board in boards/*.toml; do $runner "$bin" check-config --config "$board" >/dev/null; done
+    echo "$t: --version and check-config of every board file ok under ${runner%% *}"
+done
+
+step "boards: service files"
+sed "s|/usr/local/bin/outpost|$(realpath "$target_dir/${targets[0]}/release/outpost")|g" boards/outpost.service \
+    >"$tmp/outpost.service"
+systemd-analyze verify "$tmp/outpost.service"
+echo "outpost.service: systemd-analyze verify ok"
+for script in boards/openwrt/*; do
+    sh -n "$script"
+    echo "$script: sh -n ok"
+done
+
+step "boards: cargo test under qemu-user"
+for t in $TEST_TARGETS; do
+    spec=$(spec_of "$t")
+    tool=$(build_tool "$spec" test)
+    export OUTPOST_TEST_RUNNER
+    OUTPOST_TEST_RUNNER=$(runner_of "$t")
+    # shellcheck disable=SC2086 # the tool is a command line
+    timed "$tool --target $spec (build)" $tool --locked --target "$spec" --no-run
+    log="$tmp/test-$t.log"
+    t0=$SECONDS
+    # shellcheck disable=SC2086
+    if ! $tool --locked --no-fail-fast --target "$spec" >"$log" 2>&1; then
+        cat "$log"
+        die "$tool --target $spec failed under ${OUTPOST_TEST_RUNNER}"
+    fi
+    timings+=("$(printf '%-72s %4ds' "$tool --target $spec (run)" $((SECONDS - t0)))")
+    passed=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$log")
+    grep -E '^test result:' "$log"
+    timings+=("$(printf '  %-70s %5s' "$t: tests passed" "$passed")")
+done
+
+step "boards: summary"
+printf '%s\n' "${sizes[@]}"
+echo "size budget: $BUDGET_BYTES bytes (stripped, release, TLS included)"
+printf '%s\n' "${timings[@]}"
+echo "boards total: $((SECONDS - t_start))s"
+if [[ ${#over[@]} -gt 0 ]]; then
+    die "over the size budget: ${over[*]}"
+fi

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Threads and RSS of a running outpost, idle and under load (README, "Size and memory on a board").
+
+usage: benches/threads_rss.py [--binary target/release/outpost] [--sessions 32] [--messages 20]
+                              [--size 1024]
+
+Starts `outpost serve` on 127.0.0.1 with a fresh data dir, forwarding to tests/data/smtp_sink.py,
+then reports, from /proc/PID: the threads (/proc/PID/task/*/comm) and VmRSS when idle (after the
+start settles); the peak VmRSS sampled every 20 ms and VmHWM while SESSIONS concurrent smtplib
+sessions each send MESSAGES messages of SIZE bytes; the threads seen during the load; and the
+idle figures again once the sink has everything. Loopback only; every wait is bounded; both
+children are killed by PID at the end.
+"""
+
+import argparse
+import collections
+import os
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def wait_until(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    sys.exit("timed out waiting for " + what)
+
+
+def status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def threads(pid):
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:
+            pass
+    return collections.Counter(names)
+
+
+def show(counter):
+    return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in sorted(counter.items()))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default=os.path.join(REPO, "target/release/outpost"))
+    ap.add_argument("--sessions", type=int, default=32)
+    ap.add_argument("--messages", type=int, default=20)
+    ap.add_argument("--size", type=int, default=1024)
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="outpost-threads-")
+    procs = []
+    try:
+        sink_dir = os.path.join(work, "sink")
+        os.mkdir(sink_dir)
+        portfile = os.path.join(work, "sink.port")
+        sink = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests/data/smtp_sink.py"), sink_dir, portfile],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(sink)
+        wait_until(lambda: os.path.exists(portfile) and open(portfile).read().strip(), 30, "sink")
+        sink_port = int(open(portfile).read())
+
+        config = os.path.join(work, "outpost.toml")
+        with open(config, "w") as f:
+            f.write(f'data_dir = "{work}/data"\nlisten = ["127.0.0.1:0"]\n'
+                    f'max_connections = {args.sessions + 8}\n\n'
+                    f'[smarthost]\naddress = "127.0.0.1:{sink_port}"\ntls = "none"\n')
+        log = open(os.path.join(work, "outpost.log"), "w+")
+        relay = subprocess.Popen([args.binary, "serve", "--config", config],
+                                 stdout=log, stderr=log)
+        procs.append(relay)
+
+        def port():
+            log.seek(0)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read())
+            return m and int(m.group(1))
+
+        wait_until(port, 30, "the relay's listening line")
+        relay_port = port()
+        pid = relay.pid
+        time.sleep(2)
+        idle_rss, idle_threads = status_kib(pid, "VmRSS"), threads(pid)
+
+        body = ("x" * 63 + "\r\n") * (args.size // 65)
+        msg = f"From: a@lan.test\r\nTo: b@remote.test\r\nSubject: load\r\n\r\n{body}"
+        peak = [0]
+        seen = collections.Counter()
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], status_kib(pid, "VmRSS"))
+                for name, n in threads(pid).items():
+                    seen[name] = max(seen[name], n)
+                time.sleep(0.02)
+
+        def session():
+            with smtplib.SMTP("127.0.0.1", relay_port, timeout=60) as s:
+                for _ in range(args.messages):
+                    s.sendmail("a@lan.test", ["b@remote.test"], msg)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.monotonic()
+        workers = [threading.Thread(target=session) for _ in range(args.sessions)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(300)
+        accepted_s = time.monotonic() - t0
+        total = args.sessions * args.messages
+        wait_until(lambda: len([n for n in os.listdir(sink_dir) if n.endswith(".eml")]) >= total,
+                   300, f"{total} messages at the sink")
+        stop.set()
+        sampler.join()
+        hwm = status_kib(pid, "VmHWM")
+        time.sleep(2)
+        after_rss, after_threads = status_kib(pid, "VmRSS"), threads(pid)
+
+        print(f"binary: {args.binary} ({os.path.getsize(args.binary)} bytes)")
+        print(f"idle: VmRSS {idle_rss} KiB ({idle_rss / 1024:.1f} MiB); "
+              f"{sum(idle_threads.values())} threads: {show(idle_threads)}")
+        print(f"load: {args.sessions} sessions x {args.messages} messages x {len(msg)} bytes, "
+              f"accepted in {accepted_s:.1f} s, all at the sink")
+        print(f"load: peak VmRSS {peak[0]} KiB ({peak[0] / 1024:.1f} MiB), VmHWM {hwm} KiB "
+              f"({hwm / 1024:.1f} MiB); {sum(seen.values())} distinct threads seen: {show(seen)}")
+        print(f"after: VmRSS {after_rss} KiB ({after_rss / 1024:.1f} MiB); "
+              f"{sum(after_threads.values())} threads: {show(after_threads)}")
+    finally:
+        for p in reversed(procs):
+            try:
+                p.send_signal(signal.SIGTERM)
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        subprocess.run(["rm", "-rf", work], check=False)
+
+
+if __name__ == "__main__":
+    main()
