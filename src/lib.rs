@@ -27,7 +27,6 @@
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
 //! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
-//! - [`logger`]: the stderr log line (UTC timestamp, level, target).
 //!
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
 //! forwarder; sled runs its own flusher and I/O threads.
@@ -37,7 +36,6 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod forward;
-pub mod logger;
 pub mod net;
 pub mod sendmail;
 pub mod smtp;

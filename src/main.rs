@@ -109,7 +109,17 @@ fn init_logging() {
     let level = from_env("OUTPOST_LOG")
         .or_else(|| from_env("RUST_LOG"))
         .unwrap_or(LevelFilter::Info);
-    if let Err(e) = outpost::logger::init(level) {
+    // sled is chatty below warn; its details matter only when tracing.
+    let sled_level = if level == LevelFilter::Trace {
+        level
+    } else {
+        level.min(LevelFilter::Warn)
+    };
+    let logger = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_module_level("sled", sled_level)
+        .with_utc_timestamps();
+    if let Err(e) = logger.init() {
         eprintln!("outpost: cannot set up logging: {e}");
     }
 }
