@@ -527,16 +527,12 @@ impl Store {
         id: QueueId,
         attempt: &AttemptRecord,
     ) -> Result<(), StoreError> {
-        let last = match self
-            .inner
-            .db
-            .scan_prefix(key::hist_prefix(id))
-            .keys()
-            .next_back()
-        {
-            Some(k) => key::parse_numbered(key::HIST, &k?).map(|(_, n)| n),
-            None => None,
-        };
+        // A forward scan (at most `KEPT_ATTEMPTS` keys): iterating backwards would link sled's
+        // 1 MiB `MAX_KEY` constant (`iter.rs`, used for reverse scans only) into the binary.
+        let mut last = None;
+        for k in self.inner.db.scan_prefix(key::hist_prefix(id)).keys() {
+            last = key::parse_numbered(key::HIST, &k?).map(|(_, n)| n).or(last);
+        }
         let n = last.map_or(0, |n| n.saturating_add(1));
         batch.insert(key::hist(id, n), record::encode_attempt(attempt));
         if let Some(old) = n.checked_sub(KEPT_ATTEMPTS) {

@@ -76,7 +76,7 @@ fn full_disk_gets_451_then_exit_75_and_a_restart_with_room_delivers_every_acknow
     let reopened: Option<usize> = log
         .lines()
         .filter_map(|l| l.split("queue opened: ").nth(1))
-        .last()
+        .next_back()
         .and_then(|l| l.split("messages=").nth(1))
         .and_then(|n| n.split_whitespace().next())
         .and_then(|n| n.parse().ok());

@@ -186,7 +186,7 @@ impl RawClient {
     pub(crate) fn try_read_reply_within(&mut self, wait: Duration) -> std::io::Result<Reply> {
         let _ = self.stream.set_read_timeout(Some(wait));
         let reply = self.try_read_reply();
-        let _ = self.stream.set_read_timeout(Some(REPLY_TIMEOUT));
+        let _ = self.stream.set_read_timeout(Some(reply_timeout()));
         reply
     }
 
