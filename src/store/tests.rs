@@ -26,6 +26,25 @@ fn options(max_bytes: u64) -> StoreOptions {
     }
 }
 
+/// The store's sled database opened directly (to damage it), retried like `open`: a dropped
+/// store's last sync may still hold sled's file lock for a moment.
+fn raw_db(dir: &TempDir) -> sled::Db {
+    for _ in 0..100 {
+        match sled::Config::new()
+            .path(dir.path())
+            .segment_size(SEGMENT_SIZE)
+            .open()
+        {
+            Ok(db) => return db,
+            Err(e) => {
+                eprintln!("raw open: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    panic!("cannot open the store's database directly");
+}
+
 fn open(dir: &TempDir) -> (Store, RecoveryReport) {
     // A dropped store's last sync may still be finishing on the blocking pool, holding sled's
     // file lock for a moment (seen under CPU contention): retry, bounded.
@@ -380,11 +399,7 @@ fn corrupt_record_is_quarantined_and_the_rest_loads() {
     let half = commit(&store, &[b"half"], &["d@w", "e@v"], 3);
     drop(store);
     {
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(SEGMENT_SIZE)
-            .open()
-            .unwrap();
+        let db = raw_db(&dir);
         db.insert(key::msg(bad), &b"\x01garbage"[..]).unwrap();
         db.insert(key::rcpt(half, 1), &b"\xff"[..]).unwrap();
         db.flush().unwrap();
@@ -436,11 +451,7 @@ fn attempt_records_of_no_message_are_removed_at_recovery() {
     assert_eq!(keys_with_prefix(&store, key::HIST), 1);
     drop(store);
     {
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(SEGMENT_SIZE)
-            .open()
-            .unwrap();
+        let db = raw_db(&dir);
         db.remove(key::msg(id)).unwrap();
         db.flush().unwrap();
     }
@@ -459,11 +470,7 @@ fn message_with_a_missing_body_part_or_recipient_is_quarantined_whole() {
     let good = commit(&store, &[b"good"], &["c@z"], 3);
     drop(store);
     {
-        let db = sled::Config::new()
-            .path(dir.path())
-            .segment_size(SEGMENT_SIZE)
-            .open()
-            .unwrap();
+        let db = raw_db(&dir);
         let parts = keys_in(&db, &key::part_prefix(cut));
         assert!(parts.len() >= 2, "the test needs a body in several parts");
         db.remove(parts.last().unwrap()).unwrap();
