@@ -443,36 +443,6 @@ fn run_daemon(
     }
 }
 
-/// How long `open_store` waits for another holder of the store's file lock to let go.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
-
-/// `Store::open`, retried (bounded by `LOCK_WAIT`) while sled reports its file lock taken: a
-/// previous instance that is still exiting (its last sync finishing) holds it for a moment. A
-/// second daemon really running on the same `data_dir` still fails, after the wait.
-fn open_when_unlocked(dir: &std::path::Path, options: &StoreOptions) -> Result<Store, DaemonError> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    let mut logged = false;
-    loop {
-        match Store::open(dir, options.clone()) {
-            // sled 0.34.7 `config.rs`: "could not acquire lock on {path}: {error}".
-            Err(e)
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
-                if !logged {
-                    warn!(
-                        "the queue in {} is locked ({e}); waiting up to {LOCK_WAIT:?}",
-                        dir.display()
-                    );
-                    logged = true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return other.map_err(DaemonError::OpenStore),
-        }
-    }
-}
-
 /// Opens the store in `data_dir` (created if missing) and sweeps what a crash left behind.
 fn open_store(config: &Config) -> Result<Store, DaemonError> {
     let dir = &config.data_dir;
@@ -485,7 +455,7 @@ fn open_store(config: &Config) -> Result<Store, DaemonError> {
         flush_every_ms: Some(STORE_FLUSH_EVERY_MS),
         max_bytes: config.queue.max_bytes,
     };
-    let store = open_when_unlocked(dir, &options)?;
+    let store = Store::open(dir, options).map_err(DaemonError::OpenStore)?;
     let report = store.recover().map_err(DaemonError::OpenStore)?;
     info!(
         "queue opened: data_dir={} messages={} swept_spools={} quarantined={}",

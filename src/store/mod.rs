@@ -256,17 +256,44 @@ impl From<DecodeError> for StoreError {
     }
 }
 
+/// How long opening the store waits for another holder of sled's file lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `config.open()`, retried (bounded by `LOCK_WAIT`) while sled reports its file lock taken: a
+/// store that was just dropped, or a daemon still exiting, holds it until its last sync is done.
+/// A second daemon really running on the same directory still fails, after the wait.
+fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match config.open() {
+            // sled 0.34.7 `config.rs`: "could not acquire lock on {path}: {error}".
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    log::warn!("store: {e}; waiting up to {LOCK_WAIT:?} for it");
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .segment_size(segment_size(dir))
             .cache_capacity(options.cache_bytes)
             .flush_every_ms(options.flush_every_ms)
             .use_compression(false)
             // LowSpace (sled's default) favours small files on flash over write throughput.
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+            .mode(sled::Mode::LowSpace);
+        let db = open_db(&config)?;
         let corrupt = db.open_tree("corrupt")?;
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
         let bodies = dir.join(BODIES_DIR);

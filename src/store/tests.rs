@@ -26,40 +26,22 @@ fn options(max_bytes: u64) -> StoreOptions {
     }
 }
 
-/// The store's sled database opened directly (to damage it), retried like `open`: a dropped
-/// store's last sync may still hold sled's file lock for a moment.
+/// The store's sled database opened directly (to damage it), waiting for the dropped store's
+/// file lock as `Store::open` does.
 fn raw_db(dir: &TempDir) -> sled::Db {
-    for _ in 0..100 {
-        match sled::Config::new()
+    open_db(
+        &sled::Config::new()
             .path(dir.path())
-            .segment_size(SEGMENT_SIZE)
-            .open()
-        {
-            Ok(db) => return db,
-            Err(e) => {
-                eprintln!("raw open: {e}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-    panic!("cannot open the store's database directly");
+            .segment_size(SEGMENT_SIZE),
+    )
+    .unwrap()
 }
 
 fn open(dir: &TempDir) -> (Store, RecoveryReport) {
-    // A dropped store's last sync may still be finishing on the blocking pool, holding sled's
-    // file lock for a moment (seen under CPU contention): retry, bounded.
-    let mut tries = 0;
-    let store = loop {
-        match Store::open(dir.path(), options(1 << 30)) {
-            Ok(store) => break store,
-            Err(e) if tries < 100 => {
-                tries += 1;
-                eprintln!("reopen attempt {tries}: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("cannot reopen the store: {e}"),
-        }
-    };
+    // A dropped store's last sync may still hold sled's file lock for a moment: `Store::open`
+    // waits for it (bounded).
+    let store = Store::open(dir.path(), options(1 << 30))
+        .unwrap_or_else(|e| panic!("cannot reopen the store: {e}"));
     let report = store.recover().unwrap();
     (store, report)
 }
