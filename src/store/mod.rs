@@ -34,7 +34,7 @@ use std::sync::Arc;
 pub use self::flush::SyncHook;
 use self::flush::{GroupFlush, SyncFiles};
 use self::record::{DecodeError, MessageMeta};
-use self::segment::{Extent, ExtentReader, Segments};
+use self::segment::{count_extent, Extent, ExtentReader, Segments};
 pub use self::segment::{MAX_EXTENT, SEGMENT_BYTES};
 use self::writes::Writes;
 use crate::clock::QueueTime;
@@ -749,10 +749,7 @@ impl Store {
             let k = key::part(id, chunk);
             if let Some(raw) = self.inner.db.get(&k)? {
                 if let Ok(extent) = Extent::decode(&raw) {
-                    match segments.iter_mut().find(|(seg, _)| *seg == extent.seg) {
-                        Some((_, n)) => *n += 1,
-                        None => segments.push((extent.seg, 1)),
-                    }
+                    count_extent(&mut segments, extent.seg);
                 }
             }
             batch.remove(k);

@@ -264,6 +264,16 @@ impl Segments {
     }
 }
 
+/// Counts one more extent in `seg` into `counts` (segment, extents), the tally a spool and a
+/// removal hand to `release`/`release_after`. A body's pieces are appended in order, so one
+/// segment's extents are contiguous and the list stays a handful of entries.
+pub(super) fn count_extent(counts: &mut Vec<(u64, u64)>, seg: u64) {
+    match counts.last_mut() {
+        Some((s, n)) if *s == seg => *n += 1,
+        _ => counts.push((seg, 1)),
+    }
+}
+
 pub(super) fn segment_path(dir: &Path, seg: u64) -> PathBuf {
     dir.join(format!("{seg:016X}"))
 }

@@ -5,7 +5,7 @@
 use std::io;
 
 use super::record::{self, MessageMeta};
-use super::segment::MAX_EXTENT;
+use super::segment::{count_extent, MAX_EXTENT};
 use super::writes::Writes;
 use super::{
     index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
@@ -46,10 +46,7 @@ impl Spool {
                 .append(piece, fresh)
                 .map_err(StoreError::Io)?;
             // Counted before the record goes in: `Drop` releases it whatever happens next.
-            match self.segments.last_mut() {
-                Some((seg, n)) if *seg == extent.seg => *n += 1,
-                _ => self.segments.push((extent.seg, 1)),
-            }
+            count_extent(&mut self.segments, extent.seg);
             inner
                 .db
                 .insert(key::part(self.id, self.chunks), &extent.encode())?;
