@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{slack, wait_until, RawClient, RelayConfig, RelayProcess, Stage, Upstream};
+use crate::util::{
+    slack, wait_until, RawClient, RelayConfig, RelayProcess, Stage, Tally, Upstream,
+};
 
 /// The drain wait gives up after this long without a new arrival at the smarthost.
 const STALL: Duration = Duration::from_secs(20);
@@ -211,13 +213,12 @@ fn chaos_kill9_under_load_and_mid_delivery_loses_no_acknowledged_message() {
         acked.iter().all(|id| arrived.contains_key(id)) || last_progress.elapsed() > slack(STALL)
     });
     let drain_time = started.elapsed() - chaos_time;
-    let arrived = upstream.arrived_ids();
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|id| !arrived.contains_key(*id))
-        .collect();
-    let duplicates: usize = arrived.values().map(|n| n - 1).sum();
-    let unacked_extras = arrived.keys().filter(|id| !acked.contains(id)).count();
+    let Tally {
+        lost,
+        duplicates,
+        unacked: unacked_extras,
+        arrived,
+    } = upstream.tally(&acked);
     println!(
         "chaos: {} clients, {:.0} s of kills + {:.0} s to drain, {kills} kills ({aimed} aimed mid-delivery), {} acknowledged, \
          {} arrived ({unacked_extras} never acknowledged), {} lost, {duplicates} duplicate \
@@ -226,7 +227,7 @@ fn chaos_kill9_under_load_and_mid_delivery_loses_no_acknowledged_message() {
         chaos_time.as_secs_f64(),
         drain_time.as_secs_f64(),
         acked.len(),
-        arrived.len(),
+        arrived,
         lost.len(),
         100.0 * duplicates as f64 / acked.len().max(1) as f64,
     );

@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{assert_queued, tagged_message, wait_until, RawClient, RelayProcess, Upstream};
+use crate::util::{
+    assert_queued, tagged_message, wait_until, RawClient, RelayProcess, Tally, Upstream,
+};
 
 const DELIVERY: Duration = Duration::from_secs(30);
 
@@ -119,18 +121,16 @@ fn kill9_restart_loop_under_load_loses_no_acknowledged_message() {
         let arrived = upstream.arrived_ids();
         acked.iter().all(|id| arrived.contains_key(id))
     });
-    let arrived = upstream.arrived_ids();
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|id| !arrived.contains_key(*id))
-        .collect();
-    let duplicates: usize = arrived.values().map(|n| n - 1).sum();
+    let Tally {
+        lost,
+        duplicates,
+        unacked,
+        arrived,
+    } = upstream.tally(&acked);
     println!(
-        "kill loop: {rounds} kills, {} acknowledged, {} arrived ({} unacknowledged extras), \
-         {} lost, {duplicates} duplicate deliveries",
+        "kill loop: {rounds} kills, {} acknowledged, {arrived} arrived ({unacked} unacknowledged \
+         extras), {} lost, {duplicates} duplicate deliveries",
         acked.len(),
-        arrived.len(),
-        arrived.keys().filter(|id| !acked.contains(id)).count(),
         lost.len(),
     );
     assert!(

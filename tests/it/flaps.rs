@@ -48,12 +48,14 @@ fn check_all_arrived(relay: &RelayProcess, upstream: &Upstream, acked: &[String]
         let ids = upstream.arrived_ids();
         acked.iter().all(|id| ids.contains_key(id))
     });
-    let ids = upstream.arrived_ids();
+    let tally = upstream.tally(acked);
     if !arrived {
-        let lost: Vec<_> = acked.iter().filter(|id| !ids.contains_key(*id)).collect();
-        relay.fail(&format!("acknowledged messages never arrived: {lost:?}"));
+        relay.fail(&format!(
+            "acknowledged messages never arrived: {:?}",
+            tally.lost
+        ));
     }
-    ids.values().map(|n| n - 1).sum()
+    tally.duplicates
 }
 
 #[test]

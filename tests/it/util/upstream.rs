@@ -144,6 +144,15 @@ impl Handler for RecordingHandler {
     }
 }
 
+/// `Upstream::tally`: acknowledged ids that never arrived, deliveries beyond the first of an id,
+/// ids that arrived without having been acknowledged, and distinct ids arrived.
+pub(crate) struct Tally {
+    pub(crate) lost: Vec<String>,
+    pub(crate) duplicates: usize,
+    pub(crate) unacked: usize,
+    pub(crate) arrived: usize,
+}
+
 /// An independent SMTP smarthost: mailin-embedded's server, reached through a line proxy that
 /// records the transcript (and works around mailin's refusal of `MAIL FROM:<>`).
 ///
@@ -314,6 +323,21 @@ impl Upstream {
             }
         }
         ids
+    }
+
+    /// What arrived, weighed against the ids the relay acknowledged.
+    pub(crate) fn tally(&self, acked: &[String]) -> Tally {
+        let ids = self.arrived_ids();
+        Tally {
+            lost: acked
+                .iter()
+                .filter(|id| !ids.contains_key(*id))
+                .cloned()
+                .collect(),
+            duplicates: ids.values().map(|n| n - 1).sum(),
+            unacked: ids.keys().filter(|id| !acked.contains(id)).count(),
+            arrived: ids.len(),
+        }
     }
 
     pub(crate) fn transcript(&self) -> String {
