@@ -221,6 +221,8 @@ struct Inner {
     clock: Cell<QueueTime>,
     max_bytes: u64,
     flush: GroupFlush,
+    /// The write number of the latest removal not waited for (`Durability::Lazy`).
+    lazy_removal: Cell<u64>,
 }
 
 /// An uncommitted message body being written.
@@ -322,6 +324,7 @@ impl Store {
             clock: Cell::new(clock),
             max_bytes: options.max_bytes,
             flush,
+            lazy_removal: Cell::new(0),
         };
         Ok(Self {
             inner: Rc::new(inner),
@@ -387,6 +390,13 @@ impl Store {
     /// Makes every write so far durable (group flush): `save_clock` at shutdown, for example.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let seq = self.inner.flush.note_write();
+        self.inner.flush.wait(seq).await.map_err(StoreError::Io)
+    }
+
+    /// Returns once every removal `record` did not wait for is durable: at once when the syncs
+    /// since have covered them (no sync of its own for a pass that removed nothing).
+    pub async fn settle_removals(&self) -> Result<(), StoreError> {
+        let seq = self.inner.lazy_removal.get();
         self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
 
@@ -771,7 +781,10 @@ impl Store {
         }
         match durability {
             Durability::Wait => self.inner.flush.wait(seq).await.map_err(StoreError::Io),
-            Durability::Lazy => Ok(()),
+            Durability::Lazy => {
+                self.inner.lazy_removal.set(seq);
+                Ok(())
+            }
         }
     }
 

@@ -284,6 +284,30 @@ fn attempt_history_keeps_the_last_attempts_in_order_and_survives_reopen() {
 }
 
 #[test]
+fn settle_removals_syncs_only_what_record_left_unsynced() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"body"], &["a@x"], 1);
+    let results = [(0, RcptState::Delivered, Some("250 ok".to_owned()))];
+    let before = store.durable_epoch();
+    block_on(store.record(id, &results, AT, 1, 100)).unwrap();
+    assert_eq!(
+        store.durable_epoch(),
+        before,
+        "a delivered removal is not waited for"
+    );
+    block_on(store.settle_removals()).unwrap();
+    let settled = store.durable_epoch();
+    assert!(settled > before, "settling synced the removal");
+    block_on(store.settle_removals()).unwrap();
+    assert_eq!(
+        store.durable_epoch(),
+        settled,
+        "nothing left to sync: no sync"
+    );
+}
+
+#[test]
 fn partial_delivery_reschedules_the_rest() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
