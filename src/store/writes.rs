@@ -20,7 +20,9 @@
 //! - removal: `msg/<id>` first (the point of no return), then recipients, parts and index entry;
 //!   `recover` removes records of no message and rebuilds indexes and counters.
 //! - updates (attempt results, hold, reschedule): recipient records and index entries, then
-//!   `msg/<id>`; `recover` rebuilds the `due/`/`failed/` index from `msg/` records.
+//!   `msg/<id>`, then an attempt's `hist/` entry (informational: a crash before it loses only
+//!   that entry); `recover` rebuilds the `due/`/`failed/` index from `msg/` records and removes
+//!   `hist/` entries of no message.
 
 /// An ordered list of inserts (`Some` value) and removals (`None`).
 #[derive(Default)]
