@@ -37,6 +37,12 @@ def wait_until(pred, timeout, what):
     sys.exit("timed out waiting for " + what)
 
 
+def split(pid):
+    """VmRSS by kind: anonymous (heap, stacks, sled's buffers) and file-backed (the binary's
+    text, libc.so and ld.so where dynamic)."""
+    return f"anon {status_kib(pid, 'RssAnon')} KiB, file {status_kib(pid, 'RssFile')} KiB"
+
+
 def status_kib(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -66,6 +72,9 @@ def main():
     ap.add_argument("--sessions", type=int, default=32)
     ap.add_argument("--messages", type=int, default=20)
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--smaps", help="write /proc/PID/smaps here after the load (where the RSS is)")
+    ap.add_argument("--config", default="", help="TOML appended to the relay's config, e.g. "
+                    "'[store]\\ncache_bytes = \"256 KiB\"'")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="outpost-threads-")
@@ -85,7 +94,8 @@ def main():
         with open(config, "w") as f:
             f.write(f'data_dir = "{work}/data"\nlisten = ["127.0.0.1:0"]\n'
                     f'max_connections = {args.sessions + 8}\n\n'
-                    f'[smarthost]\naddress = "127.0.0.1:{sink_port}"\ntls = "none"\n')
+                    f'[smarthost]\naddress = "127.0.0.1:{sink_port}"\ntls = "none"\n'
+                    + args.config.replace("\\n", "\n") + "\n")
         log = open(os.path.join(work, "outpost.log"), "w+")
         relay = subprocess.Popen([args.binary, "serve", "--config", config],
                                  stdout=log, stderr=log)
@@ -101,6 +111,7 @@ def main():
         pid = relay.pid
         time.sleep(2)
         idle_rss, idle_threads = status_kib(pid, "VmRSS"), threads(pid)
+        idle_split = split(pid)
 
         body = ("x" * 63 + "\r\n") * (args.size // 65)
         msg = f"From: a@lan.test\r\nTo: b@remote.test\r\nSubject: load\r\n\r\n{body}"
@@ -137,15 +148,19 @@ def main():
         hwm = status_kib(pid, "VmHWM")
         time.sleep(2)
         after_rss, after_threads = status_kib(pid, "VmRSS"), threads(pid)
+        after_split = split(pid)
+        if args.smaps:
+            with open(f"/proc/{pid}/smaps") as src, open(args.smaps, "w") as dst:
+                dst.write(src.read())
 
         print(f"binary: {args.binary} ({os.path.getsize(args.binary)} bytes)")
-        print(f"idle: VmRSS {idle_rss} KiB ({idle_rss / 1024:.1f} MiB); "
+        print(f"idle: VmRSS {idle_rss} KiB ({idle_rss / 1024:.1f} MiB; {idle_split}); "
               f"{sum(idle_threads.values())} threads: {show(idle_threads)}")
         print(f"load: {args.sessions} sessions x {args.messages} messages x {len(msg)} bytes, "
               f"accepted in {accepted_s:.1f} s, all at the sink")
         print(f"load: peak VmRSS {peak[0]} KiB ({peak[0] / 1024:.1f} MiB), VmHWM {hwm} KiB "
               f"({hwm / 1024:.1f} MiB); {sum(seen.values())} distinct threads seen: {show(seen)}")
-        print(f"after: VmRSS {after_rss} KiB ({after_rss / 1024:.1f} MiB); "
+        print(f"after: VmRSS {after_rss} KiB ({after_rss / 1024:.1f} MiB; {after_split}); "
               f"{sum(after_threads.values())} threads: {show(after_threads)}")
     finally:
         for p in reversed(procs):

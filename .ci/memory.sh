@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Memory (issue 5): threads and RSS, idle and while 32 sessions send 1 KiB messages, of the x86_64
+# release binary as `cargo build --release` makes it (glibc, dynamic) and as the boards ship it
+# (static musl: no libc.so/ld.so pages). Printed, not asserted: README, "Size and memory on a
+# board", keeps the figures. usage: .ci/memory.sh RELEASE_BINARY PYTHON_WITH_AIOSMTPD
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CI_NAME=memory
+source .ci/lib.sh
+trap ci_cleanup EXIT
+glibc_bin=$1
+python=${2:-python3}
+musl=x86_64-unknown-linux-musl
+
+command -v musl-gcc >/dev/null || die "musl-gcc (Debian's musl-tools) is needed for ring's C code"
+rustup target add "$musl" >/dev/null 2>&1 || die "rustup target add $musl failed"
+# ring compiles C: cc-rs reads the compiler for the target from CC_<triple>.
+CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$musl" 2>&1 | tail -n 1
+
+for bin in "$glibc_bin" "target/$musl/release/outpost"; do
+    step "memory: $bin"
+    timeout 300 "$python" benches/threads_rss.py --binary "$bin"
+done
