@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 use self::file::ConfigFile;
 pub use self::file::Problem;
+use crate::rate::SenderLimit;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -25,6 +26,10 @@ const MAX_CONNECTIONS_LIMIT: u64 = 10_000;
 const MAX_ERRORS_LIMIT: u64 = 1_000;
 /// sled needs some cache to work at all; below this it thrashes.
 const MIN_CACHE_BYTES: u64 = 64 * KIB;
+/// `[rate_limit]`: `per_sender` range, and `window`'s default and maximum.
+const MAX_RATE_MESSAGES: u64 = 1_000_000;
+const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(3600);
+const MAX_RATE_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 /// SHA-512-crypt rounds (glibc's range starts at 1000; above this one AUTH costs seconds of
 /// CPU on a small board, which a password-guessing client could exploit).
 const MIN_CRYPT_ROUNDS: u64 = 1000;
@@ -59,6 +64,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// `[metrics] listen`: Prometheus text exposition on `GET /metrics`; `None`: off.
     pub metrics: Option<SocketAddr>,
+    /// `[rate_limit]`: messages per envelope sender in a window; `None`: no limit.
+    pub rate_limit: Option<SenderLimit>,
 }
 
 /// `[smarthost]`
@@ -250,6 +257,7 @@ impl Default for Config {
                 smarthost_data_end: Duration::from_secs(10 * 60),
             },
             metrics: None,
+            rate_limit: None,
         }
     }
 }
@@ -364,6 +372,7 @@ impl Config {
                     .into_iter()
                     .next(),
             },
+            rate_limit: v.rate_limit(file.rate_limit.as_ref()),
         };
         config.cross_check(&mut v.problems);
         if v.problems.is_empty() {
@@ -485,6 +494,13 @@ impl Config {
         out += &format!("smarthost_data_end = {}\n", dur(t.smarthost_data_end));
         if let Some(addr) = self.metrics {
             out += &format!("\n[metrics]\nlisten = \"{addr}\"\n");
+        }
+        if let Some(limit) = self.rate_limit {
+            out += &format!(
+                "\n[rate_limit]\nper_sender = {}\nwindow = {}\n",
+                limit.messages,
+                dur(limit.window)
+            );
         }
         out
     }
@@ -682,6 +698,37 @@ impl Validator {
                 default
             }
         }
+    }
+
+    /// `[rate_limit]`: `per_sender` is required, `window` defaults to an hour (at most 30 days).
+    fn rate_limit(&mut self, section: Option<&file::RateLimitSection>) -> Option<SenderLimit> {
+        let section = section?;
+        let window = self.duration(
+            "rate_limit.window",
+            &section.window,
+            DEFAULT_RATE_WINDOW,
+            false,
+        );
+        if window > MAX_RATE_WINDOW {
+            self.problem(
+                "rate_limit.window",
+                format!("{window:?} is longer than 30 days"),
+            );
+        }
+        let Some(per_sender) = section.per_sender else {
+            self.problem(
+                "rate_limit.per_sender",
+                "is required in [rate_limit] (messages per sender per window)".to_owned(),
+            );
+            return None;
+        };
+        let messages = self.count(
+            "rate_limit.per_sender",
+            Some(per_sender),
+            1,
+            MAX_RATE_MESSAGES,
+        );
+        Some(SenderLimit { messages, window })
     }
 
     fn queue(&mut self, q: &file::QueueSection, d: QueueConfig) -> QueueConfig {
@@ -1202,6 +1249,45 @@ smarthost_data_end = "5m"
     }
 
     #[test]
+    fn rate_limit_is_typed_checked_and_read_back() {
+        assert_eq!(from_text("").unwrap().rate_limit, None);
+        let config = from_text("[rate_limit]\nper_sender = 60\nwindow = \"10m\"\n").unwrap();
+        let limit = SenderLimit {
+            messages: 60,
+            window: Duration::from_secs(600),
+        };
+        assert_eq!(config.rate_limit, Some(limit));
+        assert!(config
+            .to_toml()
+            .contains("[rate_limit]\nper_sender = 60\nwindow = \"10m\""));
+        // The window defaults to an hour.
+        let config = from_text("[rate_limit]\nper_sender = 5\n").unwrap();
+        assert_eq!(
+            config.rate_limit.map(|l| l.window),
+            Some(Duration::from_secs(3600))
+        );
+        for (text, key) in [
+            ("[rate_limit]\nwindow = \"1h\"\n", "rate_limit.per_sender"),
+            ("[rate_limit]\nper_sender = 0\n", "rate_limit.per_sender"),
+            (
+                "[rate_limit]\nper_sender = 5\nwindow = \"0s\"\n",
+                "rate_limit.window",
+            ),
+            (
+                "[rate_limit]\nper_sender = 5\nwindow = \"31d\"\n",
+                "rate_limit.window",
+            ),
+            (
+                "[rate_limit]\nper_sender = 5\nwindow = \"soon\"\n",
+                "rate_limit.window",
+            ),
+        ] {
+            let problems = from_text(text).unwrap_err();
+            assert_eq!(keys(&problems), [key], "{text}");
+        }
+    }
+
+    #[test]
     fn metrics_listen_is_typed_and_read_back() {
         let config = from_text("[metrics]\nlisten = \"127.0.0.1:9325\"\n").unwrap();
         assert_eq!(config.metrics, Some("127.0.0.1:9325".parse().unwrap()));
@@ -1263,6 +1349,10 @@ smarthost_data_end = "5m"
             ..Config::default()
         };
         c.listen.push("[::1]:25".parse().unwrap());
+        c.rate_limit = Some(SenderLimit {
+            messages: 100,
+            window: Duration::from_secs(90),
+        });
         assert_eq!(from_text(&c.to_toml()).unwrap(), c);
         let d = Config::default();
         assert_eq!(from_text(&d.to_toml()).unwrap(), d);

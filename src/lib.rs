@@ -26,6 +26,7 @@
 //! - [`config`]: the validated configuration and its embedded defaults.
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
+//! - [`rate`]: per-sender rate limits (`[rate_limit]`) as pure state over an explicit clock.
 //! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
 //!
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
@@ -37,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod forward;
 pub mod net;
+pub mod rate;
 pub mod sendmail;
 pub mod smtp;
 pub mod store;

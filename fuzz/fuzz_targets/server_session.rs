@@ -20,12 +20,14 @@
 #![no_main]
 
 use core::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use outpost::smtp::line::MAX_COMMAND_LINE;
 use outpost::smtp::reply::parse_reply;
 use outpost::smtp::server::{
-    CommitOutcome, Envelope, Limits, Next, Replies, ServerSession, SessionParams, TlsMode,
+    CommitOutcome, Envelope, Limits, MailVerdict, Next, Replies, ServerSession, SessionParams,
+    TlsMode,
 };
 
 #[path = "common.rs"]
@@ -217,6 +219,22 @@ impl Glue {
                         return;
                     }
                 }
+                Next::MailCheck(sender) => {
+                    // The glue's rate limit: senders of odd length are over it.
+                    self.t.events.push("mailcheck");
+                    let verdict = if sender.len() % 2 == 1 {
+                        MailVerdict::RateExceeded {
+                            messages: 3,
+                            window: Duration::from_secs(60),
+                            retry_after: Duration::from_millis(sender.len() as u64 * 997),
+                        }
+                    } else {
+                        MailVerdict::Allowed
+                    };
+                    self.session.mail_checked(verdict, &mut replies);
+                    self.t.output.extend_from_slice(replies.as_bytes());
+                    replies.clear();
+                }
                 Next::Close => {
                     self.close();
                     return;
@@ -271,6 +289,7 @@ fn params(cursor: &mut Cursor<'_>) -> (SessionParams, u8) {
         tls,
         auth_offered: flags & 8 == 0,
         require_tls: flags & 16 != 0,
+        check_sender: flags & 32 != 0,
         limits: Limits {
             max_message_size: [0, 10, 1000, 100_000][usize::from(limits & 3)],
             max_recipients: [0, 1, 3, 100][usize::from(limits >> 2 & 3)],

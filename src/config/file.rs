@@ -35,6 +35,8 @@ pub struct ConfigFile {
     pub timeouts: TimeoutsSection,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: Option<MetricsSection>,
+    /// `[rate_limit]`: per-sender limits on the way in.
+    pub rate_limit: Option<RateLimitSection>,
 }
 
 /// `[smarthost]`
@@ -224,4 +226,14 @@ mod tests {
     fn empty_file_is_all_defaults() {
         assert_eq!(ConfigFile::parse("").unwrap(), ConfigFile::default());
     }
+}
+
+/// `[rate_limit]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// Messages one envelope sender may hand over per `window` (a burst of that many, then
+    /// evenly spread).
+    pub per_sender: Option<u64>,
+    pub window: Option<String>,
 }

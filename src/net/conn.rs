@@ -21,7 +21,8 @@ use super::Ctx;
 use crate::smtp::date::rfc5322_date;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
-    Awaiting, BodyType, CommitOutcome, Envelope, Next, Replies, ServerSession, SessionParams,
+    Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, Replies, ServerSession,
+    SessionParams,
 };
 use crate::store::{MessageInfo, Spool};
 
@@ -237,6 +238,17 @@ impl Conn<'_> {
                     if matches!(next, Next::Close) {
                         return Ok(());
                     }
+                }
+                Next::MailCheck(sender) => {
+                    let verdict = self.ctx.check_sender(&sender);
+                    if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
+                        info!(
+                            "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
+                            self.tag,
+                            retry_after.as_secs().max(1)
+                        );
+                    }
+                    self.session.mail_checked(verdict, &mut self.replies);
                 }
                 Next::Close => {
                     self.flush().await?;

@@ -32,7 +32,9 @@ use smol::LocalExecutor;
 use crate::clock::QueueClock;
 use crate::config::{Config, SmarthostTls};
 use crate::forward::{self, ClientCredentials, ForwardParams, LinkState, RetryPolicy, Wake};
+use crate::rate::{SenderRates, Verdict};
 use crate::smtp::client::TlsPolicy;
+use crate::smtp::server::MailVerdict;
 use crate::store::{Store, StoreError, StoreOptions};
 
 use self::tls::TlsError;
@@ -181,6 +183,9 @@ pub struct Ctx {
     sessions: Cell<usize>,
     session_ended: Event,
     next_session: Cell<u64>,
+    /// `[rate_limit]`: messages counted per envelope sender (SMTP only: `sendmail` callers
+    /// are local programs that cannot be asked to retry).
+    sender_rates: Option<RefCell<SenderRates>>,
 }
 
 impl Ctx {
@@ -192,7 +197,6 @@ impl Ctx {
         smarthost_tls: Option<Arc<ClientConfig>>,
     ) -> Rc<Self> {
         Rc::new(Self {
-            config,
             store,
             clock,
             wake: Wake::new(),
@@ -208,7 +212,27 @@ impl Ctx {
             sessions: Cell::new(0),
             session_ended: Event::new(),
             next_session: Cell::new(1),
+            sender_rates: config
+                .rate_limit
+                .map(|limit| RefCell::new(SenderRates::new(limit))),
+            config,
         })
+    }
+
+    /// `Next::MailCheck`: counts one message from `sender` against `[rate_limit]`.
+    pub fn check_sender(&self, sender: &str) -> MailVerdict {
+        let Some(rates) = &self.sender_rates else {
+            return MailVerdict::Allowed;
+        };
+        let mut rates = rates.borrow_mut();
+        match rates.take(sender, self.clock.now()) {
+            Verdict::Allowed => MailVerdict::Allowed,
+            Verdict::Exceeded { retry_after } => MailVerdict::RateExceeded {
+                messages: rates.limit().messages,
+                window: rates.limit().window,
+                retry_after,
+            },
+        }
     }
 
     /// Counts one committed message and pokes the forwarder.

@@ -6,6 +6,7 @@
 //! (RFC 3463 has no class 3).
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use super::reply::{EnhancedStatus, Reply};
 
@@ -97,5 +98,44 @@ pub fn queued_as(queue_id: &str) -> Reply {
             detail: 0,
         }),
         text: Cow::Owned(format!("queued as {queue_id}")),
+    }
+}
+
+/// `[rate_limit]`: `451 4.7.1` (RFC 3463 §3.8: delivery not authorized, the policy is
+/// temporary) with the sender, the limit and when to come back, e.g. `<ups@lan.test>: sender
+/// rate limit exceeded (60 messages per 1h), try again in 55s`.
+pub fn sender_rate_exceeded(
+    sender: &str,
+    messages: u32,
+    window: Duration,
+    retry_after: Duration,
+) -> Reply {
+    // At least one second: "try again in 0s" would invite a busy loop.
+    let whole = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let retry = Duration::from_secs(whole.max(1));
+    Reply {
+        code: 451,
+        status: Some(EnhancedStatus {
+            class: 4,
+            subject: 7,
+            detail: 1,
+        }),
+        text: Cow::Owned(format!(
+            "<{sender}>: sender rate limit exceeded ({messages} message{} per {}), try again in {}",
+            if messages == 1 { "" } else { "s" },
+            span(window),
+            span(retry)
+        )),
+    }
+}
+
+/// Whole seconds as the config writes them: `1h`, `10m`, `90s`.
+fn span(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }

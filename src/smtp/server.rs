@@ -8,6 +8,7 @@
 
 use core::net::IpAddr;
 use std::borrow::Cow;
+use std::time::Duration;
 
 use super::address::{Mailbox, ReversePath};
 use super::auth::{Mechanism, SaslError, SaslExchange, SaslStep};
@@ -46,7 +47,23 @@ pub struct SessionParams {
     pub auth_offered: bool,
     /// `require_tls`: MAIL before STARTTLS gets 530 5.7.0 (RFC 3207 §4).
     pub require_tls: bool,
+    /// `[rate_limit]` is set: every MAIL the session would accept goes to the glue first
+    /// (`Next::MailCheck`).
+    pub check_sender: bool,
     pub limits: Limits,
+}
+
+/// The glue's verdict on `Next::MailCheck`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MailVerdict {
+    Allowed,
+    /// `[rate_limit]`: the sender sent `messages` in `window` already; allowed again after
+    /// `retry_after`.
+    RateExceeded {
+        messages: u32,
+        window: Duration,
+        retry_after: Duration,
+    },
 }
 
 /// What the session hands the glue at the final dot.
@@ -107,6 +124,9 @@ pub enum Next {
     /// AUTH exchange complete: check the credentials (never log the password), wait the
     /// failure delay if they are wrong, then call `auth_checked`. Nothing is consumed meanwhile.
     AuthCheck(Credentials),
+    /// A MAIL the session would accept, from this sender (empty for `<>`): count it against
+    /// the sender's rate limit and call `mail_checked`. Nothing is consumed meanwhile.
+    MailCheck(String),
     /// Write pending replies and close.
     Close,
 }
@@ -160,6 +180,8 @@ enum State {
     AwaitSasl(SaslExchange),
     /// Credentials handed to the glue; waiting for `auth_checked`.
     AwaitAuthCheck,
+    /// A MAIL handed to the glue; waiting for `mail_checked`.
+    AwaitMailCheck(ReversePath, MailParams),
     Closed,
 }
 
@@ -237,7 +259,9 @@ impl ServerSession {
                 State::Closed => (rest.len(), Some(Next::Close)),
                 State::AwaitTls => (rest.len(), Some(Next::StartTls)),
                 // The glue must call `committed` (`auth_checked`) first; nothing is consumed.
-                State::AwaitCommit | State::AwaitAuthCheck => (0, Some(Next::NeedInput)),
+                State::AwaitCommit | State::AwaitAuthCheck | State::AwaitMailCheck(..) => {
+                    (0, Some(Next::NeedInput))
+                }
                 State::AwaitSasl(_) => self.handle_sasl_line(rest, out),
                 State::InBody(decoder) => {
                     let decoded = decoder.decode(rest, body);
@@ -300,6 +324,34 @@ impl ServerSession {
         Next::FlushReplies
     }
 
+    /// The glue's verdict on `Next::MailCheck`: the 250 of MAIL, or 451 4.7.1 and no
+    /// transaction. Then feed the rest of the input as before.
+    pub fn mail_checked(&mut self, verdict: MailVerdict, out: &mut Replies) {
+        let (path, params) = match std::mem::replace(&mut self.state, State::AwaitMail) {
+            State::AwaitMailCheck(path, params) => (path, params),
+            // Not awaiting a check (a glue bug): leave the state as it was.
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        match verdict {
+            MailVerdict::Allowed => {
+                self.proceed_mail(path, params, out);
+            }
+            MailVerdict::RateExceeded {
+                messages,
+                window,
+                retry_after,
+            } => out.push(&replies::sender_rate_exceeded(
+                path.as_str(),
+                messages,
+                window,
+                retry_after,
+            )),
+        }
+    }
+
     /// The user name of a successful AUTH, for the glue's log lines.
     pub fn authenticated(&self) -> Option<&str> {
         self.authenticated.as_deref()
@@ -340,6 +392,7 @@ impl ServerSession {
             | State::AwaitMail
             | State::AwaitRcptOrData
             | State::AwaitTls
+            | State::AwaitMailCheck(..)
             | State::AwaitSasl(_) => Awaiting::Command,
             State::AwaitAuthCheck => Awaiting::AuthCheck,
             State::InBody(_) => Awaiting::Body,
@@ -414,9 +467,15 @@ impl ServerSession {
         let result = match command {
             Command::Ehlo(name) => Ok(self.proceed_helo(name, true, out)),
             Command::Helo(name) => Ok(self.proceed_helo(name, false, out)),
-            Command::Mail { path, params } => self
-                .check_mail(&params)
-                .map(|()| self.proceed_mail(path, params, out)),
+            Command::Mail { path, params } => self.check_mail(&params).map(|()| {
+                if self.params.check_sender {
+                    let sender = path.as_str().to_owned();
+                    self.state = State::AwaitMailCheck(path, params);
+                    Some(Next::MailCheck(sender))
+                } else {
+                    self.proceed_mail(path, params, out)
+                }
+            }),
             Command::Rcpt { path } => self
                 .check_rcpt(&path)
                 .map(|()| self.proceed_rcpt(path, out)),

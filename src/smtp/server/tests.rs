@@ -2,6 +2,7 @@
 //! 250-only-after-commit rule and chunking invariance, with no sockets.
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use super::*;
 use crate::smtp::line::MAX_COMMAND_LINE;
@@ -20,6 +21,7 @@ fn params() -> SessionParams {
         tls: TlsMode::Unavailable,
         auth_offered: false,
         require_tls: false,
+        check_sender: false,
         limits: Limits {
             max_message_size: 1000,
             max_recipients: 3,
@@ -41,7 +43,12 @@ struct Glue {
     tls_leftover: Vec<Vec<u8>>,
     closed: bool,
     commits: u32,
+    /// Senders handed over by `Next::MailCheck`, in order.
+    checked_senders: Vec<String>,
 }
+
+/// The sender these tests' glue finds over its rate limit.
+const LIMITED_SENDER: &str = "ups@lan.test";
 
 impl Glue {
     fn new(params: SessionParams) -> Self {
@@ -57,6 +64,7 @@ impl Glue {
             tls_leftover: Vec::new(),
             closed: false,
             commits: 0,
+            checked_senders: Vec::new(),
         }
     }
 
@@ -113,6 +121,21 @@ impl Glue {
                         self.closed = true;
                         return;
                     }
+                }
+                Next::MailCheck(sender) => {
+                    let verdict = if sender == LIMITED_SENDER {
+                        MailVerdict::RateExceeded {
+                            messages: 60,
+                            window: Duration::from_secs(3600),
+                            retry_after: Duration::from_millis(54_200),
+                        }
+                    } else {
+                        MailVerdict::Allowed
+                    };
+                    self.checked_senders.push(sender);
+                    self.session.mail_checked(verdict, &mut replies);
+                    self.output.extend_from_slice(replies.as_bytes());
+                    replies.clear();
                 }
                 Next::Close => {
                     self.closed = true;
@@ -936,4 +959,73 @@ mod properties {
             }
         }
     }
+}
+
+fn rate_limited_params() -> SessionParams {
+    SessionParams {
+        check_sender: true,
+        ..params()
+    }
+}
+
+#[test]
+fn a_sender_over_its_rate_limit_gets_451_at_mail_and_no_transaction() {
+    let glue = transcript_with(
+        rate_limited_params(),
+        &[
+            ("C: EHLO c", &format!("S: {EHLO_REPLY}")),
+            (
+                "C: MAIL FROM:<ups@lan.test>",
+                "S: 451 4.7.1 <ups@lan.test>: sender rate limit exceeded (60 messages per 1h), \
+                 try again in 55s",
+            ),
+            ("C: RCPT TO:<ops@example.com>", "S: 503 5.5.1"),
+            ("C: MAIL FROM:<camera@lan.test>", "S: 250 2.1.0"),
+            ("C: RCPT TO:<ops@example.com>", "S: 250 2.1.5"),
+            ("C: DATA", "S: 354"),
+            (
+                "C: Subject: hi\r\n\r\nbody\r\n.",
+                "S: 250 2.0.0 queued as ID1",
+            ),
+            ("C: MAIL FROM:<>", "S: 250 2.1.0"),
+        ],
+    );
+    assert_eq!(
+        glue.checked_senders,
+        ["ups@lan.test", "camera@lan.test", ""]
+    );
+    assert_eq!(glue.messages.len(), 1);
+}
+
+#[test]
+fn a_pipelined_group_from_a_limited_sender_is_refused_whole() {
+    let mut glue = Glue::new(rate_limited_params());
+    glue.feed(b"EHLO c\r\n");
+    glue.take_output();
+    glue.feed(
+        b"MAIL FROM:<ups@lan.test>\r\nRCPT TO:<ops@example.com>\r\nDATA\r\n\
+          Subject: x\r\n\r\nbody\r\n.\r\n",
+    );
+    let output = glue.take_output();
+    let codes: Vec<&str> = output
+        .split_terminator("\r\n")
+        .map(|line| &line[..3])
+        .collect();
+    // MAIL refused, RCPT and DATA out of sequence, the would-be body lines junk commands; the
+    // fifth error (max_errors) ends the session.
+    assert_eq!(
+        codes,
+        ["451", "503", "503", "500", "500", "500", "421"],
+        "{output}"
+    );
+    assert!(glue.messages.is_empty());
+}
+
+#[test]
+fn without_a_rate_limit_mail_is_not_handed_to_the_glue() {
+    let glue = transcript(&[
+        ("C: EHLO c", &format!("S: {EHLO_REPLY}")),
+        ("C: MAIL FROM:<ups@lan.test>", "S: 250 2.1.0"),
+    ]);
+    assert!(glue.checked_senders.is_empty());
 }

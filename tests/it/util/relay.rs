@@ -50,6 +50,8 @@ pub(crate) struct RelayConfig {
     pub(crate) timeouts: String,
     /// `[smarthost]` `tls` and `ca_file` (default: `tls = "none"`).
     pub(crate) smarthost_tls: Option<(&'static str, PathBuf)>,
+    /// Whole sections appended at the end, e.g. `[rate_limit]` and its keys.
+    pub(crate) sections: String,
 }
 
 impl RelayConfig {
@@ -81,6 +83,14 @@ impl RelayConfig {
     pub(crate) fn timeouts(mut self, toml: &str) -> Self {
         self.timeouts.push_str(toml);
         self.timeouts.push('\n');
+        self
+    }
+
+    /// A whole section (`[name]` line included), appended after the others.
+    pub(crate) fn section(mut self, toml: &str) -> Self {
+        self.sections.push('\n');
+        self.sections.push_str(toml);
+        self.sections.push('\n');
         self
     }
 
@@ -124,6 +134,7 @@ impl RelayConfig {
             let _ = writeln!(toml, "smarthost_data_end = \"10s\"");
         }
         toml.push_str(&self.timeouts);
+        toml.push_str(&self.sections);
         toml
     }
 }
