@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 use self::file::ConfigFile;
 pub use self::file::Problem;
+use crate::priority::{Priority, PriorityRule};
 use crate::rate::SenderLimit;
 
 const KIB: u64 = 1024;
@@ -66,6 +67,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// `[rate_limit]`: messages per envelope sender in a window; `None`: no limit.
     pub rate_limit: Option<SenderLimit>,
+    /// `[[priority]]` rules in order (the first match decides; none: every message `normal`).
+    pub priority: Vec<PriorityRule>,
 }
 
 /// `[smarthost]`
@@ -258,6 +261,7 @@ impl Default for Config {
             },
             metrics: None,
             rate_limit: None,
+            priority: Vec::new(),
         }
     }
 }
@@ -373,6 +377,12 @@ impl Config {
                     .next(),
             },
             rate_limit: v.rate_limit(file.rate_limit.as_ref()),
+            priority: file
+                .priority
+                .iter()
+                .enumerate()
+                .filter_map(|(i, rule)| v.priority_rule(i + 1, rule))
+                .collect(),
         };
         config.cross_check(&mut v.problems);
         if v.problems.is_empty() {
@@ -494,6 +504,20 @@ impl Config {
         out += &format!("smarthost_data_end = {}\n", dur(t.smarthost_data_end));
         if let Some(addr) = self.metrics {
             out += &format!("\n[metrics]\nlisten = \"{addr}\"\n");
+        }
+        for rule in &self.priority {
+            out += "\n[[priority]]\n";
+            if let Some(sender) = &rule.sender {
+                let sender = if sender.is_empty() { "<>" } else { sender };
+                out += &format!("sender = {}\n", toml_str(sender));
+            }
+            if let Some(recipient) = &rule.recipient {
+                out += &format!("recipient = {}\n", toml_str(recipient));
+            }
+            if let Some((name, value)) = &rule.header {
+                out += &format!("header = {}\nvalue = {}\n", toml_str(name), toml_str(value));
+            }
+            out += &format!("level = \"{}\"\n", rule.priority);
         }
         if let Some(limit) = self.rate_limit {
             out += &format!(
@@ -698,6 +722,69 @@ impl Validator {
                 default
             }
         }
+    }
+
+    /// One `[[priority]]` entry (`n` counts from 1, as `priority[n]` in messages).
+    fn priority_rule(&mut self, n: usize, rule: &file::PrioritySection) -> Option<PriorityRule> {
+        let key = |k: &str| format!("priority[{n}].{k}");
+        let priority = match rule.level.as_deref() {
+            None => {
+                self.problem(
+                    &key("level"),
+                    "is required: urgent, high, normal or low".into(),
+                );
+                return None;
+            }
+            Some(text) => match Priority::parse(text) {
+                Some(p) => p,
+                None => {
+                    self.problem(
+                        &key("level"),
+                        format!("{text:?} is not one of urgent, high, normal, low"),
+                    );
+                    return None;
+                }
+            },
+        };
+        if rule.value.is_some() && rule.header.is_none() {
+            self.problem(
+                &key("value"),
+                "needs `header` (the field it matches)".into(),
+            );
+            return None;
+        }
+        if let Some(name) = &rule.header {
+            let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+            if !valid {
+                self.problem(
+                    &key("header"),
+                    format!("{name:?} is not a header field name"),
+                );
+                return None;
+            }
+        }
+        if rule.sender.is_none() && rule.recipient.is_none() && rule.header.is_none() {
+            self.problem(
+                &format!("priority[{n}]"),
+                "needs at least one of sender, recipient, header".into(),
+            );
+            return None;
+        }
+        Some(PriorityRule {
+            // `<>`: the null sender, whose address is empty.
+            sender: rule
+                .sender
+                .as_ref()
+                .map(|s| if s == "<>" { String::new() } else { s.clone() }),
+            recipient: rule.recipient.clone(),
+            header: rule.header.as_ref().map(|name| {
+                (
+                    name.to_ascii_lowercase(),
+                    rule.value.clone().unwrap_or_else(|| "*".to_owned()),
+                )
+            }),
+            priority,
+        })
     }
 
     /// `[rate_limit]`: `per_sender` is required, `window` defaults to an hour (at most 30 days).
@@ -1246,6 +1333,68 @@ smarthost_data_end = "5m"
         let problems =
             from_text("max_message_size = 2000\n[queue]\nmax_bytes = 1000\n").unwrap_err();
         assert_eq!(keys(&problems), ["max_message_size"]);
+    }
+
+    #[test]
+    fn priority_rules_are_typed_checked_and_read_back() {
+        let text = "[[priority]]\nsender = \"ups@*\"\nrecipient = \"*@pager.example\"\n\
+                    level = \"urgent\"\n\n[[priority]]\nheader = \"X-Priority\"\n\
+                    value = \"1*\"\nlevel = \"high\"\n\n[[priority]]\nsender = \"<>\"\n\
+                    level = \"low\"\n\n[[priority]]\nheader = \"Importance\"\nlevel = \"high\"\n";
+        let config = from_text(text).unwrap();
+        assert_eq!(
+            config.priority,
+            [
+                PriorityRule {
+                    sender: Some("ups@*".into()),
+                    recipient: Some("*@pager.example".into()),
+                    header: None,
+                    priority: Priority::Urgent,
+                },
+                PriorityRule {
+                    sender: None,
+                    recipient: None,
+                    header: Some(("x-priority".into(), "1*".into())),
+                    priority: Priority::High,
+                },
+                PriorityRule {
+                    sender: Some(String::new()),
+                    recipient: None,
+                    header: None,
+                    priority: Priority::Low,
+                },
+                PriorityRule {
+                    sender: None,
+                    recipient: None,
+                    header: Some(("importance".into(), "*".into())),
+                    priority: Priority::High,
+                },
+            ]
+        );
+        assert_eq!(from_text(&config.to_toml()).unwrap(), config);
+        for (text, key) in [
+            ("[[priority]]\nsender = \"a@b\"\n", "priority[1].level"),
+            (
+                "[[priority]]\nsender = \"a@b\"\nlevel = \"asap\"\n",
+                "priority[1].level",
+            ),
+            ("[[priority]]\nlevel = \"high\"\n", "priority[1]"),
+            (
+                "[[priority]]\nvalue = \"1\"\nlevel = \"high\"\n",
+                "priority[1].value",
+            ),
+            (
+                "[[priority]]\nheader = \"X Priority:\"\nlevel = \"high\"\n",
+                "priority[1].header",
+            ),
+            (
+                "[[priority]]\nsender = \"a@b\"\nlevel = \"low\"\n[[priority]]\nlevel = \"low\"\n",
+                "priority[2]",
+            ),
+        ] {
+            let problems = from_text(text).unwrap_err();
+            assert_eq!(keys(&problems), [key], "{text}");
+        }
     }
 
     #[test]

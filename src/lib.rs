@@ -26,6 +26,7 @@
 //! - [`config`]: the validated configuration and its embedded defaults.
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
+//! - [`priority`]: `[[priority]]` rules, the order queued mail goes in after an outage.
 //! - [`rate`]: per-sender rate limits (`[rate_limit]`) as pure state over an explicit clock.
 //! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
 //!
@@ -38,6 +39,7 @@ pub mod config;
 pub mod control;
 pub mod forward;
 pub mod net;
+pub mod priority;
 pub mod rate;
 pub mod sendmail;
 pub mod smtp;

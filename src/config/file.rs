@@ -37,6 +37,9 @@ pub struct ConfigFile {
     pub metrics: Option<MetricsSection>,
     /// `[rate_limit]`: per-sender limits on the way in.
     pub rate_limit: Option<RateLimitSection>,
+    /// `[[priority]]`: which queued mail goes first.
+    #[serde(default)]
+    pub priority: Vec<PrioritySection>,
 }
 
 /// `[smarthost]`
@@ -236,4 +239,19 @@ pub struct RateLimitSection {
     /// evenly spread).
     pub per_sender: Option<u64>,
     pub window: Option<String>,
+}
+
+/// One `[[priority]]` entry.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PrioritySection {
+    /// Pattern for the envelope sender (`*` wildcards; `"<>"` is the null sender).
+    pub sender: Option<String>,
+    /// Pattern that one of the envelope recipients must match.
+    pub recipient: Option<String>,
+    /// A header field name, with `value` (a pattern, default `*`) for its value.
+    pub header: Option<String>,
+    pub value: Option<String>,
+    /// `urgent`, `high`, `normal` or `low`.
+    pub level: Option<String>,
 }

@@ -151,10 +151,11 @@ pub fn render_list(messages: &[QueuedMessage], now: QueueTime) -> String {
         }
         let _ = writeln!(
             out,
-            "{:52}next attempt: {} (attempts: {})",
+            "{:52}next attempt: {} (attempts: {}, priority: {})",
             "",
             next_attempt(m, now),
-            m.attempts
+            m.attempts,
+            m.info.priority
         );
     }
     let total: u64 = messages.iter().map(|m| m.size).sum();
@@ -177,7 +178,7 @@ pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
             out,
             "\n{{\"id\":\"{}\",\"age_secs\":{},\"size\":{},\"sender\":{},\"state\":\"{}\",\
              \"held\":{},\"attempts\":{},\"next_attempt_in_secs\":{next},\"received_unix\":{},\
-             \"recipients\":[",
+             \"priority\":\"{}\",\"recipients\":[",
             m.id,
             now.saturating_sub(m.enqueued_at) / 1000,
             m.size,
@@ -186,6 +187,7 @@ pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
             m.held,
             m.attempts,
             m.info.received_unix,
+            m.info.priority,
         );
         for (i, r) in m.recipients.iter().enumerate() {
             if i > 0 {
@@ -244,6 +246,7 @@ pub fn render_show(
         "queued for: {}",
         age(now.saturating_sub(m.enqueued_at))
     );
+    let _ = writeln!(out, "priority: {}", m.info.priority);
     let _ = writeln!(out, "attempts: {}", m.attempts);
     let _ = writeln!(out, "next attempt: {}", next_attempt(m, now));
     let _ = writeln!(out, "recipients:");
@@ -376,6 +379,7 @@ mod tests {
                 eight_bit: false,
                 smtputf8: false,
                 received_unix: 0,
+                priority: crate::priority::Priority::Normal,
             },
             size: 100,
             enqueued_at: 1_000,
@@ -423,7 +427,10 @@ mod tests {
             text.contains("deferred  <r1@x.test>  451 4.3.0 later"),
             "{text}"
         );
-        assert!(text.contains("next attempt: in 9s"), "{text}");
+        assert!(
+            text.contains("next attempt: in 9s (attempts: 1, priority: normal)"),
+            "{text}"
+        );
         assert_eq!(render_list(&[], 0), "Mail queue is empty\n");
     }
 
@@ -476,6 +483,7 @@ mod tests {
         assert!(json.contains(r#""next_attempt_in_secs":null"#), "{json}");
         assert!(json.contains(r#""state":"held""#), "{json}");
         assert!(json.contains(r#""last_reply":null"#), "{json}");
+        assert!(json.contains(r#""priority":"normal""#), "{json}");
         assert_eq!(json_str("a\u{1}"), "\"a\\u0001\"");
     }
 

@@ -16,6 +16,7 @@ use futures_lite::future;
 use log::{debug, error, info, warn};
 
 use crate::clock::{QueueClock, QueueTime};
+use crate::priority::Priority;
 use crate::smtp::client::{
     ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, SessionFailure, Stage,
 };
@@ -625,6 +626,7 @@ impl Forwarder {
             eight_bit: !bytes.is_ascii(),
             smtputf8: !message.info.sender.is_ascii(),
             received_unix: now_unix,
+            priority: Priority::Normal,
         };
         match self.enqueue(&bytes, info).await {
             Ok(Ok(id)) => info!(

@@ -262,6 +262,7 @@ async fn enqueue(store: &Store, clock: &QueueClock, sender: &str, to: &[&str]) -
         eight_bit: true,
         smtputf8: false,
         received_unix: 1_795_466_324,
+        priority: Priority::Normal,
     };
     spool.commit(info, clock.now()).await.unwrap().unwrap()
 }

@@ -18,6 +18,7 @@ use log::{debug, error, info, trace, warn};
 use super::auth::{verify, AUTH_FAILURE_DELAY};
 use super::tls::MaybeTls;
 use super::Ctx;
+use crate::priority::{HeaderWatch, Priority};
 use crate::smtp::date::rfc5322_date;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
@@ -68,6 +69,7 @@ pub(super) async fn run(
         tag,
         replies: Replies::new(),
         body: Vec::new(),
+        headers: HeaderWatch::default(),
         spool: SpoolState::Idle,
         received_unix: 0,
         input: [0; INPUT_BUF],
@@ -164,6 +166,8 @@ struct Conn<'a> {
     replies: Replies,
     /// Decoded body octets not yet in the spool (≤ `MAX_CHUNK`).
     body: Vec<u8>,
+    /// The header fields `[[priority]]` rules look at, collected as the body arrives.
+    headers: HeaderWatch,
     spool: SpoolState,
     received_unix: u64,
     input: [u8; INPUT_BUF],
@@ -189,11 +193,13 @@ impl Conn<'_> {
     /// Feeds input to the session and carries out what it asks, until it closes.
     async fn step_loop(&mut self) -> Result<(), End> {
         loop {
+            let before = self.body.len();
             let step = self.session.handle_input(
                 &self.input[..self.len],
                 &mut self.replies,
                 &mut self.body,
             );
+            self.headers.feed(&self.body[before..]);
             self.discard(step.consumed);
             if self.body.len() >= SPILL_AT {
                 self.spill_body();
@@ -387,6 +393,7 @@ impl Conn<'_> {
     /// write to its body file).
     fn open_spool(&mut self) {
         self.body.clear();
+        self.headers = self.ctx.header_watch();
         self.received_unix = unix_now();
         if let Some(available) = self.ctx.short_of_space() {
             warn!(
@@ -449,7 +456,7 @@ impl Conn<'_> {
             SpoolState::NoSpace => return CommitOutcome::QueueFull,
             SpoolState::Idle | SpoolState::Failed => return CommitOutcome::Failed,
         };
-        let info = MessageInfo {
+        let mut info = MessageInfo {
             sender: envelope.reverse_path.as_str().to_owned(),
             recipients: envelope
                 .recipients
@@ -459,7 +466,9 @@ impl Conn<'_> {
             eight_bit: envelope.body_type == BodyType::EightBitMime,
             smtputf8: envelope.smtputf8,
             received_unix: self.received_unix,
+            priority: Priority::Normal,
         };
+        info.priority = self.ctx.priority_of(&info, self.headers.fields());
         let tag = self.tag;
         let spool_id = spool.id();
         match spool.commit(info, self.ctx.clock.now()).await {

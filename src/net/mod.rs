@@ -32,10 +32,11 @@ use smol::LocalExecutor;
 use crate::clock::QueueClock;
 use crate::config::{Config, SmarthostTls};
 use crate::forward::{self, ClientCredentials, ForwardParams, LinkState, RetryPolicy, Wake};
+use crate::priority::{classify, watched_headers, HeaderWatch, Priority};
 use crate::rate::{SenderRates, Verdict};
 use crate::smtp::client::TlsPolicy;
 use crate::smtp::server::MailVerdict;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{MessageInfo, Store, StoreError, StoreOptions};
 
 use self::tls::TlsError;
 
@@ -217,6 +218,21 @@ impl Ctx {
                 .map(|limit| RefCell::new(SenderRates::new(limit))),
             config,
         })
+    }
+
+    /// A scanner for the header fields the `[[priority]]` rules name (none: it does nothing).
+    pub fn header_watch(&self) -> HeaderWatch {
+        HeaderWatch::new(watched_headers(&self.config.priority))
+    }
+
+    /// The `[[priority]]` of a message about to be committed.
+    pub fn priority_of(&self, info: &MessageInfo, fields: &[(String, String)]) -> Priority {
+        classify(
+            &self.config.priority,
+            &info.sender,
+            &info.recipients,
+            fields,
+        )
     }
 
     /// `Next::MailCheck`: counts one message from `sender` against `[rate_limit]`.

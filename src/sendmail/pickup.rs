@@ -13,6 +13,7 @@ use log::{debug, error, info, warn};
 
 use super::{MAGIC, MAILDROP};
 use crate::net::Ctx;
+use crate::priority::Priority;
 use crate::store::{MessageInfo, QueueId, StoreError};
 
 /// How often the daemon looks into the maildrop without a poke.
@@ -118,6 +119,7 @@ async fn ingest(ctx: &Ctx, path: &Path) -> Result<QueueId, PickupError> {
     let (sender, recipients) = read_envelope(&mut reader, ctx.config.max_recipients)?;
     let mut spool = ctx.store.spool().map_err(PickupError::Store)?;
     let mut eight_bit = false;
+    let mut headers = ctx.header_watch();
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = reader.read(&mut buf).map_err(PickupError::Io)?;
@@ -125,16 +127,19 @@ async fn ingest(ctx: &Ctx, path: &Path) -> Result<QueueId, PickupError> {
             break;
         }
         eight_bit |= !buf[..n].is_ascii();
+        headers.feed(&buf[..n]);
         spool.append(&buf[..n]).map_err(PickupError::Store)?;
     }
     let smtputf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
-    let info = MessageInfo {
+    let mut info = MessageInfo {
         sender: sender.clone(),
         recipients,
         eight_bit,
         smtputf8,
         received_unix,
+        priority: Priority::Normal,
     };
+    info.priority = ctx.priority_of(&info, headers.fields());
     let nrcpt = info.recipients.len();
     let size = spool.len();
     match spool.commit(info, ctx.clock.now()).await {

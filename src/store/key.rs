@@ -10,7 +10,8 @@
 //! | `body/<id:8>/<chunk:4>`       | raw body bytes (older stores)  |
 //! | `hist/<id:8>/<n:4>`           | `AttemptRecord` (last few)     |
 //! | `spool/<id:8>`                | empty: a spool not committed   |
-//! | `due/<time:8>/<id:8>`         | empty: the scheduler index     |
+//! | `due/<time:8>/<id:8>`         | empty: the scheduler index (`normal` priority) |
+//! | `due0/`, `due1/`, `due3/` …    | the same for `urgent`, `high`, `low` |
 //! | `failed/<time:8>/<id:8>`      | empty: retention index         |
 //! | `meta/usage`, `meta/clock`    | counters, clock (see below)    |
 //!
@@ -19,6 +20,7 @@
 
 use super::QueueId;
 use crate::clock::QueueTime;
+use crate::priority::Priority;
 
 pub(super) const MSG: &[u8] = b"msg/";
 pub(super) const RCPT: &[u8] = b"rcpt/";
@@ -95,8 +97,22 @@ pub(super) fn hist(id: QueueId, n: u32) -> Vec<u8> {
     join(HIST, &[&id.0.to_be_bytes(), &n.to_be_bytes()])
 }
 
-pub(super) fn due(at: QueueTime, id: QueueId) -> Vec<u8> {
-    join(DUE, &[&at.to_be_bytes(), &id.0.to_be_bytes()])
+/// The scheduler index of one priority: `normal` keeps the `due/` of stores written before
+/// priorities existed, so they read unchanged.
+pub(super) fn due_prefix(priority: Priority) -> &'static [u8] {
+    match priority {
+        Priority::Urgent => b"due0/",
+        Priority::High => b"due1/",
+        Priority::Normal => DUE,
+        Priority::Low => b"due3/",
+    }
+}
+
+pub(super) fn due(priority: Priority, at: QueueTime, id: QueueId) -> Vec<u8> {
+    join(
+        due_prefix(priority),
+        &[&at.to_be_bytes(), &id.0.to_be_bytes()],
+    )
 }
 
 pub(super) fn failed(at: QueueTime, id: QueueId) -> Vec<u8> {
@@ -138,11 +154,19 @@ mod tests {
 
     #[test]
     fn due_keys_sort_by_time_then_id() {
-        let a = due(5, QueueId(9));
-        let b = due(6, QueueId(1));
-        let c = due(256, QueueId(0));
+        let a = due(Priority::Normal, 5, QueueId(9));
+        let b = due(Priority::Normal, 6, QueueId(1));
+        let c = due(Priority::Normal, 256, QueueId(0));
         assert!(a < b && b < c);
         assert_eq!(parse_timed(DUE, &c), Some((256, QueueId(0))));
+        // Each priority has its own index; none is inside another's prefix.
+        for p in Priority::ALL {
+            let k = due(p, 7, QueueId(3));
+            assert_eq!(parse_timed(due_prefix(p), &k), Some((7, QueueId(3))));
+            for q in Priority::ALL.into_iter().filter(|&q| q != p) {
+                assert!(!k.starts_with(due_prefix(q)), "{p} vs {q}");
+            }
+        }
         assert_eq!(parse_timed(DUE, &msg(QueueId(1))), None);
     }
 

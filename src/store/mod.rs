@@ -38,6 +38,7 @@ use self::segment::{count_extent, Extent, ExtentReader, Segments};
 pub use self::segment::{MAX_EXTENT, SEGMENT_BYTES};
 use self::writes::Writes;
 use crate::clock::QueueTime;
+use crate::priority::Priority;
 
 /// A queued message's id: sled's monotonic `generate_id`, shown as 16 upper-case hex digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,6 +76,8 @@ pub struct MessageInfo {
     pub smtputf8: bool,
     /// Wall-clock Unix seconds at receipt (informational only: may be wrong on RTC-less boards).
     pub received_unix: u64,
+    /// `[[priority]]`: due messages of a higher priority go first.
+    pub priority: Priority,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,16 +408,31 @@ impl Store {
     }
 
     /// Up to `limit` messages with pending/deferred recipients, not held, whose `next_attempt`
-    /// is ≤ `now`, oldest first. Reads only the `due/` index range up to `now`.
+    /// is ≤ `now`: the most urgent priority first, oldest first within a priority. Reads only
+    /// the index ranges up to `now`.
     pub fn due(&self, now: QueueTime, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut out = Vec::new();
-        let range = key::due(0, QueueId(0))..=key::due(now, QueueId(u64::MAX));
+        for priority in Priority::ALL {
+            self.due_of(priority, now, limit, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn due_of(
+        &self,
+        priority: Priority,
+        now: QueueTime,
+        limit: usize,
+        out: &mut Vec<QueuedMessage>,
+    ) -> Result<(), StoreError> {
+        let prefix = key::due_prefix(priority);
+        let range = key::due(priority, 0, QueueId(0))..=key::due(priority, now, QueueId(u64::MAX));
         for entry in self.inner.db.range(range) {
             if out.len() >= limit {
                 break;
             }
             let (k, _) = entry?;
-            let Some((_, id)) = key::parse_timed(key::DUE, &k) else {
+            let Some((_, id)) = key::parse_timed(prefix, &k) else {
                 continue;
             };
             match self.get(id) {
@@ -429,18 +447,24 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Earliest `next_attempt` among deliverable messages.
     pub fn next_due(&self) -> Option<QueueTime> {
-        match self.inner.db.scan_prefix(key::DUE).keys().next()? {
-            Ok(k) => key::parse_timed(key::DUE, &k).map(|(at, _)| at),
-            Err(e) => {
-                log::error!("store: reading the due index failed: {e}");
-                None
-            }
-        }
+        Priority::ALL
+            .into_iter()
+            .filter_map(|priority| {
+                let prefix = key::due_prefix(priority);
+                match self.inner.db.scan_prefix(prefix).keys().next()? {
+                    Ok(k) => key::parse_timed(prefix, &k).map(|(at, _)| at),
+                    Err(e) => {
+                        log::error!("store: reading the due index failed: {e}");
+                        None
+                    }
+                }
+            })
+            .min()
     }
 
     /// Reads the body in order, one appended piece (≤ `MAX_EXTENT`) at a time. A body stored
@@ -647,17 +671,38 @@ impl Store {
         Ok(purged)
     }
 
-    /// Moves every deferred message's `next_attempt` to `now` (link up, `queue flush`). Not
+    /// Makes every deferred message due at once (link up, `queue flush`): its `next_attempt`
+    /// becomes the time it was queued, so within each priority the drain goes oldest first. Not
     /// flushed: losing it in a crash only delays a retry.
     pub fn reschedule_all(&self, now: QueueTime) -> Result<(), StoreError> {
         let Some(after) = now.checked_add(1) else {
             return Ok(());
         };
         let mut batch = Writes::default();
-        for entry in self.inner.db.range(key::due(after, QueueId(0))..).keys() {
+        for priority in Priority::ALL {
+            self.reschedule_of(priority, now, after, &mut batch)?;
+        }
+        batch.apply(&self.inner.db)?;
+        Ok(())
+    }
+
+    fn reschedule_of(
+        &self,
+        priority: Priority,
+        now: QueueTime,
+        after: QueueTime,
+        batch: &mut Writes,
+    ) -> Result<(), StoreError> {
+        let prefix = key::due_prefix(priority);
+        for entry in self
+            .inner
+            .db
+            .range(key::due(priority, after, QueueId(0))..)
+            .keys()
+        {
             let k = entry?;
-            let Some((_, id)) = key::parse_timed(key::DUE, &k) else {
-                break; // past the `due/` prefix
+            let Some((_, id)) = key::parse_timed(prefix, &k) else {
+                break; // past this priority's prefix
             };
             let mut meta = match self.meta(id) {
                 Ok(meta) => meta,
@@ -665,11 +710,12 @@ impl Store {
                 Err(e) => return Err(e),
             };
             batch.remove(k.to_vec());
-            meta.next_attempt = now;
-            batch.insert(key::due(now, id), Vec::new());
+            // Due at once, in its place by age: never-tried messages are due since they were
+            // queued, so the drain goes oldest first whichever of them were tried before.
+            meta.next_attempt = meta.enqueued_at.min(now);
+            batch.insert(key::due(priority, meta.next_attempt, id), Vec::new());
             batch.insert(key::msg(id), meta.encode());
         }
-        batch.apply(&self.inner.db)?;
         Ok(())
     }
 
@@ -808,7 +854,7 @@ fn unindex(batch: &mut Writes, id: QueueId, meta: &MessageMeta) {
     if let Some(at) = meta.failed_at {
         batch.remove(key::failed(at, id));
     } else if !meta.held {
-        batch.remove(key::due(meta.next_attempt, id));
+        batch.remove(key::due(meta.priority, meta.next_attempt, id));
     }
 }
 
@@ -823,7 +869,7 @@ fn index_key(id: QueueId, meta: &MessageMeta) -> Option<Vec<u8>> {
     match meta.failed_at {
         Some(at) => Some(key::failed(at, id)),
         None if meta.held => None,
-        None => Some(key::due(meta.next_attempt, id)),
+        None => Some(key::due(meta.priority, meta.next_attempt, id)),
     }
 }
 
@@ -836,6 +882,7 @@ fn assemble(id: QueueId, meta: MessageMeta, recipients: Vec<RcptRecord>) -> Queu
             eight_bit: meta.eight_bit,
             smtputf8: meta.smtputf8,
             received_unix: meta.received_unix,
+            priority: meta.priority,
         },
         size: meta.size,
         enqueued_at: meta.enqueued_at,

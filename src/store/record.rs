@@ -8,6 +8,7 @@ use std::fmt;
 
 use super::{AttemptRecord, RcptRecord, RcptState, Usage};
 use crate::clock::QueueTime;
+use crate::priority::Priority;
 
 /// Version byte of every record this build writes.
 const VERSION: u8 = 1;
@@ -42,13 +43,18 @@ pub(super) struct MessageMeta {
     pub(super) recipients: u32,
     /// Number of `body/<id>/<chunk>` keys (chunk `0..chunks`): deletion needs no scan.
     pub(super) chunks: u32,
+    /// `[[priority]]` at commit. `normal` is encoded as records were before priorities
+    /// existed (no flag, no byte), so older builds read it.
+    pub(super) priority: Priority,
 }
 
 const FLAG_EIGHT_BIT: u8 = 1;
 const FLAG_SMTPUTF8: u8 = 2;
 const FLAG_HELD: u8 = 4;
 const FLAG_FAILED: u8 = 8;
-const KNOWN_FLAGS: u8 = FLAG_EIGHT_BIT | FLAG_SMTPUTF8 | FLAG_HELD | FLAG_FAILED;
+/// A priority byte follows the last field.
+const FLAG_PRIORITY: u8 = 16;
+const KNOWN_FLAGS: u8 = FLAG_EIGHT_BIT | FLAG_SMTPUTF8 | FLAG_HELD | FLAG_FAILED | FLAG_PRIORITY;
 
 impl MessageMeta {
     pub(super) fn encode(&self) -> Vec<u8> {
@@ -67,6 +73,9 @@ impl MessageMeta {
         if self.failed_at.is_some() {
             flags |= FLAG_FAILED;
         }
+        if self.priority != Priority::Normal {
+            flags |= FLAG_PRIORITY;
+        }
         out.push(flags);
         put_str(&mut out, &self.sender);
         out.extend_from_slice(&self.received_unix.to_be_bytes());
@@ -77,6 +86,9 @@ impl MessageMeta {
         out.extend_from_slice(&self.failed_at.unwrap_or(0).to_be_bytes());
         out.extend_from_slice(&self.recipients.to_be_bytes());
         out.extend_from_slice(&self.chunks.to_be_bytes());
+        if self.priority != Priority::Normal {
+            out.push(priority_byte(self.priority));
+        }
         out
     }
 
@@ -96,6 +108,11 @@ impl MessageMeta {
         let failed_at = r.u64()?;
         let recipients = r.u32()?;
         let chunks = r.u32()?;
+        let priority = if flags & FLAG_PRIORITY != 0 {
+            priority_of(r.u8()?)?
+        } else {
+            Priority::Normal
+        };
         r.end()?;
         Ok(Self {
             sender,
@@ -110,8 +127,25 @@ impl MessageMeta {
             failed_at: (flags & FLAG_FAILED != 0).then_some(failed_at),
             recipients,
             chunks,
+            priority,
         })
     }
+}
+
+fn priority_byte(priority: Priority) -> u8 {
+    match priority {
+        Priority::Urgent => 0,
+        Priority::High => 1,
+        Priority::Normal => 2,
+        Priority::Low => 3,
+    }
+}
+
+fn priority_of(byte: u8) -> Result<Priority, DecodeError> {
+    Priority::ALL
+        .into_iter()
+        .find(|&p| priority_byte(p) == byte)
+        .ok_or(DecodeError("unknown priority"))
 }
 
 fn state_byte(state: RcptState) -> u8 {
@@ -311,9 +345,10 @@ mod tests {
             any::<(u64, u64, u64, u32, u64)>(),
             proptest::option::of(any::<u64>()),
             any::<(u32, u32)>(),
+            0..4u8,
         )
-            .prop_map(|(sender, flags, nums, failed_at, (recipients, chunks))| {
-                MessageMeta {
+            .prop_map(
+                |(sender, flags, nums, failed_at, (recipients, chunks), p)| MessageMeta {
                     sender,
                     eight_bit: flags.0,
                     smtputf8: flags.1,
@@ -326,8 +361,43 @@ mod tests {
                     failed_at,
                     recipients,
                     chunks,
-                }
-            })
+                    priority: priority_of(p).unwrap(),
+                },
+            )
+    }
+
+    #[test]
+    fn normal_priority_is_encoded_as_before_priorities_existed() {
+        let meta = MessageMeta {
+            sender: "a@b".into(),
+            eight_bit: false,
+            smtputf8: false,
+            received_unix: 1,
+            size: 2,
+            enqueued_at: 3,
+            attempts: 0,
+            next_attempt: 3,
+            held: false,
+            failed_at: None,
+            recipients: 1,
+            chunks: 1,
+            priority: Priority::Normal,
+        };
+        let normal = meta.encode();
+        assert_eq!(normal[1] & FLAG_PRIORITY, 0);
+        let urgent = MessageMeta {
+            priority: Priority::Urgent,
+            ..meta.clone()
+        }
+        .encode();
+        assert_eq!(urgent.len(), normal.len() + 1);
+        assert_eq!(
+            MessageMeta::decode(&urgent).unwrap().priority,
+            Priority::Urgent
+        );
+        let mut unknown = urgent.clone();
+        *unknown.last_mut().unwrap() = 9;
+        assert!(MessageMeta::decode(&unknown).is_err());
     }
 
     fn state_strategy() -> impl Strategy<Value = RcptState> {

@@ -12,6 +12,7 @@ use std::io;
 use super::record::{self, MessageMeta};
 use super::segment::{parse_segment_name, DirtySegments, Extent};
 use super::{index_key, key, QueueId, RecoveryReport, Store, StoreError, Usage};
+use crate::priority::Priority;
 
 pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     let mut report = RecoveryReport {
@@ -334,7 +335,8 @@ fn quarantine(store: &Store, k: &[u8], raw: &[u8], why: &str) -> Result<(), Stor
 fn rebuild_index(store: &Store, mut expected: BTreeSet<Vec<u8>>) -> Result<(), StoreError> {
     let db = &store.inner.db;
     let mut batch = sled::Batch::default();
-    for prefix in [key::DUE, key::FAILED] {
+    let due = Priority::ALL.map(key::due_prefix);
+    for prefix in due.iter().copied().chain([key::FAILED]) {
         for entry in db.scan_prefix(prefix).keys() {
             let k = entry?;
             if !expected.remove(k.as_ref()) {

@@ -88,6 +88,7 @@ impl Spool {
             failed_at: None,
             recipients,
             chunks: self.chunks,
+            priority: info.priority,
         };
         // In the order `writes.rs` explains: everything else, then `msg/<id>`, then the marker.
         let mut batch = Writes::default();

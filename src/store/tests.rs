@@ -53,6 +53,7 @@ fn info(recipients: &[&str]) -> MessageInfo {
         eight_bit: true,
         smtputf8: false,
         received_unix: 1_700_000_000,
+        priority: Priority::Normal,
     }
 }
 
@@ -331,9 +332,75 @@ fn partial_delivery_reschedules_the_rest() {
         "old due entry replaced"
     );
 
+    // Due at once, at its place by age (queued at 1).
     store.reschedule_all(20).unwrap();
-    assert_eq!(store.next_due(), Some(20));
-    assert_eq!(store.get(id).unwrap().next_attempt, 20);
+    assert_eq!(store.next_due(), Some(1));
+    assert_eq!(store.get(id).unwrap().next_attempt, 1);
+}
+
+fn commit_with(store: &Store, priority: Priority, now: QueueTime) -> QueueId {
+    let mut spool = store.spool().unwrap();
+    spool.append(b"body").unwrap();
+    let info = MessageInfo {
+        priority,
+        ..info(&["ops@x"])
+    };
+    block_on(spool.commit(info, now)).unwrap().unwrap()
+}
+
+#[test]
+fn due_mail_goes_most_urgent_first_then_oldest_first_across_reopen_and_reschedule() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let low = commit_with(&store, Priority::Low, 1);
+    let normal_old = commit_with(&store, Priority::Normal, 2);
+    let urgent_old = commit_with(&store, Priority::Urgent, 3);
+    let high = commit_with(&store, Priority::High, 5);
+    let normal_new = commit_with(&store, Priority::Normal, 6);
+    let urgent_new = commit_with(&store, Priority::Urgent, 9);
+    let order = vec![urgent_old, urgent_new, high, normal_old, normal_new, low];
+    assert_eq!(ids(&store.due(100, 10).unwrap()), order);
+    // The limit takes the most urgent; the time bound applies within each priority.
+    assert_eq!(ids(&store.due(100, 2).unwrap()), order[..2]);
+    assert_eq!(
+        ids(&store.due(4, 10).unwrap()),
+        vec![urgent_old, normal_old, low]
+    );
+    assert_eq!(store.next_due(), Some(1));
+    assert_eq!(
+        store.get(urgent_old).unwrap().info.priority,
+        Priority::Urgent
+    );
+    // A deferred urgent message keeps its place among the urgent ones.
+    let deferred = [(0, RcptState::Deferred, Some("451".into()))];
+    block_on(store.record(urgent_old, &deferred, AT, 10, 500)).unwrap();
+    assert_eq!(ids(&store.due(100, 10).unwrap()), order[1..]);
+    // Link up: everything due now, in the same order (the deferred one back in its place).
+    store.reschedule_all(100).unwrap();
+    assert_eq!(ids(&store.due(100, 10).unwrap()), order);
+    drop(store);
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 6);
+    assert_eq!(ids(&store.due(100, 10).unwrap()), order);
+    // Held mail leaves its index, and comes back to it.
+    block_on(store.hold(high)).unwrap();
+    assert!(!ids(&store.due(100, 10).unwrap()).contains(&high));
+    block_on(store.release(high)).unwrap();
+    assert_eq!(ids(&store.due(100, 10).unwrap()), order);
+    // Recovery rebuilds every priority's index from the records.
+    store
+        .inner
+        .db
+        .remove(key::due(Priority::Urgent, 100, urgent_new))
+        .unwrap();
+    store
+        .inner
+        .db
+        .insert(key::due(Priority::Low, 7, QueueId(999)), &[])
+        .unwrap();
+    drop(store);
+    let (store, _) = open(&dir);
+    assert_eq!(ids(&store.due(100, 10).unwrap()), order);
 }
 
 #[test]
@@ -1102,7 +1169,7 @@ fn a_crash_inside_a_commit_or_a_removal_leaves_nothing_behind_after_recover() {
     };
     db.insert(key::rcpt(half, 0), record::encode_rcpt(&rcpt))
         .unwrap();
-    db.insert(key::due(1, half), &[]).unwrap();
+    db.insert(key::due(Priority::Normal, 1, half), &[]).unwrap();
     spool.finished = true; // the process died here
     drop(spool);
     // A removal cut right after its `msg/` write.

@@ -21,6 +21,7 @@ mod flaps;
 mod forward;
 mod limits;
 mod ops;
+mod priority;
 mod rate_limit;
 mod receive;
 mod relay_acl;
