@@ -755,7 +755,7 @@ impl Validator {
             if let Some(address) = section.address.as_deref() {
                 if let Some((other, _)) = seen.iter().find(|(_, a)| *a == address) {
                     self.problem(
-                        &format!("{key}.address"),
+                        &dotted(&key, "address"),
                         format!("{address:?} is already {other}: each route is tried once"),
                     );
                 }
@@ -773,14 +773,14 @@ impl Validator {
         let address = match section.address.as_deref() {
             None => {
                 self.problem(
-                    &format!("{key}.address"),
+                    &dotted(key, "address"),
                     "missing: [smarthost] needs address = \"host:port\"".to_owned(),
                 );
                 None
             }
             Some(address) if !is_host_port(address) => {
                 self.problem(
-                    &format!("{key}.address"),
+                    &dotted(key, "address"),
                     format!("{address:?} is not host:port (a port is required)"),
                 );
                 None
@@ -793,7 +793,7 @@ impl Validator {
             Some("none") => Some(SmarthostTls::None),
             Some(other) => {
                 self.problem(
-                    &format!("{key}.tls"),
+                    &dotted(key, "tls"),
                     format!("{other:?} is not one of \"none\", \"starttls\", \"tls\""),
                 );
                 None
@@ -802,7 +802,7 @@ impl Validator {
         let ca_file = match section.ca_file.as_deref() {
             None => Some(None),
             Some(path) => self
-                .readable_file(&format!("{key}.ca_file"), Some(path))
+                .readable_file(&dotted(key, "ca_file"), Some(path))
                 .map(Some),
         };
         let auth = self.smarthost_auth(key, section, tls);
@@ -826,14 +826,14 @@ impl Validator {
             (Some(username), Some(file)) => (username, file),
             (Some(_), None) => {
                 self.problem(
-                    &format!("{key}.password_file"),
+                    &dotted(key, "password_file"),
                     "missing: username needs it".to_owned(),
                 );
                 return None;
             }
             (None, Some(_)) => {
                 self.problem(
-                    &format!("{key}.username"),
+                    &dotted(key, "username"),
                     "missing: password_file needs it".to_owned(),
                 );
                 return None;
@@ -841,7 +841,7 @@ impl Validator {
         };
         if tls == Some(SmarthostTls::None) {
             self.problem(
-                &format!("{key}.username"),
+                &dotted(key, "username"),
                 "AUTH would send the password in clear: set tls = \"starttls\" or \"tls\""
                     .to_owned(),
             );
@@ -854,7 +854,7 @@ impl Validator {
             }
             Err(e) => {
                 self.problem(
-                    &format!("{key}.password_file"),
+                    &dotted(key, "password_file"),
                     format!("cannot read {password_file:?}: {e}"),
                 );
                 return None;
@@ -862,7 +862,7 @@ impl Validator {
         };
         if password.is_empty() {
             self.problem(
-                &format!("{key}.password_file"),
+                &dotted(key, "password_file"),
                 format!("{password_file:?} is empty"),
             );
             return None;
@@ -873,6 +873,11 @@ impl Validator {
             password: Secret::new(password),
         }))
     }
+}
+
+/// `key.field`: a key inside a table (`smarthost[2].address`).
+fn dotted(key: &str, field: &str) -> String {
+    format!("{key}.{field}")
 }
 
 /// Checks the shape of a SHA-512-crypt string (`$6$[rounds=N$]salt$hash`, as made by

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
-use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// The config file's keys, exactly as in TOML and the docs. Every key is optional: a missing
@@ -91,8 +91,17 @@ impl<'de> Deserialize<'de> for SmarthostTables {
                     .map(SmarthostTables::One)
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-                Vec::deserialize(SeqAccessDeserializer::new(seq)).map(SmarthostTables::Many)
+            // Each element goes through this same visitor (so through the one `visit_map`
+            // above): one copy of the table's deserializer in the binary, not two.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut sections = Vec::new();
+                while let Some(element) = seq.next_element::<SmarthostTables>()? {
+                    let SmarthostTables::One(section) = element else {
+                        return Err(de::Error::custom("an array inside [[smarthost]]"));
+                    };
+                    sections.push(section);
+                }
+                Ok(SmarthostTables::Many(sections))
             }
         }
         deserializer.deserialize_any(TablesVisitor)
@@ -313,6 +322,8 @@ mod tests {
         assert_eq!(p.key, "smarthost.addres");
         let p = ConfigFile::parse("smarthost = \"a:25\"\n").unwrap_err();
         assert_eq!(p.key, "smarthost");
+        let p = ConfigFile::parse("smarthost = [[{ address = \"a:25\" }]]\n").unwrap_err();
+        assert!(p.message.contains("an array inside [[smarthost]]"), "{p}");
     }
 
     #[test]

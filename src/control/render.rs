@@ -306,13 +306,8 @@ pub fn render_status(
     };
     let _ = writeln!(out, "link: {link_line}");
     for (index, route) in link.routes.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "smarthost {} {}: {}",
-            index + 1,
-            route.address,
-            route_state(route, link.current == Some(index), now)
-        );
+        let _ = write!(out, "smarthost {} {}: ", index + 1, route.address);
+        route_state(&mut out, route, link.current == Some(index), now);
     }
     if let (Some(at), Some(now)) = (link.retry_at, now) {
         let _ = writeln!(
@@ -360,30 +355,30 @@ pub fn render_status(
     out
 }
 
-/// One smarthost's line in `outpost status` (after `smarthost N host:port: `).
-fn route_state(route: &RouteReport, current: bool, now: Option<QueueTime>) -> String {
+/// The rest of one smarthost's line in `outpost status` (after `smarthost N host:port: `).
+fn route_state(out: &mut String, route: &RouteReport, current: bool, now: Option<QueueTime>) {
+    let Some(up) = route.up else {
+        out.push_str("not tried yet\n");
+        return;
+    };
     let since = rfc5322_date(route.since_unix);
-    match route.up {
-        None => "not tried yet".to_owned(),
-        Some(true) => format!(
-            "up since {since}, {} sent{}",
-            route.sent,
-            if current { " (mail goes here)" } else { "" }
-        ),
-        Some(false) => {
-            let reached = if route.ever_reached {
-                ""
-            } else {
-                ", never reached"
-            };
-            let next = match (route.retry_at, now) {
-                (Some(at), Some(now)) if at > now => format!("next try in {}", age(at - now)),
-                _ => "next try now".to_owned(),
-            };
-            let error = route.last_error.as_deref().unwrap_or("none");
-            format!("down since {since}{reached} ({next}): last error {error}")
-        }
+    if up {
+        let here = if current { " (mail goes here)" } else { "" };
+        let _ = writeln!(out, "up since {since}, {} sent{here}", route.sent);
+        return;
     }
+    let _ = write!(out, "down since {since}");
+    if !route.ever_reached {
+        out.push_str(", never reached");
+    }
+    match (route.retry_at, now) {
+        (Some(at), Some(now)) if at > now => {
+            let _ = write!(out, " (next try in {})", age(at - now));
+        }
+        _ => out.push_str(" (next try now)"),
+    }
+    let error = route.last_error.as_deref().unwrap_or("none");
+    let _ = writeln!(out, ": last error {error}");
 }
 
 /// While the link is down nothing goes before the next probe: show that as the next attempt.

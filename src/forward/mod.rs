@@ -27,9 +27,10 @@ use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreE
 
 use self::link::{open_session, transfer, Connection};
 use self::outcome::{classify, ForwardError, Outcome};
-use self::route::{RouteTiming, RouteView};
+use self::route::RouteTiming;
 use self::schedule::Jitter;
 
+pub use self::route::RouteReport;
 pub use crate::smtp::client::{ClientCredentials, TlsPolicy};
 
 pub mod dsn;
@@ -126,25 +127,6 @@ pub struct LinkState {
     pub flush: Wake,
 }
 
-/// The state of one route (smarthost).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RouteReport {
-    /// `host:port` as configured.
-    pub address: String,
-    /// Tried at least once: `Some(true)` up, `Some(false)` down; `None` before the first try.
-    pub up: Option<bool>,
-    /// Wall-clock Unix seconds of the last change of `up`.
-    pub since_unix: u64,
-    /// The smarthost answered at least once since start.
-    pub ever_reached: bool,
-    /// The site failure that took the route down last.
-    pub last_error: Option<String>,
-    /// While the route is down: the queue time of its next probe.
-    pub retry_at: Option<QueueTime>,
-    /// Recipients this route accepted since start.
-    pub sent: u64,
-}
-
 /// A snapshot of `LinkState`. The top-level fields describe "the link" as one thing (see
 /// `route::link_view`): up while any route is up, down when all are.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,16 +151,12 @@ impl LinkState {
         Rc::new(Self::default())
     }
 
-    /// Names the routes (config order). Their state is kept when the addresses are unchanged.
-    pub fn set_routes(&self, addresses: &[String]) {
-        let mut routes = self.routes.borrow_mut();
-        if routes.iter().map(|r| &r.address).eq(addresses) {
-            return;
-        }
-        *routes = addresses
+    /// The routes (config order), none tried yet; set by the forwarder when it starts.
+    fn set_routes(&self, routes: &[Route]) {
+        *self.routes.borrow_mut() = routes
             .iter()
-            .map(|address| RouteReport {
-                address: address.clone(),
+            .map(|route| RouteReport {
+                address: route.address.clone(),
                 ..RouteReport::default()
             })
             .collect();
@@ -186,16 +164,7 @@ impl LinkState {
 
     pub fn report(&self) -> LinkReport {
         let routes = self.routes.borrow().clone();
-        let views: Vec<RouteView> = routes
-            .iter()
-            .map(|r| RouteView {
-                up: r.up,
-                since_unix: r.since_unix,
-                ever_reached: r.ever_reached,
-                retry_at: r.retry_at,
-            })
-            .collect();
-        let link = route::link_view(&views);
+        let link = route::link_view(&routes);
         LinkReport {
             up: link.up,
             since_unix: link.since_unix,
@@ -301,8 +270,7 @@ pub async fn run_linked(
         stop.wait().await;
         return;
     }
-    let addresses: Vec<String> = params.routes.iter().map(|r| r.address.clone()).collect();
-    link.set_routes(&addresses);
+    link.set_routes(&params.routes);
     let seed = clock.now() ^ wall_clock_secs().rotate_left(20) ^ u64::from(std::process::id());
     let mut forwarder = Forwarder {
         store,
@@ -418,8 +386,13 @@ impl Forwarder {
         Some(route::link_wait(&self.routes).map_or(due, |at| due.max(at)))
     }
 
-    /// Expires old mail, then delivers what is due over one connection.
+    /// Expires old mail, then delivers what is due over one connection: over the first usable
+    /// route; a site failure marks that route down and the pass goes on at once over the next
+    /// usable route, with what is still due. Per-recipient verdicts (4xx, 5xx) are the
+    /// smarthost's answer and never fail over.
     async fn pass(&mut self) {
+        // The first route this pass may take; after a site failure, the ones after it.
+        let mut from = 0;
         loop {
             let now = self.clock.now();
             let due = match self.store.due(now, self.params.window) {
@@ -444,26 +417,16 @@ impl Forwarder {
                 if loaded > 0 {
                     continue;
                 }
-                // `next_due` said something was due but `due` found nothing.
-                self.stall(now);
-                return;
+                // `next_due` said something was due but `due` found nothing (after a failover,
+                // the failed session may have dealt with everything).
+                if from == 0 {
+                    self.stall(now);
+                }
+                break;
             }
-            self.over_routes(live).await;
-            // Removals of delivered mail are not waited for one by one (`Store::record`): one
-            // sync per pass makes them durable and lets their body segments go.
-            if let Err(e) = self.store.settle_removals().await {
-                error!("cannot sync the queue after a delivery pass: {e}");
-            }
-            return;
-        }
-    }
-
-    /// Sends `batch` over the first usable route; a site failure marks that route down and
-    /// moves on to the next usable one at once, with what is still due. Per-recipient verdicts
-    /// (4xx, 5xx) are the smarthost's answer and never fail over.
-    async fn over_routes(&mut self, mut batch: Vec<QueuedMessage>) {
-        let mut from = 0;
-        while let Some(index) = route::choose(&self.routes, from, self.clock.now()) {
+            let Some(index) = route::choose(&self.routes, from, now) else {
+                break;
+            };
             if from > 0 {
                 info!(
                     "failing over to smarthost {} {}",
@@ -471,29 +434,18 @@ impl Forwarder {
                     self.params.routes[index].address
                 );
             }
-            let Err(e) = self.session(index, batch).await else {
-                return;
-            };
-            self.link_down(index, &e);
-            from = index + 1;
-            let now = self.clock.now();
-            batch = match self.store.due(now, self.params.window) {
-                // Expired mail is bounced by the next pass, not sent.
-                Ok(due) => due
-                    .into_iter()
-                    .filter(|m| {
-                        !schedule::is_expired(m.enqueued_at, now, self.params.policy.max_age)
-                    })
-                    .collect(),
+            match self.session(index, live).await {
+                Ok(()) => break,
                 Err(e) => {
-                    error!("cannot read the queue: {e}");
-                    self.stall(now);
-                    return;
+                    self.link_down(index, &e);
+                    from = index + 1;
                 }
-            };
-            if batch.is_empty() {
-                return;
             }
+        }
+        // Removals of delivered mail are not waited for one by one (`Store::record`): one
+        // sync per pass makes them durable and lets their body segments go.
+        if let Err(e) = self.store.settle_removals().await {
+            error!("cannot sync the queue after a delivery pass: {e}");
         }
     }
 

@@ -55,14 +55,23 @@ pub fn preferred_due(routes: &[RouteTiming], current: usize, now: QueueTime) -> 
     choose(routes, 0, now).is_some_and(|index| index < current)
 }
 
-/// What the status/metrics know of one route: `up` is `None` before its first try.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouteView {
+/// The state of one route (smarthost), for `outpost status` and the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteReport {
+    /// `host:port` as configured.
+    pub address: String,
+    /// Tried at least once: `Some(true)` up, `Some(false)` down; `None` before the first try.
     pub up: Option<bool>,
     /// Wall-clock Unix seconds of the last change of `up`.
     pub since_unix: u64,
+    /// The smarthost answered at least once since start.
     pub ever_reached: bool,
+    /// The site failure that took the route down last.
+    pub last_error: Option<String>,
+    /// While the route is down: the queue time of its next probe.
     pub retry_at: Option<QueueTime>,
+    /// Recipients this route accepted since start.
+    pub sent: u64,
 }
 
 /// "The link" over all routes, as the single-smarthost `link:` line always meant it: up (via
@@ -79,7 +88,7 @@ pub struct LinkView {
     pub current: Option<usize>,
 }
 
-pub fn link_view(routes: &[RouteView]) -> LinkView {
+pub fn link_view(routes: &[RouteReport]) -> LinkView {
     let ever_reached = routes.iter().any(|r| r.ever_reached);
     if let Some(current) = routes.iter().position(|r| r.up == Some(true)) {
         return LinkView {
@@ -160,12 +169,13 @@ mod tests {
         assert_eq!(link_wait(&[]), None);
     }
 
-    fn view(up: Option<bool>, since_unix: u64, retry_at: Option<QueueTime>) -> RouteView {
-        RouteView {
+    fn view(up: Option<bool>, since_unix: u64, retry_at: Option<QueueTime>) -> RouteReport {
+        RouteReport {
             up,
             since_unix,
             ever_reached: up == Some(true),
             retry_at,
+            ..RouteReport::default()
         }
     }
 

@@ -387,12 +387,6 @@ fn run_daemon(
     };
     // Built here so a bad ca_file stops the start instead of failing every delivery.
     let smarthost_tls = smarthost_client_configs(&config)?;
-    let addresses: Vec<String> = config
-        .smarthosts
-        .iter()
-        .map(|s| s.address.clone())
-        .collect();
-    link.set_routes(&addresses);
     let store = open_store(&config)?;
     let clock = QueueClock::new(store.clock_base());
     let plain = listeners.into_iter().map(|l| (l, false));
