@@ -2,14 +2,16 @@
 """Threads and RSS of a running outpost, idle and under load (README, "Size and memory on a board").
 
 usage: benches/threads_rss.py [--binary target/release/outpost] [--sessions 32] [--messages 20]
-                              [--size 1024]
+                              [--size 1024] [--smarthosts 1]
 
 Starts `outpost serve` on 127.0.0.1 with a fresh data dir, forwarding to tests/data/smtp_sink.py,
 then reports, from /proc/PID: the threads (/proc/PID/task/*/comm) and VmRSS when idle (after the
 start settles); the peak VmRSS sampled every 20 ms and VmHWM while SESSIONS concurrent smtplib
 sessions each send MESSAGES messages of SIZE bytes; the threads seen during the load; and the
-idle figures again once the sink has everything. Loopback only; every wait is bounded; both
-children are killed by PID at the end.
+idle figures again once the sink has everything. With --smarthosts N > 1 the config lists N
+`[[smarthost]]` entries: N-1 closed loopback ports first (down: every pass fails over past them
+until their backoff holds them), the sink last; this measures what failover costs. Loopback
+only; every wait is bounded; both children are killed by PID at the end.
 """
 
 import argparse
@@ -18,6 +20,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +65,17 @@ def threads(pid):
     return collections.Counter(names)
 
 
+def closed_ports(n):
+    """n loopback ports nothing listens on (bound to find them, then closed: connects are refused)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def show(counter):
     return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in sorted(counter.items()))
 
@@ -75,6 +89,7 @@ def main():
     ap.add_argument("--smaps", help="write /proc/PID/smaps here after the load (where the RSS is)")
     ap.add_argument("--config", default="", help="TOML appended to the relay's config, e.g. "
                     "'[store]\\ncache_bytes = \"256 KiB\"'")
+    ap.add_argument("--smarthosts", type=int, default=1)
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="outpost-threads-")
@@ -93,9 +108,14 @@ def main():
         config = os.path.join(work, "outpost.toml")
         with open(config, "w") as f:
             f.write(f'data_dir = "{work}/data"\nlisten = ["127.0.0.1:0"]\n'
-                    f'max_connections = {args.sessions + 8}\n\n'
-                    f'[smarthost]\naddress = "127.0.0.1:{sink_port}"\ntls = "none"\n'
-                    + args.config.replace("\\n", "\n") + "\n")
+                    f'max_connections = {args.sessions + 8}\n\n')
+            if args.smarthosts <= 1:
+                f.write(f'[smarthost]\naddress = "127.0.0.1:{sink_port}"\ntls = "none"\n')
+            else:
+                for down in closed_ports(args.smarthosts - 1):
+                    f.write(f'[[smarthost]]\naddress = "127.0.0.1:{down}"\ntls = "none"\n\n')
+                f.write(f'[[smarthost]]\naddress = "127.0.0.1:{sink_port}"\ntls = "none"\n')
+            f.write(args.config.replace("\\n", "\n") + "\n")
         log = open(os.path.join(work, "outpost.log"), "w+")
         relay = subprocess.Popen([args.binary, "serve", "--config", config],
                                  stdout=log, stderr=log)
@@ -153,7 +173,8 @@ def main():
             with open(f"/proc/{pid}/smaps") as src, open(args.smaps, "w") as dst:
                 dst.write(src.read())
 
-        print(f"binary: {args.binary} ({os.path.getsize(args.binary)} bytes)")
+        print(f"binary: {args.binary} ({os.path.getsize(args.binary)} bytes), "
+              f"{args.smarthosts} smarthost(s)")
         print(f"idle: VmRSS {idle_rss} KiB ({idle_rss / 1024:.1f} MiB; {idle_split}); "
               f"{sum(idle_threads.values())} threads: {show(idle_threads)}")
         print(f"load: {args.sessions} sessions x {args.messages} messages x {len(msg)} bytes, "

@@ -29,7 +29,7 @@ Options (flags override the config file):
   -c, --config FILE        TOML config file
   -l, --listen ADDR        listen on IP:PORT (repeatable; replaces `listen`)
   -d, --data-dir DIR       queue directory (`data_dir`)
-  -s, --smarthost H:PORT   upstream relay (`[smarthost] address`)
+  -s, --smarthost H:PORT   the only smarthost (the first `[smarthost]` entry's tls/AUTH stay)
   -n, --hostname NAME      our name in the banner and headers (`hostname`)
 
 queue, status and sendmail take -c/--config FILE and -d/--data-dir DIR anywhere, to find

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use self::file::ConfigFile;
 pub use self::file::Problem;
+use self::file::{ConfigFile, SmarthostTables};
 use crate::priority::{Priority, PriorityRule};
 use crate::rate::SenderLimit;
 
@@ -35,6 +35,9 @@ const MAX_RATE_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 /// CPU on a small board, which a password-guessing client could exploit).
 const MIN_CRYPT_ROUNDS: u64 = 1000;
 const MAX_CRYPT_ROUNDS: u64 = 5_000_000;
+/// Upper bound for `[[smarthost]]` entries: each has its own link state and, during an outage,
+/// its own connect attempt (and timeout) in every pass.
+pub const MAX_SMARTHOSTS: usize = 8;
 
 /// The validated configuration the daemon runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,8 +61,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Bad commands in one session before 421 and close.
     pub max_errors: u32,
-    /// `None`: mail is accepted and held.
-    pub smarthost: Option<Smarthost>,
+    /// `[smarthost]` or `[[smarthost]]`, in the order they are tried (failover); empty: mail is
+    /// accepted and held.
+    pub smarthosts: Vec<Smarthost>,
     pub queue: QueueConfig,
     pub store: StoreConfig,
     pub timeouts: Timeouts,
@@ -71,7 +75,7 @@ pub struct Config {
     pub priority: Vec<PriorityRule>,
 }
 
-/// `[smarthost]`
+/// One `[smarthost]` / `[[smarthost]]` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Smarthost {
     /// `host:port`, port required; the host is resolved at each connect.
@@ -194,8 +198,16 @@ impl Overrides {
         if let Some(dir) = &self.data_dir {
             file.data_dir = Some(dir.clone());
         }
+        // `--smarthost` replaces the list with one route: the first entry's settings (tls,
+        // ca_file, credentials) with this address, as it did when there was only one table.
         if let Some(address) = &self.smarthost {
-            file.smarthost.get_or_insert_with(Default::default).address = Some(address.clone());
+            let mut first = file
+                .smarthost
+                .take()
+                .and_then(|tables| tables.sections().first().cloned())
+                .unwrap_or_default();
+            first.address = Some(address.clone());
+            file.smarthost = Some(SmarthostTables::One(first));
         }
         if let Some(name) = &self.hostname {
             file.hostname = Some(name.clone());
@@ -244,7 +256,7 @@ impl Default for Config {
             max_recipients: 100,
             max_connections: 32,
             max_errors: 10,
-            smarthost: None,
+            smarthosts: Vec::new(),
             queue: QueueConfig {
                 retry_min: Duration::from_secs(30),
                 retry_max: Duration::from_secs(15 * 60),
@@ -282,10 +294,12 @@ impl Config {
         file.users.clear();
         file.listen_tls = None;
         file.require_tls = None;
-        if let Some(smarthost) = file.smarthost.as_mut() {
-            smarthost.ca_file = None;
-            smarthost.username = None;
-            smarthost.password_file = None;
+        if let Some(tables) = file.smarthost.as_mut() {
+            for smarthost in tables.sections_mut() {
+                smarthost.ca_file = None;
+                smarthost.username = None;
+                smarthost.password_file = None;
+            }
         }
         Self::from_file(&file).map_err(|problems| ConfigError { origin, problems })
     }
@@ -358,7 +372,7 @@ impl Config {
                 d.max_errors,
                 MAX_ERRORS_LIMIT,
             ),
-            smarthost: v.smarthost(file.smarthost.as_ref()),
+            smarthosts: v.smarthosts(file.smarthost.as_ref()),
             queue: v.queue(&file.queue, d.queue),
             store: StoreConfig {
                 cache_bytes: v.size(
@@ -467,22 +481,28 @@ impl Config {
                 toml_str(&user.password_hash)
             );
         }
-        match &self.smarthost {
-            Some(s) => {
-                out += &format!("\n[smarthost]\naddress = {}\n", toml_str(&s.address));
-                out += &format!("tls = {}\n", toml_str(s.tls.as_str()));
-                if let Some(ca) = &s.ca_file {
-                    out += &format!("ca_file = {}\n", toml_str(&ca.display().to_string()));
-                }
-                if let Some(auth) = &s.auth {
-                    out += &format!("username = {}\n", toml_str(&auth.username));
-                    out += &format!(
-                        "password_file = {}\n",
-                        toml_str(&auth.password_file.display().to_string())
-                    );
-                }
+        // One entry keeps the `[smarthost]` form every config before failover used.
+        let header = if self.smarthosts.len() == 1 {
+            "[smarthost]"
+        } else {
+            "[[smarthost]]"
+        };
+        if self.smarthosts.is_empty() {
+            out += "\n# [smarthost]: none configured; mail is accepted and held\n";
+        }
+        for s in &self.smarthosts {
+            out += &format!("\n{header}\naddress = {}\n", toml_str(&s.address));
+            out += &format!("tls = {}\n", toml_str(s.tls.as_str()));
+            if let Some(ca) = &s.ca_file {
+                out += &format!("ca_file = {}\n", toml_str(&ca.display().to_string()));
             }
-            None => out += "\n# [smarthost]: none configured; mail is accepted and held\n",
+            if let Some(auth) = &s.auth {
+                out += &format!("username = {}\n", toml_str(&auth.username));
+                out += &format!(
+                    "password_file = {}\n",
+                    toml_str(&auth.password_file.display().to_string())
+                );
+            }
         }
         let q = &self.queue;
         out += &format!("\n[queue]\nretry_min = {}\n", dur(q.retry_min));
@@ -847,19 +867,54 @@ impl Validator {
         }
     }
 
-    fn smarthost(&mut self, section: Option<&file::SmarthostSection>) -> Option<Smarthost> {
-        let section = section?;
+    /// Every entry, in order; problems name the entry (`smarthost[2].address`).
+    fn smarthosts(&mut self, tables: Option<&SmarthostTables>) -> Vec<Smarthost> {
+        let Some(tables) = tables else {
+            return Vec::new();
+        };
+        let sections = tables.sections();
+        if sections.len() > MAX_SMARTHOSTS {
+            self.problem(
+                "smarthost",
+                format!(
+                    "{} entries; at most {MAX_SMARTHOSTS} are tried in order",
+                    sections.len()
+                ),
+            );
+        }
+        let mut out: Vec<Smarthost> = Vec::with_capacity(sections.len());
+        let mut seen: Vec<(String, &str)> = Vec::new();
+        for (index, section) in sections.iter().enumerate() {
+            let key = tables.key(index);
+            if let Some(address) = section.address.as_deref() {
+                if let Some((other, _)) = seen.iter().find(|(_, a)| *a == address) {
+                    self.problem(
+                        &dotted(&key, "address"),
+                        format!("{address:?} is already {other}: each route is tried once"),
+                    );
+                }
+                seen.push((key.clone(), address));
+            }
+            if let Some(smarthost) = self.smarthost(&key, section) {
+                out.push(smarthost);
+            }
+        }
+        out
+    }
+
+    /// One entry; `key` is `smarthost` or `smarthost[N]`.
+    fn smarthost(&mut self, key: &str, section: &file::SmarthostSection) -> Option<Smarthost> {
         let address = match section.address.as_deref() {
             None => {
                 self.problem(
-                    "smarthost.address",
+                    &dotted(key, "address"),
                     "missing: [smarthost] needs address = \"host:port\"".to_owned(),
                 );
                 None
             }
             Some(address) if !is_host_port(address) => {
                 self.problem(
-                    "smarthost.address",
+                    &dotted(key, "address"),
                     format!("{address:?} is not host:port (a port is required)"),
                 );
                 None
@@ -872,7 +927,7 @@ impl Validator {
             Some("none") => Some(SmarthostTls::None),
             Some(other) => {
                 self.problem(
-                    "smarthost.tls",
+                    &dotted(key, "tls"),
                     format!("{other:?} is not one of \"none\", \"starttls\", \"tls\""),
                 );
                 None
@@ -881,10 +936,10 @@ impl Validator {
         let ca_file = match section.ca_file.as_deref() {
             None => Some(None),
             Some(path) => self
-                .readable_file("smarthost.ca_file", Some(path))
+                .readable_file(&dotted(key, "ca_file"), Some(path))
                 .map(Some),
         };
-        let auth = self.smarthost_auth(section, tls);
+        let auth = self.smarthost_auth(key, section, tls);
         Some(Smarthost {
             address: address?,
             tls: tls?,
@@ -896,6 +951,7 @@ impl Validator {
     /// `username` + `password_file`, both or neither; never with `tls = "none"`.
     fn smarthost_auth(
         &mut self,
+        key: &str,
         section: &file::SmarthostSection,
         tls: Option<SmarthostTls>,
     ) -> Option<Option<SmarthostAuth>> {
@@ -904,14 +960,14 @@ impl Validator {
             (Some(username), Some(file)) => (username, file),
             (Some(_), None) => {
                 self.problem(
-                    "smarthost.password_file",
+                    &dotted(key, "password_file"),
                     "missing: username needs it".to_owned(),
                 );
                 return None;
             }
             (None, Some(_)) => {
                 self.problem(
-                    "smarthost.username",
+                    &dotted(key, "username"),
                     "missing: password_file needs it".to_owned(),
                 );
                 return None;
@@ -919,7 +975,7 @@ impl Validator {
         };
         if tls == Some(SmarthostTls::None) {
             self.problem(
-                "smarthost.username",
+                &dotted(key, "username"),
                 "AUTH would send the password in clear: set tls = \"starttls\" or \"tls\""
                     .to_owned(),
             );
@@ -932,7 +988,7 @@ impl Validator {
             }
             Err(e) => {
                 self.problem(
-                    "smarthost.password_file",
+                    &dotted(key, "password_file"),
                     format!("cannot read {password_file:?}: {e}"),
                 );
                 return None;
@@ -940,7 +996,7 @@ impl Validator {
         };
         if password.is_empty() {
             self.problem(
-                "smarthost.password_file",
+                &dotted(key, "password_file"),
                 format!("{password_file:?} is empty"),
             );
             return None;
@@ -951,6 +1007,11 @@ impl Validator {
             password: Secret::new(password),
         }))
     }
+}
+
+/// `key.field`: a key inside a table (`smarthost[2].address`).
+fn dotted(key: &str, field: &str) -> String {
+    format!("{key}.{field}")
 }
 
 /// Checks the shape of a SHA-512-crypt string (`$6$[rounds=N$]salt$hash`, as made by
@@ -1077,7 +1138,7 @@ mod tests {
             (d.max_recipients, d.max_connections, d.max_errors),
             (100, 32, 10)
         );
-        assert_eq!(d.smarthost, None);
+        assert!(d.smarthosts.is_empty());
         assert_eq!(d.queue.retry_min, Duration::from_secs(30));
         assert_eq!(d.queue.retry_max, Duration::from_secs(900));
         assert_eq!(d.queue.max_age, Duration::from_secs(5 * 86_400));
@@ -1128,13 +1189,13 @@ smarthost_data_end = "5m"
         assert_eq!(c.relay_from[1].prefix_len(), 32);
         assert_eq!(c.max_recipients, 50);
         assert_eq!(
-            c.smarthost,
-            Some(Smarthost {
+            c.smarthosts,
+            [Smarthost {
                 address: "mail.example.org:587".into(),
                 tls: SmarthostTls::None,
                 ca_file: None,
                 auth: None,
-            })
+            }]
         );
         assert_eq!(c.queue.max_age, Duration::from_secs(3 * 86_400));
         assert_eq!(c.timeouts.smarthost, Duration::from_secs(30));
@@ -1190,7 +1251,7 @@ smarthost_data_end = "5m"
         ];
         for (line, mode) in modes {
             let text = format!("[smarthost]\naddress = \"mx:25\"\n{line}");
-            assert_eq!(from_text(&text).unwrap().smarthost.unwrap().tls, mode);
+            assert_eq!(from_text(&text).unwrap().smarthosts[0].tls, mode);
         }
         let problems = from_text("[smarthost]\naddress = \"mx:25\"\ntls = \"yes\"\n").unwrap_err();
         assert_eq!(keys(&problems), ["smarthost.tls"]);
@@ -1232,7 +1293,7 @@ smarthost_data_end = "5m"
         assert_eq!(c.tls.as_ref().unwrap().cert, dir.path().join("cert.pem"));
         assert_eq!(c.users.len(), 2);
         assert_eq!(c.users[0].name, "camera");
-        let smarthost = c.smarthost.clone().unwrap();
+        let smarthost = c.smarthosts[0].clone();
         assert_eq!(smarthost.tls, SmarthostTls::Implicit);
         let auth = smarthost.auth.unwrap();
         assert_eq!(auth.username, "relay");
@@ -1480,21 +1541,101 @@ smarthost_data_end = "5m"
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/q"));
         assert_eq!(c.hostname, "b.example");
+        let addresses: Vec<_> = c.smarthosts.iter().map(|s| s.address.as_str()).collect();
+        assert_eq!(addresses, ["mx.example:25"]);
+    }
+
+    #[test]
+    fn smarthost_flag_replaces_the_list_keeping_the_first_entrys_settings() {
+        let mut file = ConfigFile::parse(
+            "[[smarthost]]\naddress = \"a:25\"\ntls = \"none\"\n\
+             [[smarthost]]\naddress = \"b:25\"\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            smarthost: Some("mx.example:2525".into()),
+            ..Overrides::default()
+        };
+        overrides.apply(&mut file);
+        let c = Config::from_file(&file).unwrap();
+        assert_eq!(c.smarthosts.len(), 1);
+        assert_eq!(c.smarthosts[0].address, "mx.example:2525");
+        assert_eq!(c.smarthosts[0].tls, SmarthostTls::None);
+    }
+
+    #[test]
+    fn smarthost_array_is_kept_in_order() {
+        let c = from_text(
+            "[[smarthost]]\naddress = \"fibre.example:587\"\n\
+             [[smarthost]]\naddress = \"lte.example:465\"\ntls = \"tls\"\n\
+             [[smarthost]]\naddress = \"[::1]:25\"\ntls = \"none\"\n",
+        )
+        .unwrap();
+        let routes: Vec<_> = c
+            .smarthosts
+            .iter()
+            .map(|s| (s.address.as_str(), s.tls))
+            .collect();
         assert_eq!(
-            c.smarthost.map(|s| s.address).as_deref(),
-            Some("mx.example:25")
+            routes,
+            [
+                ("fibre.example:587", SmarthostTls::StartTls),
+                ("lte.example:465", SmarthostTls::Implicit),
+                ("[::1]:25", SmarthostTls::None),
+            ]
         );
+        // An empty array holds mail, like no table at all.
+        assert!(from_text("smarthost = []\n").unwrap().smarthosts.is_empty());
+    }
+
+    #[test]
+    fn smarthost_array_problems_name_the_entry() {
+        let problems = from_text(
+            "[[smarthost]]\naddress = \"a:25\"\n\
+             [[smarthost]]\naddress = \"b\"\ntls = \"maybe\"\n\
+             [[smarthost]]\nusername = \"u\"\n\
+             [[smarthost]]\naddress = \"a:25\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&problems),
+            [
+                "smarthost[2].address",
+                "smarthost[2].tls",
+                "smarthost[3].address",
+                "smarthost[3].password_file",
+                "smarthost[4].address",
+            ]
+        );
+        assert!(
+            problems[4].message.contains("already smarthost[1]"),
+            "{}",
+            problems[4]
+        );
+        // The one-table form keeps its key without an index.
+        let problems = from_text("[smarthost]\ntls = \"none\"\n").unwrap_err();
+        assert_eq!(keys(&problems), ["smarthost.address"]);
+    }
+
+    #[test]
+    fn too_many_smarthosts_is_a_problem() {
+        let mut text = String::new();
+        for n in 0..=MAX_SMARTHOSTS {
+            text += &format!("[[smarthost]]\naddress = \"mx{n}.example:25\"\n");
+        }
+        let problems = from_text(&text).unwrap_err();
+        assert_eq!(keys(&problems), ["smarthost"]);
     }
 
     #[test]
     fn effective_config_reads_back_to_the_same_value() {
         let mut c = Config {
-            smarthost: Some(Smarthost {
+            smarthosts: vec![Smarthost {
                 address: "mx.example:25".into(),
                 tls: SmarthostTls::None,
                 ca_file: None,
                 auth: None,
-            }),
+            }],
             ..Config::default()
         };
         c.listen.push("[::1]:25".parse().unwrap());
@@ -1502,7 +1643,19 @@ smarthost_data_end = "5m"
             messages: 100,
             window: Duration::from_secs(90),
         });
+        assert!(c
+            .to_toml()
+            .contains("\n[smarthost]\naddress = \"mx.example:25\"\n"));
         assert_eq!(from_text(&c.to_toml()).unwrap(), c);
+        c.smarthosts.push(Smarthost {
+            address: "lte.example:587".into(),
+            tls: SmarthostTls::StartTls,
+            ca_file: None,
+            auth: None,
+        });
+        let text = c.to_toml();
+        assert_eq!(text.matches("\n[[smarthost]]\n").count(), 2, "{text}");
+        assert_eq!(from_text(&text).unwrap(), c);
         let d = Config::default();
         assert_eq!(from_text(&d.to_toml()).unwrap(), d);
     }

@@ -261,10 +261,8 @@ async fn answer(request: &Request, ctx: &Ctx) -> Response {
         Request::Status => match ctx.store.list() {
             Ok(messages) => {
                 let summary = QueueSummary::of(&messages, now);
-                let smarthost = ctx.config.smarthost.as_ref().map(|s| s.address.as_str());
                 Response::ok(render_status(
                     &ctx.link.report(),
-                    smarthost,
                     &summary,
                     ctx.store.usage(),
                     Some(now),

@@ -13,16 +13,17 @@
 //!            SMTP    forward::run       smtp::client         per-recipient outcome, DSN)
 //! ```
 //!
-//! What outpost does *not* do: it delivers only to the configured smarthost (no MX lookups),
-//! it never relays for hosts outside `relay_from`, and it never answers 250 to a final dot
-//! before the message is on stable storage.
+//! What outpost does *not* do: it delivers only to the configured smarthosts, tried in order
+//! (`[[smarthost]]` failover; no MX lookups), it never relays for hosts outside `relay_from`,
+//! and it never answers 250 to a final dot before the message is on stable storage.
 //!
 //! # Layout
 //! - [`smtp`]: the SMTP protocol core. No I/O, no clock: bytes in, replies and decisions out.
 //! - [`net`]: the smol glue: listeners, one task per connection, timeouts, the daemon loop;
 //!   `net::tls` (rustls configs, STARTTLS upgrade in place) and the AUTH password check.
 //! - [`store`]: the journal; the only module that touches sled.
-//! - [`forward`]: delivery to the smarthost; retry, outcome and DSN policy as pure functions.
+//! - [`forward`]: delivery to the smarthost; retry, outcome, route choice (ordered failover)
+//!   and DSN policy as pure functions.
 //! - [`config`]: the validated configuration and its embedded defaults.
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.

@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 /// The config file's keys, exactly as in TOML and the docs. Every key is optional: a missing
 /// key takes its embedded default in `Config::from_file`.
@@ -22,7 +24,8 @@ pub struct ConfigFile {
     pub max_recipients: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_errors: Option<u64>,
-    pub smarthost: Option<SmarthostSection>,
+    /// `[smarthost]` (one table) or `[[smarthost]]` (several, tried in order).
+    pub smarthost: Option<SmarthostTables>,
     pub tls: Option<TlsSection>,
     /// `[[users]]`: who may AUTH (over TLS only).
     #[serde(default)]
@@ -42,7 +45,75 @@ pub struct ConfigFile {
     pub priority: Vec<PrioritySection>,
 }
 
-/// `[smarthost]`
+/// The smarthost key as written: one `[smarthost]` table (every config before failover), or an
+/// array of `[[smarthost]]` tables in the order they are tried. Kept apart so that problems
+/// name the key as the operator wrote it: `smarthost.address` or `smarthost[2].address`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SmarthostTables {
+    One(SmarthostSection),
+    Many(Vec<SmarthostSection>),
+}
+
+impl SmarthostTables {
+    pub fn sections(&self) -> &[SmarthostSection] {
+        match self {
+            Self::One(section) => std::slice::from_ref(section),
+            Self::Many(sections) => sections,
+        }
+    }
+
+    pub fn sections_mut(&mut self) -> &mut [SmarthostSection] {
+        match self {
+            Self::One(section) => std::slice::from_mut(section),
+            Self::Many(sections) => sections,
+        }
+    }
+
+    /// The config key of entry `index` (0-based), numbered from 1 as in `outpost status`.
+    pub fn key(&self, index: usize) -> String {
+        match self {
+            Self::One(_) => "smarthost".to_owned(),
+            Self::Many(_) => format!("smarthost[{}]", index + 1),
+        }
+    }
+}
+
+/// A table or an array of tables, each with `SmarthostSection`'s own (derived) rules, so
+/// unknown keys and wrong types are reported exactly as for any other section. (An untagged
+/// enum would replace those messages with "did not match any variant".)
+impl<'de> Deserialize<'de> for SmarthostTables {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TablesVisitor;
+        impl<'de> Visitor<'de> for TablesVisitor {
+            type Value = SmarthostTables;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a [smarthost] table or [[smarthost]] tables")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                SmarthostSection::deserialize(MapAccessDeserializer::new(map))
+                    .map(SmarthostTables::One)
+            }
+
+            // Each element goes through this same visitor (so through the one `visit_map`
+            // above): one copy of the table's deserializer in the binary, not two.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut sections = Vec::new();
+                while let Some(element) = seq.next_element::<SmarthostTables>()? {
+                    let SmarthostTables::One(section) = element else {
+                        return Err(de::Error::custom("an array inside [[smarthost]]"));
+                    };
+                    sections.push(section);
+                }
+                Ok(SmarthostTables::Many(sections))
+            }
+        }
+        deserializer.deserialize_any(TablesVisitor)
+    }
+}
+
+/// One `[smarthost]` / `[[smarthost]]` table.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SmarthostSection {
@@ -223,6 +294,41 @@ mod tests {
     fn unknown_key_in_users_is_named() {
         let p = ConfigFile::parse("[[users]]\nname = \"a\"\npassword = \"x\"\n").unwrap_err();
         assert!(p.message.contains("unknown field `password`"), "{p}");
+    }
+
+    #[test]
+    fn smarthost_is_one_table_or_an_array_of_tables() {
+        let one = ConfigFile::parse("[smarthost]\naddress = \"a:25\"\n").unwrap();
+        let Some(SmarthostTables::One(section)) = &one.smarthost else {
+            panic!("{one:?}");
+        };
+        assert_eq!(section.address.as_deref(), Some("a:25"));
+        let many = ConfigFile::parse(
+            "[[smarthost]]\naddress = \"a:25\"\n[[smarthost]]\naddress = \"b:587\"\n",
+        )
+        .unwrap();
+        let tables = many.smarthost.unwrap();
+        let addresses: Vec<_> = tables
+            .sections()
+            .iter()
+            .map(|s| s.address.as_deref().unwrap())
+            .collect();
+        assert_eq!(addresses, ["a:25", "b:587"]);
+        assert_eq!(tables.key(1), "smarthost[2]");
+    }
+
+    #[test]
+    fn unknown_key_in_a_smarthost_array_entry_is_named() {
+        let p = ConfigFile::parse(
+            "[[smarthost]]\naddress = \"a:25\"\n[[smarthost]]\naddres = \"b:25\"\n",
+        )
+        .unwrap_err();
+        assert!(p.message.contains("unknown field `addres`"), "{p}");
+        assert_eq!(p.key, "smarthost.addres");
+        let p = ConfigFile::parse("smarthost = \"a:25\"\n").unwrap_err();
+        assert_eq!(p.key, "smarthost");
+        let p = ConfigFile::parse("smarthost = [[{ address = \"a:25\" }]]\n").unwrap_err();
+        assert!(p.message.contains("an array inside [[smarthost]]"), "{p}");
     }
 
     #[test]

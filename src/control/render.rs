@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::clock::QueueTime;
-use crate::forward::LinkReport;
+use crate::forward::{LinkReport, RouteReport};
 use crate::smtp::date::rfc5322_date;
 use crate::store::{AttemptRecord, QueuedMessage, RcptState, Usage, KEPT_ATTEMPTS};
 
@@ -279,15 +279,22 @@ pub fn render_show(
     out
 }
 
-/// `outpost status`.
+/// `outpost status`. The `link:` line is the link as one thing (up via the smarthost mail goes
+/// to now, or down when every smarthost is); then one line per smarthost, in the order tried.
 pub fn render_status(
     link: &LinkReport,
-    smarthost: Option<&str>,
     summary: &QueueSummary,
     usage: Usage,
     now: Option<QueueTime>,
 ) -> String {
     let mut out = format!("{}\n", crate::cli::version());
+    let hosts: Vec<&str> = link.routes.iter().map(|r| r.address.as_str()).collect();
+    let smarthost = match link.current {
+        Some(current) => hosts.get(current).map(|h| (*h).to_owned()),
+        None if hosts.is_empty() => None,
+        None => Some(hosts.join(", ")),
+    };
+    let smarthost = smarthost.as_deref();
     let link_line = match (smarthost, link.up) {
         (None, _) => "none (no smarthost configured: mail is held)".to_owned(),
         (Some(host), None) => format!("unknown ({host} not tried yet)"),
@@ -301,6 +308,10 @@ pub fn render_status(
         ),
     };
     let _ = writeln!(out, "link: {link_line}");
+    for (index, route) in link.routes.iter().enumerate() {
+        let _ = write!(out, "smarthost {} {}: ", index + 1, route.address);
+        route_state(&mut out, route, link.current == Some(index), now);
+    }
     if let (Some(at), Some(now)) = (link.retry_at, now) {
         let _ = writeln!(
             out,
@@ -345,6 +356,32 @@ pub fn render_status(
         link.sent, link.deferred, link.bounced
     );
     out
+}
+
+/// The rest of one smarthost's line in `outpost status` (after `smarthost N host:port: `).
+fn route_state(out: &mut String, route: &RouteReport, current: bool, now: Option<QueueTime>) {
+    let Some(up) = route.up else {
+        out.push_str("not tried yet\n");
+        return;
+    };
+    let since = rfc5322_date(route.since_unix);
+    if up {
+        let here = if current { " (mail goes here)" } else { "" };
+        let _ = writeln!(out, "up since {since}, {} sent{here}", route.sent);
+        return;
+    }
+    let _ = write!(out, "down since {since}");
+    if !route.ever_reached {
+        out.push_str(", never reached");
+    }
+    match (route.retry_at, now) {
+        (Some(at), Some(now)) if at > now => {
+            let _ = write!(out, " (next try in {})", age(at - now));
+        }
+        _ => out.push_str(" (next try now)"),
+    }
+    let error = route.last_error.as_deref().unwrap_or("none");
+    let _ = writeln!(out, ": last error {error}");
 }
 
 /// While the link is down nothing goes before the next probe: show that as the next attempt.
@@ -506,21 +543,91 @@ mod tests {
         let mut link = LinkReport::default();
         let s = QueueSummary::default();
         let u = Usage::default();
-        assert!(render_status(&link, None, &s, u, None).contains("link: none"));
-        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("not tried yet"));
+        assert!(render_status(&link, &s, u, None).contains("link: none"));
+        link.routes = vec![RouteReport {
+            address: "h:25".into(),
+            ..RouteReport::default()
+        }];
+        assert!(render_status(&link, &s, u, None).contains("not tried yet"));
         link.up = Some(false);
-        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("never reached"));
+        assert!(render_status(&link, &s, u, None).contains("never reached"));
         link.ever_reached = true;
-        let text = render_status(&link, Some("h:25"), &s, u, None);
+        let text = render_status(&link, &s, u, None);
+        let link_line = text.lines().find(|l| l.starts_with("link: ")).unwrap();
         assert!(
-            text.contains("link: down since") && !text.contains("never reached"),
+            link_line.starts_with("link: down since") && !link_line.contains("never reached"),
             "{text}"
         );
         link.up = Some(true);
-        assert!(render_status(&link, Some("h:25"), &s, u, None).contains("link: up since"));
+        link.current = Some(0);
+        assert!(render_status(&link, &s, u, None).contains("link: up since"));
+        assert!(render_status(&link, &s, u, None).contains("(h:25)"));
         link.up = Some(false);
+        link.current = None;
         link.retry_at = Some(9_000);
-        let text = render_status(&link, Some("h:25"), &s, u, Some(5_000));
+        let text = render_status(&link, &s, u, Some(5_000));
         assert!(text.contains("next probe: in 4s"), "{text}");
+    }
+
+    #[test]
+    fn status_lists_every_smarthost_in_order() {
+        let link = LinkReport {
+            up: Some(true),
+            ever_reached: true,
+            current: Some(1),
+            routes: vec![
+                RouteReport {
+                    address: "mx1.example:587".into(),
+                    up: Some(false),
+                    since_unix: 1_795_466_324,
+                    ever_reached: true,
+                    last_error: Some("smarthost mx1.example:587: connection refused".into()),
+                    retry_at: Some(255_000),
+                    sent: 3,
+                },
+                RouteReport {
+                    address: "lte.example:587".into(),
+                    up: Some(true),
+                    since_unix: 1_795_466_330,
+                    ever_reached: true,
+                    last_error: None,
+                    retry_at: None,
+                    sent: 2,
+                },
+                RouteReport {
+                    address: "last.example:25".into(),
+                    ..RouteReport::default()
+                },
+            ],
+            ..LinkReport::default()
+        };
+        let text = render_status(
+            &link,
+            &QueueSummary::default(),
+            Usage::default(),
+            Some(5_000),
+        );
+        let lines: Vec<&str> = text.lines().skip(1).take(4).collect();
+        assert!(
+            lines[0].starts_with("link: up since ") && lines[0].ends_with(" (lte.example:587)"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                "smarthost 1 mx1.example:587: down since {} (next try in 4m 10s): last error \
+                 smarthost mx1.example:587: connection refused",
+                rfc5322_date(1_795_466_324)
+            )
+        );
+        assert_eq!(
+            lines[2],
+            format!(
+                "smarthost 2 lte.example:587: up since {}, 2 sent (mail goes here)",
+                rfc5322_date(1_795_466_330)
+            )
+        );
+        assert_eq!(lines[3], "smarthost 3 last.example:25: not tried yet");
+        assert!(!text.contains("next probe"), "the link is up: {text}");
     }
 }

@@ -1,5 +1,8 @@
 //! Delivery to the smarthost: one task that wakes on new mail, on the next due time, on a
-//! flush request and at start, and pushes due messages over one connection.
+//! flush request and at start, and pushes due messages over one connection. With several
+//! smarthosts (`[[smarthost]]`), each pass sends over the first route that is up or due for a
+//! probe, and a site failure moves on to the next route at once (`route`, pure). The route is
+//! chosen per pass, never stored with a message.
 //!
 //! This file is the glue: sockets, timers and store calls. What the SMTP dialogue means lives in
 //! `smtp::client` (sans-I/O); what to do about a reply lives in `outcome`; when to retry in
@@ -25,13 +28,16 @@ use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreE
 
 use self::link::{open_session, transfer, Connection};
 use self::outcome::{classify, ForwardError, Outcome};
+use self::route::RouteTiming;
 use self::schedule::Jitter;
 
+pub use self::route::RouteReport;
 pub use crate::smtp::client::{ClientCredentials, TlsPolicy};
 
 pub mod dsn;
 mod link;
 pub mod outcome;
+pub mod route;
 pub mod schedule;
 
 /// Retry policy (config `[queue]`).
@@ -42,11 +48,24 @@ pub struct RetryPolicy {
     pub max_age: Duration,
 }
 
+/// One smarthost (`[smarthost]` / `[[smarthost]]` entry) as the forwarder uses it.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// `host:port`, resolved at each connect.
+    pub address: String,
+    /// `tls`: `StartTls` and `Implicit` never fall back to plaintext.
+    pub tls: TlsPolicy,
+    /// Certificate roots for `StartTls`/`Implicit` (web PKI, or `ca_file`); required by them.
+    pub tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// `username` + the password from `password_file`.
+    pub credentials: Option<ClientCredentials>,
+}
+
 /// Everything the forwarder needs from the config.
 #[derive(Clone, Debug)]
 pub struct ForwardParams {
-    /// `host:port`; `None` holds all mail (no smarthost configured).
-    pub smarthost: Option<String>,
+    /// The smarthosts in the order they are tried; empty holds all mail.
+    pub routes: Vec<Route>,
     /// Our name in EHLO and in DSNs.
     pub hostname: String,
     pub policy: RetryPolicy,
@@ -57,12 +76,6 @@ pub struct ForwardParams {
     /// Timeout for the reply to the final dot (config `[timeouts] smarthost_data_end`, RFC 5321
     /// §4.5.3.2.6: 10 minutes).
     pub data_end_timeout: Duration,
-    /// Config `[smarthost] tls`. `StartTls` and `Implicit` never fall back to plaintext.
-    pub tls: TlsPolicy,
-    /// Certificate roots for `StartTls`/`Implicit` (web PKI, or `ca_file`); required by them.
-    pub tls_config: Option<Arc<rustls::ClientConfig>>,
-    /// `[smarthost] username` + the password from `password_file`.
-    pub credentials: Option<ClientCredentials>,
 }
 
 /// A level-triggered wake-up flag shared by the glue and the forwarder (single thread).
@@ -96,31 +109,27 @@ impl Wake {
     }
 }
 
-/// What the forwarder knows about the link to the smarthost, for `outpost status` and the
+/// What the forwarder knows about the links to its smarthosts, for `outpost status` and the
 /// metrics; plus the `flush` signal (`queue flush`, SIGUSR1, link events) that makes the
 /// forwarder try at once, even while the link backoff would wait. Shared on one thread.
 #[derive(Default)]
 pub struct LinkState {
-    /// Tried at least once: `Some(true)` up, `Some(false)` down; `None` before the first try.
-    up: Cell<Option<bool>>,
-    /// Wall-clock Unix seconds of the last change of `up`.
-    since_unix: Cell<u64>,
-    /// The smarthost answered at least once since start.
-    ever_reached: Cell<bool>,
-    /// Wall-clock Unix seconds of the last message the smarthost took (any recipient).
+    /// One per smarthost, in config order.
+    routes: RefCell<Vec<RouteReport>>,
+    /// Wall-clock Unix seconds of the last message a smarthost took (any recipient).
     last_success_unix: Cell<Option<u64>>,
+    /// The last error of any route, or the last deferral or bounce.
     last_error: RefCell<Option<String>>,
-    /// Recipients by outcome since start.
+    /// Recipients by outcome since start, over all routes.
     sent: Cell<u64>,
     deferred: Cell<u64>,
     bounced: Cell<u64>,
-    /// While the link is down: the queue time of the next probe.
-    retry_at: Cell<Option<QueueTime>>,
     /// Raised by `queue flush`, SIGUSR1 or a link event: try now, ignore the link backoff.
     pub flush: Wake,
 }
 
-/// A snapshot of `LinkState`.
+/// A snapshot of `LinkState`. The top-level fields describe "the link" as one thing (see
+/// `route::link_view`): up while any route is up, down when all are.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkReport {
     pub up: Option<bool>,
@@ -131,8 +140,11 @@ pub struct LinkReport {
     pub sent: u64,
     pub deferred: u64,
     pub bounced: u64,
-    /// While the link is down: the queue time of the next probe.
+    /// While every route is down: the queue time of the next probe.
     pub retry_at: Option<QueueTime>,
+    /// The route mail goes to now (index into `routes`), while the link is up.
+    pub current: Option<usize>,
+    pub routes: Vec<RouteReport>,
 }
 
 impl LinkState {
@@ -140,27 +152,76 @@ impl LinkState {
         Rc::new(Self::default())
     }
 
+    /// The routes (config order), none tried yet; set by the forwarder when it starts.
+    fn set_routes(&self, routes: &[Route]) {
+        *self.routes.borrow_mut() = routes
+            .iter()
+            .map(|route| RouteReport {
+                address: route.address.clone(),
+                ..RouteReport::default()
+            })
+            .collect();
+    }
+
     pub fn report(&self) -> LinkReport {
+        let routes = self.routes.borrow().clone();
+        let link = route::link_view(&routes);
         LinkReport {
-            up: self.up.get(),
-            since_unix: self.since_unix.get(),
-            ever_reached: self.ever_reached.get(),
+            up: link.up,
+            since_unix: link.since_unix,
+            ever_reached: link.ever_reached,
             last_success_unix: self.last_success_unix.get(),
             last_error: self.last_error.borrow().clone(),
             sent: self.sent.get(),
             deferred: self.deferred.get(),
             bounced: self.bounced.get(),
-            retry_at: self.retry_at.get(),
+            retry_at: link.retry_at,
+            current: link.current,
+            routes,
         }
     }
 
-    fn set_up(&self, up: bool) {
-        if self.up.get() != Some(up) {
-            self.up.set(Some(up));
-            self.since_unix.set(wall_clock_secs());
+    /// The first route is up: mail goes where it is preferred, a probe would change nothing.
+    pub fn primary_up(&self) -> bool {
+        self.routes
+            .borrow()
+            .first()
+            .is_some_and(|r| r.up == Some(true))
+    }
+
+    fn with_route(&self, index: usize, change: impl FnOnce(&mut RouteReport)) {
+        if let Some(route) = self.routes.borrow_mut().get_mut(index) {
+            change(route);
         }
-        if up {
-            self.ever_reached.set(true);
+    }
+
+    fn route_up(&self, index: usize) {
+        self.with_route(index, |route| {
+            if route.up != Some(true) {
+                route.up = Some(true);
+                route.since_unix = wall_clock_secs();
+            }
+            route.ever_reached = true;
+            route.retry_at = None;
+        });
+    }
+
+    fn route_down(&self, index: usize, error: &str, retry_at: QueueTime) {
+        self.with_route(index, |route| {
+            if route.up != Some(false) {
+                route.up = Some(false);
+                route.since_unix = wall_clock_secs();
+            }
+            route.last_error = Some(error.to_owned());
+            route.retry_at = Some(retry_at);
+        });
+        self.set_error(error.to_owned());
+    }
+
+    /// `queue flush`: no route waits for its backoff any more.
+    fn clear_retries(&self) {
+        for route in self.routes.borrow_mut().iter_mut() {
+            route.retry_at = None;
         }
     }
 
@@ -170,6 +231,12 @@ impl LinkState {
 
     fn count(&self, counter: &Cell<u64>) {
         counter.set(counter.get().saturating_add(1));
+    }
+
+    fn count_sent(&self, index: usize) {
+        self.count(&self.sent);
+        self.with_route(index, |route| route.sent = route.sent.saturating_add(1));
+        self.last_success_unix.set(Some(wall_clock_secs()));
     }
 }
 
@@ -199,20 +266,20 @@ pub async fn run_linked(
     stop: Rc<Wake>,
     link: Rc<LinkState>,
 ) {
-    let Some(smarthost) = params.smarthost.clone() else {
+    if params.routes.is_empty() {
         warn!("no smarthost configured: mail is accepted and held in the queue");
         stop.wait().await;
         return;
-    };
+    }
+    link.set_routes(&params.routes);
     let seed = clock.now() ^ wall_clock_secs().rotate_left(20) ^ u64::from(std::process::id());
     let mut forwarder = Forwarder {
         store,
         clock,
+        routes: vec![RouteTiming::default(); params.routes.len()],
         params,
-        smarthost,
+        active: 0,
         jitter: Jitter::new(seed),
-        link_failures: 0,
-        link_retry_at: 0,
         stalled_until: 0,
         link,
     };
@@ -287,12 +354,11 @@ struct Forwarder {
     store: Store,
     clock: QueueClock,
     params: ForwardParams,
-    smarthost: String,
+    /// Backoff per route, in `params.routes` order.
+    routes: Vec<RouteTiming>,
+    /// The route of the session in progress (or the last one).
+    active: usize,
     jitter: Jitter,
-    /// Consecutive site failures; 0 while the link is up.
-    link_failures: u32,
-    /// While the link is down: when to try again.
-    link_retry_at: QueueTime,
     /// After local trouble (the store did not record, or claimed mail was due that it then did
     /// not return): no pass before this, so a broken store cannot make the task spin.
     stalled_until: QueueTime,
@@ -300,12 +366,14 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    /// `queue flush`, SIGUSR1, a link event: forget the link backoff and make every deferred
-    /// message due now, so the next pass probes the smarthost at once.
+    /// `queue flush`, SIGUSR1, a link event: forget every route's backoff and make every
+    /// deferred message due now, so the next pass probes the smarthosts at once, in order.
     fn flush(&mut self) {
         info!("flush requested: trying the smarthost now");
-        self.link_retry_at = 0;
-        self.link.retry_at.set(None);
+        for route in &mut self.routes {
+            route.retry_at = 0;
+        }
+        self.link.clear_retries();
         self.stalled_until = 0;
         if let Err(e) = self.store.reschedule_all(self.clock.now()) {
             error!("cannot reschedule the queue: {e}");
@@ -315,15 +383,17 @@ impl Forwarder {
     /// When the next pass should start: `None` waits for a wake-up only.
     fn next_wake(&self) -> Option<QueueTime> {
         let due = self.store.next_due()?.max(self.stalled_until);
-        if self.link_failures > 0 {
-            // Link down: new mail waits for the link's own retry time.
-            return Some(due.max(self.link_retry_at));
-        }
-        Some(due)
+        // Every route down: new mail waits for the first route's own retry time.
+        Some(route::link_wait(&self.routes).map_or(due, |at| due.max(at)))
     }
 
-    /// Expires old mail, then delivers what is due over one connection.
+    /// Expires old mail, then delivers what is due over one connection: over the first usable
+    /// route; a site failure marks that route down and the pass goes on at once over the next
+    /// usable route, with what is still due. Per-recipient verdicts (4xx, 5xx) are the
+    /// smarthost's answer and never fail over.
     async fn pass(&mut self) {
+        // The first route this pass may take; after a site failure, the ones after it.
+        let mut from = 0;
         loop {
             let now = self.clock.now();
             let due = match self.store.due(now, self.params.window) {
@@ -348,39 +418,61 @@ impl Forwarder {
                 if loaded > 0 {
                     continue;
                 }
-                // `next_due` said something was due but `due` found nothing.
-                self.stall(now);
-                return;
+                // `next_due` said something was due but `due` found nothing (after a failover,
+                // the failed session may have dealt with everything).
+                if from == 0 {
+                    self.stall(now);
+                }
+                break;
             }
-            if let Err(e) = self.session(live).await {
-                self.link_down(&e);
+            let Some(index) = route::choose(&self.routes, from, now) else {
+                break;
+            };
+            if from > 0 {
+                info!(
+                    "failing over to smarthost {} {}",
+                    index + 1,
+                    self.params.routes[index].address
+                );
             }
-            // Removals of delivered mail are not waited for one by one (`Store::record`): one
-            // sync per pass makes them durable and lets their body segments go.
-            if let Err(e) = self.store.settle_removals().await {
-                error!("cannot sync the queue after a delivery pass: {e}");
+            match self.session(index, live).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.link_down(index, &e);
+                    from = index + 1;
+                }
             }
-            return;
+        }
+        // Removals of delivered mail are not waited for one by one (`Store::record`): one
+        // sync per pass makes them durable and lets their body segments go.
+        if let Err(e) = self.store.settle_removals().await {
+            error!("cannot sync the queue after a delivery pass: {e}");
         }
     }
 
-    /// One connection: handshake, then every due message in turn, then QUIT.
-    async fn session(&mut self, mut batch: Vec<QueuedMessage>) -> Result<(), ForwardError> {
+    /// One connection over route `index`: handshake, then every due message in turn, then
+    /// QUIT.
+    async fn session(
+        &mut self,
+        index: usize,
+        mut batch: Vec<QueuedMessage>,
+    ) -> Result<(), ForwardError> {
+        self.active = index;
+        let route = &self.params.routes[index];
         let client = ClientParams {
             helo_name: self.params.hostname.clone(),
-            tls: self.params.tls,
-            smarthost: self.smarthost.clone(),
-            credentials: self.params.credentials.clone(),
+            tls: route.tls,
+            smarthost: route.address.clone(),
+            credentials: route.credentials.clone(),
         };
-        let tls_config = self.params.tls_config.clone();
         let (mut conn, mut session) = open_session(
-            &self.smarthost,
+            &route.address,
             client,
-            tls_config,
+            route.tls_config.clone(),
             self.params.command_timeout,
         )
         .await?;
-        self.link_up();
+        self.link_up(index);
         let mut attempted = HashSet::new();
         loop {
             for message in batch {
@@ -392,8 +484,12 @@ impl Forwarder {
                     return Err(failure.into());
                 }
             }
-            // Mail that arrived or fell due meanwhile goes on the same connection.
+            // A preferred route's backoff ran out: end here, so the next pass probes it first.
             let now = self.clock.now();
+            if route::preferred_due(&self.routes, index, now) {
+                break;
+            }
+            // Mail that arrived or fell due meanwhile goes on the same connection.
             batch = match self.store.due(now, self.params.window) {
                 Ok(due) => due
                     .into_iter()
@@ -486,7 +582,8 @@ impl Forwarder {
             };
             let line = format!(
                 "queue_id={} to=<{address}> relay={} status={status} reply=\"{reply}\"",
-                message.id, self.smarthost
+                message.id,
+                self.address()
             );
             match outcome {
                 Outcome::Retry(_) => {
@@ -506,8 +603,7 @@ impl Forwarder {
                     });
                 }
                 Outcome::Delivered(_) => {
-                    self.link.count(&self.link.sent);
-                    self.link.last_success_unix.set(Some(wall_clock_secs()));
+                    self.link.count_sent(self.active);
                     info!("{line}");
                 }
             }
@@ -535,8 +631,8 @@ impl Forwarder {
             return;
         }
         if !bounced.is_empty() {
-            self.bounce(message, &bounced, Some(&self.smarthost.clone()))
-                .await;
+            let remote = self.address().to_owned();
+            self.bounce(message, &bounced, Some(&remote)).await;
         }
     }
 
@@ -671,49 +767,62 @@ impl Forwarder {
         self.stalled_until = schedule::after(now, self.params.policy.retry_min);
     }
 
-    fn link_up(&mut self) {
-        self.link.set_up(true);
-        self.link.retry_at.set(None);
-        if self.link_failures == 0 {
+    /// `host:port` of the route in use.
+    fn address(&self) -> &str {
+        self.params
+            .routes
+            .get(self.active)
+            .map_or("", |route| route.address.as_str())
+    }
+
+    /// Route `index` completed a handshake.
+    fn link_up(&mut self, index: usize) {
+        self.link.route_up(index);
+        let Some(timing) = self.routes.get_mut(index) else {
+            return;
+        };
+        if timing.is_up() {
             return;
         }
+        *timing = RouteTiming::default();
         info!(
-            "smarthost {} is reachable again: sending the queue",
-            self.smarthost
+            "smarthost {} {} is reachable again: sending the queue",
+            index + 1,
+            self.params.routes[index].address
         );
-        self.link_failures = 0;
-        self.link_retry_at = 0;
         // Mail deferred during the outage goes now, on this connection.
         if let Err(e) = self.store.reschedule_all(self.clock.now()) {
             error!("cannot reschedule the queue: {e}");
         }
     }
 
-    /// A site failure: all mail waits, no message's attempts are burned.
-    fn link_down(&mut self, error: &ForwardError) {
-        self.link.set_up(false);
+    /// A site failure on route `index`: it waits out its own backoff; no message's attempts are
+    /// burned. The caller moves on to the next route.
+    fn link_down(&mut self, index: usize, error: &ForwardError) {
+        let now = self.clock.now();
+        let jitter = self.jitter.next_u32();
+        let Some(timing) = self.routes.get_mut(index) else {
+            return;
+        };
+        timing.failures = timing.failures.saturating_add(1);
+        let delay = schedule::link_backoff(timing.failures, &self.params.policy, jitter);
+        timing.retry_at = schedule::after(now, delay);
+        let (failures, retry_at) = (timing.failures, timing.retry_at);
+        let address = &self.params.routes[index].address;
         self.link
-            .set_error(format!("smarthost {}: {error}", self.smarthost));
-        self.link_failures = self.link_failures.saturating_add(1);
-        let delay = schedule::link_backoff(
-            self.link_failures,
-            &self.params.policy,
-            self.jitter.next_u32(),
-        );
-        self.link_retry_at = schedule::after(self.clock.now(), delay);
-        self.link.retry_at.set(Some(self.link_retry_at));
+            .route_down(index, &format!("smarthost {address}: {error}"), retry_at);
         // Whole seconds: the jitter's milliseconds are noise in a log line.
         let next = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
-        if self.link_failures == 1 {
-            warn!(
-                "smarthost {} unavailable: {error}; holding mail, next try in {next}",
-                self.smarthost
-            );
+        let number = index + 1;
+        let then = if route::link_wait(&self.routes).is_some() {
+            "holding mail"
         } else {
-            debug!(
-                "smarthost {} still unavailable: {error}; next try in {next}",
-                self.smarthost
-            );
+            "trying the next smarthost"
+        };
+        if failures == 1 {
+            warn!("smarthost {number} {address} unavailable: {error}; {then}, next try in {next}");
+        } else {
+            debug!("smarthost {number} {address} still unavailable: {error}; next try in {next}");
         }
     }
 }

@@ -224,7 +224,12 @@ fn silent_smarthost_times_out_at_the_greeting() {
 
 fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
     ForwardParams {
-        smarthost: Some(smarthost.to_string()),
+        routes: vec![Route {
+            address: smarthost.to_string(),
+            tls: TlsPolicy::None,
+            tls_config: None,
+            credentials: None,
+        }],
         hostname: "outpost.test".into(),
         policy: RetryPolicy {
             retry_min,
@@ -234,9 +239,6 @@ fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
         window: 16,
         command_timeout: TIMEOUT,
         data_end_timeout: TIMEOUT,
-        tls: TlsPolicy::None,
-        tls_config: None,
-        credentials: None,
     }
 }
 

@@ -20,7 +20,7 @@ use smol::LocalExecutor;
 
 use super::{Ctx, DaemonError};
 use crate::control::{MessageState, QueueSummary};
-use crate::forward::LinkReport;
+use crate::forward::{LinkReport, RouteReport};
 
 /// Longest request head (request line + headers).
 const MAX_HEAD: usize = 8 * 1024;
@@ -129,7 +129,6 @@ fn render(ctx: &Ctx) -> String {
         link: ctx.link.report(),
         accepted: ctx.accepted.get(),
         sessions: ctx.sessions(),
-        smarthost: ctx.config.smarthost.is_some(),
     };
     exposition(&sample)
 }
@@ -140,7 +139,6 @@ struct Sample {
     link: LinkReport,
     accepted: u64,
     sessions: usize,
-    smarthost: bool,
 }
 
 /// The Prometheus text format (one HELP and TYPE per family).
@@ -213,7 +211,7 @@ fn exposition(s: &Sample) -> String {
         "link_known",
         "gauge",
         "1 once the smarthost has been tried since start (0 also without a smarthost).",
-        &plain(u64::from(s.smarthost && s.link.up.is_some())),
+        &plain(u64::from(!s.link.routes.is_empty() && s.link.up.is_some())),
     );
     family(
         "link_change_timestamp_seconds",
@@ -233,7 +231,53 @@ fn exposition(s: &Sample) -> String {
         "SMTP sessions open now.",
         &plain(u64::try_from(s.sessions).unwrap_or(u64::MAX)),
     );
+    // Per smarthost (`[[smarthost]]` order), labelled with its `host:port`.
+    let routes = &s.link.routes;
+    per_route(
+        &mut out,
+        ["smarthost_up", "gauge"],
+        "1 when the last attempt over this smarthost completed the handshake, else 0.",
+        routes,
+        |r| u64::from(r.up == Some(true)),
+    );
+    per_route(
+        &mut out,
+        ["smarthost_change_timestamp_seconds", "gauge"],
+        "Unix time of this smarthost's last link state change (0: none yet).",
+        routes,
+        |r| r.since_unix,
+    );
+    per_route(
+        &mut out,
+        ["smarthost_sent_total", "counter"],
+        "Recipients this smarthost accepted since start.",
+        routes,
+        |r| r.sent,
+    );
     out
+}
+
+/// One family with a sample per smarthost. The label needs no escaping: the config admits only
+/// `host:port` (a host name, an IPv4 or a bracketed IPv6 address): no quote, backslash or newline.
+fn per_route(
+    out: &mut String,
+    [name, kind]: [&str; 2],
+    help: &str,
+    routes: &[RouteReport],
+    value: fn(&RouteReport) -> u64,
+) {
+    let _ = write!(
+        out,
+        "# HELP outpost_{name} {help}\n# TYPE outpost_{name} {kind}\n"
+    );
+    for route in routes {
+        let _ = writeln!(
+            out,
+            "outpost_{name}{{smarthost=\"{}\"}} {}",
+            route.address,
+            value(route)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -251,11 +295,25 @@ mod tests {
             link: LinkReport {
                 up: Some(true),
                 sent: 7,
+                current: Some(1),
+                routes: vec![
+                    RouteReport {
+                        address: "mx1.example:587".into(),
+                        up: Some(false),
+                        since_unix: 1_700_000_000,
+                        ..RouteReport::default()
+                    },
+                    RouteReport {
+                        address: "lte.example:587".into(),
+                        up: Some(true),
+                        sent: 7,
+                        ..RouteReport::default()
+                    },
+                ],
                 ..LinkReport::default()
             },
             accepted: 9,
             sessions: 1,
-            smarthost: true,
         };
         let text = exposition(&sample);
         assert!(
@@ -271,6 +329,13 @@ mod tests {
         assert!(text.contains("outpost_accepted_total 9\n"));
         assert!(text.contains("outpost_sent_total 7\n"));
         assert!(text.contains("outpost_link_up 1\n"));
+        assert!(text.contains("outpost_link_known 1\n"));
+        assert!(text.contains("outpost_smarthost_up{smarthost=\"mx1.example:587\"} 0\n"));
+        assert!(text.contains("outpost_smarthost_up{smarthost=\"lte.example:587\"} 1\n"));
+        assert!(text.contains(
+            "outpost_smarthost_change_timestamp_seconds{smarthost=\"mx1.example:587\"} 1700000000\n"
+        ));
+        assert!(text.contains("outpost_smarthost_sent_total{smarthost=\"lte.example:587\"} 7\n"));
         // Every sample line belongs to a family declared just before.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

@@ -31,7 +31,7 @@ use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
 use crate::config::{Config, SmarthostTls};
-use crate::forward::{self, ClientCredentials, ForwardParams, LinkState, RetryPolicy, Wake};
+use crate::forward::{self, ClientCredentials, ForwardParams, LinkState, RetryPolicy, Route, Wake};
 use crate::priority::{classify, watched_headers, HeaderWatch, Priority};
 use crate::rate::{SenderRates, Verdict};
 use crate::smtp::client::TlsPolicy;
@@ -170,9 +170,10 @@ pub struct Ctx {
     store_error: RefCell<Option<String>>,
     /// `[tls]` loaded: STARTTLS on `listen`, and the `listen_tls` ports.
     pub tls: Option<Arc<ServerConfig>>,
-    /// Roots for the smarthost's certificate (`[smarthost] tls` other than "none").
-    pub smarthost_tls: Option<Arc<ClientConfig>>,
-    /// The forwarder's view of the smarthost, and the flush signal (`queue flush`, SIGUSR1).
+    /// Roots for each smarthost's certificate (`tls` other than "none"), in config order;
+    /// entries with the same `ca_file` share one client config.
+    pub smarthost_tls: Vec<Option<Arc<ClientConfig>>>,
+    /// The forwarder's view of the smarthosts, and the flush signal (`queue flush`, SIGUSR1).
     pub link: Rc<LinkState>,
     /// Poked by `sendmail` (over the control socket): pick up the maildrop now.
     pub maildrop: Rc<Wake>,
@@ -195,7 +196,7 @@ impl Ctx {
         store: Store,
         clock: QueueClock,
         tls: Option<Arc<ServerConfig>>,
-        smarthost_tls: Option<Arc<ClientConfig>>,
+        smarthost_tls: Vec<Option<Arc<ClientConfig>>>,
     ) -> Rc<Self> {
         Rc::new(Self {
             store,
@@ -425,12 +426,7 @@ fn run_daemon(
         None => None,
     };
     // Built here so a bad ca_file stops the start instead of failing every delivery.
-    let smarthost_tls = match &config.smarthost {
-        Some(smarthost) if smarthost.tls != SmarthostTls::None => {
-            Some(tls::client_config(smarthost.ca_file.as_deref()).map_err(DaemonError::Tls)?)
-        }
-        _ => None,
-    };
+    let smarthost_tls = smarthost_client_configs(&config)?;
     let store = open_store(&config)?;
     let clock = QueueClock::new(store.clock_base());
     let plain = listeners.into_iter().map(|l| (l, false));
@@ -538,7 +534,7 @@ pub async fn serve(
     let forwarder = ex.spawn(forward::run_linked(
         ctx.store.clone(),
         ctx.clock,
-        forward_params(&ctx.config, ctx.smarthost_tls.clone()),
+        forward_params(&ctx.config, &ctx.smarthost_tls),
         ctx.wake.clone(),
         stop_forwarder.clone(),
         ctx.link.clone(),
@@ -659,9 +655,53 @@ async fn operations(
     drop(metrics);
 }
 
-fn forward_params(config: &Config, tls_config: Option<Arc<ClientConfig>>) -> ForwardParams {
+/// One TLS client config per smarthost that uses TLS, built once per distinct `ca_file`: the
+/// root store is the bulk of a client config, and three routes over the same PKI need one.
+fn smarthost_client_configs(
+    config: &Config,
+) -> Result<Vec<Option<Arc<ClientConfig>>>, DaemonError> {
+    let mut built: Vec<(Option<&std::path::Path>, Arc<ClientConfig>)> = Vec::new();
+    let mut out = Vec::with_capacity(config.smarthosts.len());
+    for smarthost in &config.smarthosts {
+        if smarthost.tls == SmarthostTls::None {
+            out.push(None);
+            continue;
+        }
+        let ca_file = smarthost.ca_file.as_deref();
+        let client = match built.iter().find(|(ca, _)| *ca == ca_file) {
+            Some((_, client)) => client.clone(),
+            None => {
+                let client = tls::client_config(ca_file).map_err(DaemonError::Tls)?;
+                built.push((ca_file, client.clone()));
+                client
+            }
+        };
+        out.push(Some(client));
+    }
+    Ok(out)
+}
+
+fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) -> ForwardParams {
+    let routes = config
+        .smarthosts
+        .iter()
+        .enumerate()
+        .map(|(index, smarthost)| Route {
+            address: smarthost.address.clone(),
+            tls: match smarthost.tls {
+                SmarthostTls::None => TlsPolicy::None,
+                SmarthostTls::StartTls => TlsPolicy::StartTls,
+                SmarthostTls::Implicit => TlsPolicy::Implicit,
+            },
+            tls_config: tls_configs.get(index).cloned().flatten(),
+            credentials: smarthost.auth.as_ref().map(|auth| ClientCredentials {
+                username: auth.username.clone(),
+                password: auth.password.expose().to_owned(),
+            }),
+        })
+        .collect();
     ForwardParams {
-        smarthost: config.smarthost.as_ref().map(|s| s.address.clone()),
+        routes,
         hostname: config.hostname.clone(),
         policy: RetryPolicy {
             retry_min: config.queue.retry_min,
@@ -671,20 +711,6 @@ fn forward_params(config: &Config, tls_config: Option<Arc<ClientConfig>>) -> For
         window: FORWARD_WINDOW,
         command_timeout: config.timeouts.smarthost,
         data_end_timeout: config.timeouts.smarthost_data_end,
-        tls: match config.smarthost.as_ref().map(|s| s.tls) {
-            None | Some(SmarthostTls::None) => TlsPolicy::None,
-            Some(SmarthostTls::StartTls) => TlsPolicy::StartTls,
-            Some(SmarthostTls::Implicit) => TlsPolicy::Implicit,
-        },
-        tls_config,
-        credentials: config
-            .smarthost
-            .as_ref()
-            .and_then(|s| s.auth.as_ref())
-            .map(|auth| ClientCredentials {
-                username: auth.username.clone(),
-                password: auth.password.expose().to_owned(),
-            }),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Linux only: listens for rtnetlink route, address and link events, and when something comes
-//! up while the smarthost is not known to be reachable, raises the forwarder's flush so it
+//! up while the first smarthost is not known to be reachable, raises the forwarder's flush so it
 //! probes at once instead of waiting out the link backoff. Safe code only (rustix's socket
 //! API, no libc); reads events, never sends a netlink request and never changes the system.
 
@@ -79,14 +79,17 @@ pub(super) async fn watch(socket: Async<OwnedFd>, ctx: Rc<Ctx>) {
             }
         };
         future::or(settle, drain).await;
-        if ctx.link.report().up == Some(true) {
+        // Mail prefers the first smarthost: while it is up a probe changes nothing; while it is
+        // down (even with mail going over a secondary) a network change may have brought it
+        // back.
+        if ctx.link.primary_up() {
             debug!(
                 "netlink: {}; the smarthost is reachable, nothing to do",
                 first.describe()
             );
             continue;
         }
-        if ctx.config.smarthost.is_some() {
+        if !ctx.config.smarthosts.is_empty() {
             info!(
                 "network change ({}): probing the smarthost now",
                 first.describe()

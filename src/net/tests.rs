@@ -449,12 +449,12 @@ impl Upstream {
 fn relay_to(port: u16, tls: SmarthostTls, ca: Option<&TestPki>) -> Config {
     let mut config = Config {
         hostname: "outpost.test".into(),
-        smarthost: Some(Smarthost {
+        smarthosts: vec![Smarthost {
             address: format!("127.0.0.1:{port}"),
             tls,
             ca_file: ca.map(|pki| pki.ca.clone()),
             auth: None,
-        }),
+        }],
         ..Config::default()
     };
     config.queue.retry_min = Duration::from_secs(1);
@@ -614,7 +614,7 @@ fn smarthost_auth_over_starttls() {
     let password_file = dir.path().join("pw");
     std::fs::write(&password_file, "upstream-pw\n").unwrap();
     let mut config = relay_to(port, SmarthostTls::StartTls, Some(&pki));
-    if let Some(smarthost) = config.smarthost.as_mut() {
+    if let Some(smarthost) = config.smarthosts.first_mut() {
         smarthost.auth = Some(SmarthostAuth {
             username: "relay".into(),
             password_file,
@@ -635,7 +635,7 @@ fn smarthost_auth_failure_keeps_mail_queued() {
     let pki = TestPki::new(&["127.0.0.1"]);
     let (port, upstream) = Upstream::start(Some(&pki), true);
     let mut config = relay_to(port, SmarthostTls::StartTls, Some(&pki));
-    if let Some(smarthost) = config.smarthost.as_mut() {
+    if let Some(smarthost) = config.smarthosts.first_mut() {
         smarthost.auth = Some(SmarthostAuth {
             username: "relay".into(),
             password_file: "unused".into(),

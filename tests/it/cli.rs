@@ -200,6 +200,32 @@ fn check_config_on_a_missing_file_exits_78() {
 }
 
 #[test]
+fn check_config_prints_every_smarthost_in_order() {
+    let run = check_config(
+        "[[smarthost]]\naddress = \"127.0.0.1:2601\"\ntls = \"none\"\n\
+         [[smarthost]]\naddress = \"127.0.0.1:2602\"\ntls = \"none\"\n",
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    let first = run.stdout.find("address = \"127.0.0.1:2601\"");
+    let second = run.stdout.find("address = \"127.0.0.1:2602\"");
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "{run}"
+    );
+    assert_eq!(run.stdout.matches("[[smarthost]]").count(), 2, "{run}");
+}
+
+#[test]
+fn check_config_names_the_bad_smarthost_entry_and_exits_78() {
+    let run = check_config(
+        "[[smarthost]]\naddress = \"127.0.0.1:2601\"\ntls = \"none\"\n\
+         [[smarthost]]\naddress = \"lte.example\"\n",
+    );
+    assert_eq!(run.code, Some(78), "{run}");
+    assert!(run.all().contains("smarthost[2].address"), "{run}");
+}
+
+#[test]
 fn smarthost_ca_file_that_cannot_be_read_exits_78_naming_the_key() {
     let run = check_config(
         "[smarthost]\naddress = \"127.0.0.1:2600\"\ntls = \"starttls\"\n\

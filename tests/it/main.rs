@@ -17,6 +17,7 @@ mod cli;
 mod corruption;
 mod diskfull;
 mod durability;
+mod failover;
 mod flaps;
 mod forward;
 mod limits;

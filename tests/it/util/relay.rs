@@ -42,6 +42,8 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 pub(crate) struct RelayConfig {
     /// Port of the smarthost on 127.0.0.1 (`None`: no `[smarthost]` section).
     pub(crate) smarthost: Option<u16>,
+    /// Ports of `[[smarthost]]` entries on 127.0.0.1 (plaintext), in the order tried.
+    pub(crate) failover: Vec<u16>,
     /// Extra top-level keys, e.g. `max_recipients = 2`.
     pub(crate) top: String,
     /// Extra `[queue]` keys.
@@ -58,6 +60,14 @@ impl RelayConfig {
     pub(crate) fn with_smarthost(port: u16) -> Self {
         Self {
             smarthost: Some(port),
+            ..Self::default()
+        }
+    }
+
+    /// Several smarthosts on 127.0.0.1 (`[[smarthost]]`, plaintext), tried in this order.
+    pub(crate) fn with_smarthosts(ports: &[u16]) -> Self {
+        Self {
+            failover: ports.to_vec(),
             ..Self::default()
         }
     }
@@ -115,6 +125,12 @@ impl RelayConfig {
                     let _ = writeln!(toml, "tls = \"none\"");
                 }
             }
+        }
+        for port in &self.failover {
+            let _ = writeln!(
+                toml,
+                "\n[[smarthost]]\naddress = \"127.0.0.1:{port}\"\ntls = \"none\""
+            );
         }
         let _ = writeln!(toml, "\n[queue]");
         // A test that sets its own retry times replaces these (TOML refuses duplicate keys).
