@@ -129,13 +129,45 @@ pub fn sender_rate_exceeded(
     }
 }
 
-/// Whole seconds as the config writes them: `1h`, `10m`, `90s`.
+/// Whole seconds as the config writes them: `1h`, `10m`, `29m 55s`, `90ms` below a second.
 fn span(d: Duration) -> String {
     let secs = d.as_secs();
-    match secs {
-        0 => format!("{}ms", d.as_millis()),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let parts = [(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")];
+    let words: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_reply_names_the_limit_and_a_readable_wait() {
+        let reply = sender_rate_exceeded(
+            "cam@lan.test",
+            2,
+            Duration::from_secs(3600),
+            Duration::from_millis(1_794_100),
+        );
+        assert_eq!(reply.code, 451);
+        assert_eq!(
+            reply.text,
+            "<cam@lan.test>: sender rate limit exceeded (2 messages per 1h), try again in 29m 55s"
+        );
+        let reply = sender_rate_exceeded("", 1, Duration::from_secs(5400), Duration::ZERO);
+        assert!(
+            reply
+                .text
+                .ends_with("(1 message per 1h 30m), try again in 1s"),
+            "{}",
+            reply.text
+        );
     }
 }
