@@ -32,7 +32,7 @@ use self::route::RouteTiming;
 use self::schedule::Jitter;
 
 pub use self::route::RouteReport;
-pub use crate::smtp::client::{ClientCredentials, TlsPolicy};
+pub use crate::smtp::client::{ClientCredentials, CredentialKind, TlsPolicy};
 
 pub mod dsn;
 mod link;

@@ -31,7 +31,9 @@ use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
 use crate::config::{Config, SmarthostTls};
-use crate::forward::{self, ClientCredentials, ForwardParams, LinkState, RetryPolicy, Route, Wake};
+use crate::forward::{
+    self, ClientCredentials, CredentialKind, ForwardParams, LinkState, RetryPolicy, Route, Wake,
+};
 use crate::priority::{classify, watched_headers, HeaderWatch, Priority};
 use crate::rate::{SenderRates, Verdict};
 use crate::smtp::client::TlsPolicy;
@@ -697,6 +699,7 @@ fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) ->
             credentials: smarthost.auth.as_ref().map(|auth| ClientCredentials {
                 username: auth.username.clone(),
                 password: auth.password.expose().to_owned(),
+                kind: CredentialKind::Password,
             }),
         })
         .collect();
