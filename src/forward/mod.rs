@@ -36,6 +36,7 @@ pub use crate::smtp::client::{ClientCredentials, CredentialKind, TlsPolicy};
 
 pub mod dsn;
 mod link;
+pub mod oauth;
 pub mod outcome;
 pub mod route;
 pub mod schedule;
