@@ -21,3 +21,13 @@ for bin in "$glibc_bin" "target/$musl/release/outpost"; do
     step "memory: $bin"
     timeout 300 "$python" benches/threads_rss.py --binary "$bin"
 done
+
+# OAuth 2.0 to the smarthost (issue 8) against a password, both over STARTTLS to
+# tests/data/tls_sink.py; the token endpoint is Python's (OpenSSL), so this is also an interop
+# check of the HTTPS refresh: the run fails unless every message reaches the sink.
+command -v openssl >/dev/null || die "openssl is needed for the private CA of --auth"
+for auth in password oauth2; do
+    step "memory: target/$musl/release/outpost, AUTH $auth"
+    timeout 300 "$python" benches/threads_rss.py --binary "target/$musl/release/outpost" \
+        --auth "$auth"
+done

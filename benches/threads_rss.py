@@ -2,7 +2,7 @@
 """Threads and RSS of a running outpost, idle and under load (README, "Size and memory on a board").
 
 usage: benches/threads_rss.py [--binary target/release/outpost] [--sessions 32] [--messages 20]
-                              [--size 1024] [--smarthosts 1]
+                              [--size 1024] [--smarthosts 1] [--auth none|password|oauth2]
 
 Starts `outpost serve` on 127.0.0.1 with a fresh data dir, forwarding to tests/data/smtp_sink.py,
 then reports, from /proc/PID: the threads (/proc/PID/task/*/comm) and VmRSS when idle (after the
@@ -10,17 +10,24 @@ start settles); the peak VmRSS sampled every 20 ms and VmHWM while SESSIONS conc
 sessions each send MESSAGES messages of SIZE bytes; the threads seen during the load; and the
 idle figures again once the sink has everything. With --smarthosts N > 1 the config lists N
 `[[smarthost]]` entries: N-1 closed loopback ports first (down: every pass fails over past them
-until their backoff holds them), the sink last; this measures what failover costs. Loopback
-only; every wait is bounded; both children are killed by PID at the end.
+until their backoff holds them), the sink last; this measures what failover costs. With --auth
+password or oauth2 the sink is tests/data/tls_sink.py (STARTTLS, a private CA made with openssl)
+and the relay logs in with a password, or with OAuth 2.0: an HTTPS token endpoint in this script
+hands out one access token for the refresh token in a file, and the sink accepts only it (XOAUTH2
+or OAUTHBEARER); this measures what OAuth 2.0 costs against a password. Loopback only; every wait
+is bounded; all children are killed by PID at the end.
 """
 
 import argparse
 import collections
+import http.server
+import json
 import os
 import re
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -76,6 +83,57 @@ def closed_ports(n):
     return ports
 
 
+def make_pki(work):
+    """A private CA and a certificate for 127.0.0.1 (openssl), as in .ci/interop-tls.sh."""
+    def run(*cmd):
+        subprocess.run(cmd, cwd=work, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.pem", "-days", "1", "-subj", "/CN=bench CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+        "-out", "server.csr", "-subj", "/CN=localhost")
+    with open(os.path.join(work, "server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                "extendedKeyUsage=serverAuth\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "server.ext")
+    return [os.path.join(work, n) for n in ("ca.pem", "server.pem", "server.key")]
+
+
+# A Microsoft-sized access token (a JWT of about 1.5 KiB).
+ACCESS_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + "A" * 1400 + ".sig"
+
+
+def token_endpoint(cert, key, refresh_token, calls):
+    """HTTPS on 127.0.0.1: a POST with grant_type=refresh_token and the right refresh token gets
+    ACCESS_TOKEN for an hour; returns the server (serve_forever runs in a daemon thread)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
+            calls.append(body)
+            ok = "grant_type=refresh_token" in body and f"refresh_token={refresh_token}" in body
+            reply = json.dumps({"token_type": "Bearer", "expires_in": 3600,
+                                "access_token": ACCESS_TOKEN} if ok else
+                               {"error": "invalid_grant"}).encode()
+            self.send_response(200 if ok else 400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def show(counter):
     return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in sorted(counter.items()))
 
@@ -90,7 +148,10 @@ def main():
     ap.add_argument("--config", default="", help="TOML appended to the relay's config, e.g. "
                     "'[store]\\ncache_bytes = \"256 KiB\"'")
     ap.add_argument("--smarthosts", type=int, default=1)
+    ap.add_argument("--auth", choices=["none", "password", "oauth2"], default="none")
     args = ap.parse_args()
+    if args.auth != "none" and args.smarthosts != 1:
+        sys.exit("--auth needs --smarthosts 1")
 
     work = tempfile.mkdtemp(prefix="outpost-threads-")
     procs = []
@@ -98,9 +159,30 @@ def main():
         sink_dir = os.path.join(work, "sink")
         os.mkdir(sink_dir)
         portfile = os.path.join(work, "sink.port")
-        sink = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "tests/data/smtp_sink.py"), sink_dir, portfile],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        smarthost_keys = 'tls = "none"\n'
+        token_calls = []
+        if args.auth == "none":
+            sink_cmd = [os.path.join(REPO, "tests/data/smtp_sink.py"), sink_dir, portfile]
+        else:
+            ca, cert, key = make_pki(work)
+            secret = "bench-pw"
+            smarthost_keys = f'tls = "starttls"\nca_file = "{ca}"\nusername = "relay"\n'
+            if args.auth == "password":
+                with open(os.path.join(work, "password"), "w") as f:
+                    f.write(secret + "\n")
+                smarthost_keys += f'password_file = "{work}/password"\n'
+            else:
+                secret = "bearer:" + ACCESS_TOKEN
+                with open(os.path.join(work, "refresh"), "w") as f:
+                    f.write("bench-refresh-token\n")
+                endpoint = token_endpoint(cert, key, "bench-refresh-token", token_calls)
+                smarthost_keys += (
+                    f'oauth2_token_url = "https://127.0.0.1:{endpoint.server_address[1]}/token"\n'
+                    f'oauth2_client_id = "bench"\noauth2_refresh_token_file = "{work}/refresh"\n')
+            sink_cmd = [os.path.join(REPO, "tests/data/tls_sink.py"), sink_dir, portfile, cert,
+                        key, "relay", secret]
+        sink = subprocess.Popen([sys.executable] + sink_cmd,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(sink)
         wait_until(lambda: os.path.exists(portfile) and open(portfile).read().strip(), 30, "sink")
         sink_port = int(open(portfile).read())
@@ -110,7 +192,7 @@ def main():
             f.write(f'data_dir = "{work}/data"\nlisten = ["127.0.0.1:0"]\n'
                     f'max_connections = {args.sessions + 8}\n\n')
             if args.smarthosts <= 1:
-                f.write(f'[smarthost]\naddress = "127.0.0.1:{sink_port}"\ntls = "none"\n')
+                f.write(f'[smarthost]\naddress = "127.0.0.1:{sink_port}"\n{smarthost_keys}')
             else:
                 for down in closed_ports(args.smarthosts - 1):
                     f.write(f'[[smarthost]]\naddress = "127.0.0.1:{down}"\ntls = "none"\n\n')
@@ -174,7 +256,9 @@ def main():
                 dst.write(src.read())
 
         print(f"binary: {args.binary} ({os.path.getsize(args.binary)} bytes), "
-              f"{args.smarthosts} smarthost(s)")
+              f"{args.smarthosts} smarthost(s), auth {args.auth}")
+        if args.auth == "oauth2":
+            print(f"oauth2: the token endpoint was asked {len(token_calls)} time(s)")
         print(f"idle: VmRSS {idle_rss} KiB ({idle_rss / 1024:.1f} MiB; {idle_split}); "
               f"{sum(idle_threads.values())} threads: {show(idle_threads)}")
         print(f"load: {args.sessions} sessions x {args.messages} messages x {len(msg)} bytes, "

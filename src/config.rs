@@ -85,6 +85,25 @@ pub struct Smarthost {
     pub ca_file: Option<PathBuf>,
     /// `username` + `password_file`: AUTH to the smarthost (never over plaintext).
     pub auth: Option<SmarthostAuth>,
+    /// `username` + `oauth2_*`: AUTH OAUTHBEARER/XOAUTH2 with a token outpost refreshes.
+    pub oauth2: Option<SmarthostOAuth2>,
+}
+
+/// OAuth 2.0 to the smarthost: the access token is fetched from `token_url` with the refresh
+/// token in `refresh_token_file` (read at each refresh, so it can be replaced without a
+/// restart; rewritten when the endpoint rotates it). The endpoint's certificate is checked
+/// against the entry's `ca_file` or the web PKI roots, like the smarthost's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmarthostOAuth2 {
+    /// The mailbox (`user=`/`a=` in the SASL message).
+    pub username: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret_file: Option<PathBuf>,
+    /// Read at load.
+    pub client_secret: Option<Secret>,
+    pub refresh_token_file: PathBuf,
+    pub scope: Option<String>,
 }
 
 /// `[smarthost] tls`: `starttls` (default) and `tls` never fall back to plaintext.
@@ -299,6 +318,11 @@ impl Config {
                 smarthost.ca_file = None;
                 smarthost.username = None;
                 smarthost.password_file = None;
+                smarthost.oauth2_token_url = None;
+                smarthost.oauth2_client_id = None;
+                smarthost.oauth2_client_secret_file = None;
+                smarthost.oauth2_refresh_token_file = None;
+                smarthost.oauth2_scope = None;
             }
         }
         Self::from_file(&file).map_err(|problems| ConfigError { origin, problems })
@@ -502,6 +526,20 @@ impl Config {
                     "password_file = {}\n",
                     toml_str(&auth.password_file.display().to_string())
                 );
+            }
+            if let Some(oauth) = &s.oauth2 {
+                out += &format!("username = {}\n", toml_str(&oauth.username));
+                out += &format!("oauth2_token_url = {}\n", toml_str(&oauth.token_url));
+                out += &format!("oauth2_client_id = {}\n", toml_str(&oauth.client_id));
+                if let Some(file) = &oauth.client_secret_file {
+                    let file = file.display().to_string();
+                    out += &format!("oauth2_client_secret_file = {}\n", toml_str(&file));
+                }
+                let file = oauth.refresh_token_file.display().to_string();
+                out += &format!("oauth2_refresh_token_file = {}\n", toml_str(&file));
+                if let Some(scope) = &oauth.scope {
+                    out += &format!("oauth2_scope = {}\n", toml_str(scope));
+                }
             }
         }
         let q = &self.queue;
@@ -939,13 +977,142 @@ impl Validator {
                 .readable_file(&dotted(key, "ca_file"), Some(path))
                 .map(Some),
         };
-        let auth = self.smarthost_auth(key, section, tls);
+        let (auth, oauth2) = if section.oauth2_token_url.is_some() {
+            (Some(None), self.smarthost_oauth2(key, section, tls))
+        } else {
+            for (name, value) in [
+                ("oauth2_client_id", &section.oauth2_client_id),
+                (
+                    "oauth2_client_secret_file",
+                    &section.oauth2_client_secret_file,
+                ),
+                (
+                    "oauth2_refresh_token_file",
+                    &section.oauth2_refresh_token_file,
+                ),
+                ("oauth2_scope", &section.oauth2_scope),
+            ] {
+                if value.is_some() {
+                    self.problem(
+                        &dotted(key, name),
+                        "needs oauth2_token_url (the token endpoint)".to_owned(),
+                    );
+                }
+            }
+            (self.smarthost_auth(key, section, tls), Some(None))
+        };
         Some(Smarthost {
             address: address?,
             tls: tls?,
             ca_file: ca_file?,
             auth: auth?,
+            oauth2: oauth2?,
         })
+    }
+
+    /// `oauth2_token_url` is set: `username`, `oauth2_client_id` and
+    /// `oauth2_refresh_token_file` are required, `password_file` is refused, and so is
+    /// `tls = "none"` (the token would go in clear).
+    fn smarthost_oauth2(
+        &mut self,
+        key: &str,
+        section: &file::SmarthostSection,
+        tls: Option<SmarthostTls>,
+    ) -> Option<Option<SmarthostOAuth2>> {
+        let mut ok = true;
+        if section.password_file.is_some() {
+            self.problem(
+                &dotted(key, "password_file"),
+                "cannot be combined with oauth2_token_url: choose a password or OAuth2".to_owned(),
+            );
+            ok = false;
+        }
+        if tls == Some(SmarthostTls::None) {
+            self.problem(
+                &dotted(key, "oauth2_token_url"),
+                "AUTH would send the access token in clear: set tls = \"starttls\" or \"tls\""
+                    .to_owned(),
+            );
+            ok = false;
+        }
+        let token_url = section.oauth2_token_url.clone().unwrap_or_default();
+        if let Err(e) = crate::forward::oauth::TokenUrl::parse(&token_url) {
+            self.problem(&dotted(key, "oauth2_token_url"), e);
+            ok = false;
+        }
+        let mut required = |name: &str, value: &Option<String>| match value {
+            Some(value) if !value.is_empty() => Some(value.clone()),
+            _ => {
+                self.problem(
+                    &dotted(key, name),
+                    "missing: oauth2_token_url needs it".to_owned(),
+                );
+                None
+            }
+        };
+        let username = required("username", &section.username);
+        let client_id = required("oauth2_client_id", &section.oauth2_client_id);
+        let refresh_token_file = required(
+            "oauth2_refresh_token_file",
+            &section.oauth2_refresh_token_file,
+        );
+        let refresh_token_file = match refresh_token_file {
+            Some(path) => match std::fs::read_to_string(&path) {
+                Ok(text) if text.trim().is_empty() => {
+                    self.problem(
+                        &dotted(key, "oauth2_refresh_token_file"),
+                        format!("{path:?} is empty"),
+                    );
+                    None
+                }
+                Ok(_) => Some(PathBuf::from(path)),
+                Err(e) => {
+                    self.problem(
+                        &dotted(key, "oauth2_refresh_token_file"),
+                        format!("cannot read {path:?}: {e}"),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let client_secret = match &section.oauth2_client_secret_file {
+            None => Some(None),
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => {
+                    Some(Some(Secret::new(text.trim().to_owned())))
+                }
+                Ok(_) => {
+                    self.problem(
+                        &dotted(key, "oauth2_client_secret_file"),
+                        format!("{path:?} is empty"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(
+                        &dotted(key, "oauth2_client_secret_file"),
+                        format!("cannot read {path:?}: {e}"),
+                    );
+                    None
+                }
+            },
+        };
+        if !ok {
+            return None;
+        }
+        Some(Some(SmarthostOAuth2 {
+            username: username?,
+            token_url,
+            client_id: client_id?,
+            client_secret_file: section
+                .oauth2_client_secret_file
+                .as_ref()
+                .map(PathBuf::from),
+            client_secret: client_secret?,
+            refresh_token_file: refresh_token_file?,
+            scope: section.oauth2_scope.clone().filter(|s| !s.is_empty()),
+        }))
     }
 
     /// `username` + `password_file`, both or neither; never with `tls = "none"`.
@@ -1195,6 +1362,7 @@ smarthost_data_end = "5m"
                 tls: SmarthostTls::None,
                 ca_file: None,
                 auth: None,
+                oauth2: None,
             }]
         );
         assert_eq!(c.queue.max_age, Duration::from_secs(3 * 86_400));
@@ -1368,6 +1536,87 @@ smarthost_data_end = "5m"
             keys(&from_text(&text).unwrap_err()),
             ["smarthost.password_file"]
         );
+    }
+
+    #[test]
+    fn smarthost_oauth2_is_typed_and_round_trips() {
+        let (dir, _) = tls_dir();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(path("refresh"), "0.AX8A-refresh\n").unwrap();
+        std::fs::write(path("secret"), "client-s3cret\n").unwrap();
+        let text = format!(
+            "[smarthost]\naddress = \"smtp.office365.com:587\"\nusername = \"site@example.com\"\n\
+             oauth2_token_url = \"https://login.microsoftonline.com/common/oauth2/v2.0/token\"\n\
+             oauth2_client_id = \"9e5f94bc\"\noauth2_client_secret_file = {}\n\
+             oauth2_refresh_token_file = {}\n\
+             oauth2_scope = \"https://outlook.office.com/SMTP.Send offline_access\"\n",
+            toml_str(&path("secret")),
+            toml_str(&path("refresh")),
+        );
+        let c = from_text(&text).unwrap();
+        let smarthost = &c.smarthosts[0];
+        assert_eq!(smarthost.auth, None);
+        let oauth = smarthost.oauth2.as_ref().unwrap();
+        assert_eq!(oauth.username, "site@example.com");
+        assert_eq!(oauth.client_id, "9e5f94bc");
+        assert_eq!(
+            oauth.client_secret.as_ref().unwrap().expose(),
+            "client-s3cret"
+        );
+        assert_eq!(oauth.refresh_token_file, dir.path().join("refresh"));
+        let shown = format!("{c:?}{}", c.to_toml());
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("AX8A"),
+            "{shown}"
+        );
+        assert_eq!(from_text(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn smarthost_oauth2_problems_name_the_key() {
+        let (dir, _) = tls_dir();
+        let refresh = dir.path().join("refresh");
+        std::fs::write(&refresh, "r\n").unwrap();
+        let refresh = toml_str(&refresh.display().to_string());
+        let pw = toml_str(&dir.path().join("password").display().to_string());
+        let base = "[smarthost]\naddress = \"mx:587\"\n";
+        let url = "oauth2_token_url = \"https://login.example/token\"\n";
+        let full = format!(
+            "{base}{url}username = \"u\"\noauth2_client_id = \"c\"\n\
+             oauth2_refresh_token_file = {refresh}\n"
+        );
+        assert!(from_text(&full).is_ok());
+        let cases = [
+            (
+                format!("{full}password_file = {pw}\n"),
+                "smarthost.password_file",
+            ),
+            (
+                format!("{full}tls = \"none\"\n"),
+                "smarthost.oauth2_token_url",
+            ),
+            (
+                full.replace("https://login", "http://login"),
+                "smarthost.oauth2_token_url",
+            ),
+            (full.replace("username = \"u\"\n", ""), "smarthost.username"),
+            (
+                full.replace("oauth2_client_id = \"c\"\n", ""),
+                "smarthost.oauth2_client_id",
+            ),
+            (
+                full.replace(&refresh, "\"/nonexistent/refresh\""),
+                "smarthost.oauth2_refresh_token_file",
+            ),
+            (
+                format!("{base}username = \"u\"\noauth2_client_id = \"c\"\npassword_file = {pw}\n"),
+                "smarthost.oauth2_client_id",
+            ),
+        ];
+        for (text, key) in cases {
+            let problems = from_text(&text).unwrap_err();
+            assert_eq!(keys(&problems), [key], "{text}");
+        }
     }
 
     #[test]
@@ -1635,6 +1884,7 @@ smarthost_data_end = "5m"
                 tls: SmarthostTls::None,
                 ca_file: None,
                 auth: None,
+                oauth2: None,
             }],
             ..Config::default()
         };
@@ -1652,6 +1902,7 @@ smarthost_data_end = "5m"
             tls: SmarthostTls::StartTls,
             ca_file: None,
             auth: None,
+            oauth2: None,
         });
         let text = c.to_toml();
         assert_eq!(text.matches("\n[[smarthost]]\n").count(), 2, "{text}");

@@ -23,7 +23,8 @@
 //!   `net::tls` (rustls configs, STARTTLS upgrade in place) and the AUTH password check.
 //! - [`store`]: the journal; the only module that touches sled.
 //! - [`forward`]: delivery to the smarthost; retry, outcome, route choice (ordered failover)
-//!   and DSN policy as pure functions.
+//!   and DSN policy as pure functions; OAuth 2.0 access tokens for the smarthost (the refresh
+//!   grant pure in `forward::oauth`, its HTTPS request in `forward::token`).
 //! - [`config`]: the validated configuration and its embedded defaults.
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.

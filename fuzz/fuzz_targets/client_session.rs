@@ -17,7 +17,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use outpost::smtp::client::{
-    ClientCredentials, ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, TlsPolicy,
+    ClientCredentials, ClientParams, ClientSession, ClientStep, CredentialKind, DeliveryReport,
+    Envelope, TlsPolicy,
 };
 use outpost::smtp::reply::{parse_reply, Reply, MAX_REPLY_LINE};
 
@@ -194,6 +195,12 @@ fuzz_target!(|data: &[u8]| {
     let credentials = (flags & 4 != 0).then(|| ClientCredentials {
         username: "relay".into(),
         password: PASSWORD.into(),
+        // Bit 16: the same secret as an OAuth 2.0 token (OAUTHBEARER/XOAUTH2).
+        kind: if flags & 16 == 0 {
+            CredentialKind::Password
+        } else {
+            CredentialKind::Bearer
+        },
     });
     let messages = envelopes(&mut cursor);
     let rest = cursor.rest();

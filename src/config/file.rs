@@ -48,6 +48,8 @@ pub struct ConfigFile {
 /// The smarthost key as written: one `[smarthost]` table (every config before failover), or an
 /// array of `[[smarthost]]` tables in the order they are tried. Kept apart so that problems
 /// name the key as the operator wrote it: `smarthost.address` or `smarthost[2].address`.
+// Parsed once at load and dropped: boxing `One` would only complicate every match on it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SmarthostTables {
     One(SmarthostSection),
@@ -124,6 +126,14 @@ pub struct SmarthostSection {
     pub username: Option<String>,
     /// File holding the smarthost password (read at start, trailing newline stripped).
     pub password_file: Option<String>,
+    /// OAuth 2.0 instead of a password: the token endpoint (https://…).
+    pub oauth2_token_url: Option<String>,
+    pub oauth2_client_id: Option<String>,
+    /// File holding the client secret (confidential clients only; read at start).
+    pub oauth2_client_secret_file: Option<String>,
+    /// File holding the refresh token; read at each refresh, rewritten when it rotates.
+    pub oauth2_refresh_token_file: Option<String>,
+    pub oauth2_scope: Option<String>,
 }
 
 /// `[tls]`: the certificate and key outpost presents to its clients.

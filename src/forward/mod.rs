@@ -30,15 +30,19 @@ use self::link::{open_session, transfer, Connection};
 use self::outcome::{classify, ForwardError, Outcome};
 use self::route::RouteTiming;
 use self::schedule::Jitter;
+use self::token::CachedToken;
 
 pub use self::route::RouteReport;
-pub use crate::smtp::client::{ClientCredentials, TlsPolicy};
+pub use self::token::OAuth2;
+pub use crate::smtp::client::{ClientCredentials, CredentialKind, TlsPolicy};
 
 pub mod dsn;
 mod link;
+pub mod oauth;
 pub mod outcome;
 pub mod route;
 pub mod schedule;
+mod token;
 
 /// Retry policy (config `[queue]`).
 #[derive(Clone, Debug)]
@@ -59,6 +63,8 @@ pub struct Route {
     pub tls_config: Option<Arc<rustls::ClientConfig>>,
     /// `username` + the password from `password_file`.
     pub credentials: Option<ClientCredentials>,
+    /// OAuth 2.0 instead of `credentials`: the access token is fetched and cached here.
+    pub oauth2: Option<OAuth2>,
 }
 
 /// Everything the forwarder needs from the config.
@@ -277,6 +283,7 @@ pub async fn run_linked(
         store,
         clock,
         routes: vec![RouteTiming::default(); params.routes.len()],
+        tokens: params.routes.iter().map(|_| None).collect(),
         params,
         active: 0,
         jitter: Jitter::new(seed),
@@ -356,6 +363,8 @@ struct Forwarder {
     params: ForwardParams,
     /// Backoff per route, in `params.routes` order.
     routes: Vec<RouteTiming>,
+    /// The OAuth 2.0 access token per route, while it is good (memory only).
+    tokens: Vec<Option<CachedToken>>,
     /// The route of the session in progress (or the last one).
     active: usize,
     jitter: Jitter,
@@ -458,20 +467,18 @@ impl Forwarder {
         mut batch: Vec<QueuedMessage>,
     ) -> Result<(), ForwardError> {
         self.active = index;
-        let route = &self.params.routes[index];
-        let client = ClientParams {
-            helo_name: self.params.hostname.clone(),
-            tls: route.tls,
-            smarthost: route.address.clone(),
-            credentials: route.credentials.clone(),
+        let (mut conn, mut session) = match self.open(index, false).await {
+            // A cached token the smarthost refused (revoked, or its clock is ahead of ours):
+            // one fresh token, at once. A fresh token refused waits like any site failure.
+            Err((ForwardError::Session(SessionFailure::AuthFailed { reply }), true)) => {
+                info!(
+                    "smarthost {}: cached OAuth2 token refused ({reply}); refreshing it",
+                    self.params.routes[index].address
+                );
+                self.open(index, true).await.map_err(|(e, _)| e)?
+            }
+            other => other.map_err(|(e, _)| e)?,
         };
-        let (mut conn, mut session) = open_session(
-            &route.address,
-            client,
-            route.tls_config.clone(),
-            self.params.command_timeout,
-        )
-        .await?;
         self.link_up(index);
         let mut attempted = HashSet::new();
         loop {
@@ -514,6 +521,64 @@ impl Forwarder {
         }
         conn.close(QUIT_TIMEOUT).await;
         Ok(())
+    }
+
+    /// Connects over route `index` up to a ready session. With OAuth 2.0, the cached access
+    /// token is used unless `refresh` (or it is due), else a new one is fetched first; a
+    /// refused token is dropped. On error, `true` says a cached token was refused.
+    async fn open(
+        &mut self,
+        index: usize,
+        refresh: bool,
+    ) -> Result<(Connection, ClientSession), (ForwardError, bool)> {
+        let route = &self.params.routes[index];
+        let mut credentials = route.credentials.clone();
+        let mut cached = false;
+        if let Some(oauth) = &route.oauth2 {
+            let now = self.clock.now();
+            let slot = &mut self.tokens[index];
+            if refresh || slot.as_ref().is_some_and(|t| now >= t.refresh_at) {
+                *slot = None;
+            }
+            cached = slot.is_some();
+            if slot.is_none() {
+                let timeout = self.params.command_timeout;
+                let reply = token::fetch(oauth, route.tls_config.as_ref(), timeout)
+                    .await
+                    .map_err(|e| (e, false))?;
+                *slot = Some(CachedToken {
+                    token: reply.access_token,
+                    refresh_at: oauth::refresh_at(self.clock.now(), reply.expires_in),
+                });
+            }
+            credentials = slot.as_ref().map(|t| ClientCredentials {
+                username: oauth.username.clone(),
+                password: t.token.clone(),
+                kind: CredentialKind::Bearer,
+            });
+        }
+        let client = ClientParams {
+            helo_name: self.params.hostname.clone(),
+            tls: route.tls,
+            smarthost: route.address.clone(),
+            credentials,
+        };
+        let opened = open_session(
+            &route.address,
+            client,
+            route.tls_config.clone(),
+            self.params.command_timeout,
+        )
+        .await;
+        match opened {
+            Err(e @ ForwardError::Session(SessionFailure::AuthFailed { .. }))
+                if route.oauth2.is_some() =>
+            {
+                self.tokens[index] = None;
+                Err((e, cached))
+            }
+            other => other.map_err(|e| (e, false)),
+        }
     }
 
     /// Sends one message on a ready session and records the outcome. `Ok(false)`: the session

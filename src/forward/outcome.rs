@@ -128,12 +128,16 @@ pub enum ForwardError {
     /// The TLS handshake failed (worded for the operator: certificate name, issuer, clock).
     /// `transient` when waiting can fix it (a wrong clock, a broken connection).
     Tls { message: String, transient: bool },
+    /// The OAuth 2.0 token endpoint gave no access token (unreachable, an HTTP error such as
+    /// `invalid_grant`, a bad reply). The mail waits; the operator may have to act.
+    Token { endpoint: String, message: String },
 }
 
 impl ForwardError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Io(_) | Self::Timeout(_) | Self::Protocol(_) => true,
+            Self::Token { .. } => true,
             Self::Tls { transient, .. } => *transient,
             Self::Session(SessionFailure::Rejected { reply, .. }) => !reply.is_permanent(),
             Self::Session(SessionFailure::Unexpected { .. } | SessionFailure::Closed) => true,
@@ -171,6 +175,9 @@ impl fmt::Display for ForwardError {
             Self::Protocol(e) => write!(f, "smarthost protocol error: {e}"),
             Self::Session(failure) => write!(f, "{failure}"),
             Self::Tls { message, .. } => f.write_str(message),
+            Self::Token { endpoint, message } => {
+                write!(f, "OAuth2 token endpoint {endpoint}: {message}")
+            }
         }
     }
 }

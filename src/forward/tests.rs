@@ -229,6 +229,7 @@ fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
             tls: TlsPolicy::None,
             tls_config: None,
             credentials: None,
+            oauth2: None,
         }],
         hostname: "outpost.test".into(),
         policy: RetryPolicy {

@@ -31,7 +31,11 @@ use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
 use crate::config::{Config, SmarthostTls};
-use crate::forward::{self, ClientCredentials, ForwardParams, LinkState, RetryPolicy, Route, Wake};
+use crate::forward::oauth::TokenUrl;
+use crate::forward::{
+    self, ClientCredentials, CredentialKind, ForwardParams, LinkState, OAuth2, RetryPolicy, Route,
+    Wake,
+};
 use crate::priority::{classify, watched_headers, HeaderWatch, Priority};
 use crate::rate::{SenderRates, Verdict};
 use crate::smtp::client::TlsPolicy;
@@ -697,6 +701,18 @@ fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) ->
             credentials: smarthost.auth.as_ref().map(|auth| ClientCredentials {
                 username: auth.username.clone(),
                 password: auth.password.expose().to_owned(),
+                kind: CredentialKind::Password,
+            }),
+            oauth2: smarthost.oauth2.as_ref().and_then(|oauth| {
+                Some(OAuth2 {
+                    username: oauth.username.clone(),
+                    // Checked when the config was loaded.
+                    url: TokenUrl::parse(&oauth.token_url).ok()?,
+                    client_id: oauth.client_id.clone(),
+                    client_secret: oauth.client_secret.as_ref().map(|s| s.expose().to_owned()),
+                    refresh_token_file: oauth.refresh_token_file.clone(),
+                    scope: oauth.scope.clone(),
+                })
             }),
         })
         .collect();

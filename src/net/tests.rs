@@ -454,6 +454,7 @@ fn relay_to(port: u16, tls: SmarthostTls, ca: Option<&TestPki>) -> Config {
             tls,
             ca_file: ca.map(|pki| pki.ca.clone()),
             auth: None,
+            oauth2: None,
         }],
         ..Config::default()
     };

@@ -1,5 +1,7 @@
 //! SASL for SMTP AUTH (RFC 4954): the PLAIN (RFC 4616) and LOGIN mechanisms, decoded on the
-//! server side and encoded on the client side. Pure: performs no I/O, checks no password (the
+//! server side and encoded on the client side; the OAuth 2.0 bearer-token mechanisms
+//! OAUTHBEARER (RFC 7628) and XOAUTH2 (Google's and Microsoft's older form) on the client side
+//! only. Pure: performs no I/O, checks no password (the
 //! glue does, with the hash from the config, see `Next::AuthCheck`), and never puts a secret
 //! into a `Debug` or `Display` form.
 
@@ -182,6 +184,29 @@ pub fn login_response(text: &str) -> Vec<u8> {
     format!("{}\r\n", STANDARD.encode(text)).into_bytes()
 }
 
+/// The client's `AUTH OAUTHBEARER <initial-response>` line (RFC 7628 §3.1): the GS2 header
+/// with the authorization identity, then `host`, `port` and `auth=Bearer <token>`, each ended by
+/// ^A, and a final ^A. The bytes are a secret: never log them.
+pub fn oauthbearer_command(username: &str, host: &str, port: u16, token: &str) -> Vec<u8> {
+    let message = format!(
+        "n,a={},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01",
+        gs2_escape(username)
+    );
+    format!("AUTH OAUTHBEARER {}\r\n", STANDARD.encode(message)).into_bytes()
+}
+
+/// The client's `AUTH XOAUTH2 <initial-response>` line: `user=<user>^Aauth=Bearer
+/// <token>^A^A` in base64. The bytes are a secret: never log them.
+pub fn xoauth2_command(username: &str, token: &str) -> Vec<u8> {
+    let message = format!("user={username}\x01auth=Bearer {token}\x01\x01");
+    format!("AUTH XOAUTH2 {}\r\n", STANDARD.encode(message)).into_bytes()
+}
+
+/// RFC 5801 §4 `saslname`: `,` and `=` are written `=2C` and `=3D`.
+fn gs2_escape(name: &str) -> String {
+    name.replace('=', "=3D").replace(',', "=2C")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +308,35 @@ mod tests {
         let (_, step) = SaslExchange::start(Mechanism::Plain, Some(response));
         assert_eq!(step, SaslStep::Done(creds("", "camera", "pw")));
         assert_eq!(login_response("camera"), b"Y2FtZXJh\r\n");
+    }
+
+    #[test]
+    fn oauthbearer_initial_response_follows_rfc_7628() {
+        let line =
+            String::from_utf8(oauthbearer_command("a=b,c@x", "mx.test", 587, "T0k")).unwrap();
+        let encoded = line
+            .strip_prefix("AUTH OAUTHBEARER ")
+            .unwrap()
+            .strip_suffix("\r\n")
+            .unwrap();
+        let decoded = STANDARD.decode(encoded).unwrap();
+        assert_eq!(
+            decoded,
+            b"n,a=a=3Db=2Cc@x,\x01host=mx.test\x01port=587\x01auth=Bearer T0k\x01\x01"
+        );
+    }
+
+    #[test]
+    fn xoauth2_initial_response_is_the_known_form() {
+        // The example of Google's XOAUTH2 documentation.
+        let line = xoauth2_command(
+            "someuser@example.com",
+            "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg",
+        );
+        assert_eq!(
+            line,
+            b"AUTH XOAUTH2 dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ==\r\n"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `ClientSession`: the forwarder's SMTP client state machine (RFC 5321 client side, RFC 2920
 //! pipelining, RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8, RFC 3207 STARTTLS policy,
-//! RFC 4954 AUTH PLAIN/LOGIN, only ever over TLS).
+//! RFC 4954 AUTH PLAIN/LOGIN, or OAUTHBEARER (RFC 7628)/XOAUTH2 with an OAuth 2.0 access
+//! token the glue fetched, only ever over TLS).
 //!
 //! Sans-I/O: the glue feeds every reply it parsed (`handle_reply`) and does what the returned
 //! `ClientStep` says. One session carries several messages in turn. The session only *records*
@@ -42,7 +43,18 @@ pub struct ClientParams {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientCredentials {
     pub username: String,
+    /// The password, or the OAuth 2.0 access token for `CredentialKind::Bearer`.
     pub password: String,
+    pub kind: CredentialKind,
+}
+
+/// What `ClientCredentials::password` holds, and so which mechanisms may carry it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// AUTH PLAIN, else LOGIN.
+    Password,
+    /// An OAuth 2.0 access token: AUTH OAUTHBEARER, else XOAUTH2.
+    Bearer,
 }
 
 impl fmt::Debug for ClientCredentials {
@@ -50,6 +62,7 @@ impl fmt::Debug for ClientCredentials {
         f.debug_struct("ClientCredentials")
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -126,8 +139,12 @@ pub enum SessionFailure {
     Rejected { stage: Stage, reply: Reply },
     /// `TlsPolicy::StartTls` but the smarthost did not offer STARTTLS.
     NoStartTls { smarthost: String },
-    /// Credentials are configured but the smarthost offers neither PLAIN nor LOGIN.
-    NoAuth { smarthost: String },
+    /// Credentials are configured but the smarthost offers none of the mechanisms that can
+    /// carry them (PLAIN/LOGIN for a password, OAUTHBEARER/XOAUTH2 for a token).
+    NoAuth {
+        smarthost: String,
+        kind: CredentialKind,
+    },
     /// Credentials are configured but the session is not encrypted: nothing was sent.
     AuthNeedsTls { smarthost: String },
     /// The smarthost refused the credentials (or the exchange).
@@ -145,10 +162,21 @@ impl fmt::Display for SessionFailure {
             Self::NoStartTls { smarthost } => {
                 write!(f, "smarthost {smarthost} does not offer STARTTLS")
             }
-            Self::NoAuth { smarthost } => write!(
+            Self::NoAuth {
+                smarthost,
+                kind: CredentialKind::Password,
+            } => write!(
                 f,
                 "smarthost {smarthost} does not offer AUTH PLAIN or LOGIN, but \
                  [smarthost] username is set"
+            ),
+            Self::NoAuth {
+                smarthost,
+                kind: CredentialKind::Bearer,
+            } => write!(
+                f,
+                "smarthost {smarthost} does not offer AUTH OAUTHBEARER or XOAUTH2, but \
+                 [smarthost] oauth2_token_url is set"
             ),
             Self::AuthNeedsTls { smarthost } => write!(
                 f,
@@ -197,6 +225,9 @@ enum State {
     AwaitLoginPassword,
     /// The credentials are sent: 235 or a refusal is due.
     AwaitAuthResult,
+    /// A token was refused with a 334 error challenge and the dummy response sent: the final
+    /// refusal is due (RFC 7628 §3.2.3).
+    AwaitAuthError,
     Ready,
     AwaitTransactionReplies,
     AwaitDataEnd,
@@ -215,6 +246,8 @@ struct Extensions {
     starttls: bool,
     auth_plain: bool,
     auth_login: bool,
+    auth_oauthbearer: bool,
+    auth_xoauth2: bool,
 }
 
 impl Extensions {
@@ -230,10 +263,18 @@ impl Extensions {
             };
             match keyword.to_ascii_uppercase().as_str() {
                 "AUTH" => {
-                    for mechanism in words.by_ref().filter_map(auth::Mechanism::parse) {
-                        match mechanism {
-                            auth::Mechanism::Plain => ext.auth_plain = true,
-                            auth::Mechanism::Login => ext.auth_login = true,
+                    for word in words.by_ref() {
+                        match auth::Mechanism::parse(word) {
+                            Some(auth::Mechanism::Plain) => ext.auth_plain = true,
+                            Some(auth::Mechanism::Login) => ext.auth_login = true,
+                            // Client-side only: the server never offers these.
+                            None if word.eq_ignore_ascii_case("OAUTHBEARER") => {
+                                ext.auth_oauthbearer = true;
+                            }
+                            None if word.eq_ignore_ascii_case("XOAUTH2") => {
+                                ext.auth_xoauth2 = true;
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -330,9 +371,10 @@ impl ClientSession {
             State::AwaitEhlo => self.on_ehlo(reply),
             State::AwaitHelo => self.on_helo(reply),
             State::AwaitStartTls => self.on_starttls(reply),
-            State::AwaitLoginUsername | State::AwaitLoginPassword | State::AwaitAuthResult => {
-                self.on_auth(reply)
-            }
+            State::AwaitLoginUsername
+            | State::AwaitLoginPassword
+            | State::AwaitAuthResult
+            | State::AwaitAuthError => self.on_auth(reply),
             State::AwaitTransactionReplies => self.on_transaction_reply(reply),
             State::AwaitDataEnd => self.on_data_end(reply),
             State::AwaitQuit => {
@@ -483,8 +525,9 @@ impl ClientSession {
         ClientStep::Ready
     }
 
-    /// RFC 4954 §4: PLAIN (one round trip) if offered, else LOGIN. The bytes returned are
-    /// secret: the glue never logs what it sends.
+    /// RFC 4954 §4: PLAIN (one round trip) if offered, else LOGIN; for a token OAUTHBEARER
+    /// (the standard) if offered, else XOAUTH2. The bytes returned are secret: the glue never
+    /// logs what it sends.
     fn start_auth(&mut self) -> ClientStep {
         let smarthost = self.params.smarthost.clone();
         if !self.tls_active {
@@ -493,6 +536,19 @@ impl ClientSession {
         let Some(credentials) = &self.params.credentials else {
             return self.fail(SessionFailure::Closed);
         };
+        if credentials.kind == CredentialKind::Bearer {
+            let command = if self.extensions.auth_oauthbearer {
+                let (host, port) = split_host_port(&smarthost);
+                auth::oauthbearer_command(&credentials.username, host, port, &credentials.password)
+            } else if self.extensions.auth_xoauth2 {
+                auth::xoauth2_command(&credentials.username, &credentials.password)
+            } else {
+                let kind = CredentialKind::Bearer;
+                return self.fail(SessionFailure::NoAuth { smarthost, kind });
+            };
+            self.state = State::AwaitAuthResult;
+            return ClientStep::Send(command);
+        }
         if self.extensions.auth_plain {
             let command = auth::plain_command(&credentials.username, &credentials.password);
             self.state = State::AwaitAuthResult;
@@ -502,10 +558,32 @@ impl ClientSession {
             self.state = State::AwaitLoginUsername;
             return ClientStep::Send(b"AUTH LOGIN\r\n".to_vec());
         }
-        self.fail(SessionFailure::NoAuth { smarthost })
+        let kind = CredentialKind::Password;
+        self.fail(SessionFailure::NoAuth { smarthost, kind })
     }
 
     fn on_auth(&mut self, reply: &Reply) -> ClientStep {
+        let bearer = self
+            .params
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.kind == CredentialKind::Bearer);
+        if bearer && self.state == State::AwaitAuthResult && reply.code == 334 {
+            // The token was refused; the 334 carries a JSON error. The exchange must still be
+            // ended by the client: a single ^A for OAUTHBEARER (RFC 7628 §3.2.3), an empty line
+            // for XOAUTH2. The refusal itself follows.
+            self.state = State::AwaitAuthError;
+            let response: &[u8] = if self.extensions.auth_oauthbearer {
+                b"AQ==\r\n"
+            } else {
+                b"\r\n"
+            };
+            return ClientStep::Send(response.to_vec());
+        }
+        if self.state == State::AwaitAuthError {
+            let reply = reply.clone();
+            return self.fail(SessionFailure::AuthFailed { reply });
+        }
         let expected = if self.state == State::AwaitAuthResult {
             235
         } else {
@@ -771,6 +849,18 @@ fn accepted_count(report: &DeliveryReport) -> usize {
 }
 
 /// No control characters, so an address can never end a command line early (injection).
+/// `host` and `port` of the configured `host:port` (`[::1]:25` too) for OAUTHBEARER; port 0
+/// when there is none (config validation requires one).
+fn split_host_port(smarthost: &str) -> (&str, u16) {
+    match smarthost.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_start_matches('[').trim_end_matches(']'),
+            port.parse().unwrap_or(0),
+        ),
+        None => (smarthost, 0),
+    }
+}
+
 fn is_safe_path(path: &str) -> bool {
     !path.chars().any(char::is_control) && !path.contains(['<', '>'])
 }
@@ -1074,9 +1164,113 @@ mod tests {
             credentials: Some(ClientCredentials {
                 username: "relay".into(),
                 password: "pw".into(),
+                kind: CredentialKind::Password,
             }),
             ..params(tls)
         })
+    }
+
+    fn with_token(tls: TlsPolicy) -> ClientSession {
+        ClientSession::new(ClientParams {
+            credentials: Some(ClientCredentials {
+                username: "relay@example.com".into(),
+                password: "tok".into(),
+                kind: CredentialKind::Bearer,
+            }),
+            ..params(tls)
+        })
+    }
+
+    /// The decoded initial response of an `AUTH <mechanism> <base64>` step.
+    fn initial_response(step: ClientStep, mechanism: &str) -> String {
+        let ClientStep::Send(bytes) = step else {
+            panic!("{step:?}");
+        };
+        let line = String::from_utf8(bytes).unwrap();
+        let encoded = line
+            .strip_prefix(&format!("AUTH {mechanism} "))
+            .and_then(|rest| rest.strip_suffix("\r\n"))
+            .unwrap_or_else(|| panic!("{line:?}"));
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        String::from_utf8(decoded).unwrap()
+    }
+
+    #[test]
+    fn token_prefers_oauthbearer_with_host_and_port() {
+        let mut session = with_token(TlsPolicy::Implicit);
+        session.handle_reply(&r("220 mx"));
+        let step = session.handle_reply(&r("250-mx\n250 AUTH PLAIN XOAUTH2 OAUTHBEARER"));
+        assert_eq!(
+            initial_response(step, "OAUTHBEARER"),
+            "n,a=relay@example.com,\x01host=mx.example\x01port=25\x01auth=Bearer tok\x01\x01"
+        );
+        assert_eq!(session.handle_reply(&r("235 2.7.0 ok")), ClientStep::Ready);
+    }
+
+    #[test]
+    fn token_uses_xoauth2_when_oauthbearer_is_not_offered() {
+        let mut session = with_token(TlsPolicy::Implicit);
+        session.handle_reply(&r("220 mx"));
+        let step = session.handle_reply(&r("250-mx\n250 AUTH LOGIN PLAIN XOAUTH2"));
+        assert_eq!(
+            initial_response(step, "XOAUTH2"),
+            "user=relay@example.com\x01auth=Bearer tok\x01\x01"
+        );
+        assert_eq!(session.handle_reply(&r("235 2.7.0 ok")), ClientStep::Ready);
+    }
+
+    #[test]
+    fn refused_token_ends_the_exchange_then_fails() {
+        // XOAUTH2: the error challenge is answered with an empty line.
+        let mut session = with_token(TlsPolicy::Implicit);
+        session.handle_reply(&r("220 mx"));
+        session.handle_reply(&r("250-mx\n250 AUTH XOAUTH2"));
+        let challenge = r("334 eyJzdGF0dXMiOiI0MDEifQ==");
+        assert_eq!(session.handle_reply(&challenge), send("\r\n"));
+        let step = session.handle_reply(&r("535 5.7.8 token expired"));
+        assert_eq!(
+            step,
+            ClientStep::Failed(SessionFailure::AuthFailed {
+                reply: r("535 5.7.8 token expired")
+            })
+        );
+        // OAUTHBEARER: with a single ^A (RFC 7628 §3.2.3).
+        let mut session = with_token(TlsPolicy::Implicit);
+        session.handle_reply(&r("220 mx"));
+        session.handle_reply(&r("250-mx\n250 AUTH OAUTHBEARER"));
+        assert_eq!(session.handle_reply(&challenge), send("AQ==\r\n"));
+        assert!(matches!(
+            session.handle_reply(&r("535 5.7.8 no")),
+            ClientStep::Failed(SessionFailure::AuthFailed { .. })
+        ));
+    }
+
+    #[test]
+    fn token_needs_a_token_mechanism_and_tls() {
+        let mut session = with_token(TlsPolicy::Implicit);
+        session.handle_reply(&r("220 mx"));
+        let step = session.handle_reply(&r("250-mx\n250 AUTH PLAIN LOGIN"));
+        let ClientStep::Failed(failure) = step else {
+            panic!("{step:?}");
+        };
+        assert_eq!(
+            failure.to_string(),
+            "smarthost mx.example:25 does not offer AUTH OAUTHBEARER or XOAUTH2, but \
+             [smarthost] oauth2_token_url is set"
+        );
+        let mut session = with_token(TlsPolicy::None);
+        session.handle_reply(&r("220 mx"));
+        let step = session.handle_reply(&r("250-mx\n250 AUTH XOAUTH2"));
+        assert!(
+            matches!(
+                step,
+                ClientStep::Failed(SessionFailure::AuthNeedsTls { .. })
+            ),
+            "{step:?}"
+        );
     }
 
     #[test]

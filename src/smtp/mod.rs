@@ -35,7 +35,8 @@
 //! | 4954 | AUTH PLAIN (RFC 4616) and LOGIN, advertised and accepted only over TLS ([`auth`]) |
 //! | 3207 §4 | `require_tls`: MAIL before STARTTLS gets `530 5.7.0` |
 //!
-//! The client side (RFC 5321, 2920, 1870, 6152, 6531, 3207) is described in [`client`].
+//! The client side (RFC 5321, 2920, 1870, 6152, 6531, 3207; AUTH PLAIN/LOGIN, and OAUTHBEARER
+//! (RFC 7628) or XOAUTH2 with an OAuth 2.0 token) is described in [`client`].
 //!
 //! # Limits
 //!

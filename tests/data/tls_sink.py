@@ -6,7 +6,8 @@ usage: tls_sink.py OUTDIR PORTFILE CERT KEY USER PASSWORD
 
 Listens on 127.0.0.1 (a free port, written to PORTFILE once ready), offers STARTTLS (Python's ssl
 module, i.e. OpenSSL: independent of outpost's rustls), and after the handshake AUTH PLAIN and
-LOGIN. MAIL is refused before STARTTLS (530 5.7.0) and before AUTH (530 5.7.0). Every accepted
+LOGIN. A PASSWORD of the form `bearer:TOKEN` makes it an OAuth 2.0 smarthost instead: it offers
+AUTH XOAUTH2 and OAUTHBEARER and accepts only USER with that access token. MAIL is refused before STARTTLS (530 5.7.0) and before AUTH (530 5.7.0). Every accepted
 message is stored as OUTDIR/NNNN.eml with X-Sink-TLS / X-Sink-Auth lines in front. Runs until
 killed.
 """
@@ -24,6 +25,8 @@ COUNTER = itertools.count(1)
 LOCK = threading.Lock()
 CONTEXT = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 CONTEXT.load_cert_chain(CERT, KEY)
+BEARER = PASSWORD[len("bearer:"):] if PASSWORD.startswith("bearer:") else None
+MECHANISMS = b"XOAUTH2 OAUTHBEARER" if BEARER else b"PLAIN LOGIN"
 
 
 def store(tls_version, user, mail_from, rcpts, content):
@@ -68,7 +71,16 @@ class Session(socketserver.StreamRequestHandler):
                 blob = self.line().strip()
             fields = base64.b64decode(blob).split(b"\0")
             user, password = fields[1].decode(), fields[2].decode()
-        elif mech == b"LOGIN":
+        elif BEARER and mech in (b"XOAUTH2", b"OAUTHBEARER") and len(words) > 1:
+            text = base64.b64decode(words[1]).decode()
+            fields = text.split("\x01")
+            if mech == b"XOAUTH2":
+                user = fields[0][len("user="):]
+            else:
+                user = fields[0][len("n,a="):].rstrip(",")
+            tokens = [f[len("auth=Bearer "):] for f in fields if f.startswith("auth=Bearer ")]
+            password = "bearer:" + (tokens[0] if tokens else "")
+        elif mech == b"LOGIN" and not BEARER:
             self.reply("334 VXNlcm5hbWU6")
             user = base64.b64decode(self.line().strip()).decode()
             self.reply("334 UGFzc3dvcmQ6")
@@ -93,7 +105,7 @@ class Session(socketserver.StreamRequestHandler):
                 verb = verb.upper()
                 if verb == b"EHLO":
                     ext = [b"250-tls-sink.test", b"250-8BITMIME"]
-                    ext.append(b"250 AUTH PLAIN LOGIN" if self.tls else b"250 STARTTLS")
+                    ext.append(b"250 AUTH " + MECHANISMS if self.tls else b"250 STARTTLS")
                     self.wfile.write(b"\r\n".join(ext) + b"\r\n")
                     self.wfile.flush()
                 elif verb == b"STARTTLS" and not self.tls:

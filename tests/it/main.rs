@@ -21,6 +21,7 @@ mod failover;
 mod flaps;
 mod forward;
 mod limits;
+mod oauth;
 mod ops;
 mod priority;
 mod rate_limit;

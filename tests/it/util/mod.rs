@@ -6,6 +6,7 @@
 
 mod client;
 mod flaky;
+mod oauth;
 mod ops;
 mod pki;
 mod proc;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use client::*;
 pub(crate) use flaky::*;
+pub(crate) use oauth::*;
 pub(crate) use ops::*;
 pub(crate) use pki::*;
 pub(crate) use proc::*;

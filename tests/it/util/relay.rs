@@ -52,6 +52,8 @@ pub(crate) struct RelayConfig {
     pub(crate) timeouts: String,
     /// `[smarthost]` `tls` and `ca_file` (default: `tls = "none"`).
     pub(crate) smarthost_tls: Option<(&'static str, PathBuf)>,
+    /// Extra `[smarthost]` keys (credentials, OAuth2).
+    pub(crate) smarthost_keys: String,
     /// Whole sections appended at the end, e.g. `[rate_limit]` and its keys.
     pub(crate) sections: String,
 }
@@ -75,6 +77,13 @@ impl RelayConfig {
     /// TLS to the smarthost (`"starttls"` or `"implicit"`), trusting the CA in `ca_file`.
     pub(crate) fn smarthost_tls(mut self, tls: &'static str, ca_file: PathBuf) -> Self {
         self.smarthost_tls = Some((tls, ca_file));
+        self
+    }
+
+    /// Extra keys in the `[smarthost]` section.
+    pub(crate) fn smarthost_keys(mut self, toml: &str) -> Self {
+        self.smarthost_keys.push_str(toml);
+        self.smarthost_keys.push('\n');
         self
     }
 
@@ -125,6 +134,7 @@ impl RelayConfig {
                     let _ = writeln!(toml, "tls = \"none\"");
                 }
             }
+            toml.push_str(&self.smarthost_keys);
         }
         for port in &self.failover {
             let _ = writeln!(
