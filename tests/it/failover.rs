@@ -111,11 +111,7 @@ fn primary_down_sends_to_the_secondary_and_status_lists_both() {
             && link.ends_with(&format!("(127.0.0.1:{})", secondary.port())),
         "{status}"
     );
-    assert!(
-        relay.log().contains("failing over to smarthost 2 "),
-        "{}",
-        relay.dump()
-    );
+    relay.wait_log("failing over to smarthost 2 ");
 }
 
 #[test]
@@ -200,14 +196,15 @@ fn routes_are_tried_in_order_and_the_first_that_answers_gets_the_mail() {
     third
         .wait_for(1, DELIVERY)
         .unwrap_or_else(|| relay.fail("nothing reached the third smarthost"));
-    let log = relay.log();
+    let sent = format!("relay=127.0.0.1:{} status=sent", third.port());
+    let log = relay.wait_log(&sent);
     let position = |needle: &str| {
         log.find(needle)
             .unwrap_or_else(|| relay.fail(&format!("no {needle:?} in the log")))
     };
     let tried_first = position(&format!("smarthost 1 127.0.0.1:{first} unavailable"));
     let tried_second = position(&format!("smarthost 2 127.0.0.1:{second} unavailable"));
-    let delivered = position(&format!("relay=127.0.0.1:{} status=sent", third.port()));
+    let delivered = position(&sent);
     assert!(
         tried_first < tried_second && tried_second < delivered,
         "not tried in order:\n{log}"

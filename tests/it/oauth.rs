@@ -132,9 +132,7 @@ fn token_is_fetched_once_and_reused_for_the_next_session() {
             auth("XOAUTH2", "access-1", true)
         ]
     );
-    assert!(relay
-        .log()
-        .contains("OAuth2: new access token for site@example.com"));
+    relay.wait_log("OAuth2: new access token for site@example.com");
     assert_no_secrets(&relay, &["access-1"]);
 }
 
@@ -167,9 +165,8 @@ fn refused_cached_token_is_refreshed_once_and_a_rotated_refresh_token_is_saved()
         saved, "refresh-2\n",
         "the rotated refresh token was not saved"
     );
-    let log = relay.log();
-    assert!(log.contains("cached OAuth2 token refused"), "{log}");
-    assert!(log.contains("rotated the refresh token"), "{log}");
+    relay.wait_log("cached OAuth2 token refused");
+    relay.wait_log("rotated the refresh token");
     assert_no_secrets(&relay, &["access-1", "access-2"]);
 }
 

@@ -278,6 +278,23 @@ impl RelayProcess {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it contains `needle` (polled, bounded by a slack-scaled 20 s; fails with
+    /// the dump otherwise). A line written just after an event the test saw (the upstream got
+    /// the message, then the relay logs `status=sent`) reaches the capture a moment later.
+    pub(crate) fn wait_log(&self, needle: &str) -> String {
+        let end = Instant::now() + super::slack(Duration::from_secs(20));
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            if Instant::now() >= end {
+                self.fail(&format!("no {needle:?} in the log"));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The running child's process id.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
