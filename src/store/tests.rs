@@ -54,6 +54,7 @@ fn info(recipients: &[&str]) -> MessageInfo {
         smtputf8: false,
         received_unix: 1_700_000_000,
         priority: Priority::Normal,
+        coalesce: None,
     }
 }
 
