@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use crate::util::{
-    assert_queued, strip_received, wait_until, RawClient, RelayConfig, RelayProcess, Upstream,
+    assert_queued, reply, strip_received, wait_until, RawClient, RelayConfig, RelayProcess, Stage,
+    Upstream,
 };
 
 const DELIVERY: Duration = Duration::from_secs(30);
@@ -181,6 +182,71 @@ fn an_alert_storm_queued_during_an_outage_arrives_as_one_digest() {
                 && log.contains("status=sent"),
             "{id}: {log}"
         );
+    }
+}
+
+#[test]
+fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient() {
+    const N: usize = 4;
+    let port = Upstream::reserve_port();
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(port)
+            .queue("retry_min = \"5m\"\nretry_max = \"10m\"")
+            .section("[coalesce]\nwindow = \"1h\"\nmax_parts = 10"),
+    );
+    let rcpts = ["ops@remote.test", "pager@remote.test", "later@remote.test"];
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let mut client = RawClient::ready(relay.port());
+        let message = format!(
+            "Subject: disk {} % full\r\nMessage-ID: <disk-{i}@site.test>\r\n\r\n/var\r\n",
+            90 + i
+        );
+        let sent = client.send_mail("disk@site.test", &rcpts, message.as_bytes());
+        ids.push(assert_queued(&sent));
+    }
+    let down = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        relay.command_ok(&["status"]).contains("link: down since")
+    });
+    assert!(down, "status never said the link is down");
+
+    // ops takes it, pager does not exist, later is busy.
+    let upstream = Upstream::start_on_with_policy(port, |stage| match stage {
+        Stage::Rcpt { to } if to.starts_with("pager@") => Some(reply(550, "5.1.1 no such user")),
+        Stage::Rcpt { to } if to.starts_with("later@") => Some(reply(451, "4.2.1 busy")),
+        _ => None,
+    });
+    relay.command_ok(&["queue", "flush"]);
+    // One digest to ops, then one DSN per original to the sender.
+    let got = upstream
+        .wait_for(1 + N, DELIVERY)
+        .unwrap_or_else(|| relay.fail("no digest and DSNs"));
+    let (digests, dsns): (Vec<_>, Vec<_>) = got.iter().partition(|d| !d.from.is_empty());
+    assert_eq!(digests.len(), 1, "{}", relay.log());
+    assert_eq!(digests[0].to, ["ops@remote.test"]);
+    assert!(digests[0]
+        .data_str()
+        .contains(&format!("Subject: [{N} alerts] disk # % full\r\n")));
+    assert_eq!(dsns.len(), N, "one DSN per original: {}", relay.log());
+    for (i, id) in ids.iter().enumerate() {
+        let dsn = dsns
+            .iter()
+            .find(|d| d.data_str().contains(&format!("<disk-{i}@site.test>")))
+            .unwrap_or_else(|| panic!("no DSN quotes original {i}"));
+        assert_eq!(dsn.to, ["disk@site.test"]);
+        assert!(dsn.data_str().contains("pager@remote.test"));
+        // Each original keeps its own state: sent, failed, and deferred for a retry.
+        let show = relay.command_ok(&["queue", "show", id]);
+        assert!(show.contains("<ops@remote.test> sent: 250"), "{show}");
+        assert!(
+            show.contains("<pager@remote.test> failed: 550 5.1.1 no such user"),
+            "{show}"
+        );
+        assert!(
+            show.contains("<later@remote.test> deferred: 451 4.2.1 busy"),
+            "{show}"
+        );
+        assert!(show.contains("attempts: 1\n"), "{show}");
     }
 }
 
