@@ -64,32 +64,35 @@ pub fn normalise_subject(subject: &str) -> String {
 }
 
 /// The coalescing key stored with a message at commit: a 64-bit FNV-1a hash of the envelope
-/// sender, the recipients (lowercased, sorted) and the normalised Subject (lowercased; a
-/// missing Subject counts as empty). Stable across builds and restarts. `None` for the null
-/// sender: bounces are never combined. The forwarder still compares sender and recipients
-/// before it combines, so only two Subjects hashing alike (odds 2^-64) could be mixed up.
+/// sender, the recipients (lowercased; each hashed alone and the hashes added, so their order
+/// does not matter) and the normalised Subject (lowercased; a missing Subject counts as empty).
+/// Stable across builds and restarts. `None` for the null sender: bounces are never combined.
+/// The forwarder still compares sender and recipients before it combines, so only two Subjects
+/// hashing alike (odds 2^-64) could be mixed up.
 pub fn key(sender: &str, recipients: &[String], subject: Option<&str>) -> Option<u64> {
     if sender.is_empty() {
         return None;
     }
     let mut hash = Fnv::new();
     hash.write(sender.as_bytes());
-    hash.write(&[0]);
-    for rcpt in sorted_recipients(recipients) {
-        hash.write(rcpt.as_bytes());
-        hash.write(&[0]);
+    let mut sum = 0u64;
+    for rcpt in recipients {
+        let mut one = Fnv::new();
+        one.write(rcpt.to_lowercase().as_bytes());
+        sum = sum.wrapping_add(one.0);
     }
-    hash.write(&[1]);
+    hash.write(&sum.to_be_bytes());
     let subject = normalise_subject(subject.unwrap_or(""));
     hash.write(subject.to_lowercase().as_bytes());
     Some(hash.0)
 }
 
-/// The recipients as `key` sees them: lowercased and sorted.
-pub fn sorted_recipients(recipients: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = recipients.iter().map(|r| r.to_lowercase()).collect();
-    out.sort_unstable();
-    out
+/// Whether two recipient lists hold the same addresses (without regard to case), each as
+/// often, in any order.
+pub fn same_recipients(a: &[String], b: &[String]) -> bool {
+    let count =
+        |list: &[String], x: &String| list.iter().filter(|y| y.eq_ignore_ascii_case(x)).count();
+    a.len() == b.len() && a.iter().all(|x| count(a, x) == count(b, x))
 }
 
 /// FNV-1a, 64 bits (a fixed, documented function: std's hashers may change between releases).
@@ -113,7 +116,7 @@ impl Fnv {
 pub struct Candidate {
     /// `None`: never combined (no key, a recipient already dealt with, …).
     pub key: Option<u64>,
-    /// The envelope sender and `sorted_recipients`, compared as well as the key.
+    /// The envelope sender and recipients, compared as well as the key.
     pub sender: String,
     pub recipients: Vec<String>,
     /// Queue time (ms) of the commit.
@@ -121,67 +124,62 @@ pub struct Candidate {
     pub size: u64,
 }
 
+impl Candidate {
+    fn same_kind(&self, other: &Self) -> bool {
+        self.key.is_some()
+            && self.key == other.key
+            && self.sender == other.sender
+            && same_recipients(&self.recipients, &other.recipients)
+    }
+}
+
 /// Splits due messages (in the order they are due) into deliveries: each a list of indices into
-/// `due`, oldest first; one index is a message sent as it is, more are one digest. A digest
-/// takes messages of one key whose queue times lie within `window` of its first, at most
-/// `max_parts` of them and at most `max_bytes` of originals; groups smaller than `min` are sent
-/// one by one. Deliveries keep the due order of their first message.
+/// `due`; one index is a message sent as it is, more are one digest, oldest first. A digest
+/// starts at the first due message of its kind not yet taken and takes the later ones (in due
+/// order: after a flush, oldest first) whose queue times lie within `window` of it, at most
+/// `max_parts` of them and at most `max_bytes` of originals; a group smaller than `min` is not
+/// formed (its messages go one by one, or join a later group). Deliveries keep the due order
+/// of their first message. O(n²) in the window's length, which `max_parts` bounds.
 pub fn plan(due: &[Candidate], policy: &CoalescePolicy, max_bytes: u64) -> Vec<Vec<usize>> {
     let window = u64::try_from(policy.window.as_millis()).unwrap_or(u64::MAX);
-    // Candidates of each key, oldest first.
-    let mut order: Vec<usize> = (0..due.len()).filter(|&i| due[i].key.is_some()).collect();
-    order.sort_by_key(|&i| (due[i].key, due[i].enqueued_at, i));
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut open: Vec<usize> = Vec::new();
-    let mut bytes = 0u64;
-    for i in order {
-        let fits = open.first().is_some_and(|&first| {
-            let a = &due[first];
-            let b = &due[i];
-            a.key == b.key
-                && a.sender == b.sender
-                && a.recipients == b.recipients
-                && b.enqueued_at.saturating_sub(a.enqueued_at) <= window
-                && open.len() < policy.max_parts
-                && bytes.saturating_add(b.size) <= max_bytes
-        });
-        if !fits && !open.is_empty() {
-            groups.push(std::mem::take(&mut open));
+    let mut taken = vec![false; due.len()];
+    let mut out = Vec::new();
+    for (i, first) in due.iter().enumerate() {
+        if taken[i] {
+            continue;
         }
-        if open.is_empty() {
-            bytes = 0;
+        let mut group = vec![i];
+        let mut bytes = first.size;
+        for (j, next) in due.iter().enumerate().skip(i + 1) {
+            if group.len() >= policy.max_parts {
+                break;
+            }
+            if !taken[j]
+                && first.same_kind(next)
+                && first.enqueued_at.abs_diff(next.enqueued_at) <= window
+                && bytes.saturating_add(next.size) <= max_bytes
+            {
+                bytes = bytes.saturating_add(next.size);
+                group.push(j);
+            }
         }
-        open.push(i);
-        bytes = bytes.saturating_add(due[i].size);
-    }
-    if !open.is_empty() {
-        groups.push(open);
-    }
-    // Every message in exactly one delivery, placed where its first message was due.
-    let mut slot: Vec<Option<usize>> = vec![None; due.len()];
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    for group in groups {
-        if group.len() >= policy.min.max(2) {
-            let first = group.iter().copied().min().unwrap_or(0);
-            slot[first] = Some(out.len());
-            out.push(group);
+        if group.len() < policy.min.max(2) {
+            group.truncate(1);
         }
-    }
-    let mut placed = vec![false; due.len()];
-    for delivery in &out {
-        for &i in delivery {
-            placed[i] = true;
+        for &j in &group {
+            taken[j] = true;
         }
-    }
-    let mut ordered = Vec::with_capacity(due.len());
-    for i in 0..due.len() {
-        if let Some(d) = slot[i] {
-            ordered.push(std::mem::take(&mut out[d]));
-        } else if !placed[i] {
-            ordered.push(vec![i]);
+        // Oldest first (insertion sort: the group is short and mostly in order already).
+        for k in 1..group.len() {
+            let mut m = k;
+            while m > 0 && due[group[m - 1]].enqueued_at > due[group[m]].enqueued_at {
+                group.swap(m - 1, m);
+                m -= 1;
+            }
         }
+        out.push(group);
     }
-    ordered
+    out
 }
 
 /// One original in a digest: what the summary lists about it.
@@ -385,13 +383,15 @@ mod tests {
             key("ups@site", &ops[..1], Some("UPS on battery, load 41%"))
         );
         assert_eq!(key("", &ops, Some("x")), None);
+        assert!(same_recipients(&ops, &swapped));
+        assert!(!same_recipients(&ops, &ops[..1]));
+        let twice = rcpts(&["ops@example.com", "ops@example.com"]);
+        assert!(!same_recipients(&ops, &twice) && !same_recipients(&twice, &ops));
         assert_eq!(key("a@b", &ops, None), key("a@b", &ops, Some(" ")));
         // Fixed function (FNV-1a, checked against an independent Python computation): a stored key
         // means the same after an upgrade.
-        assert_eq!(
-            key("a@b", &rcpts(&["c@d"]), Some("x 1")),
-            Some(0xd33c_0115_882a_8ce1)
-        );
+        const KEY_PIN: u64 = 0x36b2_c3d0_4215_e262;
+        assert_eq!(key("a@b", &rcpts(&["c@d"]), Some("x 1")), Some(KEY_PIN));
     }
 
     fn cand(key: u64, sender: &str, at: u64) -> Candidate {

@@ -612,7 +612,7 @@ impl Forwarder {
                 coalesce::Candidate {
                     key: m.info.coalesce.filter(|_| open),
                     sender: m.info.sender.clone(),
-                    recipients: coalesce::sorted_recipients(&m.info.recipients),
+                    recipients: m.info.recipients.clone(),
                     enqueued_at: m.enqueued_at,
                     size: m.size,
                 }
@@ -632,8 +632,7 @@ impl Forwarder {
 
     /// Sends `group` (oldest first, same sender and recipients, every recipient open) as one
     /// digest and records the smarthost's verdict for every original: delivered, deferred or
-    /// bounced (one DSN per original) together. Falls back to one by one if an original's
-    /// header cannot be read. `Ok(false)` as for `deliver`.
+    /// bounced (one DSN per original) together. `Ok(false)` as for `deliver`.
     async fn deliver_digest(
         &mut self,
         conn: &mut Connection,
@@ -647,21 +646,9 @@ impl Forwarder {
         let mut subject = None;
         let mut addresses = (None, None);
         for message in group {
-            let header = match self.header_bytes(message.id) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    warn!(
-                        "queue_id={} header unreadable ({e}): its kind goes one by one",
-                        message.id
-                    );
-                    for message in group {
-                        if !self.deliver(conn, session, message).await? {
-                            return Ok(false);
-                        }
-                    }
-                    return Ok(true);
-                }
-            };
+            // Unreadable here, unreadable in the digest too: the store error then ends the
+            // transfer, and every original is deferred.
+            let header = self.header_bytes(message.id).unwrap_or_default();
             let mut watch = HeaderWatch::new(vec![
                 "subject".into(),
                 "date".into(),
