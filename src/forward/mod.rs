@@ -596,8 +596,8 @@ impl Forwarder {
     }
 
     /// `[coalesce]`: the due messages as deliveries, in due order: one message each, or
-    /// several of one kind for one digest (`coalesce::plan`). Only messages none of whose
-    /// recipients is done yet are combined.
+    /// several of one kind for one digest (`coalesce::plan`), compared by the recipients
+    /// still to be tried.
     fn plan(&self, batch: Vec<QueuedMessage>) -> Vec<Vec<QueuedMessage>> {
         let Some(policy) = self.params.coalesce else {
             return batch.into_iter().map(|m| vec![m]).collect();
@@ -605,14 +605,11 @@ impl Forwarder {
         let candidates: Vec<coalesce::Candidate> = batch
             .iter()
             .map(|m| {
-                let open = m
-                    .recipients
-                    .iter()
-                    .all(|r| matches!(r.state, RcptState::Pending | RcptState::Deferred));
+                let open = open_recipients(m);
                 coalesce::Candidate {
-                    key: m.info.coalesce.filter(|_| open),
+                    key: m.info.coalesce.filter(|_| !open.is_empty()),
                     sender: m.info.sender.clone(),
-                    recipients: m.info.recipients.clone(),
+                    recipients: open,
                     enqueued_at: m.enqueued_at,
                     size: m.size,
                 }
@@ -630,7 +627,7 @@ impl Forwarder {
             .collect()
     }
 
-    /// Sends `group` (oldest first, same sender and recipients, every recipient open) as one
+    /// Sends `group` (oldest first, same sender and recipients still to be tried) as one
     /// digest and records the smarthost's verdict for every original: delivered, deferred or
     /// bounced (one DSN per original) together. `Ok(false)` as for `deliver`.
     async fn deliver_digest(
@@ -676,9 +673,9 @@ impl Forwarder {
                 message_id: field("message-id"),
             });
         }
-        // Every recipient is open (`plan`): the digest goes to all of them, in the first
-        // original's order; each original's recipients are matched to them by address.
-        let recipients = first.info.recipients.clone();
+        // The recipients still to be tried are the same in every original (`plan`): the digest
+        // goes to them in the first original's order; each original's are matched by address.
+        let recipients = open_recipients(first);
         let now_unix = wall_clock_secs();
         let date = rfc5322_date(now_unix);
         let layout = coalesce::layout(&DigestInput {
@@ -1065,18 +1062,31 @@ impl Forwarder {
     }
 }
 
+/// The recipients of `message` still to be tried (pending or deferred), in order.
+fn open_recipients(message: &QueuedMessage) -> Vec<String> {
+    message
+        .recipients
+        .iter()
+        .filter(|r| is_open(r.state))
+        .map(|r| r.address.clone())
+        .collect()
+}
+
+/// Still to be tried.
+fn is_open(state: RcptState) -> bool {
+    matches!(state, RcptState::Pending | RcptState::Deferred)
+}
+
 /// For each of a digest's recipients (in order), the index of the same address (without
-/// regard to case) among `message`'s recipients, each index used once: the digest's report
-/// read as this original's.
+/// regard to case) among `message`'s recipients still to be tried, each index used once: the
+/// digest's report read as this original's.
 fn match_recipients(recipients: &[String], message: &QueuedMessage) -> Vec<usize> {
     let mut used = vec![false; message.recipients.len()];
     let mut out = Vec::with_capacity(recipients.len());
     for address in recipients {
-        let found = message
-            .recipients
-            .iter()
-            .enumerate()
-            .position(|(i, r)| !used[i] && r.address.eq_ignore_ascii_case(address));
+        let found = message.recipients.iter().enumerate().position(|(i, r)| {
+            !used[i] && is_open(r.state) && r.address.eq_ignore_ascii_case(address)
+        });
         if let Some(i) = found {
             used[i] = true;
             out.push(i);

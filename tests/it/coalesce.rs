@@ -4,6 +4,8 @@
 //! last receipt and each original's Date and Message-ID. A different alert from the same
 //! sender goes out on its own, unchanged. Drives the real binary against a real upstream.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::util::{
@@ -186,7 +188,8 @@ fn an_alert_storm_queued_during_an_outage_arrives_as_one_digest() {
 }
 
 #[test]
-fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient() {
+fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient_and_the_rest_is_retried_as_a_digest(
+) {
     const N: usize = 4;
     let port = Upstream::reserve_port();
     let relay = RelayProcess::start_with(
@@ -210,10 +213,14 @@ fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient() {
     });
     assert!(down, "status never said the link is down");
 
-    // ops takes it, pager does not exist, later is busy.
-    let upstream = Upstream::start_on_with_policy(port, |stage| match stage {
+    // ops takes it, pager does not exist, later is busy (until the test says otherwise).
+    let busy = Arc::new(AtomicBool::new(true));
+    let busy_policy = busy.clone();
+    let upstream = Upstream::start_on_with_policy(port, move |stage| match stage {
         Stage::Rcpt { to } if to.starts_with("pager@") => Some(reply(550, "5.1.1 no such user")),
-        Stage::Rcpt { to } if to.starts_with("later@") => Some(reply(451, "4.2.1 busy")),
+        Stage::Rcpt { to } if to.starts_with("later@") && busy_policy.load(Ordering::SeqCst) => {
+            Some(reply(451, "4.2.1 busy"))
+        }
         _ => None,
     });
     relay.command_ok(&["queue", "flush"]);
@@ -247,6 +254,32 @@ fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient() {
             "{show}"
         );
         assert!(show.contains("attempts: 1\n"), "{show}");
+    }
+
+    // The retry: the originals differ from the first try (ops sent, pager failed) but agree on
+    // what is left, so `later` gets one digest of the four, not four messages.
+    busy.store(false, Ordering::SeqCst);
+    relay.command_ok(&["queue", "flush"]);
+    let done = wait_until(DELIVERY, Duration::from_millis(100), || {
+        ids.iter().all(|id| {
+            relay
+                .command_ok(&["queue", "show", id])
+                .contains("<later@remote.test> sent: 250")
+        })
+    });
+    assert!(
+        done,
+        "the deferred recipient was not retried: {}",
+        relay.log()
+    );
+    let got = upstream.delivered();
+    assert_eq!(got.len(), 2 + N, "{}", relay.log());
+    let retried = &got[1 + N];
+    assert_eq!(retried.to, ["later@remote.test"]);
+    let text = retried.data_str();
+    assert!(text.contains(&format!("Subject: [{N} alerts] disk # % full\r\n")));
+    for i in 0..N {
+        assert!(text.contains(&format!("<disk-{i}@site.test>")), "{text}");
     }
 }
 
