@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::util::{
-    assert_queued, reply, strip_received, wait_until, RawClient, RelayConfig, RelayProcess, Stage,
-    Upstream,
+    alias, assert_queued, reply, run_command, strip_received, wait_until, RawClient, RelayConfig,
+    RelayProcess, Stage, Upstream,
 };
 
 const DELIVERY: Duration = Duration::from_secs(30);
@@ -280,6 +280,63 @@ fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient_and
     assert!(text.contains(&format!("Subject: [{N} alerts] disk # % full\r\n")));
     for i in 0..N {
         assert!(text.contains(&format!("<disk-{i}@site.test>")), "{text}");
+    }
+}
+
+#[test]
+fn alerts_handed_to_sendmail_are_combined_with_those_over_smtp() {
+    let port = Upstream::reserve_port();
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(port)
+            .queue("retry_min = \"5m\"\nretry_max = \"10m\"")
+            .section("[coalesce]"),
+    );
+    send(&relay, &alert(1));
+    let sendmail = alias(&relay.dir, "sendmail");
+    let config = relay.config_path.to_string_lossy().into_owned();
+    let run = run_command(
+        &sendmail,
+        &[
+            "--config",
+            &config,
+            "-f",
+            "ups@site.test",
+            "ops@remote.test",
+        ],
+        b"Subject: UPS on battery, load 57%\nMessage-ID: <local@ups.site.test>\n\nlocal\n",
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    send(&relay, &alert(2));
+    let queued = wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        relay
+            .command_ok(&["queue", "list", "--json"])
+            .matches("\"id\"")
+            .count()
+            == 3
+    });
+    assert!(queued, "{}", relay.command_ok(&["queue", "list"]));
+
+    let upstream = Upstream::start_on(port);
+    relay.command_ok(&["queue", "flush"]);
+    let empty = wait_until(DELIVERY, Duration::from_millis(100), || {
+        relay
+            .command_ok(&["queue", "list"])
+            .contains("queue is empty")
+    });
+    assert!(empty, "the queue did not drain: {}", relay.log());
+    let got = upstream.delivered();
+    assert_eq!(got.len(), 1, "{}", relay.log());
+    let text = got[0].data_str();
+    assert!(
+        text.contains("Subject: [3 alerts] UPS on battery, load #%\r\n"),
+        "{text}"
+    );
+    for id in [
+        "<alert-1@ups.site.test>",
+        "<local@ups.site.test>",
+        "<alert-2@ups.site.test>",
+    ] {
+        assert!(text.contains(&format!("Message-ID: {id}")), "{id}: {text}");
     }
 }
 
