@@ -2,7 +2,9 @@
 //! when the link returns: every original, byte for byte as journaled (with outpost's
 //! `Received:`), as a `message/rfc822` part after a summary naming the count, the first and
 //! last receipt and each original's Date and Message-ID. A different alert from the same
-//! sender goes out on its own, unchanged. Drives the real binary against a real upstream.
+//! sender goes out on its own, unchanged. The smarthost's per-recipient verdict on a digest
+//! applies to every original, and what is deferred is retried as a digest again; `sendmail`
+//! alerts join SMTP ones. Drives the real binary against a real upstream.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
