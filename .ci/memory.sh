@@ -31,3 +31,12 @@ for auth in password oauth2; do
     timeout 300 "$python" benches/threads_rss.py --binary "target/$musl/release/outpost" \
         --auth "$auth"
 done
+
+# [coalesce] (issue 8): the drain after an outage (everything queued with the sink down, then
+# flushed) one message at a time against digests of up to 100 originals; the run fails unless
+# every original reaches the sink.
+for extra in "" "[coalesce]"; do
+    step "memory: target/$musl/release/outpost, outage drain ${extra:-without coalescing}"
+    timeout 300 "$python" benches/threads_rss.py --binary "target/$musl/release/outpost" \
+        --outage --config "$extra"
+done

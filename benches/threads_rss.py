@@ -3,6 +3,7 @@
 
 usage: benches/threads_rss.py [--binary target/release/outpost] [--sessions 32] [--messages 20]
                               [--size 1024] [--smarthosts 1] [--auth none|password|oauth2]
+                              [--outage] [--config TOML]
 
 Starts `outpost serve` on 127.0.0.1 with a fresh data dir, forwarding to tests/data/smtp_sink.py,
 then reports, from /proc/PID: the threads (/proc/PID/task/*/comm) and VmRSS when idle (after the
@@ -14,8 +15,11 @@ until their backoff holds them), the sink last; this measures what failover cost
 password or oauth2 the sink is tests/data/tls_sink.py (STARTTLS, a private CA made with openssl)
 and the relay logs in with a password, or with OAuth 2.0: an HTTPS token endpoint in this script
 hands out one access token for the refresh token in a file, and the sink accepts only it (XOAUTH2
-or OAUTHBEARER); this measures what OAuth 2.0 costs against a password. Loopback only; every wait
-is bounded; all children are killed by PID at the end.
+or OAUTHBEARER); this measures what OAuth 2.0 costs against a password. With --outage the sink
+only starts once every message is queued (the link was down), then SIGUSR1 flushes the queue and
+the drain's peak RSS is reported on its own; with `--config '[coalesce]'` the drain sends digests
+(every message has the same sender, recipient and Subject) and the sink counts the originals in
+them. Loopback only; every wait is bounded; all children are killed by PID at the end.
 """
 
 import argparse
@@ -149,7 +153,11 @@ def main():
                     "'[store]\\ncache_bytes = \"256 KiB\"'")
     ap.add_argument("--smarthosts", type=int, default=1)
     ap.add_argument("--auth", choices=["none", "password", "oauth2"], default="none")
+    ap.add_argument("--outage", action="store_true",
+                    help="queue everything with the sink down, then start it and flush")
     args = ap.parse_args()
+    if args.outage and (args.auth != "none" or args.smarthosts != 1):
+        sys.exit("--outage needs --auth none and --smarthosts 1")
     if args.auth != "none" and args.smarthosts != 1:
         sys.exit("--auth needs --smarthosts 1")
 
@@ -181,11 +189,20 @@ def main():
                     f'oauth2_client_id = "bench"\noauth2_refresh_token_file = "{work}/refresh"\n')
             sink_cmd = [os.path.join(REPO, "tests/data/tls_sink.py"), sink_dir, portfile, cert,
                         key, "relay", secret]
-        sink = subprocess.Popen([sys.executable] + sink_cmd,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(sink)
-        wait_until(lambda: os.path.exists(portfile) and open(portfile).read().strip(), 30, "sink")
-        sink_port = int(open(portfile).read())
+
+        def start_sink(cmd):
+            sink = subprocess.Popen([sys.executable] + cmd,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(sink)
+            wait_until(lambda: os.path.exists(portfile) and open(portfile).read().strip(), 30,
+                       "sink")
+            return int(open(portfile).read())
+
+        if args.outage:
+            sink_port = closed_ports(1)[0]
+            sink_cmd += ["127.0.0.1", str(sink_port)]
+        else:
+            sink_port = start_sink(sink_cmd)
 
         config = os.path.join(work, "outpost.toml")
         with open(config, "w") as f:
@@ -243,8 +260,24 @@ def main():
             w.join(300)
         accepted_s = time.monotonic() - t0
         total = args.sessions * args.messages
-        wait_until(lambda: len([n for n in os.listdir(sink_dir) if n.endswith(".eml")]) >= total,
-                   300, f"{total} messages at the sink")
+        load_peak = peak[0]
+        if args.outage:
+            peak[0] = 0
+            start_sink(sink_cmd)
+            os.kill(pid, signal.SIGUSR1)
+        counted = {}
+
+        def originals():
+            """Messages at the sink, each digest counted as the originals it carries."""
+            for name in os.listdir(sink_dir):
+                if name.endswith(".eml") and name not in counted:
+                    with open(os.path.join(sink_dir, name), "rb") as f:
+                        data = f.read()
+                    parts = data.count(b"\r\nContent-Type: message/rfc822\r\n")
+                    counted[name] = parts if b"\r\nSubject: [" in data and parts else 1
+            return sum(counted.values())
+
+        wait_until(lambda: originals() >= total, 300, f"{total} messages at the sink")
         stop.set()
         sampler.join()
         hwm = status_kib(pid, "VmHWM")
@@ -263,6 +296,10 @@ def main():
               f"{sum(idle_threads.values())} threads: {show(idle_threads)}")
         print(f"load: {args.sessions} sessions x {args.messages} messages x {len(msg)} bytes, "
               f"accepted in {accepted_s:.1f} s, all at the sink")
+        if args.outage:
+            print(f"drain: {len(counted)} messages at the sink carrying {originals()} originals; "
+                  f"peak VmRSS while draining {peak[0]} KiB ({peak[0] / 1024:.1f} MiB)")
+            peak[0] = max(peak[0], load_peak)
         print(f"load: peak VmRSS {peak[0]} KiB ({peak[0] / 1024:.1f} MiB), VmHWM {hwm} KiB "
               f"({hwm / 1024:.1f} MiB); {sum(seen.values())} distinct threads seen: {show(seen)}")
         print(f"after: VmRSS {after_rss} KiB ({after_rss / 1024:.1f} MiB; {after_split}); "

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 pub use self::file::Problem;
 use self::file::{ConfigFile, SmarthostTables};
+use crate::coalesce::CoalescePolicy;
 use crate::priority::{Priority, PriorityRule};
 use crate::rate::SenderLimit;
 
@@ -31,6 +32,12 @@ const MIN_CACHE_BYTES: u64 = 64 * KIB;
 const MAX_RATE_MESSAGES: u64 = 1_000_000;
 const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(3600);
 const MAX_RATE_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `[coalesce]`: `window`'s default and maximum, `max_parts`' default and maximum (each part is
+/// a due message the forwarder loads at once, see README "Alert storms").
+const DEFAULT_COALESCE_WINDOW: Duration = Duration::from_secs(3600);
+const MAX_COALESCE_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEFAULT_COALESCE_PARTS: usize = 100;
+const MAX_COALESCE_PARTS: u64 = 1000;
 /// SHA-512-crypt rounds (glibc's range starts at 1000; above this one AUTH costs seconds of
 /// CPU on a small board, which a password-guessing client could exploit).
 const MIN_CRYPT_ROUNDS: u64 = 1000;
@@ -73,6 +80,8 @@ pub struct Config {
     pub rate_limit: Option<SenderLimit>,
     /// `[[priority]]` rules in order (the first match decides; none: every message `normal`).
     pub priority: Vec<PriorityRule>,
+    /// `[coalesce]`: alert storms delivered as digests; `None`: off.
+    pub coalesce: Option<CoalescePolicy>,
 }
 
 /// One `[smarthost]` / `[[smarthost]]` entry.
@@ -293,6 +302,7 @@ impl Default for Config {
             metrics: None,
             rate_limit: None,
             priority: Vec::new(),
+            coalesce: None,
         }
     }
 }
@@ -421,6 +431,7 @@ impl Config {
                 .enumerate()
                 .filter_map(|(i, rule)| v.priority_rule(i + 1, rule))
                 .collect(),
+            coalesce: v.coalesce(file.coalesce.as_ref()),
         };
         config.cross_check(&mut v.problems);
         if v.problems.is_empty() {
@@ -582,6 +593,14 @@ impl Config {
                 "\n[rate_limit]\nper_sender = {}\nwindow = {}\n",
                 limit.messages,
                 dur(limit.window)
+            );
+        }
+        if let Some(policy) = self.coalesce {
+            out += &format!(
+                "\n[coalesce]\nwindow = {}\nmax_parts = {}\nmin = {}\n",
+                dur(policy.window),
+                policy.max_parts,
+                policy.min
             );
         }
         out
@@ -874,6 +893,48 @@ impl Validator {
             MAX_RATE_MESSAGES,
         );
         Some(SenderLimit { messages, window })
+    }
+
+    /// `[coalesce]`: every key optional; `window` up to 30 days, `max_parts` 2 to 1000, `min`
+    /// 2 to `max_parts`.
+    fn coalesce(&mut self, section: Option<&file::CoalesceSection>) -> Option<CoalescePolicy> {
+        let section = section?;
+        let window = self.duration(
+            "coalesce.window",
+            &section.window,
+            DEFAULT_COALESCE_WINDOW,
+            false,
+        );
+        if window > MAX_COALESCE_WINDOW {
+            self.problem(
+                "coalesce.window",
+                format!("{window:?} is longer than 30 days"),
+            );
+        }
+        let max_parts = self.count(
+            "coalesce.max_parts",
+            section.max_parts,
+            DEFAULT_COALESCE_PARTS,
+            MAX_COALESCE_PARTS,
+        );
+        let min = self.count("coalesce.min", section.min, 2, MAX_COALESCE_PARTS);
+        if max_parts < 2 {
+            self.problem(
+                "coalesce.max_parts",
+                "must be at least 2 (a digest combines two messages or more)".to_owned(),
+            );
+        }
+        if min < 2 || min > max_parts {
+            self.problem(
+                "coalesce.min",
+                format!("must be between 2 and max_parts ({max_parts})"),
+            );
+        }
+        Some(CoalescePolicy {
+            window,
+            max_parts,
+            min,
+        })
     }
 
     fn queue(&mut self, q: &file::QueueSection, d: QueueConfig) -> QueueConfig {
@@ -1704,6 +1765,41 @@ smarthost_data_end = "5m"
         ] {
             let problems = from_text(text).unwrap_err();
             assert_eq!(keys(&problems), [key], "{text}");
+        }
+    }
+
+    #[test]
+    fn coalesce_is_typed_checked_and_read_back() {
+        assert_eq!(from_text("").unwrap().coalesce, None);
+        let config = from_text("[coalesce]\n").unwrap();
+        let defaults = CoalescePolicy {
+            window: Duration::from_secs(3600),
+            max_parts: 100,
+            min: 2,
+        };
+        assert_eq!(config.coalesce, Some(defaults));
+        let config = from_text("[coalesce]\nwindow = \"10m\"\nmax_parts = 20\nmin = 5\n").unwrap();
+        let policy = CoalescePolicy {
+            window: Duration::from_secs(600),
+            max_parts: 20,
+            min: 5,
+        };
+        assert_eq!(config.coalesce, Some(policy));
+        assert!(config
+            .to_toml()
+            .contains("[coalesce]\nwindow = \"10m\"\nmax_parts = 20\nmin = 5\n"));
+        assert_eq!(from_text(&config.to_toml()).unwrap(), config);
+        for (text, key) in [
+            ("[coalesce]\nwindow = \"0s\"\n", "coalesce.window"),
+            ("[coalesce]\nwindow = \"31d\"\n", "coalesce.window"),
+            ("[coalesce]\nmax_parts = 1\n", "coalesce.max_parts"),
+            ("[coalesce]\nmax_parts = 5000\n", "coalesce.max_parts"),
+            ("[coalesce]\nmin = 1\n", "coalesce.min"),
+            ("[coalesce]\nmax_parts = 5\nmin = 6\n", "coalesce.min"),
+            ("[coalesce]\nwindows = \"1h\"\n", "windows"),
+        ] {
+            let err = format!("{:?}", from_text(text).unwrap_err());
+            assert!(err.contains(key), "{text}: {err}");
         }
     }
 

@@ -29,6 +29,8 @@
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
 //! - [`priority`]: `[[priority]]` rules, the order queued mail goes in after an outage.
+//! - [`coalesce`]: `[coalesce]`, alert storms delivered as one digest: Subject normalisation,
+//!   the key stored at commit, grouping and the digest's layout (pure).
 //! - [`rate`]: per-sender rate limits (`[rate_limit]`) as pure state over an explicit clock.
 //! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
 //!
@@ -37,6 +39,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod control;
 pub mod forward;

@@ -43,6 +43,8 @@ pub struct ConfigFile {
     /// `[[priority]]`: which queued mail goes first.
     #[serde(default)]
     pub priority: Vec<PrioritySection>,
+    /// `[coalesce]`: alert storms delivered as digests.
+    pub coalesce: Option<CoalesceSection>,
 }
 
 /// The smarthost key as written: one `[smarthost]` table (every config before failover), or an
@@ -355,6 +357,18 @@ pub struct RateLimitSection {
     /// evenly spread).
     pub per_sender: Option<u64>,
     pub window: Option<String>,
+}
+
+/// `[coalesce]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceSection {
+    /// Messages queued within this span of the first may share a digest (default 1h).
+    pub window: Option<String>,
+    /// Most originals in one digest (default 100).
+    pub max_parts: Option<u64>,
+    /// Fewest messages worth a digest (default 2).
+    pub min: Option<u64>,
 }
 
 /// One `[[priority]]` entry.

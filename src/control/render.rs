@@ -417,6 +417,7 @@ mod tests {
                 smtputf8: false,
                 received_unix: 0,
                 priority: crate::priority::Priority::Normal,
+                coalesce: None,
             },
             size: 100,
             enqueued_at: 1_000,

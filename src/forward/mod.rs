@@ -19,6 +19,8 @@ use futures_lite::future;
 use log::{debug, error, info, warn};
 
 use crate::clock::{QueueClock, QueueTime};
+use crate::coalesce::{self, CoalescePolicy, DigestEntry, DigestInput};
+use crate::priority::HeaderWatch;
 use crate::priority::Priority;
 use crate::smtp::client::{
     ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, SessionFailure, Stage,
@@ -82,6 +84,10 @@ pub struct ForwardParams {
     /// Timeout for the reply to the final dot (config `[timeouts] smarthost_data_end`, RFC 5321
     /// §4.5.3.2.6: 10 minutes).
     pub data_end_timeout: Duration,
+    /// `[coalesce]`: due messages of one kind go out as one digest; `None`: off.
+    pub coalesce: Option<CoalescePolicy>,
+    /// The most bytes of originals one digest carries (`max_message_size`).
+    pub max_digest_bytes: u64,
 }
 
 /// A level-triggered wake-up flag shared by the glue and the forwarder (single thread).
@@ -482,9 +488,17 @@ impl Forwarder {
         self.link_up(index);
         let mut attempted = HashSet::new();
         loop {
-            for message in batch {
-                attempted.insert(message.id);
-                if !self.deliver(&mut conn, &mut session, &message).await? {
+            for mut delivery in self.plan(batch) {
+                attempted.extend(delivery.iter().map(|m| m.id));
+                let sent = if delivery.len() > 1 {
+                    self.deliver_digest(&mut conn, &mut session, &delivery)
+                        .await?
+                } else if let Some(message) = delivery.pop() {
+                    self.deliver(&mut conn, &mut session, &message).await?
+                } else {
+                    true
+                };
+                if !sent {
                     // The smarthost closed the session (421): the rest waits like for any
                     // site failure.
                     let failure = session.failure().cloned().unwrap_or(SessionFailure::Closed);
@@ -579,6 +593,161 @@ impl Forwarder {
             }
             other => other.map_err(|e| (e, false)),
         }
+    }
+
+    /// `[coalesce]`: the due messages as deliveries, in due order: one message each, or
+    /// several of one kind for one digest (`coalesce::plan`), compared by the recipients
+    /// still to be tried.
+    fn plan(&self, batch: Vec<QueuedMessage>) -> Vec<Vec<QueuedMessage>> {
+        let Some(policy) = self.params.coalesce else {
+            return batch.into_iter().map(|m| vec![m]).collect();
+        };
+        let candidates: Vec<coalesce::Candidate> = batch
+            .iter()
+            .map(|m| {
+                let open = open_recipients(m);
+                coalesce::Candidate {
+                    key: m.info.coalesce.filter(|_| !open.is_empty()),
+                    sender: m.info.sender.clone(),
+                    recipients: open,
+                    enqueued_at: m.enqueued_at,
+                    size: m.size,
+                }
+            })
+            .collect();
+        let plan = coalesce::plan(&candidates, &policy, self.params.max_digest_bytes);
+        let mut slots: Vec<Option<QueuedMessage>> = batch.into_iter().map(Some).collect();
+        plan.into_iter()
+            .map(|delivery| {
+                delivery
+                    .into_iter()
+                    .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Sends `group` (oldest first, same sender and recipients still to be tried) as one
+    /// digest and records the smarthost's verdict for every original: delivered, deferred or
+    /// bounced (one DSN per original) together. `Ok(false)` as for `deliver`.
+    async fn deliver_digest(
+        &mut self,
+        conn: &mut Connection,
+        session: &mut ClientSession,
+        group: &[QueuedMessage],
+    ) -> Result<bool, ForwardError> {
+        let Some(first) = group.first() else {
+            return Ok(true);
+        };
+        let mut entries = Vec::with_capacity(group.len());
+        let mut subject = None;
+        let mut addresses = (None, None);
+        for message in group {
+            // Unreadable here, unreadable in the digest too: the store error then ends the
+            // transfer, and every original is deferred.
+            let header = self.header_bytes(message.id).unwrap_or_default();
+            let mut watch = HeaderWatch::new(vec![
+                "subject".into(),
+                "date".into(),
+                "message-id".into(),
+                "from".into(),
+                "to".into(),
+            ]);
+            watch.feed(&header);
+            let field = |name: &str| {
+                watch
+                    .fields()
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+            };
+            if subject.is_none() {
+                subject = Some(coalesce::normalise_subject(
+                    &field("subject").unwrap_or_default(),
+                ));
+                addresses = (field("from"), field("to"));
+            }
+            entries.push(DigestEntry {
+                received: rfc5322_date(message.info.received_unix),
+                date: field("date"),
+                message_id: field("message-id"),
+            });
+        }
+        // The recipients still to be tried are the same in every original (`plan`): the digest
+        // goes to them in the first original's order; each original's are matched by address.
+        let recipients = open_recipients(first);
+        let now_unix = wall_clock_secs();
+        let date = rfc5322_date(now_unix);
+        let layout = coalesce::layout(&DigestInput {
+            hostname: &self.params.hostname,
+            date: &date,
+            seed: first.id.0 ^ now_unix.rotate_left(32) ^ u64::from(self.jitter.next_u32()),
+            sender: &first.info.sender,
+            from: addresses.0.as_deref(),
+            to: addresses.1.as_deref(),
+            subject: subject.as_deref().unwrap_or(""),
+            entries: &entries,
+            eight_bit: group.iter().any(|m| m.info.eight_bit),
+        });
+        let sizes: Vec<u64> = group.iter().map(|m| m.size).collect();
+        let envelope = Envelope {
+            sender: first.info.sender.clone(),
+            recipients: recipients.clone(),
+            size: layout.size(&sizes),
+            eight_bit: group.iter().any(|m| m.info.eight_bit) || !layout.head.is_ascii(),
+            smtputf8: group.iter().any(|m| m.info.smtputf8),
+        };
+        let ids: Vec<QueueId> = group.iter().map(|m| m.id).collect();
+        info!(
+            "queue_id={} digest of {} messages: {}",
+            first.id,
+            ids.len(),
+            ids.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let store = self.store.clone();
+        // Streamed: the head, each original's body as journaled (read as it goes out), the
+        // separators and the tail; never the whole digest in memory.
+        let body = move || {
+            let coalesce::DigestLayout {
+                head,
+                between,
+                tail,
+            } = layout;
+            let parts = ids.into_iter().enumerate().flat_map(move |(i, id)| {
+                let separator = (i > 0).then(|| Ok(between.clone()));
+                let chunks: Box<dyn Iterator<Item = Result<Vec<u8>, StoreError>>> =
+                    match store.body_chunks(id) {
+                        Ok(chunks) => Box::new(chunks),
+                        Err(e) => Box::new(std::iter::once(Err(e))),
+                    };
+                separator.into_iter().chain(chunks)
+            });
+            Ok::<_, StoreError>(
+                std::iter::once(Ok(head))
+                    .chain(parts)
+                    .chain(std::iter::once(Ok(tail))),
+            )
+        };
+        let timeout = self.params.data_end_timeout;
+        let (report, result) = match transfer(conn, session, &envelope, body, timeout).await {
+            Ok(Some(report)) => (report, Ok(session.is_ready())),
+            Ok(None) => {
+                debug!("queue_id={} digest not sent: session closed", first.id);
+                return Ok(false);
+            }
+            Err(e) => match session.aborted(e.as_reply()) {
+                Some(report) => (report, Err(e)),
+                None => return Err(e),
+            },
+        };
+        for message in group {
+            let pending = match_recipients(&recipients, message);
+            self.apply(message, &pending, &report).await;
+        }
+        result
     }
 
     /// Sends one message on a ready session and records the outcome. `Ok(false)`: the session
@@ -788,6 +957,7 @@ impl Forwarder {
             smtputf8: !message.info.sender.is_ascii(),
             received_unix: now_unix,
             priority: Priority::Normal,
+            coalesce: None,
         };
         match self.enqueue(&bytes, info).await {
             Ok(Ok(id)) => info!(
@@ -890,6 +1060,39 @@ impl Forwarder {
             debug!("smarthost {number} {address} still unavailable: {error}; next try in {next}");
         }
     }
+}
+
+/// The recipients of `message` still to be tried (pending or deferred), in order.
+fn open_recipients(message: &QueuedMessage) -> Vec<String> {
+    message
+        .recipients
+        .iter()
+        .filter(|r| is_open(r.state))
+        .map(|r| r.address.clone())
+        .collect()
+}
+
+/// Still to be tried.
+fn is_open(state: RcptState) -> bool {
+    matches!(state, RcptState::Pending | RcptState::Deferred)
+}
+
+/// For each of a digest's recipients (in order), the index of the same address (without
+/// regard to case) among `message`'s recipients still to be tried, each index used once: the
+/// digest's report read as this original's.
+fn match_recipients(recipients: &[String], message: &QueuedMessage) -> Vec<usize> {
+    let mut used = vec![false; message.recipients.len()];
+    let mut out = Vec::with_capacity(recipients.len());
+    for address in recipients {
+        let found = message.recipients.iter().enumerate().position(|(i, r)| {
+            !used[i] && is_open(r.state) && r.address.eq_ignore_ascii_case(address)
+        });
+        if let Some(i) = found {
+            used[i] = true;
+            out.push(i);
+        }
+    }
+    out
 }
 
 /// `host` of `host:port` (for `Remote-MTA` and messages).

@@ -240,6 +240,8 @@ fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
         window: 16,
         command_timeout: TIMEOUT,
         data_end_timeout: TIMEOUT,
+        coalesce: None,
+        max_digest_bytes: u64::MAX,
     }
 }
 
@@ -266,6 +268,7 @@ async fn enqueue(store: &Store, clock: &QueueClock, sender: &str, to: &[&str]) -
         smtputf8: false,
         received_unix: 1_795_466_324,
         priority: Priority::Normal,
+        coalesce: None,
     };
     spool.commit(info, clock.now()).await.unwrap().unwrap()
 }

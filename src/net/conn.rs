@@ -467,8 +467,9 @@ impl Conn<'_> {
             smtputf8: envelope.smtputf8,
             received_unix: self.received_unix,
             priority: Priority::Normal,
+            coalesce: None,
         };
-        info.priority = self.ctx.priority_of(&info, self.headers.fields());
+        self.ctx.classify(&mut info, self.headers.fields());
         let tag = self.tag;
         let spool_id = spool.id();
         match spool.commit(info, self.ctx.clock.now()).await {

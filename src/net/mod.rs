@@ -30,6 +30,7 @@ use rustls::{ClientConfig, ServerConfig};
 use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
+use crate::coalesce;
 use crate::config::{Config, SmarthostTls};
 use crate::forward::oauth::TokenUrl;
 use crate::forward::{
@@ -225,9 +226,28 @@ impl Ctx {
         })
     }
 
-    /// A scanner for the header fields the `[[priority]]` rules name (none: it does nothing).
+    /// A scanner for the header fields the `[[priority]]` rules name, and Subject with
+    /// `[coalesce]` (none: it does nothing).
     pub fn header_watch(&self) -> HeaderWatch {
-        HeaderWatch::new(watched_headers(&self.config.priority))
+        let mut names = watched_headers(&self.config.priority);
+        if self.config.coalesce.is_some() && !names.iter().any(|n| n == "subject") {
+            names.push("subject".to_owned());
+        }
+        HeaderWatch::new(names)
+    }
+
+    /// `[priority]` and `[coalesce]` of a message about to be committed, from its envelope
+    /// and the fields `header_watch` collected.
+    pub fn classify(&self, info: &mut MessageInfo, fields: &[(String, String)]) {
+        info.priority = self.priority_of(info, fields);
+        info.coalesce = self.config.coalesce.and_then(|_| {
+            let subject = fields.iter().find(|(n, _)| n == "subject");
+            coalesce::key(
+                &info.sender,
+                &info.recipients,
+                subject.map(|(_, v)| v.as_str()),
+            )
+        });
     }
 
     /// The `[[priority]]` of a message about to be committed.
@@ -724,9 +744,15 @@ fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) ->
             retry_max: config.queue.retry_max,
             max_age: config.queue.max_age,
         },
-        window: FORWARD_WINDOW,
+        // With `[coalesce]`, a pass loads up to `max_parts` due messages so that a digest can
+        // hold that many (each loaded message costs its envelope in memory).
+        window: config
+            .coalesce
+            .map_or(FORWARD_WINDOW, |c| FORWARD_WINDOW.max(c.max_parts)),
         command_timeout: config.timeouts.smarthost,
         data_end_timeout: config.timeouts.smarthost_data_end,
+        coalesce: config.coalesce,
+        max_digest_bytes: config.max_message_size,
     }
 }
 

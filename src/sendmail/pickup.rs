@@ -138,8 +138,9 @@ async fn ingest(ctx: &Ctx, path: &Path) -> Result<QueueId, PickupError> {
         smtputf8,
         received_unix,
         priority: Priority::Normal,
+        coalesce: None,
     };
-    info.priority = ctx.priority_of(&info, headers.fields());
+    ctx.classify(&mut info, headers.fields());
     let nrcpt = info.recipients.len();
     let size = spool.len();
     match spool.commit(info, ctx.clock.now()).await {

@@ -78,6 +78,9 @@ pub struct MessageInfo {
     pub received_unix: u64,
     /// `[[priority]]`: due messages of a higher priority go first.
     pub priority: Priority,
+    /// `[coalesce]`: the key of messages that may share a digest (`coalesce::key`); `None`
+    /// when `[coalesce]` was off at commit, or for the null sender.
+    pub coalesce: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -883,6 +886,7 @@ fn assemble(id: QueueId, meta: MessageMeta, recipients: Vec<RcptRecord>) -> Queu
             smtputf8: meta.smtputf8,
             received_unix: meta.received_unix,
             priority: meta.priority,
+            coalesce: meta.coalesce,
         },
         size: meta.size,
         enqueued_at: meta.enqueued_at,

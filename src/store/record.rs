@@ -46,6 +46,9 @@ pub(super) struct MessageMeta {
     /// `[[priority]]` at commit. `normal` is encoded as records were before priorities
     /// existed (no flag, no byte), so older builds read it.
     pub(super) priority: Priority,
+    /// `[coalesce]` key at commit: eight bytes after the priority byte, only when set (so
+    /// records without one read as before).
+    pub(super) coalesce: Option<u64>,
 }
 
 const FLAG_EIGHT_BIT: u8 = 1;
@@ -54,7 +57,10 @@ const FLAG_HELD: u8 = 4;
 const FLAG_FAILED: u8 = 8;
 /// A priority byte follows the last field.
 const FLAG_PRIORITY: u8 = 16;
-const KNOWN_FLAGS: u8 = FLAG_EIGHT_BIT | FLAG_SMTPUTF8 | FLAG_HELD | FLAG_FAILED | FLAG_PRIORITY;
+/// A coalescing key (`u64`) follows (after the priority byte, if any).
+const FLAG_COALESCE: u8 = 32;
+const KNOWN_FLAGS: u8 =
+    FLAG_EIGHT_BIT | FLAG_SMTPUTF8 | FLAG_HELD | FLAG_FAILED | FLAG_PRIORITY | FLAG_COALESCE;
 
 impl MessageMeta {
     pub(super) fn encode(&self) -> Vec<u8> {
@@ -76,6 +82,9 @@ impl MessageMeta {
         if self.priority != Priority::Normal {
             flags |= FLAG_PRIORITY;
         }
+        if self.coalesce.is_some() {
+            flags |= FLAG_COALESCE;
+        }
         out.push(flags);
         put_str(&mut out, &self.sender);
         out.extend_from_slice(&self.received_unix.to_be_bytes());
@@ -88,6 +97,9 @@ impl MessageMeta {
         out.extend_from_slice(&self.chunks.to_be_bytes());
         if self.priority != Priority::Normal {
             out.push(priority_byte(self.priority));
+        }
+        if let Some(key) = self.coalesce {
+            out.extend_from_slice(&key.to_be_bytes());
         }
         out
     }
@@ -113,6 +125,11 @@ impl MessageMeta {
         } else {
             Priority::Normal
         };
+        let coalesce = if flags & FLAG_COALESCE != 0 {
+            Some(r.u64()?)
+        } else {
+            None
+        };
         r.end()?;
         Ok(Self {
             sender,
@@ -128,6 +145,7 @@ impl MessageMeta {
             recipients,
             chunks,
             priority,
+            coalesce,
         })
     }
 }
@@ -345,23 +363,26 @@ mod tests {
             any::<(u64, u64, u64, u32, u64)>(),
             proptest::option::of(any::<u64>()),
             any::<(u32, u32)>(),
-            0..4u8,
+            (0..4u8, proptest::option::of(any::<u64>())),
         )
             .prop_map(
-                |(sender, flags, nums, failed_at, (recipients, chunks), p)| MessageMeta {
-                    sender,
-                    eight_bit: flags.0,
-                    smtputf8: flags.1,
-                    held: flags.2,
-                    received_unix: nums.0,
-                    size: nums.1,
-                    enqueued_at: nums.2,
-                    attempts: nums.3,
-                    next_attempt: nums.4,
-                    failed_at,
-                    recipients,
-                    chunks,
-                    priority: priority_of(p).unwrap(),
+                |(sender, flags, nums, failed_at, (recipients, chunks), (p, coalesce))| {
+                    MessageMeta {
+                        sender,
+                        eight_bit: flags.0,
+                        smtputf8: flags.1,
+                        held: flags.2,
+                        received_unix: nums.0,
+                        size: nums.1,
+                        enqueued_at: nums.2,
+                        attempts: nums.3,
+                        next_attempt: nums.4,
+                        failed_at,
+                        recipients,
+                        chunks,
+                        priority: priority_of(p).unwrap(),
+                        coalesce,
+                    }
                 },
             )
     }
@@ -382,6 +403,7 @@ mod tests {
             recipients: 1,
             chunks: 1,
             priority: Priority::Normal,
+            coalesce: None,
         };
         let normal = meta.encode();
         assert_eq!(normal[1] & FLAG_PRIORITY, 0);
@@ -398,6 +420,43 @@ mod tests {
         let mut unknown = urgent.clone();
         *unknown.last_mut().unwrap() = 9;
         assert!(MessageMeta::decode(&unknown).is_err());
+    }
+
+    #[test]
+    fn a_coalescing_key_is_eight_bytes_after_the_priority_and_absent_without_one() {
+        let meta = MessageMeta {
+            sender: "ups@site".into(),
+            eight_bit: false,
+            smtputf8: false,
+            received_unix: 1,
+            size: 2,
+            enqueued_at: 3,
+            attempts: 0,
+            next_attempt: 3,
+            held: false,
+            failed_at: None,
+            recipients: 1,
+            chunks: 1,
+            priority: Priority::High,
+            coalesce: None,
+        };
+        let plain = meta.encode();
+        assert_eq!(plain[1] & FLAG_COALESCE, 0);
+        let keyed = MessageMeta {
+            coalesce: Some(0x0102_0304_0506_0708),
+            ..meta.clone()
+        }
+        .encode();
+        assert_eq!(keyed.len(), plain.len() + 8);
+        assert_eq!(&keyed[keyed.len() - 9..], &[1, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            MessageMeta::decode(&keyed).unwrap().coalesce,
+            Some(0x0102_0304_0506_0708)
+        );
+        // The flag without the bytes is a short record, not a silent `None`.
+        let mut cut = keyed.clone();
+        cut.truncate(keyed.len() - 8);
+        assert!(MessageMeta::decode(&cut).is_err());
     }
 
     fn state_strategy() -> impl Strategy<Value = RcptState> {

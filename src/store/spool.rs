@@ -89,6 +89,7 @@ impl Spool {
             recipients,
             chunks: self.chunks,
             priority: info.priority,
+            coalesce: info.coalesce,
         };
         // In the order `writes.rs` explains: everything else, then `msg/<id>`, then the marker.
         let mut batch = Writes::default();

@@ -54,6 +54,7 @@ fn info(recipients: &[&str]) -> MessageInfo {
         smtputf8: false,
         received_unix: 1_700_000_000,
         priority: Priority::Normal,
+        coalesce: None,
     }
 }
 
@@ -346,6 +347,31 @@ fn commit_with(store: &Store, priority: Priority, now: QueueTime) -> QueueId {
         ..info(&["ops@x"])
     };
     block_on(spool.commit(info, now)).unwrap().unwrap()
+}
+
+#[test]
+fn the_coalescing_key_is_kept_through_a_deferral_and_a_reopen() {
+    let dir = TempDir::new().unwrap();
+    let id = {
+        let (store, _) = open(&dir);
+        let mut spool = store.spool().unwrap();
+        spool.append(b"Subject: x\r\n\r\nbody").unwrap();
+        let info = MessageInfo {
+            coalesce: Some(0xFEED_F00D_0000_0001),
+            ..info(&["ops@x"])
+        };
+        let id = block_on(spool.commit(info, 1)).unwrap().unwrap();
+        let plain = commit_with(&store, Priority::High, 2);
+        assert_eq!(store.get(plain).unwrap().info.coalesce, None);
+        let deferred = [(0, RcptState::Deferred, Some("451".into()))];
+        block_on(store.record(id, &deferred, AT, 1, 5)).unwrap();
+        id
+    };
+    let (store, report) = open(&dir);
+    assert_eq!(report.quarantined, 0);
+    let message = store.get(id).unwrap();
+    assert_eq!(message.info.coalesce, Some(0xFEED_F00D_0000_0001));
+    assert_eq!(message.attempts, 1);
 }
 
 #[test]

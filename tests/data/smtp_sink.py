@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """SMTP sink for the interop checks in .ci/run: stands in for the smarthost.
 
-usage: smtp_sink.py OUTDIR PORTFILE [HOST]
+usage: smtp_sink.py OUTDIR PORTFILE [HOST [PORT]]
 
-Listens on HOST (default 127.0.0.1; a free port, written to PORTFILE once ready) and stores every message it
+Listens on HOST (default 127.0.0.1) and PORT (default a free port), written to PORTFILE once ready, and stores every message it
 accepts as OUTDIR/NNNN.eml, prefixed with X-Sink-From / X-Sink-To lines for the envelope. Uses
 aiosmtpd when it is installed; otherwise a minimal built-in server that speaks enough SMTP for a
 well-behaved client. Runs until killed.
@@ -19,6 +19,7 @@ import time
 
 OUTDIR, PORTFILE = sys.argv[1], sys.argv[2]
 HOST = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+PORT = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 COUNTER = itertools.count(1)
 LOCK = threading.Lock()
 
@@ -35,6 +36,8 @@ def store(mail_from, rcpt_tos, content):
 
 
 def free_port():
+    if PORT:
+        return PORT
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
@@ -107,7 +110,7 @@ class MiniSmtp(socketserver.StreamRequestHandler):
 
 def run_builtin():
     socketserver.ThreadingTCPServer.allow_reuse_address = True
-    server = socketserver.ThreadingTCPServer((HOST, 0), MiniSmtp)
+    server = socketserver.ThreadingTCPServer((HOST, PORT), MiniSmtp)
     port = server.server_address[1]
     print("sink: built-in server on %s:%d" % (HOST, port), flush=True)
     announce(port)

@@ -14,6 +14,7 @@ mod boards;
 mod bounce;
 mod chaos;
 mod cli;
+mod coalesce;
 mod corruption;
 mod diskfull;
 mod durability;
