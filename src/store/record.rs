@@ -387,10 +387,10 @@ mod tests {
             )
     }
 
-    #[test]
-    fn normal_priority_is_encoded_as_before_priorities_existed() {
-        let meta = MessageMeta {
-            sender: "a@b".into(),
+    /// A plain committed message: normal priority, no coalescing key.
+    fn plain_meta() -> MessageMeta {
+        MessageMeta {
+            sender: "ups@site".into(),
             eight_bit: false,
             smtputf8: false,
             received_unix: 1,
@@ -404,7 +404,12 @@ mod tests {
             chunks: 1,
             priority: Priority::Normal,
             coalesce: None,
-        };
+        }
+    }
+
+    #[test]
+    fn normal_priority_is_encoded_as_before_priorities_existed() {
+        let meta = plain_meta();
         let normal = meta.encode();
         assert_eq!(normal[1] & FLAG_PRIORITY, 0);
         let urgent = MessageMeta {
@@ -425,20 +430,8 @@ mod tests {
     #[test]
     fn a_coalescing_key_is_eight_bytes_after_the_priority_and_absent_without_one() {
         let meta = MessageMeta {
-            sender: "ups@site".into(),
-            eight_bit: false,
-            smtputf8: false,
-            received_unix: 1,
-            size: 2,
-            enqueued_at: 3,
-            attempts: 0,
-            next_attempt: 3,
-            held: false,
-            failed_at: None,
-            recipients: 1,
-            chunks: 1,
             priority: Priority::High,
-            coalesce: None,
+            ..plain_meta()
         };
         let plain = meta.encode();
         assert_eq!(plain[1] & FLAG_COALESCE, 0);
