@@ -62,7 +62,10 @@ retry_min = "10m"
 retry_max = "20m"
 EOF
 "$outpost" check-config --config "$work/outpost.toml"
-in_ns "$outpost" serve --config "$work/outpost.toml" >"$work/outpost.log" 2>&1 &
+# Not through in_ns: run in the background, a shell function is a subshell whose PID `$!` would
+# be, and killing it at exit would leave the relay running. `ip netns exec` execs the relay, so
+# `$!` is the relay itself.
+ip netns exec "$ns" "$outpost" serve --config "$work/outpost.toml" >"$work/outpost.log" 2>&1 &
 pids+=($!)
 listening() { grep -qE 'listening on 127\.0\.0\.1:[0-9]+' "$work/outpost.log"; }
 wait_for 30 "the relay's listening line" listening || fail "relay did not start"
