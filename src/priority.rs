@@ -4,6 +4,7 @@
 //! stays oldest first. Pure: patterns, rules and a bounded header scanner, no I/O.
 
 use std::fmt;
+use std::rc::Rc;
 
 /// Delivery order: every due `urgent` message before any `high` one, and so on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -133,7 +134,7 @@ const MAX_FIELDS: usize = 16;
 /// of any size, in bounded memory; stops at the blank line that ends the header.
 #[derive(Debug, Default)]
 pub struct HeaderWatch {
-    names: Vec<String>,
+    names: Rc<[String]>,
     line: Vec<u8>,
     /// The current field is a watched one: its continuation lines belong to it.
     in_watched: bool,
@@ -142,8 +143,9 @@ pub struct HeaderWatch {
 }
 
 impl HeaderWatch {
-    /// Watches `names` (lowercase); with none, `feed` does nothing.
-    pub fn new(names: Vec<String>) -> Self {
+    /// Watches `names` (lowercase; shared, since they depend on the config only); with none,
+    /// `feed` does nothing.
+    pub fn new(names: Rc<[String]>) -> Self {
         let done = names.is_empty();
         Self {
             names,
@@ -294,7 +296,7 @@ mod tests {
             (Highest)\r\nSubject: UPS on battery\r\nimportance:   High  \r\n\r\n\
             X-Priority: 5\r\nbody\r\n";
         for cut in 0..message.len() {
-            let mut watch = HeaderWatch::new(vec!["x-priority".into(), "importance".into()]);
+            let mut watch = HeaderWatch::new(["x-priority".into(), "importance".into()].into());
             watch.feed(&message[..cut]);
             watch.feed(&message[cut..]);
             assert_eq!(
@@ -304,7 +306,7 @@ mod tests {
             );
         }
         // Byte by byte, bare LF line ends too.
-        let mut watch = HeaderWatch::new(vec!["importance".into()]);
+        let mut watch = HeaderWatch::new(["importance".into()].into());
         for b in b"Importance: low\n\nImportance: high\n" {
             watch.feed(&[*b]);
         }
@@ -313,7 +315,7 @@ mod tests {
 
     #[test]
     fn the_header_watch_is_bounded() {
-        let mut watch = HeaderWatch::new(vec!["x-priority".into()]);
+        let mut watch = HeaderWatch::new(["x-priority".into()].into());
         let long = format!("X-Priority: {}\r\n", "9".repeat(100_000));
         watch.feed(long.as_bytes());
         for _ in 0..1000 {
@@ -323,7 +325,7 @@ mod tests {
         assert!(watch.fields().iter().all(|(_, v)| v.len() <= MAX_LINE));
         assert_eq!(watch.fields()[1].1, "1 more");
         // Nothing watched: nothing kept.
-        let mut idle = HeaderWatch::new(Vec::new());
+        let mut idle = HeaderWatch::new(Rc::from([]));
         idle.feed(b"X-Priority: 1\r\n\r\n");
         assert!(idle.fields().is_empty());
     }

@@ -646,13 +646,11 @@ impl Forwarder {
             // Unreadable here, unreadable in the digest too: the store error then ends the
             // transfer, and every original is deferred.
             let header = self.header_bytes(message.id).unwrap_or_default();
-            let mut watch = HeaderWatch::new(vec![
-                "subject".into(),
-                "date".into(),
-                "message-id".into(),
-                "from".into(),
-                "to".into(),
-            ]);
+            let mut watch = HeaderWatch::new(
+                ["subject", "date", "message-id", "from", "to"]
+                    .map(String::from)
+                    .into(),
+            );
             watch.feed(&header);
             let field = |name: &str| {
                 watch

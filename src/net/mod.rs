@@ -193,6 +193,9 @@ pub struct Ctx {
     /// `[rate_limit]`: messages counted per envelope sender (SMTP only: `sendmail` callers
     /// are local programs that cannot be asked to retry).
     sender_rates: Option<RefCell<SenderRates>>,
+    /// The header fields `header_watch` looks for: those `[[priority]]` names, and Subject
+    /// with `[coalesce]`.
+    watched: Rc<[String]>,
 }
 
 impl Ctx {
@@ -203,7 +206,12 @@ impl Ctx {
         tls: Option<Arc<ServerConfig>>,
         smarthost_tls: Vec<Option<Arc<ClientConfig>>>,
     ) -> Rc<Self> {
+        let mut watched = watched_headers(&config.priority);
+        if config.coalesce.is_some() && !watched.iter().any(|n| n == "subject") {
+            watched.push("subject".to_owned());
+        }
         Rc::new(Self {
+            watched: watched.into(),
             store,
             clock,
             wake: Wake::new(),
@@ -229,11 +237,7 @@ impl Ctx {
     /// A scanner for the header fields the `[[priority]]` rules name, and Subject with
     /// `[coalesce]` (none: it does nothing).
     pub fn header_watch(&self) -> HeaderWatch {
-        let mut names = watched_headers(&self.config.priority);
-        if self.config.coalesce.is_some() && !names.iter().any(|n| n == "subject") {
-            names.push("subject".to_owned());
-        }
-        HeaderWatch::new(names)
+        HeaderWatch::new(Rc::clone(&self.watched))
     }
 
     /// `[priority]` and `[coalesce]` of a message about to be committed, from its envelope

@@ -131,17 +131,12 @@ pub fn sender_rate_exceeded(
 
 /// Whole seconds as the config writes them: `1h`, `10m`, `29m 55s`, `90ms` below a second.
 fn span(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let parts = [(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")];
-    let words: Vec<String> = parts
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, unit)| format!("{n}{unit}"))
-        .collect();
-    words.join(" ")
+    // Whole seconds ("29m 55s"); below one second, milliseconds.
+    let shown = match d.as_secs() {
+        0 => Duration::from_millis(d.subsec_millis().into()),
+        secs => Duration::from_secs(secs),
+    };
+    humantime::format_duration(shown).to_string()
 }
 
 #[cfg(test)]
