@@ -76,12 +76,11 @@ fn an_alert_storm_queued_during_an_outage_arrives_as_one_digest() {
     upstream
         .wait_for(2, DELIVERY)
         .unwrap_or_else(|| relay.fail("nothing arrived"));
-    let empty = wait_until(DELIVERY, Duration::from_millis(100), || {
-        relay
-            .command_ok(&["queue", "list"])
-            .contains("queue is empty")
-    });
-    assert!(empty, "the queue did not drain: {}", relay.log());
+    assert!(
+        relay.wait_queue_empty(),
+        "the queue did not drain: {}",
+        relay.log()
+    );
     let got = upstream.delivered();
     assert_eq!(got.len(), 2, "{}", relay.log());
 
@@ -323,12 +322,11 @@ fn alerts_handed_to_sendmail_are_combined_with_those_over_smtp() {
 
     let upstream = Upstream::start_on(port);
     relay.command_ok(&["queue", "flush"]);
-    let empty = wait_until(DELIVERY, Duration::from_millis(100), || {
-        relay
-            .command_ok(&["queue", "list"])
-            .contains("queue is empty")
-    });
-    assert!(empty, "the queue did not drain: {}", relay.log());
+    assert!(
+        relay.wait_queue_empty(),
+        "the queue did not drain: {}",
+        relay.log()
+    );
     let got = upstream.delivered();
     assert_eq!(got.len(), 1, "{}", relay.log());
     let text = got[0].data_str();

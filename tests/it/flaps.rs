@@ -33,15 +33,6 @@ fn flap_to(link: &FlakyLink, mode: LinkMode, deadline: Duration) -> bool {
     })
 }
 
-/// Waits (bounded) until `queue list` reports an empty queue.
-fn wait_queue_empty(relay: &RelayProcess) -> bool {
-    wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
-        relay
-            .command_ok(&["queue", "list"])
-            .contains("queue is empty")
-    })
-}
-
 /// Fails unless every id in `acked` arrived; returns the number of duplicate deliveries.
 fn check_all_arrived(relay: &RelayProcess, upstream: &Upstream, acked: &[String]) -> usize {
     let arrived = wait_until(DELIVERY, Duration::from_millis(50), || {
@@ -118,7 +109,7 @@ fn link_flaps_mid_data_and_at_the_final_dot_lose_nothing_and_leave_nothing_stuck
 
     let acked = acked.lock().unwrap().clone();
     let duplicates = check_all_arrived(&relay, &upstream, &acked);
-    if !wait_queue_empty(&relay) {
+    if !relay.wait_queue_empty() {
         relay.fail("messages stuck in the queue after the link came back");
     }
     println!(
@@ -163,7 +154,7 @@ fn tls_handshake_cut_midway_is_retried_until_delivered() {
     }
     link.set(LinkMode::Pass);
     let duplicates = check_all_arrived(&relay, &upstream, &acked);
-    if !wait_queue_empty(&relay) {
+    if !relay.wait_queue_empty() {
         relay.fail("messages stuck in the queue after the handshake cuts");
     }
     assert_eq!(hit, cuts.len(), "not every cut met a connection");
@@ -234,7 +225,7 @@ fn silent_smarthost_times_out_without_a_busy_loop_and_nothing_is_stuck() {
     }
     link.set(LinkMode::Pass);
     check_all_arrived(&relay, &upstream, &acked);
-    if !wait_queue_empty(&relay) {
+    if !relay.wait_queue_empty() {
         relay.fail("messages stuck in the queue after the smarthost woke up");
     }
 }

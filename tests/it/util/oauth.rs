@@ -65,6 +65,36 @@ fn bounded(stream: &TcpStream) {
     stream.set_write_timeout(limit).unwrap();
 }
 
+/// Listens on `127.0.0.1:<port>` (returned) and runs `handler` on a thread per connection, each
+/// connection bounded; `handler` gets the server TLS config for `cert`/`key` to use as it needs.
+fn serve(
+    cert: &Path,
+    key: &Path,
+    state: &Shared,
+    handler: impl Fn(TcpStream, Arc<ServerConfig>, &Shared) + Send + Sync + 'static,
+) -> u16 {
+    let config = server_config(cert, key);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let state = Arc::clone(state);
+    let handler = Arc::new(handler);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (config, state, handler) = (
+                Arc::clone(&config),
+                Arc::clone(&state),
+                Arc::clone(&handler),
+            );
+            thread::spawn(move || {
+                bounded(&stream);
+                handler(stream, config, &state);
+            });
+        }
+    });
+    port
+}
+
 /// The token endpoint on `https://127.0.0.1:<port>/token`.
 pub(crate) struct TokenEndpoint {
     pub(crate) port: u16,
@@ -72,21 +102,10 @@ pub(crate) struct TokenEndpoint {
 
 impl TokenEndpoint {
     pub(crate) fn start(cert: &Path, key: &Path, state: &Shared) -> Self {
-        let config = server_config(cert, key);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::clone(state);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let (config, state) = (Arc::clone(&config), Arc::clone(&state));
-                thread::spawn(move || {
-                    bounded(&stream);
-                    let conn = ServerConnection::new(config).unwrap();
-                    let mut tls = StreamOwned::new(conn, stream);
-                    let _ = serve_token(&mut tls, &state);
-                });
-            }
+        let port = serve(cert, key, state, |stream, config, state| {
+            let conn = ServerConnection::new(config).unwrap();
+            let mut tls = StreamOwned::new(conn, stream);
+            let _ = serve_token(&mut tls, state);
         });
         Self { port }
     }
@@ -208,19 +227,8 @@ pub(crate) struct OAuthSmarthost {
 impl OAuthSmarthost {
     /// `oauthbearer`: offer OAUTHBEARER next to XOAUTH2.
     pub(crate) fn start(cert: &Path, key: &Path, state: &Shared, oauthbearer: bool) -> Self {
-        let config = server_config(cert, key);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let state = Arc::clone(state);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let (config, state) = (Arc::clone(&config), Arc::clone(&state));
-                thread::spawn(move || {
-                    bounded(&stream);
-                    let _ = serve_smtp(stream, config, &state, oauthbearer);
-                });
-            }
+        let port = serve(cert, key, state, move |stream, config, state| {
+            let _ = serve_smtp(stream, config, state, oauthbearer);
         });
         Self { port }
     }

@@ -295,6 +295,15 @@ impl RelayProcess {
         }
     }
 
+    /// Waits (polled, bounded by a slack-scaled 30 s) until `queue list` reports an empty
+    /// queue; returns whether it did.
+    pub(crate) fn wait_queue_empty(&self) -> bool {
+        super::wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            self.command_ok(&["queue", "list"])
+                .contains("queue is empty")
+        })
+    }
+
     /// The running child's process id.
     pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
