@@ -49,7 +49,7 @@ pub enum Cmd {
     Queue(ClientArgs, Request),
     /// `outpost status`.
     Status(ClientArgs),
-    /// `outpost sendmail …` (and argv[0] == "sendmail").
+    /// `outpost sendmail …` (and `argv[0] == "sendmail"`).
     Sendmail(ClientArgs, SendmailArgs),
     Help,
     Version,
@@ -92,7 +92,7 @@ pub fn version() -> String {
     format!("outpost {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Parses a whole argv: argv[0] named `mailq` or `sendmail` (a symlink to the binary) picks
+/// Parses a whole argv: `argv[0]` named `mailq` or `sendmail` (a symlink to the binary) picks
 /// that front end; anything else parses the rest with `parse`.
 pub fn parse_invocation<I>(argv: I) -> Result<Cmd, UsageError>
 where
@@ -116,7 +116,7 @@ where
     }
 }
 
-/// Parses the arguments after argv[0].
+/// Parses the arguments after `argv[0]`.
 pub fn parse<I>(args: I) -> Result<Cmd, UsageError>
 where
     I: IntoIterator,
