@@ -9,7 +9,7 @@
 //! | `part/<id:8>/<n:4>`           | `Extent` of body piece n       |
 //! | `body/<id:8>/<chunk:4>`       | raw body bytes (older stores)  |
 //! | `hist/<id:8>/<n:4>`           | `AttemptRecord` (last few)     |
-//! | `spool/<id:8>`                | empty: a spool not committed   |
+//! | `spool/<id:8>`                | empty: a spool not committed (older builds) |
 //! | `due/<time:8>/<id:8>`         | empty: the scheduler index (`normal` priority) |
 //! | `due0/`, `due1/`, `due3/` …    | the same for `urgent`, `high`, `low` |
 //! | `failed/<time:8>/<id:8>`      | empty: retention index         |

@@ -3,8 +3,8 @@
 //! record per recipient; a commit is durable (bodies and sled's log `fdatasync`ed, shared among
 //! concurrent sessions) before it returns.
 //!
-//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `spool/`, `due/`, `failed/`
-//! and `meta/` keys, written one at a time in an order `recover` can finish (`writes.rs`:
+//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `due/`, `failed/`
+//! and `meta/` keys (and `spool/` from older builds), written one at a time in an order `recover` can finish (`writes.rs`:
 //! sled's atomic batches cost two or three log writes each); a `corrupt` tree holds
 //! quarantined records (`recover.rs`). Encodings are versioned and hand-written (`record.rs`).
 //! Durability is the group flush in `flush.rs`: one sync (the body segments written since the
@@ -235,7 +235,9 @@ struct Inner {
 pub struct Spool {
     store: Store,
     id: QueueId,
-    chunks: u32,
+    /// Where the body went so far, one extent per appended piece: written as `part/` records
+    /// at commit (24 bytes per 32 KiB piece of memory until then).
+    extents: Vec<Extent>,
     bytes: u64,
     /// Body segments appended to, with the extents in each (released if never committed).
     segments: Vec<(u64, u64)>,
@@ -361,14 +363,15 @@ impl Store {
         Ok(())
     }
 
+    /// A new message body. Nothing goes into sled until `commit`: a spool a crash interrupts
+    /// leaves only body bytes in a segment, which go with the segment (`recover` deletes
+    /// segments no record points into).
     pub fn spool(&self) -> Result<Spool, StoreError> {
         let id = self.fresh_id()?;
-        // The marker goes in before any chunk: `recover` finds and sweeps what a crash left.
-        self.inner.db.insert(key::spool(id), &[])?;
         Ok(Spool {
             store: self.clone(),
             id,
-            chunks: 0,
+            extents: Vec::new(),
             bytes: 0,
             segments: Vec::new(),
             finished: false,
@@ -470,22 +473,25 @@ impl Store {
             .min()
     }
 
-    /// Reads the body in order, one appended piece (≤ `MAX_EXTENT`) at a time. A body stored
-    /// by an older build as sled values (`body/` keys) reads the same way.
+    /// Reads the body in order, one appended piece (≤ `MAX_EXTENT`) at a time, from the
+    /// extents in `msg/` or the `part/` records. A body stored by an older build as sled values
+    /// (`body/` keys) reads the same way.
     pub fn body_chunks(
         &self,
         id: QueueId,
     ) -> Result<impl Iterator<Item = Result<Vec<u8>, StoreError>>, StoreError> {
-        if !self.inner.db.contains_key(key::msg(id))? {
-            return Err(StoreError::NotFound(id));
-        }
+        let meta = self.meta(id)?;
         let inline = self.inner.db.scan_prefix(key::body_prefix(id)).values();
         let inline = inline.map(|chunk| chunk.map(|c| c.to_vec()).map_err(StoreError::from));
-        let mut reader = ExtentReader::new(self.inner.flush.segments().dir().to_path_buf());
         let parts = self.inner.db.scan_prefix(key::part_prefix(id)).values();
         let parts = parts.map(move |raw| {
-            let extent = Extent::decode(&raw?)
-                .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=part: {e}")))?;
+            Extent::decode(&raw?)
+                .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=part: {e}")))
+        });
+        let mut reader = ExtentReader::new(self.inner.flush.segments().dir().to_path_buf());
+        let pieces = meta.extents.into_iter().map(Ok).chain(parts);
+        let pieces = pieces.map(move |extent: Result<Extent, StoreError>| {
+            let extent = extent?;
             reader.read(&extent).map_err(|e| {
                 StoreError::Corrupt(format!(
                     "queue_id={id} body segment {:016X} at {}+{}: {e}",
@@ -493,7 +499,7 @@ impl Store {
                 ))
             })
         });
-        Ok(inline.chain(parts))
+        Ok(inline.chain(pieces))
     }
 
     /// Records one attempt's per-recipient results (`idx` is the position in
@@ -803,7 +809,16 @@ impl Store {
             batch.remove(key::rcpt(id, idx));
         }
         let mut segments: Vec<(u64, u64)> = Vec::new();
-        for chunk in 0..meta.chunks {
+        for extent in &meta.extents {
+            count_extent(&mut segments, extent.seg);
+        }
+        // With the extents inline there are no `part/` records (nor `body/` keys) to remove.
+        let listed = if meta.extents.is_empty() {
+            meta.chunks
+        } else {
+            0
+        };
+        for chunk in 0..listed {
             batch.remove(key::body(id, chunk)); // an older build's inline chunks
             let k = key::part(id, chunk);
             if let Some(raw) = self.inner.db.get(&k)? {

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use super::segment::{Extent, EXTENT_BYTES};
 use super::{AttemptRecord, RcptRecord, RcptState, Usage};
 use crate::clock::QueueTime;
 use crate::priority::Priority;
@@ -49,7 +50,16 @@ pub(super) struct MessageMeta {
     /// `[coalesce]` key at commit: eight bytes after the priority byte, only when set (so
     /// records without one read as before).
     pub(super) coalesce: Option<u64>,
+    /// Where the body is, when the message has at most `INLINE_EXTENTS` pieces: `chunks`
+    /// extents kept in this record (after the coalescing key) instead of `part/` records, which
+    /// saves two sled log writes per message (insert and removal). Empty: `part/` records (or
+    /// an older build's `body/` keys) hold the body.
+    pub(super) extents: Vec<Extent>,
 }
+
+/// The most body pieces (`MAX_EXTENT` each) a `msg/` record carries inline: 128 KiB of body,
+/// 84 bytes of record.
+pub(super) const INLINE_EXTENTS: usize = 4;
 
 const FLAG_EIGHT_BIT: u8 = 1;
 const FLAG_SMTPUTF8: u8 = 2;
@@ -59,8 +69,15 @@ const FLAG_FAILED: u8 = 8;
 const FLAG_PRIORITY: u8 = 16;
 /// A coalescing key (`u64`) follows (after the priority byte, if any).
 const FLAG_COALESCE: u8 = 32;
-const KNOWN_FLAGS: u8 =
-    FLAG_EIGHT_BIT | FLAG_SMTPUTF8 | FLAG_HELD | FLAG_FAILED | FLAG_PRIORITY | FLAG_COALESCE;
+/// `chunks` encoded extents follow (after the coalescing key, if any).
+const FLAG_EXTENTS: u8 = 64;
+const KNOWN_FLAGS: u8 = FLAG_EIGHT_BIT
+    | FLAG_SMTPUTF8
+    | FLAG_HELD
+    | FLAG_FAILED
+    | FLAG_PRIORITY
+    | FLAG_COALESCE
+    | FLAG_EXTENTS;
 
 impl MessageMeta {
     pub(super) fn encode(&self) -> Vec<u8> {
@@ -85,6 +102,9 @@ impl MessageMeta {
         if self.coalesce.is_some() {
             flags |= FLAG_COALESCE;
         }
+        if !self.extents.is_empty() {
+            flags |= FLAG_EXTENTS;
+        }
         out.push(flags);
         put_str(&mut out, &self.sender);
         out.extend_from_slice(&self.received_unix.to_be_bytes());
@@ -100,6 +120,9 @@ impl MessageMeta {
         }
         if let Some(key) = self.coalesce {
             out.extend_from_slice(&key.to_be_bytes());
+        }
+        for extent in &self.extents {
+            out.extend_from_slice(&extent.encode());
         }
         out
     }
@@ -130,6 +153,16 @@ impl MessageMeta {
         } else {
             None
         };
+        let mut extents = Vec::new();
+        if flags & FLAG_EXTENTS != 0 {
+            if chunks == 0 {
+                return Err(DecodeError("inline extents of an empty body"));
+            }
+            // Each one consumes input: a lying `chunks` ends in an error, not a big allocation.
+            for _ in 0..chunks {
+                extents.push(Extent::decode(r.take(EXTENT_BYTES)?)?);
+            }
+        }
         r.end()?;
         Ok(Self {
             sender,
@@ -146,6 +179,7 @@ impl MessageMeta {
             chunks,
             priority,
             coalesce,
+            extents,
         })
     }
 }
@@ -364,9 +398,19 @@ mod tests {
             proptest::option::of(any::<u64>()),
             any::<(u32, u32)>(),
             (0..4u8, proptest::option::of(any::<u64>())),
+            proptest::collection::vec(any::<(u64, u64, u32)>(), 0..=INLINE_EXTENTS),
         )
             .prop_map(
-                |(sender, flags, nums, failed_at, (recipients, chunks), (p, coalesce))| {
+                |(sender, flags, nums, failed_at, (recipients, chunks), (p, coalesce), ext)| {
+                    let extents: Vec<Extent> = ext
+                        .into_iter()
+                        .map(|(seg, offset, len)| Extent { seg, offset, len })
+                        .collect();
+                    // Inline extents are the body's pieces: as many as `chunks` says.
+                    let chunks = match u32::try_from(extents.len()) {
+                        Ok(0) | Err(_) => chunks,
+                        Ok(n) => n,
+                    };
                     MessageMeta {
                         sender,
                         eight_bit: flags.0,
@@ -382,6 +426,7 @@ mod tests {
                         chunks,
                         priority: priority_of(p).unwrap(),
                         coalesce,
+                        extents,
                     }
                 },
             )
@@ -404,7 +449,43 @@ mod tests {
             chunks: 1,
             priority: Priority::Normal,
             coalesce: None,
+            extents: Vec::new(),
         }
+    }
+
+    #[test]
+    fn inline_extents_follow_the_coalescing_key_and_records_without_them_read_as_before() {
+        let plain = plain_meta().encode();
+        assert_eq!(plain[1] & FLAG_EXTENTS, 0);
+        let extent = Extent {
+            seg: 7,
+            offset: 4096,
+            len: 1150,
+        };
+        let meta = MessageMeta {
+            coalesce: Some(0xfeed),
+            extents: vec![extent],
+            ..plain_meta()
+        };
+        let with = meta.encode();
+        assert_eq!(with[1] & FLAG_EXTENTS, FLAG_EXTENTS);
+        assert_eq!(&with[with.len() - EXTENT_BYTES..], &extent.encode());
+        assert_eq!(
+            &with[with.len() - EXTENT_BYTES - 8..with.len() - EXTENT_BYTES],
+            &0xfeed_u64.to_be_bytes()
+        );
+        assert_eq!(MessageMeta::decode(&with).unwrap(), meta);
+        // Cut short, or claiming more pieces than it carries: an error, never a panic.
+        assert!(MessageMeta::decode(&with[..with.len() - 1]).is_err());
+        let two = MessageMeta {
+            chunks: 2,
+            ..meta.clone()
+        };
+        let mut lying = two.encode();
+        lying.truncate(lying.len() - EXTENT_BYTES);
+        assert!(MessageMeta::decode(&lying).is_err());
+        let empty = MessageMeta { chunks: 0, ..meta };
+        assert!(MessageMeta::decode(&empty.encode()).is_err());
     }
 
     #[test]

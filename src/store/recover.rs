@@ -25,7 +25,8 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     let mut clock = store.inner.clock.get();
     let mut expected = BTreeSet::new();
     remove_orphan_recipients(store)?;
-    let parts = check_parts(store)?;
+    let mut parts = check_parts(store)?;
+    let mut inline_refs = BTreeMap::new();
     for entry in db.scan_prefix(key::MSG) {
         let (k, raw) = entry?;
         let Some(id) = key::parse_id(key::MSG, &k) else {
@@ -43,17 +44,20 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
         };
         // A message with a damaged or missing part goes to `corrupt` whole: delivering it with
         // a recipient or a piece of its body short would lose mail silently.
-        let damaged = match body_intact(store, id, &meta, &parts) {
+        let damaged = match body_intact(store, id, &meta, &mut parts)? {
             Err(why) => Some(format!("queue_id={id} body {why}")),
             Ok(()) => {
-                let inline = !parts.count.contains_key(&id);
-                damaged_part(store, id, &meta, inline)?
+                let in_sled = meta.extents.is_empty() && !parts.count.contains_key(&id);
+                damaged_part(store, id, &meta, in_sled)?
             }
         };
         if let Some(why) = damaged {
             quarantine(store, &k, &raw, &why)?;
             report.quarantined += 1 + quarantine_parts(store, id)?;
             continue;
+        }
+        for extent in &meta.extents {
+            *inline_refs.entry(extent.seg).or_insert(0) += 1;
         }
         usage.messages += 1;
         usage.bytes = usage.bytes.saturating_add(meta.size);
@@ -64,7 +68,7 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     }
     report.messages = usage.messages;
     rebuild_index(store, expected)?;
-    let refs = count_refs(store)?;
+    let refs = count_refs(store, inline_refs)?;
     remove_orphan_segments(store, &refs)?;
     store.inner.flush.segments().set_refs(refs);
 
@@ -209,15 +213,42 @@ fn remove_orphan_recipients(store: &Store) -> Result<(), StoreError> {
 struct Parts {
     count: BTreeMap<QueueId, u32>,
     broken: BTreeMap<QueueId, String>,
+    /// Segment file lengths looked up so far (`None`: missing).
+    lengths: BTreeMap<u64, Option<u64>>,
+}
+
+impl Parts {
+    /// What is wrong with `extent`: its segment is missing or ends before it does.
+    fn problem(&mut self, store: &Store, extent: &Extent) -> Result<Option<String>, StoreError> {
+        let len = match self.lengths.get(&extent.seg) {
+            Some(len) => *len,
+            None => {
+                let path = store.inner.flush.segments().path(extent.seg);
+                let len = match std::fs::metadata(path) {
+                    Ok(meta) => Some(meta.len()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(StoreError::Io(e)),
+                };
+                *self.lengths.entry(extent.seg).or_insert(len)
+            }
+        };
+        Ok(match len {
+            None => Some(format!("segment {:016X} missing", extent.seg)),
+            Some(len) if len < extent.end() => Some(format!(
+                "segment {:016X} truncated ({len} bytes, a part ends at {})",
+                extent.seg,
+                extent.end()
+            )),
+            Some(_) => None,
+        })
+    }
 }
 
 /// Reads every `part/` record once: records of no message (neither committed nor a spool, both
 /// handled before) are removed; the others are checked against the segment files' lengths.
 fn check_parts(store: &Store) -> Result<Parts, StoreError> {
     let db = &store.inner.db;
-    let segments = store.inner.flush.segments();
     let mut parts = Parts::default();
-    let mut lengths: BTreeMap<u64, Option<u64>> = BTreeMap::new();
     let mut stray = sled::Batch::default();
     for entry in db.scan_prefix(key::PART) {
         let (k, raw) = entry?;
@@ -234,28 +265,7 @@ fn check_parts(store: &Store) -> Result<Parts, StoreError> {
         *parts.count.entry(id).or_insert(0) += 1;
         let problem = match Extent::decode(&raw) {
             Err(e) => Some(format!("record undecodable ({e})")),
-            Ok(extent) => {
-                let len = match lengths.get(&extent.seg) {
-                    Some(len) => *len,
-                    None => {
-                        let len = match std::fs::metadata(segments.path(extent.seg)) {
-                            Ok(meta) => Some(meta.len()),
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                            Err(e) => return Err(StoreError::Io(e)),
-                        };
-                        *lengths.entry(extent.seg).or_insert(len)
-                    }
-                };
-                match len {
-                    None => Some(format!("segment {:016X} missing", extent.seg)),
-                    Some(len) if len < extent.end() => Some(format!(
-                        "segment {:016X} truncated ({len} bytes, a part ends at {})",
-                        extent.seg,
-                        extent.end()
-                    )),
-                    Some(_) => None,
-                }
-            }
+            Ok(extent) => parts.problem(store, &extent)?,
         };
         if let Some(problem) = problem {
             parts.broken.entry(id).or_insert(problem);
@@ -270,12 +280,27 @@ fn body_intact(
     store: &Store,
     id: QueueId,
     meta: &MessageMeta,
-    parts: &Parts,
-) -> Result<(), String> {
+    parts: &mut Parts,
+) -> Result<Result<(), String>, StoreError> {
     if let Some(problem) = parts.broken.get(&id) {
-        return Err(problem.clone());
+        return Ok(Err(problem.clone()));
     }
-    match parts.count.get(&id).copied().unwrap_or(0) {
+    let listed = parts.count.get(&id).copied().unwrap_or(0);
+    if !meta.extents.is_empty() {
+        if listed != 0 {
+            return Ok(Err(format!(
+                "has {listed} parts besides its {} inline extents",
+                meta.extents.len()
+            )));
+        }
+        for extent in &meta.extents {
+            if let Some(problem) = parts.problem(store, extent)? {
+                return Ok(Err(problem));
+            }
+        }
+        return Ok(Ok(()));
+    }
+    Ok(match listed {
         // An older build kept bodies inline (`body/` keys).
         0 if meta.chunks == 0 => Ok(()),
         0 => match store.inner.db.scan_prefix(key::body_prefix(id)).next() {
@@ -284,12 +309,15 @@ fn body_intact(
         },
         n if n == meta.chunks => Ok(()),
         n => Err(format!("has {n} parts, {} expected", meta.chunks)),
-    }
+    })
 }
 
-/// Live extents per segment, from the `part/` records left after the checks.
-fn count_refs(store: &Store) -> Result<BTreeMap<u64, u64>, StoreError> {
-    let mut refs = BTreeMap::new();
+/// Live extents per segment: `inline` (those in the `msg/` records kept), plus the `part/`
+/// records left after the checks.
+fn count_refs(
+    store: &Store,
+    mut refs: BTreeMap<u64, u64>,
+) -> Result<BTreeMap<u64, u64>, StoreError> {
     for raw in store.inner.db.scan_prefix(key::PART).values() {
         if let Ok(extent) = Extent::decode(&raw?) {
             *refs.entry(extent.seg).or_insert(0) += 1;

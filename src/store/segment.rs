@@ -50,9 +50,12 @@ pub(super) struct Extent {
 /// Version byte of the `part/` record.
 const EXTENT_VERSION: u8 = 1;
 
+/// Length of an encoded `Extent` (a `part/` record, or one inline in `msg/`).
+pub(super) const EXTENT_BYTES: usize = 21;
+
 impl Extent {
-    pub(super) fn encode(&self) -> [u8; 21] {
-        let mut out = [0; 21];
+    pub(super) fn encode(&self) -> [u8; EXTENT_BYTES] {
+        let mut out = [0; EXTENT_BYTES];
         out[0] = EXTENT_VERSION;
         out[1..9].copy_from_slice(&self.seg.to_be_bytes());
         out[9..17].copy_from_slice(&self.offset.to_be_bytes());
@@ -61,7 +64,7 @@ impl Extent {
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let bytes: &[u8; 21] = bytes
+        let bytes: &[u8; EXTENT_BYTES] = bytes
             .try_into()
             .map_err(|_| DecodeError("part record of the wrong length"))?;
         if bytes[0] != EXTENT_VERSION {

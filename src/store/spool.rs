@@ -1,10 +1,13 @@
-//! `Spool`: a message body appended to a body segment (`segment.rs`) as DATA arrives, one
-//! `part/` record per piece, then committed with its envelope in one atomic batch followed by
-//! the group flush, or removed. Never holds a body in memory.
+//! `Spool`: a message body appended to a body segment (`segment.rs`) as DATA arrives, then
+//! committed: the envelope with the pieces' extents inline (up to `INLINE_EXTENTS` pieces) or
+//! one `part/` record per piece, written in order, then the group flush; or dropped, which only releases the segment space. Never holds a body in memory (only
+//! its extents). Nothing reaches sled before the commit: an earlier layout wrote a `spool/`
+//! marker and each `part/` record as the body arrived, two more sled log entries per message
+//! and a leaf of their own; `recover` still sweeps what such a build left.
 
 use std::io;
 
-use super::record::{self, MessageMeta};
+use super::record::{self, MessageMeta, INLINE_EXTENTS};
 use super::segment::{count_extent, MAX_EXTENT};
 use super::writes::Writes;
 use super::{
@@ -31,9 +34,12 @@ impl Spool {
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         let inner = &self.store.inner;
         for piece in bytes.chunks(MAX_EXTENT) {
-            let next = self.chunks.checked_add(1).ok_or_else(|| {
-                StoreError::Corrupt(format!("queue_id={} too many chunks", self.id))
-            })?;
+            if u32::try_from(self.extents.len() + 1).is_err() {
+                return Err(StoreError::Corrupt(format!(
+                    "queue_id={} too many chunks",
+                    self.id
+                )));
+            }
             let fresh = || {
                 inner
                     .db
@@ -45,19 +51,16 @@ impl Spool {
                 .segments()
                 .append(piece, fresh)
                 .map_err(StoreError::Io)?;
-            // Counted before the record goes in: `Drop` releases it whatever happens next.
+            // Counted at once: `Drop` releases it whatever happens next.
             count_extent(&mut self.segments, extent.seg);
-            inner
-                .db
-                .insert(key::part(self.id, self.chunks), &extent.encode())?;
-            self.chunks = next;
+            self.extents.push(extent);
             self.bytes += u64::try_from(piece.len()).unwrap_or(u64::MAX);
         }
         Ok(())
     }
 
-    /// Writes envelope, recipient records, due entry and counters in one atomic batch (which
-    /// also removes the spool marker), then waits for a group flush (`flush` + `fdatasync`).
+    /// Writes the `part/` records, recipient records, due entry and envelope in the order
+    /// `writes.rs` gives, then waits for a group flush (`flush` + `fdatasync`).
     /// Returns only once durable. `QueueFull` (the spool is removed) when the committed bytes
     /// plus this message would exceed `max_bytes`.
     pub async fn commit(
@@ -69,10 +72,12 @@ impl Spool {
         let inner = &store.inner;
         let old = inner.usage.get();
         if old.bytes.saturating_add(self.bytes) > inner.max_bytes {
-            drop(self); // `Drop` removes chunks and marker
+            drop(self); // `Drop` releases the segment space
             return Ok(Err(QueueFull));
         }
         let id = self.id;
+        let chunks = u32::try_from(self.extents.len())
+            .map_err(|_| StoreError::Corrupt(format!("queue_id={id} too many chunks")))?;
         let recipients = u32::try_from(info.recipients.len())
             .map_err(|_| StoreError::Corrupt(format!("queue_id={id} too many recipients")))?;
         let meta = MessageMeta {
@@ -87,12 +92,21 @@ impl Spool {
             held: false,
             failed_at: None,
             recipients,
-            chunks: self.chunks,
+            chunks,
             priority: info.priority,
             coalesce: info.coalesce,
+            extents: if self.extents.len() <= INLINE_EXTENTS {
+                std::mem::take(&mut self.extents)
+            } else {
+                Vec::new()
+            },
         };
-        // In the order `writes.rs` explains: everything else, then `msg/<id>`, then the marker.
+        // In the order `writes.rs` explains: everything else, then `msg/<id>`.
         let mut batch = Writes::default();
+        // `extents` is empty here when they went inline into `msg/`.
+        for (n, extent) in (0..chunks).zip(&self.extents) {
+            batch.insert(key::part(id, n), extent.encode());
+        }
         for (idx, address) in (0..recipients).zip(info.recipients) {
             let rcpt = RcptRecord {
                 address,
@@ -109,7 +123,7 @@ impl Spool {
             messages: old.messages + 1,
             bytes: old.bytes + self.bytes,
         };
-        // A failure up to the `msg/` insert leaves the spool for `Drop` to remove (and records
+        // A failure up to the `msg/` insert leaves the body for `Drop` to release (and records
         // of no message for `due` and `recover` to drop).
         batch.apply(&inner.db)?;
         inner.clock.set(clock);
@@ -117,7 +131,6 @@ impl Spool {
         // Committed: from here on the parts belong to the message.
         self.finished = true;
         inner.usage.set(usage);
-        inner.db.remove(key::spool(id))?;
         let seq = inner.flush.note_write();
         inner.flush.wait(seq).await.map_err(StoreError::Io)?;
         Ok(Ok(id))
@@ -126,38 +139,22 @@ impl Spool {
     /// Drops the chunks written so far.
     pub fn abort(self) {}
 
-    fn remove_all(&mut self) -> Result<(), StoreError> {
-        // The marker last: until it goes, `recover` would sweep what is left.
-        let mut batch = Writes::default();
-        for chunk in 0..self.chunks {
-            batch.remove(key::part(self.id, chunk));
-        }
-        batch.remove(key::spool(self.id));
-        let applied = batch.apply(&self.store.inner.db);
-        // Even if the records stay (a write failed), the marker makes `recover` sweep them,
-        // and the sweep needs no body bytes: the segments can go.
+    /// Releases the segment space of a spool never committed (no record points at it).
+    fn release(&mut self) {
         let segments = self.store.inner.flush.segments();
         for (seg, n) in self.segments.drain(..) {
             segments.release(seg, n);
         }
-        applied?;
-        Ok(())
     }
 }
 
 impl Drop for Spool {
-    /// An uncommitted spool's chunks go at once (not flushed: if they survive a crash, the
-    /// marker makes `recover` sweep them).
+    /// An uncommitted spool's segment space is released at once (nothing is in sled).
     fn drop(&mut self) {
         if self.finished {
             return;
         }
         self.finished = true;
-        if let Err(e) = self.remove_all() {
-            log::error!(
-                "store: queue_id={} spool not removed ({e}); swept at restart",
-                self.id
-            );
-        }
+        self.release();
     }
 }

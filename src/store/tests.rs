@@ -148,7 +148,7 @@ fn commit_then_reopen_round_trips() {
 }
 
 #[test]
-fn uncommitted_spool_is_swept_after_reopen() {
+fn an_uncommitted_spool_writes_nothing_to_sled_and_is_gone_after_reopen() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let kept = commit(&store, &[b"kept"], &["a@x"], 1);
@@ -156,9 +156,32 @@ fn uncommitted_spool_is_swept_after_reopen() {
     spool.append(b"half a message").unwrap();
     spool.append(b"more").unwrap();
     let lost = spool.id();
+    assert_eq!(keys_with_prefix(&store, &key::part_prefix(lost)), 0);
+    assert_eq!(keys_with_prefix(&store, key::SPOOL), 0);
     spool.finished = true; // as if the process died here: `Drop` does not clean up
     drop(spool);
-    assert_eq!(keys_with_prefix(&store, &key::part_prefix(lost)), 2);
+    drop(store);
+
+    let (store, report) = open(&dir);
+    assert_eq!(report.swept_spools, 0);
+    assert_eq!(report.messages, 1);
+    assert_eq!(body_of(&store, kept), b"kept");
+    assert!(matches!(store.get(lost), Err(StoreError::NotFound(_))));
+}
+
+#[test]
+fn an_older_builds_spool_marker_and_its_parts_are_swept_after_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let kept = commit(&store, &[b"kept"], &["a@x"], 1);
+    // What a build that wrote `spool/` markers left when it died inside DATA.
+    let lost = store.fresh_id().unwrap();
+    let db = &store.inner.db;
+    db.insert(key::spool(lost), &[]).unwrap();
+    for n in 0..2 {
+        db.insert(key::part(lost, n), b"any".as_slice()).unwrap();
+    }
+    block_on(store.flush()).unwrap();
     drop(store);
 
     let (store, report) = open(&dir);
@@ -167,7 +190,6 @@ fn uncommitted_spool_is_swept_after_reopen() {
     assert_eq!(keys_with_prefix(&store, &key::part_prefix(lost)), 0);
     assert_eq!(keys_with_prefix(&store, key::SPOOL), 0);
     assert_eq!(body_of(&store, kept), b"kept");
-    assert!(matches!(store.get(lost), Err(StoreError::NotFound(_))));
 }
 
 #[test]
@@ -493,7 +515,8 @@ fn held_messages_are_never_due_until_released() {
 fn corrupt_record_is_quarantined_and_the_rest_loads() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
-    let bad = commit(&store, &[b"bad"], &["a@x", "b@y"], 1);
+    // More pieces than `INLINE_EXTENTS`: `part/` records.
+    let bad = commit(&store, &[b"b", b"a", b"d", b"!", b"!"], &["a@x", "b@y"], 1);
     let good = commit(&store, &[b"good"], &["c@z"], 2);
     let half = commit(&store, &[b"half"], &["d@w", "e@v"], 3);
     drop(store);
@@ -534,7 +557,7 @@ fn corrupt_record_is_quarantined_and_the_rest_loads() {
     assert_eq!(keys_with_prefix(&store, &key::part_prefix(bad)), 0);
     assert!(
         corrupt.get(key::rcpt(half, 0)).unwrap().is_some()
-            && corrupt.get(key::part(half, 0)).unwrap().is_some(),
+            && corrupt.get(key::msg(half)).unwrap().is_some(),
         "the message with a damaged recipient is kept aside whole"
     );
 }
@@ -564,7 +587,13 @@ fn attempt_records_of_no_message_are_removed_at_recovery() {
 fn message_with_a_missing_body_part_or_recipient_is_quarantined_whole() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
-    let cut = commit(&store, &[b"one", b"two", b"three"], &["a@x"], 1);
+    // More pieces than `INLINE_EXTENTS`: `part/` records.
+    let cut = commit(
+        &store,
+        &[b"one", b"two", b"three", b"four", b"five"],
+        &["a@x"],
+        1,
+    );
     let lone = commit(&store, &[b"lone"], &["b@y"], 2);
     let good = commit(&store, &[b"good"], &["c@z"], 3);
     drop(store);
@@ -583,8 +612,9 @@ fn message_with_a_missing_body_part_or_recipient_is_quarantined_whole() {
     assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![good]);
     let corrupt = &store.inner.corrupt;
     assert!(corrupt.get(key::msg(cut)).unwrap().is_some());
-    assert!(corrupt.get(key::msg(lone)).unwrap().is_some());
-    assert!(corrupt.get(key::part(lone, 0)).unwrap().is_some());
+    // Its body's extent is inline: the record kept aside still says where the body is.
+    let kept = corrupt.get(key::msg(lone)).unwrap().unwrap();
+    assert_eq!(MessageMeta::decode(&kept).unwrap().extents.len(), 1);
 }
 
 #[test]
@@ -1006,11 +1036,33 @@ fn bodies_live_in_segment_files_not_in_sled() {
     let (store, _) = open(&dir);
     let id = commit(&store, &[b"Subject: s\r\n\r\n", b"body\r\n"], &["a@x"], 1);
     assert_eq!(keys_with_prefix(&store, key::BODY), 0);
-    assert_eq!(keys_with_prefix(&store, &key::part_prefix(id)), 2);
+    // Two pieces: their extents are inline in `msg/`, no `part/` records.
+    assert_eq!(keys_with_prefix(&store, &key::part_prefix(id)), 0);
+    assert_eq!(store.meta(id).unwrap().extents.len(), 2);
     let files = segment_files(&dir);
     assert_eq!(files.len(), 1);
     let on_disk = std::fs::read(dir.path().join(BODIES_DIR).join(&files[0])).unwrap();
     assert_eq!(on_disk, b"Subject: s\r\n\r\nbody\r\n");
+    // More pieces than fit inline: one `part/` record each.
+    let pieces: Vec<&[u8]> = vec![b"1", b"2", b"3", b"4", b"5"];
+    let long = commit(&store, &pieces, &["a@x"], 2);
+    assert_eq!(keys_with_prefix(&store, &key::part_prefix(long)), 5);
+    assert!(store.meta(long).unwrap().extents.is_empty());
+    // Both read back, also after a reopen (recover counts inline extents as references).
+    drop(store);
+    let (store, report) = open(&dir);
+    assert_eq!((report.messages, report.quarantined), (2, 0));
+    assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(body_of(&store, id), b"Subject: s\r\n\r\nbody\r\n");
+    assert_eq!(body_of(&store, long), b"12345");
+    // The segment is counted for both: it stays while either message is queued.
+    block_on(store.delete(long)).unwrap();
+    block_on(store.flush()).unwrap();
+    assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(body_of(&store, id), b"Subject: s\r\n\r\nbody\r\n");
+    block_on(store.delete(id)).unwrap();
+    block_on(store.flush()).unwrap();
+    assert!(segment_files(&dir).is_empty());
 }
 
 #[test]
@@ -1137,6 +1189,7 @@ fn a_body_stored_inline_by_an_older_build_still_reads_and_deletes() {
     // Rewrite it the way the previous layout stored bodies: `body/` values, no `part/` keys.
     let mut meta = store.meta(id).unwrap();
     meta.chunks = 2;
+    meta.extents.clear();
     let db = &store.inner.db;
     db.remove(key::part(id, 0)).unwrap();
     db.insert(key::body(id, 0), &b"old "[..]).unwrap();
@@ -1188,6 +1241,8 @@ fn a_crash_inside_a_commit_or_a_removal_leaves_nothing_behind_after_recover() {
     spool.append(b"never committed").unwrap();
     let half = spool.id();
     let db = &store.inner.db;
+    db.insert(key::part(half, 0), &spool.extents[0].encode())
+        .unwrap();
     let rcpt = RcptRecord {
         address: "a@x".into(),
         state: RcptState::Pending,
@@ -1207,7 +1262,7 @@ fn a_crash_inside_a_commit_or_a_removal_leaves_nothing_behind_after_recover() {
 
     let (store, report) = open(&dir);
     assert_eq!(report.messages, 1);
-    assert_eq!(report.swept_spools, 1);
+    assert_eq!(report.swept_spools, 0);
     assert_eq!(report.quarantined, 0);
     for id in [half, gone] {
         assert_eq!(keys_with_prefix(&store, &key::rcpt_prefix(id)), 0);

@@ -14,9 +14,10 @@
 //! sequence numbers, and sled recovers a prefix of the log (`pagecache/segment.rs`: a later
 //! segment is not recovered without its predecessors). So a crash leaves the first k writes of
 //! a sequence. The orders the store uses:
-//! - commit: recipient records, index entry, then `msg/<id>` (the commit point), then
-//!   the removal of the `spool/<id>` marker. Without `msg/`, `recover` sweeps the spool with its
-//!   parts and recipient records; with it, only the marker goes.
+//! - commit: `part/` records, recipient records, index entry, then `msg/<id>` (the commit
+//!   point). Without `msg/`, `recover` removes the parts, recipient records and index entry as
+//!   records of no message. (Older builds also wrote a `spool/<id>` marker first and removed it
+//!   last; `recover` sweeps such a spool with its records.)
 //! - removal: `msg/<id>` first (the point of no return), then recipients, parts and index entry;
 //!   `recover` removes records of no message and rebuilds indexes and counters.
 //! - updates (attempt results, hold, reschedule): recipient records and index entries, then
