@@ -522,7 +522,7 @@ impl Store {
         next_attempt: QueueTime,
     ) -> Result<(), StoreError> {
         let mut meta = self.meta(id)?;
-        let mut recipients = self.recipients(id)?;
+        let mut recipients = self.recipients(id, &meta)?;
         let mut batch = Writes::default();
         let mut attempt = AttemptRecord {
             at_unix,
@@ -535,7 +535,11 @@ impl Store {
             };
             rcpt.state = *state;
             rcpt.last_reply = clip_reply(reply.as_ref());
-            batch.insert(k.clone(), record::encode_rcpt(rcpt));
+            match k {
+                Some(k) => batch.insert(k.clone(), record::encode_rcpt(rcpt)),
+                // Inline: written with `msg/` below.
+                None => meta.rcpt = Some(rcpt.clone()),
+            }
             let reply = rcpt.last_reply.clone().unwrap_or_default();
             attempt
                 .results
@@ -613,7 +617,8 @@ impl Store {
 
     pub fn get(&self, id: QueueId) -> Result<QueuedMessage, StoreError> {
         let meta = self.meta(id)?;
-        let recipients = self.recipients(id)?.into_iter().map(|(_, r)| r).collect();
+        let recipients = self.recipients(id, &meta)?;
+        let recipients = recipients.into_iter().map(|(_, r)| r).collect();
         Ok(assemble(id, meta, recipients))
     }
 
@@ -766,14 +771,18 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=msg: {e}")))
     }
 
-    /// Recipient records in index order, with their keys.
-    fn recipients(&self, id: QueueId) -> Result<Vec<(Vec<u8>, RcptRecord)>, StoreError> {
+    /// Recipient records in index order, with their keys; a single recipient kept inline in
+    /// `meta` has none (`None`).
+    fn recipients(&self, id: QueueId, meta: &MessageMeta) -> Result<Recipients, StoreError> {
+        if let Some(rcpt) = &meta.rcpt {
+            return Ok(vec![(None, rcpt.clone())]);
+        }
         let mut out = Vec::new();
         for entry in self.inner.db.scan_prefix(key::rcpt_prefix(id)) {
             let (k, raw) = entry?;
             let rcpt = record::decode_rcpt(&raw)
                 .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=rcpt: {e}")))?;
-            out.push((k.to_vec(), rcpt));
+            out.push((Some(k.to_vec()), rcpt));
         }
         Ok(out)
     }
@@ -805,8 +814,10 @@ impl Store {
         let mut batch = Writes::default();
         batch.remove(key::msg(id));
         batch.append(rest);
-        for idx in 0..meta.recipients {
-            batch.remove(key::rcpt(id, idx));
+        if meta.rcpt.is_none() {
+            for idx in 0..meta.recipients {
+                batch.remove(key::rcpt(id, idx));
+            }
         }
         let mut segments: Vec<(u64, u64)> = Vec::new();
         for extent in &meta.extents {
@@ -859,6 +870,10 @@ impl Store {
         self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
 }
+
+/// A message's recipient records in index order, each with its `rcpt/` key (`None`: inline in
+/// `msg/`).
+type Recipients = Vec<(Option<Vec<u8>>, RcptRecord)>;
 
 /// Whether a removal waits for its sync.
 #[derive(Clone, Copy, PartialEq, Eq)]

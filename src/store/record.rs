@@ -55,6 +55,10 @@ pub(super) struct MessageMeta {
     /// saves two sled log writes per message (insert and removal). Empty: `part/` records (or
     /// an older build's `body/` keys) hold the body.
     pub(super) extents: Vec<Extent>,
+    /// The recipient's record when the message has exactly one (`recipients == 1`), kept here
+    /// (after the extents) instead of `rcpt/<id>/0`: two sled log writes fewer per message, and
+    /// an attempt rewrites `msg/` anyway. `None`: `rcpt/` records hold the recipients.
+    pub(super) rcpt: Option<RcptRecord>,
 }
 
 /// The most body pieces (`MAX_EXTENT` each) a `msg/` record carries inline: 128 KiB of body,
@@ -71,13 +75,17 @@ const FLAG_PRIORITY: u8 = 16;
 const FLAG_COALESCE: u8 = 32;
 /// `chunks` encoded extents follow (after the coalescing key, if any).
 const FLAG_EXTENTS: u8 = 64;
+/// The one recipient's record follows (after the extents, if any), as a `u32` length and an
+/// `encode_rcpt` record.
+const FLAG_RCPT: u8 = 128;
 const KNOWN_FLAGS: u8 = FLAG_EIGHT_BIT
     | FLAG_SMTPUTF8
     | FLAG_HELD
     | FLAG_FAILED
     | FLAG_PRIORITY
     | FLAG_COALESCE
-    | FLAG_EXTENTS;
+    | FLAG_EXTENTS
+    | FLAG_RCPT;
 
 impl MessageMeta {
     pub(super) fn encode(&self) -> Vec<u8> {
@@ -105,6 +113,9 @@ impl MessageMeta {
         if !self.extents.is_empty() {
             flags |= FLAG_EXTENTS;
         }
+        if self.rcpt.is_some() {
+            flags |= FLAG_RCPT;
+        }
         out.push(flags);
         put_str(&mut out, &self.sender);
         out.extend_from_slice(&self.received_unix.to_be_bytes());
@@ -124,6 +135,15 @@ impl MessageMeta {
         for extent in &self.extents {
             out.extend_from_slice(&extent.encode());
         }
+        if let Some(rcpt) = &self.rcpt {
+            let record = encode_rcpt(rcpt);
+            out.extend_from_slice(
+                &u32::try_from(record.len())
+                    .unwrap_or(u32::MAX)
+                    .to_be_bytes(),
+            );
+            out.extend_from_slice(&record);
+        }
         out
     }
 
@@ -131,9 +151,9 @@ impl MessageMeta {
         let mut r = Reader::new(bytes);
         r.version()?;
         let flags = r.u8()?;
-        if flags & !KNOWN_FLAGS != 0 {
-            return Err(DecodeError("unknown message flags"));
-        }
+        // Every bit of `flags` has a meaning now (`KNOWN_FLAGS` is all of them): a field
+        // added later needs a second flags byte behind a new `VERSION`.
+        debug_assert_eq!(KNOWN_FLAGS, u8::MAX);
         let sender = r.string()?;
         let received_unix = r.u64()?;
         let size = r.u64()?;
@@ -163,6 +183,17 @@ impl MessageMeta {
                 extents.push(Extent::decode(r.take(EXTENT_BYTES)?)?);
             }
         }
+        let rcpt = if flags & FLAG_RCPT != 0 {
+            if recipients != 1 {
+                return Err(DecodeError(
+                    "inline recipient of a message without exactly one",
+                ));
+            }
+            let len = usize::try_from(r.u32()?).map_err(|_| DecodeError("record too short"))?;
+            Some(decode_rcpt(r.take(len)?)?)
+        } else {
+            None
+        };
         r.end()?;
         Ok(Self {
             sender,
@@ -180,6 +211,7 @@ impl MessageMeta {
             priority,
             coalesce,
             extents,
+            rcpt,
         })
     }
 }
@@ -399,9 +431,11 @@ mod tests {
             any::<(u32, u32)>(),
             (0..4u8, proptest::option::of(any::<u64>())),
             proptest::collection::vec(any::<(u64, u64, u32)>(), 0..=INLINE_EXTENTS),
+            proptest::option::of((0..4u8, ".{0,20}", proptest::option::of(".{0,40}"))),
         )
             .prop_map(
-                |(sender, flags, nums, failed_at, (recipients, chunks), (p, coalesce), ext)| {
+                |(sender, flags, nums, failed_at, counts, (p, coalesce), ext, one)| {
+                    let (recipients, chunks) = counts;
                     let extents: Vec<Extent> = ext
                         .into_iter()
                         .map(|(seg, offset, len)| Extent { seg, offset, len })
@@ -411,6 +445,13 @@ mod tests {
                         Ok(0) | Err(_) => chunks,
                         Ok(n) => n,
                     };
+                    // An inline recipient is the only one.
+                    let rcpt = one.map(|(state, address, last_reply)| RcptRecord {
+                        address,
+                        state: state_of(state).unwrap(),
+                        last_reply,
+                    });
+                    let recipients = if rcpt.is_some() { 1 } else { recipients };
                     MessageMeta {
                         sender,
                         eight_bit: flags.0,
@@ -427,6 +468,7 @@ mod tests {
                         priority: priority_of(p).unwrap(),
                         coalesce,
                         extents,
+                        rcpt,
                     }
                 },
             )
@@ -450,7 +492,40 @@ mod tests {
             priority: Priority::Normal,
             coalesce: None,
             extents: Vec::new(),
+            rcpt: None,
         }
+    }
+
+    #[test]
+    fn an_inline_recipient_follows_the_extents_and_needs_exactly_one_recipient() {
+        let rcpt = RcptRecord {
+            address: "ops@example.test".into(),
+            state: RcptState::Deferred,
+            last_reply: Some("451 4.3.0 later".into()),
+        };
+        let meta = MessageMeta {
+            extents: vec![Extent {
+                seg: 1,
+                offset: 0,
+                len: 9,
+            }],
+            rcpt: Some(rcpt.clone()),
+            ..plain_meta()
+        };
+        let bytes = meta.encode();
+        assert_eq!(bytes[1] & FLAG_RCPT, FLAG_RCPT);
+        let record = encode_rcpt(&rcpt);
+        assert!(bytes.ends_with(&record));
+        let len = &bytes[bytes.len() - record.len() - 4..bytes.len() - record.len()];
+        assert_eq!(len, &u32::try_from(record.len()).unwrap().to_be_bytes());
+        assert_eq!(MessageMeta::decode(&bytes).unwrap(), meta);
+        assert!(MessageMeta::decode(&bytes[..bytes.len() - 1]).is_err());
+        let two = MessageMeta {
+            recipients: 2,
+            ..meta
+        };
+        assert!(MessageMeta::decode(&two.encode()).is_err());
+        assert_eq!(plain_meta().encode()[1] & FLAG_RCPT, 0);
     }
 
     #[test]

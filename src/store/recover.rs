@@ -138,10 +138,21 @@ fn damaged_part(
         }
         recipients += 1;
     }
-    if recipients != u64::from(meta.recipients) {
+    // A single recipient may be inline in the envelope: then no `rcpt/` record.
+    let expected = if meta.rcpt.is_some() {
+        0
+    } else {
+        meta.recipients
+    };
+    if recipients != u64::from(expected) {
         return Ok(Some(format!(
-            "{recipients} recipient records for {} recipients",
-            meta.recipients
+            "{recipients} recipient records for {} recipients{}",
+            meta.recipients,
+            if meta.rcpt.is_some() {
+                " (one inline)"
+            } else {
+                ""
+            }
         )));
     }
     if !inline {

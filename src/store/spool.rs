@@ -59,7 +59,8 @@ impl Spool {
         Ok(())
     }
 
-    /// Writes the `part/` records, recipient records, due entry and envelope in the order
+    /// Writes the `part/` records, recipient records (none for a single recipient: it goes into
+    /// the envelope), due entry and envelope in the order
     /// `writes.rs` gives, then waits for a group flush (`flush` + `fdatasync`).
     /// Returns only once durable. `QueueFull` (the spool is removed) when the committed bytes
     /// plus this message would exceed `max_bytes`.
@@ -80,6 +81,21 @@ impl Spool {
             .map_err(|_| StoreError::Corrupt(format!("queue_id={id} too many chunks")))?;
         let recipients = u32::try_from(info.recipients.len())
             .map_err(|_| StoreError::Corrupt(format!("queue_id={id} too many recipients")))?;
+        let mut records: Vec<RcptRecord> = info
+            .recipients
+            .into_iter()
+            .map(|address| RcptRecord {
+                address,
+                state: RcptState::Pending,
+                last_reply: None,
+            })
+            .collect();
+        // A single recipient goes inline into `msg/` (no `rcpt/` record).
+        let rcpt = if records.len() == 1 {
+            records.pop()
+        } else {
+            None
+        };
         let meta = MessageMeta {
             sender: info.sender,
             eight_bit: info.eight_bit,
@@ -100,6 +116,7 @@ impl Spool {
             } else {
                 Vec::new()
             },
+            rcpt,
         };
         // In the order `writes.rs` explains: everything else, then `msg/<id>`.
         let mut batch = Writes::default();
@@ -107,13 +124,9 @@ impl Spool {
         for (n, extent) in (0..chunks).zip(&self.extents) {
             batch.insert(key::part(id, n), extent.encode());
         }
-        for (idx, address) in (0..recipients).zip(info.recipients) {
-            let rcpt = RcptRecord {
-                address,
-                state: RcptState::Pending,
-                last_reply: None,
-            };
-            batch.insert(key::rcpt(id, idx), record::encode_rcpt(&rcpt));
+        // `records` is empty here when the one recipient went inline.
+        for (idx, rcpt) in (0..recipients).zip(&records) {
+            batch.insert(key::rcpt(id, idx), record::encode_rcpt(rcpt));
         }
         index(&mut batch, id, &meta);
         // Neither the queue clock nor the counters are written per message (one more key each

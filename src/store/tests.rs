@@ -260,6 +260,37 @@ fn all_delivered_removes_the_message_and_its_body() {
 }
 
 #[test]
+fn a_single_recipient_lives_in_the_envelope_through_attempts_reopen_and_removal() {
+    let dir = TempDir::new().unwrap();
+    let id = {
+        let (store, _) = open(&dir);
+        let id = commit(&store, &[b"body"], &["ops@x"], 1);
+        assert_eq!(keys_with_prefix(&store, key::RCPT), 0);
+        let results = [(0, RcptState::Deferred, Some("451 4.3.0 later".to_owned()))];
+        block_on(store.record(id, &results, AT, 1, 100)).unwrap();
+        assert_eq!(keys_with_prefix(&store, key::RCPT), 0);
+        id
+    };
+    let (store, report) = open(&dir);
+    assert_eq!((report.messages, report.quarantined), (1, 0));
+    let message = store.get(id).unwrap();
+    assert_eq!(message.info.recipients, ["ops@x"]);
+    assert_eq!(message.recipients[0].state, RcptState::Deferred);
+    assert_eq!(
+        message.recipients[0].last_reply.as_deref(),
+        Some("451 4.3.0 later")
+    );
+    assert_eq!((message.attempts, message.next_attempt), (1, 100));
+    assert_eq!(store.history(id).unwrap().len(), 1);
+    let results = [(0, RcptState::Delivered, Some("250 ok".to_owned()))];
+    block_on(store.record(id, &results, AT, 2, 200)).unwrap();
+    assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
+    for prefix in [key::MSG, key::RCPT, key::PART, key::DUE, key::HIST] {
+        assert_eq!(keys_with_prefix(&store, prefix), 0);
+    }
+}
+
+#[test]
 fn attempt_history_keeps_the_last_attempts_in_order_and_survives_reopen() {
     let dir = TempDir::new().unwrap();
     let id = {
@@ -594,7 +625,8 @@ fn message_with_a_missing_body_part_or_recipient_is_quarantined_whole() {
         &["a@x"],
         1,
     );
-    let lone = commit(&store, &[b"lone"], &["b@y"], 2);
+    // Two recipients: `rcpt/` records (a single one would be inline in `msg/`).
+    let lone = commit(&store, &[b"lone"], &["b@y", "b2@y"], 2);
     let good = commit(&store, &[b"good"], &["c@z"], 3);
     drop(store);
     {
@@ -1160,8 +1192,8 @@ fn a_missing_or_truncated_body_is_quarantined_and_the_rest_flows() {
     let (store, report) = open(&dir);
     assert_eq!(report.messages, 1);
     assert_eq!(
-        report.quarantined, 5,
-        "2 messages, with 1 + 2 recipient records"
+        report.quarantined, 4,
+        "2 messages, with the 2 recipient records of `cut` (`gone`'s one is inline)"
     );
     assert_eq!(ids(&store.due(u64::MAX, 10).unwrap()), vec![whole]);
     assert_eq!(body_of(&store, whole), b"whole body");
