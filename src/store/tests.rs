@@ -291,6 +291,57 @@ fn a_single_recipient_lives_in_the_envelope_through_attempts_reopen_and_removal(
 }
 
 #[test]
+fn a_message_in_the_layout_before_inline_records_reads_delivers_and_deletes() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(
+        &store,
+        &[b"Subject: s\r\n\r\n", b"old layout"],
+        &["ops@x"],
+        1,
+    );
+    // Rewrite it the way builds before inline records stored it: one `part/` record per
+    // piece, the recipient in `rcpt/<id>/0`, neither in `msg/`.
+    let mut meta = store.meta(id).unwrap();
+    let db = &store.inner.db;
+    for (n, extent) in (0..).zip(&meta.extents) {
+        db.insert(key::part(id, n), &extent.encode()).unwrap();
+    }
+    let rcpt = meta.rcpt.take().unwrap();
+    db.insert(key::rcpt(id, 0), record::encode_rcpt(&rcpt))
+        .unwrap();
+    meta.extents.clear();
+    let old = meta.encode();
+    assert_eq!(
+        old[1] & 0b1100_0000,
+        0,
+        "no flag an older build does not know"
+    );
+    db.insert(key::msg(id), old).unwrap();
+    block_on(store.flush()).unwrap();
+    drop(store);
+
+    let (store, report) = open(&dir);
+    assert_eq!((report.messages, report.quarantined), (1, 0));
+    assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(body_of(&store, id), b"Subject: s\r\n\r\nold layout");
+    assert_eq!(store.get(id).unwrap().info.recipients, ["ops@x"]);
+    let results = [(0, RcptState::Deferred, Some("451 later".to_owned()))];
+    block_on(store.record(id, &results, AT, 1, 100)).unwrap();
+    assert_eq!(
+        store.get(id).unwrap().recipients[0].state,
+        RcptState::Deferred
+    );
+    let results = [(0, RcptState::Delivered, None)];
+    block_on(store.record(id, &results, AT, 2, 200)).unwrap();
+    block_on(store.flush()).unwrap();
+    for prefix in [key::MSG, key::RCPT, key::PART, key::DUE, key::HIST] {
+        assert_eq!(keys_with_prefix(&store, prefix), 0);
+    }
+    assert!(segment_files(&dir).is_empty());
+}
+
+#[test]
 fn attempt_history_keeps_the_last_attempts_in_order_and_survives_reopen() {
     let dir = TempDir::new().unwrap();
     let id = {
