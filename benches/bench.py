@@ -664,7 +664,8 @@ def linkage(binary):
 
 def report(args, info, fsync, direct, results, started, elapsed, version):
     L = []
-    L.append(f"# outpost vs Postfix — last run\n")
+    build = " (static musl build)" if linkage(args.outpost) == "static" else ""
+    L.append(f"# outpost{build} vs Postfix — last run\n")
     L.append(f"- date: {started} UTC, wall time {elapsed:.0f} s, {args.rounds} rounds "
              f"alternating outpost/Postfix per row; every figure is the median over the rounds")
     L.append(f"- machine: {info}")
