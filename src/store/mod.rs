@@ -3,13 +3,14 @@
 //! record per recipient; a commit is durable (bodies and sled's log `fdatasync`ed, shared among
 //! concurrent sessions) before it returns.
 //!
-//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `due/`, `failed/`
-//! and `meta/` keys (and `spool/` from older builds), written one at a time in an order `recover` can finish (`writes.rs`:
-//! sled's atomic batches cost two or three log writes each); a `corrupt` tree holds
-//! quarantined records (`recover.rs`). Encodings are versioned and hand-written (`record.rs`).
-//! Durability is the group flush in `flush.rs`: one sync (the body segments written since the
-//! last one, then sled flush + `fdatasync` of `<dir>/db`) in flight at a time, shared by every
-//! write that landed before it started.
+//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `due/`, `failed/` and
+//! `meta/` keys (and `spool/` from older builds), written one at a time in an order `recover`
+//! can finish (`writes.rs`: sled's atomic batches cost two or three log writes each); a
+//! `corrupt` tree holds quarantined records (`recover.rs`). Encodings are versioned and
+//! hand-written (`record.rs`): a message with one recipient and a body of at most four pieces is
+//! a single `msg/` record plus its `due/` entry. Durability is the group flush in `flush.rs`:
+//! one sync (the body segments written since the last one, then sled flush + `fdatasync` of
+//! `<dir>/db`) in flight at a time, shared by every write that landed before it started.
 //!
 //! Never: call `Tree::len` or scan `part/` or `msg/` on a hot path (only `recover`, `list`
 //! and `purge_failed`'s bounded index scan read more than one message); run two flushes at

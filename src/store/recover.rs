@@ -196,8 +196,8 @@ fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
     Ok(moved)
 }
 
-/// Removes recipient and attempt records of no message: what a crash left in the middle of a removal
-/// (which starts with `msg/`, see `writes.rs`).
+/// Removes recipient and attempt records of no message: what a crash left in the middle of a
+/// removal (which starts with `msg/`, see `writes.rs`) or of a commit (which ends with it).
 fn remove_orphan_recipients(store: &Store) -> Result<(), StoreError> {
     let db = &store.inner.db;
     let mut stray = sled::Batch::default();

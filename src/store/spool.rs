@@ -1,9 +1,10 @@
 //! `Spool`: a message body appended to a body segment (`segment.rs`) as DATA arrives, then
 //! committed: the envelope with the pieces' extents inline (up to `INLINE_EXTENTS` pieces) or
-//! one `part/` record per piece, written in order, then the group flush; or dropped, which only releases the segment space. Never holds a body in memory (only
-//! its extents). Nothing reaches sled before the commit: an earlier layout wrote a `spool/`
-//! marker and each `part/` record as the body arrived, two more sled log entries per message
-//! and a leaf of their own; `recover` still sweeps what such a build left.
+//! one `part/` record per piece, written in order, then the group flush; or dropped, which only
+//! releases the segment space. Never holds a body in memory (only its extents). Nothing reaches
+//! sled before the commit: an earlier layout wrote a `spool/` marker and each `part/` record as
+//! the body arrived, two more sled log entries per message and a leaf of their own; `recover`
+//! still sweeps what such a build left.
 
 use std::io;
 
@@ -60,8 +61,8 @@ impl Spool {
     }
 
     /// Writes the `part/` records, recipient records (none for a single recipient: it goes into
-    /// the envelope), due entry and envelope in the order
-    /// `writes.rs` gives, then waits for a group flush (`flush` + `fdatasync`).
+    /// the envelope), due entry and envelope in the order `writes.rs` gives, then waits for a
+    /// group flush (`flush` + `fdatasync`).
     /// Returns only once durable. `QueueFull` (the spool is removed) when the committed bytes
     /// plus this message would exceed `max_bytes`.
     pub async fn commit(
