@@ -241,7 +241,8 @@ async fn answer(request: &Request, ctx: &Ctx) -> Response {
                 if *json {
                     Response::ok(render_list_json(&messages, now))
                 } else {
-                    Response::ok(render_list(&messages, now))
+                    let holding = ctx.config.smarthosts.is_empty();
+                    Response::ok(render_list(&messages, now, holding))
                 }
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
@@ -343,7 +344,8 @@ fn show(ctx: &Ctx, text: &str, now: QueueTime) -> Response {
         Ok(headers) => headers,
         Err(e) => format!("(headers unreadable: {e})\n"),
     };
-    Response::ok(render_show(&message, &history, &headers, now))
+    let holding = ctx.config.smarthosts.is_empty();
+    Response::ok(render_show(&message, &history, &headers, now, holding))
 }
 
 /// The stored message up to its empty line, bounded by `MAX_SHOWN_HEADERS`.

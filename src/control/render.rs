@@ -102,17 +102,19 @@ fn age(ms: u64) -> String {
     humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
 }
 
-fn next_attempt(message: &QueuedMessage, now: QueueTime) -> String {
+/// `holding`: no smarthost is configured, so nothing is tried until one is.
+fn next_attempt(message: &QueuedMessage, now: QueueTime, holding: bool) -> String {
     match MessageState::of(message) {
         MessageState::Held => "held (until released)".into(),
         MessageState::Failed => "never (failed)".into(),
+        _ if holding => "when a smarthost is configured".into(),
         _ if message.next_attempt <= now => "now".into(),
         _ => format!("in {}", age(message.next_attempt - now)),
     }
 }
 
-/// `outpost queue list`: mailq-like, one block per message.
-pub fn render_list(messages: &[QueuedMessage], now: QueueTime) -> String {
+/// `outpost queue list`: mailq-like, one block per message. `holding`: no smarthost configured.
+pub fn render_list(messages: &[QueuedMessage], now: QueueTime, holding: bool) -> String {
     if messages.is_empty() {
         return "Mail queue is empty\n".into();
     }
@@ -153,7 +155,7 @@ pub fn render_list(messages: &[QueuedMessage], now: QueueTime) -> String {
             out,
             "{:52}next attempt: {} (attempts: {}, priority: {})",
             "",
-            next_attempt(m, now),
+            next_attempt(m, now, holding),
             m.attempts,
             m.info.priority
         );
@@ -234,6 +236,7 @@ pub fn render_show(
     history: &[AttemptRecord],
     headers: &str,
     now: QueueTime,
+    holding: bool,
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "id: {}", m.id);
@@ -248,7 +251,7 @@ pub fn render_show(
     );
     let _ = writeln!(out, "priority: {}", m.info.priority);
     let _ = writeln!(out, "attempts: {}", m.attempts);
-    let _ = writeln!(out, "next attempt: {}", next_attempt(m, now));
+    let _ = writeln!(out, "next attempt: {}", next_attempt(m, now, holding));
     let _ = writeln!(out, "recipients:");
     for r in &m.recipients {
         let reply = r.last_reply.as_deref().unwrap_or("no reply yet");
@@ -458,6 +461,7 @@ mod tests {
                 false,
             )],
             61_000,
+            false,
         );
         assert!(text.contains("00000000000000AB"), "{text}");
         assert!(text.contains("1m"), "{text}");
@@ -469,7 +473,27 @@ mod tests {
             text.contains("next attempt: in 9s (attempts: 1, priority: normal)"),
             "{text}"
         );
-        assert_eq!(render_list(&[], 0), "Mail queue is empty\n");
+        assert_eq!(render_list(&[], 0, false), "Mail queue is empty\n");
+    }
+
+    #[test]
+    fn without_a_smarthost_the_next_attempt_waits_for_one() {
+        let pending = message(1, &[RcptState::Pending], false);
+        let held = message(2, &[RcptState::Pending], true);
+        let text = render_list(&[pending.clone(), held], 61_000, true);
+        assert!(
+            text.contains("next attempt: when a smarthost is configured (attempts: 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("next attempt: held (until released)"),
+            "{text}"
+        );
+        let show = render_show(&pending, &[], "", 61_000, true);
+        assert!(
+            show.contains("next attempt: when a smarthost is configured\n"),
+            "{show}"
+        );
     }
 
     #[test]
@@ -488,7 +512,7 @@ mod tests {
                 results: vec![(0, RcptState::Deferred, "451 4.3.0 second".into())],
             },
         ];
-        let text = render_show(&m, &history, "Subject: hi\r\n", 0);
+        let text = render_show(&m, &history, "Subject: hi\r\n", 0, false);
         let expected = "history (oldest first, the last 10 attempts are kept):\n  \
                         Thu, 01 Jan 1970 00:00:00 +0000\n    \
                         <r0@x.test> deferred: 451 4.3.0 first\n    \
@@ -497,7 +521,7 @@ mod tests {
                         <r0@x.test> deferred: 451 4.3.0 second\n";
         assert!(text.contains(expected), "{text}");
         assert!(text.contains("headers:\n  Subject: hi"), "{text}");
-        let text = render_show(&m, &[], "", 0);
+        let text = render_show(&m, &[], "", 0, false);
         assert!(text.contains("history: no attempt yet"), "{text}");
     }
 
@@ -506,7 +530,7 @@ mod tests {
         let mut messages = [message(1, &[RcptState::Pending], false)];
         messages[0].next_attempt = 2_000;
         with_link_wait(&mut messages, Some(32_000));
-        let text = render_list(&messages, 2_000);
+        let text = render_list(&messages, 2_000, false);
         assert!(text.contains("next attempt: in 30s"), "{text}");
         with_link_wait(&mut messages, None);
         assert_eq!(messages[0].next_attempt, 32_000);

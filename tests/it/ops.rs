@@ -327,6 +327,12 @@ fn a_listen_address_that_does_not_exist_yet_is_retried_not_fatal() {
     // Still serving on the address that exists.
     let mut client = RawClient::ready(relay.port());
     assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &message("late", "x\r\n")));
+    // No smarthost is configured: the queue says what the mail waits for, not "now".
+    let list = relay.command_ok(&["queue"]);
+    assert!(
+        list.contains("next attempt: when a smarthost is configured (attempts: 0"),
+        "{list}"
+    );
 }
 
 #[test]
