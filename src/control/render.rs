@@ -23,8 +23,7 @@ impl MessageState {
     pub const ALL: [Self; 4] = [Self::Pending, Self::Deferred, Self::Held, Self::Failed];
 
     pub fn of(message: &QueuedMessage) -> Self {
-        let open = |s: &RcptState| matches!(s, RcptState::Pending | RcptState::Deferred);
-        if message.recipients.iter().any(|r| open(&r.state)) {
+        if message.recipients.iter().any(|r| r.state.is_open()) {
             if message.held {
                 Self::Held
             } else if message

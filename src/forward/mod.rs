@@ -642,15 +642,14 @@ impl Forwarder {
         let mut entries = Vec::with_capacity(group.len());
         let mut subject = None;
         let mut addresses = (None, None);
+        let names: Rc<[String]> = ["subject", "date", "message-id", "from", "to"]
+            .map(String::from)
+            .into();
         for message in group {
             // Unreadable here, unreadable in the digest too: the store error then ends the
             // transfer, and every original is deferred.
             let header = self.header_bytes(message.id).unwrap_or_default();
-            let mut watch = HeaderWatch::new(
-                ["subject", "date", "message-id", "from", "to"]
-                    .map(String::from)
-                    .into(),
-            );
+            let mut watch = HeaderWatch::new(Rc::clone(&names));
             watch.feed(&header);
             let field = |name: &str| {
                 watch
@@ -676,6 +675,7 @@ impl Forwarder {
         let recipients = open_recipients(first);
         let now_unix = wall_clock_secs();
         let date = rfc5322_date(now_unix);
+        let eight_bit = group.iter().any(|m| m.info.eight_bit);
         let layout = coalesce::layout(&DigestInput {
             hostname: &self.params.hostname,
             date: &date,
@@ -685,14 +685,14 @@ impl Forwarder {
             to: addresses.1.as_deref(),
             subject: subject.as_deref().unwrap_or(""),
             entries: &entries,
-            eight_bit: group.iter().any(|m| m.info.eight_bit),
+            eight_bit,
         });
         let sizes: Vec<u64> = group.iter().map(|m| m.size).collect();
         let envelope = Envelope {
             sender: first.info.sender.clone(),
             recipients: recipients.clone(),
             size: layout.size(&sizes),
-            eight_bit: group.iter().any(|m| m.info.eight_bit) || !layout.head.is_ascii(),
+            eight_bit: eight_bit || !layout.head.is_ascii(),
             smtputf8: group.iter().any(|m| m.info.smtputf8),
         };
         let ids: Vec<QueueId> = group.iter().map(|m| m.id).collect();
@@ -757,12 +757,7 @@ impl Forwarder {
         message: &QueuedMessage,
     ) -> Result<bool, ForwardError> {
         let pending: Vec<usize> = (0..message.recipients.len())
-            .filter(|&i| {
-                matches!(
-                    message.recipients[i].state,
-                    RcptState::Pending | RcptState::Deferred
-                )
-            })
+            .filter(|&i| message.recipients[i].state.is_open())
             .collect();
         let envelope = Envelope {
             sender: message.info.sender.clone(),
@@ -874,7 +869,7 @@ impl Forwarder {
         let mut results = Vec::new();
         let mut failed = Vec::new();
         for (index, recipient) in message.recipients.iter().enumerate() {
-            if !matches!(recipient.state, RcptState::Pending | RcptState::Deferred) {
+            if !recipient.state.is_open() {
                 continue;
             }
             let last = recipient.last_reply.as_deref().unwrap_or("none");
@@ -1065,14 +1060,9 @@ fn open_recipients(message: &QueuedMessage) -> Vec<String> {
     message
         .recipients
         .iter()
-        .filter(|r| is_open(r.state))
+        .filter(|r| r.state.is_open())
         .map(|r| r.address.clone())
         .collect()
-}
-
-/// Still to be tried.
-fn is_open(state: RcptState) -> bool {
-    matches!(state, RcptState::Pending | RcptState::Deferred)
 }
 
 /// For each of a digest's recipients (in order), the index of the same address (without
@@ -1083,7 +1073,7 @@ fn match_recipients(recipients: &[String], message: &QueuedMessage) -> Vec<usize
     let mut out = Vec::with_capacity(recipients.len());
     for address in recipients {
         let found = message.recipients.iter().enumerate().position(|(i, r)| {
-            !used[i] && is_open(r.state) && r.address.eq_ignore_ascii_case(address)
+            !used[i] && r.state.is_open() && r.address.eq_ignore_ascii_case(address)
         });
         if let Some(i) = found {
             used[i] = true;

@@ -92,6 +92,13 @@ pub enum RcptState {
     Failed,
 }
 
+impl RcptState {
+    /// Still to be tried: pending or deferred.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Deferred)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RcptRecord {
     pub address: String,
@@ -546,9 +553,7 @@ impl Store {
                 .results
                 .push((u32::try_from(*idx).unwrap_or(u32::MAX), *state, reply));
         }
-        let open = recipients
-            .iter()
-            .any(|(_, r)| matches!(r.state, RcptState::Pending | RcptState::Deferred));
+        let open = recipients.iter().any(|(_, r)| r.state.is_open());
         let failed = recipients.iter().any(|(_, r)| r.state == RcptState::Failed);
         let before = meta.clone();
         unindex(&mut batch, id, &meta);
