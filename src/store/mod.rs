@@ -388,13 +388,13 @@ impl Store {
 
     /// sled's `generate_id` (`db.rs`) is monotonic and, after a crash, restarts 2 ×
     /// `idgen_persist_interval` past the last persisted value; should an id still be in use
-    /// (state lost by a power cut between sled's own syncs), take the next one.
+    /// (state lost by a power cut between sled's own syncs), take the next one. Only `msg/`
+    /// can hold one: a spool writes nothing to sled, and `recover` swept older builds' `spool/`
+    /// markers before any spool opens.
     fn fresh_id(&self) -> Result<QueueId, StoreError> {
         for _ in 0..16 {
             let id = QueueId(self.inner.db.generate_id()?);
-            if !self.inner.db.contains_key(key::msg(id))?
-                && !self.inner.db.contains_key(key::spool(id))?
-            {
+            if !self.inner.db.contains_key(key::msg(id))? {
                 return Ok(id);
             }
             log::warn!("store: queue_id={id} generated twice; skipped");
@@ -489,10 +489,17 @@ impl Store {
         id: QueueId,
     ) -> Result<impl Iterator<Item = Result<Vec<u8>, StoreError>>, StoreError> {
         let meta = self.meta(id)?;
-        let inline = self.inner.db.scan_prefix(key::body_prefix(id)).values();
+        // With the extents in `msg/` there are no `part/` records or `body/` keys to look for.
+        let listed = meta.extents.is_empty();
+        let scan = |prefix: Vec<u8>| {
+            listed
+                .then(|| self.inner.db.scan_prefix(prefix).values())
+                .into_iter()
+                .flatten()
+        };
+        let inline = scan(key::body_prefix(id));
         let inline = inline.map(|chunk| chunk.map(|c| c.to_vec()).map_err(StoreError::from));
-        let parts = self.inner.db.scan_prefix(key::part_prefix(id)).values();
-        let parts = parts.map(move |raw| {
+        let parts = scan(key::part_prefix(id)).map(move |raw| {
             Extent::decode(&raw?)
                 .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=part: {e}")))
         });
