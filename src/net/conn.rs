@@ -25,17 +25,19 @@ use crate::smtp::server::{
     Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, Replies, ServerSession,
     SessionParams,
 };
-use crate::store::{MessageInfo, Spool};
+use crate::store::{MessageInfo, Spool, MAX_EXTENT};
 
 /// Input buffer: commands are ≤ 512 octets (RFC 5321 §4.5.3.1.4) and the session guarantees
 /// the unconsumed tail after `NeedInput` is shorter than that, so 4 KiB always has room.
 const INPUT_BUF: usize = 4096;
-/// Largest body chunk handed to the store (sled values stay well below 128 KiB; SLED.md).
-const MAX_CHUNK: usize = 32 * 1024;
-/// Spill the body buffer once it holds this much: one `handle_input` call adds at most
-/// 2 × `INPUT_BUF` (bare LF becomes CRLF), so the buffer never exceeds `MAX_CHUNK`.
-const SPILL_AT: usize = MAX_CHUNK - 2 * INPUT_BUF;
-const _: () = assert!(SPILL_AT - 1 + 2 * INPUT_BUF <= MAX_CHUNK);
+/// Body piece handed to the store: `MAX_EXTENT`, so every piece but the last is a whole one and
+/// a body of up to `INLINE_EXTENTS` × 32 KiB keeps its extents inside its `msg/` record (a
+/// 100 KiB message cut at 24 KiB would take five pieces, five `part/` records, and sled holds
+/// each in memory while the message is queued).
+const MAX_CHUNK: usize = MAX_EXTENT;
+/// The body buffer's most: one `handle_input` call adds at most 2 × `INPUT_BUF` (bare LF
+/// becomes CRLF) to fewer than `MAX_CHUNK` octets before a whole piece is taken off.
+const BODY_BUF: usize = MAX_CHUNK + 2 * INPUT_BUF;
 
 /// Longest wait for a clean close (TLS close_notify) after the session said `Close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -164,7 +166,7 @@ struct Conn<'a> {
     ctx: &'a Ctx,
     tag: Tag,
     replies: Replies,
-    /// Decoded body octets not yet in the spool (≤ `MAX_CHUNK`).
+    /// Decoded body octets not yet in the spool (< `BODY_BUF`).
     body: Vec<u8>,
     /// The header fields `[[priority]]` rules look at, collected as the body arrives.
     headers: HeaderWatch,
@@ -194,6 +196,10 @@ impl Conn<'_> {
     async fn step_loop(&mut self) -> Result<(), End> {
         loop {
             let before = self.body.len();
+            // A body past a few KiB gets its whole buffer at once, not doubling past it.
+            if before >= 2 * INPUT_BUF && self.body.capacity() < BODY_BUF {
+                self.body.reserve_exact(BODY_BUF - before);
+            }
             let step = self.session.handle_input(
                 &self.input[..self.len],
                 &mut self.replies,
@@ -201,8 +207,8 @@ impl Conn<'_> {
             );
             self.headers.feed(&self.body[before..]);
             self.discard(step.consumed);
-            if self.body.len() >= SPILL_AT {
-                self.spill_body();
+            if self.body.len() >= MAX_CHUNK {
+                self.spill_piece();
             }
             match step.next {
                 Next::NeedInput => {
@@ -416,18 +422,29 @@ impl Conn<'_> {
         let header = self
             .session
             .received_header(&spool.id().to_string(), &rfc5322_date(self.received_unix));
-        // The header is far below `SPILL_AT` (a line of names bounded by RFC 5321 limits), so
-        // the buffer stays within `MAX_CHUNK` as the body arrives.
+        // The header is far below `MAX_CHUNK` (a line of names bounded by RFC 5321 limits), so
+        // the buffer stays below `BODY_BUF` as the body arrives.
         self.body.extend_from_slice(header.as_bytes());
         self.spool = SpoolState::Open(spool);
     }
 
-    /// Moves the body buffer into the spool in chunks of at most `MAX_CHUNK`. Without an open
-    /// spool (store failed) the bytes are dropped: the body is drained and the commit fails.
+    /// Moves one whole piece (`MAX_CHUNK`) from the front of the body buffer into the spool.
+    fn spill_piece(&mut self) {
+        self.append_to_spool(MAX_CHUNK);
+        self.body.drain(..MAX_CHUNK);
+    }
+
+    /// Moves the body buffer into the spool in pieces of at most `MAX_CHUNK`.
     fn spill_body(&mut self) {
+        self.append_to_spool(self.body.len());
+        self.body.clear();
+    }
+
+    /// Appends the first `len` octets of the body buffer to the spool. Without an open spool
+    /// (store failed) the bytes are dropped: the body is drained and the commit fails.
+    fn append_to_spool(&mut self, len: usize) {
         if let SpoolState::Open(spool) = &mut self.spool {
-            let appended = self
-                .body
+            let appended = self.body[..len]
                 .chunks(MAX_CHUNK)
                 .try_for_each(|chunk| spool.append(chunk));
             if let Err(e) = appended {
@@ -444,7 +461,6 @@ impl Conn<'_> {
                 }
             }
         }
-        self.body.clear();
     }
 
     /// The final dot: append the rest of the body, commit (durable on return), tell the

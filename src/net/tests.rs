@@ -16,6 +16,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use super::tls::tests::TestPki;
 use super::*;
 use crate::config::{Secret, Smarthost, SmarthostAuth, TlsFiles, User};
+use crate::store::MAX_EXTENT;
 
 /// `openssl passwd -6 -salt Zx9q2mB7 camera-pw`
 const CAMERA_HASH: &str = "$6$Zx9q2mB7$7euoUzgiGoP/JG7b1oQ/kumgdF6Rt0IqsCVygrN/0nG5ZBWl2b626DDB\
@@ -652,5 +653,56 @@ fn smarthost_auth_failure_keeps_mail_queued() {
     assert!(
         !upstream.logins.lock().unwrap().is_empty(),
         "AUTH never tried"
+    );
+}
+
+/// A body arrives in 4 KiB reads; the session hands the store whole `MAX_EXTENT` pieces, so a
+/// 100 KiB message is four pieces, with its extents inline in `msg/` rather than five or more
+/// `part/` records that sled would hold in memory while the message is queued.
+#[test]
+fn a_large_body_reaches_the_store_in_whole_pieces() {
+    let daemon = Daemon::start(Config {
+        hostname: "outpost.test".into(),
+        ..Config::default()
+    });
+    let mut client = Client::connect(daemon.port);
+    client.cmd("EHLO lan.test", 250);
+    client.cmd("MAIL FROM:<cam@lan.test>", 250);
+    client.cmd("RCPT TO:<ops@remote.test>", 250);
+    client.cmd("DATA", 354);
+    let line = format!("{}\r\n", "x".repeat(98));
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    while body.len() < 100 * 1024 {
+        body.extend_from_slice(line.as_bytes());
+    }
+    client.write(&body);
+    client.write(b".\r\n");
+    client.expect(250);
+    client.cmd("QUIT", 221);
+    let dir = daemon.stop();
+
+    let options = StoreOptions {
+        cache_bytes: 1024 * 1024,
+        flush_every_ms: None,
+        max_bytes: u64::MAX,
+    };
+    let store = Store::open(&dir.path().join("data"), options).unwrap();
+    let queued = store.list().unwrap();
+    assert_eq!(queued.len(), 1);
+    let pieces: Vec<Vec<u8>> = store
+        .body_chunks(queued[0].id)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let sizes: Vec<usize> = pieces.iter().map(Vec::len).collect();
+    let (last, whole) = sizes.split_last().unwrap();
+    assert_eq!(sizes.len(), 4, "{sizes:?}");
+    assert!(whole.iter().all(|&n| n == MAX_EXTENT), "{sizes:?}");
+    assert!(*last > 0 && *last <= MAX_EXTENT, "{sizes:?}");
+    let stored = pieces.concat();
+    assert!(stored.starts_with(b"Received: "));
+    assert!(
+        stored.ends_with(&body),
+        "the body arrived whole and in order"
     );
 }
