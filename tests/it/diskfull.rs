@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::util::{RawClient, RelayConfig, RelayProcess, Upstream};
 
-const DELIVERY: Duration = Duration::from_secs(60);
+const DELIVERY: Duration = Duration::from_secs(120);
 
 fn padded(id: &str) -> Vec<u8> {
     let mut body = format!("X-Test-Id: {id}\r\nSubject: {id}\r\n\r\n").into_bytes();

@@ -93,6 +93,7 @@ impl RawClient {
 
     pub(crate) fn connect_no_greeting(port: u16) -> std::io::Result<Self> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(reply_timeout()))?;
         stream.set_write_timeout(Some(reply_timeout()))?;
         Ok(Self {

@@ -286,6 +286,10 @@ impl Upstream {
                 let Ok(server) = TcpStream::connect(inner_addr) else {
                     continue;
                 };
+                // The proxy writes line by line: without NODELAY each small write after the
+                // first waits for a delayed ACK (40 ms a message).
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 let shared = Arc::clone(&proxy_shared);
                 thread::spawn(move || proxy_connection(n, client, server, &shared));
             }
