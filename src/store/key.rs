@@ -1,6 +1,6 @@
 //! Key layout of the store's one sled tree. Ids, chunk numbers and times are big-endian so
-//! sled's byte order is numeric order: a prefix scan of `due/` is oldest-first, `part/<id>/` is
-//! body order. Pure: builds and parses byte strings, never touches sled.
+//! sled's byte order is numeric order: a prefix scan of `failed/` is oldest-first, `part/<id>/`
+//! is body order. Pure: builds and parses byte strings, never touches sled.
 //!
 //! | key                           | value                          |
 //! |-------------------------------|--------------------------------|
@@ -10,10 +10,13 @@
 //! | `body/<id:8>/<chunk:4>`       | raw body bytes (older stores)  |
 //! | `hist/<id:8>/<n:4>`           | `AttemptRecord` (last few)     |
 //! | `spool/<id:8>`                | empty: a spool not committed (older builds) |
-//! | `due/<time:8>/<id:8>`         | empty: the scheduler index (`normal` priority) |
-//! | `due0/`, `due1/`, `due3/` …    | the same for `urgent`, `high`, `low` |
+//! | `due/<time:8>/<id:8>`         | empty: the scheduler index of older builds (`normal`) |
+//! | `due0/`, `due1/`, `due3/` …    | the same for `urgent`, `high`, `low` (older builds) |
 //! | `failed/<time:8>/<id:8>`      | empty: retention index         |
 //! | `meta/usage`, `meta/clock`    | counters, clock (see below)    |
+//!
+//! The scheduler index is in memory now (`due.rs`); `recover` removes the `due/` keys an older
+//! build left.
 //!
 //! `meta/usage` is written by `recover` only (the counters live in memory and are recounted at
 //! every start); `meta/clock` by `recover` and `Store::save_clock` (periodically, at shutdown).
@@ -100,8 +103,8 @@ pub(super) fn hist(id: QueueId, n: u32) -> Vec<u8> {
     join(HIST, &[&id.0.to_be_bytes(), &n.to_be_bytes()])
 }
 
-/// The scheduler index of one priority: `normal` keeps the `due/` of stores written before
-/// priorities existed, so they read unchanged.
+/// The scheduler index of one priority in older builds (`normal` was the `due/` of builds before
+/// priorities); `recover` removes these keys.
 pub(super) fn due_prefix(priority: Priority) -> &'static [u8] {
     match priority {
         Priority::Urgent => b"due0/",
@@ -111,6 +114,7 @@ pub(super) fn due_prefix(priority: Priority) -> &'static [u8] {
     }
 }
 
+#[cfg(test)]
 pub(super) fn due(priority: Priority, at: QueueTime, id: QueueId) -> Vec<u8> {
     join(
         due_prefix(priority),

@@ -3,12 +3,13 @@
 //! record per recipient; a commit is durable (bodies and sled's log `fdatasync`ed, shared among
 //! concurrent sessions) before it returns.
 //!
-//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `due/`, `failed/` and
-//! `meta/` keys (and `spool/` from older builds), written one at a time in an order `recover`
-//! can finish (`writes.rs`: sled's atomic batches cost two or three log writes each); a
-//! `corrupt` tree holds quarantined records (`recover.rs`). Encodings are versioned and
-//! hand-written (`record.rs`): a message with one recipient and a body of at most four pieces is
-//! a single `msg/` record plus its `due/` entry. Durability is the group flush in `flush.rs`:
+//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `failed/` and `meta/` keys
+//! (and `spool/` and `due/` from older builds), written one at a time in an order `recover` can
+//! finish (`writes.rs`: sled's atomic batches cost two or three log writes each); a `corrupt`
+//! tree holds quarantined records (`recover.rs`). Encodings are versioned and hand-written
+//! (`record.rs`): a message with one recipient and a body of at most four pieces is a single
+//! `msg/` record. The schedule (which message is due when) is an in-memory index derived from
+//! the `msg/` records (`due.rs`). Durability is the group flush in `flush.rs`:
 //! one sync (the body segments written since the last one, then sled flush + `fdatasync` of
 //! `<dir>/db`) in flight at a time, shared by every write that landed before it started.
 //!
@@ -17,6 +18,7 @@
 //! once; write a body into sled; unlink a segment before the removal of its last extent is
 //! durable; assume sled's flush alone survives a power cut.
 
+mod due;
 mod flush;
 mod key;
 mod record;
@@ -32,6 +34,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use self::due::{DueEntry, DueIndex};
 pub use self::flush::SyncHook;
 use self::flush::{GroupFlush, SyncFiles};
 use self::record::{DecodeError, MessageMeta};
@@ -237,6 +240,8 @@ struct Inner {
     flush: GroupFlush,
     /// The write number of the latest removal not waited for (`Durability::Lazy`).
     lazy_removal: Cell<u64>,
+    /// Which messages are due when (`due.rs`): built by `recover`.
+    due: DueIndex,
 }
 
 /// An uncommitted message body being written.
@@ -341,6 +346,7 @@ impl Store {
             max_bytes: options.max_bytes,
             flush,
             lazy_removal: Cell::new(0),
+            due: DueIndex::default(),
         };
         Ok(Self {
             inner: Rc::new(inner),
@@ -348,7 +354,7 @@ impl Store {
     }
 
     /// Sweeps spools never committed, quarantines undecodable records, rebuilds the counters and
-    /// the due/failed indexes from the message records. Call once after open.
+    /// the schedule and the `failed/` index from the message records. Call once after open.
     pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
         recover::run(self)
     }
@@ -439,46 +445,37 @@ impl Store {
         limit: usize,
         out: &mut Vec<QueuedMessage>,
     ) -> Result<(), StoreError> {
-        let prefix = key::due_prefix(priority);
-        let range = key::due(priority, 0, QueueId(0))..=key::due(priority, now, QueueId(u64::MAX));
-        for entry in self.inner.db.range(range) {
+        let mut stale = Vec::new();
+        let mut failure = None;
+        self.inner.due.each_due(priority, now, |entry| {
+            let (_, _, id) = entry;
             if out.len() >= limit {
-                break;
+                return false;
             }
-            let (k, _) = entry?;
-            let Some((_, id)) = key::parse_timed(prefix, &k) else {
-                continue;
-            };
             match self.get(id) {
                 Ok(message) => out.push(message),
-                Err(StoreError::NotFound(_)) => {
-                    log::warn!("store: queue_id={id} stale due entry removed");
-                    self.inner.db.remove(k)?;
-                }
+                Err(StoreError::NotFound(_)) => stale.push(entry),
                 Err(StoreError::Corrupt(e)) => {
                     log::error!("store: queue_id={id} unreadable, skipped: {e}");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failure = Some(e);
+                    return false;
+                }
             }
+            true
+        });
+        // Not reachable while every update goes through `Writes`; kept as a repair.
+        for entry in stale {
+            log::warn!("store: queue_id={} stale due entry removed", entry.2);
+            self.inner.due.remove(&entry);
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Earliest `next_attempt` among deliverable messages.
     pub fn next_due(&self) -> Option<QueueTime> {
-        Priority::ALL
-            .into_iter()
-            .filter_map(|priority| {
-                let prefix = key::due_prefix(priority);
-                match self.inner.db.scan_prefix(prefix).keys().next()? {
-                    Ok(k) => key::parse_timed(prefix, &k).map(|(at, _)| at),
-                    Err(e) => {
-                        log::error!("store: reading the due index failed: {e}");
-                        None
-                    }
-                }
-            })
-            .min()
+        self.inner.due.earliest()
     }
 
     /// Reads the body in order, one appended piece (≤ `MAX_EXTENT`) at a time, from the
@@ -709,7 +706,7 @@ impl Store {
         for priority in Priority::ALL {
             self.reschedule_of(priority, now, after, &mut batch)?;
         }
-        batch.apply(&self.inner.db)?;
+        batch.apply(&self.inner.db, &self.inner.due)?;
         Ok(())
     }
 
@@ -720,27 +717,17 @@ impl Store {
         after: QueueTime,
         batch: &mut Writes,
     ) -> Result<(), StoreError> {
-        let prefix = key::due_prefix(priority);
-        for entry in self
-            .inner
-            .db
-            .range(key::due(priority, after, QueueId(0))..)
-            .keys()
-        {
-            let k = entry?;
-            let Some((_, id)) = key::parse_timed(prefix, &k) else {
-                break; // past this priority's prefix
-            };
+        for (_, at, id) in self.inner.due.from(priority, after) {
             let mut meta = match self.meta(id) {
                 Ok(meta) => meta,
                 Err(StoreError::NotFound(_) | StoreError::Corrupt(_)) => continue,
                 Err(e) => return Err(e),
             };
-            batch.remove(k.to_vec());
+            batch.unschedule((priority, at, id));
             // Due at once, in its place by age: never-tried messages are due since they were
             // queued, so the drain goes oldest first whichever of them were tried before.
             meta.next_attempt = meta.enqueued_at.min(now);
-            batch.insert(key::due(priority, meta.next_attempt, id), Vec::new());
+            batch.schedule((priority, meta.next_attempt, id));
             batch.insert(key::msg(id), meta.encode());
         }
         Ok(())
@@ -860,7 +847,7 @@ impl Store {
             messages: old.messages.saturating_sub(1),
             bytes: old.bytes.saturating_sub(meta.size),
         };
-        batch.apply(&self.inner.db)?;
+        batch.apply(&self.inner.db, &self.inner.due)?;
         self.inner.usage.set(usage);
         let seq = self.inner.flush.note_write();
         // Only once the removal is durable may the bytes go (see `segment.rs`).
@@ -878,7 +865,7 @@ impl Store {
 
     /// Applies `batch` in order, then waits for the group flush.
     async fn apply(&self, batch: Writes) -> Result<(), StoreError> {
-        batch.apply(&self.inner.db)?;
+        batch.apply(&self.inner.db, &self.inner.due)?;
         let seq = self.inner.flush.note_write();
         self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
@@ -897,25 +884,33 @@ enum Durability {
 
 /// Removes the index entry `meta` implies (due, failed, or none when held).
 fn unindex(batch: &mut Writes, id: QueueId, meta: &MessageMeta) {
-    if let Some(at) = meta.failed_at {
-        batch.remove(key::failed(at, id));
-    } else if !meta.held {
-        batch.remove(key::due(meta.priority, meta.next_attempt, id));
+    match index_of(id, meta) {
+        Some(Index::Failed(k)) => batch.remove(k),
+        Some(Index::Due(entry)) => batch.unschedule(entry),
+        None => {}
     }
 }
 
 fn index(batch: &mut Writes, id: QueueId, meta: &MessageMeta) {
-    if let Some(k) = index_key(id, meta) {
-        batch.insert(k, Vec::new());
+    match index_of(id, meta) {
+        Some(Index::Failed(k)) => batch.insert(k, Vec::new()),
+        Some(Index::Due(entry)) => batch.schedule(entry),
+        None => {}
     }
 }
 
-/// The `due/` or `failed/` key a message belongs under, if any (held ones have none).
-fn index_key(id: QueueId, meta: &MessageMeta) -> Option<Vec<u8>> {
+/// Where a message is indexed: under a `failed/` key in sled, or in the in-memory schedule.
+enum Index {
+    Failed(Vec<u8>),
+    Due(DueEntry),
+}
+
+/// The index entry a message belongs under, if any (held ones have none).
+fn index_of(id: QueueId, meta: &MessageMeta) -> Option<Index> {
     match meta.failed_at {
-        Some(at) => Some(key::failed(at, id)),
+        Some(at) => Some(Index::Failed(key::failed(at, id))),
         None if meta.held => None,
-        None => Some(key::due(meta.priority, meta.next_attempt, id)),
+        None => Some(Index::Due((meta.priority, meta.next_attempt, id))),
     }
 }
 

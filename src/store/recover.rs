@@ -2,8 +2,8 @@
 //! `corrupt` tree (one `warn` line per key, never a refusal to start), quarantines messages
 //! whose body segment is missing or shorter than their `part/` records say (one `error` line
 //! each; the rest of the queue flows), deletes body segments no record points into (orphans of
-//! a crash), and rebuilds the counters, the segment reference counts and the `due/`/`failed/`
-//! indexes from the message records. Runs once, before any session; the only code that scans
+//! a crash), and rebuilds the counters, the segment reference counts, the in-memory schedule
+//! (`due.rs`) and the `failed/` index from the message records. Runs once, before any session; the only code that scans
 //! every message.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +11,7 @@ use std::io;
 
 use super::record::{self, MessageMeta};
 use super::segment::{parse_segment_name, DirtySegments, Extent};
-use super::{index_key, key, QueueId, RecoveryReport, Store, StoreError, Usage};
+use super::{index_of, key, Index, QueueId, RecoveryReport, Store, StoreError, Usage};
 use crate::priority::Priority;
 
 pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
@@ -24,6 +24,7 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     let mut usage = Usage::default();
     let mut clock = store.inner.clock.get();
     let mut expected = BTreeSet::new();
+    let mut schedule = BTreeSet::new();
     remove_orphan_recipients(store)?;
     let mut parts = check_parts(store)?;
     let mut inline_refs = BTreeMap::new();
@@ -62,12 +63,15 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
         usage.messages += 1;
         usage.bytes = usage.bytes.saturating_add(meta.size);
         clock = clock.max(meta.enqueued_at).max(meta.failed_at.unwrap_or(0));
-        if let Some(k) = index_key(id, &meta) {
-            expected.insert(k);
+        match index_of(id, &meta) {
+            Some(Index::Failed(k)) => drop(expected.insert(k)),
+            Some(Index::Due(entry)) => drop(schedule.insert(entry)),
+            None => {}
         }
     }
     report.messages = usage.messages;
     rebuild_index(store, expected)?;
+    store.inner.due.replace(schedule);
     let refs = count_refs(store, inline_refs)?;
     remove_orphan_segments(store, &refs)?;
     store.inner.flush.segments().set_refs(refs);
@@ -370,18 +374,26 @@ fn quarantine(store: &Store, k: &[u8], raw: &[u8], why: &str) -> Result<(), Stor
     Ok(())
 }
 
-/// Makes `due/` and `failed/` hold exactly the entries the message records imply.
+/// Makes `failed/` hold exactly the entries the message records imply, and removes the
+/// `due/` index older builds kept in sled (the schedule is in memory now: `due.rs`).
 fn rebuild_index(store: &Store, mut expected: BTreeSet<Vec<u8>>) -> Result<(), StoreError> {
     let db = &store.inner.db;
     let mut batch = sled::Batch::default();
-    let due = Priority::ALL.map(key::due_prefix);
-    for prefix in due.iter().copied().chain([key::FAILED]) {
+    let mut legacy = 0_u64;
+    for prefix in Priority::ALL.map(key::due_prefix) {
         for entry in db.scan_prefix(prefix).keys() {
-            let k = entry?;
-            if !expected.remove(k.as_ref()) {
-                log::warn!("store: key={} stale index entry removed", printable(&k));
-                batch.remove(k);
-            }
+            batch.remove(entry?);
+            legacy += 1;
+        }
+    }
+    if legacy > 0 {
+        log::info!("store: removed {legacy} due/ keys an older build kept (now in memory)");
+    }
+    for entry in db.scan_prefix(key::FAILED).keys() {
+        let k = entry?;
+        if !expected.remove(k.as_ref()) {
+            log::warn!("store: key={} stale index entry removed", printable(&k));
+            batch.remove(k);
         }
     }
     for k in expected {

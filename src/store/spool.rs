@@ -12,7 +12,7 @@ use super::record::{self, MessageMeta, INLINE_EXTENTS};
 use super::segment::{count_extent, MAX_EXTENT};
 use super::writes::Writes;
 use super::{
-    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
+    key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
 };
 use crate::clock::QueueTime;
 
@@ -129,7 +129,6 @@ impl Spool {
         for (idx, rcpt) in (0..recipients).zip(&records) {
             batch.insert(key::rcpt(id, idx), record::encode_rcpt(rcpt));
         }
-        index(&mut batch, id, &meta);
         // Neither the queue clock nor the counters are written per message (one more key each
         // in sled's log): `recover` takes the clock past every `enqueued_at` and recounts.
         let clock = inner.clock.get().max(now);
@@ -139,9 +138,11 @@ impl Spool {
         };
         // A failure up to the `msg/` insert leaves the body for `Drop` to release (and records
         // of no message for `due` and `recover` to drop).
-        batch.apply(&inner.db)?;
+        batch.apply(&inner.db, &inner.due)?;
         inner.clock.set(clock);
         inner.db.insert(key::msg(id), meta.encode())?;
+        // A new message is never held or failed: it is due now.
+        inner.due.insert((meta.priority, meta.next_attempt, id));
         // Committed: from here on the parts belong to the message.
         self.finished = true;
         inner.usage.set(usage);

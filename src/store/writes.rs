@@ -1,6 +1,7 @@
-//! `Writes`: the store's state changes, applied to sled one key at a time in the order given,
-//! instead of `sled::Batch`. Owns nothing but that order; every caller puts its commit point
-//! where a crash at any step leaves what `recover` repairs.
+//! `Writes`: the store's state changes, applied to sled one key at a time in the order given
+//! (the in-memory schedule's changes in their place among them) instead of `sled::Batch`. Owns
+//! nothing but that order; every caller puts its commit point where a crash at any step leaves
+//! what `recover` repairs.
 //!
 //! Why not `apply_batch`: sled makes a batch atomic with `PageCache::pin_log`
 //! (`pagecache/mod.rs`), which rolls the io buffer before the batch and seals the buffer that
@@ -14,28 +15,46 @@
 //! sequence numbers, and sled recovers a prefix of the log (`pagecache/segment.rs`: a later
 //! segment is not recovered without its predecessors). So a crash leaves the first k writes of
 //! a sequence. The orders the store uses:
-//! - commit: `part/` records, recipient records, index entry, then `msg/<id>` (the commit
-//!   point). Without `msg/`, `recover` removes the parts, recipient records and index entry as
-//!   records of no message. (Older builds also wrote a `spool/<id>` marker first and removed it
-//!   last; `recover` sweeps such a spool with its records.)
+//! - commit: `part/` records, recipient records, then `msg/<id>` (the commit point). Without
+//!   `msg/`, `recover` removes the parts and recipient records as records of no message. (Older
+//!   builds also wrote a `spool/<id>` marker first and removed it last; `recover` sweeps such a
+//!   spool with its records.)
 //! - removal: `msg/<id>` first (the point of no return), then recipients, parts and index entry;
 //!   `recover` removes records of no message and rebuilds indexes and counters.
 //! - updates (attempt results, hold, reschedule): recipient records and index entries, then
 //!   `msg/<id>`, then an attempt's `hist/` entry (informational: a crash before it loses only
-//!   that entry); `recover` rebuilds the `due/`/`failed/` index from `msg/` records and removes
-//!   `hist/` entries of no message.
+//!   that entry); `recover` rebuilds the `failed/` index and the in-memory schedule (`due.rs`)
+//!   from `msg/` records and removes `hist/` entries of no message.
 
-/// An ordered list of inserts (`Some` value) and removals (`None`).
+use super::due::{DueEntry, DueIndex};
+
+/// An ordered list of sled inserts and removals, and of changes to the in-memory scheduler
+/// index (`due.rs`), which has no keys of its own.
 #[derive(Default)]
-pub(super) struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+pub(super) struct Writes(Vec<Write>);
+
+enum Write {
+    Insert(Vec<u8>, Vec<u8>),
+    Remove(Vec<u8>),
+    Schedule(DueEntry),
+    Unschedule(DueEntry),
+}
 
 impl Writes {
     pub(super) fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.0.push((key.into(), Some(value.into())));
+        self.0.push(Write::Insert(key.into(), value.into()));
     }
 
     pub(super) fn remove(&mut self, key: impl Into<Vec<u8>>) {
-        self.0.push((key.into(), None));
+        self.0.push(Write::Remove(key.into()));
+    }
+
+    pub(super) fn schedule(&mut self, entry: DueEntry) {
+        self.0.push(Write::Schedule(entry));
+    }
+
+    pub(super) fn unschedule(&mut self, entry: DueEntry) {
+        self.0.push(Write::Unschedule(entry));
     }
 
     /// Appends `other`'s writes after these.
@@ -43,11 +62,14 @@ impl Writes {
         self.0.append(&mut other.0);
     }
 
-    pub(super) fn apply(self, db: &sled::Db) -> Result<(), sled::Error> {
-        for (key, value) in self.0 {
-            match value {
-                Some(value) => drop(db.insert(key, value)?),
-                None => drop(db.remove(key)?),
+    /// Applies the writes in order; on a sled error the rest are not applied.
+    pub(super) fn apply(self, db: &sled::Db, due: &DueIndex) -> Result<(), sled::Error> {
+        for write in self.0 {
+            match write {
+                Write::Insert(key, value) => drop(db.insert(key, value)?),
+                Write::Remove(key) => drop(db.remove(key)?),
+                Write::Schedule(entry) => due.insert(entry),
+                Write::Unschedule(entry) => due.remove(&entry),
             }
         }
         Ok(())
