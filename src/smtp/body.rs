@@ -218,19 +218,32 @@ impl BodyEncoder {
     }
 
     /// Appends the stuffed form of `chunk` to `out`. Chunk boundaries may fall anywhere.
-    /// Bare LF becomes CRLF; every line starting with `.` gets one more.
+    /// Bare LF becomes CRLF; every line starting with `.` gets one more. Copies a line at a
+    /// time (this was byte by byte and the forwarder's largest CPU cost for 100 KiB mail).
     pub fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         out.reserve(chunk.len() + chunk.len() / 32);
-        for &byte in chunk {
-            if self.at_line_start && byte == b'.' {
+        let mut rest = chunk;
+        while let Some(&first) = rest.first() {
+            if self.at_line_start && first == b'.' {
                 out.push(b'.');
             }
-            if byte == b'\n' && !self.after_cr {
+            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                // No line end in the rest of the chunk: the line goes on in the next one.
+                out.extend_from_slice(rest);
+                self.at_line_start = false;
+                self.after_cr = rest.last() == Some(&b'\r');
+                return;
+            };
+            let text = &rest[..lf];
+            out.extend_from_slice(text);
+            let cr_before = text.last().map_or(self.after_cr, |&b| b == b'\r');
+            if !cr_before {
                 out.push(b'\r');
             }
-            out.push(byte);
-            self.at_line_start = byte == b'\n';
-            self.after_cr = byte == b'\r';
+            out.push(b'\n');
+            self.at_line_start = true;
+            self.after_cr = false;
+            rest = &rest[lf + 1..];
         }
     }
 
@@ -443,7 +456,40 @@ mod tests {
         }
     }
 
+    /// The encoder as it was, one byte at a time: the reference the line-at-a-time one must
+    /// match.
+    fn encode_bytewise(body: &[u8]) -> Vec<u8> {
+        let (mut at_line_start, mut after_cr) = (true, false);
+        let mut out = Vec::new();
+        for &byte in body {
+            if at_line_start && byte == b'.' {
+                out.push(b'.');
+            }
+            if byte == b'\n' && !after_cr {
+                out.push(b'\r');
+            }
+            out.push(byte);
+            at_line_start = byte == b'\n';
+            after_cr = byte == b'\r';
+        }
+        let mut end = BodyEncoder {
+            at_line_start,
+            after_cr,
+        };
+        end.finish(&mut out);
+        out
+    }
+
     proptest! {
+        #[test]
+        fn line_at_a_time_encoding_matches_byte_at_a_time(
+            body in proptest::collection::vec(
+                prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'a'), any::<u8>()], 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..6),
+        ) {
+            prop_assert_eq!(encode_split(&body, &cuts), encode_bytewise(&body));
+        }
+
         #[test]
         fn decode_of_encode_is_normalised_input(
             body in proptest::collection::vec(
