@@ -33,8 +33,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
+use async_io::Timer;
 use event_listener::Event;
+use futures_lite::future;
 
 use super::segment::{DirtySegments, Segments};
 
@@ -237,6 +240,35 @@ impl GroupFlush {
                 continue;
             }
             listener.await;
+        }
+    }
+
+    /// Waits up to `grace` for a sync started by other writes to make write `seq` durable;
+    /// true if one did. Starts no sync itself.
+    pub(super) async fn covered_within(&self, seq: u64, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            if self.durable.get() >= seq {
+                return true;
+            }
+            let listener = self.changed.listen();
+            if self.durable.get() >= seq {
+                return true;
+            }
+            let expired = future::or(
+                async {
+                    listener.await;
+                    false
+                },
+                async {
+                    Timer::at(deadline).await;
+                    true
+                },
+            )
+            .await;
+            if expired {
+                return self.durable.get() >= seq;
+            }
         }
     }
 

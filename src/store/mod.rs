@@ -33,6 +33,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use self::due::{DueEntry, DueIndex};
 pub use self::flush::SyncHook;
@@ -193,6 +194,13 @@ const BODIES_DIR: &str = "bodies";
 /// segments (305 vs 306/s); 128 KiB segments (1 KiB chunks) reached 23 MiB but cost a third
 /// of the accept rate. Must stay ≥ 4 × the largest page (see above).
 pub const SEGMENT_SIZE: usize = 256 * 1024;
+
+/// How long `settle_removals` waits for a commit's sync to carry the removals of a delivery
+/// pass before it syncs them alone. While mail arrives, commits sync every few milliseconds and
+/// the removals ride along: a sync of their own rewrote the last page of sled's log for nothing
+/// (4 KiB per pass, a pass per message with one session). The cost: a crash within this window
+/// after a delivery may deliver those messages again (never lose them).
+const SETTLE_GRACE: Duration = Duration::from_millis(200);
 
 /// The longest `last_reply` the store keeps (cut at a char boundary): keeps every recipient
 /// record, and so every leaf of them, far below the blob threshold whatever the smarthost says.
@@ -417,9 +425,13 @@ impl Store {
     }
 
     /// Returns once every removal `record` did not wait for is durable: at once when the syncs
-    /// since have covered them (no sync of its own for a pass that removed nothing).
+    /// since have covered them (no sync of its own for a pass that removed nothing), else as
+    /// soon as a commit's sync covers them, and after `SETTLE_GRACE` with a sync of its own.
     pub async fn settle_removals(&self) -> Result<(), StoreError> {
         let seq = self.inner.lazy_removal.get();
+        if self.inner.flush.covered_within(seq, SETTLE_GRACE).await {
+            return Ok(());
+        }
         self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
 

@@ -389,6 +389,42 @@ fn attempt_history_keeps_the_last_attempts_in_order_and_survives_reopen() {
     assert!(store.history(id).unwrap().is_empty());
 }
 
+/// A delivery pass's removals wait for the sync a commit starts anyway (`SETTLE_GRACE`)
+/// instead of a sync of their own.
+#[test]
+fn settle_removals_rides_the_sync_of_a_commit_that_comes_along() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"body"], &["a@x"], 1);
+    let results = [(0, RcptState::Delivered, Some("250 ok".to_owned()))];
+    block_on(store.record(id, &results, AT, 1, 100)).unwrap();
+    let before = store.durable_epoch();
+    let ex = LocalExecutor::new();
+    let settler = store.clone();
+    let settle = ex.spawn(async move { settler.settle_removals().await });
+    // The settle is waiting (no sync yet); then mail arrives.
+    for _ in 0..3 {
+        ex.try_tick();
+    }
+    assert_eq!(store.durable_epoch(), before, "settle waits for a commit first");
+    let committer = store.clone();
+    let arrived = ex.spawn(async move {
+        let mut spool = committer.spool().unwrap();
+        spool.append(b"next").unwrap();
+        spool.commit(info(&["b@y"]), 2).await.unwrap().unwrap()
+    });
+    block_on(ex.run(async {
+        arrived.await;
+        settle.await.unwrap();
+    }));
+    assert_eq!(
+        store.durable_epoch(),
+        before + 1,
+        "one sync made the commit and the removal durable"
+    );
+    assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
+}
+
 #[test]
 fn settle_removals_syncs_only_what_record_left_unsynced() {
     let dir = TempDir::new().unwrap();
