@@ -33,6 +33,7 @@
 //!   the key stored at commit, grouping and the digest's layout (pure).
 //! - [`rate`]: per-sender rate limits (`[rate_limit]`) as pure state over an explicit clock.
 //! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
+//! - [`wait`]: waiting for an announced condition with a deadline.
 //!
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
 //! forwarder; sled runs its own flusher and I/O threads.
@@ -49,3 +50,4 @@ pub mod rate;
 pub mod sendmail;
 pub mod smtp;
 pub mod store;
+pub mod wait;

@@ -318,28 +318,7 @@ impl Ctx {
 
     /// Waits until no session is open or `deadline` passes; true if all ended.
     async fn sessions_ended(&self, deadline: Instant) -> bool {
-        loop {
-            if self.sessions.get() == 0 {
-                return true;
-            }
-            let listener = self.session_ended.listen();
-            if self.sessions.get() == 0 {
-                return true;
-            }
-            let timed_out = future::or(
-                async {
-                    listener.await;
-                    false
-                },
-                async {
-                    Timer::at(deadline).await;
-                    true
-                },
-            );
-            if timed_out.await {
-                return false;
-            }
-        }
+        crate::wait::until(&self.session_ended, deadline, || self.sessions.get() == 0).await
     }
 }
 

@@ -35,9 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use event_listener::Event;
-use futures_lite::future;
 
 use super::segment::{DirtySegments, Segments};
 
@@ -247,29 +245,7 @@ impl GroupFlush {
     /// true if one did. Starts no sync itself.
     pub(super) async fn covered_within(&self, seq: u64, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
-        loop {
-            if self.durable.get() >= seq {
-                return true;
-            }
-            let listener = self.changed.listen();
-            if self.durable.get() >= seq {
-                return true;
-            }
-            let expired = future::or(
-                async {
-                    listener.await;
-                    false
-                },
-                async {
-                    Timer::at(deadline).await;
-                    true
-                },
-            )
-            .await;
-            if expired {
-                return self.durable.get() >= seq;
-            }
-        }
+        crate::wait::until(&self.changed, deadline, || self.durable.get() >= seq).await
     }
 
     fn start(&self) -> InFlight {
