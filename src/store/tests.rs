@@ -406,7 +406,11 @@ fn settle_removals_rides_the_sync_of_a_commit_that_comes_along() {
     for _ in 0..3 {
         ex.try_tick();
     }
-    assert_eq!(store.durable_epoch(), before, "settle waits for a commit first");
+    assert_eq!(
+        store.durable_epoch(),
+        before,
+        "settle waits for a commit first"
+    );
     let committer = store.clone();
     let arrived = ex.spawn(async move {
         let mut spool = committer.spool().unwrap();
