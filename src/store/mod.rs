@@ -477,7 +477,8 @@ impl Store {
             }
             true
         });
-        // Not reachable while every update goes through `Writes`; kept as a repair.
+        // Only after a removal failed between its `msg/` and its schedule change (the store
+        // then stops): kept as a repair.
         for entry in stale {
             log::warn!("store: queue_id={} stale due entry removed", entry.2);
             self.inner.due.remove(&entry);

@@ -3,8 +3,8 @@
 //! whose body segment is missing or shorter than their `part/` records say (one `error` line
 //! each; the rest of the queue flows), deletes body segments no record points into (orphans of
 //! a crash), and rebuilds the counters, the segment reference counts, the in-memory schedule
-//! (`due.rs`) and the `failed/` index from the message records. Runs once, before any session; the only code that scans
-//! every message.
+//! (`due.rs`) and the `failed/` index from the message records. Runs once, before any session;
+//! the only code that scans every message.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

@@ -12,7 +12,7 @@ use super::record::{self, MessageMeta, INLINE_EXTENTS};
 use super::segment::{count_extent, MAX_EXTENT};
 use super::writes::Writes;
 use super::{
-    key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
+    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
 };
 use crate::clock::QueueTime;
 
@@ -61,8 +61,8 @@ impl Spool {
     }
 
     /// Writes the `part/` records, recipient records (none for a single recipient: it goes into
-    /// the envelope), due entry and envelope in the order `writes.rs` gives, then waits for a
-    /// group flush (`flush` + `fdatasync`).
+    /// the envelope) and the envelope in the order `writes.rs` gives, schedules the message,
+    /// then waits for a group flush (`flush` + `fdatasync`).
     /// Returns only once durable. `QueueFull` (the spool is removed) when the committed bytes
     /// plus this message would exceed `max_bytes`.
     pub async fn commit(
@@ -136,13 +136,13 @@ impl Spool {
             messages: old.messages + 1,
             bytes: old.bytes + self.bytes,
         };
+        batch.insert(key::msg(id), meta.encode());
+        // Its place in the schedule, once `msg/` is written.
+        index(&mut batch, id, &meta);
         // A failure up to the `msg/` insert leaves the body for `Drop` to release (and records
-        // of no message for `due` and `recover` to drop).
+        // of no message for `recover` to drop).
         batch.apply(&inner.db, &inner.due)?;
         inner.clock.set(clock);
-        inner.db.insert(key::msg(id), meta.encode())?;
-        // A new message is never held or failed: it is due now.
-        inner.due.insert((meta.priority, meta.next_attempt, id));
         // Committed: from here on the parts belong to the message.
         self.finished = true;
         inner.usage.set(usage);

@@ -15,10 +15,10 @@
 //! sequence numbers, and sled recovers a prefix of the log (`pagecache/segment.rs`: a later
 //! segment is not recovered without its predecessors). So a crash leaves the first k writes of
 //! a sequence. The orders the store uses:
-//! - commit: `part/` records, recipient records, then `msg/<id>` (the commit point). Without
-//!   `msg/`, `recover` removes the parts and recipient records as records of no message. (Older
-//!   builds also wrote a `spool/<id>` marker first and removed it last; `recover` sweeps such a
-//!   spool with its records.)
+//! - commit: `part/` records, recipient records, then `msg/<id>` (the commit point), then its
+//!   place in the in-memory schedule. Without `msg/`, `recover` removes the parts and recipient
+//!   records as records of no message. (Older builds also wrote a `spool/<id>` marker first
+//!   and removed it last; `recover` sweeps such a spool with its records.)
 //! - removal: `msg/<id>` first (the point of no return), then recipients, parts and index entry;
 //!   `recover` removes records of no message and rebuilds indexes and counters.
 //! - updates (attempt results, hold, reschedule): recipient records and index entries, then
