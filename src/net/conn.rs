@@ -339,6 +339,11 @@ impl Conn<'_> {
             Wait::Read(Ok(0)) => Err(End::PeerClosed),
             Wait::Read(Ok(n)) => {
                 self.len += n;
+                // One thread serves every session, and a read that finds input ready does not
+                // yield: a client whose input is always ready (a pipelining flood, a fast
+                // stream of commands) would keep every other session, and the listener, waiting
+                // for as long as it kept sending. Each read gives the others a turn.
+                future::yield_now().await;
                 Ok(())
             }
             Wait::Read(Err(e)) => Err(End::Io(e)),
