@@ -49,6 +49,7 @@
 //! | message size | `max_message_size` (config) | RFC 1870 | `552 5.3.4` at MAIL, or after draining the body |
 //! | recipients | `max_recipients` (config) | RFC 5321 §4.5.3.1.8 | `452 4.5.3` per extra RCPT |
 //! | bad commands | `max_errors` (config) | Postfix `smtpd_hard_error_limit` | `421 4.7.0`, close |
+//! | NOOP, RSET, VRFY, HELP since the last accepted message | 100 ([`JUNK_COMMAND_LIMIT`](server::JUNK_COMMAND_LIMIT)) | Postfix `smtpd_junk_command_limit` | each further one counts towards `max_errors` |
 //! | queued replies | about 4 KiB per `handle_input` call | — | `Next::FlushReplies` |
 //! | unconsumed input at `NeedInput` | < 512 octets | — | a 4 KiB caller buffer never stalls |
 //!

@@ -189,6 +189,12 @@ enum State {
 /// connection, each after the glue's delay).
 pub const MAX_AUTH_FAILURES: u32 = 3;
 
+/// NOOP, RSET, VRFY and HELP a session may send since it last had a message accepted before
+/// each further one also counts as an error towards `max_errors` (Postfix
+/// `smtpd_junk_command_limit`, same value): a session that only ever sends those — a
+/// pipelining flood of NOOPs — is closed with `421 4.7.0`, not served for as long as it sends.
+pub const JUNK_COMMAND_LIMIT: u32 = 100;
+
 #[derive(Debug)]
 struct Helo {
     name: String,
@@ -212,6 +218,8 @@ pub struct ServerSession {
     framer: LineFramer,
     tls_active: bool,
     errors: u32,
+    /// NOOP, RSET, VRFY and HELP since the session last had a message accepted.
+    junk: u32,
     /// The user name once AUTH succeeded.
     authenticated: Option<String>,
     auth_failures: u32,
@@ -228,6 +236,7 @@ impl ServerSession {
             framer: LineFramer::new(),
             tls_active,
             errors: 0,
+            junk: 0,
             authenticated: None,
             auth_failures: 0,
         }
@@ -295,7 +304,10 @@ impl ServerSession {
         }
         self.state = State::AwaitMail;
         match outcome {
-            CommitOutcome::Stored(queue_id) => replies::queued_as(&queue_id),
+            CommitOutcome::Stored(queue_id) => {
+                self.junk = 0;
+                replies::queued_as(&queue_id)
+            }
             CommitOutcome::QueueFull => replies::QUEUE_FULL,
             CommitOutcome::Failed => replies::STORE_FAILED,
         }
@@ -464,6 +476,10 @@ impl ServerSession {
             Err(error) => return self.reject(Reply::from(&error), out),
         };
         let ends_group = command.ends_pipeline_group();
+        let junk = matches!(
+            command,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Help
+        );
         let result = match command {
             Command::Ehlo(name) => Ok(self.proceed_helo(name, true, out)),
             Command::Helo(name) => Ok(self.proceed_helo(name, false, out)),
@@ -498,6 +514,15 @@ impl ServerSession {
                 )
             }),
         };
+        if junk {
+            self.junk = self.junk.saturating_add(1);
+            if self.junk > JUNK_COMMAND_LIMIT {
+                // Answered as usual, and counted: the 421 follows its reply.
+                if let Some(close) = self.count_error(out) {
+                    return Some(close);
+                }
+            }
+        }
         match result {
             Ok(Some(next)) => Some(next),
             Ok(None) => ends_group.then_some(Next::FlushReplies),
@@ -514,6 +539,11 @@ impl ServerSession {
         if reply.code < 500 || reply.code == 552 {
             return None;
         }
+        self.count_error(out)
+    }
+
+    /// Counts an error; at `max_errors` queues `421 4.7.0` and closes.
+    fn count_error(&mut self, out: &mut Replies) -> Option<Next> {
         self.errors = self.errors.saturating_add(1);
         if self.errors < self.params.limits.max_errors.max(1) {
             return None;

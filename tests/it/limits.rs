@@ -252,6 +252,28 @@ fn too_many_bad_commands_get_421_and_close() {
 }
 
 #[test]
+fn a_pipelined_noop_flood_is_closed_with_421_4_7_0_past_the_junk_limit() {
+    // Postfix `smtpd_junk_command_limit` (100): past it each NOOP also counts towards
+    // `max_errors` (3 here), so a session that only sends NOOPs ends, however fast it sends.
+    let relay = RelayProcess::start("max_errors = 3");
+    let mut client = RawClient::ready(relay.port());
+    client.send(&b"NOOP\r\n".repeat(200));
+    let mut ok = 0;
+    let last = loop {
+        let reply = client.read_reply();
+        if reply.code != 250 {
+            break reply;
+        }
+        ok += 1;
+        assert!(ok <= 200, "every NOOP was answered 250");
+    };
+    assert_eq!(last.code, 421, "{last}");
+    assert!(last.text().starts_with("4.7.0"), "{last}");
+    assert_eq!(ok, 103, "NOOPs answered before the 421");
+    assert!(client.is_closed(), "connection open after 421");
+}
+
+#[test]
 fn idle_session_times_out_with_421_4_4_2() {
     let relay = RelayProcess::start_with(RelayConfig::default().timeouts("command = \"1s\""));
     let mut client = RawClient::ready(relay.port());

@@ -1029,3 +1029,58 @@ fn without_a_rate_limit_mail_is_not_handed_to_the_glue() {
     ]);
     assert!(glue.checked_senders.is_empty());
 }
+
+#[test]
+fn junk_commands_past_the_limit_count_as_errors_until_421() {
+    // Postfix `smtpd_junk_command_limit`: NOOP, RSET, VRFY and HELP are answered as usual, but
+    // past the limit each one also counts towards `max_errors` (5 here).
+    let mut glue = Glue::new(params());
+    glue.feed(b"EHLO c\r\n");
+    glue.take_output();
+    let junk = ["NOOP", "RSET", "VRFY x", "HELP"];
+    for n in 0..JUNK_COMMAND_LIMIT {
+        glue.feed(format!("{}\r\n", junk[n as usize % junk.len()]).as_bytes());
+        assert!(!glue.closed, "closed after {} junk commands", n + 1);
+    }
+    let output = glue.take_output();
+    assert!(!output.contains("421"), "{output}");
+    for extra in 1..=4 {
+        glue.feed(b"NOOP\r\n");
+        assert_eq!(glue.take_output(), "250 2.0.0 Ok\r\n", "extra junk {extra}");
+    }
+    glue.feed(b"NOOP\r\n");
+    let output = glue.take_output();
+    assert!(
+        output.starts_with("250 2.0.0 Ok\r\n421 4.7.0"),
+        "the fifth extra junk command: {output:?}"
+    );
+    assert!(glue.closed);
+}
+
+#[test]
+fn an_accepted_message_resets_the_junk_count() {
+    let mut glue = Glue::new(params());
+    glue.feed(b"EHLO c\r\n");
+    // A client that checks its connection with NOOP and sends RSET before each message is
+    // never cut off, however many messages it sends.
+    for round in 0..3 {
+        for _ in 0..JUNK_COMMAND_LIMIT - 1 {
+            glue.feed(b"NOOP\r\n");
+        }
+        glue.feed(b"RSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n");
+        glue.feed(b"Subject: x\r\n\r\nx\r\n.\r\n");
+        assert!(!glue.closed, "closed in round {round}");
+    }
+    assert_eq!(glue.messages.len(), 3);
+    assert!(!glue.take_output().contains("421"));
+    // A refused message does not reset it.
+    for _ in 0..JUNK_COMMAND_LIMIT {
+        glue.feed(b"NOOP\r\n");
+    }
+    glue.feed(b"MAIL FROM:<a@b.example> SIZE=999999\r\n");
+    for _ in 0..5 {
+        glue.feed(b"NOOP\r\n");
+    }
+    assert!(glue.take_output().contains("421 4.7.0"));
+    assert!(glue.closed);
+}
