@@ -97,6 +97,9 @@ pub(super) async fn run(
         spool.abort();
     }
     match end {
+        End::Closed if conn.session.closed_for_errors() => {
+            warn!("{tag} closed: too many errors; 421 4.7.0 sent");
+        }
         End::Closed => debug!("{tag} closed"),
         End::PeerClosed if in_body => warn!("{tag} disconnected during DATA; message discarded"),
         End::PeerClosed => debug!("{tag} disconnected"),

@@ -398,6 +398,11 @@ impl ServerSession {
         }
     }
 
+    /// Whether the session was closed at `max_errors` (its last reply was `421 4.7.0`).
+    pub fn closed_for_errors(&self) -> bool {
+        matches!(self.state, State::Closed) && self.errors >= self.params.limits.max_errors.max(1)
+    }
+
     pub fn awaiting(&self) -> Awaiting {
         match self.state {
             State::AwaitHelo

@@ -249,6 +249,7 @@ fn too_many_bad_commands_get_421_and_close() {
         client.transcript()
     );
     assert!(client.is_closed(), "connection open after 421");
+    relay.wait_log("closed: too many errors; 421 4.7.0 sent");
 }
 
 #[test]
@@ -271,6 +272,7 @@ fn a_pipelined_noop_flood_is_closed_with_421_4_7_0_past_the_junk_limit() {
     assert!(last.text().starts_with("4.7.0"), "{last}");
     assert_eq!(ok, 103, "NOOPs answered before the 421");
     assert!(client.is_closed(), "connection open after 421");
+    relay.wait_log("closed: too many errors; 421 4.7.0 sent");
 }
 
 #[test]

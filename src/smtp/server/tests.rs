@@ -335,6 +335,7 @@ fn too_many_errors_get_421_and_close_for_good() {
         ("C: BAZ", "S: 500 5.5.1\n421 4.7.0"),
     ]);
     assert!(glue.closed);
+    assert!(glue.session.closed_for_errors());
     assert_eq!(glue.session.awaiting(), Awaiting::Closed);
     // Sticky: more input is swallowed without a reply.
     let mut replies = Replies::new();
@@ -1055,6 +1056,7 @@ fn junk_commands_past_the_limit_count_as_errors_until_421() {
         "the fifth extra junk command: {output:?}"
     );
     assert!(glue.closed);
+    assert!(glue.session.closed_for_errors());
 }
 
 #[test]
@@ -1083,4 +1085,11 @@ fn an_accepted_message_resets_the_junk_count() {
     }
     assert!(glue.take_output().contains("421 4.7.0"));
     assert!(glue.closed);
+}
+
+#[test]
+fn quit_after_errors_is_not_a_close_for_errors() {
+    let glue = transcript(&[("C: FOO", "S: 500 5.5.1"), ("C: QUIT", "S: 221 2.0.0")]);
+    assert!(glue.closed);
+    assert!(!glue.session.closed_for_errors());
 }
