@@ -30,6 +30,8 @@ use crate::store::{MessageInfo, Spool, MAX_EXTENT};
 /// Input buffer: commands are ≤ 512 octets (RFC 5321 §4.5.3.1.4) and the session guarantees
 /// the unconsumed tail after `NeedInput` is shorter than that, so 4 KiB always has room.
 const INPUT_BUF: usize = 4096;
+/// Reads (of up to `INPUT_BUF`) a session makes in a row before it yields the thread.
+const READS_PER_TURN: u32 = 16;
 /// Body piece handed to the store: `MAX_EXTENT`, so every piece but the last is a whole one and
 /// a body of up to `INLINE_EXTENTS` × 32 KiB keeps its extents inside its `msg/` record (a
 /// 100 KiB message cut at 24 KiB would take five pieces, five `part/` records, and sled holds
@@ -77,6 +79,7 @@ pub(super) async fn run(
         input: [0; INPUT_BUF],
         len: 0,
         command_since: None,
+        reads_in_turn: 0,
     };
     let end = conn.drive().await;
     if matches!(end, End::Closed) {
@@ -183,6 +186,8 @@ struct Conn<'a> {
     /// reply is written (every command gets one; the session's line reader takes partial
     /// lines in, so consumed input is no sign of a complete command).
     command_since: Option<Instant>,
+    /// Reads since the session last gave the others a turn (see `fill`).
+    reads_in_turn: u32,
 }
 
 impl Conn<'_> {
@@ -230,6 +235,8 @@ impl Conn<'_> {
                     self.body.clear();
                 }
                 Next::Commit(envelope) => {
+                    // The commit waits for a sync: the others have their turn meanwhile.
+                    self.reads_in_turn = 0;
                     let outcome = self.commit(&envelope).await;
                     // Idle sessions should not keep a chunk-sized buffer each.
                     self.body = Vec::new();
@@ -345,8 +352,14 @@ impl Conn<'_> {
                 // One thread serves every session, and a read that finds input ready does not
                 // yield: a client whose input is always ready (a pipelining flood, a fast
                 // stream of commands) would keep every other session, and the listener, waiting
-                // for as long as it kept sending. Each read gives the others a turn.
-                future::yield_now().await;
+                // for as long as it kept sending. After `READS_PER_TURN` reads the others get
+                // a turn. Not after every read: a 100 KiB body would then be read in turns with
+                // every other body, and each message's reply would wait for all of them.
+                self.reads_in_turn += 1;
+                if self.reads_in_turn >= READS_PER_TURN {
+                    self.reads_in_turn = 0;
+                    future::yield_now().await;
+                }
                 Ok(())
             }
             Wait::Read(Err(e)) => Err(End::Io(e)),
