@@ -5,9 +5,12 @@
 //! any plaintext pipelined behind it) and AUTH checks (with the failure delay).
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, TcpStream};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,8 +33,9 @@ use crate::store::{MessageInfo, Spool, MAX_EXTENT};
 /// Input buffer: commands are ≤ 512 octets (RFC 5321 §4.5.3.1.4) and the session guarantees
 /// the unconsumed tail after `NeedInput` is shorter than that, so 4 KiB always has room.
 const INPUT_BUF: usize = 4096;
-/// Reads (of up to `INPUT_BUF`) a session makes in a row before it yields the thread.
-const READS_PER_TURN: u32 = 16;
+/// How long a session may keep the one thread, reading input that is always ready, before it
+/// yields it to the other sessions (see `fill`).
+const TURN: Duration = Duration::from_millis(1);
 /// Body piece handed to the store: `MAX_EXTENT`, so every piece but the last is a whole one and
 /// a body of up to `INLINE_EXTENTS` × 32 KiB keeps its extents inside its `msg/` record (a
 /// 100 KiB message cut at 24 KiB would take five pieces, five `part/` records, and sled holds
@@ -79,7 +83,7 @@ pub(super) async fn run(
         input: [0; INPUT_BUF],
         len: 0,
         command_since: None,
-        reads_in_turn: 0,
+        turn_began: Instant::now(),
     };
     let end = conn.drive().await;
     if matches!(end, End::Closed) {
@@ -186,8 +190,9 @@ struct Conn<'a> {
     /// reply is written (every command gets one; the session's line reader takes partial
     /// lines in, so consumed input is no sign of a complete command).
     command_since: Option<Instant>,
-    /// Reads since the session last gave the others a turn (see `fill`).
-    reads_in_turn: u32,
+    /// When the session last waited for input, or yielded: its turn on the thread began then
+    /// (see `fill`).
+    turn_began: Instant,
 }
 
 impl Conn<'_> {
@@ -235,9 +240,9 @@ impl Conn<'_> {
                     self.body.clear();
                 }
                 Next::Commit(envelope) => {
-                    // The commit waits for a sync: the others have their turn meanwhile.
-                    self.reads_in_turn = 0;
                     let outcome = self.commit(&envelope).await;
+                    // The commit waited for a sync: the others had their turn meanwhile.
+                    self.turn_began = Instant::now();
                     // Idle sessions should not keep a chunk-sized buffer each.
                     self.body = Vec::new();
                     let reply = self.session.committed(outcome);
@@ -332,7 +337,16 @@ impl Conn<'_> {
         let shutdown = &self.ctx.shutdown;
         let buf = &mut self.input[self.len..];
         let stream = &mut self.stream;
-        let read = async { Wait::Read(stream.read(buf).await) };
+        // Whether the read had to wait for input (see the end of this function).
+        let waited = Cell::new(false);
+        let mut reading = pin!(stream.read(buf));
+        let read = future::poll_fn(|cx| {
+            let poll = reading.as_mut().poll(cx);
+            if poll.is_pending() {
+                waited.set(true);
+            }
+            poll.map(Wait::Read)
+        });
         let timer = async {
             Timer::at(deadline).await;
             Wait::TimedOut
@@ -352,13 +366,15 @@ impl Conn<'_> {
                 // One thread serves every session, and a read that finds input ready does not
                 // yield: a client whose input is always ready (a pipelining flood, a fast
                 // stream of commands) would keep every other session, and the listener, waiting
-                // for as long as it kept sending. After `READS_PER_TURN` reads the others get
-                // a turn. Not after every read: a 100 KiB body would then be read in turns with
-                // every other body, and each message's reply would wait for all of them.
-                self.reads_in_turn += 1;
-                if self.reads_in_turn >= READS_PER_TURN {
-                    self.reads_in_turn = 0;
+                // for as long as it kept sending. So a session that has not waited for `TURN`
+                // gives the others a turn. Not after every read: a 100 KiB body would then be
+                // read in turns with every other body, and each reply would wait for all.
+                let now = Instant::now();
+                if waited.get() {
+                    self.turn_began = now;
+                } else if now.duration_since(self.turn_began) >= TURN {
                     future::yield_now().await;
+                    self.turn_began = Instant::now();
                 }
                 Ok(())
             }
