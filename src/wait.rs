@@ -1,8 +1,10 @@
-//! Waiting for a condition that an `event_listener::Event` announces, with a deadline: the one
-//! loop the daemon's shutdown (sessions ended) and the store's removal grace (a sync covered
-//! the removals) both need. Registers the listener before the second check, so a notification
-//! between the check and the wait is never missed.
+//! Waiting with a deadline: for a future ([`before`]: the daemon's shutdown waits so for the
+//! forwarder), or for a condition that an `event_listener::Event` announces ([`until`]: the one
+//! loop the shutdown (sessions ended) and the store's removal grace (a sync covered the
+//! removals) both need; it registers the listener before the second check, so a notification
+//! between the check and the wait is never missed).
 
+use std::future::Future;
 use std::time::Instant;
 
 use async_io::Timer;
@@ -20,21 +22,19 @@ pub async fn until(event: &Event, deadline: Instant, done: impl Fn() -> bool) ->
         if done() {
             return true;
         }
-        let expired = future::or(
-            async {
-                listener.await;
-                false
-            },
-            async {
-                Timer::at(deadline).await;
-                true
-            },
-        )
-        .await;
-        if expired {
+        if before(deadline, listener).await.is_none() {
             return done();
         }
     }
+}
+
+/// `work`'s output, or `None` once `deadline` passes first (`work` is then dropped).
+pub async fn before<T>(deadline: Instant, work: impl Future<Output = T>) -> Option<T> {
+    future::or(async { Some(work.await) }, async {
+        Timer::at(deadline).await;
+        None
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -68,5 +68,13 @@ mod tests {
         flag.set(true);
         event.notify(usize::MAX);
         assert!(block_on(ex.run(waiter)));
+    }
+
+    #[test]
+    fn before_gives_the_output_or_none_at_the_deadline() {
+        let far = Instant::now() + Duration::from_secs(600);
+        assert_eq!(block_on(before(far, async { 7 })), Some(7));
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(block_on(before(soon, future::pending::<u8>())), None);
     }
 }

@@ -583,17 +583,7 @@ pub async fn serve(
             ctx.sessions()
         );
     }
-    let forwarder_done = future::or(
-        async {
-            forwarder.await;
-            true
-        },
-        async {
-            Timer::at(deadline).await;
-            false
-        },
-    );
-    if !forwarder_done.await {
+    if crate::wait::before(deadline, forwarder).await.is_none() {
         warn!("shutdown: the forwarder did not stop within {SHUTDOWN_GRACE:?}; cancelling it");
     }
     drop(housekeeper);
