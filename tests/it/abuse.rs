@@ -312,9 +312,9 @@ fn abuse_on_loopback_leaves_a_well_behaved_client_served_and_memory_bounded() {
     println!(
         "abuse: well-behaved client sent 10 messages in {:.1} s (longest wait {:.1} s); \
          {idle_held} idle connections ({} greeted 220, {} refused 421 4.7.0, {idle_timed_out} \
-         closed by the relay); slowloris closed: {}; 10 MB line: {:?} after {:.1} s; flood: {} KiB sent \
-         unread; AUTH guesses closed: {auth_closed}; replies 500: {}, 421 4.4.2: {}; VmRSS \
-         {} -> peak {} KiB",
+         closed by the relay); slowloris closed: {}; 10 MB line: {:?} after {:.1} s; flood: {} \
+         KiB sent unread; AUTH guesses closed: {auth_closed}; replies 500: {}, 421 4.4.2: {}; \
+         VmRSS {} -> peak {} KiB",
         good_time.as_secs_f64(),
         waits.iter().max().unwrap().as_secs_f64(),
         seen.count("220"),
