@@ -38,12 +38,14 @@
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
 //! forwarder; sled runs its own flusher and I/O threads.
 
+pub mod aliases;
 pub mod cli;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
 pub mod control;
 pub mod forward;
+pub mod mapping;
 pub mod net;
 pub mod priority;
 pub mod rate;
