@@ -67,7 +67,7 @@ impl AddressMap {
 
     fn is_local_domain(&self, domain: &str) -> bool {
         let domain = domain.to_ascii_lowercase();
-        self.local_domains.iter().any(|d| *d == domain)
+        self.local_domains.contains(&domain)
     }
 
     /// The envelope sender as it goes upstream: the null sender stays null, a bare name or a
