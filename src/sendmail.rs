@@ -22,6 +22,7 @@ use crate::smtp::date::rfc5322_date;
 
 pub use self::pickup::pickup_loop;
 
+pub mod args;
 mod pickup;
 
 /// sysexits(3)
