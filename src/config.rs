@@ -3,7 +3,7 @@
 //! Reads the config file, the files it names and the kernel hostname, nothing else; never
 //! async.
 //!
-//! - [`file`]: `ConfigFile`, the TOML keys as written (stage one).
+//! - [`file`](mod@file): `ConfigFile`, the TOML keys as written (stage one).
 //! - `validate`: `Config::from_file`, every key typed and checked, problems named by key.
 //! - `effective`: `Config` and its parts, the values the daemon runs on, and their TOML.
 //! - `defaults`: `Config::default()`, the embedded defaults.

@@ -20,7 +20,7 @@ pub(super) const DEFAULT_COALESCE_WINDOW: Duration = Duration::from_secs(3600);
 pub(super) const DEFAULT_COALESCE_PARTS: usize = 100;
 
 impl Default for Config {
-    /// The embedded defaults: what `outpost` with no arguments runs on (README documents them).
+    /// The embedded defaults: what `outpost` with no arguments runs on (the configuration reference documents them).
     fn default() -> Self {
         Self {
             hostname: system_hostname(),

@@ -19,7 +19,7 @@ use crate::smtp::client::TlsPolicy;
 /// `openssl passwd -6 -salt Zx9q2mB7 camera-pw`
 pub(super) const HASH: &str =
     "$6$Zx9q2mB7$7euoUzgiGoP/JG7b1oQ/kumgdF6Rt0IqsCVygrN/0nG5ZBWl2b626DDBnWCtQE\
-                    YUs8L4DnHNrO320C/FDxqzL0";
+     YUs8L4DnHNrO320C/FDxqzL0";
 
 pub(super) fn from_text(text: &str) -> Result<Config, Vec<Problem>> {
     let file = ConfigFile::parse(text).map_err(|p| vec![p])?;

@@ -334,28 +334,26 @@ impl Validator {
         }
     }
 
+    /// `[[priority]] level`: required, one of the four levels.
+    fn priority_level(&mut self, key: &str, value: Option<&str>) -> Option<Priority> {
+        let Some(text) = value else {
+            self.problem(key, "is required: urgent, high, normal or low".into());
+            return None;
+        };
+        let level = Priority::parse(text);
+        if level.is_none() {
+            self.problem(
+                key,
+                format!("{text:?} is not one of urgent, high, normal, low"),
+            );
+        }
+        level
+    }
+
     /// One `[[priority]]` entry (`n` counts from 1, as `priority[n]` in messages).
     fn priority_rule(&mut self, n: usize, rule: &file::PrioritySection) -> Option<PriorityRule> {
         let key = |k: &str| format!("priority[{n}].{k}");
-        let priority = match rule.level.as_deref() {
-            None => {
-                self.problem(
-                    &key("level"),
-                    "is required: urgent, high, normal or low".into(),
-                );
-                return None;
-            }
-            Some(text) => match Priority::parse(text) {
-                Some(p) => p,
-                None => {
-                    self.problem(
-                        &key("level"),
-                        format!("{text:?} is not one of urgent, high, normal, low"),
-                    );
-                    return None;
-                }
-            },
-        };
+        let priority = self.priority_level(&key("level"), rule.level.as_deref())?;
         if rule.value.is_some() && rule.header.is_none() {
             self.problem(
                 &key("value"),

@@ -195,13 +195,13 @@ fn smarthost_array_is_kept_in_order() {
          [[smarthost]]\naddress = \"[::1]:25\"\ntls = \"none\"\n",
     )
     .unwrap();
-    let routes: Vec<_> = c
+    let entries: Vec<_> = c
         .smarthosts
         .iter()
         .map(|s| (s.address.as_str(), s.tls))
         .collect();
     assert_eq!(
-        routes,
+        entries,
         [
             ("fibre.example:587", TlsPolicy::StartTls),
             ("lte.example:465", TlsPolicy::Implicit),
