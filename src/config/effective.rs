@@ -103,9 +103,12 @@ pub struct SmarthostAuth {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret read from a file.
     pub fn new(secret: String) -> Self {
         Self(secret)
     }
+
+    /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
     }
