@@ -47,9 +47,9 @@ pub struct ConfigFile {
     pub coalesce: Option<CoalesceSection>,
 }
 
-/// The smarthost key as written: one `[smarthost]` table (every config before failover), or an
-/// array of `[[smarthost]]` tables in the order they are tried. Kept apart so that problems
-/// name the key as the operator wrote it: `smarthost.address` or `smarthost[2].address`.
+/// The smarthost key as written: one `[smarthost]` table, or an array of `[[smarthost]]` tables
+/// in the order they are tried. Kept apart so that problems name the key as the operator wrote
+/// it: `smarthost.address` or `smarthost[2].address`.
 // Parsed once at load and dropped: boxing `One` would only complicate every match on it.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]

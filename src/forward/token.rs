@@ -15,9 +15,10 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{error, info};
 use smol::net::TcpStream;
 
-use super::oauth::{self, RefreshGrant, TokenReply, TokenUrl};
+use super::oauth::{self, RefreshGrant, TokenReply};
 use super::outcome::ForwardError;
 use crate::clock::QueueTime;
+use crate::config::TokenUrl;
 use crate::net::tls::{self, MaybeTls};
 
 /// One route's OAuth 2.0 settings (config `[smarthost] oauth2_*`). `Debug` hides the secret.

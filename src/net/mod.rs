@@ -31,8 +31,7 @@ use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
 use crate::coalesce;
-use crate::config::{Config, SmarthostTls};
-use crate::forward::oauth::TokenUrl;
+use crate::config::Config;
 use crate::forward::{
     self, ClientCredentials, CredentialKind, ForwardParams, LinkState, OAuth2, RetryPolicy, Route,
     Wake,
@@ -660,7 +659,7 @@ fn smarthost_client_configs(
     let mut built: Vec<(Option<&std::path::Path>, Arc<ClientConfig>)> = Vec::new();
     let mut out = Vec::with_capacity(config.smarthosts.len());
     for smarthost in &config.smarthosts {
-        if smarthost.tls == SmarthostTls::None {
+        if smarthost.tls == TlsPolicy::None {
             out.push(None);
             continue;
         }
@@ -685,27 +684,20 @@ fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) ->
         .enumerate()
         .map(|(index, smarthost)| Route {
             address: smarthost.address.clone(),
-            tls: match smarthost.tls {
-                SmarthostTls::None => TlsPolicy::None,
-                SmarthostTls::StartTls => TlsPolicy::StartTls,
-                SmarthostTls::Implicit => TlsPolicy::Implicit,
-            },
+            tls: smarthost.tls,
             tls_config: tls_configs.get(index).cloned().flatten(),
             credentials: smarthost.auth.as_ref().map(|auth| ClientCredentials {
                 username: auth.username.clone(),
                 password: auth.password.expose().to_owned(),
                 kind: CredentialKind::Password,
             }),
-            oauth2: smarthost.oauth2.as_ref().and_then(|oauth| {
-                Some(OAuth2 {
-                    username: oauth.username.clone(),
-                    // Checked when the config was loaded.
-                    url: TokenUrl::parse(&oauth.token_url).ok()?,
-                    client_id: oauth.client_id.clone(),
-                    client_secret: oauth.client_secret.as_ref().map(|s| s.expose().to_owned()),
-                    refresh_token_file: oauth.refresh_token_file.clone(),
-                    scope: oauth.scope.clone(),
-                })
+            oauth2: smarthost.oauth2.as_ref().map(|oauth| OAuth2 {
+                username: oauth.username.clone(),
+                url: oauth.token_url.clone(),
+                client_id: oauth.client_id.clone(),
+                client_secret: oauth.client_secret.as_ref().map(|s| s.expose().to_owned()),
+                refresh_token_file: oauth.refresh_token_file.clone(),
+                scope: oauth.scope.clone(),
             }),
         })
         .collect();

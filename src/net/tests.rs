@@ -447,16 +447,18 @@ impl Upstream {
 }
 
 /// A relay that forwards to `127.0.0.1:port` with `tls`, trusting `ca` (None: web PKI).
-fn relay_to(port: u16, tls: SmarthostTls, ca: Option<&TestPki>) -> Config {
+fn relay_to(port: u16, tls: TlsPolicy, ca: Option<&TestPki>) -> Config {
     let mut config = Config {
         hostname: "outpost.test".into(),
-        smarthosts: vec![Smarthost {
+        smarthosts: [Smarthost {
             address: format!("127.0.0.1:{port}"),
             tls,
             ca_file: ca.map(|pki| pki.ca.clone()),
             auth: None,
             oauth2: None,
-        }],
+        }]
+        .into_iter()
+        .collect(),
         ..Config::default()
     };
     config.queue.retry_min = Duration::from_secs(1);
@@ -477,7 +479,7 @@ fn submit(port: u16) {
 fn outbound_starttls_to_an_independent_smarthost_with_a_private_ca() {
     let pki = TestPki::new(&["127.0.0.1"]);
     let (port, upstream) = Upstream::start(Some(&pki), false);
-    let daemon = Daemon::start(relay_to(port, SmarthostTls::StartTls, Some(&pki)));
+    let daemon = Daemon::start(relay_to(port, TlsPolicy::StartTls, Some(&pki)));
     submit(daemon.port);
     assert!(
         upstream.wait_for(1, Duration::from_secs(20)),
@@ -494,7 +496,7 @@ fn untrusted_certificate_means_not_sent_and_still_queued() {
     let stranger = TestPki::new(&["127.0.0.1"]);
     let (port, upstream) = Upstream::start(Some(&pki), false);
     // Trusts another CA only: the smarthost's certificate must be refused.
-    let daemon = Daemon::start(relay_to(port, SmarthostTls::StartTls, Some(&stranger)));
+    let daemon = Daemon::start(relay_to(port, TlsPolicy::StartTls, Some(&stranger)));
     submit(daemon.port);
     assert!(
         !upstream.wait_for(1, Duration::from_secs(3)),
@@ -502,14 +504,14 @@ fn untrusted_certificate_means_not_sent_and_still_queued() {
     );
     // Same with the default web PKI roots, on the same queue.
     let dir = daemon.stop();
-    let daemon = Daemon::start_in(relay_to(port, SmarthostTls::StartTls, None), dir);
+    let daemon = Daemon::start_in(relay_to(port, TlsPolicy::StartTls, None), dir);
     assert!(
         !upstream.wait_for(1, Duration::from_secs(3)),
         "sent despite a bad certificate"
     );
     // Still queued: once the operator trusts the right CA, it goes.
     let dir = daemon.stop();
-    let _daemon = Daemon::start_in(relay_to(port, SmarthostTls::StartTls, Some(&pki)), dir);
+    let _daemon = Daemon::start_in(relay_to(port, TlsPolicy::StartTls, Some(&pki)), dir);
     assert!(
         upstream.wait_for(1, Duration::from_secs(20)),
         "the message was lost"
@@ -583,7 +585,7 @@ fn outbound_implicit_tls() {
     let pki = TestPki::new(&["127.0.0.1"]);
     let (backend, upstream) = Upstream::start(None, false);
     let port = implicit_tls_front(&pki, backend);
-    let daemon = Daemon::start(relay_to(port, SmarthostTls::Implicit, Some(&pki)));
+    let daemon = Daemon::start(relay_to(port, TlsPolicy::Implicit, Some(&pki)));
     submit(daemon.port);
     assert!(
         upstream.wait_for(1, Duration::from_secs(20)),
@@ -591,7 +593,7 @@ fn outbound_implicit_tls() {
     );
     // An implicit-TLS policy against a plaintext server sends nothing.
     let (plain_port, plain) = Upstream::start(None, false);
-    let daemon = Daemon::start(relay_to(plain_port, SmarthostTls::Implicit, Some(&pki)));
+    let daemon = Daemon::start(relay_to(plain_port, TlsPolicy::Implicit, Some(&pki)));
     submit(daemon.port);
     assert!(!plain.wait_for(1, Duration::from_secs(3)), "sent in clear");
 }
@@ -600,7 +602,7 @@ fn outbound_implicit_tls() {
 fn smarthost_without_starttls_gets_nothing_in_clear() {
     let (port, upstream) = Upstream::start(None, false);
     let pki = TestPki::new(&["127.0.0.1"]);
-    let daemon = Daemon::start(relay_to(port, SmarthostTls::StartTls, Some(&pki)));
+    let daemon = Daemon::start(relay_to(port, TlsPolicy::StartTls, Some(&pki)));
     submit(daemon.port);
     assert!(
         !upstream.wait_for(1, Duration::from_secs(3)),
@@ -615,7 +617,7 @@ fn smarthost_auth_over_starttls() {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("pw");
     std::fs::write(&password_file, "upstream-pw\n").unwrap();
-    let mut config = relay_to(port, SmarthostTls::StartTls, Some(&pki));
+    let mut config = relay_to(port, TlsPolicy::StartTls, Some(&pki));
     if let Some(smarthost) = config.smarthosts.first_mut() {
         smarthost.auth = Some(SmarthostAuth {
             username: "relay".into(),
@@ -636,7 +638,7 @@ fn smarthost_auth_over_starttls() {
 fn smarthost_auth_failure_keeps_mail_queued() {
     let pki = TestPki::new(&["127.0.0.1"]);
     let (port, upstream) = Upstream::start(Some(&pki), true);
-    let mut config = relay_to(port, SmarthostTls::StartTls, Some(&pki));
+    let mut config = relay_to(port, TlsPolicy::StartTls, Some(&pki));
     if let Some(smarthost) = config.smarthosts.first_mut() {
         smarthost.auth = Some(SmarthostAuth {
             username: "relay".into(),
