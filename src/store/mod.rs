@@ -1,5 +1,5 @@
 //! The journal: the only module that touches sled and the body files. A message is a body
-//! appended to segment files in `<dir>/bodies/` (`segment.rs`) plus a committed envelope with one
+//! appended to body files in `<dir>/bodies/` (`body_file.rs`) plus a committed envelope with one
 //! record per recipient; a commit is durable (bodies and sled's log `fdatasync`ed, shared among
 //! concurrent sessions) before it returns.
 //!
@@ -10,20 +10,22 @@
 //! (`record.rs`): a message with one recipient and a body of at most four pieces is a single
 //! `msg/` record. The schedule (which message is due when) is an in-memory index derived from
 //! the `msg/` records (`due.rs`). Durability is the group flush in `flush.rs`:
-//! one sync (the body segments written since the last one, then sled flush + `fdatasync` of
+//! one sync (the body files written since the last one, then sled flush + `fdatasync` of
 //! `<dir>/db`) in flight at a time, shared by every write that landed before it started.
 //!
 //! Never: call `Tree::len` or scan `part/` or `msg/` on a hot path (only `recover`, `list`
 //! and `purge_failed`'s bounded index scan read more than one message); run two flushes at
-//! once; write a body into sled; unlink a segment before the removal of its last extent is
+//! once; write a body into sled; unlink a body file before the removal of its last extent is
 //! durable; assume sled's flush alone survives a power cut.
 
+mod body_file;
 mod due;
+mod error;
+mod extent;
 mod flush;
 mod key;
 mod record;
 mod recover;
-mod segment;
 mod spool;
 mod writes;
 
@@ -35,12 +37,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use self::body_file::BODY_FILE_BYTES;
+use self::body_file::{BodyFiles, ExtentReader};
 use self::due::{DueEntry, DueIndex};
+pub use self::error::StoreError;
+pub use self::extent::MAX_EXTENT;
+use self::extent::{count_extent, Extent};
 pub use self::flush::SyncHook;
 use self::flush::{GroupFlush, SyncFiles};
-use self::record::{DecodeError, MessageMeta};
-use self::segment::{count_extent, Extent, ExtentReader, Segments};
-pub use self::segment::{MAX_EXTENT, SEGMENT_BYTES};
+use self::record::MessageMeta;
 use self::writes::Writes;
 use crate::clock::QueueTime;
 use crate::priority::Priority;
@@ -141,27 +146,6 @@ pub const KEPT_ATTEMPTS: u32 = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueFull;
 
-#[derive(Debug)]
-pub enum StoreError {
-    Sled(String),
-    Io(std::io::Error),
-    Corrupt(String),
-    NotFound(QueueId),
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Sled(e) => write!(f, "store: {e}"),
-            Self::Io(e) => write!(f, "store I/O: {e}"),
-            Self::Corrupt(e) => write!(f, "store record corrupt: {e}"),
-            Self::NotFound(id) => write!(f, "no message {id} in the queue"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
-
 /// What `recover` found at start-up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -176,28 +160,27 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-// Why sled values stay small (bodies live in segment files, `segment.rs`; the largest value is
+// Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
 // a recipient record with a `MAX_REPLY` reply): sled writes a page that does not fit a quarter
 // of its log segment (`logger.rs` `reserve_inner`, `MINIMUM_ITEMS_PER_SEGMENT` in
 // `constants.rs`) to a `blobs/<lsn>` file that it never fsyncs (`blob_io.rs` `write_blob`), and
 // a leaf page holds up to 17 values before it splits (`node.rs` `should_split`). The sync still
 // fsyncs any blob that appears (`flush.rs`).
 
-/// Directory of the body segments inside the data directory (`segment.rs`).
+/// Directory of the body files inside the data directory (`body_file.rs`).
 const BODIES_DIR: &str = "bodies";
 
-/// sled `segment_size` for a new store (sled's default is 512 KiB). sled allocates a fresh
-/// segment-sized io buffer (`pagecache/iobuf.rs` `AlignedBuf::new`) for every segment it
-/// rolls to, and under a burst dozens of sealed ones wait for their write at once: they were
-/// most of the peak RSS (heaptrack, 8 sessions × 100 KiB). benches/bench.py, 8 × 100 KiB,
-/// 3 rounds: peak RSS 52.1 → 32.5 MiB, accept rate unchanged against 2 KiB chunks in 512 KiB
-/// segments (305 vs 306/s); 128 KiB segments (1 KiB chunks) reached 23 MiB but cost a third
-/// of the accept rate. Must stay ≥ 4 × the largest page (see above).
-pub const SEGMENT_SIZE: usize = 256 * 1024;
+/// sled `segment_size` (the size of its log segments) for a new store; sled's default is
+/// 512 KiB. sled allocates a fresh segment-sized io buffer (`pagecache/iobuf.rs`
+/// `AlignedBuf::new`) for every log segment it rolls to, and under a burst dozens of sealed ones
+/// wait for their write at once: the size bounds most of the peak RSS. Half the default keeps
+/// the accept rate; a quarter costs about a third of it (`benches/`). Must stay ≥ 4 × the
+/// largest page (see above).
+pub const SLED_SEGMENT_SIZE: usize = 256 * 1024;
 
 /// How long `settle_removals` waits for a commit's sync to carry the removals of a delivery
 /// pass before it syncs them alone. While mail arrives, commits sync every few milliseconds and
-/// the removals ride along: a sync of their own rewrote the last page of sled's log for nothing
+/// the removals ride along: a sync of their own would rewrite the last page of sled's log for nothing
 /// (4 KiB per pass, a pass per message with one session). The cost: a crash within this window
 /// after a delivery may deliver those messages again (never lose them).
 const SETTLE_GRACE: Duration = Duration::from_millis(200);
@@ -208,16 +191,16 @@ const MAX_REPLY: usize = 1024;
 
 /// sled refuses to open a database with another `segment_size` than the one it was created
 /// with (`config.rs` `verify_config`), so an existing store keeps the one in its `conf` file
-/// (`StorageParameters::serialize`: a `segment_size: N` line); new stores get `SEGMENT_SIZE`.
-fn segment_size(dir: &Path) -> usize {
+/// (`StorageParameters::serialize`: a `segment_size: N` line); new stores get `SLED_SEGMENT_SIZE`.
+fn sled_segment_size(dir: &Path) -> usize {
     let Ok(conf) = std::fs::read(dir.join("conf")) else {
-        return SEGMENT_SIZE;
+        return SLED_SEGMENT_SIZE;
     };
     String::from_utf8_lossy(&conf)
         .lines()
         .find_map(|line| line.strip_prefix("segment_size: "))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(SEGMENT_SIZE)
+        .unwrap_or(SLED_SEGMENT_SIZE)
 }
 
 /// `reply` cut to at most `MAX_REPLY` bytes.
@@ -260,31 +243,10 @@ pub struct Spool {
     /// at commit (24 bytes per 32 KiB piece of memory until then).
     extents: Vec<Extent>,
     bytes: u64,
-    /// Body segments appended to, with the extents in each (released if never committed).
-    segments: Vec<(u64, u64)>,
+    /// Body files appended to, with the extents in each (released if never committed).
+    body_files: Vec<(u64, u64)>,
     /// Committed (or already cleaned up): `Drop` has nothing to remove.
     finished: bool,
-}
-
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        match e {
-            sled::Error::Io(e) => Self::Io(e),
-            other => Self::Sled(other.to_string()),
-        }
-    }
-}
-
-impl From<std::io::Error> for StoreError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-impl From<DecodeError> for StoreError {
-    fn from(e: DecodeError) -> Self {
-        Self::Corrupt(e.to_string())
-    }
 }
 
 /// How long opening the store waits for another holder of sled's file lock to let go.
@@ -318,7 +280,7 @@ impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         let config = sled::Config::new()
             .path(dir)
-            .segment_size(segment_size(dir))
+            .segment_size(sled_segment_size(dir))
             .cache_capacity(options.cache_bytes)
             .flush_every_ms(options.flush_every_ms)
             .use_compression(false)
@@ -345,7 +307,7 @@ impl Store {
             }),
             None => 0,
         };
-        let flush = GroupFlush::new(db.clone(), files, Segments::new(bodies));
+        let flush = GroupFlush::new(db.clone(), files, BodyFiles::new(bodies));
         let inner = Inner {
             db,
             corrupt,
@@ -386,8 +348,8 @@ impl Store {
     }
 
     /// A new message body. Nothing goes into sled until `commit`: a spool a crash interrupts
-    /// leaves only body bytes in a segment, which go with the segment (`recover` deletes
-    /// segments no record points into).
+    /// leaves only body bytes in a body file, which go with the body file (`recover` deletes
+    /// body files no record points into).
     pub fn spool(&self) -> Result<Spool, StoreError> {
         let id = self.fresh_id()?;
         Ok(Spool {
@@ -395,7 +357,7 @@ impl Store {
             id,
             extents: Vec::new(),
             bytes: 0,
-            segments: Vec::new(),
+            body_files: Vec::new(),
             finished: false,
         })
     }
@@ -513,14 +475,14 @@ impl Store {
             Extent::decode(&raw?)
                 .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=part: {e}")))
         });
-        let mut reader = ExtentReader::new(self.inner.flush.segments().dir().to_path_buf());
+        let mut reader = ExtentReader::new(self.inner.flush.body_files().dir().to_path_buf());
         let pieces = meta.extents.into_iter().map(Ok).chain(parts);
         let pieces = pieces.map(move |extent: Result<Extent, StoreError>| {
             let extent = extent?;
             reader.read(&extent).map_err(|e| {
                 StoreError::Corrupt(format!(
-                    "queue_id={id} body segment {:016X} at {}+{}: {e}",
-                    extent.seg, extent.offset, extent.len
+                    "queue_id={id} body file {:016X} at {}+{}: {e}",
+                    extent.file, extent.offset, extent.len
                 ))
             })
         });
@@ -832,9 +794,9 @@ impl Store {
                 batch.remove(key::rcpt(id, idx));
             }
         }
-        let mut segments: Vec<(u64, u64)> = Vec::new();
+        let mut body_files: Vec<(u64, u64)> = Vec::new();
         for extent in &meta.extents {
-            count_extent(&mut segments, extent.seg);
+            count_extent(&mut body_files, extent.file);
         }
         // With the extents inline there are no `part/` records (nor `body/` keys) to remove.
         let listed = if meta.extents.is_empty() {
@@ -847,7 +809,7 @@ impl Store {
             let k = key::part(id, chunk);
             if let Some(raw) = self.inner.db.get(&k)? {
                 if let Ok(extent) = Extent::decode(&raw) {
-                    count_extent(&mut segments, extent.seg);
+                    count_extent(&mut body_files, extent.file);
                 }
             }
             batch.remove(k);
@@ -863,9 +825,9 @@ impl Store {
         batch.apply(&self.inner.db, &self.inner.due)?;
         self.inner.usage.set(usage);
         let seq = self.inner.flush.note_write();
-        // Only once the removal is durable may the bytes go (see `segment.rs`).
-        for (seg, n) in segments {
-            self.inner.flush.segments().release_after(seq, seg, n);
+        // Only once the removal is durable may the bytes go (see `body_file.rs`).
+        for (num, n) in body_files {
+            self.inner.flush.body_files().release_after(seq, num, n);
         }
         match durability {
             Durability::Wait => self.inner.flush.wait(seq).await.map_err(StoreError::Io),

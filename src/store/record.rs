@@ -4,25 +4,14 @@
 //! plus UTF-8 bytes. Pure functions: no I/O, and decoding never panics on any input (it returns
 //! `DecodeError`, which the store turns into a quarantine).
 
-use std::fmt;
-
-use super::segment::{Extent, EXTENT_BYTES};
+use super::error::DecodeError;
+use super::extent::{Extent, EXTENT_BYTES};
 use super::{AttemptRecord, RcptRecord, RcptState, Usage};
 use crate::clock::QueueTime;
 use crate::priority::Priority;
 
 /// Version byte of every record this build writes.
 const VERSION: u8 = 1;
-
-/// Why a stored record could not be decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct DecodeError(pub(super) &'static str);
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
 
 /// Envelope and schedule of one committed message (`msg/<id>`); its recipients live in their
 /// own records so one attempt's results rewrite only what changed.
@@ -438,7 +427,7 @@ mod tests {
                     let (recipients, chunks) = counts;
                     let extents: Vec<Extent> = ext
                         .into_iter()
-                        .map(|(seg, offset, len)| Extent { seg, offset, len })
+                        .map(|(file, offset, len)| Extent { file, offset, len })
                         .collect();
                     // Inline extents are the body's pieces: as many as `chunks` says.
                     let chunks = match u32::try_from(extents.len()) {
@@ -505,7 +494,7 @@ mod tests {
         };
         let meta = MessageMeta {
             extents: vec![Extent {
-                seg: 1,
+                file: 1,
                 offset: 0,
                 len: 9,
             }],
@@ -533,7 +522,7 @@ mod tests {
         let plain = plain_meta().encode();
         assert_eq!(plain[1] & FLAG_EXTENTS, 0);
         let extent = Extent {
-            seg: 7,
+            file: 7,
             offset: 4096,
             len: 1150,
         };

@@ -1,16 +1,17 @@
 //! Start-up recovery: sweeps spools never committed, moves undecodable records into the
 //! `corrupt` tree (one `warn` line per key, never a refusal to start), quarantines messages
-//! whose body segment is missing or shorter than their `part/` records say (one `error` line
-//! each; the rest of the queue flows), deletes body segments no record points into (orphans of
-//! a crash), and rebuilds the counters, the segment reference counts, the in-memory schedule
+//! whose body file is missing or shorter than their `part/` records say (one `error` line
+//! each; the rest of the queue flows), deletes body files no record points into (orphans of
+//! a crash), and rebuilds the counters, the body file reference counts, the in-memory schedule
 //! (`due.rs`) and the `failed/` index from the message records. Runs once, before any session;
 //! the only code that scans every message.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
+use super::body_file::{parse_body_file_name, DirtyBodyFiles};
+use super::extent::Extent;
 use super::record::{self, MessageMeta};
-use super::segment::{parse_segment_name, DirtySegments, Extent};
 use super::{index_of, key, Index, QueueId, RecoveryReport, Store, StoreError, Usage};
 use crate::priority::Priority;
 
@@ -58,7 +59,7 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
             continue;
         }
         for extent in &meta.extents {
-            *inline_refs.entry(extent.seg).or_insert(0) += 1;
+            *inline_refs.entry(extent.file).or_insert(0) += 1;
         }
         usage.messages += 1;
         usage.bytes = usage.bytes.saturating_add(meta.size);
@@ -73,8 +74,8 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     rebuild_index(store, expected)?;
     store.inner.due.replace(schedule);
     let refs = count_refs(store, inline_refs)?;
-    remove_orphan_segments(store, &refs)?;
-    store.inner.flush.segments().set_refs(refs);
+    remove_orphan_body_files(store, &refs)?;
+    store.inner.flush.body_files().set_refs(refs);
 
     // The stored counters date from the last start (commits do not write them): the recount is
     // the truth, not a repair.
@@ -87,7 +88,7 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
         .inner
         .flush
         .files()
-        .sync(db, &DirtySegments::default())
+        .sync(db, &DirtyBodyFiles::default())
         .map_err(StoreError::Io)?;
     Ok(report)
 }
@@ -126,7 +127,7 @@ fn sweep_spools(store: &Store) -> Result<u64, StoreError> {
 /// record, fewer or more recipient records than the envelope names, or, for a body stored
 /// inline in sled by an older build (`inline`), a chunk missing (chunks are numbered
 /// `0..meta.chunks`; a point look-up each, no body is read into memory beyond sled's page
-/// cache). Bodies in segment files are checked by `body_intact`.
+/// cache). Bodies in body files are checked by `body_intact`.
 fn damaged_part(
     store: &Store,
     id: QueueId,
@@ -223,35 +224,35 @@ fn remove_orphan_recipients(store: &Store) -> Result<(), StoreError> {
 }
 
 /// What the `part/` records say, per message: how many there are, and whether each decodes and
-/// lies inside an existing segment file.
+/// lies inside an existing body file.
 #[derive(Default)]
 struct Parts {
     count: BTreeMap<QueueId, u32>,
     broken: BTreeMap<QueueId, String>,
-    /// Segment file lengths looked up so far (`None`: missing).
+    /// Body file lengths looked up so far (`None`: missing).
     lengths: BTreeMap<u64, Option<u64>>,
 }
 
 impl Parts {
-    /// What is wrong with `extent`: its segment is missing or ends before it does.
+    /// What is wrong with `extent`: its body file is missing or ends before it does.
     fn problem(&mut self, store: &Store, extent: &Extent) -> Result<Option<String>, StoreError> {
-        let len = match self.lengths.get(&extent.seg) {
+        let len = match self.lengths.get(&extent.file) {
             Some(len) => *len,
             None => {
-                let path = store.inner.flush.segments().path(extent.seg);
+                let path = store.inner.flush.body_files().path(extent.file);
                 let len = match std::fs::metadata(path) {
                     Ok(meta) => Some(meta.len()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                     Err(e) => return Err(StoreError::Io(e)),
                 };
-                *self.lengths.entry(extent.seg).or_insert(len)
+                *self.lengths.entry(extent.file).or_insert(len)
             }
         };
         Ok(match len {
-            None => Some(format!("segment {:016X} missing", extent.seg)),
+            None => Some(format!("body file {:016X} missing", extent.file)),
             Some(len) if len < extent.end() => Some(format!(
-                "segment {:016X} truncated ({len} bytes, a part ends at {})",
-                extent.seg,
+                "body file {:016X} truncated ({len} bytes, a part ends at {})",
+                extent.file,
                 extent.end()
             )),
             Some(_) => None,
@@ -260,7 +261,7 @@ impl Parts {
 }
 
 /// Reads every `part/` record once: records of no message (neither committed nor a spool, both
-/// handled before) are removed; the others are checked against the segment files' lengths.
+/// handled before) are removed; the others are checked against the body files' lengths.
 fn check_parts(store: &Store) -> Result<Parts, StoreError> {
     let db = &store.inner.db;
     let mut parts = Parts::default();
@@ -327,7 +328,7 @@ fn body_intact(
     })
 }
 
-/// Live extents per segment: `inline` (those in the `msg/` records kept), plus the `part/`
+/// Live extents per body file: `inline` (those in the `msg/` records kept), plus the `part/`
 /// records left after the checks.
 fn count_refs(
     store: &Store,
@@ -335,27 +336,27 @@ fn count_refs(
 ) -> Result<BTreeMap<u64, u64>, StoreError> {
     for raw in store.inner.db.scan_prefix(key::PART).values() {
         if let Ok(extent) = Extent::decode(&raw?) {
-            *refs.entry(extent.seg).or_insert(0) += 1;
+            *refs.entry(extent.file).or_insert(0) += 1;
         }
     }
     Ok(refs)
 }
 
-/// Deletes segment files no record points into: what a crash left between an append and its
+/// Deletes body files no record points into: what a crash left between an append and its
 /// commit, or between a durable removal and the unlink.
-fn remove_orphan_segments(store: &Store, refs: &BTreeMap<u64, u64>) -> Result<(), StoreError> {
-    let dir = store.inner.flush.segments().dir();
+fn remove_orphan_body_files(store: &Store, refs: &BTreeMap<u64, u64>) -> Result<(), StoreError> {
+    let dir = store.inner.flush.body_files().dir();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        match name.to_str().and_then(parse_segment_name) {
-            Some(seg) if refs.contains_key(&seg) => {}
-            Some(seg) => {
-                log::info!("store: body segment {seg:016X} referenced by no message; removed");
+        match name.to_str().and_then(parse_body_file_name) {
+            Some(num) if refs.contains_key(&num) => {}
+            Some(num) => {
+                log::info!("store: body file {num:016X} referenced by no message; removed");
                 std::fs::remove_file(entry.path())?;
             }
             None => log::warn!(
-                "store: {} in the bodies directory is not a segment; left alone",
+                "store: {} in the bodies directory is not a body file; left alone",
                 entry.path().display()
             ),
         }

@@ -1,15 +1,15 @@
-//! `Spool`: a message body appended to a body segment (`segment.rs`) as DATA arrives, then
+//! `Spool`: a message body appended to a body file (`body_file.rs`) as DATA arrives, then
 //! committed: the envelope with the pieces' extents inline (up to `INLINE_EXTENTS` pieces) or
 //! one `part/` record per piece, written in order, then the group flush; or dropped, which only
-//! releases the segment space. Never holds a body in memory (only its extents). Nothing reaches
+//! releases the body file space. Never holds a body in memory (only its extents). Nothing reaches
 //! sled before the commit: an earlier layout wrote a `spool/` marker and each `part/` record as
 //! the body arrived, two more sled log entries per message and a leaf of their own; `recover`
 //! still sweeps what such a build left.
 
 use std::io;
 
+use super::extent::{count_extent, MAX_EXTENT};
 use super::record::{self, MessageMeta, INLINE_EXTENTS};
-use super::segment::{count_extent, MAX_EXTENT};
 use super::writes::Writes;
 use super::{
     index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
@@ -49,11 +49,11 @@ impl Spool {
             };
             let extent = inner
                 .flush
-                .segments()
+                .body_files()
                 .append(piece, fresh)
                 .map_err(StoreError::Io)?;
             // Counted at once: `Drop` releases it whatever happens next.
-            count_extent(&mut self.segments, extent.seg);
+            count_extent(&mut self.body_files, extent.file);
             self.extents.push(extent);
             self.bytes += u64::try_from(piece.len()).unwrap_or(u64::MAX);
         }
@@ -74,7 +74,7 @@ impl Spool {
         let inner = &store.inner;
         let old = inner.usage.get();
         if old.bytes.saturating_add(self.bytes) > inner.max_bytes {
-            drop(self); // `Drop` releases the segment space
+            drop(self); // `Drop` releases the body file space
             return Ok(Err(QueueFull));
         }
         let id = self.id;
@@ -154,17 +154,17 @@ impl Spool {
     /// Drops the chunks written so far.
     pub fn abort(self) {}
 
-    /// Releases the segment space of a spool never committed (no record points at it).
+    /// Releases the body file space of a spool never committed (no record points at it).
     fn release(&mut self) {
-        let segments = self.store.inner.flush.segments();
-        for (seg, n) in self.segments.drain(..) {
-            segments.release(seg, n);
+        let body_files = self.store.inner.flush.body_files();
+        for (num, n) in self.body_files.drain(..) {
+            body_files.release(num, n);
         }
     }
 }
 
 impl Drop for Spool {
-    /// An uncommitted spool's segment space is released at once (nothing is in sled).
+    /// An uncommitted spool's body file space is released at once (nothing is in sled).
     fn drop(&mut self) {
         if self.finished {
             return;

@@ -32,7 +32,7 @@ fn raw_db(dir: &TempDir) -> sled::Db {
     open_db(
         &sled::Config::new()
             .path(dir.path())
-            .segment_size(SEGMENT_SIZE),
+            .segment_size(SLED_SEGMENT_SIZE),
     )
     .unwrap()
 }
@@ -323,7 +323,7 @@ fn a_message_in_the_layout_before_inline_records_reads_delivers_and_deletes() {
 
     let (store, report) = open(&dir);
     assert_eq!((report.messages, report.quarantined), (1, 0));
-    assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(body_files(&dir).len(), 1);
     assert_eq!(body_of(&store, id), b"Subject: s\r\n\r\nold layout");
     assert_eq!(store.get(id).unwrap().info.recipients, ["ops@x"]);
     let results = [(0, RcptState::Deferred, Some("451 later".to_owned()))];
@@ -338,7 +338,7 @@ fn a_message_in_the_layout_before_inline_records_reads_delivers_and_deletes() {
     for prefix in [key::MSG, key::RCPT, key::PART, key::DUE, key::HIST] {
         assert_eq!(keys_with_prefix(&store, prefix), 0);
     }
-    assert!(segment_files(&dir).is_empty());
+    assert!(body_files(&dir).is_empty());
 }
 
 #[test]
@@ -1125,12 +1125,12 @@ fn a_store_created_with_sleds_default_segment_size_still_opens() {
     old.flush().unwrap();
     drop(old);
     let (store, _) = open(&dir);
-    assert_eq!(segment_size(dir.path()), 512 * 1024);
+    assert_eq!(sled_segment_size(dir.path()), 512 * 1024);
     let id = commit(&store, &[b"body"], &["a@x"], 1);
     assert_eq!(body_of(&store, id), b"body");
     let fresh = TempDir::new().unwrap();
     let (_store, _) = open(&fresh);
-    assert_eq!(segment_size(fresh.path()), SEGMENT_SIZE);
+    assert_eq!(sled_segment_size(fresh.path()), SLED_SEGMENT_SIZE);
 }
 
 #[test]
@@ -1149,7 +1149,7 @@ fn a_long_smarthost_reply_is_kept_cut_to_max_reply() {
     assert!(long.starts_with(&kept));
 }
 
-fn segment_files(dir: &TempDir) -> Vec<String> {
+fn body_files(dir: &TempDir) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.path().join(BODIES_DIR))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -1159,7 +1159,7 @@ fn segment_files(dir: &TempDir) -> Vec<String> {
 }
 
 #[test]
-fn bodies_live_in_segment_files_not_in_sled() {
+fn bodies_live_in_body_files_not_in_sled() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let id = commit(&store, &[b"Subject: s\r\n\r\n", b"body\r\n"], &["a@x"], 1);
@@ -1167,7 +1167,7 @@ fn bodies_live_in_segment_files_not_in_sled() {
     // Two pieces: their extents are inline in `msg/`, no `part/` records.
     assert_eq!(keys_with_prefix(&store, &key::part_prefix(id)), 0);
     assert_eq!(store.meta(id).unwrap().extents.len(), 2);
-    let files = segment_files(&dir);
+    let files = body_files(&dir);
     assert_eq!(files.len(), 1);
     let on_disk = std::fs::read(dir.path().join(BODIES_DIR).join(&files[0])).unwrap();
     assert_eq!(on_disk, b"Subject: s\r\n\r\nbody\r\n");
@@ -1180,66 +1180,66 @@ fn bodies_live_in_segment_files_not_in_sled() {
     drop(store);
     let (store, report) = open(&dir);
     assert_eq!((report.messages, report.quarantined), (2, 0));
-    assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(body_files(&dir).len(), 1);
     assert_eq!(body_of(&store, id), b"Subject: s\r\n\r\nbody\r\n");
     assert_eq!(body_of(&store, long), b"12345");
-    // The segment is counted for both: it stays while either message is queued.
+    // The body file is counted for both: it stays while either message is queued.
     block_on(store.delete(long)).unwrap();
     block_on(store.flush()).unwrap();
-    assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(body_files(&dir).len(), 1);
     assert_eq!(body_of(&store, id), b"Subject: s\r\n\r\nbody\r\n");
     block_on(store.delete(id)).unwrap();
     block_on(store.flush()).unwrap();
-    assert!(segment_files(&dir).is_empty());
+    assert!(body_files(&dir).is_empty());
 }
 
 #[test]
-fn segments_are_unlinked_once_every_message_in_them_is_gone() {
+fn body_files_are_unlinked_once_every_message_in_them_is_gone() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let piece = vec![b'p'; MAX_EXTENT];
-    let pieces = usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT;
+    let pieces = usize::try_from(BODY_FILE_BYTES).unwrap() / MAX_EXTENT;
     let body: Vec<&[u8]> = (0..pieces).map(|_| piece.as_slice()).collect();
-    // Each message fills one segment exactly: three of them take three segments.
+    // Each message fills one body file exactly: three of them take three body files.
     let ids: Vec<QueueId> = (0..3).map(|n| commit(&store, &body, &["a@x"], n)).collect();
-    assert_eq!(segment_files(&dir).len(), 3);
+    assert_eq!(body_files(&dir).len(), 3);
     block_on(store.delete(ids[0])).unwrap();
     assert_eq!(
-        segment_files(&dir).len(),
+        body_files(&dir).len(),
         2,
-        "the first segment held only the first message"
+        "the first body file held only the first message"
     );
     block_on(store.delete(ids[2])).unwrap();
-    assert_eq!(segment_files(&dir).len(), 2, "the active segment stays");
+    assert_eq!(body_files(&dir).len(), 2, "the active body file stays");
     assert_eq!(body_of(&store, ids[1]), body.concat());
     block_on(store.delete(ids[1])).unwrap();
     assert_eq!(
-        segment_files(&dir).len(),
+        body_files(&dir).len(),
         1,
-        "only the active segment is left"
+        "only the active body file is left"
     );
     drop(store);
     let (_store, report) = open(&dir);
     assert_eq!(report.messages, 0);
     assert!(
-        segment_files(&dir).is_empty(),
-        "an unreferenced segment is an orphan"
+        body_files(&dir).is_empty(),
+        "an unreferenced body file is an orphan"
     );
 }
 
 #[test]
-fn an_aborted_spool_releases_its_segment() {
+fn an_aborted_spool_releases_its_body_file() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let piece = vec![b'q'; MAX_EXTENT];
     let mut spool = store.spool().unwrap();
-    for _ in 0..usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT + 1 {
+    for _ in 0..usize::try_from(BODY_FILE_BYTES).unwrap() / MAX_EXTENT + 1 {
         spool.append(&piece).unwrap();
     }
-    assert_eq!(segment_files(&dir).len(), 2);
+    assert_eq!(body_files(&dir).len(), 2);
     spool.abort();
     assert_eq!(
-        segment_files(&dir).len(),
+        body_files(&dir).len(),
         1,
         "the full one went, the active one stays"
     );
@@ -1247,7 +1247,7 @@ fn an_aborted_spool_releases_its_segment() {
 }
 
 #[test]
-fn orphan_segments_are_deleted_at_recovery_and_foreign_files_left() {
+fn orphan_body_files_are_deleted_at_recovery_and_foreign_files_left() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let kept = commit(&store, &[b"kept"], &["a@x"], 1);
@@ -1257,7 +1257,7 @@ fn orphan_segments_are_deleted_at_recovery_and_foreign_files_left() {
     std::fs::write(bodies.join("README"), b"not ours").unwrap();
     let (store, report) = open(&dir);
     assert_eq!(report.messages, 1);
-    assert_eq!(segment_files(&dir).len(), 2, "{:?}", segment_files(&dir));
+    assert_eq!(body_files(&dir).len(), 2, "{:?}", body_files(&dir));
     assert!(bodies.join("README").exists());
     assert_eq!(body_of(&store, kept), b"kept");
 }
@@ -1269,12 +1269,12 @@ fn a_missing_or_truncated_body_is_quarantined_and_the_rest_flows() {
     let whole = commit(&store, &[b"whole body"], &["a@x"], 1);
     let cut = commit(&store, &[b"this one gets cut"], &["b@y", "c@z"], 2);
     let piece = vec![b'r'; MAX_EXTENT];
-    let fill: Vec<&[u8]> = (0..usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT)
+    let fill: Vec<&[u8]> = (0..usize::try_from(BODY_FILE_BYTES).unwrap() / MAX_EXTENT)
         .map(|_| piece.as_slice())
         .collect();
-    let gone = commit(&store, &fill, &["d@w"], 3); // rolls: its last piece opens a new segment
+    let gone = commit(&store, &fill, &["d@w"], 3); // rolls: its last piece opens a new body file
     drop(store);
-    let files = segment_files(&dir);
+    let files = body_files(&dir);
     assert_eq!(files.len(), 2);
     let bodies = dir.path().join(BODIES_DIR);
     std::fs::remove_file(bodies.join(&files[1])).unwrap();
@@ -1333,14 +1333,14 @@ fn a_body_stored_inline_by_an_older_build_still_reads_and_deletes() {
 }
 
 #[test]
-fn a_delivered_message_goes_at_once_and_its_segment_after_the_next_sync() {
+fn a_delivered_message_goes_at_once_and_its_body_file_after_the_next_sync() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let piece = vec![b'd'; MAX_EXTENT];
-    let body: Vec<&[u8]> = (0..usize::try_from(SEGMENT_BYTES).unwrap() / MAX_EXTENT)
+    let body: Vec<&[u8]> = (0..usize::try_from(BODY_FILE_BYTES).unwrap() / MAX_EXTENT)
         .map(|_| piece.as_slice())
         .collect();
-    let first = commit(&store, &body, &["a@x"], 1); // fills the first segment
+    let first = commit(&store, &body, &["a@x"], 1); // fills the first body file
     commit(&store, &[b"second"], &["b@y"], 2); // opens the next one
     let before = store.durable_epoch();
     let results = [(0, RcptState::Delivered, Some("250 ok".into()))];
@@ -1352,12 +1352,12 @@ fn a_delivered_message_goes_at_once_and_its_segment_after_the_next_sync() {
     );
     assert!(matches!(store.get(first), Err(StoreError::NotFound(_))));
     assert_eq!(
-        segment_files(&dir).len(),
+        body_files(&dir).len(),
         2,
         "its bytes stay until the removal is durable"
     );
     block_on(store.flush()).unwrap();
-    assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(body_files(&dir).len(), 1);
 }
 
 #[test]
