@@ -11,8 +11,9 @@ use std::io;
 
 use super::body_file::{parse_body_file_name, DirtyBodyFiles};
 use super::extent::Extent;
+use super::index::{index_of, Index};
 use super::record::{self, MessageMeta};
-use super::{index_of, key, Index, QueueId, RecoveryReport, Store, StoreError, Usage};
+use super::{key, QueueId, RecoveryReport, Store, StoreError, Usage};
 use crate::priority::Priority;
 
 pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {

@@ -9,10 +9,11 @@
 use std::io;
 
 use super::extent::{count_extent, MAX_EXTENT};
+use super::index::index;
 use super::record::{self, MessageMeta, INLINE_EXTENTS};
 use super::writes::Writes;
 use super::{
-    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
+    key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
 };
 use crate::clock::QueueTime;
 

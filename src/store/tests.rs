@@ -13,6 +13,9 @@ use proptest::prelude::*;
 use smol::LocalExecutor;
 use tempfile::TempDir;
 
+use super::open::{open_db, sled_segment_size, BODIES_DIR};
+use super::record::MessageMeta;
+use super::update::MAX_REPLY;
 use super::*;
 
 /// The wall-clock time the tests record attempts at.
