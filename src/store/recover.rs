@@ -10,10 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use super::body_file::{parse_body_file_name, DirtyBodyFiles};
+use super::due::DueEntry;
 use super::extent::Extent;
 use super::index::{index_of, Index};
 use super::record::{self, MessageMeta};
 use super::{key, QueueId, RecoveryReport, Store, StoreError, Usage};
+use crate::clock::QueueTime;
 use crate::priority::Priority;
 
 pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
@@ -21,63 +23,103 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
         swept_spools: sweep_spools(store)?,
         ..RecoveryReport::default()
     };
-
-    let db = &store.inner.db;
-    let mut usage = Usage::default();
-    let mut clock = store.inner.clock.get();
-    let mut expected = BTreeSet::new();
-    let mut schedule = BTreeSet::new();
     remove_orphan_recipients(store)?;
     let mut parts = check_parts(store)?;
-    let mut inline_refs = BTreeMap::new();
-    for entry in db.scan_prefix(key::MSG) {
+    let mut kept = Kept::new(store.inner.clock.get());
+    for entry in store.inner.db.scan_prefix(key::MSG) {
         let (k, raw) = entry?;
-        let Some(id) = key::parse_id(key::MSG, &k) else {
-            quarantine(store, &k, &raw, "malformed message key")?;
-            report.quarantined += 1;
-            continue;
-        };
-        let meta = match MessageMeta::decode(&raw) {
-            Ok(meta) => meta,
-            Err(e) => {
-                quarantine(store, &k, &raw, &e.to_string())?;
-                report.quarantined += 1 + quarantine_parts(store, id)?;
-                continue;
-            }
-        };
-        // A message with a damaged or missing part goes to `corrupt` whole: delivering it with
-        // a recipient or a piece of its body short would lose mail silently.
-        let damaged = match body_intact(store, id, &meta, &mut parts)? {
-            Err(why) => Some(format!("queue_id={id} body {why}")),
-            Ok(()) => {
-                let in_sled = meta.extents.is_empty() && !parts.count.contains_key(&id);
-                damaged_part(store, id, &meta, in_sled)?
-            }
-        };
-        if let Some(why) = damaged {
-            quarantine(store, &k, &raw, &why)?;
-            report.quarantined += 1 + quarantine_parts(store, id)?;
-            continue;
+        match check_message(store, &k, &raw, &mut parts)? {
+            Ok((id, meta)) => kept.add(id, &meta),
+            Err(quarantined) => report.quarantined += quarantined,
         }
+    }
+    report.messages = kept.usage.messages;
+    rebuild_index(store, kept.expected)?;
+    store.inner.due.replace(kept.schedule);
+    let refs = count_refs(store, kept.inline_refs)?;
+    remove_orphan_body_files(store, &refs)?;
+    store.inner.flush.body_files().set_refs(refs);
+    save_counters(store, kept.usage, kept.clock)?;
+    Ok(report)
+}
+
+/// What the messages kept add up to: the counters, the queue clock, the `failed/` index and
+/// the schedule they imply, and the body file extents they hold inline.
+struct Kept {
+    usage: Usage,
+    clock: QueueTime,
+    expected: BTreeSet<Vec<u8>>,
+    schedule: BTreeSet<DueEntry>,
+    inline_refs: BTreeMap<u64, u64>,
+}
+
+impl Kept {
+    fn new(clock: QueueTime) -> Self {
+        Self {
+            usage: Usage::default(),
+            clock,
+            expected: BTreeSet::new(),
+            schedule: BTreeSet::new(),
+            inline_refs: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, id: QueueId, meta: &MessageMeta) {
         for extent in &meta.extents {
-            *inline_refs.entry(extent.file).or_insert(0) += 1;
+            *self.inline_refs.entry(extent.file).or_insert(0) += 1;
         }
-        usage.messages += 1;
-        usage.bytes = usage.bytes.saturating_add(meta.size);
-        clock = clock.max(meta.enqueued_at).max(meta.failed_at.unwrap_or(0));
-        match index_of(id, &meta) {
-            Some(Index::Failed(k)) => drop(expected.insert(k)),
-            Some(Index::Due(entry)) => drop(schedule.insert(entry)),
+        self.usage.messages += 1;
+        self.usage.bytes = self.usage.bytes.saturating_add(meta.size);
+        self.clock = self
+            .clock
+            .max(meta.enqueued_at)
+            .max(meta.failed_at.unwrap_or(0));
+        match index_of(id, meta) {
+            Some(Index::Failed(k)) => drop(self.expected.insert(k)),
+            Some(Index::Due(entry)) => drop(self.schedule.insert(entry)),
             None => {}
         }
     }
-    report.messages = usage.messages;
-    rebuild_index(store, expected)?;
-    store.inner.due.replace(schedule);
-    let refs = count_refs(store, inline_refs)?;
-    remove_orphan_body_files(store, &refs)?;
-    store.inner.flush.body_files().set_refs(refs);
+}
 
+/// One `msg/` record: the message to keep, or `Err(n)` when it went to `corrupt` with `n`
+/// records in all (its envelope and parts).
+fn check_message(
+    store: &Store,
+    k: &[u8],
+    raw: &[u8],
+    parts: &mut Parts,
+) -> Result<Result<(QueueId, MessageMeta), u64>, StoreError> {
+    let Some(id) = key::parse_id(key::MSG, k) else {
+        quarantine(store, k, raw, "malformed message key")?;
+        return Ok(Err(1));
+    };
+    let meta = match MessageMeta::decode(raw) {
+        Ok(meta) => meta,
+        Err(e) => {
+            quarantine(store, k, raw, &e.to_string())?;
+            return Ok(Err(1 + quarantine_parts(store, id)?));
+        }
+    };
+    // A message with a damaged or missing part goes to `corrupt` whole: delivering it with
+    // a recipient or a piece of its body short would lose mail silently.
+    let damaged = match body_intact(store, id, &meta, parts)? {
+        Err(why) => Some(format!("queue_id={id} body {why}")),
+        Ok(()) => {
+            let in_sled = meta.extents.is_empty() && !parts.count.contains_key(&id);
+            damaged_part(store, id, &meta, in_sled)?
+        }
+    };
+    if let Some(why) = damaged {
+        quarantine(store, k, raw, &why)?;
+        return Ok(Err(1 + quarantine_parts(store, id)?));
+    }
+    Ok(Ok((id, meta)))
+}
+
+/// Writes the recounted counters and clock and makes everything recovery did durable.
+fn save_counters(store: &Store, usage: Usage, clock: QueueTime) -> Result<(), StoreError> {
+    let db = &store.inner.db;
     // The stored counters date from the last start (commits do not write them): the recount is
     // the truth, not a repair.
     db.insert(key::USAGE, record::encode_usage(usage))?;
@@ -90,8 +132,7 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
         .flush
         .files()
         .sync(db, &DirtyBodyFiles::default())
-        .map_err(StoreError::Io)?;
-    Ok(report)
+        .map_err(StoreError::Io)
 }
 
 /// Deletes the chunks of every spool whose marker is still there (never committed: the commit

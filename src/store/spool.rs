@@ -79,6 +79,35 @@ impl Spool {
             return Ok(Err(QueueFull));
         }
         let id = self.id;
+        let (meta, records) = self.envelope(info, now)?;
+        let batch = self.writes(&meta, &records);
+        // Neither the queue clock nor the counters are written per message (one more key each
+        // in sled's log): `recover` takes the clock past every `enqueued_at` and recounts.
+        let clock = inner.clock.get().max(now);
+        let usage = Usage {
+            messages: old.messages + 1,
+            bytes: old.bytes + self.bytes,
+        };
+        // A failure up to the `msg/` insert leaves the body for `Drop` to release (and records
+        // of no message for `recover` to drop).
+        batch.apply(&inner.db, &inner.due)?;
+        inner.clock.set(clock);
+        // Committed: from here on the parts belong to the message.
+        self.finished = true;
+        inner.usage.set(usage);
+        let seq = inner.flush.note_write();
+        inner.flush.wait(seq).await.map_err(StoreError::Io)?;
+        Ok(Ok(id))
+    }
+
+    /// The message's envelope record, and the recipient records that go beside it (none for a
+    /// single recipient: it goes inline into `msg/`, as do at most `INLINE_EXTENTS` extents).
+    fn envelope(
+        &mut self,
+        info: MessageInfo,
+        now: QueueTime,
+    ) -> Result<(MessageMeta, Vec<RcptRecord>), StoreError> {
+        let id = self.id;
         let chunks = u32::try_from(self.extents.len())
             .map_err(|_| StoreError::Corrupt(format!("queue_id={id} too many chunks")))?;
         let recipients = u32::try_from(info.recipients.len())
@@ -120,36 +149,25 @@ impl Spool {
             },
             rcpt,
         };
-        // In the order `writes.rs` explains: everything else, then `msg/<id>`.
+        Ok((meta, records))
+    }
+
+    /// The commit's writes, in the order `writes.rs` explains: everything else, then
+    /// `msg/<id>`, then its place in the schedule.
+    fn writes(&self, meta: &MessageMeta, records: &[RcptRecord]) -> Writes {
+        let id = self.id;
         let mut batch = Writes::default();
         // `extents` is empty here when they went inline into `msg/`.
-        for (n, extent) in (0..chunks).zip(&self.extents) {
+        for (n, extent) in (0..meta.chunks).zip(&self.extents) {
             batch.insert(key::part(id, n), extent.encode());
         }
         // `records` is empty here when the one recipient went inline.
-        for (idx, rcpt) in (0..recipients).zip(&records) {
+        for (idx, rcpt) in (0..meta.recipients).zip(records) {
             batch.insert(key::rcpt(id, idx), record::encode_rcpt(rcpt));
         }
-        // Neither the queue clock nor the counters are written per message (one more key each
-        // in sled's log): `recover` takes the clock past every `enqueued_at` and recounts.
-        let clock = inner.clock.get().max(now);
-        let usage = Usage {
-            messages: old.messages + 1,
-            bytes: old.bytes + self.bytes,
-        };
         batch.insert(key::msg(id), meta.encode());
-        // Its place in the schedule, once `msg/` is written.
-        index(&mut batch, id, &meta);
-        // A failure up to the `msg/` insert leaves the body for `Drop` to release (and records
-        // of no message for `recover` to drop).
-        batch.apply(&inner.db, &inner.due)?;
-        inner.clock.set(clock);
-        // Committed: from here on the parts belong to the message.
-        self.finished = true;
-        inner.usage.set(usage);
-        let seq = inner.flush.note_write();
-        inner.flush.wait(seq).await.map_err(StoreError::Io)?;
-        Ok(Ok(id))
+        index(&mut batch, id, meta);
+        batch
     }
 
     /// Drops the chunks written so far.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::extent::{count_extent, Extent};
 use super::index::{index, unindex};
+use super::query::Recipients;
 use super::record::{self, MessageMeta};
 use super::writes::Writes;
 use super::{key, AttemptRecord, QueueId, RcptState, Store, StoreError, Usage, KEPT_ATTEMPTS};
@@ -57,27 +58,7 @@ impl Store {
         let mut meta = self.meta(id)?;
         let mut recipients = self.recipients(id, &meta)?;
         let mut batch = Writes::default();
-        let mut attempt = AttemptRecord {
-            at_unix,
-            results: Vec::with_capacity(results.len()),
-        };
-        for (idx, state, reply) in results {
-            let Some((k, rcpt)) = recipients.get_mut(*idx) else {
-                log::warn!("store: queue_id={id} no recipient #{idx}; result ignored");
-                continue;
-            };
-            rcpt.state = *state;
-            rcpt.last_reply = clip_reply(reply.as_ref());
-            match k {
-                Some(k) => batch.insert(k.clone(), record::encode_rcpt(rcpt)),
-                // Inline: written with `msg/` below.
-                None => meta.rcpt = Some(rcpt.clone()),
-            }
-            let reply = rcpt.last_reply.clone().unwrap_or_default();
-            attempt
-                .results
-                .push((u32::try_from(*idx).unwrap_or(u32::MAX), *state, reply));
-        }
+        let attempt = apply_results(id, results, &mut recipients, &mut meta, &mut batch, at_unix);
         let open = recipients.iter().any(|(_, r)| r.state.is_open());
         let failed = recipients.iter().any(|(_, r)| r.state == RcptState::Failed);
         let before = meta.clone();
@@ -241,6 +222,41 @@ impl Store {
         let seq = self.inner.flush.note_write();
         self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }
+}
+
+/// Sets each result's recipient state and reply (cut to `MAX_REPLY`) in `recipients`, adds the
+/// `rcpt/` records that changed to `batch` (an inline recipient goes into `meta` instead), and
+/// returns the attempt as the history keeps it. A result for no recipient is logged and skipped.
+fn apply_results(
+    id: QueueId,
+    results: &[(usize, RcptState, Option<String>)],
+    recipients: &mut Recipients,
+    meta: &mut MessageMeta,
+    batch: &mut Writes,
+    at_unix: u64,
+) -> AttemptRecord {
+    let mut attempt = AttemptRecord {
+        at_unix,
+        results: Vec::with_capacity(results.len()),
+    };
+    for (idx, state, reply) in results {
+        let Some((k, rcpt)) = recipients.get_mut(*idx) else {
+            log::warn!("store: queue_id={id} no recipient #{idx}; result ignored");
+            continue;
+        };
+        rcpt.state = *state;
+        rcpt.last_reply = clip_reply(reply.as_ref());
+        match k {
+            Some(k) => batch.insert(k.clone(), record::encode_rcpt(rcpt)),
+            // Inline: written with `msg/` by the caller.
+            None => meta.rcpt = Some(rcpt.clone()),
+        }
+        let reply = rcpt.last_reply.clone().unwrap_or_default();
+        attempt
+            .results
+            .push((u32::try_from(*idx).unwrap_or(u32::MAX), *state, reply));
+    }
+    attempt
 }
 
 /// Whether a removal waits for its sync.
