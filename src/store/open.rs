@@ -147,7 +147,7 @@ impl Store {
     /// sled's `generate_id` (`db.rs`) is monotonic and, after a crash, restarts 2 ×
     /// `idgen_persist_interval` past the last persisted value; should an id still be in use
     /// (state lost by a power cut between sled's own syncs), take the next one. Only `msg/`
-    /// can hold one: a spool writes nothing to sled, and `recover` swept older builds' `spool/`
+    /// can hold one: a spool writes nothing to sled, and `recover` sweeps legacy `spool/`
     /// markers before any spool opens.
     pub(super) fn fresh_id(&self) -> Result<QueueId, StoreError> {
         for _ in 0..16 {

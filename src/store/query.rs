@@ -121,8 +121,8 @@ impl Store {
     }
 
     /// Reads the body in order, one appended piece (≤ `MAX_EXTENT`) at a time, from the
-    /// extents in `msg/` or the `part/` records. A body stored by an older build as sled values
-    /// (`body/` keys) reads the same way.
+    /// extents in `msg/` or the `part/` records. A legacy body stored as sled values (`body/`
+    /// keys) reads the same way.
     pub fn body_chunks(
         &self,
         id: QueueId,

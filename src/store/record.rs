@@ -33,16 +33,16 @@ pub(super) struct MessageMeta {
     pub(super) recipients: u32,
     /// Number of `body/<id>/<chunk>` keys (chunk `0..chunks`): deletion needs no scan.
     pub(super) chunks: u32,
-    /// `[[priority]]` at commit. `normal` is encoded as records were before priorities
-    /// existed (no flag, no byte), so older builds read it.
+    /// `[[priority]]` at commit. `normal` has no flag and no byte, so a record without the
+    /// priority flag reads as `normal`.
     pub(super) priority: Priority,
     /// `[coalesce]` key at commit: eight bytes after the priority byte, only when set (so
-    /// records without one read as before).
+    /// a record without one has no coalescing key).
     pub(super) coalesce: Option<u64>,
     /// Where the body is, when the message has at most `INLINE_EXTENTS` pieces: `chunks`
     /// extents kept in this record (after the coalescing key) instead of `part/` records, which
     /// saves two sled log writes per message (insert and removal). Empty: `part/` records (or
-    /// an older build's `body/` keys) hold the body.
+    /// legacy `body/` keys) hold the body.
     pub(super) extents: Vec<Extent>,
     /// The recipient's record when the message has exactly one (`recipients == 1`), kept here
     /// (after the extents) instead of `rcpt/<id>/0`: two sled log writes fewer per message, and

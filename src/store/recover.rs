@@ -167,7 +167,7 @@ fn sweep_spools(store: &Store) -> Result<u64, StoreError> {
 
 /// What is wrong with the parts of a message whose envelope decodes: an undecodable recipient
 /// record, fewer or more recipient records than the envelope names, or, for a body stored
-/// inline in sled by an older build (`inline`), a chunk missing (chunks are numbered
+/// inline in sled as legacy `body/` keys (`inline`), a chunk missing (chunks are numbered
 /// `0..meta.chunks`; a point look-up each, no body is read into memory beyond sled's page
 /// cache). Bodies in body files are checked by `body_intact`.
 fn damaged_part(
@@ -359,7 +359,7 @@ fn body_intact(
         return Ok(Ok(()));
     }
     Ok(match listed {
-        // An older build kept bodies inline (`body/` keys).
+        // Legacy bodies inline in sled (`body/` keys).
         0 if meta.chunks == 0 => Ok(()),
         0 => match store.inner.db.scan_prefix(key::body_prefix(id)).next() {
             Some(_) => Ok(()),
@@ -418,7 +418,7 @@ fn quarantine(store: &Store, k: &[u8], raw: &[u8], why: &str) -> Result<(), Stor
 }
 
 /// Makes `failed/` hold exactly the entries the message records imply, and removes the
-/// `due/` index older builds kept in sled (the schedule is in memory now: `due.rs`).
+/// legacy `due/` index keys (the schedule is in memory: `due.rs`).
 fn rebuild_index(store: &Store, mut expected: BTreeSet<Vec<u8>>) -> Result<(), StoreError> {
     let db = &store.inner.db;
     let mut batch = sled::Batch::default();

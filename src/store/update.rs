@@ -183,7 +183,7 @@ impl Store {
             0
         };
         for chunk in 0..listed {
-            batch.remove(key::body(id, chunk)); // an older build's inline chunks
+            batch.remove(key::body(id, chunk)); // legacy inline chunks
             let k = key::part(id, chunk);
             if let Some(raw) = self.inner.db.get(&k)? {
                 if let Ok(extent) = Extent::decode(&raw) {
