@@ -112,7 +112,7 @@ fn an_inline_recipient_follows_the_extents_and_needs_exactly_one_recipient() {
 }
 
 #[test]
-fn inline_extents_follow_the_coalescing_key_and_records_without_them_read_as_before() {
+fn inline_extents_follow_the_coalescing_key_and_records_without_them_have_none() {
     let plain = plain_meta().encode();
     assert_eq!(plain[1] & FLAG_EXTENTS, 0);
     let extent = Extent {
@@ -147,7 +147,7 @@ fn inline_extents_follow_the_coalescing_key_and_records_without_them_read_as_bef
 }
 
 #[test]
-fn normal_priority_is_encoded_as_before_priorities_existed() {
+fn normal_priority_is_encoded_with_no_flag_and_no_byte() {
     let meta = plain_meta();
     let normal = meta.encode();
     assert_eq!(normal[1] & FLAG_PRIORITY, 0);

@@ -84,7 +84,7 @@ fn an_uncommitted_spool_writes_nothing_to_sled_and_is_gone_after_reopen() {
 }
 
 #[test]
-fn an_older_builds_spool_marker_and_its_parts_are_swept_after_reopen() {
+fn a_legacy_spool_marker_and_its_parts_are_swept_after_reopen() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let kept = commit(&store, &[b"kept"], &["a@x"], 1);
@@ -205,7 +205,7 @@ fn a_single_recipient_lives_in_the_envelope_through_attempts_reopen_and_removal(
 }
 
 #[test]
-fn a_message_in_the_layout_before_inline_records_reads_delivers_and_deletes() {
+fn a_message_without_inline_records_reads_delivers_and_deletes() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let id = commit(
@@ -214,7 +214,7 @@ fn a_message_in_the_layout_before_inline_records_reads_delivers_and_deletes() {
         &["ops@x"],
         1,
     );
-    // Rewrite it the way builds before inline records stored it: one `part/` record per
+    // Rewrite it without inline records: one `part/` record per
     // piece, the recipient in `rcpt/<id>/0`, neither in `msg/`.
     let mut meta = store.meta(id).unwrap();
     let db = &store.inner.db;
@@ -226,11 +226,7 @@ fn a_message_in_the_layout_before_inline_records_reads_delivers_and_deletes() {
         .unwrap();
     meta.extents.clear();
     let old = meta.encode();
-    assert_eq!(
-        old[1] & 0b1100_0000,
-        0,
-        "no flag an older build does not know"
-    );
+    assert_eq!(old[1] & 0b1100_0000, 0, "neither inline flag set");
     db.insert(key::msg(id), old).unwrap();
     block_on(store.flush()).unwrap();
     drop(store);

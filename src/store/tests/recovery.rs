@@ -158,11 +158,11 @@ fn a_missing_or_truncated_body_is_quarantined_and_the_rest_flows() {
 }
 
 #[test]
-fn a_body_stored_inline_by_an_older_build_still_reads_and_deletes() {
+fn a_legacy_body_stored_inline_in_sled_still_reads_and_deletes() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let id = commit(&store, &[b"x"], &["a@x"], 1);
-    // Rewrite it the way the previous layout stored bodies: `body/` values, no `part/` keys.
+    // Rewrite it as a legacy body: `body/` values, no `part/` keys.
     let mut meta = store.meta(id).unwrap();
     meta.chunks = 2;
     meta.extents.clear();

@@ -77,8 +77,8 @@ fn due_mail_goes_most_urgent_first_then_oldest_first_across_reopen_and_reschedul
     assert!(!ids(&store.due(100, 10).unwrap()).contains(&high));
     block_on(store.release(high)).unwrap();
     assert_eq!(ids(&store.due(100, 10).unwrap()), order);
-    // Recovery rebuilds every priority's schedule from the records, and removes the `due/` keys
-    // an older build kept in sled (here one missing and one of no message).
+    // Recovery rebuilds every priority's schedule from the records, and removes legacy `due/` keys
+    // in sled (here one missing and one of no message).
     store
         .inner
         .db
