@@ -3,15 +3,16 @@
 //! record per recipient; a commit is durable (bodies and sled's log `fdatasync`ed, shared among
 //! concurrent sessions) before it returns.
 //!
-//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `failed/` and `meta/` keys
-//! (plus legacy `spool/` and `due/` keys, which only `recover` reads), written one at a time in an order `recover` can
-//! finish (`writes.rs`: sled's atomic batches cost two or three log writes each); a `corrupt`
-//! tree holds quarantined records (`recover.rs`). Encodings are versioned and hand-written
-//! (`record.rs`): a message with one recipient and a body of at most four pieces is a single
-//! `msg/` record. The schedule (which message is due when) is an in-memory index derived from
-//! the `msg/` records (`due.rs`). Durability is the group flush in `flush.rs`:
-//! one sync (the body files written since the last one, then sled flush + `fdatasync` of
-//! `<dir>/db`) in flight at a time, shared by every write that landed before it started.
+//! Layout (`key.rs`): one sled tree with `msg/`, `rcpt/`, `part/`, `hist/`, `failed/` and
+//! `meta/` keys (plus legacy `spool/` and `due/` keys, which only `recover` reads), written one
+//! at a time in an order `recover` can finish (`writes.rs`: sled's atomic batches cost two or
+//! three log writes each); a `corrupt` tree holds quarantined records (`recover.rs`). Encodings
+//! are versioned and hand-written (`record.rs`, `extent.rs`): a message with one recipient and
+//! a body of at most four pieces is a single `msg/` record. The schedule (which message is due
+//! when) is an in-memory index derived from the `msg/` records (`due.rs`). Durability is the
+//! group flush in `flush.rs`: one sync (the body files written since the last one, then sled
+//! flush + `fdatasync` of `<dir>/db`) in flight at a time, shared by every write that landed
+//! before it started.
 //!
 //! The `Store` handle's operations, by file: `open.rs` (open, recover, new spools, plain
 //! flush), `query.rs` (reads: one message, the list, the due ones, a body), `update.rs`

@@ -1,7 +1,8 @@
 //! Changing a message's delivery state: one attempt's results (`record`, with the attempt
 //! history), `hold`/`release`, `delete`, and the removal of a message with its body
 //! (`remove_message`), each an ordered write sequence (`writes.rs`) made durable by the group
-//! flush. Never reads more than the message it changes.
+//! flush, or, for a delivered message's removal, by the next sync (`settle_removals`). Never
+//! reads more than the message it changes.
 
 use std::time::Duration;
 
@@ -15,9 +16,9 @@ use crate::clock::QueueTime;
 
 /// How long `settle_removals` waits for a commit's sync to carry the removals of a delivery
 /// pass before it syncs them alone. While mail arrives, commits sync every few milliseconds and
-/// the removals ride along: a sync of their own would rewrite the last page of sled's log for nothing
-/// (4 KiB per pass, a pass per message with one session). The cost: a crash within this window
-/// after a delivery may deliver those messages again (never lose them).
+/// the removals ride along: a sync of their own would rewrite the last page of sled's log for
+/// nothing (4 KiB per pass, a pass per message with one session). The cost: a crash within
+/// this window after a delivery may deliver those messages again (never lose them).
 const SETTLE_GRACE: Duration = Duration::from_millis(200);
 
 /// The longest `last_reply` the store keeps (cut at a char boundary): keeps every recipient
