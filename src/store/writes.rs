@@ -13,8 +13,8 @@
 //!
 //! Why in order is enough: the store runs on one thread, so its writes get increasing log
 //! sequence numbers, and sled recovers a prefix of the log (`pagecache/segment.rs`: a later
-//! segment is not recovered without its predecessors). So a crash leaves the first k writes of
-//! a sequence. The orders the store uses:
+//! log segment is not recovered without its predecessors). So a crash leaves the first k
+//! writes of a sequence. The orders the store uses:
 //! - commit: `part/` records, recipient records, then `msg/<id>` (the commit point), then its
 //!   place in the in-memory schedule. Without `msg/`, `recover` removes the parts and recipient
 //!   records as records of no message. (A legacy `spool/<id>` marker, written first and removed
