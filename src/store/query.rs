@@ -1,7 +1,7 @@
 //! Reading the queue: one message (`get`, `failed_at`, `history`, its body), every message
-//! (`list`), the due ones (`due`, `next_due`) and the counters (`usage`). Never writes sled,
-//! except `due`'s repair of a stale schedule entry in memory; never scans more than the one
-//! message asked for, except `list`.
+//! (`list`), the due ones (`due`, `next_due`) and the counters (`usage`). Never writes sled
+//! (`due` only drops a stale entry from the in-memory schedule); never reads more than the
+//! message asked for, except `list` and `due`, which read one message per entry they return.
 
 use super::body_file::ExtentReader;
 use super::extent::Extent;
