@@ -1,7 +1,7 @@
 //! Group commit: makes the store's writes durable with exactly one flush in flight at a time.
 //! Owns the `fdatasync`s that turn sled's flush into a power-loss barrier. Never writes data.
 //!
-//! One sync: `fdatasync` every body segment appended to since the previous sync started (and
+//! One sync: `fdatasync` every body file appended to since the previous sync started (and
 //! fsync `bodies/` if it gained a file), then flush sled and `fdatasync` its log: a `part/`
 //! record that survives a power cut points at body bytes that survived it too.
 //!
@@ -13,7 +13,7 @@
 //!   is not a power-loss barrier. Only the background flusher calls `sync_all`
 //!   (`src/flusher.rs`). We therefore `fdatasync` the log file `<dir>/db` (`Config::db_path`
 //!   in `src/config.rs`) through our own read-only handle after every flush.
-//! - `flush_async` with ~8 or more calls in flight deadlocks (shared/SLED.md, sled #1308):
+//! - `flush_async` with ~8 or more calls in flight deadlocks (sled issue #1308):
 //!   here only one flush ever runs; writes that land while it runs wait for the next one,
 //!   which covers them all.
 //! - Values too large for a log segment slot go to `<dir>/blobs/<lsn>` (`blob_io.rs`
@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::Event;
 
-use super::segment::{DirtySegments, Segments};
+use super::body_file::{BodyFiles, DirtyBodyFiles};
 
 /// Called on the sync thread right after a sync completed (tests observe the order with it).
 pub type SyncHook = Arc<dyn Fn() + Send + Sync>;
@@ -95,9 +95,9 @@ impl SyncFiles {
         *self.hook.lock().unwrap_or_else(PoisonError::into_inner) = hook;
     }
 
-    /// Make the body segments durable, then flush sled and make that real. Blocking: runs on a
+    /// Make the body files durable, then flush sled and make that real. Blocking: runs on a
     /// `blocking` thread (or at start-up).
-    pub(super) fn sync(&self, db: &sled::Db, bodies: &DirtySegments) -> io::Result<()> {
+    pub(super) fn sync(&self, db: &sled::Db, bodies: &DirtyBodyFiles) -> io::Result<()> {
         let now = self.stats.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.stats.max_running.fetch_max(now, Ordering::SeqCst);
         let result = sync_bodies(bodies).and_then(|()| self.sync_inner(db));
@@ -145,7 +145,7 @@ impl SyncFiles {
 }
 
 /// Bodies first: a `part/` record must never be durable before the bytes it points at.
-fn sync_bodies(bodies: &DirtySegments) -> io::Result<()> {
+fn sync_bodies(bodies: &DirtyBodyFiles) -> io::Result<()> {
     for (_, file) in &bodies.files {
         file.sync_data()?;
     }
@@ -161,8 +161,8 @@ fn list(dir: &Path) -> io::Result<BTreeSet<OsString>> {
         .collect()
 }
 
-/// A sync's result, with the segments it covered (put back for the next sync if it failed).
-type SyncFuture = Pin<Box<dyn Future<Output = (io::Result<()>, DirtySegments)>>>;
+/// A sync's result, with the body files it covered (put back for the next sync if it failed).
+type SyncFuture = Pin<Box<dyn Future<Output = (io::Result<()>, DirtyBodyFiles)>>>;
 
 /// The one sync in flight and the write sequence number it covers.
 struct InFlight {
@@ -174,7 +174,7 @@ struct InFlight {
 pub(super) struct GroupFlush {
     db: sled::Db,
     files: Arc<SyncFiles>,
-    segments: Segments,
+    body_files: BodyFiles,
     /// Sequence number of the last write applied to sled.
     written: Cell<u64>,
     /// Every write with a sequence number ≤ this is durable.
@@ -186,11 +186,11 @@ pub(super) struct GroupFlush {
 }
 
 impl GroupFlush {
-    pub(super) fn new(db: sled::Db, files: Arc<SyncFiles>, segments: Segments) -> Self {
+    pub(super) fn new(db: sled::Db, files: Arc<SyncFiles>, body_files: BodyFiles) -> Self {
         Self {
             db,
             files,
-            segments,
+            body_files,
             written: Cell::new(0),
             durable: Cell::new(0),
             in_flight: Cell::new(false),
@@ -203,8 +203,8 @@ impl GroupFlush {
         &self.files
     }
 
-    pub(super) fn segments(&self) -> &Segments {
-        &self.segments
+    pub(super) fn body_files(&self) -> &BodyFiles {
+        &self.body_files
     }
 
     /// Call right after a write was applied to sled; returns the number to wait for.
@@ -250,12 +250,12 @@ impl GroupFlush {
 
     fn start(&self) -> InFlight {
         // Every write numbered ≤ `covers` has already been applied to sled and its body
-        // appended to a segment (writes are synchronous on this thread), so the sync below
+        // appended to a body file (writes are synchronous on this thread), so the sync below
         // includes them.
         let covers = self.written.get();
         let db = self.db.clone();
         let files = Arc::clone(&self.files);
-        let bodies = self.segments.take_dirty();
+        let bodies = self.body_files.take_dirty();
         let future = Box::pin(smol::unblock(move || {
             let result = files.sync(&db, &bodies);
             (result, bodies)
@@ -271,11 +271,14 @@ impl GroupFlush {
         };
         let (result, bodies) = std::future::poll_fn(|cx| match parker.flight.as_mut() {
             Some(flight) => flight.future.as_mut().poll(cx),
-            None => Poll::Ready((Err(io::Error::other("sync lost")), DirtySegments::default())),
+            None => Poll::Ready((
+                Err(io::Error::other("sync lost")),
+                DirtyBodyFiles::default(),
+            )),
         })
         .await;
         if result.is_err() {
-            self.segments.restore_dirty(bodies);
+            self.body_files.restore_dirty(bodies);
         }
         parker.flight = None;
         self.in_flight.set(false);
@@ -283,7 +286,7 @@ impl GroupFlush {
             self.durable.set(covers);
         }
         if result.is_ok() {
-            self.segments.durable_up_to(covers);
+            self.body_files.durable_up_to(covers);
         }
         self.changed.notify(usize::MAX);
         result

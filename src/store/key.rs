@@ -7,16 +7,16 @@
 //! | `msg/<id:8>`                  | `MessageMeta`                  |
 //! | `rcpt/<id:8>/<idx:4>`         | `RcptRecord`                   |
 //! | `part/<id:8>/<n:4>`           | `Extent` of body piece n       |
-//! | `body/<id:8>/<chunk:4>`       | raw body bytes (older stores)  |
+//! | `body/<id:8>/<chunk:4>`       | raw body bytes (legacy)        |
 //! | `hist/<id:8>/<n:4>`           | `AttemptRecord` (last few)     |
-//! | `spool/<id:8>`                | empty: a spool not committed (older builds) |
-//! | `due/<time:8>/<id:8>`         | empty: the scheduler index of older builds (`normal`) |
-//! | `due0/`, `due1/`, `due3/` …    | the same for `urgent`, `high`, `low` (older builds) |
+//! | `spool/<id:8>`                | empty: a spool not committed (legacy) |
+//! | `due/<time:8>/<id:8>`         | empty: a scheduler index (legacy, `normal`) |
+//! | `due0/`, `due1/`, `due3/` …    | the same for `urgent`, `high`, `low` (legacy) |
 //! | `failed/<time:8>/<id:8>`      | empty: retention index         |
 //! | `meta/usage`, `meta/clock`    | counters, clock (see below)    |
 //!
-//! The scheduler index is in memory now (`due.rs`); `recover` removes the `due/` keys an older
-//! build left.
+//! The scheduler index is in memory (`due.rs`); `recover` removes any legacy `due/` keys, and
+//! the store never creates legacy keys: it reads and removes them.
 //!
 //! `meta/usage` is written by `recover` only (the counters live in memory and are recounted at
 //! every start); `meta/clock` by `recover` and `Store::save_clock` (periodically, at shutdown).
@@ -52,8 +52,7 @@ pub(super) fn msg(id: QueueId) -> Vec<u8> {
     join(MSG, &[&id.0.to_be_bytes()])
 }
 
-/// An older build's spool marker: only tests write one now, standing in for such a build
-/// (`recover` finds them by the `SPOOL` prefix).
+/// A legacy spool marker: only tests write one (`recover` finds them by the `SPOOL` prefix).
 #[cfg(test)]
 pub(super) fn spool(id: QueueId) -> Vec<u8> {
     join(SPOOL, &[&id.0.to_be_bytes()])
@@ -103,8 +102,8 @@ pub(super) fn hist(id: QueueId, n: u32) -> Vec<u8> {
     join(HIST, &[&id.0.to_be_bytes(), &n.to_be_bytes()])
 }
 
-/// The scheduler index of one priority in older builds (`normal` was the `due/` of builds before
-/// priorities); `recover` removes these keys.
+/// The legacy sled scheduler index of one priority (`normal` is the plain `due/`); `recover`
+/// removes these keys.
 pub(super) fn due_prefix(priority: Priority) -> &'static [u8] {
     match priority {
         Priority::Urgent => b"due0/",

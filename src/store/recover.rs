@@ -1,17 +1,21 @@
 //! Start-up recovery: sweeps spools never committed, moves undecodable records into the
 //! `corrupt` tree (one `warn` line per key, never a refusal to start), quarantines messages
-//! whose body segment is missing or shorter than their `part/` records say (one `error` line
-//! each; the rest of the queue flows), deletes body segments no record points into (orphans of
-//! a crash), and rebuilds the counters, the segment reference counts, the in-memory schedule
+//! whose body file is missing or shorter than their `part/` records say (one `error` line
+//! each; the rest of the queue flows), deletes body files no record points into (orphans of
+//! a crash), and rebuilds the counters, the body file reference counts, the in-memory schedule
 //! (`due.rs`) and the `failed/` index from the message records. Runs once, before any session;
 //! the only code that scans every message.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
+use super::body_file::{parse_body_file_name, DirtyBodyFiles};
+use super::due::DueEntry;
+use super::extent::Extent;
+use super::index::{index_of, Index};
 use super::record::{self, MessageMeta};
-use super::segment::{parse_segment_name, DirtySegments, Extent};
-use super::{index_of, key, Index, QueueId, RecoveryReport, Store, StoreError, Usage};
+use super::{key, QueueId, RecoveryReport, Store, StoreError, Usage};
+use crate::clock::QueueTime;
 use crate::priority::Priority;
 
 pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
@@ -19,63 +23,103 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
         swept_spools: sweep_spools(store)?,
         ..RecoveryReport::default()
     };
-
-    let db = &store.inner.db;
-    let mut usage = Usage::default();
-    let mut clock = store.inner.clock.get();
-    let mut expected = BTreeSet::new();
-    let mut schedule = BTreeSet::new();
     remove_orphan_recipients(store)?;
     let mut parts = check_parts(store)?;
-    let mut inline_refs = BTreeMap::new();
-    for entry in db.scan_prefix(key::MSG) {
+    let mut kept = Kept::new(store.inner.clock.get());
+    for entry in store.inner.db.scan_prefix(key::MSG) {
         let (k, raw) = entry?;
-        let Some(id) = key::parse_id(key::MSG, &k) else {
-            quarantine(store, &k, &raw, "malformed message key")?;
-            report.quarantined += 1;
-            continue;
-        };
-        let meta = match MessageMeta::decode(&raw) {
-            Ok(meta) => meta,
-            Err(e) => {
-                quarantine(store, &k, &raw, &e.to_string())?;
-                report.quarantined += 1 + quarantine_parts(store, id)?;
-                continue;
-            }
-        };
-        // A message with a damaged or missing part goes to `corrupt` whole: delivering it with
-        // a recipient or a piece of its body short would lose mail silently.
-        let damaged = match body_intact(store, id, &meta, &mut parts)? {
-            Err(why) => Some(format!("queue_id={id} body {why}")),
-            Ok(()) => {
-                let in_sled = meta.extents.is_empty() && !parts.count.contains_key(&id);
-                damaged_part(store, id, &meta, in_sled)?
-            }
-        };
-        if let Some(why) = damaged {
-            quarantine(store, &k, &raw, &why)?;
-            report.quarantined += 1 + quarantine_parts(store, id)?;
-            continue;
+        match check_message(store, &k, &raw, &mut parts)? {
+            Ok((id, meta)) => kept.add(id, &meta),
+            Err(quarantined) => report.quarantined += quarantined,
         }
+    }
+    report.messages = kept.usage.messages;
+    rebuild_index(store, kept.expected)?;
+    store.inner.due.replace(kept.schedule);
+    let refs = count_refs(store, kept.inline_refs)?;
+    remove_orphan_body_files(store, &refs)?;
+    store.inner.flush.body_files().set_refs(refs);
+    save_counters(store, kept.usage, kept.clock)?;
+    Ok(report)
+}
+
+/// What the messages kept add up to: the counters, the queue clock, the `failed/` index and
+/// the schedule they imply, and the body file extents they hold inline.
+struct Kept {
+    usage: Usage,
+    clock: QueueTime,
+    expected: BTreeSet<Vec<u8>>,
+    schedule: BTreeSet<DueEntry>,
+    inline_refs: BTreeMap<u64, u64>,
+}
+
+impl Kept {
+    fn new(clock: QueueTime) -> Self {
+        Self {
+            usage: Usage::default(),
+            clock,
+            expected: BTreeSet::new(),
+            schedule: BTreeSet::new(),
+            inline_refs: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, id: QueueId, meta: &MessageMeta) {
         for extent in &meta.extents {
-            *inline_refs.entry(extent.seg).or_insert(0) += 1;
+            *self.inline_refs.entry(extent.file).or_insert(0) += 1;
         }
-        usage.messages += 1;
-        usage.bytes = usage.bytes.saturating_add(meta.size);
-        clock = clock.max(meta.enqueued_at).max(meta.failed_at.unwrap_or(0));
-        match index_of(id, &meta) {
-            Some(Index::Failed(k)) => drop(expected.insert(k)),
-            Some(Index::Due(entry)) => drop(schedule.insert(entry)),
+        self.usage.messages += 1;
+        self.usage.bytes = self.usage.bytes.saturating_add(meta.size);
+        self.clock = self
+            .clock
+            .max(meta.enqueued_at)
+            .max(meta.failed_at.unwrap_or(0));
+        match index_of(id, meta) {
+            Some(Index::Failed(k)) => drop(self.expected.insert(k)),
+            Some(Index::Due(entry)) => drop(self.schedule.insert(entry)),
             None => {}
         }
     }
-    report.messages = usage.messages;
-    rebuild_index(store, expected)?;
-    store.inner.due.replace(schedule);
-    let refs = count_refs(store, inline_refs)?;
-    remove_orphan_segments(store, &refs)?;
-    store.inner.flush.segments().set_refs(refs);
+}
 
+/// One `msg/` record: the message to keep, or `Err(n)` when it went to `corrupt` with `n`
+/// records in all (its envelope and parts).
+fn check_message(
+    store: &Store,
+    k: &[u8],
+    raw: &[u8],
+    parts: &mut Parts,
+) -> Result<Result<(QueueId, MessageMeta), u64>, StoreError> {
+    let Some(id) = key::parse_id(key::MSG, k) else {
+        quarantine(store, k, raw, "malformed message key")?;
+        return Ok(Err(1));
+    };
+    let meta = match MessageMeta::decode(raw) {
+        Ok(meta) => meta,
+        Err(e) => {
+            quarantine(store, k, raw, &e.to_string())?;
+            return Ok(Err(1 + quarantine_parts(store, id)?));
+        }
+    };
+    // A message with a damaged or missing part goes to `corrupt` whole: delivering it with
+    // a recipient or a piece of its body short would lose mail silently.
+    let damaged = match body_intact(store, id, &meta, parts)? {
+        Err(why) => Some(format!("queue_id={id} body {why}")),
+        Ok(()) => {
+            let in_sled = meta.extents.is_empty() && !parts.count.contains_key(&id);
+            damaged_part(store, id, &meta, in_sled)?
+        }
+    };
+    if let Some(why) = damaged {
+        quarantine(store, k, raw, &why)?;
+        return Ok(Err(1 + quarantine_parts(store, id)?));
+    }
+    Ok(Ok((id, meta)))
+}
+
+/// Writes the recounted counters and clock and makes everything recovery did durable.
+fn save_counters(store: &Store, usage: Usage, clock: QueueTime) -> Result<(), StoreError> {
+    let db = &store.inner.db;
     // The stored counters date from the last start (commits do not write them): the recount is
     // the truth, not a repair.
     db.insert(key::USAGE, record::encode_usage(usage))?;
@@ -87,9 +131,8 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
         .inner
         .flush
         .files()
-        .sync(db, &DirtySegments::default())
-        .map_err(StoreError::Io)?;
-    Ok(report)
+        .sync(db, &DirtyBodyFiles::default())
+        .map_err(StoreError::Io)
 }
 
 /// Deletes the chunks of every spool whose marker is still there (never committed: the commit
@@ -124,9 +167,9 @@ fn sweep_spools(store: &Store) -> Result<u64, StoreError> {
 
 /// What is wrong with the parts of a message whose envelope decodes: an undecodable recipient
 /// record, fewer or more recipient records than the envelope names, or, for a body stored
-/// inline in sled by an older build (`inline`), a chunk missing (chunks are numbered
+/// inline in sled as legacy `body/` keys (`inline`), a chunk missing (chunks are numbered
 /// `0..meta.chunks`; a point look-up each, no body is read into memory beyond sled's page
-/// cache). Bodies in segment files are checked by `body_intact`.
+/// cache). Bodies in body files are checked by `body_intact`.
 fn damaged_part(
     store: &Store,
     id: QueueId,
@@ -223,35 +266,35 @@ fn remove_orphan_recipients(store: &Store) -> Result<(), StoreError> {
 }
 
 /// What the `part/` records say, per message: how many there are, and whether each decodes and
-/// lies inside an existing segment file.
+/// lies inside an existing body file.
 #[derive(Default)]
 struct Parts {
     count: BTreeMap<QueueId, u32>,
     broken: BTreeMap<QueueId, String>,
-    /// Segment file lengths looked up so far (`None`: missing).
+    /// Body file lengths looked up so far (`None`: missing).
     lengths: BTreeMap<u64, Option<u64>>,
 }
 
 impl Parts {
-    /// What is wrong with `extent`: its segment is missing or ends before it does.
+    /// What is wrong with `extent`: its body file is missing or ends before it does.
     fn problem(&mut self, store: &Store, extent: &Extent) -> Result<Option<String>, StoreError> {
-        let len = match self.lengths.get(&extent.seg) {
+        let len = match self.lengths.get(&extent.file) {
             Some(len) => *len,
             None => {
-                let path = store.inner.flush.segments().path(extent.seg);
+                let path = store.inner.flush.body_files().path(extent.file);
                 let len = match std::fs::metadata(path) {
                     Ok(meta) => Some(meta.len()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                     Err(e) => return Err(StoreError::Io(e)),
                 };
-                *self.lengths.entry(extent.seg).or_insert(len)
+                *self.lengths.entry(extent.file).or_insert(len)
             }
         };
         Ok(match len {
-            None => Some(format!("segment {:016X} missing", extent.seg)),
+            None => Some(format!("body file {:016X} missing", extent.file)),
             Some(len) if len < extent.end() => Some(format!(
-                "segment {:016X} truncated ({len} bytes, a part ends at {})",
-                extent.seg,
+                "body file {:016X} truncated ({len} bytes, a part ends at {})",
+                extent.file,
                 extent.end()
             )),
             Some(_) => None,
@@ -260,7 +303,7 @@ impl Parts {
 }
 
 /// Reads every `part/` record once: records of no message (neither committed nor a spool, both
-/// handled before) are removed; the others are checked against the segment files' lengths.
+/// handled before) are removed; the others are checked against the body files' lengths.
 fn check_parts(store: &Store) -> Result<Parts, StoreError> {
     let db = &store.inner.db;
     let mut parts = Parts::default();
@@ -316,7 +359,7 @@ fn body_intact(
         return Ok(Ok(()));
     }
     Ok(match listed {
-        // An older build kept bodies inline (`body/` keys).
+        // Legacy bodies inline in sled (`body/` keys).
         0 if meta.chunks == 0 => Ok(()),
         0 => match store.inner.db.scan_prefix(key::body_prefix(id)).next() {
             Some(_) => Ok(()),
@@ -327,7 +370,7 @@ fn body_intact(
     })
 }
 
-/// Live extents per segment: `inline` (those in the `msg/` records kept), plus the `part/`
+/// Live extents per body file: `inline` (those in the `msg/` records kept), plus the `part/`
 /// records left after the checks.
 fn count_refs(
     store: &Store,
@@ -335,27 +378,27 @@ fn count_refs(
 ) -> Result<BTreeMap<u64, u64>, StoreError> {
     for raw in store.inner.db.scan_prefix(key::PART).values() {
         if let Ok(extent) = Extent::decode(&raw?) {
-            *refs.entry(extent.seg).or_insert(0) += 1;
+            *refs.entry(extent.file).or_insert(0) += 1;
         }
     }
     Ok(refs)
 }
 
-/// Deletes segment files no record points into: what a crash left between an append and its
+/// Deletes body files no record points into: what a crash left between an append and its
 /// commit, or between a durable removal and the unlink.
-fn remove_orphan_segments(store: &Store, refs: &BTreeMap<u64, u64>) -> Result<(), StoreError> {
-    let dir = store.inner.flush.segments().dir();
+fn remove_orphan_body_files(store: &Store, refs: &BTreeMap<u64, u64>) -> Result<(), StoreError> {
+    let dir = store.inner.flush.body_files().dir();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        match name.to_str().and_then(parse_segment_name) {
-            Some(seg) if refs.contains_key(&seg) => {}
-            Some(seg) => {
-                log::info!("store: body segment {seg:016X} referenced by no message; removed");
+        match name.to_str().and_then(parse_body_file_name) {
+            Some(num) if refs.contains_key(&num) => {}
+            Some(num) => {
+                log::info!("store: body file {num:016X} referenced by no message; removed");
                 std::fs::remove_file(entry.path())?;
             }
             None => log::warn!(
-                "store: {} in the bodies directory is not a segment; left alone",
+                "store: {} in the bodies directory is not a body file; left alone",
                 entry.path().display()
             ),
         }
@@ -375,7 +418,7 @@ fn quarantine(store: &Store, k: &[u8], raw: &[u8], why: &str) -> Result<(), Stor
 }
 
 /// Makes `failed/` hold exactly the entries the message records imply, and removes the
-/// `due/` index older builds kept in sled (the schedule is in memory now: `due.rs`).
+/// legacy `due/` index keys (the schedule is in memory: `due.rs`).
 fn rebuild_index(store: &Store, mut expected: BTreeSet<Vec<u8>>) -> Result<(), StoreError> {
     let db = &store.inner.db;
     let mut batch = sled::Batch::default();

@@ -1,18 +1,19 @@
-//! `Spool`: a message body appended to a body segment (`segment.rs`) as DATA arrives, then
+//! `Spool`: a message body appended to a body file (`body_file.rs`) as DATA arrives, then
 //! committed: the envelope with the pieces' extents inline (up to `INLINE_EXTENTS` pieces) or
 //! one `part/` record per piece, written in order, then the group flush; or dropped, which only
-//! releases the segment space. Never holds a body in memory (only its extents). Nothing reaches
-//! sled before the commit: an earlier layout wrote a `spool/` marker and each `part/` record as
-//! the body arrived, two more sled log entries per message and a leaf of their own; `recover`
-//! still sweeps what such a build left.
+//! releases the body file space. Never holds a body in memory (only its extents). Nothing reaches
+//! sled before the commit: a `spool/` marker and `part/` records written as the body arrives
+//! would cost two more sled log entries per message and a leaf of their own; `recover` sweeps
+//! legacy `spool/` markers.
 
 use std::io;
 
+use super::extent::{count_extent, MAX_EXTENT};
+use super::index::index;
 use super::record::{self, MessageMeta, INLINE_EXTENTS};
-use super::segment::{count_extent, MAX_EXTENT};
 use super::writes::Writes;
 use super::{
-    index, key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
+    key, MessageInfo, QueueFull, QueueId, RcptRecord, RcptState, Spool, StoreError, Usage,
 };
 use crate::clock::QueueTime;
 
@@ -49,11 +50,11 @@ impl Spool {
             };
             let extent = inner
                 .flush
-                .segments()
+                .body_files()
                 .append(piece, fresh)
                 .map_err(StoreError::Io)?;
             // Counted at once: `Drop` releases it whatever happens next.
-            count_extent(&mut self.segments, extent.seg);
+            count_extent(&mut self.body_files, extent.file);
             self.extents.push(extent);
             self.bytes += u64::try_from(piece.len()).unwrap_or(u64::MAX);
         }
@@ -74,9 +75,38 @@ impl Spool {
         let inner = &store.inner;
         let old = inner.usage.get();
         if old.bytes.saturating_add(self.bytes) > inner.max_bytes {
-            drop(self); // `Drop` releases the segment space
+            drop(self); // `Drop` releases the body file space
             return Ok(Err(QueueFull));
         }
+        let id = self.id;
+        let (meta, records) = self.envelope(info, now)?;
+        let batch = self.writes(&meta, &records);
+        // Neither the queue clock nor the counters are written per message (one more key each
+        // in sled's log): `recover` takes the clock past every `enqueued_at` and recounts.
+        let clock = inner.clock.get().max(now);
+        let usage = Usage {
+            messages: old.messages + 1,
+            bytes: old.bytes + self.bytes,
+        };
+        // A failure up to the `msg/` insert leaves the body for `Drop` to release (and records
+        // of no message for `recover` to drop).
+        batch.apply(&inner.db, &inner.due)?;
+        inner.clock.set(clock);
+        // Committed: from here on the parts belong to the message.
+        self.finished = true;
+        inner.usage.set(usage);
+        let seq = inner.flush.note_write();
+        inner.flush.wait(seq).await.map_err(StoreError::Io)?;
+        Ok(Ok(id))
+    }
+
+    /// The message's envelope record, and the recipient records that go beside it (none for a
+    /// single recipient: it goes inline into `msg/`, as do at most `INLINE_EXTENTS` extents).
+    fn envelope(
+        &mut self,
+        info: MessageInfo,
+        now: QueueTime,
+    ) -> Result<(MessageMeta, Vec<RcptRecord>), StoreError> {
         let id = self.id;
         let chunks = u32::try_from(self.extents.len())
             .map_err(|_| StoreError::Corrupt(format!("queue_id={id} too many chunks")))?;
@@ -119,52 +149,41 @@ impl Spool {
             },
             rcpt,
         };
-        // In the order `writes.rs` explains: everything else, then `msg/<id>`.
+        Ok((meta, records))
+    }
+
+    /// The commit's writes, in the order `writes.rs` explains: everything else, then
+    /// `msg/<id>`, then its place in the schedule.
+    fn writes(&self, meta: &MessageMeta, records: &[RcptRecord]) -> Writes {
+        let id = self.id;
         let mut batch = Writes::default();
         // `extents` is empty here when they went inline into `msg/`.
-        for (n, extent) in (0..chunks).zip(&self.extents) {
+        for (n, extent) in (0..meta.chunks).zip(&self.extents) {
             batch.insert(key::part(id, n), extent.encode());
         }
         // `records` is empty here when the one recipient went inline.
-        for (idx, rcpt) in (0..recipients).zip(&records) {
+        for (idx, rcpt) in (0..meta.recipients).zip(records) {
             batch.insert(key::rcpt(id, idx), record::encode_rcpt(rcpt));
         }
-        // Neither the queue clock nor the counters are written per message (one more key each
-        // in sled's log): `recover` takes the clock past every `enqueued_at` and recounts.
-        let clock = inner.clock.get().max(now);
-        let usage = Usage {
-            messages: old.messages + 1,
-            bytes: old.bytes + self.bytes,
-        };
         batch.insert(key::msg(id), meta.encode());
-        // Its place in the schedule, once `msg/` is written.
-        index(&mut batch, id, &meta);
-        // A failure up to the `msg/` insert leaves the body for `Drop` to release (and records
-        // of no message for `recover` to drop).
-        batch.apply(&inner.db, &inner.due)?;
-        inner.clock.set(clock);
-        // Committed: from here on the parts belong to the message.
-        self.finished = true;
-        inner.usage.set(usage);
-        let seq = inner.flush.note_write();
-        inner.flush.wait(seq).await.map_err(StoreError::Io)?;
-        Ok(Ok(id))
+        index(&mut batch, id, meta);
+        batch
     }
 
     /// Drops the chunks written so far.
     pub fn abort(self) {}
 
-    /// Releases the segment space of a spool never committed (no record points at it).
+    /// Releases the body file space of a spool never committed (no record points at it).
     fn release(&mut self) {
-        let segments = self.store.inner.flush.segments();
-        for (seg, n) in self.segments.drain(..) {
-            segments.release(seg, n);
+        let body_files = self.store.inner.flush.body_files();
+        for (num, n) in self.body_files.drain(..) {
+            body_files.release(num, n);
         }
     }
 }
 
 impl Drop for Spool {
-    /// An uncommitted spool's segment space is released at once (nothing is in sled).
+    /// An uncommitted spool's body file space is released at once (nothing is in sled).
     fn drop(&mut self) {
         if self.finished {
             return;

@@ -7,18 +7,18 @@
 //! (`pagecache/mod.rs`), which rolls the io buffer before the batch and seals the buffer that
 //! holds its manifest after it: every batch costs two or three log writes of its own (`pwrite` +
 //! `sync_file_range` in `iobuf.rs` `write_to_log`), each dirtying a 4 KiB page again. With two
-//! batches per message (commit, removal) that was ~16 KB of disk writes per 1 KiB message.
+//! batches per message (commit, removal) that would be several log pages per small message.
 //! Single inserts only reserve space in the current buffer, and the group flush writes them all
 //! at once.
 //!
 //! Why in order is enough: the store runs on one thread, so its writes get increasing log
 //! sequence numbers, and sled recovers a prefix of the log (`pagecache/segment.rs`: a later
-//! segment is not recovered without its predecessors). So a crash leaves the first k writes of
-//! a sequence. The orders the store uses:
+//! log segment is not recovered without its predecessors). So a crash leaves the first k
+//! writes of a sequence. The orders the store uses:
 //! - commit: `part/` records, recipient records, then `msg/<id>` (the commit point), then its
 //!   place in the in-memory schedule. Without `msg/`, `recover` removes the parts and recipient
-//!   records as records of no message. (Older builds also wrote a `spool/<id>` marker first
-//!   and removed it last; `recover` sweeps such a spool with its records.)
+//!   records as records of no message. (A legacy `spool/<id>` marker, written first and removed
+//!   last, makes `recover` sweep that spool with its records.)
 //! - removal: `msg/<id>` first (the point of no return), then recipients, parts and index entry;
 //!   `recover` removes records of no message and rebuilds indexes and counters.
 //! - updates (attempt results, hold, reschedule): recipient records and index entries, then

@@ -1,0 +1,269 @@
+//! Body files: message bodies live outside sled, appended to files `<dir>/bodies/<num>` (`num` =
+//! 16 hex digits from sled's `generate_id`, the body file number); sled keeps one small
+//! `part/<id>/<n>` record per appended piece (`Extent`, `extent.rs`: body file, offset,
+//! length). Owns the body files: their creation, the appends, which ones the next group flush
+//! must `fdatasync`, and their removal once no extent points into them. Never writes sled (the
+//! caller stores the extents) and never syncs by itself (`flush.rs` does, before sled's flush).
+//!
+//! Why not sled values: every body chunk in a sled leaf is rewritten whenever the leaf is
+//! consolidated or split, and sled's io buffers hold it again, so a body would be written to
+//! disk many times over and held in memory while it waits. Appended once to a file, a body is
+//! written once. Why body files shared by many messages rather than one file per message: a
+//! 1 KiB body alone in a file still dirties a whole 4 KiB page (and a directory entry and an
+//! inode per message), while appends from one group commit share their pages.
+//!
+//! Durability: an append only reaches the page cache. `take_dirty` hands the group flush every
+//! body file written since the previous sync started, plus whether `bodies/` gained an entry;
+//! the flush `fdatasync`s them, then the directory, then flushes sled and `fdatasync`s its log,
+//! so a durable `part/` record never points at body bytes that were not durable first. A body
+//! file is unlinked only after the removal of its last extent was made durable (or at recovery,
+//! when no record points into it): a crash then leaves at worst an orphan file, which `recover`
+//! deletes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::extent::Extent;
+
+/// A body file is closed once an append would take it past this size. A body file stays on disk
+/// while any message in it is queued, so this bounds what one long-queued message can pin
+/// (besides its own body); bigger body files mean fewer files and directory syncs.
+pub const BODY_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The body file being appended to.
+struct Active {
+    num: u64,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// What one sync must make durable before sled's flush.
+#[derive(Default)]
+pub(super) struct DirtyBodyFiles {
+    /// Body files appended to (number, handle).
+    pub(super) files: Vec<(u64, Arc<File>)>,
+    /// `bodies/` gained an entry: fsync the directory too.
+    pub(super) dir: Option<PathBuf>,
+}
+
+/// Single-threaded state of the body files (lives in the store's `Rc`).
+pub(super) struct BodyFiles {
+    dir: PathBuf,
+    active: RefCell<Option<Active>>,
+    /// Live extents per body file (committed messages and open spools).
+    refs: RefCell<BTreeMap<u64, u64>>,
+    dirty: RefCell<Vec<(u64, Arc<File>)>>,
+    dir_dirty: Cell<bool>,
+    /// Extents whose removal was applied to sled with write number `.0`: released once a sync
+    /// covering that write completed (`durable_up_to`).
+    after_sync: RefCell<Vec<(u64, u64, u64)>>,
+}
+
+impl BodyFiles {
+    /// `dir` is `<data_dir>/bodies`, created (and made durable) by the caller.
+    pub(super) fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            active: RefCell::new(None),
+            refs: RefCell::new(BTreeMap::new()),
+            dirty: RefCell::new(Vec::new()),
+            dir_dirty: Cell::new(false),
+            after_sync: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(super) fn path(&self, num: u64) -> PathBuf {
+        body_file_path(&self.dir, num)
+    }
+
+    /// Replaces the reference counts (recovery rebuilds them from the `part/` records).
+    pub(super) fn set_refs(&self, refs: BTreeMap<u64, u64>) {
+        *self.refs.borrow_mut() = refs;
+    }
+
+    /// Appends `bytes` (≤ `MAX_EXTENT`) to the active body file, opening a new one (numbered by
+    /// `fresh`) when there is none or this append would pass `BODY_FILE_BYTES`. Counts the
+    /// extent as live. Not durable until the next sync (`take_dirty`).
+    pub(super) fn append(
+        &self,
+        bytes: &[u8],
+        fresh: impl FnOnce() -> io::Result<u64>,
+    ) -> io::Result<Extent> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "extent too long"))?;
+        let mut active = self.active.borrow_mut();
+        let full = active
+            .as_ref()
+            .is_some_and(|a| a.len > 0 && a.len + u64::from(len) > BODY_FILE_BYTES);
+        if full {
+            if let Some(old) = active.take() {
+                self.release_if_unused(old.num, None);
+            }
+        }
+        if active.is_none() {
+            let num = fresh()?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(self.path(num))?;
+            self.dir_dirty.set(true);
+            *active = Some(Active {
+                num,
+                file: Arc::new(file),
+                len: 0,
+            });
+        }
+        let Some(a) = active.as_mut() else {
+            return Err(io::Error::other("no active body file")); // set just above
+        };
+        a.file.write_all_at(bytes, a.len)?;
+        let extent = Extent {
+            file: a.num,
+            offset: a.len,
+            len,
+        };
+        a.len += u64::from(len);
+        *self.refs.borrow_mut().entry(a.num).or_insert(0) += 1;
+        let mut dirty = self.dirty.borrow_mut();
+        if !dirty.iter().any(|(num, _)| *num == a.num) {
+            dirty.push((a.num, Arc::clone(&a.file)));
+        }
+        Ok(extent)
+    }
+
+    /// Everything written since the last call: the sync about to start makes it durable.
+    pub(super) fn take_dirty(&self) -> DirtyBodyFiles {
+        DirtyBodyFiles {
+            files: std::mem::take(&mut *self.dirty.borrow_mut()),
+            dir: self.dir_dirty.replace(false).then(|| self.dir.clone()),
+        }
+    }
+
+    /// A sync failed: what it should have made durable goes back for the next one.
+    pub(super) fn restore_dirty(&self, failed: DirtyBodyFiles) {
+        let mut dirty = self.dirty.borrow_mut();
+        for (num, file) in failed.files {
+            if !dirty.iter().any(|(n, _)| *n == num) {
+                dirty.push((num, file));
+            }
+        }
+        if failed.dir.is_some() {
+            self.dir_dirty.set(true);
+        }
+    }
+
+    /// `count` extents in body file `num` are gone (their removal is durable, or they belonged
+    /// to a spool never committed). Unlinks the body file when nothing points into it any more
+    /// and it is not the one being appended to.
+    pub(super) fn release(&self, num: u64, count: u64) {
+        {
+            let mut refs = self.refs.borrow_mut();
+            if let Some(n) = refs.get_mut(&num) {
+                *n = n.saturating_sub(count);
+            }
+        }
+        let active = self.active.borrow();
+        self.release_if_unused(num, active.as_ref().map(|a| a.num));
+    }
+
+    /// `count` extents in body file `num` were removed by write number `seq`, not yet durable:
+    /// they are released once a sync covers `seq`.
+    pub(super) fn release_after(&self, seq: u64, num: u64, count: u64) {
+        self.after_sync.borrow_mut().push((seq, num, count));
+    }
+
+    /// A sync covering every write numbered ≤ `covers` completed.
+    pub(super) fn durable_up_to(&self, covers: u64) {
+        let ready: Vec<(u64, u64, u64)> = {
+            let mut pending = self.after_sync.borrow_mut();
+            let (ready, later) = pending.drain(..).partition(|(seq, _, _)| *seq <= covers);
+            *pending = later;
+            ready
+        };
+        for (_, num, count) in ready {
+            self.release(num, count);
+        }
+    }
+
+    fn release_if_unused(&self, num: u64, active: Option<u64>) {
+        if active == Some(num) {
+            return;
+        }
+        let mut refs = self.refs.borrow_mut();
+        if refs.get(&num).copied().unwrap_or(0) > 0 {
+            return;
+        }
+        refs.remove(&num);
+        match std::fs::remove_file(self.path(num)) {
+            Ok(()) => log::debug!("store: body file {num:016X} removed"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Left behind, it is an orphan `recover` deletes at the next start.
+            Err(e) => log::error!("store: body file {num:016X} not removed: {e}"),
+        }
+    }
+}
+
+pub(super) fn body_file_path(dir: &Path, num: u64) -> PathBuf {
+    dir.join(format!("{num:016X}"))
+}
+
+/// The body file number a file name in `bodies/` stands for.
+pub(super) fn parse_body_file_name(name: &str) -> Option<u64> {
+    if name.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(name, 16).ok()
+}
+
+/// Reads extents one after the other, keeping the last body file open.
+pub(super) struct ExtentReader {
+    dir: PathBuf,
+    open: Option<(u64, File)>,
+}
+
+impl ExtentReader {
+    pub(super) fn new(dir: PathBuf) -> Self {
+        Self { dir, open: None }
+    }
+
+    /// The extent's bytes; `UnexpectedEof` when the body file is shorter than the record says.
+    pub(super) fn read(&mut self, extent: &Extent) -> io::Result<Vec<u8>> {
+        let file = match &mut self.open {
+            Some((num, file)) if *num == extent.file => file,
+            slot => {
+                let file = File::open(body_file_path(&self.dir, extent.file))?;
+                &mut slot.insert((extent.file, file)).1
+            }
+        };
+        let len = usize::try_from(extent.len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "extent too long"))?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, extent.offset)?;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_file_names_round_trip() {
+        let dir = Path::new("bodies");
+        let path = body_file_path(dir, 0xAB);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap();
+        assert_eq!(parse_body_file_name(name), Some(0xAB));
+        assert_eq!(parse_body_file_name("00AB"), None);
+        assert_eq!(parse_body_file_name("zzzzzzzzzzzzzzzz"), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! Opening the store: the sled configuration (its log segment size, cache, flusher), the
+//! `bodies/` directory, the counters and clock read back, and the handle-wide operations that
+//! belong to no single message: `recover`, a new `Spool`, a plain group flush and the sync
+//! statistics. Never reads or writes a message's records (the other `impl Store` files do),
+//! except to check that a fresh id is free.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::body_file::BodyFiles;
+use super::due::DueIndex;
+use super::flush::{GroupFlush, SyncFiles, SyncHook};
+use super::{
+    key, record, recover, Inner, QueueId, RecoveryReport, Spool, Store, StoreError, StoreOptions,
+    Usage,
+};
+
+// Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
+// a recipient record with a `MAX_REPLY` reply): sled writes a page that does not fit a quarter
+// of its log segment (`logger.rs` `reserve_inner`, `MINIMUM_ITEMS_PER_SEGMENT` in
+// `constants.rs`) to a `blobs/<lsn>` file that it never fsyncs (`blob_io.rs` `write_blob`), and
+// a leaf page holds up to 17 values before it splits (`node.rs` `should_split`). The sync still
+// fsyncs any blob that appears (`flush.rs`).
+
+/// Directory of the body files inside the data directory (`body_file.rs`).
+pub(super) const BODIES_DIR: &str = "bodies";
+
+/// sled `segment_size` (the size of its log segments) for a new store; sled's default is
+/// 512 KiB. sled allocates a fresh segment-sized io buffer (`pagecache/iobuf.rs`
+/// `AlignedBuf::new`) for every log segment it rolls to, and under a burst dozens of sealed ones
+/// wait for their write at once: the size bounds most of the peak RSS. Half the default keeps
+/// the accept rate; a quarter costs about a third of it (`benches/`). Must stay ≥ 4 × the
+/// largest page (see above).
+pub const SLED_SEGMENT_SIZE: usize = 256 * 1024;
+
+/// How long opening the store waits for another holder of sled's file lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// sled refuses to open a database with another `segment_size` than the one it was created
+/// with (`config.rs` `verify_config`), so an existing store keeps the one in its `conf` file
+/// (`StorageParameters::serialize`: a `segment_size: N` line); new stores get `SLED_SEGMENT_SIZE`.
+pub(super) fn sled_segment_size(dir: &Path) -> usize {
+    let Ok(conf) = std::fs::read(dir.join("conf")) else {
+        return SLED_SEGMENT_SIZE;
+    };
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(SLED_SEGMENT_SIZE)
+}
+
+/// `config.open()`, retried (bounded by `LOCK_WAIT`) while sled reports its file lock taken: a
+/// store that was just dropped, or a daemon still exiting, holds it until its last sync is done.
+/// A second daemon really running on the same directory still fails, after the wait.
+pub(super) fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match config.open() {
+            // sled 0.34.7 `config.rs`: "could not acquire lock on {path}: {error}".
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !logged {
+                    log::warn!("store: {e}; waiting up to {LOCK_WAIT:?} for it");
+                    logged = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Store {
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let config = sled::Config::new()
+            .path(dir)
+            .segment_size(sled_segment_size(dir))
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(options.flush_every_ms)
+            .use_compression(false)
+            // LowSpace (sled's default) favours small files on flash over write throughput.
+            .mode(sled::Mode::LowSpace);
+        let db = open_db(&config)?;
+        let corrupt = db.open_tree("corrupt")?;
+        // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
+        let bodies = dir.join(BODIES_DIR);
+        std::fs::create_dir_all(&bodies)?;
+        let files = Arc::new(SyncFiles::open(dir).map_err(StoreError::Io)?);
+        let usage = match db.get(key::USAGE)? {
+            Some(raw) => record::decode_usage(&raw).unwrap_or_else(|e| {
+                // `recover` recounts; until then count from zero rather than refuse to start.
+                log::warn!("store: key=meta/usage undecodable ({e}); recount at recover");
+                Usage::default()
+            }),
+            None => Usage::default(),
+        };
+        let clock = match db.get(key::CLOCK)? {
+            Some(raw) => record::decode_clock(&raw).unwrap_or_else(|e| {
+                log::warn!("store: key=meta/clock undecodable ({e}); recover rebuilds it");
+                0
+            }),
+            None => 0,
+        };
+        let flush = GroupFlush::new(db.clone(), files, BodyFiles::new(bodies));
+        let inner = Inner {
+            db,
+            corrupt,
+            usage: Cell::new(usage),
+            clock: Cell::new(clock),
+            max_bytes: options.max_bytes,
+            flush,
+            lazy_removal: Cell::new(0),
+            due: DueIndex::default(),
+        };
+        Ok(Self {
+            inner: Rc::new(inner),
+        })
+    }
+
+    /// Sweeps spools never committed, quarantines undecodable records, rebuilds the counters and
+    /// the schedule and the `failed/` index from the message records. Call once after open.
+    pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
+        recover::run(self)
+    }
+
+    /// A new message body. Nothing goes into sled until `commit`: a spool a crash interrupts
+    /// leaves only body bytes in a body file, which go with the body file (`recover` deletes
+    /// body files no record points into).
+    pub fn spool(&self) -> Result<Spool, StoreError> {
+        let id = self.fresh_id()?;
+        Ok(Spool {
+            store: self.clone(),
+            id,
+            extents: Vec::new(),
+            bytes: 0,
+            body_files: Vec::new(),
+            finished: false,
+        })
+    }
+
+    /// sled's `generate_id` (`db.rs`) is monotonic and, after a crash, restarts 2 ×
+    /// `idgen_persist_interval` past the last persisted value; should an id still be in use
+    /// (state lost by a power cut between sled's own syncs), take the next one. Only `msg/`
+    /// can hold one: a spool writes nothing to sled, and `recover` sweeps legacy `spool/`
+    /// markers before any spool opens.
+    pub(super) fn fresh_id(&self) -> Result<QueueId, StoreError> {
+        for _ in 0..16 {
+            let id = QueueId(self.inner.db.generate_id()?);
+            if !self.inner.db.contains_key(key::msg(id))? {
+                return Ok(id);
+            }
+            log::warn!("store: queue_id={id} generated twice; skipped");
+        }
+        Err(StoreError::Sled(
+            "generate_id keeps returning ids in use".into(),
+        ))
+    }
+
+    /// Makes every write so far durable (group flush): `save_clock` at shutdown, for example.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let seq = self.inner.flush.note_write();
+        self.inner.flush.wait(seq).await.map_err(StoreError::Io)
+    }
+
+    /// Completed syncs (sled flush + `fdatasync`) so far: the durable epoch.
+    #[doc(hidden)]
+    pub fn durable_epoch(&self) -> u64 {
+        self.inner
+            .flush
+            .files()
+            .stats()
+            .syncs
+            .load(Ordering::SeqCst)
+    }
+
+    /// The most syncs ever seen running at once (the group commit keeps it at 1).
+    #[doc(hidden)]
+    pub fn max_concurrent_syncs(&self) -> u64 {
+        self.inner
+            .flush
+            .files()
+            .stats()
+            .max_running
+            .load(Ordering::SeqCst)
+    }
+
+    /// Test hook: runs on the sync thread right after each completed `fdatasync`.
+    #[doc(hidden)]
+    pub fn set_sync_hook(&self, hook: Option<SyncHook>) {
+        self.inner.flush.files().set_hook(hook);
+    }
+}
