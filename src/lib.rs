@@ -28,6 +28,8 @@
 //! - [`config`]: the validated configuration and its embedded defaults.
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
+//! - [`message`]: RFC 5322 as pure functions: the header section, its fields, address lists
+//!   and dates.
 //! - [`priority`]: `[[priority]]` rules, the order queued mail goes in after an outage.
 //! - [`coalesce`]: `[coalesce]`, alert storms delivered as one digest: Subject normalisation,
 //!   the key stored at commit, grouping and the digest's layout (pure).
@@ -44,6 +46,7 @@ pub mod coalesce;
 pub mod config;
 pub mod control;
 pub mod forward;
+pub mod message;
 pub mod net;
 pub mod priority;
 pub mod rate;

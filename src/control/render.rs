@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::clock::QueueTime;
 use crate::forward::{LinkReport, RouteReport};
-use crate::smtp::date::rfc5322_date;
+use crate::message::rfc5322_date;
 use crate::store::{AttemptRecord, QueuedMessage, RcptState, Usage, KEPT_ATTEMPTS};
 
 /// A message's overall state for listings and counters.

@@ -20,12 +20,11 @@ use log::{debug, error, info, warn};
 
 use crate::clock::{QueueClock, QueueTime};
 use crate::coalesce::{self, CoalescePolicy, DigestEntry, DigestInput};
-use crate::priority::HeaderWatch;
+use crate::message::{self, rfc5322_date, HeaderWatch};
 use crate::priority::Priority;
 use crate::smtp::client::{
     ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, SessionFailure, Stage,
 };
-use crate::smtp::date::rfc5322_date;
 use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreError};
 
 use self::link::{open_session, transfer, Connection};
@@ -651,13 +650,7 @@ impl Forwarder {
             let header = self.header_bytes(message.id).unwrap_or_default();
             let mut watch = HeaderWatch::new(Rc::clone(&names));
             watch.feed(&header);
-            let field = |name: &str| {
-                watch
-                    .fields()
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, v)| v.clone())
-            };
+            let field = |name: &str| watch.field(name).map(str::to_owned);
             if subject.is_none() {
                 subject = Some(coalesce::normalise_subject(
                     &field("subject").unwrap_or_default(),
@@ -977,17 +970,10 @@ impl Forwarder {
         spool.commit(info, self.clock.now()).await
     }
 
-    /// The start of the stored message, enough for its header section (bounded).
+    /// The stored message's header section, enough for a DSN's excerpt of it (bounded).
     fn header_bytes(&self, id: QueueId) -> Result<Vec<u8>, StoreError> {
-        let mut bytes = Vec::new();
-        for chunk in self.store.body_chunks(id)? {
-            bytes.extend_from_slice(&chunk?);
-            let end_of_headers = bytes.windows(4).any(|w| w == b"\r\n\r\n");
-            if end_of_headers || bytes.len() > dsn::MAX_DSN_HEADERS {
-                break;
-            }
-        }
-        Ok(bytes)
+        // One byte past the excerpt's bound: a longer section is then cut at a whole line.
+        message::read_section(self.store.body_chunks(id)?, dsn::MAX_DSN_HEADERS + 1)
     }
 
     /// Local trouble: hold off for `retry_min`.

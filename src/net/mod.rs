@@ -37,7 +37,8 @@ use crate::forward::{
     self, ClientCredentials, CredentialKind, ForwardParams, LinkState, OAuth2, RetryPolicy, Route,
     Wake,
 };
-use crate::priority::{classify, watched_headers, HeaderWatch, Priority};
+use crate::message::HeaderWatch;
+use crate::priority::{priority_of, watched_headers, Priority};
 use crate::rate::{SenderRates, Verdict};
 use crate::smtp::client::TlsPolicy;
 use crate::smtp::server::MailVerdict;
@@ -256,7 +257,7 @@ impl Ctx {
 
     /// The `[[priority]]` of a message about to be committed.
     pub fn priority_of(&self, info: &MessageInfo, fields: &[(String, String)]) -> Priority {
-        classify(
+        priority_of(
             &self.config.priority,
             &info.sender,
             &info.recipients,
