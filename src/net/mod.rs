@@ -34,8 +34,8 @@ use crate::coalesce;
 use crate::config::{Config, SmarthostTls};
 use crate::forward::oauth::TokenUrl;
 use crate::forward::{
-    self, ClientCredentials, CredentialKind, ForwardParams, LinkState, OAuth2, RetryPolicy, Route,
-    Wake,
+    self, ClientCredentials, CredentialKind, ForwardParams, LinkState, OAuth2, RetryPolicy,
+    Smarthost, Wake,
 };
 use crate::message::HeaderWatch;
 use crate::priority::{priority_of, watched_headers, Priority};
@@ -680,11 +680,11 @@ fn smarthost_client_configs(
 }
 
 fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) -> ForwardParams {
-    let routes = config
+    let smarthosts = config
         .smarthosts
         .iter()
         .enumerate()
-        .map(|(index, smarthost)| Route {
+        .map(|(index, smarthost)| Smarthost {
             address: smarthost.address.clone(),
             tls: match smarthost.tls {
                 SmarthostTls::None => TlsPolicy::None,
@@ -711,7 +711,7 @@ fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) ->
         })
         .collect();
     ForwardParams {
-        routes,
+        smarthosts,
         hostname: config.hostname.clone(),
         policy: RetryPolicy {
             retry_min: config.queue.retry_min,
