@@ -22,7 +22,7 @@
 //! - [`net`]: the smol glue: listeners, one task per connection, timeouts, the daemon loop;
 //!   `net::tls` (rustls configs, STARTTLS upgrade in place) and the AUTH password check.
 //! - [`store`]: the journal; the only module that touches sled.
-//! - [`forward`]: delivery to the smarthost; retry, outcome, route choice (ordered failover)
+//! - [`forward`]: delivery to the smarthost; retry, outcome, smarthost choice (ordered failover)
 //!   and DSN policy as pure functions; OAuth 2.0 access tokens for the smarthost (the refresh
 //!   grant pure in `forward::oauth`, its HTTPS request in `forward::token`).
 //! - [`config`]: the validated configuration and its embedded defaults.
