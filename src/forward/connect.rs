@@ -36,7 +36,7 @@ impl Forwarder {
         }
     }
 
-    /// Connects over smarthost `index` up to a ready session. With OAuth 2.0, the cached access
+    /// One attempt at a ready session over smarthost `index`. With OAuth 2.0, the cached access
     /// token is used unless `refresh` (or it is due), else a new one is fetched first; a
     /// refused token is dropped. On error, `true` says a cached token was refused.
     async fn open(
