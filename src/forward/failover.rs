@@ -75,8 +75,8 @@ pub struct SmarthostReport {
     pub sent: u64,
 }
 
-/// "The link" over all smarthosts, as the single-smarthost `link:` line always meant it: up
-/// (via the first smarthost that is up: where mail goes now) if any smarthost is up; down
+/// "The link" over all smarthosts, as the `link:` line of `outpost status` shows it: up (via
+/// the first smarthost that is up: where mail goes now) if any smarthost is up; down
 /// (since the last smarthost went down, next probe at the earliest retry) when every tried
 /// smarthost is down; unknown before any try.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
