@@ -299,6 +299,25 @@ pub fn layout(input: &DigestInput<'_>) -> DigestLayout {
         out,
         "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     );
+    summary(&mut out, input, &hostname, &subject, &sender);
+    let part = if input.eight_bit {
+        format!("--{boundary}\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
+    } else {
+        format!("--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n")
+    };
+    let mut head = out;
+    head.push_str("\r\n");
+    head.push_str(&part);
+    DigestLayout {
+        head: head.into_bytes(),
+        between: format!("\r\n{part}").into_bytes(),
+        tail: format!("\r\n--{boundary}--\r\n").into_bytes(),
+    }
+}
+
+/// The digest's `text/plain` summary: what was combined, from whom, and one entry per original.
+fn summary(out: &mut String, input: &DigestInput<'_>, hostname: &str, subject: &str, sender: &str) {
+    let n = input.entries.len();
     let _ = write!(
         out,
         "{n} messages with the same subject (digits shown as #) waited in the queue of\r\n\
@@ -322,19 +341,6 @@ pub fn layout(input: &DigestInput<'_>) -> DigestLayout {
             clean(entry.date.as_ref().unwrap_or(&none)),
             clean(entry.message_id.as_ref().unwrap_or(&none)),
         );
-    }
-    let part = if input.eight_bit {
-        format!("--{boundary}\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n")
-    } else {
-        format!("--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n")
-    };
-    let mut head = out;
-    head.push_str("\r\n");
-    head.push_str(&part);
-    DigestLayout {
-        head: head.into_bytes(),
-        between: format!("\r\n{part}").into_bytes(),
-        tail: format!("\r\n--{boundary}--\r\n").into_bytes(),
     }
 }
 

@@ -24,6 +24,7 @@ use log::{debug, info, warn};
 use smol::LocalExecutor;
 
 use crate::clock::QueueTime;
+use crate::message;
 use crate::net::Ctx;
 use crate::store::{QueueId, StoreError};
 
@@ -348,20 +349,9 @@ fn show(ctx: &Ctx, text: &str, now: QueueTime) -> Response {
     Response::ok(render_show(&message, &history, &headers, now, holding))
 }
 
-/// The stored message up to its empty line, bounded by `MAX_SHOWN_HEADERS`.
+/// The stored message's header section, bounded by `MAX_SHOWN_HEADERS`.
 fn header_section(ctx: &Ctx, id: QueueId) -> Result<String, StoreError> {
-    let mut bytes = Vec::new();
-    for chunk in ctx.store.body_chunks(id)? {
-        bytes.extend_from_slice(&chunk?);
-        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
-            bytes.truncate(end + 2);
-            break;
-        }
-        if bytes.len() > MAX_SHOWN_HEADERS {
-            bytes.truncate(MAX_SHOWN_HEADERS);
-            break;
-        }
-    }
+    let bytes = message::read_section(ctx.store.body_chunks(id)?, MAX_SHOWN_HEADERS)?;
     Ok(String::from_utf8_lossy(&bytes).replace("\r\n", "\n"))
 }
 

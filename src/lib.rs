@@ -22,12 +22,14 @@
 //! - [`net`]: the smol glue: listeners, one task per connection, timeouts, the daemon loop;
 //!   `net::tls` (rustls configs, STARTTLS upgrade in place) and the AUTH password check.
 //! - [`store`]: the journal; the only module that touches sled.
-//! - [`forward`]: delivery to the smarthost; retry, outcome, route choice (ordered failover)
+//! - [`forward`]: delivery to the smarthost; retry, outcome, smarthost choice (ordered failover)
 //!   and DSN policy as pure functions; OAuth 2.0 access tokens for the smarthost (the refresh
 //!   grant pure in `forward::oauth`, its HTTPS request in `forward::token`).
 //! - [`config`]: the validated configuration and its embedded defaults.
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
+//! - [`message`]: RFC 5322 as pure functions: the header section, its fields, address lists
+//!   and dates.
 //! - [`priority`]: `[[priority]]` rules, the order queued mail goes in after an outage.
 //! - [`coalesce`]: `[coalesce]`, alert storms delivered as one digest: Subject normalisation,
 //!   the key stored at commit, grouping and the digest's layout (pure).
@@ -47,6 +49,7 @@ pub mod control;
 pub mod forward;
 pub mod logging;
 pub mod mapping;
+pub mod message;
 pub mod net;
 pub mod priority;
 pub mod rate;

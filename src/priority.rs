@@ -1,10 +1,10 @@
 //! `[[priority]]`: which queued mail goes first when the link comes back. Rules match the
 //! envelope sender, a recipient or a header field (`X-Priority`, `Importance` …); the first
 //! rule that matches decides, and mail no rule matches is `normal`. Within a priority the queue
-//! stays oldest first. Pure: patterns, rules and a bounded header scanner, no I/O.
+//! stays oldest first. Pure: patterns and rules over the envelope and the header fields
+//! `message::HeaderWatch` collected; no I/O.
 
 use std::fmt;
-use std::rc::Rc;
 
 /// Delivery order: every due `urgent` message before any `high` one, and so on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -73,7 +73,7 @@ impl PriorityRule {
 }
 
 /// The priority of a message: the first rule that matches, else `normal`.
-pub fn classify(
+pub fn priority_of(
     rules: &[PriorityRule],
     sender: &str,
     recipients: &[String],
@@ -122,90 +122,6 @@ pub fn pattern_matches(pattern: &str, text: &str) -> bool {
         }
     }
     pattern[p..].iter().all(|&c| c == b'*')
-}
-
-/// Longest header line kept (RFC 5322 §2.1.1: 998 characters); the rest of a longer one is
-/// ignored.
-const MAX_LINE: usize = 998;
-/// Fields kept at most: a message repeating a watched field a thousand times gets no more.
-const MAX_FIELDS: usize = 16;
-
-/// Collects the watched fields from a message's header section as its bytes arrive, in pieces
-/// of any size, in bounded memory; stops at the blank line that ends the header.
-#[derive(Debug, Default)]
-pub struct HeaderWatch {
-    names: Rc<[String]>,
-    line: Vec<u8>,
-    /// The current field is a watched one: its continuation lines belong to it.
-    in_watched: bool,
-    fields: Vec<(String, String)>,
-    done: bool,
-}
-
-impl HeaderWatch {
-    /// Watches `names` (lowercase; shared, since they depend on the config only); with none,
-    /// `feed` does nothing.
-    pub fn new(names: Rc<[String]>) -> Self {
-        let done = names.is_empty();
-        Self {
-            names,
-            done,
-            ..Self::default()
-        }
-    }
-
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        while !self.done && !bytes.is_empty() {
-            let (piece, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
-                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
-                None => (bytes, &[][..], false),
-            };
-            let room = MAX_LINE.saturating_sub(self.line.len());
-            self.line.extend_from_slice(&piece[..piece.len().min(room)]);
-            bytes = rest;
-            if complete {
-                let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                self.line_done(&line);
-            }
-        }
-    }
-
-    fn line_done(&mut self, line: &[u8]) {
-        if line.is_empty() {
-            self.done = true;
-            return;
-        }
-        let text = String::from_utf8_lossy(line);
-        if line[0] == b' ' || line[0] == b'\t' {
-            let more = text.trim();
-            if let (true, Some((_, value))) = (self.in_watched, self.fields.last_mut()) {
-                if !more.is_empty() && value.len() + 1 + more.len() <= MAX_LINE {
-                    if !value.is_empty() {
-                        value.push(' ');
-                    }
-                    value.push_str(more);
-                }
-            }
-            return;
-        }
-        self.in_watched = false;
-        let Some((name, value)) = text.split_once(':') else {
-            return;
-        };
-        let name = name.trim_end().to_ascii_lowercase();
-        if self.fields.len() < MAX_FIELDS && self.names.contains(&name) {
-            self.fields.push((name, value.trim().to_owned()));
-            self.in_watched = true;
-        }
-    }
-
-    /// The watched fields seen so far: (lowercase name, unfolded trimmed value).
-    pub fn fields(&self) -> &[(String, String)] {
-        &self.fields
-    }
 }
 
 #[cfg(test)]
@@ -278,55 +194,24 @@ mod tests {
         let none = fields(&[]);
         let x1 = fields(&[("x-priority", "1 (Highest)")]);
         assert_eq!(
-            classify(&rules, "ups@site", &pager, &none),
+            priority_of(&rules, "ups@site", &pager, &none),
             Priority::Urgent
         );
-        assert_eq!(classify(&rules, "ups@site", &ops, &none), Priority::High);
-        assert_eq!(classify(&rules, "cam@site", &ops, &x1), Priority::High);
-        assert_eq!(classify(&rules, "backup@site", &ops, &x1), Priority::High);
-        assert_eq!(classify(&rules, "backup@site", &ops, &none), Priority::Low);
-        assert_eq!(classify(&rules, "cam@site", &ops, &none), Priority::Normal);
-        assert_eq!(classify(&[], "ups@site", &pager, &x1), Priority::Normal);
+        assert_eq!(priority_of(&rules, "ups@site", &ops, &none), Priority::High);
+        assert_eq!(priority_of(&rules, "cam@site", &ops, &x1), Priority::High);
+        assert_eq!(
+            priority_of(&rules, "backup@site", &ops, &x1),
+            Priority::High
+        );
+        assert_eq!(
+            priority_of(&rules, "backup@site", &ops, &none),
+            Priority::Low
+        );
+        assert_eq!(
+            priority_of(&rules, "cam@site", &ops, &none),
+            Priority::Normal
+        );
+        assert_eq!(priority_of(&[], "ups@site", &pager, &x1), Priority::Normal);
         assert_eq!(watched_headers(&rules), ["x-priority"]);
-    }
-
-    #[test]
-    fn the_header_watch_finds_fields_across_any_split_and_stops_at_the_body() {
-        let message = b"Received: from cam\r\n\tby outpost; now\r\nX-Priority: 1\r\n \
-            (Highest)\r\nSubject: UPS on battery\r\nimportance:   High  \r\n\r\n\
-            X-Priority: 5\r\nbody\r\n";
-        for cut in 0..message.len() {
-            let mut watch = HeaderWatch::new(["x-priority".into(), "importance".into()].into());
-            watch.feed(&message[..cut]);
-            watch.feed(&message[cut..]);
-            assert_eq!(
-                watch.fields(),
-                fields(&[("x-priority", "1 (Highest)"), ("importance", "High")]),
-                "cut at {cut}"
-            );
-        }
-        // Byte by byte, bare LF line ends too.
-        let mut watch = HeaderWatch::new(["importance".into()].into());
-        for b in b"Importance: low\n\nImportance: high\n" {
-            watch.feed(&[*b]);
-        }
-        assert_eq!(watch.fields(), fields(&[("importance", "low")]));
-    }
-
-    #[test]
-    fn the_header_watch_is_bounded() {
-        let mut watch = HeaderWatch::new(["x-priority".into()].into());
-        let long = format!("X-Priority: {}\r\n", "9".repeat(100_000));
-        watch.feed(long.as_bytes());
-        for _ in 0..1000 {
-            watch.feed(b"X-Priority: 1\r\n \r\n\tmore\r\n");
-        }
-        assert_eq!(watch.fields().len(), MAX_FIELDS);
-        assert!(watch.fields().iter().all(|(_, v)| v.len() <= MAX_LINE));
-        assert_eq!(watch.fields()[1].1, "1 more");
-        // Nothing watched: nothing kept.
-        let mut idle = HeaderWatch::new(Rc::from([]));
-        idle.feed(b"X-Priority: 1\r\n\r\n");
-        assert!(idle.fields().is_empty());
     }
 }

@@ -18,7 +18,7 @@ use log::debug;
 
 use crate::config::Config;
 use crate::control::{self, Request};
-use crate::smtp::date::rfc5322_date;
+use crate::message::{self, rfc5322_date, MAX_LINE};
 
 pub use self::pickup::pickup_loop;
 
@@ -34,8 +34,6 @@ pub const EX_CANTCREAT: u8 = 73;
 pub const MAILDROP: &str = "maildrop";
 /// First line of every maildrop file.
 const MAGIC: &str = "outpost-maildrop 1";
-/// RFC 5322 §2.1.1: 998 characters plus CRLF.
-const MAX_LINE: usize = 998;
 
 /// `sendmail` options (see `cli`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -178,29 +176,29 @@ pub fn prepare(
             n + 1
         )));
     }
-    let header_end = header_section_len(&lines);
+    let header_end = message::section_len(&lines);
     let (mut headers, body) = lines.split_at(header_end);
-    let fields = unfold(headers);
+    let fields = message::fields(headers);
     let sender = match &args.from {
         Some(from) => qualify(from.trim_matches(|c| c == '<' || c == '>'), origin.hostname)?,
         None => qualify(origin.user, origin.hostname)?,
     };
     let mut recipients = Vec::new();
     for rcpt in &args.recipients {
-        for address in addresses(rcpt) {
+        for address in message::address_list(rcpt) {
             recipients.push(qualify(&address, origin.hostname)?);
         }
     }
     let mut kept: Vec<&[u8]> = Vec::with_capacity(headers.len());
     if args.extract {
-        for (name, value, span) in &fields {
-            if ["to", "cc", "bcc"].contains(&name.as_str()) {
-                for address in addresses(value) {
+        for field in &fields {
+            if ["to", "cc", "bcc"].contains(&field.name.as_str()) {
+                for address in message::address_list(&field.value) {
                     recipients.push(qualify(&address, origin.hostname)?);
                 }
             }
-            if name != "bcc" {
-                kept.extend_from_slice(&headers[span.clone()]);
+            if field.name != "bcc" {
+                kept.extend_from_slice(&headers[field.lines.clone()]);
             }
         }
         headers = &kept;
@@ -213,7 +211,7 @@ pub fn prepare(
             "no recipients given (name them, or use -t to read them from the headers)"
         }));
     }
-    let has = |field: &str| fields.iter().any(|(name, _, _)| name == field);
+    let has = |name: &str| fields.iter().any(|field| field.name == name);
     let mut message = Vec::with_capacity(raw.len() + 256);
     if !has("from") {
         let from = match &args.full_name {
@@ -260,98 +258,6 @@ pub fn prepare(
 fn push_line(out: &mut Vec<u8>, line: &[u8]) {
     out.extend_from_slice(line);
     out.extend_from_slice(b"\r\n");
-}
-
-/// Lines that form the header section: header fields and their continuation lines, up to the
-/// first line that is neither (usually the empty line). Input without headers gives 0.
-fn header_section_len(lines: &[&[u8]]) -> usize {
-    let mut n = 0;
-    for line in lines {
-        let continuation = n > 0 && matches!(line.first(), Some(b' ' | b'\t'));
-        if !continuation && !is_field_start(line) {
-            break;
-        }
-        n += 1;
-    }
-    n
-}
-
-/// `Name:` with RFC 5322 field-name characters (printable ASCII except `:`).
-fn is_field_start(line: &[u8]) -> bool {
-    match line.iter().position(|&b| b == b':') {
-        Some(colon) if colon > 0 => line[..colon].iter().all(|&b| (33..=126).contains(&b)),
-        _ => false,
-    }
-}
-
-/// Header fields as (lower-case name, unfolded value, line span).
-fn unfold(headers: &[&[u8]]) -> Vec<(String, String, std::ops::Range<usize>)> {
-    let mut fields: Vec<(String, String, std::ops::Range<usize>)> = Vec::new();
-    for (i, line) in headers.iter().enumerate() {
-        let text = String::from_utf8_lossy(line);
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            if let Some(last) = fields.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(text.trim());
-                last.2.end = i + 1;
-            }
-            continue;
-        }
-        if let Some((name, value)) = text.split_once(':') {
-            fields.push((
-                name.trim().to_ascii_lowercase(),
-                value.trim().to_owned(),
-                i..i + 1,
-            ));
-        }
-    }
-    fields
-}
-
-/// The addresses in an address-list header value or a command-line argument: commas outside
-/// quotes, comments and angle brackets separate; `<addr>` wins over the display name;
-/// comments are dropped; a group's `name:` and `;` are skipped.
-fn addresses(value: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut angle: Option<String> = None;
-    let (mut quoted, mut comment, mut in_angle) = (false, 0u32, false);
-    let mut finish = |current: &mut String, angle: &mut Option<String>| {
-        let address = angle.take().unwrap_or_else(|| current.trim().to_owned());
-        let address = address.trim().to_owned();
-        if !address.is_empty() {
-            out.push(address);
-        }
-        current.clear();
-    };
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if quoted || comment > 0 => {
-                chars.next();
-            }
-            '"' if comment == 0 && !in_angle => quoted = !quoted,
-            '(' if !quoted && !in_angle => comment += 1,
-            ')' if !quoted && comment > 0 => comment -= 1,
-            _ if comment > 0 => {}
-            '<' if !quoted => {
-                in_angle = true;
-                angle = Some(String::new());
-            }
-            '>' if in_angle => in_angle = false,
-            _ if in_angle => {
-                if let Some(a) = angle.as_mut() {
-                    a.push(c);
-                }
-            }
-            ':' if !quoted => current.clear(), // group name
-            ',' | ';' if !quoted => finish(&mut current, &mut angle),
-            _ if quoted => {}
-            c => current.push(c),
-        }
-    }
-    finish(&mut current, &mut angle);
-    out
 }
 
 /// `user` → `user@hostname`; refuses what cannot be an address.

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::clock::QueueTime;
-use crate::forward::{LinkReport, RouteReport};
-use crate::smtp::date::rfc5322_date;
+use crate::forward::{LinkReport, SmarthostReport};
+use crate::message::rfc5322_date;
 use crate::store::{AttemptRecord, QueuedMessage, RcptState, Usage, KEPT_ATTEMPTS};
 
 /// A message's overall state for listings and counters.
@@ -290,7 +290,7 @@ pub fn render_status(
     now: Option<QueueTime>,
 ) -> String {
     let mut out = format!("{}\n", crate::cli::version());
-    let hosts: Vec<&str> = link.routes.iter().map(|r| r.address.as_str()).collect();
+    let hosts: Vec<&str> = link.smarthosts.iter().map(|r| r.address.as_str()).collect();
     let smarthost = match link.current {
         Some(current) => hosts.get(current).map(|h| (*h).to_owned()),
         None if hosts.is_empty() => None,
@@ -310,7 +310,7 @@ pub fn render_status(
         ),
     };
     let _ = writeln!(out, "link: {link_line}");
-    for (index, route) in link.routes.iter().enumerate() {
+    for (index, route) in link.smarthosts.iter().enumerate() {
         let _ = write!(out, "smarthost {} {}: ", index + 1, route.address);
         route_state(&mut out, route, link.current == Some(index), now);
     }
@@ -361,7 +361,7 @@ pub fn render_status(
 }
 
 /// The rest of one smarthost's line in `outpost status` (after `smarthost N host:port: `).
-fn route_state(out: &mut String, route: &RouteReport, current: bool, now: Option<QueueTime>) {
+fn route_state(out: &mut String, route: &SmarthostReport, current: bool, now: Option<QueueTime>) {
     let Some(up) = route.up else {
         out.push_str("not tried yet\n");
         return;
@@ -568,9 +568,9 @@ mod tests {
         let s = QueueSummary::default();
         let u = Usage::default();
         assert!(render_status(&link, &s, u, None).contains("link: none"));
-        link.routes = vec![RouteReport {
+        link.smarthosts = vec![SmarthostReport {
             address: "h:25".into(),
-            ..RouteReport::default()
+            ..SmarthostReport::default()
         }];
         assert!(render_status(&link, &s, u, None).contains("not tried yet"));
         link.up = Some(false);
@@ -599,8 +599,8 @@ mod tests {
             up: Some(true),
             ever_reached: true,
             current: Some(1),
-            routes: vec![
-                RouteReport {
+            smarthosts: vec![
+                SmarthostReport {
                     address: "mx1.example:587".into(),
                     up: Some(false),
                     since_unix: 1_795_466_324,
@@ -609,7 +609,7 @@ mod tests {
                     retry_at: Some(255_000),
                     sent: 3,
                 },
-                RouteReport {
+                SmarthostReport {
                     address: "lte.example:587".into(),
                     up: Some(true),
                     since_unix: 1_795_466_330,
@@ -618,9 +618,9 @@ mod tests {
                     retry_at: None,
                     sent: 2,
                 },
-                RouteReport {
+                SmarthostReport {
                     address: "last.example:25".into(),
-                    ..RouteReport::default()
+                    ..SmarthostReport::default()
                 },
             ],
             ..LinkReport::default()

@@ -9,6 +9,8 @@
 
 use std::fmt::Write as _;
 
+use crate::message;
+
 /// Largest excerpt of the original header section returned in the `text/rfc822-headers` part.
 pub const MAX_DSN_HEADERS: usize = 16 * 1024;
 
@@ -30,7 +32,7 @@ pub struct FailedRecipient {
 pub struct DsnInput<'a> {
     /// Our hostname: `Reporting-MTA` and `MAILER-DAEMON@hostname`.
     pub hostname: &'a str,
-    /// RFC 5322 date of the DSN (`smtp::date::rfc5322_date`).
+    /// RFC 5322 date of the DSN (`message::rfc5322_date`).
     pub date: &'a str,
     /// Makes the boundary and Message-ID unique (e.g. queue id ⊕ time).
     pub seed: u64,
@@ -70,18 +72,7 @@ pub fn status_of(diagnostic: &str) -> String {
 /// The header section of `message` (without the empty line that ends it; all of `message` if
 /// it has no body), cut at the last whole line within `MAX_DSN_HEADERS`.
 pub fn header_excerpt(message: &[u8]) -> &[u8] {
-    let end = find(message, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| find(message, b"\n\n").map(|i| i + 1));
-    let headers = &message[..end.unwrap_or(message.len())];
-    if headers.len() <= MAX_DSN_HEADERS {
-        return headers;
-    }
-    let cut = &headers[..MAX_DSN_HEADERS];
-    match cut.iter().rposition(|&b| b == b'\n') {
-        Some(i) => &cut[..=i],
-        None => &[],
-    }
+    message::excerpt(message, MAX_DSN_HEADERS)
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -66,13 +66,13 @@ fn verdict(stage: Stage, reply: &Reply) -> Verdict {
 }
 
 /// Per-recipient outcomes of one message, in the report's recipient order.
-pub fn classify(report: &DeliveryReport) -> Vec<Outcome> {
+pub fn outcomes_of(report: &DeliveryReport) -> Vec<Outcome> {
     (0..report.recipients.len())
-        .map(|i| classify_recipient(report, i))
+        .map(|i| outcome_of(report, i))
         .collect()
 }
 
-fn classify_recipient(report: &DeliveryReport, index: usize) -> Outcome {
+fn outcome_of(report: &DeliveryReport, index: usize) -> Outcome {
     if let Some(local) = &report.local {
         return if local.is_transient() {
             Outcome::Retry(local.clone())
@@ -293,13 +293,13 @@ mod tests {
             ),
         ];
         for (report, expected) in cases {
-            assert_eq!(kinds(&classify(&report)), expected, "{report:?}");
+            assert_eq!(kinds(&outcomes_of(&report)), expected, "{report:?}");
         }
     }
 
     #[test]
     fn outcome_carries_the_deciding_reply() {
-        let outcomes = classify(&report(
+        let outcomes = outcomes_of(&report(
             "250 ok",
             &["250 ok", "550 5.1.1 unknown"],
             Some("354 go"),
@@ -316,7 +316,7 @@ mod tests {
             recipients: vec![None, None],
             ..DeliveryReport::default()
         };
-        assert_eq!(kinds(&classify(&report)), vec!["bounce", "bounce"]);
+        assert_eq!(kinds(&outcomes_of(&report)), vec!["bounce", "bounce"]);
     }
 
     #[test]
@@ -327,7 +327,7 @@ mod tests {
             data: Some(r("354 go")),
             ..DeliveryReport::default()
         };
-        assert_eq!(kinds(&classify(&report)), vec!["retry"]);
+        assert_eq!(kinds(&outcomes_of(&report)), vec!["retry"]);
     }
 
     #[test]

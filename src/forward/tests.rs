@@ -5,11 +5,19 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
+use async_io::Timer;
 use mailin_embedded::response::{NO_MAILBOX, OK};
 use mailin_embedded::{Handler, Response, Server};
 
+use super::link::{open_session, transfer};
+use super::outcome::{outcomes_of, ForwardError, Outcome};
 use super::*;
-use crate::store::StoreOptions;
+use crate::clock::QueueClock;
+use crate::priority::Priority;
+use crate::smtp::client::{ClientParams, ClientStep, Envelope, Stage};
+use crate::store::{
+    MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreError, StoreOptions,
+};
 
 /// What the independent upstream (mailin-embedded) saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,7 +130,7 @@ fn transfer_is_byte_exact_through_an_independent_upstream() {
                 .await
                 .unwrap()
                 .unwrap();
-            let outcomes = classify(&report);
+            let outcomes = outcomes_of(&report);
             assert!(matches!(
                 outcomes[..],
                 [Outcome::Delivered(_), Outcome::Delivered(_)]
@@ -166,7 +174,7 @@ fn one_rejected_recipient_does_not_stop_the_others() {
             .unwrap()
             .unwrap()
     });
-    let outcomes = classify(&report);
+    let outcomes = outcomes_of(&report);
     assert!(
         matches!(&outcomes[0], Outcome::Bounce(r) if r.code == 550),
         "{outcomes:?}"
@@ -224,7 +232,7 @@ fn silent_smarthost_times_out_at_the_greeting() {
 
 fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
     ForwardParams {
-        routes: vec![Route {
+        smarthosts: vec![Smarthost {
             address: smarthost.to_string(),
             tls: TlsPolicy::None,
             tls_config: None,

@@ -21,8 +21,9 @@ use log::{debug, error, info, trace, warn};
 use super::auth::{verify, AUTH_FAILURE_DELAY};
 use super::tls::MaybeTls;
 use super::Ctx;
-use crate::priority::{HeaderWatch, Priority};
-use crate::smtp::date::rfc5322_date;
+use crate::message::rfc5322_date;
+use crate::message::HeaderWatch;
+use crate::priority::Priority;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
     Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, Replies, ServerSession,

@@ -20,7 +20,7 @@ use smol::LocalExecutor;
 
 use super::{Ctx, DaemonError};
 use crate::control::{MessageState, QueueSummary};
-use crate::forward::{LinkReport, RouteReport};
+use crate::forward::{LinkReport, SmarthostReport};
 
 /// Longest request head (request line + headers).
 const MAX_HEAD: usize = 8 * 1024;
@@ -211,7 +211,9 @@ fn exposition(s: &Sample) -> String {
         "link_known",
         "gauge",
         "1 once the smarthost has been tried since start (0 also without a smarthost).",
-        &plain(u64::from(!s.link.routes.is_empty() && s.link.up.is_some())),
+        &plain(u64::from(
+            !s.link.smarthosts.is_empty() && s.link.up.is_some(),
+        )),
     );
     family(
         "link_change_timestamp_seconds",
@@ -232,7 +234,7 @@ fn exposition(s: &Sample) -> String {
         &plain(u64::try_from(s.sessions).unwrap_or(u64::MAX)),
     );
     // Per smarthost (`[[smarthost]]` order), labelled with its `host:port`.
-    let routes = &s.link.routes;
+    let routes = &s.link.smarthosts;
     per_route(
         &mut out,
         ["smarthost_up", "gauge"],
@@ -263,8 +265,8 @@ fn per_route(
     out: &mut String,
     [name, kind]: [&str; 2],
     help: &str,
-    routes: &[RouteReport],
-    value: fn(&RouteReport) -> u64,
+    routes: &[SmarthostReport],
+    value: fn(&SmarthostReport) -> u64,
 ) {
     let _ = write!(
         out,
@@ -296,18 +298,18 @@ mod tests {
                 up: Some(true),
                 sent: 7,
                 current: Some(1),
-                routes: vec![
-                    RouteReport {
+                smarthosts: vec![
+                    SmarthostReport {
                         address: "mx1.example:587".into(),
                         up: Some(false),
                         since_unix: 1_700_000_000,
-                        ..RouteReport::default()
+                        ..SmarthostReport::default()
                     },
-                    RouteReport {
+                    SmarthostReport {
                         address: "lte.example:587".into(),
                         up: Some(true),
                         sent: 7,
-                        ..RouteReport::default()
+                        ..SmarthostReport::default()
                     },
                 ],
                 ..LinkReport::default()

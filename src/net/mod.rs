@@ -33,10 +33,11 @@ use crate::clock::QueueClock;
 use crate::coalesce;
 use crate::config::Config;
 use crate::forward::{
-    self, ClientCredentials, CredentialKind, ForwardParams, LinkState, OAuth2, RetryPolicy, Route,
-    Wake,
+    self, ClientCredentials, CredentialKind, ForwardParams, LinkState, OAuth2, RetryPolicy,
+    Smarthost, Wake,
 };
-use crate::priority::{classify, watched_headers, HeaderWatch, Priority};
+use crate::message::HeaderWatch;
+use crate::priority::{priority_of, watched_headers, Priority};
 use crate::rate::{SenderRates, Verdict};
 use crate::smtp::client::TlsPolicy;
 use crate::smtp::server::MailVerdict;
@@ -255,7 +256,7 @@ impl Ctx {
 
     /// The `[[priority]]` of a message about to be committed.
     pub fn priority_of(&self, info: &MessageInfo, fields: &[(String, String)]) -> Priority {
-        classify(
+        priority_of(
             &self.config.priority,
             &info.sender,
             &info.recipients,
@@ -678,11 +679,11 @@ fn smarthost_client_configs(
 }
 
 fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) -> ForwardParams {
-    let routes = config
+    let smarthosts = config
         .smarthosts
         .iter()
         .enumerate()
-        .map(|(index, smarthost)| Route {
+        .map(|(index, smarthost)| Smarthost {
             address: smarthost.address.clone(),
             tls: smarthost.tls,
             tls_config: tls_configs.get(index).cloned().flatten(),
@@ -702,7 +703,7 @@ fn forward_params(config: &Config, tls_configs: &[Option<Arc<ClientConfig>>]) ->
         })
         .collect();
     ForwardParams {
-        routes,
+        smarthosts,
         hostname: config.hostname.clone(),
         policy: RetryPolicy {
             retry_min: config.queue.retry_min,

@@ -18,7 +18,6 @@
 //! - [`line`](mod@line): command-line framing over the caller's buffer.
 //! - [`body`]: `BodyDecoder` (dot-unstuffing, end of data, line-end policy, limits) and
 //!   `BodyEncoder` (dot-stuffing for the forwarder).
-//! - [`date`]: RFC 5322 dates for trace headers, from a time the caller supplies.
 //!
 //! # Standards implemented (receiver)
 //!
@@ -106,7 +105,6 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod command;
-pub mod date;
 pub mod line;
 pub mod replies;
 pub mod reply;

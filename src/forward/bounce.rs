@@ -1,0 +1,144 @@
+//! Mail that cannot be delivered: expiry after `max_age`, and the DSN to the sender, built by
+//! `dsn` from the original's header section and queued like any message. Never bounces a
+//! bounce; never touches sled directly.
+
+use log::{error, info};
+
+use crate::message::{self, rfc5322_date};
+use crate::priority::Priority;
+use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, StoreError};
+
+use super::run::Forwarder;
+use super::{dsn, wall_clock_secs};
+
+/// Chunk size when spooling a DSN (the store keeps chunks ≤ 32 KiB).
+const SPOOL_CHUNK: usize = 32 * 1024;
+
+impl Forwarder {
+    /// Fails every pending recipient of a message queued longer than `max_age`.
+    pub(super) async fn expire(&mut self, message: &QueuedMessage) {
+        let max_age = humantime::format_duration(self.params.policy.max_age);
+        let mut results = Vec::new();
+        let mut failed = Vec::new();
+        for (index, recipient) in message.recipients.iter().enumerate() {
+            if !recipient.state.is_open() {
+                continue;
+            }
+            let last = recipient.last_reply.as_deref().unwrap_or("none");
+            let diagnostic =
+                format!("delivery time expired: queued longer than {max_age}; last reply: {last}");
+            info!(
+                "queue_id={} to=<{}> status=bounced reply=\"{diagnostic}\"",
+                message.id, recipient.address
+            );
+            self.link.count_bounced();
+            failed.push(dsn::FailedRecipient {
+                address: recipient.address.clone(),
+                status: "4.4.7".into(),
+                diagnostic: diagnostic.clone(),
+            });
+            results.push((index, RcptState::Failed, Some(diagnostic)));
+        }
+        let now = self.clock.now();
+        if let Err(e) = self
+            .store
+            .record(
+                message.id,
+                &results,
+                wall_clock_secs(),
+                message.attempts,
+                now,
+            )
+            .await
+        {
+            error!("queue_id={} cannot record expiry: {e}", message.id);
+            self.stall(now);
+            return;
+        }
+        self.bounce(message, &failed, None).await;
+    }
+
+    /// Queues a DSN to the sender (never for the null sender: no bounce of a bounce).
+    pub(super) async fn bounce(
+        &mut self,
+        message: &QueuedMessage,
+        failed: &[dsn::FailedRecipient],
+        smarthost: Option<&str>,
+    ) {
+        if failed.is_empty() || !dsn::wants_dsn(&message.info.sender) {
+            return;
+        }
+        let original = match self.header_bytes(message.id) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                error!(
+                    "queue_id={} cannot read headers for the DSN: {e}",
+                    message.id
+                );
+                Vec::new()
+            }
+        };
+        let now_unix = wall_clock_secs();
+        let date = rfc5322_date(now_unix);
+        let arrival = rfc5322_date(message.info.received_unix);
+        let remote = smarthost.map(|s| format!("dns; {}", host_of(s)));
+        let queue_id = message.id.to_string();
+        let input = dsn::DsnInput {
+            hostname: &self.params.hostname,
+            date: &date,
+            seed: message.id.0 ^ now_unix.rotate_left(32) ^ u64::from(self.jitter.next_u32()),
+            sender: &message.info.sender,
+            queue_id: &queue_id,
+            arrival_date: Some(&arrival),
+            remote_mta: remote.as_deref(),
+            failed,
+            original: &original,
+        };
+        let bytes = dsn::build(&input);
+        let info = MessageInfo {
+            sender: String::new(),
+            recipients: vec![message.info.sender.clone()],
+            eight_bit: !bytes.is_ascii(),
+            smtputf8: !message.info.sender.is_ascii(),
+            received_unix: now_unix,
+            priority: Priority::Normal,
+            coalesce: None,
+        };
+        match self.enqueue(&bytes, info).await {
+            Ok(Ok(id)) => info!(
+                "queue_id={} DSN queued as {id} to=<{}>",
+                message.id, message.info.sender
+            ),
+            Ok(Err(_)) => error!("queue_id={} DSN not queued: queue full", message.id),
+            Err(e) => error!("queue_id={} DSN not queued: {e}", message.id),
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        bytes: &[u8],
+        info: MessageInfo,
+    ) -> Result<Result<QueueId, crate::store::QueueFull>, StoreError> {
+        let mut spool = self.store.spool()?;
+        for chunk in bytes.chunks(SPOOL_CHUNK) {
+            if let Err(e) = spool.append(chunk) {
+                spool.abort();
+                return Err(e);
+            }
+        }
+        spool.commit(info, self.clock.now()).await
+    }
+
+    /// The stored message's header section, enough for a DSN's excerpt of it (bounded).
+    pub(super) fn header_bytes(&self, id: QueueId) -> Result<Vec<u8>, StoreError> {
+        // One byte past the excerpt's bound: a longer section is then cut at a whole line.
+        message::read_section(self.store.body_chunks(id)?, dsn::MAX_DSN_HEADERS + 1)
+    }
+}
+
+/// `host` of `host:port` (for `Remote-MTA` and messages).
+fn host_of(smarthost: &str) -> &str {
+    smarthost
+        .rsplit_once(':')
+        .map_or(smarthost, |(host, _)| host)
+}

@@ -1,0 +1,149 @@
+//! Delivering one message on a ready session, and turning any delivery report (of a message
+//! or a digest) into per-recipient results: the `status=` log lines, the store's record, the
+//! next attempt and the DSN for bounced recipients. Never touches sled directly.
+
+use log::{debug, error, info, warn};
+
+use crate::smtp::client::{ClientSession, DeliveryReport, Envelope};
+use crate::store::{QueuedMessage, RcptState};
+
+use super::link::{transfer, Connection};
+use super::outcome::{outcomes_of, ForwardError, Outcome};
+use super::run::Forwarder;
+use super::{dsn, schedule, wall_clock_secs};
+
+impl Forwarder {
+    /// Sends one message on a ready session and records the outcome. `Ok(false)`: the session
+    /// is over (the smarthost closed it), but the link is fine.
+    pub(super) async fn deliver(
+        &mut self,
+        conn: &mut Connection,
+        session: &mut ClientSession,
+        message: &QueuedMessage,
+    ) -> Result<bool, ForwardError> {
+        let pending: Vec<usize> = (0..message.recipients.len())
+            .filter(|&i| message.recipients[i].state.is_open())
+            .collect();
+        let envelope = Envelope {
+            sender: message.info.sender.clone(),
+            recipients: pending
+                .iter()
+                .map(|&i| message.recipients[i].address.clone())
+                .collect(),
+            size: message.size,
+            eight_bit: message.info.eight_bit,
+            smtputf8: message.info.smtputf8,
+        };
+        let store = self.store.clone();
+        let id = message.id;
+        let body = move || store.body_chunks(id);
+        let timeout = self.params.data_end_timeout;
+        let report = match transfer(conn, session, &envelope, body, timeout).await {
+            Ok(Some(report)) => report,
+            Ok(None) => {
+                debug!("queue_id={} not sent: session closed", message.id);
+                return Ok(false);
+            }
+            Err(e) => {
+                // Lost in the middle of a transaction: this message is deferred (so one
+                // message that breaks the link cannot block the queue), then the link goes
+                // down.
+                if let Some(report) = session.aborted(e.as_reply()) {
+                    self.apply(message, &pending, &report).await;
+                }
+                return Err(e);
+            }
+        };
+        self.apply(message, &pending, &report).await;
+        Ok(session.is_ready())
+    }
+
+    /// Turns a report into per-recipient results, logs them, records them and bounces.
+    pub(super) async fn apply(
+        &mut self,
+        message: &QueuedMessage,
+        pending: &[usize],
+        report: &DeliveryReport,
+    ) {
+        let outcomes = outcomes_of(report);
+        let mut results = Vec::with_capacity(outcomes.len());
+        let mut bounced = Vec::new();
+        let mut retry = false;
+        for (&index, outcome) in pending.iter().zip(&outcomes) {
+            let address = &message.recipients[index].address;
+            let reply = outcome.reply().to_string();
+            let (state, status) = match outcome {
+                Outcome::Delivered(_) => (RcptState::Delivered, "sent"),
+                Outcome::Retry(_) => (RcptState::Deferred, "deferred"),
+                Outcome::Bounce(_) => (RcptState::Failed, "bounced"),
+            };
+            let line = format!(
+                "queue_id={} to=<{address}> relay={} status={status} reply=\"{reply}\"",
+                message.id,
+                self.address()
+            );
+            match outcome {
+                Outcome::Retry(_) => {
+                    retry = true;
+                    self.link.count_deferred();
+                    self.link.set_error(format!("{address}: {reply}"));
+                    warn!("{line}");
+                }
+                Outcome::Bounce(reply) => {
+                    self.link.count_bounced();
+                    self.link.set_error(format!("{address}: {reply}"));
+                    info!("{line}");
+                    bounced.push(dsn::FailedRecipient {
+                        address: address.clone(),
+                        status: dsn::status_of(&reply.to_string()),
+                        diagnostic: reply.to_string(),
+                    });
+                }
+                Outcome::Delivered(_) => {
+                    self.link.count_sent(self.active);
+                    info!("{line}");
+                }
+            }
+            results.push((index, state, Some(reply)));
+        }
+        if !self.record_attempt(message, &results, retry).await {
+            return;
+        }
+        if !bounced.is_empty() {
+            let remote = self.address().to_owned();
+            self.bounce(message, &bounced, Some(&remote)).await;
+        }
+    }
+
+    /// Records one delivery attempt's results; with a deferral, the next attempt is scheduled
+    /// by the retry policy. `false`: the store did not record, and the task stalls.
+    async fn record_attempt(
+        &mut self,
+        message: &QueuedMessage,
+        results: &[(usize, RcptState, Option<String>)],
+        retry: bool,
+    ) -> bool {
+        let attempts = message.attempts.saturating_add(1);
+        let now = self.clock.now();
+        let next = if retry {
+            let delay =
+                schedule::next_attempt(attempts, &self.params.policy, self.jitter.next_u32());
+            schedule::after(now, delay)
+        } else {
+            now
+        };
+        if let Err(e) = self
+            .store
+            .record(message.id, results, wall_clock_secs(), attempts, next)
+            .await
+        {
+            error!(
+                "queue_id={} cannot record delivery results: {e}",
+                message.id
+            );
+            self.stall(now);
+            return false;
+        }
+        true
+    }
+}
