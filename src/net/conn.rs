@@ -25,7 +25,7 @@ use crate::priority::{HeaderWatch, Priority};
 use crate::smtp::date::rfc5322_date;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
-    Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, Replies, ServerSession,
+    Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, ReplyBuffer, ServerSession,
     SessionParams,
 };
 use crate::store::{MessageInfo, Spool, MAX_EXTENT};
@@ -75,7 +75,7 @@ pub(super) async fn run(
         session: ServerSession::new(params),
         ctx,
         tag,
-        replies: Replies::new(),
+        replies: ReplyBuffer::new(),
         body: Vec::new(),
         headers: HeaderWatch::default(),
         spool: SpoolState::Idle,
@@ -175,7 +175,7 @@ struct Conn<'a> {
     session: ServerSession,
     ctx: &'a Ctx,
     tag: Tag,
-    replies: Replies,
+    replies: ReplyBuffer,
     /// Decoded body octets not yet in the spool (< `BODY_BUF`).
     body: Vec<u8>,
     /// The header fields `[[priority]]` rules look at, collected as the body arrives.

@@ -8,10 +8,11 @@
 //! # Layout
 //!
 //! - [`server`]: `ServerSession`, the receiver state machine (states named for what they
-//!   await, one `check_*`/`proceed_*` pair per command, sticky `Closed`).
+//!   await, one `check_*`/`proceed_*` pair per command, sticky `Closed`), its `ReplyBuffer`
+//!   (replies waiting to be written) and [`server::canned`], the receiver's named replies,
+//!   each with its RFC 3463 status.
 //! - [`client`]: `ClientSession`, the forwarder's state machine, with a per-recipient report.
 //! - [`command`]: `Command`, `parse_command`, `SyntaxError` and its one table of replies.
-//! - [`replies`]: the receiver's named replies, each with its RFC 3463 status.
 //! - [`reply`]: `Reply`, its wire form (the one place that formats replies), `parse_reply`.
 //! - [`address`]: `Mailbox`, `ReversePath` (RFC 5321 §4.1.2 grammar).
 //! - [`auth`]: SASL PLAIN/LOGIN decoding (server) and encoding (client); no password checks.
@@ -108,6 +109,5 @@ pub mod client;
 pub mod command;
 pub mod date;
 pub mod line;
-pub mod replies;
 pub mod reply;
 pub mod server;
