@@ -43,7 +43,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let at_close = parse_response(input, true);
     if let Some(first) = &complete {
-        assert_eq!(at_close.as_ref(), Ok(first), "the close changed a complete reply");
+        assert_eq!(at_close.as_ref(), Ok(&Some(first.clone())), "the close changed a reply");
     }
     let Ok(Some((code, body))) = at_close else {
         return;
