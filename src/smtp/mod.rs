@@ -76,7 +76,7 @@
 //!   `smtp::body::tests::end_of_data_only_on_crlf_dot_crlf`,
 //!   `smtp::body::tests::smuggled_dot_lines_are_stored_with_their_dot`,
 //!   `smtp::body::tests::decode_of_encode_is_normalised_input` (proptest) and
-//!   `smtp::server::tests::issue_2_bare_lf_dot_does_not_end_data`.
+//!   `smtp::server::tests::bare_lf_dot_does_not_end_data`.
 //! - **Open relay.** Every RCPT from a client the glue did not mark `relay_allowed` (from
 //!   `relay_from`) gets `554 5.7.1`, `postmaster` included, and such refusals count towards
 //!   `max_errors`. Proven by `smtp::server::tests::relay_denied_gets_554_5_7_1`.

@@ -681,7 +681,7 @@ fn long_body_line_is_drained_then_554() {
 }
 
 #[test]
-fn issue_2_bare_lf_dot_does_not_end_data() {
+fn bare_lf_dot_does_not_end_data() {
     let glue = transcript(&[
         ("C: HELO c", "S: 250"),
         ("C: MAIL FROM:<a@b.example>", "S: 250"),
