@@ -210,6 +210,23 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_keeps_busier_senders_over_a_new_one() {
+        let mut r = rates(2, 60);
+        for i in 0..MAX_SENDERS {
+            r.take(&format!("s{i}@lan.test"), 0);
+            r.take(&format!("s{i}@lan.test"), 0);
+        }
+        // Each tracked sender is a full window from a full bucket; the new one only half.
+        assert_eq!(r.take("new@lan.test", 0), Verdict::Allowed);
+        assert_eq!(r.tracked(), MAX_SENDERS);
+        assert_eq!(r.take("s0@lan.test", 0), exceeded(30));
+        assert_eq!(
+            r.take(&format!("s{}@lan.test", MAX_SENDERS - 1), 0),
+            exceeded(30)
+        );
+    }
+
+    #[test]
     fn extreme_limits_do_not_overflow() {
         let mut r = rates(u32::MAX, 1);
         for _ in 0..1000 {
