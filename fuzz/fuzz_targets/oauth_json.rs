@@ -40,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
         Err(TokenError::Status { code: 400, error }) => {
             if let Some(error) = error {
                 assert!(!error.is_empty() && error.len() <= 64, "{error:?}");
-                assert!(error.bytes().all(|b| (0x20..0x7f).contains(&b)), "{error:?}");
+                assert!(
+                    error.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                    "{error:?}"
+                );
             }
         }
         other => panic!("a 400 judged as {other:?}"),

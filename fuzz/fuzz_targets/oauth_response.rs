@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
     let step = usize::from(cursor.byte() % 16) + 1;
     let input = cursor.rest();
     if input.len() > MAX_RESPONSE {
-        assert!(parse_response(input, true).is_err(), "a reply over the limit");
+        assert!(
+            parse_response(input, true).is_err(),
+            "a reply over the limit"
+        );
         return;
     }
 
@@ -43,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
     }
     let at_close = parse_response(input, true);
     if let Some(first) = &complete {
-        assert_eq!(at_close.as_ref(), Ok(&Some(first.clone())), "the close changed a reply");
+        assert_eq!(
+            at_close.as_ref(),
+            Ok(&Some(first.clone())),
+            "the close changed a reply"
+        );
     }
     let Ok(Some((code, body))) = at_close else {
         return;
