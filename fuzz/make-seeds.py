@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seed corpora under fuzz/corpus/<target>/ from SMTP transcripts (the ones in
-src/smtp/server/tests.rs and client.rs tests, plus pipelined groups, STARTTLS and AUTH PLAIN).
+src/smtp/server/tests.rs and client.rs tests, plus pipelined groups, STARTTLS and AUTH PLAIN)
+and from OAuth token endpoint replies (the ones in src/forward/oauth.rs tests).
 
 Each target reads a small configuration header before its payload (see the target's
 `fuzz_target!`); this script writes those headers. Token-mode seeds are encoded with the
@@ -183,9 +184,40 @@ def client_session():
         write("client_session", name + ".tok", bytes([flags]) + msgs + encode(stream, toks))
 
 
+TOKEN_JSON = (b'{"token_type":"Bearer","scope":"https://outlook.office.com/SMTP.Send",'
+              b'"expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0eXAi.eyJhdWQi.sig-_",'
+              b'"refresh_token":"0.AX8A\\/new"}')
+ERROR_JSON = b'{"error":"invalid_grant","error_description":"AADSTS70000: expired","codes":[70000]}'
+
+
+def oauth_json():
+    bodies = [TOKEN_JSON, ERROR_JSON, b'{"access_token":"abc","expires_in":"60"}',
+              b' {"access_token":"abc","id":{"nested":[1,2.5e3,true,null,"\\"}"]}} ',
+              b'{"access_token":"a\\u0041b","token_type":"bearer"}', b'{}']
+    for i, b in enumerate(bodies):
+        write("oauth_json", "reply-%d.json" % i, b)
+
+
+def oauth_response():
+    def http(status, headers, body):
+        return b"HTTP/1.1 " + status + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+    length = b"Content-Length: %d" % len(TOKEN_JSON)
+    chunked = b"%x\r\n%s\r\n%x;ext=1\r\n%s\r\n0\r\n\r\n" % (
+        20, TOKEN_JSON[:20], len(TOKEN_JSON) - 20, TOKEN_JSON[20:])
+    replies = [http(b"200 OK", [b"Content-Type: application/json", length], TOKEN_JSON),
+               http(b"400 Bad Request", [b"transfer-encoding: chunked"], chunked),
+               b"HTTP/1.0 200 OK\r\nCache-Control: no-store\r\n\r\n" + TOKEN_JSON,
+               http(b"503 Service Unavailable", [b"Content-Length: 17"], b"<html>down</html>")]
+    for i, r in enumerate(replies):
+        # First byte: the prefix step (see the target).
+        write("oauth_response", "reply-%d.raw" % i, bytes([i * 5 + 3]) + r)
+
+
 if __name__ == "__main__":
     server_session()
     command()
     body()
     reply()
     client_session()
+    oauth_json()
+    oauth_response()

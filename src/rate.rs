@@ -1,13 +1,15 @@
 //! Per-sender rate limits on the way in (`[rate_limit]`): how many messages one envelope sender
-//! may hand over in a window, as pure state over an explicit clock.
+//! may hand over in a window, as pure state over an explicit clock. Performs no I/O and reads
+//! no clock.
 //!
 //! The algorithm is GCRA (the "generic cell rate algorithm", a token bucket kept as one number
 //! per sender): a sender may send `messages` at once, then one more every `window / messages`.
 //! Each sender costs one map entry holding the time its bucket is full again; entries whose
-//! bucket is full are dropped, and the map never holds more than `MAX_SENDERS`.
+//! bucket is full are dropped, and the map is a fixed table of `MAX_SENDERS` entries.
 
-use std::collections::HashMap;
 use std::time::Duration;
+
+use heapless::FnvIndexMap;
 
 /// Senders tracked at once. Beyond it, full buckets go first, then the sender nearest to a full
 /// bucket: a LAN never has this many senders in a window, and a client inventing addresses gets
@@ -44,19 +46,23 @@ pub enum Verdict {
     },
 }
 
+/// Per sender key: when its bucket is full again ("theoretical arrival time"), in ms on the
+/// caller's clock. The capacity is `MAX_SENDERS`; FNV hashing keeps a lookup cheap, and even
+/// keys chosen to collide cost at most a scan of this bounded table. Boxed: the table is about
+/// 44 KiB, which should not travel by value.
+type FullAt = FnvIndexMap<String, u64, MAX_SENDERS>;
+
 #[derive(Debug)]
 pub struct SenderRates {
     limit: SenderLimit,
-    /// Per sender key: when its bucket is full again ("theoretical arrival time"), in ms on the
-    /// caller's clock.
-    full_at: HashMap<String, u64>,
+    full_at: Box<FullAt>,
 }
 
 impl SenderRates {
     pub fn new(limit: SenderLimit) -> Self {
         Self {
             limit,
-            full_at: HashMap::new(),
+            full_at: Box::default(),
         }
     }
 
@@ -82,9 +88,10 @@ impl SenderRates {
                 retry_after: Duration::from_millis(ahead - window),
             };
         }
-        self.full_at.insert(key, next);
-        if self.full_at.len() > MAX_SENDERS {
-            self.shrink(now_ms);
+        if let Some(tracked) = self.full_at.get_mut(&key) {
+            *tracked = next;
+        } else {
+            self.track(key, next, now_ms);
         }
         Verdict::Allowed
     }
@@ -94,19 +101,27 @@ impl SenderRates {
         self.full_at.len()
     }
 
-    fn shrink(&mut self, now_ms: u64) {
-        self.full_at.retain(|_, full_at| *full_at > now_ms);
-        while self.full_at.len() > MAX_SENDERS {
-            let Some(nearest) = self
+    /// Adds a sender not tracked yet. In a full table, full buckets go first, then the sender
+    /// nearest to a full bucket, which may be the new one: then it is not tracked.
+    fn track(&mut self, key: String, next: u64, now_ms: u64) {
+        if self.full_at.len() == MAX_SENDERS {
+            self.full_at.retain(|_, full_at| *full_at > now_ms);
+        }
+        if self.full_at.len() == MAX_SENDERS {
+            let nearest = self
                 .full_at
                 .iter()
                 .min_by_key(|(_, full_at)| **full_at)
-                .map(|(key, _)| key.clone())
-            else {
-                break;
-            };
-            self.full_at.remove(&nearest);
+                .map(|(key, full_at)| (key.clone(), *full_at));
+            match nearest {
+                Some((nearest, full_at)) if full_at <= next => {
+                    self.full_at.swap_remove(&nearest);
+                }
+                _ => return,
+            }
         }
+        // There is room: `insert` refuses only when the table is full.
+        let _ = self.full_at.insert(key, next);
     }
 }
 
@@ -192,6 +207,23 @@ mod tests {
         // Full buckets are forgotten first.
         assert_eq!(r.take("new@lan.test", 120_000), Verdict::Allowed);
         assert!(r.tracked() <= MAX_SENDERS);
+    }
+
+    #[test]
+    fn a_full_table_keeps_busier_senders_over_a_new_one() {
+        let mut r = rates(2, 60);
+        for i in 0..MAX_SENDERS {
+            r.take(&format!("s{i}@lan.test"), 0);
+            r.take(&format!("s{i}@lan.test"), 0);
+        }
+        // Each tracked sender is a full window from a full bucket; the new one only half.
+        assert_eq!(r.take("new@lan.test", 0), Verdict::Allowed);
+        assert_eq!(r.tracked(), MAX_SENDERS);
+        assert_eq!(r.take("s0@lan.test", 0), exceeded(30));
+        assert_eq!(
+            r.take(&format!("s{}@lan.test", MAX_SENDERS - 1), 0),
+            exceeded(30)
+        );
     }
 
     #[test]

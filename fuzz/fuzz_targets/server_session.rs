@@ -26,7 +26,7 @@ use libfuzzer_sys::fuzz_target;
 use outpost::smtp::line::MAX_COMMAND_LINE;
 use outpost::smtp::reply::parse_reply;
 use outpost::smtp::server::{
-    CommitOutcome, Envelope, Limits, MailVerdict, Next, Replies, ServerSession, SessionParams,
+    CommitOutcome, Envelope, Limits, MailVerdict, Next, ReplyBuffer, ServerSession, SessionParams,
     TlsMode,
 };
 
@@ -162,7 +162,7 @@ impl Glue {
     }
 
     fn drive(&mut self) {
-        let mut replies = Replies::new();
+        let mut replies = ReplyBuffer::new();
         for _ in 0..MAX_STEPS {
             let body_before = self.body.len();
             let step = self

@@ -1,11 +1,14 @@
 //! OAuth 2.0 for the smarthost, the pure part: for a `config::TokenUrl`, the refresh-token grant
-//! (RFC 6749 §6) as one HTTP/1.1 POST, the endpoint's reply (status line, headers, a body with
-//! `Content-Length`, chunked or ended by the close; then the JSON token reply), and when a
-//! cached access token must be refreshed. No I/O, no clock: `forward::token` is the glue.
+//! (RFC 6749 §6) as one HTTP/1.1 POST, the endpoint's reply (status line and headers read by
+//! `httparse`, a body with `Content-Length`, chunked or ended by the close; then the JSON token
+//! reply), and when a cached access token must be refreshed. No I/O, no clock: `forward::token`
+//! is the glue.
 //!
 //! JSON: the main crate has no JSON parser (serde_json is not in its tree), and the reply needs
 //! three fields, so `json_fields` is a small bounded reader of one flat object's string and
-//! number members; nested values are skipped, never interpreted.
+//! number members; nested values are skipped, never interpreted. Both readers take network
+//! input: the fuzz targets `oauth_response` and `oauth_json` (in `fuzz/`) run them on
+//! arbitrary bytes.
 //!
 //! Secrets (the refresh token, the client secret, the access token) never appear in a `Debug`
 //! form or an error text.
@@ -130,6 +133,9 @@ impl fmt::Display for TokenError {
     }
 }
 
+/// Header lines read from the endpoint's reply head; a head with more is not a token reply.
+const MAX_HEADERS: usize = 64;
+
 /// A complete HTTP response: status code and decoded body. `Ok(None)`: more bytes are needed
 /// (call again when more arrived); `eof` says the peer closed, so a body without a length ends
 /// here.
@@ -138,58 +144,75 @@ pub fn parse_response(input: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>,
     if input.len() > MAX_RESPONSE {
         return Err(http("larger than 64 KiB"));
     }
-    let Some(head_end) = input.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some(head) = read_head(input)? else {
         return if eof {
             Err(http("cut short"))
         } else {
             Ok(None)
         };
     };
-    let head = std::str::from_utf8(&input[..head_end]).map_err(|_| http("headers not UTF-8"))?;
-    let body = &input[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or("");
-    let code = match status.split(' ').collect::<Vec<_>>()[..] {
-        [version, code, ..] if version.starts_with("HTTP/1.") => code.parse::<u16>().ok(),
-        _ => None,
-    };
-    let Some(code) = code.filter(|c| (100..600).contains(c)) else {
-        return Err(http("no HTTP/1.x status line"));
-    };
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(http("malformed header"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| http("bad Content-Length"))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-            if !chunked {
-                return Err(http("unsupported Transfer-Encoding"));
-            }
-        }
-    }
-    if chunked {
+    let (code, body) = (head.code, &input[head.len..]);
+    if head.chunked {
         return match dechunk(body)? {
             Some(body) => Ok(Some((code, body))),
             None if eof => Err(http("chunked body cut short")),
             None => Ok(None),
         };
     }
-    match length {
+    match head.length {
         Some(n) if body.len() >= n => Ok(Some((code, body[..n].to_vec()))),
         Some(_) if eof => Err(http("body shorter than its Content-Length")),
         Some(_) => Ok(None),
         None if eof => Ok(Some((code, body.to_vec()))),
         None => Ok(None),
     }
+}
+
+/// What the reply head says about the body.
+struct Head {
+    code: u16,
+    /// Octets of the head, up to and including its empty line.
+    len: usize,
+    length: Option<usize>,
+    chunked: bool,
+}
+
+/// The status line and headers; `None` until the head is complete.
+fn read_head(input: &[u8]) -> Result<Option<Head>, TokenError> {
+    let http = |what: &str| TokenError::Http(what.to_owned());
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(input) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::Version | httparse::Error::Status) => {
+            return Err(http("no HTTP/1.x status line"))
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(http("too many headers")),
+        Err(_) => return Err(http("malformed header")),
+    };
+    let Some(code) = response.code.filter(|c| (100..600).contains(c)) else {
+        return Err(http("no HTTP/1.x status line"));
+    };
+    let mut head = Head {
+        code,
+        len,
+        length: None,
+        chunked: false,
+    };
+    for header in response.headers.iter() {
+        let value = std::str::from_utf8(header.value).map(str::trim);
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let length = value.ok().and_then(|v| v.parse::<usize>().ok());
+            head.length = Some(length.ok_or_else(|| http("bad Content-Length"))?);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = value.is_ok_and(|v| v.eq_ignore_ascii_case("chunked"));
+            if !head.chunked {
+                return Err(http("unsupported Transfer-Encoding"));
+            }
+        }
+    }
+    Ok(Some(head))
 }
 
 /// RFC 9112 §7.1 chunked body; `None` until the last chunk arrived. Trailers are ignored.
@@ -552,6 +575,21 @@ mod tests {
         }
         let huge = vec![b'x'; MAX_RESPONSE + 1];
         assert!(parse_response(&huge, false).is_err());
+    }
+
+    #[test]
+    fn reply_heads_are_bounded() {
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        assert!(parse_response(&head, false).is_err());
+        let lf_only = b"HTTP/1.1 200 OK\nContent-Length: 2\n\n{}";
+        assert_eq!(
+            parse_response(lf_only, false),
+            Ok(Some((200, b"{}".to_vec())))
+        );
     }
 
     #[test]

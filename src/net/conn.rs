@@ -26,7 +26,7 @@ use crate::message::HeaderWatch;
 use crate::priority::Priority;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
-    Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, Replies, ServerSession,
+    Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, ReplyBuffer, ServerSession,
     SessionParams,
 };
 use crate::store::{MessageInfo, Spool, MAX_EXTENT};
@@ -76,7 +76,7 @@ pub(super) async fn run(
         session: ServerSession::new(params),
         ctx,
         tag,
-        replies: Replies::new(),
+        replies: ReplyBuffer::new(),
         body: Vec::new(),
         headers: HeaderWatch::default(),
         spool: SpoolState::Idle,
@@ -176,7 +176,7 @@ struct Conn<'a> {
     session: ServerSession,
     ctx: &'a Ctx,
     tag: Tag,
-    replies: Replies,
+    replies: ReplyBuffer,
     /// Decoded body octets not yet in the spool (< `BODY_BUF`).
     body: Vec<u8>,
     /// The header fields `[[priority]]` rules look at, collected as the body arrives.

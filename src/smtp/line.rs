@@ -1,7 +1,7 @@
 //! Command-line framing: finds CRLF (or bare LF) line ends in the caller's input buffer and
 //! enforces the RFC 5321 §4.5.3.1.4 command-line limit. Performs no I/O.
 //!
-//! The framer borrows the caller's buffer (the glue's heapless read buffer) instead of copying
+//! The framer borrows the caller's buffer (the glue's fixed-size read buffer) instead of copying
 //! into its own: a line is only consumed once complete, so pipelined bytes after it stay in the
 //! caller's buffer as leftover (what STARTTLS needs, see `server`). A partial line is never
 //! consumed unless it is already over-long, which keeps the unconsumed tail under

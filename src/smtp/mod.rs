@@ -8,10 +8,11 @@
 //! # Layout
 //!
 //! - [`server`]: `ServerSession`, the receiver state machine (states named for what they
-//!   await, one `check_*`/`proceed_*` pair per command, sticky `Closed`).
+//!   await, one `check_*`/`proceed_*` pair per command, sticky `Closed`), its `ReplyBuffer`
+//!   (replies waiting to be written) and [`server::canned`], the receiver's named replies,
+//!   each with its RFC 3463 status.
 //! - [`client`]: `ClientSession`, the forwarder's state machine, with a per-recipient report.
 //! - [`command`]: `Command`, `parse_command`, `SyntaxError` and its one table of replies.
-//! - [`replies`]: the receiver's named replies, each with its RFC 3463 status.
 //! - [`reply`]: `Reply`, its wire form (the one place that formats replies), `parse_reply`.
 //! - [`address`]: `Mailbox`, `ReversePath` (RFC 5321 §4.1.2 grammar).
 //! - [`auth`]: SASL PLAIN/LOGIN decoding (server) and encoding (client); no password checks.
@@ -74,7 +75,7 @@
 //!   `smtp::body::tests::end_of_data_only_on_crlf_dot_crlf`,
 //!   `smtp::body::tests::smuggled_dot_lines_are_stored_with_their_dot`,
 //!   `smtp::body::tests::decode_of_encode_is_normalised_input` (proptest) and
-//!   `smtp::server::tests::issue_2_bare_lf_dot_does_not_end_data`.
+//!   `smtp::server::tests::bare_lf_dot_does_not_end_data`.
 //! - **Open relay.** Every RCPT from a client the glue did not mark `relay_allowed` (from
 //!   `relay_from`) gets `554 5.7.1`, `postmaster` included, and such refusals count towards
 //!   `max_errors`. Proven by `smtp::server::tests::relay_denied_gets_554_5_7_1`.
@@ -106,6 +107,5 @@ pub mod body;
 pub mod client;
 pub mod command;
 pub mod line;
-pub mod replies;
 pub mod reply;
 pub mod server;

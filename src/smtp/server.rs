@@ -2,24 +2,32 @@
 //! Performs no I/O and reads no clock.
 //!
 //! The glue feeds whatever it read to `handle_input` and acts on the returned `Step`; every
-//! reply goes through `Replies` (the one choke point), and every decision the glue must make
+//! reply goes through `ReplyBuffer` (the one choke point), and every decision the glue must make
 //! (open a spool, commit, start TLS, close) is a `Next` variant. The session never produces the
 //! 250 for a message by itself: only `committed` does, after the glue made the message durable.
+//!
+//! This file holds the session's types, its state and the glue's entry points; the phases live
+//! in `commands` (framing, dispatch, a `check_*`/`proceed_*` pair per command), `sasl` (AUTH),
+//! `trace` (the `Received:` header) and [`canned`] (the named replies).
 
 use core::net::IpAddr;
 use std::borrow::Cow;
 use std::time::Duration;
 
 use super::address::{Mailbox, ReversePath};
-use super::auth::{Mechanism, SaslError, SaslExchange, SaslStep};
-use super::body::{BodyDecoder, BodyError};
-use super::command::{parse_command, Command, MailParams, SyntaxError};
-use super::line::{Frame, LineFramer};
-use super::replies;
+use super::auth::SaslExchange;
+use super::body::BodyDecoder;
+use super::command::MailParams;
+use super::line::LineFramer;
 use super::reply::Reply;
 
 pub use super::auth::Credentials;
 pub use super::command::BodyType;
+
+pub mod canned;
+mod commands;
+mod sasl;
+mod trace;
 
 /// Whether STARTTLS can be offered on this connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,11 +141,11 @@ pub enum Next {
 
 /// Serialized replies waiting to be written: the one reply choke point.
 #[derive(Default)]
-pub struct Replies {
+pub struct ReplyBuffer {
     buf: Vec<u8>,
 }
 
-impl Replies {
+impl ReplyBuffer {
     pub fn new() -> Self {
         Self::default()
     }
@@ -259,7 +267,12 @@ impl ServerSession {
     /// While awaiting a commit (`Next::Commit` returned, `committed` not yet called) nothing is
     /// consumed: the glue must commit before feeding more. After `Next::StartTls` input is
     /// dropped until `tls_established`; after `Next::Close` it is dropped for good.
-    pub fn handle_input(&mut self, input: &[u8], out: &mut Replies, body: &mut Vec<u8>) -> Step {
+    pub fn handle_input(
+        &mut self,
+        input: &[u8],
+        out: &mut ReplyBuffer,
+        body: &mut Vec<u8>,
+    ) -> Step {
         let mut consumed = 0;
         loop {
             let rest = &input[consumed..];
@@ -300,36 +313,36 @@ impl ServerSession {
     /// The only way a 250 after DATA is produced.
     pub fn committed(&mut self, outcome: CommitOutcome) -> Reply {
         if !matches!(self.state, State::AwaitCommit) {
-            return replies::NOTHING_TO_COMMIT;
+            return canned::NOTHING_TO_COMMIT;
         }
         self.state = State::AwaitMail;
         match outcome {
             CommitOutcome::Stored(queue_id) => {
                 self.junk = 0;
-                replies::queued_as(&queue_id)
+                canned::queued_as(&queue_id)
             }
-            CommitOutcome::QueueFull => replies::QUEUE_FULL,
-            CommitOutcome::Failed => replies::STORE_FAILED,
+            CommitOutcome::QueueFull => canned::QUEUE_FULL,
+            CommitOutcome::Failed => canned::STORE_FAILED,
         }
     }
 
     /// The glue's verdict on `Next::AuthCheck`: 235 2.7.0, or 535 5.7.8 (and after
     /// `MAX_AUTH_FAILURES` a 421 and `Next::Close`). Queues the replies.
-    pub fn auth_checked(&mut self, username: Option<String>, out: &mut Replies) -> Next {
+    pub fn auth_checked(&mut self, username: Option<String>, out: &mut ReplyBuffer) -> Next {
         if !matches!(self.state, State::AwaitAuthCheck) {
-            out.push(&replies::NOTHING_TO_COMMIT);
+            out.push(&canned::NOTHING_TO_COMMIT);
             return Next::FlushReplies;
         }
         self.state = State::AwaitMail;
         if let Some(username) = username {
             self.authenticated = Some(username);
-            out.push(&replies::AUTH_SUCCEEDED);
+            out.push(&canned::AUTH_SUCCEEDED);
             return Next::FlushReplies;
         }
         self.auth_failures = self.auth_failures.saturating_add(1);
-        out.push(&replies::AUTH_FAILED);
+        out.push(&canned::AUTH_FAILED);
         if self.auth_failures >= MAX_AUTH_FAILURES {
-            out.push(&replies::TOO_MANY_AUTH_FAILURES);
+            out.push(&canned::TOO_MANY_AUTH_FAILURES);
             self.close();
             return Next::Close;
         }
@@ -338,7 +351,7 @@ impl ServerSession {
 
     /// The glue's verdict on `Next::MailCheck`: the 250 of MAIL, or 451 4.7.1 and no
     /// transaction. Then feed the rest of the input as before.
-    pub fn mail_checked(&mut self, verdict: MailVerdict, out: &mut Replies) {
+    pub fn mail_checked(&mut self, verdict: MailVerdict, out: &mut ReplyBuffer) {
         let (path, params) = match std::mem::replace(&mut self.state, State::AwaitMail) {
             State::AwaitMailCheck(path, params) => (path, params),
             // Not awaiting a check (a glue bug): leave the state as it was.
@@ -355,7 +368,7 @@ impl ServerSession {
                 messages,
                 window,
                 retry_after,
-            } => out.push(&replies::sender_rate_exceeded(
+            } => out.push(&canned::sender_rate_exceeded(
                 path.as_str(),
                 messages,
                 window,
@@ -385,7 +398,7 @@ impl ServerSession {
     /// `421 4.4.2`; the session is closed for good.
     pub fn timed_out(&mut self) -> Reply {
         self.close();
-        self.closing(&replies::TIMEOUT)
+        self.closing(&canned::TIMEOUT)
     }
 
     /// A 421 names our domain first (RFC 5321 §4.2: `421 <domain> Service not available,
@@ -418,423 +431,9 @@ impl ServerSession {
         }
     }
 
-    /// RFC 5321 §4.4 trace header for the current transaction, CRLF-terminated (folded).
-    pub fn received_header(&self, queue_id: &str, date: &str) -> String {
-        let helo = self
-            .helo
-            .as_ref()
-            .map_or_else(|| "unknown".to_owned(), |h| sanitize(&h.name));
-        let peer = match self.params.peer.to_canonical() {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("IPv6:{ip}"),
-        };
-        let mut header = format!(
-            "Received: from {helo} ([{peer}])\r\n\tby {} (outpost) with {} id {queue_id}",
-            self.params.hostname,
-            self.protocol_name(),
-        );
-        // One recipient only: naming several would disclose the Bcc list to each of them.
-        if let Some([recipient]) = self.tx.as_ref().map(|tx| tx.recipients.as_slice()) {
-            header.push_str(&format!("\r\n\tfor <{recipient}>"));
-        }
-        header.push_str(&format!("; {date}\r\n"));
-        header
-    }
-
-    /// RFC 3848 / RFC 6531 §3.7.3 `with` protocol names.
-    fn protocol_name(&self) -> &'static str {
-        let extended = self.helo.as_ref().is_some_and(|h| h.extended);
-        let utf8 = self.tx.as_ref().is_some_and(|tx| tx.smtputf8);
-        let auth = self.authenticated.is_some();
-        match (utf8, self.tls_active, extended) {
-            (true, true, _) if auth => "UTF8SMTPSA",
-            (true, true, _) => "UTF8SMTPS",
-            (true, false, _) => "UTF8SMTP",
-            (false, true, _) if auth => "ESMTPSA",
-            (false, true, _) => "ESMTPS",
-            (false, false, true) => "ESMTP",
-            (false, false, false) => "SMTP",
-        }
-    }
-
     fn close(&mut self) {
         self.state = State::Closed;
         self.tx = None;
-    }
-
-    /// Frames and handles one command line. `None`: go on with the rest of the input.
-    fn handle_line(&mut self, input: &[u8], out: &mut Replies) -> (usize, Option<Next>) {
-        match self.framer.next_line(input) {
-            Frame::Partial { consumed } => (consumed, Some(Next::NeedInput)),
-            Frame::TooLong { consumed } => (
-                consumed,
-                self.reject(Reply::from(&SyntaxError::LineTooLong), out),
-            ),
-            Frame::Line { line, consumed } => (consumed, self.handle_command(line, out)),
-        }
-    }
-
-    /// The one dispatch: `check_*` decides (sequencing, limits), `proceed_*` applies.
-    fn handle_command(&mut self, line: &[u8], out: &mut Replies) -> Option<Next> {
-        let command = match parse_command(line) {
-            Ok(command) => command,
-            Err(error) => return self.reject(Reply::from(&error), out),
-        };
-        let ends_group = command.ends_pipeline_group();
-        let junk = matches!(
-            command,
-            Command::Noop | Command::Rset | Command::Vrfy | Command::Help
-        );
-        let result = match command {
-            Command::Ehlo(name) => Ok(self.proceed_helo(name, true, out)),
-            Command::Helo(name) => Ok(self.proceed_helo(name, false, out)),
-            Command::Mail { path, params } => self.check_mail(&params).map(|()| {
-                if self.params.check_sender {
-                    let sender = path.as_str().to_owned();
-                    self.state = State::AwaitMailCheck(path, params);
-                    Some(Next::MailCheck(sender))
-                } else {
-                    self.proceed_mail(path, params, out)
-                }
-            }),
-            Command::Rcpt { path } => self
-                .check_rcpt(&path)
-                .map(|()| self.proceed_rcpt(path, out)),
-            Command::Data => self.check_data().map(|()| self.proceed_data(out)),
-            Command::Rset => Ok(self.proceed_rset(out)),
-            Command::Noop => Ok(answer(&replies::OK, out)),
-            Command::Vrfy => Ok(answer(&replies::CANNOT_VRFY, out)),
-            Command::Help => Ok(answer(&replies::HELP, out)),
-            Command::Quit => Ok(self.proceed_quit(out)),
-            Command::StartTls => self.check_starttls().map(|()| self.proceed_starttls(out)),
-            // The initial response is a secret: it goes to the exchange, never to a log.
-            Command::Auth {
-                mechanism,
-                initial_response,
-            } => self.check_auth().and_then(|()| {
-                self.proceed_auth(
-                    &mechanism,
-                    initial_response.as_ref().map(|r| r.0.as_str()),
-                    out,
-                )
-            }),
-        };
-        if junk {
-            self.junk = self.junk.saturating_add(1);
-            if self.junk > JUNK_COMMAND_LIMIT {
-                // Answered as usual, and counted: the 421 follows its reply.
-                if let Some(close) = self.count_error(out) {
-                    return Some(close);
-                }
-            }
-        }
-        match result {
-            Ok(Some(next)) => Some(next),
-            Ok(None) => ends_group.then_some(Next::FlushReplies),
-            Err(reply) => self
-                .reject(reply, out)
-                .or(ends_group.then_some(Next::FlushReplies)),
-        }
-    }
-
-    /// Queues a refusal and counts it; too many earn 421 and a close (Postfix
-    /// `smtpd_hard_error_limit`). Size and recipient-limit refusals are not the client's junk.
-    fn reject(&mut self, reply: Reply, out: &mut Replies) -> Option<Next> {
-        out.push(&reply);
-        if reply.code < 500 || reply.code == 552 {
-            return None;
-        }
-        self.count_error(out)
-    }
-
-    /// Counts an error; at `max_errors` queues `421 4.7.0` and closes.
-    fn count_error(&mut self, out: &mut Replies) -> Option<Next> {
-        self.errors = self.errors.saturating_add(1);
-        if self.errors < self.params.limits.max_errors.max(1) {
-            return None;
-        }
-        out.push(&self.closing(&replies::TOO_MANY_ERRORS));
-        self.close();
-        Some(Next::Close)
-    }
-
-    /// EHLO/HELO are valid in every command state and act as RSET (RFC 5321 §4.1.4).
-    fn proceed_helo(&mut self, name: String, extended: bool, out: &mut Replies) -> Option<Next> {
-        let mut text = self.params.hostname.clone();
-        if extended {
-            text.push_str("\nPIPELINING");
-            text.push_str(&format!("\nSIZE {}", self.params.limits.max_message_size));
-            text.push_str("\n8BITMIME\nENHANCEDSTATUSCODES\nSMTPUTF8");
-            if self.params.tls == TlsMode::Offered && !self.tls_active {
-                text.push_str("\nSTARTTLS");
-            }
-            // RFC 4954 §4: never invite credentials over plaintext.
-            if self.params.auth_offered && self.tls_active {
-                text.push_str("\nAUTH PLAIN LOGIN");
-            }
-        }
-        out.push(&Reply {
-            code: 250,
-            status: None,
-            text: Cow::Owned(text),
-        });
-        self.helo = Some(Helo { name, extended });
-        self.tx = None;
-        self.state = State::AwaitMail;
-        None
-    }
-
-    fn check_mail(&self, params: &MailParams) -> Result<(), Reply> {
-        if self.helo.is_none() {
-            return Err(replies::NEED_HELO);
-        }
-        if self.tx.is_some() {
-            return Err(replies::NESTED_MAIL);
-        }
-        if self.params.require_tls && !self.tls_active {
-            return Err(replies::MUST_STARTTLS);
-        }
-        // RFC 1870 §6: refuse a declared size over the limit before any body is sent.
-        if params
-            .size
-            .is_some_and(|size| size > self.params.limits.max_message_size)
-        {
-            return Err(replies::MESSAGE_TOO_BIG);
-        }
-        Ok(())
-    }
-
-    fn proceed_mail(
-        &mut self,
-        reverse_path: ReversePath,
-        params: MailParams,
-        out: &mut Replies,
-    ) -> Option<Next> {
-        self.tx = Some(Transaction {
-            reverse_path,
-            recipients: Vec::new(),
-            body_type: params.body.unwrap_or(BodyType::SevenBit),
-            smtputf8: params.smtputf8,
-        });
-        self.state = State::AwaitRcptOrData;
-        answer(&replies::SENDER_OK, out)
-    }
-
-    fn check_rcpt(&self, path: &Mailbox) -> Result<(), Reply> {
-        if self.helo.is_none() {
-            return Err(replies::NEED_HELO);
-        }
-        let Some(tx) = &self.tx else {
-            return Err(replies::NEED_MAIL);
-        };
-        if !path.is_ascii() && !tx.smtputf8 {
-            return Err(replies::NEED_SMTPUTF8);
-        }
-        // Never an open relay: the glue decides `relay_allowed` from `relay_from`; an
-        // authenticated client may relay from anywhere.
-        if !self.params.relay_allowed && self.authenticated.is_none() {
-            return Err(replies::RELAY_DENIED);
-        }
-        if tx.recipients.len() >= self.params.limits.max_recipients {
-            return Err(replies::TOO_MANY_RECIPIENTS);
-        }
-        Ok(())
-    }
-
-    fn proceed_rcpt(&mut self, path: Mailbox, out: &mut Replies) -> Option<Next> {
-        if let Some(tx) = &mut self.tx {
-            // A repeated recipient is acknowledged but kept once: one delivery per address.
-            if !tx.recipients.contains(&path) {
-                tx.recipients.push(path);
-            }
-        }
-        answer(&replies::RECIPIENT_OK, out)
-    }
-
-    fn check_data(&self) -> Result<(), Reply> {
-        if self.helo.is_none() {
-            return Err(replies::NEED_HELO);
-        }
-        match &self.tx {
-            None => Err(replies::NEED_MAIL),
-            Some(tx) if tx.recipients.is_empty() => Err(replies::NO_VALID_RECIPIENTS),
-            Some(_) => Ok(()),
-        }
-    }
-
-    fn proceed_data(&mut self, out: &mut Replies) -> Option<Next> {
-        self.state = State::InBody(BodyDecoder::new(self.params.limits.max_message_size));
-        out.push(&replies::START_DATA);
-        Some(Next::BodyStart)
-    }
-
-    /// The final dot: hand the envelope over, or queue the refusal of a drained body.
-    fn end_of_data(&mut self, out: &mut Replies) -> Next {
-        let (error, size) = match &self.state {
-            State::InBody(decoder) => (decoder.error(), decoder.size()),
-            _ => (None, 0),
-        };
-        self.state = State::AwaitMail;
-        let tx = self.tx.take();
-        let refusal = match (error, tx) {
-            (Some(BodyError::TooLarge), _) => replies::MESSAGE_TOO_BIG,
-            (Some(BodyError::LineTooLong), _) => replies::BODY_LINE_TOO_LONG,
-            // DATA is only entered with a transaction; answer 451 rather than panic.
-            (None, None) => replies::STORE_FAILED,
-            (None, Some(tx)) => {
-                self.state = State::AwaitCommit;
-                return Next::Commit(Envelope {
-                    reverse_path: tx.reverse_path,
-                    recipients: tx.recipients,
-                    body_type: tx.body_type,
-                    smtputf8: tx.smtputf8,
-                    size,
-                });
-            }
-        };
-        out.push(&refusal);
-        Next::BodyDiscarded
-    }
-
-    fn proceed_rset(&mut self, out: &mut Replies) -> Option<Next> {
-        self.tx = None;
-        self.state = if self.helo.is_some() {
-            State::AwaitMail
-        } else {
-            State::AwaitHelo
-        };
-        answer(&replies::OK, out)
-    }
-
-    fn proceed_quit(&mut self, out: &mut Replies) -> Option<Next> {
-        out.push(&replies::BYE);
-        self.close();
-        Some(Next::Close)
-    }
-
-    fn check_starttls(&self) -> Result<(), Reply> {
-        if self.tls_active {
-            return Err(replies::TLS_ALREADY_ACTIVE);
-        }
-        if self.params.tls != TlsMode::Offered {
-            return Err(replies::NOT_IMPLEMENTED);
-        }
-        if self.helo.is_none() {
-            return Err(replies::NEED_HELO);
-        }
-        if self.tx.is_some() {
-            return Err(replies::TRANSACTION_IN_PROGRESS);
-        }
-        Ok(())
-    }
-
-    /// Stops right after the STARTTLS line: see `Next::StartTls`.
-    fn proceed_starttls(&mut self, out: &mut Replies) -> Option<Next> {
-        out.push(&replies::READY_FOR_TLS);
-        self.state = State::AwaitTls;
-        Some(Next::StartTls)
-    }
-
-    /// RFC 4954 §4: AUTH only when offered, after EHLO, over TLS, once, outside a transaction.
-    fn check_auth(&self) -> Result<(), Reply> {
-        if !self.params.auth_offered {
-            return Err(replies::NOT_IMPLEMENTED);
-        }
-        if self.helo.is_none() {
-            return Err(replies::NEED_HELO);
-        }
-        if !self.tls_active {
-            return Err(replies::ENCRYPTION_REQUIRED);
-        }
-        if self.authenticated.is_some() {
-            return Err(replies::ALREADY_AUTHENTICATED);
-        }
-        if self.tx.is_some() {
-            return Err(replies::TRANSACTION_IN_PROGRESS);
-        }
-        Ok(())
-    }
-
-    fn proceed_auth(
-        &mut self,
-        mechanism: &str,
-        initial_response: Option<&str>,
-        out: &mut Replies,
-    ) -> Result<Option<Next>, Reply> {
-        let mechanism = Mechanism::parse(mechanism).ok_or(replies::UNKNOWN_AUTH_MECHANISM)?;
-        let (exchange, step) = SaslExchange::start(mechanism, initial_response);
-        self.state = State::AwaitSasl(exchange);
-        self.sasl_step(step, out)
-    }
-
-    /// One SASL response line (RFC 4954 §4); the framer's limits apply to it.
-    fn handle_sasl_line(&mut self, input: &[u8], out: &mut Replies) -> (usize, Option<Next>) {
-        let (consumed, step) = match self.framer.next_line(input) {
-            Frame::Partial { consumed } => return (consumed, Some(Next::NeedInput)),
-            Frame::TooLong { consumed } => {
-                self.state = State::AwaitMail;
-                return (consumed, self.reject(replies::AUTH_LINE_TOO_LONG, out));
-            }
-            Frame::Line { line, consumed } => {
-                let step = match (std::str::from_utf8(line), &mut self.state) {
-                    (Ok(line), State::AwaitSasl(exchange)) => exchange.respond(line),
-                    _ => SaslStep::Failed(SaslError::BadBase64),
-                };
-                (consumed, step)
-            }
-        };
-        let next = match self.sasl_step(step, out) {
-            Ok(next) => next,
-            Err(reply) => self.reject(reply, out),
-        };
-        (consumed, next.or(Some(Next::FlushReplies)))
-    }
-
-    /// Acts on the exchange's move: a challenge, credentials for the glue, or a refusal
-    /// (which ends the exchange).
-    fn sasl_step(&mut self, step: SaslStep, out: &mut Replies) -> Result<Option<Next>, Reply> {
-        match step {
-            SaslStep::Challenge(challenge) => {
-                out.push_challenge(challenge);
-                Ok(Some(Next::FlushReplies))
-            }
-            SaslStep::Done(credentials) => {
-                self.state = State::AwaitAuthCheck;
-                Ok(Some(Next::AuthCheck(credentials)))
-            }
-            SaslStep::Failed(error) => {
-                self.state = State::AwaitMail;
-                Err(match error {
-                    SaslError::Canceled => replies::AUTH_CANCELED,
-                    SaslError::BadBase64 | SaslError::Malformed => replies::AUTH_BAD_RESPONSE,
-                })
-            }
-        }
-    }
-}
-
-/// Queues a reply that changes no state.
-fn answer(reply: &Reply, out: &mut Replies) -> Option<Next> {
-    out.push(reply);
-    None
-}
-
-/// The HELO name as printed in the trace header: printable ASCII only, no comment or
-/// separator characters, bounded, so a client cannot inject header lines or fields.
-fn sanitize(name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .take(super::address::MAX_DOMAIN)
-        .map(|c| match c {
-            '(' | ')' | ';' | '\\' | '"' => '?',
-            c if c.is_ascii_graphic() => c,
-            _ => '?',
-        })
-        .collect();
-    if clean.is_empty() {
-        "unknown".to_owned()
-    } else {
-        clean
     }
 }
 

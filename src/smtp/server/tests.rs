@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::smtp::line::MAX_COMMAND_LINE;
 
-/// The glue's read buffer size in these tests (a heapless 4 KiB buffer in the daemon).
+/// The glue's read buffer size in these tests (a fixed 4 KiB array in the daemon).
 const BUFFER: usize = 4096;
 
 const EHLO_REPLY: &str = "250-mx.example\n250-PIPELINING\n250-SIZE 1000\n250-8BITMIME\n\
@@ -81,7 +81,7 @@ impl Glue {
     }
 
     fn drive(&mut self) {
-        let mut replies = Replies::new();
+        let mut replies = ReplyBuffer::new();
         loop {
             let step = self
                 .session
@@ -338,7 +338,7 @@ fn too_many_errors_get_421_and_close_for_good() {
     assert!(glue.session.closed_for_errors());
     assert_eq!(glue.session.awaiting(), Awaiting::Closed);
     // Sticky: more input is swallowed without a reply.
-    let mut replies = Replies::new();
+    let mut replies = ReplyBuffer::new();
     let step = glue
         .session
         .handle_input(b"HELO c\r\n", &mut replies, &mut Vec::new());
@@ -557,7 +557,7 @@ fn over_long_command_line_gets_500_5_5_2_and_session_goes_on() {
 #[test]
 fn pipelined_group_gets_replies_in_order() {
     let mut session = ServerSession::new(params());
-    let mut replies = Replies::new();
+    let mut replies = ReplyBuffer::new();
     let mut body = Vec::new();
     let input = b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n\
                   RCPT TO:<e@f.example>\r\nDATA\r\nbody\r\n.\r\n";
@@ -583,7 +583,7 @@ fn pipelined_group_gets_replies_in_order() {
 #[test]
 fn reply_250_only_after_committed() {
     let mut session = ServerSession::new(params());
-    let mut replies = Replies::new();
+    let mut replies = ReplyBuffer::new();
     let mut body = Vec::new();
     let input = b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n";
     let mut consumed = 0;
@@ -623,7 +623,7 @@ fn commit_failures_are_transient() {
         (CommitOutcome::Failed, 451, 0),
     ] {
         let mut session = ServerSession::new(params());
-        let mut replies = Replies::new();
+        let mut replies = ReplyBuffer::new();
         let mut body = Vec::new();
         let input = b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n.\r\n";
         let mut consumed = 0;
@@ -681,7 +681,7 @@ fn long_body_line_is_drained_then_554() {
 }
 
 #[test]
-fn issue_2_bare_lf_dot_does_not_end_data() {
+fn bare_lf_dot_does_not_end_data() {
     let glue = transcript(&[
         ("C: HELO c", "S: 250"),
         ("C: MAIL FROM:<a@b.example>", "S: 250"),
@@ -707,7 +707,7 @@ fn starttls_leaves_pipelined_plaintext_unconsumed_and_resets_the_session() {
         ..params()
     };
     let mut session = ServerSession::new(offered.clone());
-    let mut replies = Replies::new();
+    let mut replies = ReplyBuffer::new();
     let mut body = Vec::new();
     let step = session.handle_input(b"EHLO c\r\n", &mut replies, &mut body);
     assert_eq!(step.consumed, 8);
@@ -777,7 +777,7 @@ fn timed_out_gets_421_4_4_2_and_closes() {
         )
     );
     assert_eq!(session.awaiting(), Awaiting::Closed);
-    let mut replies = Replies::new();
+    let mut replies = ReplyBuffer::new();
     let step = session.handle_input(b"EHLO c\r\n", &mut replies, &mut Vec::new());
     assert!(matches!(step.next, Next::Close) && replies.is_empty());
 }
@@ -882,7 +882,7 @@ fn junk_flood_asks_for_a_flush_before_the_reply_buffer_grows() {
         ..params().limits
     };
     let mut session = ServerSession::new(SessionParams { limits, ..params() });
-    let mut replies = Replies::new();
+    let mut replies = ReplyBuffer::new();
     let input = b"RSET\n".repeat(800);
     let step = session.handle_input(&input, &mut replies, &mut Vec::new());
     assert!(matches!(step.next, Next::FlushReplies));

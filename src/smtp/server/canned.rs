@@ -1,5 +1,6 @@
-//! The receiver's named replies, each with its RFC 3463 enhanced status: the one table the
-//! session answers from (syntax errors have theirs in `command`). Performs no I/O.
+//! The receiver's canned replies: each named, with its RFC 3463 enhanced status, the one table
+//! the session answers from (syntax errors have theirs in `command`). Performs no I/O and
+//! formats nothing for the wire (that is `Reply::write_to`).
 //!
 //! Exceptions to "every reply carries a status": the 220 greeting and the EHLO/HELO replies
 //! (RFC 2034 §3 excludes them, and an EHLO keyword line must not start with a status), and 354
@@ -8,7 +9,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use super::reply::{EnhancedStatus, Reply};
+use crate::smtp::reply::{EnhancedStatus, Reply};
 
 const fn reply(code: u16, status: (u8, u16, u16), text: &'static str) -> Reply {
     let (class, subject, detail) = status;
