@@ -20,7 +20,9 @@
 //! # Layout
 //! - [`smtp`]: the SMTP protocol core. No I/O, no clock: bytes in, replies and decisions out.
 //! - [`net`]: the smol glue: listeners, one task per connection, timeouts, the daemon loop;
-//!   `net::tls` (rustls configs, STARTTLS upgrade in place) and the AUTH password check.
+//!   and the AUTH password check.
+//! - [`tls`]: rustls configs from PEM files, the stream STARTTLS upgrades in place, and the
+//!   wording of handshake failures (used by `net` and `forward`).
 //! - [`store`]: the journal; the only module that touches sled.
 //! - [`forward`]: delivery to the smarthost; retry, outcome, route choice (ordered failover)
 //!   and DSN policy as pure functions; OAuth 2.0 access tokens for the smarthost (the refresh
@@ -50,4 +52,5 @@ pub mod rate;
 pub mod sendmail;
 pub mod smtp;
 pub mod store;
+pub mod tls;
 pub mod wait;

@@ -18,7 +18,7 @@ use smol::net::TcpStream;
 use super::oauth::{self, RefreshGrant, TokenReply, TokenUrl};
 use super::outcome::ForwardError;
 use crate::clock::QueueTime;
-use crate::net::tls::{self, MaybeTls};
+use crate::tls::{self, MaybeTls};
 
 /// One route's OAuth 2.0 settings (config `[smarthost] oauth2_*`). `Debug` hides the secret.
 #[derive(Clone)]

@@ -19,7 +19,6 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
 use super::auth::{verify, AUTH_FAILURE_DELAY};
-use super::tls::MaybeTls;
 use super::Ctx;
 use crate::priority::{HeaderWatch, Priority};
 use crate::smtp::date::rfc5322_date;
@@ -29,6 +28,7 @@ use crate::smtp::server::{
     SessionParams,
 };
 use crate::store::{MessageInfo, Spool, MAX_EXTENT};
+use crate::tls::MaybeTls;
 
 /// Input buffer: commands are ≤ 512 octets (RFC 5321 §4.5.3.1.4) and the session guarantees
 /// the unconsumed tail after `NeedInput` is shorter than that, so 4 KiB always has room.

@@ -11,7 +11,6 @@ pub mod metrics;
 #[cfg(target_os = "linux")]
 mod netlink;
 mod space;
-pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -43,7 +42,7 @@ use crate::smtp::client::TlsPolicy;
 use crate::smtp::server::MailVerdict;
 use crate::store::{MessageInfo, Store, StoreError, StoreOptions};
 
-use self::tls::TlsError;
+use crate::tls::{self, TlsError};
 
 /// How long in-flight sessions (and a delivery in progress) get to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
