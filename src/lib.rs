@@ -40,16 +40,20 @@
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
 //! forwarder; sled runs its own flusher and I/O threads.
 
+pub mod accept;
 pub mod cli;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod forward;
+pub mod intake;
 pub mod net;
 pub mod priority;
 pub mod rate;
 pub mod sendmail;
+pub mod shared;
 pub mod smtp;
 pub mod store;
 pub mod tls;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use log::{error, LevelFilter};
 use outpost::cli::{self, ClientArgs, Cmd, ServeArgs};
 use outpost::config::{Config, ConfigError};
-use outpost::{control, net, sendmail};
+use outpost::{control, daemon, sendmail};
 
 /// sysexits(3)
 const EX_USAGE: u8 = 64;
@@ -90,7 +90,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match net::run(config) {
+    match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

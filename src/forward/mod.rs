@@ -20,13 +20,14 @@ use log::{debug, error, info, warn};
 
 use crate::clock::{QueueClock, QueueTime};
 use crate::coalesce::{self, CoalescePolicy, DigestEntry, DigestInput};
+use crate::intake::{self, Intake, IntakeError, IntakePolicy, Source};
 use crate::priority::HeaderWatch;
-use crate::priority::Priority;
 use crate::smtp::client::{
     ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, SessionFailure, Stage,
 };
 use crate::smtp::date::rfc5322_date;
-use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreError};
+use crate::store::{QueueId, QueuedMessage, RcptState, Store, StoreError};
+use crate::wait::Wake;
 
 use self::link::{open_session, transfer, Connection};
 use self::outcome::{classify, ForwardError, Outcome};
@@ -88,37 +89,6 @@ pub struct ForwardParams {
     pub coalesce: Option<CoalescePolicy>,
     /// The most bytes of originals one digest carries (`max_message_size`).
     pub max_digest_bytes: u64,
-}
-
-/// A level-triggered wake-up flag shared by the glue and the forwarder (single thread).
-#[derive(Default)]
-pub struct Wake {
-    pending: Cell<bool>,
-    event: event_listener::Event,
-}
-
-impl Wake {
-    pub fn new() -> Rc<Self> {
-        Rc::new(Self::default())
-    }
-    /// New mail committed, `queue flush`, or link-up.
-    pub fn notify(&self) {
-        self.pending.set(true);
-        self.event.notify(usize::MAX);
-    }
-    /// Waits until notified (returns at once if a notification is pending), then clears it.
-    pub async fn wait(&self) {
-        loop {
-            if self.pending.replace(false) {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.pending.replace(false) {
-                return;
-            }
-            listener.await;
-        }
-    }
 }
 
 /// What the forwarder knows about the links to its smarthosts, for `outpost status` and the
@@ -266,10 +236,13 @@ pub async fn run(
     wake: Rc<Wake>,
     stop: Rc<Wake>,
 ) {
-    run_linked(store, clock, params, wake, stop, LinkState::new()).await;
+    let intake = Intake::new(store.clone(), clock, Wake::new(), IntakePolicy::default());
+    let link = LinkState::new();
+    run_linked(store, clock, params, wake, stop, link, Rc::new(intake)).await;
 }
 
-/// `run`, reporting the link's state into `link` and obeying its `flush` signal.
+/// `run`, reporting the link's state into `link`, obeying its `flush` signal, and queueing
+/// DSNs through `intake`.
 pub async fn run_linked(
     store: Store,
     clock: QueueClock,
@@ -277,6 +250,7 @@ pub async fn run_linked(
     wake: Rc<Wake>,
     stop: Rc<Wake>,
     link: Rc<LinkState>,
+    intake: Rc<Intake>,
 ) {
     if params.routes.is_empty() {
         warn!("no smarthost configured: mail is accepted and held in the queue");
@@ -295,6 +269,7 @@ pub async fn run_linked(
         jitter: Jitter::new(seed),
         stalled_until: 0,
         link,
+        intake,
     };
     loop {
         let now = forwarder.clock.now();
@@ -378,6 +353,8 @@ struct Forwarder {
     /// not return): no pass before this, so a broken store cannot make the task spin.
     stalled_until: QueueTime,
     link: Rc<LinkState>,
+    /// Where DSNs enter the queue.
+    intake: Rc<Intake>,
 }
 
 impl Forwarder {
@@ -943,38 +920,36 @@ impl Forwarder {
             original: &original,
         };
         let bytes = dsn::build(&input);
-        let info = MessageInfo {
+        let envelope = intake::Envelope {
             sender: String::new(),
             recipients: vec![message.info.sender.clone()],
             eight_bit: !bytes.is_ascii(),
             smtputf8: !message.info.sender.is_ascii(),
             received_unix: now_unix,
-            priority: Priority::Normal,
-            coalesce: None,
         };
-        match self.enqueue(&bytes, info).await {
-            Ok(Ok(id)) => info!(
-                "queue_id={} DSN queued as {id} to=<{}>",
-                message.id, message.info.sender
-            ),
-            Ok(Err(_)) => error!("queue_id={} DSN not queued: queue full", message.id),
-            Err(e) => error!("queue_id={} DSN not queued: {e}", message.id),
-        }
+        self.enqueue(&bytes, envelope, message.id).await;
     }
 
-    async fn enqueue(
-        &self,
-        bytes: &[u8],
-        info: MessageInfo,
-    ) -> Result<Result<QueueId, crate::store::QueueFull>, StoreError> {
-        let mut spool = self.store.spool()?;
-        for chunk in bytes.chunks(SPOOL_CHUNK) {
-            if let Err(e) = spool.append(chunk) {
-                spool.abort();
-                return Err(e);
-            }
+    /// Queues the DSN `bytes` about message `of` through intake (which logs it).
+    async fn enqueue(&self, bytes: &[u8], envelope: intake::Envelope, of: QueueId) {
+        let queued = match self.intake.open() {
+            Ok(mut submission) => match bytes
+                .chunks(SPOOL_CHUNK)
+                .try_for_each(|chunk| submission.append(chunk))
+            {
+                Ok(()) => {
+                    let source = Source::Dsn { of };
+                    self.intake.commit(submission, envelope, source).await
+                }
+                Err(e) => Err(IntakeError::Store(e)),
+            },
+            Err(e) => Err(IntakeError::Store(e)),
+        };
+        match queued {
+            Ok(_) => {}
+            Err(IntakeError::QueueFull) => error!("queue_id={of} DSN not queued: queue full"),
+            Err(IntakeError::Store(e)) => error!("queue_id={of} DSN not queued: {e}"),
         }
-        spool.commit(info, self.clock.now()).await
     }
 
     /// The start of the stored message, enough for its header section (bounded).

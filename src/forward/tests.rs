@@ -9,7 +9,8 @@ use mailin_embedded::response::{NO_MAILBOX, OK};
 use mailin_embedded::{Handler, Response, Server};
 
 use super::*;
-use crate::store::StoreOptions;
+use crate::priority::Priority;
+use crate::store::{MessageInfo, StoreOptions};
 
 /// What the independent upstream (mailin-embedded) saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -19,15 +19,15 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
 use super::auth::{verify, AUTH_FAILURE_DELAY};
-use super::Ctx;
-use crate::priority::{HeaderWatch, Priority};
+use crate::intake::{self, IntakeError, Source, Submission};
+use crate::shared::Shared;
 use crate::smtp::date::rfc5322_date;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
     Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, Replies, ServerSession,
     SessionParams,
 };
-use crate::store::{MessageInfo, Spool, MAX_EXTENT};
+use crate::store::MAX_EXTENT;
 use crate::tls::MaybeTls;
 
 /// Input buffer: commands are ≤ 512 octets (RFC 5321 §4.5.3.1.4) and the session guarantees
@@ -54,7 +54,7 @@ pub(super) async fn run(
     stream: Async<TcpStream>,
     params: SessionParams,
     id: u64,
-    ctx: &Ctx,
+    shared: &Shared,
     implicit_tls: bool,
 ) {
     let tag = Tag {
@@ -64,7 +64,7 @@ pub(super) async fn run(
     debug!("{tag} connected relay_allowed={}", params.relay_allowed);
     let mut stream = MaybeTls::Plain(stream);
     if implicit_tls {
-        if let Err(e) = handshake(&mut stream, ctx).await {
+        if let Err(e) = handshake(&mut stream, shared).await {
             info!("{tag} TLS handshake failed: {e}");
             return;
         }
@@ -73,11 +73,10 @@ pub(super) async fn run(
     let mut conn = Conn {
         stream,
         session: ServerSession::new(params),
-        ctx,
+        shared,
         tag,
         replies: Replies::new(),
         body: Vec::new(),
-        headers: HeaderWatch::default(),
         spool: SpoolState::Idle,
         received_unix: 0,
         input: [0; INPUT_BUF],
@@ -159,11 +158,11 @@ enum Wait {
 
 /// Where the current message body goes.
 #[derive(Default)]
-enum SpoolState {
+enum SpoolState<'a> {
     /// No DATA in progress.
     #[default]
     Idle,
-    Open(Spool),
+    Open(Submission<'a>),
     /// The store failed during this DATA: drain the body, then answer 451 (via `Failed`).
     Failed,
     /// `data_dir` was below its free-space reserve at DATA: drain, then answer 452 4.3.1.
@@ -173,14 +172,13 @@ enum SpoolState {
 struct Conn<'a> {
     stream: MaybeTls<Async<TcpStream>>,
     session: ServerSession,
-    ctx: &'a Ctx,
+    shared: &'a Shared,
     tag: Tag,
     replies: Replies,
     /// Decoded body octets not yet in the spool (< `BODY_BUF`).
     body: Vec<u8>,
-    /// The header fields `[[priority]]` rules look at, collected as the body arrives.
-    headers: HeaderWatch,
-    spool: SpoolState,
+    /// The message being received (with the header fields intake classifies it by).
+    spool: SpoolState<'a>,
     received_unix: u64,
     input: [u8; INPUT_BUF],
     len: usize,
@@ -195,7 +193,7 @@ struct Conn<'a> {
     turn_began: Instant,
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
     async fn drive(&mut self) -> End {
         let greeting = self.session.greeting();
         self.replies.push(&greeting);
@@ -218,7 +216,9 @@ impl Conn<'_> {
                 &mut self.replies,
                 &mut self.body,
             );
-            self.headers.feed(&self.body[before..]);
+            if let SpoolState::Open(submission) = &mut self.spool {
+                submission.scan(&self.body[before..]);
+            }
             self.discard(step.consumed);
             if self.body.len() >= MAX_CHUNK {
                 self.spill_piece();
@@ -251,7 +251,7 @@ impl Conn<'_> {
                 }
                 Next::StartTls => self.start_tls().await?,
                 Next::AuthCheck(credentials) => {
-                    let verdict = verify(&self.ctx.config.users, &credentials);
+                    let verdict = verify(&self.shared.config().users, &credentials);
                     match &verdict {
                         Some(user) => info!("{} authenticated user={user}", self.tag),
                         None => {
@@ -267,7 +267,7 @@ impl Conn<'_> {
                     }
                 }
                 Next::MailCheck(sender) => {
-                    let verdict = self.ctx.check_sender(&sender);
+                    let verdict = self.shared.intake().check_sender(&sender);
                     if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
                         info!(
                             "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
@@ -295,7 +295,7 @@ impl Conn<'_> {
             self.len = 0;
             return Err(End::PlaintextAfterStartTls(leftover));
         }
-        handshake(&mut self.stream, self.ctx)
+        handshake(&mut self.stream, self.shared)
             .await
             .map_err(End::TlsFailed)?;
         debug!("{} TLS established ({})", self.tag, self.stream.describe());
@@ -313,7 +313,7 @@ impl Conn<'_> {
     /// Reads more input, racing the read against the RFC 5321 §4.5.3.2 timeout for what the
     /// session awaits, and (between commands) against shutdown.
     async fn fill(&mut self) -> Result<(), End> {
-        let timeouts = &self.ctx.config.timeouts;
+        let timeouts = &self.shared.config().timeouts;
         // Commands: one deadline per command line (see `command_since`). Body: the RFC 5321
         // §4.5.3.2.6 data-block timeout, per read.
         let (deadline, what) = match self.session.awaiting() {
@@ -334,7 +334,7 @@ impl Conn<'_> {
         // An idle session (no partial command, not in DATA) is closed at shutdown; a session in
         // DATA gets to finish its message.
         let closable = what == "command" && self.len == 0;
-        let shutdown = &self.ctx.shutdown;
+        let shutdown = self.shared.shutdown();
         let buf = &mut self.input[self.len..];
         let stream = &mut self.stream;
         // Whether the read had to wait for input (see the end of this function).
@@ -380,7 +380,8 @@ impl Conn<'_> {
             }
             Wait::Read(Err(e)) => Err(End::Io(e)),
             Wait::Shutdown => {
-                self.replies.push(&shutting_down(&self.ctx.config.hostname));
+                self.replies
+                    .push(&shutting_down(&self.shared.config().hostname));
                 let _ = self.flush().await;
                 Err(End::Shutdown)
             }
@@ -405,7 +406,7 @@ impl Conn<'_> {
             self.tag,
             String::from_utf8_lossy(self.replies.as_bytes())
         );
-        let timeout = self.ctx.config.timeouts.command;
+        let timeout = self.shared.config().timeouts.command;
         let bytes = self.replies.as_bytes();
         let stream = &mut self.stream;
         let written = future::or(
@@ -431,14 +432,14 @@ impl Conn<'_> {
         }
     }
 
-    /// DATA accepted (354 sent): open a spool and put the trace header first in the body buffer
-    /// (not appended on its own: a small message then reaches the store in one append, one
-    /// write to its body file).
+    /// DATA accepted (354 sent): open a submission and put the trace header first in the body
+    /// buffer (not appended on its own: a small message then reaches the store in one append,
+    /// one write to its body file).
     fn open_spool(&mut self) {
         self.body.clear();
-        self.headers = self.ctx.header_watch();
         self.received_unix = unix_now();
-        if let Some(available) = self.ctx.short_of_space() {
+        let intake = self.shared.intake();
+        if let Some(available) = intake.short_of_space() {
             warn!(
                 "{} status=rejected reason=\"data_dir nearly full ({} KiB available)\"",
                 self.tag,
@@ -447,22 +448,22 @@ impl Conn<'_> {
             self.spool = SpoolState::NoSpace;
             return;
         }
-        let spool = match self.ctx.store.spool() {
-            Ok(spool) => spool,
+        let submission = match intake.open() {
+            Ok(submission) => submission,
             Err(e) => {
                 error!("{} cannot open a spool: {e}", self.tag);
-                self.ctx.store_failed(&e);
                 self.spool = SpoolState::Failed;
                 return;
             }
         };
-        let header = self
-            .session
-            .received_header(&spool.id().to_string(), &rfc5322_date(self.received_unix));
+        let header = self.session.received_header(
+            &submission.id().to_string(),
+            &rfc5322_date(self.received_unix),
+        );
         // The header is far below `MAX_CHUNK` (a line of names bounded by RFC 5321 limits), so
         // the buffer stays below `BODY_BUF` as the body arrives.
         self.body.extend_from_slice(header.as_bytes());
-        self.spool = SpoolState::Open(spool);
+        self.spool = SpoolState::Open(submission);
     }
 
     /// Moves one whole piece (`MAX_CHUNK`) from the front of the body buffer into the spool.
@@ -480,17 +481,16 @@ impl Conn<'_> {
     /// Appends the first `len` octets of the body buffer to the spool. Without an open spool
     /// (store failed) the bytes are dropped: the body is drained and the commit fails.
     fn append_to_spool(&mut self, len: usize) {
-        if let SpoolState::Open(spool) = &mut self.spool {
+        if let SpoolState::Open(submission) = &mut self.spool {
             let appended = self.body[..len]
                 .chunks(MAX_CHUNK)
-                .try_for_each(|chunk| spool.append(chunk));
+                .try_for_each(|chunk| submission.append(chunk));
             if let Err(e) = appended {
                 error!(
                     "{} queue_id={} cannot write to the spool: {e}",
                     self.tag,
-                    spool.id()
+                    submission.id()
                 );
-                self.ctx.store_failed(&e);
                 if let SpoolState::Open(spool) =
                     std::mem::replace(&mut self.spool, SpoolState::Failed)
                 {
@@ -500,16 +500,16 @@ impl Conn<'_> {
         }
     }
 
-    /// The final dot: append the rest of the body, commit (durable on return), tell the
-    /// forwarder. Only a `Stored` outcome lets the session answer 250.
+    /// The final dot: append the rest of the body, commit through intake (durable on return,
+    /// the forwarder told). Only a `Stored` outcome lets the session answer 250.
     async fn commit(&mut self, envelope: &Envelope) -> CommitOutcome {
         self.spill_body();
-        let spool = match std::mem::take(&mut self.spool) {
-            SpoolState::Open(spool) => spool,
+        let submission = match std::mem::take(&mut self.spool) {
+            SpoolState::Open(submission) => submission,
             SpoolState::NoSpace => return CommitOutcome::QueueFull,
             SpoolState::Idle | SpoolState::Failed => return CommitOutcome::Failed,
         };
-        let mut info = MessageInfo {
+        let entering = intake::Envelope {
             sender: envelope.reverse_path.as_str().to_owned(),
             recipients: envelope
                 .recipients
@@ -519,29 +519,22 @@ impl Conn<'_> {
             eight_bit: envelope.body_type == BodyType::EightBitMime,
             smtputf8: envelope.smtputf8,
             received_unix: self.received_unix,
-            priority: Priority::Normal,
-            coalesce: None,
         };
-        self.ctx.classify(&mut info, self.headers.fields());
         let tag = self.tag;
-        let spool_id = spool.id();
-        match spool.commit(info, self.ctx.clock.now()).await {
-            Ok(Ok(id)) => {
-                // Who relayed it: the AUTH user, if any (Postfix's sasl_username).
-                let user = self
-                    .session
-                    .authenticated()
-                    .map_or_else(String::new, |user| format!(" user={user:?}"));
-                info!(
-                    "{tag} queue_id={id} from=<{}> nrcpt={} size={}{user} status=queued",
-                    envelope.reverse_path.as_str(),
-                    envelope.recipients.len(),
-                    envelope.size
-                );
-                self.ctx.accepted_one();
-                CommitOutcome::Stored(id.to_string())
-            }
-            Ok(Err(_queue_full)) => {
+        let spool_id = submission.id();
+        let source = Source::Smtp {
+            tag: &tag,
+            user: self.session.authenticated(),
+            size: envelope.size,
+        };
+        match self
+            .shared
+            .intake()
+            .commit(submission, entering, source)
+            .await
+        {
+            Ok(id) => CommitOutcome::Stored(id.to_string()),
+            Err(IntakeError::QueueFull) => {
                 warn!(
                     "{tag} queue_id={spool_id} size={} status=rejected reason=\"queue full \
                      (queue.max_bytes)\"",
@@ -549,9 +542,8 @@ impl Conn<'_> {
                 );
                 CommitOutcome::QueueFull
             }
-            Err(e) => {
+            Err(IntakeError::Store(e)) => {
                 error!("{tag} queue_id={spool_id} commit failed: {e}");
-                self.ctx.store_failed(&e);
                 CommitOutcome::Failed
             }
         }
@@ -559,11 +551,11 @@ impl Conn<'_> {
 }
 
 /// The server side of a TLS handshake, bounded by the command timeout.
-async fn handshake(stream: &mut MaybeTls<Async<TcpStream>>, ctx: &Ctx) -> io::Result<()> {
-    let Some(config) = ctx.tls.as_ref().map(Arc::clone) else {
+async fn handshake(stream: &mut MaybeTls<Async<TcpStream>>, shared: &Shared) -> io::Result<()> {
+    let Some(config) = shared.tls().map(Arc::clone) else {
         return Err(io::Error::other("TLS is not configured"));
     };
-    let timeout = ctx.config.timeouts.command;
+    let timeout = shared.config().timeouts.command;
     future::or(async { stream.accept(&config).await }, async {
         Timer::after(timeout).await;
         Err(io::Error::new(

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use async_io::Timer;
 use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::*;
-use crate::config::{Secret, Smarthost, SmarthostAuth, TlsFiles, User};
-use crate::store::MAX_EXTENT;
+use crate::config::{Secret, Smarthost, SmarthostAuth, SmarthostTls, TlsFiles, User};
+use crate::store::{Store, StoreOptions, MAX_EXTENT};
 use crate::tls::tests::TestPki;
 
 /// `openssl passwd -6 -salt Zx9q2mB7 camera-pw`

@@ -18,9 +18,11 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{debug, info, warn};
 use smol::LocalExecutor;
 
-use super::{Ctx, DaemonError};
+use super::DaemonError;
+use crate::accept;
 use crate::control::{MessageState, QueueSummary};
 use crate::forward::{LinkReport, RouteReport};
+use crate::shared::Shared;
 
 /// Longest request head (request line + headers).
 const MAX_HEAD: usize = 8 * 1024;
@@ -39,33 +41,21 @@ pub(super) fn bind(addr: SocketAddr) -> Result<Async<TcpListener>, DaemonError> 
 pub(super) async fn serve(
     ex: Rc<LocalExecutor<'static>>,
     listener: Async<TcpListener>,
-    ctx: Rc<Ctx>,
+    shared: Rc<Shared>,
 ) {
     if let Ok(addr) = listener.get_ref().local_addr() {
         info!("metrics on http://{addr}/metrics");
     }
     let busy = Rc::new(Cell::new(0usize));
-    loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            ctx.shutdown.wait().await;
-            None
-        });
-        let stream = match accepted.await {
-            None => return,
-            Some(Ok((stream, _))) => stream,
-            Some(Err(e)) => {
-                warn!("metrics: accept failed: {e}");
-                Timer::after(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let accept = || listener.accept();
+    accept::until_shutdown(shared.shutdown(), "metrics: ", accept, |(stream, _)| {
         if busy.get() >= MAX_SCRAPES {
-            continue; // dropped: closed
+            return; // dropped: closed
         }
         busy.set(busy.get() + 1);
-        let (ctx, busy) = (ctx.clone(), busy.clone());
+        let (shared, busy) = (shared.clone(), busy.clone());
         ex.spawn(async move {
-            let served = future::or(scrape(stream, &ctx), async {
+            let served = future::or(scrape(stream, &shared), async {
                 Timer::after(SCRAPE_TIMEOUT).await;
                 Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
             });
@@ -75,10 +65,11 @@ pub(super) async fn serve(
             busy.set(busy.get().saturating_sub(1));
         })
         .detach();
-    }
+    })
+    .await;
 }
 
-async fn scrape(mut stream: Async<TcpStream>, ctx: &Ctx) -> io::Result<()> {
+async fn scrape(mut stream: Async<TcpStream>, shared: &Shared) -> io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -96,7 +87,7 @@ async fn scrape(mut stream: Async<TcpStream>, ctx: &Ctx) -> io::Result<()> {
     let (method, path) = (words.next(), words.next());
     match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) => {
-            let body = render(ctx);
+            let body = render(shared);
             respond(&mut stream, "200 OK", &body).await
         }
         (Some(b"GET"), _) => respond(&mut stream, "404 Not Found", "try /metrics\n").await,
@@ -115,9 +106,9 @@ async fn respond(stream: &mut Async<TcpStream>, status: &str, body: &str) -> io:
     stream.flush().await
 }
 
-fn render(ctx: &Ctx) -> String {
-    let now = ctx.clock.now();
-    let summary = match ctx.store.list() {
+fn render(shared: &Shared) -> String {
+    let now = shared.clock().now();
+    let summary = match shared.store().list() {
         Ok(messages) => QueueSummary::of(&messages, now),
         Err(e) => {
             warn!("metrics: cannot read the queue: {e}");
@@ -126,9 +117,9 @@ fn render(ctx: &Ctx) -> String {
     };
     let sample = Sample {
         summary,
-        link: ctx.link.report(),
-        accepted: ctx.accepted.get(),
-        sessions: ctx.sessions(),
+        link: shared.link().report(),
+        accepted: shared.intake().accepted(),
+        sessions: shared.sessions().count(),
     };
     exposition(&sample)
 }
