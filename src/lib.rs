@@ -58,3 +58,8 @@ pub mod smtp;
 pub mod store;
 pub mod tls;
 pub mod wait;
+
+/// `outpost --version` text (also the first line of `outpost status`).
+pub fn version() -> String {
+    format!("outpost {}", env!("CARGO_PKG_VERSION"))
+}

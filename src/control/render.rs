@@ -289,7 +289,7 @@ pub fn render_status(
     usage: Usage,
     now: Option<QueueTime>,
 ) -> String {
-    let mut out = format!("{}\n", crate::cli::version());
+    let mut out = format!("{}\n", crate::version());
     let hosts: Vec<&str> = link.routes.iter().map(|r| r.address.as_str()).collect();
     let smarthost = match link.current {
         Some(current) => hosts.get(current).map(|h| (*h).to_owned()),
