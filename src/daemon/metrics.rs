@@ -132,16 +132,59 @@ struct Sample {
     sessions: usize,
 }
 
+/// A metric family: name (after `outpost_`), type, help text.
+type Family = (&'static str, &'static str, &'static str);
+
+const QUEUE_OLDEST_AGE_SECONDS: Family = (
+    "queue_oldest_age_seconds",
+    "gauge",
+    "Time the oldest queued message has spent in the queue (0 when empty).",
+);
+const ACCEPTED_TOTAL: Family = (
+    "accepted_total",
+    "counter",
+    "Messages accepted into the queue since start (SMTP and sendmail).",
+);
+const SENT_TOTAL: Family = (
+    "sent_total",
+    "counter",
+    "Recipients the smarthost accepted since start.",
+);
+const DEFERRED_TOTAL: Family = (
+    "deferred_total",
+    "counter",
+    "Recipient attempts deferred (temporary failure) since start.",
+);
+const BOUNCED_TOTAL: Family = (
+    "bounced_total",
+    "counter",
+    "Recipients failed for good (5xx or expired) since start.",
+);
+const LINK_UP: Family = (
+    "link_up",
+    "gauge",
+    "1 when the last attempt reached the smarthost, else 0.",
+);
+const LINK_KNOWN: Family = (
+    "link_known",
+    "gauge",
+    "1 once the smarthost has been tried since start (0 also without a smarthost).",
+);
+const LINK_CHANGE_TIMESTAMP_SECONDS: Family = (
+    "link_change_timestamp_seconds",
+    "gauge",
+    "Unix time of the last link state change (0: none yet).",
+);
+const LAST_SUCCESS_TIMESTAMP_SECONDS: Family = (
+    "last_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last delivery to the smarthost (0: none since start).",
+);
+const SMTP_SESSIONS: Family = ("smtp_sessions", "gauge", "SMTP sessions open now.");
+
 /// The Prometheus text format (one HELP and TYPE per family).
 fn exposition(s: &Sample) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP outpost_{name} {help}");
-        let _ = writeln!(out, "# TYPE outpost_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "outpost_{name}{labels} {value}");
-        }
-    };
     let by_state = |values: &[u64; 4]| -> Vec<(String, u64)> {
         MessageState::ALL
             .iter()
@@ -149,79 +192,17 @@ fn exposition(s: &Sample) -> String {
             .map(|(state, v)| (format!("{{state=\"{}\"}}", state.as_str()), *v))
             .collect()
     };
-    let plain = |v: u64| vec![(String::new(), v)];
-    family(
-        "queue_messages",
-        "gauge",
-        "Messages in the queue by state.",
-        &by_state(&s.summary.messages),
-    );
-    family(
+    let messages = ("queue_messages", "gauge", "Messages in the queue by state.");
+    family(&mut out, messages, &by_state(&s.summary.messages));
+    let bytes = (
         "queue_bytes",
         "gauge",
         "Message bytes in the queue by state.",
-        &by_state(&s.summary.bytes),
     );
-    family(
-        "queue_oldest_age_seconds",
-        "gauge",
-        "Time the oldest queued message has spent in the queue (0 when empty).",
-        &plain(s.summary.oldest_age_ms.unwrap_or(0) / 1000),
-    );
-    family(
-        "accepted_total",
-        "counter",
-        "Messages accepted into the queue since start (SMTP and sendmail).",
-        &plain(s.accepted),
-    );
-    family(
-        "sent_total",
-        "counter",
-        "Recipients the smarthost accepted since start.",
-        &plain(s.link.sent),
-    );
-    family(
-        "deferred_total",
-        "counter",
-        "Recipient attempts deferred (temporary failure) since start.",
-        &plain(s.link.deferred),
-    );
-    family(
-        "bounced_total",
-        "counter",
-        "Recipients failed for good (5xx or expired) since start.",
-        &plain(s.link.bounced),
-    );
-    family(
-        "link_up",
-        "gauge",
-        "1 when the last attempt reached the smarthost, else 0.",
-        &plain(u64::from(s.link.up == Some(true))),
-    );
-    family(
-        "link_known",
-        "gauge",
-        "1 once the smarthost has been tried since start (0 also without a smarthost).",
-        &plain(u64::from(!s.link.routes.is_empty() && s.link.up.is_some())),
-    );
-    family(
-        "link_change_timestamp_seconds",
-        "gauge",
-        "Unix time of the last link state change (0: none yet).",
-        &plain(s.link.since_unix),
-    );
-    family(
-        "last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last delivery to the smarthost (0: none since start).",
-        &plain(s.link.last_success_unix.unwrap_or(0)),
-    );
-    family(
-        "smtp_sessions",
-        "gauge",
-        "SMTP sessions open now.",
-        &plain(u64::try_from(s.sessions).unwrap_or(u64::MAX)),
-    );
+    family(&mut out, bytes, &by_state(&s.summary.bytes));
+    for (kind, value) in plain_samples(s) {
+        family(&mut out, kind, &[(String::new(), value)]);
+    }
     // Per smarthost (`[[smarthost]]` order), labelled with its `host:port`.
     let routes = &s.link.routes;
     per_route(
@@ -246,6 +227,41 @@ fn exposition(s: &Sample) -> String {
         |r| r.sent,
     );
     out
+}
+
+/// The families with one unlabelled sample each, in exposition order.
+fn plain_samples(s: &Sample) -> [(Family, u64); 10] {
+    let link = &s.link;
+    [
+        (
+            QUEUE_OLDEST_AGE_SECONDS,
+            s.summary.oldest_age_ms.unwrap_or(0) / 1000,
+        ),
+        (ACCEPTED_TOTAL, s.accepted),
+        (SENT_TOTAL, link.sent),
+        (DEFERRED_TOTAL, link.deferred),
+        (BOUNCED_TOTAL, link.bounced),
+        (LINK_UP, u64::from(link.up == Some(true))),
+        (
+            LINK_KNOWN,
+            u64::from(!link.routes.is_empty() && link.up.is_some()),
+        ),
+        (LINK_CHANGE_TIMESTAMP_SECONDS, link.since_unix),
+        (
+            LAST_SUCCESS_TIMESTAMP_SECONDS,
+            link.last_success_unix.unwrap_or(0),
+        ),
+        (SMTP_SESSIONS, u64::try_from(s.sessions).unwrap_or(u64::MAX)),
+    ]
+}
+
+/// One family: its HELP and TYPE lines, then its samples.
+fn family(out: &mut String, (name, kind, help): Family, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP outpost_{name} {help}");
+    let _ = writeln!(out, "# TYPE outpost_{name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "outpost_{name}{labels} {value}");
+    }
 }
 
 /// One family with a sample per smarthost. The label needs no escaping: the config admits only

@@ -19,9 +19,8 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 
-use async_io::Async;
 use futures_lite::StreamExt;
-use log::{error, info, warn};
+use log::{info, warn};
 use smol::LocalExecutor;
 
 use crate::clock::QueueClock;
@@ -187,38 +186,13 @@ fn run_daemon(
     let smarthost_tls = start::smarthost_client_configs(&config)?;
     let store = start::open_store(&config)?;
     let clock = QueueClock::new(store.clock_base());
-    let plain = listeners.into_iter().map(|l| (l, false));
-    let implicit = tls_listeners.into_iter().map(|l| (l, true));
-    let listeners = plain
-        .chain(implicit)
-        .map(|(listener, implicit_tls)| {
-            let addr = listener.local_addr();
-            Async::new(listener)
-                .map(|listener| (listener, implicit_tls))
-                .map_err(|source| DaemonError::Bind {
-                    addr: addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-                    source,
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let listeners = start::registered(listeners, tls_listeners)?;
     let metrics = match config.metrics {
         Some(addr) => Some(metrics::bind(addr)?),
         None => None,
     };
     // After the store: its lock proves no other daemon owns this data_dir and its socket.
-    // Without it the relay still relays (and sendmail's maildrop is still picked up every few
-    // seconds); only `outpost queue`/`status` cannot reach the daemon.
-    let control = match crate::control::bind(&config.data_dir) {
-        Ok(listener) => Some(listener),
-        Err(e) => {
-            error!(
-                "cannot create the control socket in {}: {e}; `outpost queue` and `outpost \
-                 status` will not reach this daemon",
-                config.data_dir.display()
-            );
-            None
-        }
-    };
+    let control = start::control_socket(&config.data_dir);
     let forward = start::forward_params(&config, &smarthost_tls);
     let ex = Rc::new(LocalExecutor::new());
     let shared = Shared::new(config, store, clock, tls, link);

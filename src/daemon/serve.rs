@@ -51,17 +51,7 @@ pub(super) async fn serve(
         late_listeners,
         forward,
     } = services;
-    for (listener, implicit_tls) in &listeners {
-        let kind = match (implicit_tls, shared.tls().is_some()) {
-            (true, _) => " (implicit TLS)",
-            (false, true) => " (STARTTLS)",
-            (false, false) => "",
-        };
-        match listener.get_ref().local_addr() {
-            Ok(addr) => info!("listening on {addr}{kind}"),
-            Err(e) => warn!("listening on an address that cannot be read back: {e}"),
-        }
-    }
+    announce(&listeners, shared.tls().is_some());
     // With no smarthost the forwarder itself logs the one "mail is held" warning.
     let stop_forwarder = Wake::new();
     let forwarder = ex.spawn(forward::run_linked(
@@ -105,6 +95,21 @@ pub(super) async fn serve(
     }
     drain(&shared, deadline, forwarder).await;
     drop(housekeeper);
+}
+
+/// One `listening on` line per listener (port 0 shows the real port: tests read it).
+fn announce(listeners: &[(Async<TcpListener>, bool)], starttls: bool) {
+    for (listener, implicit_tls) in listeners {
+        let kind = match (implicit_tls, starttls) {
+            (true, _) => " (implicit TLS)",
+            (false, true) => " (STARTTLS)",
+            (false, false) => "",
+        };
+        match listener.get_ref().local_addr() {
+            Ok(addr) => info!("listening on {addr}{kind}"),
+            Err(e) => warn!("listening on an address that cannot be read back: {e}"),
+        }
+    }
 }
 
 /// The end of a shutdown: waits for the sessions and the forwarder (until `deadline`), then

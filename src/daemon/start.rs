@@ -1,10 +1,15 @@
 //! Start-up material built before the shared state: the store opened and recovered, the TLS
-//! client configs for the smarthosts, and the forwarder's parameters from the config. Runs
-//! once, before the executor; never serves anything.
+//! client configs for the smarthosts, the forwarder's parameters from the config, the
+//! listeners registered with the reactor and the control socket. Runs once, before the
+//! executor; never serves anything.
 
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::Arc;
 
-use log::{info, warn};
+use async_io::Async;
+use log::{error, info, warn};
 use rustls::ClientConfig;
 
 use super::DaemonError;
@@ -15,7 +20,7 @@ use crate::forward::{
 };
 use crate::smtp::client::TlsPolicy;
 use crate::store::{Store, StoreOptions};
-use crate::tls;
+use crate::{control, tls};
 
 /// sled's background flush; commits flush explicitly anyway.
 const STORE_FLUSH_EVERY_MS: u64 = 1000;
@@ -129,5 +134,43 @@ pub(super) fn forward_params(
         data_end_timeout: config.timeouts.smarthost_data_end,
         coalesce: config.coalesce,
         max_digest_bytes: config.max_message_size,
+    }
+}
+
+/// The bound listeners registered with the reactor, each flagged `true` for implicit TLS.
+pub(super) fn registered(
+    listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
+) -> Result<Vec<(Async<TcpListener>, bool)>, DaemonError> {
+    let plain = listeners.into_iter().map(|l| (l, false));
+    let implicit = tls_listeners.into_iter().map(|l| (l, true));
+    plain
+        .chain(implicit)
+        .map(|(listener, implicit_tls)| {
+            let addr = listener.local_addr();
+            Async::new(listener)
+                .map(|listener| (listener, implicit_tls))
+                .map_err(|source| DaemonError::Bind {
+                    addr: addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// The control socket in `data_dir`. Without it the relay still relays (and sendmail's
+/// maildrop is still picked up every few seconds); only `outpost queue`/`status` cannot reach
+/// the daemon.
+pub(super) fn control_socket(data_dir: &Path) -> Option<Async<UnixListener>> {
+    match control::bind(data_dir) {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            error!(
+                "cannot create the control socket in {}: {e}; `outpost queue` and `outpost \
+                 status` will not reach this daemon",
+                data_dir.display()
+            );
+            None
+        }
     }
 }
