@@ -1,8 +1,9 @@
 //! One SMTP session over a TCP stream: read → `ServerSession::handle_input` → write, with a
-//! timeout on every read and write; streams the body into a store spool in bounded chunks and
-//! commits it before the session may say 250. Holds no protocol logic: every reply comes from
-//! the session (or, for shutdown, from one named reply here). Carries out STARTTLS (dropping
-//! any plaintext pipelined behind it) and AUTH checks (with the failure delay).
+//! timeout on every read and write; streams the body into an intake submission in bounded
+//! chunks (`message`) and commits it before the session may say 250. Holds no protocol logic:
+//! every reply comes from the session (or, for shutdown, from one named reply here). Carries
+//! out STARTTLS (dropping any plaintext pipelined behind it) and AUTH checks (with the failure
+//! delay).
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -19,16 +20,16 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
 use super::auth::{verify, AUTH_FAILURE_DELAY};
-use crate::intake::{self, IntakeError, Source, Submission};
+use crate::intake::Submission;
 use crate::shared::Shared;
-use crate::smtp::date::rfc5322_date;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
-    Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, Replies, ServerSession,
-    SessionParams,
+    Awaiting, Credentials, MailVerdict, Next, Replies, ServerSession, SessionParams,
 };
 use crate::store::MAX_EXTENT;
 use crate::tls::MaybeTls;
+
+mod message;
 
 /// Input buffer: commands are ≤ 512 octets (RFC 5321 §4.5.3.1.4) and the session guarantees
 /// the unconsumed tail after `NeedInput` is shorter than that, so 4 KiB always has room.
@@ -102,8 +103,13 @@ pub(super) async fn run(
     if let SpoolState::Open(spool) = std::mem::take(&mut conn.spool) {
         spool.abort();
     }
+    log_end(tag, end, in_body, conn.session.closed_for_errors());
+}
+
+/// The one line that says how a session ended.
+fn log_end(tag: Tag, end: End, in_body: bool, closed_for_errors: bool) {
     match end {
-        End::Closed if conn.session.closed_for_errors() => {
+        End::Closed if closed_for_errors => {
             warn!("{tag} closed: too many errors; 421 4.7.0 sent");
         }
         End::Closed => debug!("{tag} closed"),
@@ -251,38 +257,47 @@ impl<'a> Conn<'a> {
                 }
                 Next::StartTls => self.start_tls().await?,
                 Next::AuthCheck(credentials) => {
-                    let verdict = verify(&self.shared.config().users, &credentials);
-                    match &verdict {
-                        Some(user) => info!("{} authenticated user={user}", self.tag),
-                        None => {
-                            warn!("{} AUTH failed user={:?}", self.tag, credentials.username);
-                            Timer::after(AUTH_FAILURE_DELAY).await;
-                        }
-                    }
-                    drop(credentials);
-                    let next = self.session.auth_checked(verdict, &mut self.replies);
-                    self.flush().await?;
-                    if matches!(next, Next::Close) {
+                    if self.auth_check(credentials).await? {
                         return Ok(());
                     }
                 }
-                Next::MailCheck(sender) => {
-                    let verdict = self.shared.intake().check_sender(&sender);
-                    if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
-                        info!(
-                            "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
-                            self.tag,
-                            retry_after.as_secs().max(1)
-                        );
-                    }
-                    self.session.mail_checked(verdict, &mut self.replies);
-                }
+                Next::MailCheck(sender) => self.mail_check(&sender),
                 Next::Close => {
                     self.flush().await?;
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// `Next::AuthCheck`: checks the password (failures wait `AUTH_FAILURE_DELAY`) and sends
+    /// the session's reply; `true` when the session then closes (too many failures).
+    async fn auth_check(&mut self, credentials: Credentials) -> Result<bool, End> {
+        let verdict = verify(&self.shared.config().users, &credentials);
+        match &verdict {
+            Some(user) => info!("{} authenticated user={user}", self.tag),
+            None => {
+                warn!("{} AUTH failed user={:?}", self.tag, credentials.username);
+                Timer::after(AUTH_FAILURE_DELAY).await;
+            }
+        }
+        drop(credentials);
+        let next = self.session.auth_checked(verdict, &mut self.replies);
+        self.flush().await?;
+        Ok(matches!(next, Next::Close))
+    }
+
+    /// `Next::MailCheck`: counts the message against the sender's `[rate_limit]`.
+    fn mail_check(&mut self, sender: &str) {
+        let verdict = self.shared.intake().check_sender(sender);
+        if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
+            info!(
+                "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
+                self.tag,
+                retry_after.as_secs().max(1)
+            );
+        }
+        self.session.mail_checked(verdict, &mut self.replies);
     }
 
     /// RFC 3207 and the STARTTLS invariant: the 220 goes out in plaintext; anything the
@@ -313,24 +328,7 @@ impl<'a> Conn<'a> {
     /// Reads more input, racing the read against the RFC 5321 §4.5.3.2 timeout for what the
     /// session awaits, and (between commands) against shutdown.
     async fn fill(&mut self) -> Result<(), End> {
-        let timeouts = &self.shared.config().timeouts;
-        // Commands: one deadline per command line (see `command_since`). Body: the RFC 5321
-        // §4.5.3.2.6 data-block timeout, per read.
-        let (deadline, what) = match self.session.awaiting() {
-            Awaiting::Command => {
-                let since = *self.command_since.get_or_insert_with(Instant::now);
-                (since + timeouts.command, "command")
-            }
-            Awaiting::Body => (Instant::now() + timeouts.data, "data"),
-            Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
-                return Err(End::Internal("session asked for input while not reading"));
-            }
-        };
-        if self.len == INPUT_BUF {
-            return Err(End::Internal(
-                "input buffer full without a complete command",
-            ));
-        }
+        let (deadline, what) = self.read_deadline()?;
         // An idle session (no partial command, not in DATA) is closed at shutdown; a session in
         // DATA gets to finish its message.
         let closable = what == "command" && self.len == 0;
@@ -363,19 +361,7 @@ impl<'a> Conn<'a> {
             Wait::Read(Ok(0)) => Err(End::PeerClosed),
             Wait::Read(Ok(n)) => {
                 self.len += n;
-                // One thread serves every session, and a read that finds input ready does not
-                // yield: a client whose input is always ready (a pipelining flood, a fast
-                // stream of commands) would keep every other session, and the listener, waiting
-                // for as long as it kept sending. So a session that has not waited for `TURN`
-                // gives the others a turn. Not after every read: a 100 KiB body would then be
-                // read in turns with every other body, and each reply would wait for all.
-                let now = Instant::now();
-                if waited.get() {
-                    self.turn_began = now;
-                } else if now.duration_since(self.turn_began) >= TURN {
-                    future::yield_now().await;
-                    self.turn_began = Instant::now();
-                }
+                self.end_of_read(waited.get()).await;
                 Ok(())
             }
             Wait::Read(Err(e)) => Err(End::Io(e)),
@@ -391,6 +377,45 @@ impl<'a> Conn<'a> {
                 let _ = self.flush().await;
                 Err(End::TimedOut(what))
             }
+        }
+    }
+
+    /// When the wait for input times out, and what the session awaits (for the log line).
+    /// Commands: one deadline per command line (see `command_since`). Body: the RFC 5321
+    /// §4.5.3.2.6 data-block timeout, per read.
+    fn read_deadline(&mut self) -> Result<(Instant, &'static str), End> {
+        let timeouts = &self.shared.config().timeouts;
+        let due = match self.session.awaiting() {
+            Awaiting::Command => {
+                let since = *self.command_since.get_or_insert_with(Instant::now);
+                (since + timeouts.command, "command")
+            }
+            Awaiting::Body => (Instant::now() + timeouts.data, "data"),
+            Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
+                return Err(End::Internal("session asked for input while not reading"));
+            }
+        };
+        if self.len == INPUT_BUF {
+            return Err(End::Internal(
+                "input buffer full without a complete command",
+            ));
+        }
+        Ok(due)
+    }
+
+    /// After a read that got input. One thread serves every session, and a read that finds
+    /// input ready does not yield: a client whose input is always ready (a pipelining flood, a
+    /// fast stream of commands) would keep every other session, and the listener, waiting for
+    /// as long as it kept sending. So a session that has not `waited` for `TURN` gives the
+    /// others a turn. Not after every read: a 100 KiB body would then be read in turns with
+    /// every other body, and each reply would wait for all.
+    async fn end_of_read(&mut self, waited: bool) {
+        let now = Instant::now();
+        if waited {
+            self.turn_began = now;
+        } else if now.duration_since(self.turn_began) >= TURN {
+            future::yield_now().await;
+            self.turn_began = Instant::now();
         }
     }
 
@@ -429,123 +454,6 @@ impl<'a> Conn<'a> {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(End::Io(e)),
             None => Err(End::TimedOut("the client to read our reply")),
-        }
-    }
-
-    /// DATA accepted (354 sent): open a submission and put the trace header first in the body
-    /// buffer (not appended on its own: a small message then reaches the store in one append,
-    /// one write to its body file).
-    fn open_spool(&mut self) {
-        self.body.clear();
-        self.received_unix = unix_now();
-        let intake = self.shared.intake();
-        if let Some(available) = intake.short_of_space() {
-            warn!(
-                "{} status=rejected reason=\"data_dir nearly full ({} KiB available)\"",
-                self.tag,
-                available / 1024
-            );
-            self.spool = SpoolState::NoSpace;
-            return;
-        }
-        let submission = match intake.open() {
-            Ok(submission) => submission,
-            Err(e) => {
-                error!("{} cannot open a spool: {e}", self.tag);
-                self.spool = SpoolState::Failed;
-                return;
-            }
-        };
-        let header = self.session.received_header(
-            &submission.id().to_string(),
-            &rfc5322_date(self.received_unix),
-        );
-        // The header is far below `MAX_CHUNK` (a line of names bounded by RFC 5321 limits), so
-        // the buffer stays below `BODY_BUF` as the body arrives.
-        self.body.extend_from_slice(header.as_bytes());
-        self.spool = SpoolState::Open(submission);
-    }
-
-    /// Moves one whole piece (`MAX_CHUNK`) from the front of the body buffer into the spool.
-    fn spill_piece(&mut self) {
-        self.append_to_spool(MAX_CHUNK);
-        self.body.drain(..MAX_CHUNK);
-    }
-
-    /// Moves the body buffer into the spool in pieces of at most `MAX_CHUNK`.
-    fn spill_body(&mut self) {
-        self.append_to_spool(self.body.len());
-        self.body.clear();
-    }
-
-    /// Appends the first `len` octets of the body buffer to the spool. Without an open spool
-    /// (store failed) the bytes are dropped: the body is drained and the commit fails.
-    fn append_to_spool(&mut self, len: usize) {
-        if let SpoolState::Open(submission) = &mut self.spool {
-            let appended = self.body[..len]
-                .chunks(MAX_CHUNK)
-                .try_for_each(|chunk| submission.append(chunk));
-            if let Err(e) = appended {
-                error!(
-                    "{} queue_id={} cannot write to the spool: {e}",
-                    self.tag,
-                    submission.id()
-                );
-                if let SpoolState::Open(spool) =
-                    std::mem::replace(&mut self.spool, SpoolState::Failed)
-                {
-                    spool.abort();
-                }
-            }
-        }
-    }
-
-    /// The final dot: append the rest of the body, commit through intake (durable on return,
-    /// the forwarder told). Only a `Stored` outcome lets the session answer 250.
-    async fn commit(&mut self, envelope: &Envelope) -> CommitOutcome {
-        self.spill_body();
-        let submission = match std::mem::take(&mut self.spool) {
-            SpoolState::Open(submission) => submission,
-            SpoolState::NoSpace => return CommitOutcome::QueueFull,
-            SpoolState::Idle | SpoolState::Failed => return CommitOutcome::Failed,
-        };
-        let entering = intake::Envelope {
-            sender: envelope.reverse_path.as_str().to_owned(),
-            recipients: envelope
-                .recipients
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
-            eight_bit: envelope.body_type == BodyType::EightBitMime,
-            smtputf8: envelope.smtputf8,
-            received_unix: self.received_unix,
-        };
-        let tag = self.tag;
-        let spool_id = submission.id();
-        let source = Source::Smtp {
-            tag: &tag,
-            user: self.session.authenticated(),
-            size: envelope.size,
-        };
-        match self
-            .shared
-            .intake()
-            .commit(submission, entering, source)
-            .await
-        {
-            Ok(id) => CommitOutcome::Stored(id.to_string()),
-            Err(IntakeError::QueueFull) => {
-                warn!(
-                    "{tag} queue_id={spool_id} size={} status=rejected reason=\"queue full \
-                     (queue.max_bytes)\"",
-                    envelope.size
-                );
-                CommitOutcome::QueueFull
-            }
-            Err(IntakeError::Store(e)) => {
-                error!("{tag} queue_id={spool_id} commit failed: {e}");
-                CommitOutcome::Failed
-            }
         }
     }
 }
