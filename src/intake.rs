@@ -312,3 +312,6 @@ impl Submission<'_> {
         self.spool.abort();
     }
 }
+
+#[cfg(test)]
+mod tests;
