@@ -20,7 +20,7 @@ use crate::coalesce::{self, CoalescePolicy};
 use crate::priority::{classify, watched_headers, HeaderWatch, Priority, PriorityRule};
 use crate::rate::{SenderLimit, SenderRates, Verdict};
 use crate::smtp::server::MailVerdict;
-use crate::store::{MessageInfo, QueueId, Spool, Store, StoreError};
+use crate::store::{MessageInfo, QueueId, Spool, Store, StoreError, MAX_EXTENT};
 use crate::wait::{Shutdown, Wake};
 
 /// What intake applies to every message, from the config.
@@ -166,6 +166,21 @@ impl Intake {
                 Err(e)
             }
         }
+    }
+
+    /// A message whose bytes are all in memory (a DSN): opened, stored in pieces the store
+    /// keeps whole, and committed as `commit` does.
+    pub async fn submit(
+        &self,
+        bytes: &[u8],
+        envelope: Envelope,
+        source: Source<'_>,
+    ) -> Result<QueueId, IntakeError> {
+        let mut submission = self.open().map_err(IntakeError::Store)?;
+        for piece in bytes.chunks(MAX_EXTENT) {
+            submission.add(piece).map_err(IntakeError::Store)?;
+        }
+        self.commit(submission, envelope, source).await
     }
 
     /// Classifies the message, commits it (durable on `Ok`), logs the one line that says it is

@@ -225,9 +225,6 @@ impl LinkState {
 /// Longest wait for the reply to QUIT.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Chunk size when spooling a DSN (the store keeps chunks ≤ 32 KiB, see SLED.md).
-const SPOOL_CHUNK: usize = 32 * 1024;
-
 /// Runs until `stop` is notified. Never returns an error: failures are logged and retried.
 pub async fn run(
     store: Store,
@@ -932,20 +929,8 @@ impl Forwarder {
 
     /// Queues the DSN `bytes` about message `of` through intake (which logs it).
     async fn enqueue(&self, bytes: &[u8], envelope: intake::Envelope, of: QueueId) {
-        let queued = match self.intake.open() {
-            Ok(mut submission) => match bytes
-                .chunks(SPOOL_CHUNK)
-                .try_for_each(|chunk| submission.append(chunk))
-            {
-                Ok(()) => {
-                    let source = Source::Dsn { of };
-                    self.intake.commit(submission, envelope, source).await
-                }
-                Err(e) => Err(IntakeError::Store(e)),
-            },
-            Err(e) => Err(IntakeError::Store(e)),
-        };
-        match queued {
+        let source = Source::Dsn { of };
+        match self.intake.submit(bytes, envelope, source).await {
             Ok(_) => {}
             Err(IntakeError::QueueFull) => error!("queue_id={of} DSN not queued: queue full"),
             Err(IntakeError::Store(e)) => error!("queue_id={of} DSN not queued: {e}"),
