@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_io::{Async, Timer};
 use futures_lite::future;
 use log::{debug, error, info, warn};
-use smol::LocalExecutor;
+use smol::{LocalExecutor, Task};
 
 #[cfg(target_os = "linux")]
 use super::netlink;
@@ -93,8 +93,7 @@ pub(super) async fn serve(
     for acceptor in acceptors {
         acceptor.await;
     }
-    drain(&shared, deadline, forwarder).await;
-    drop(housekeeper);
+    drain(&shared, deadline, forwarder, housekeeper).await;
 }
 
 /// One `listening on` line per listener (port 0 shows the real port: tests read it).
@@ -112,9 +111,9 @@ fn announce(listeners: &[(Async<TcpListener>, bool)], starttls: bool) {
     }
 }
 
-/// The end of a shutdown: waits for the sessions and the forwarder (until `deadline`), then
-/// saves the queue clock and flushes the store.
-async fn drain(shared: &Shared, deadline: Instant, forwarder: smol::Task<()>) {
+/// The end of a shutdown: waits for the sessions and the forwarder (until `deadline`), stops
+/// housekeeping, then saves the queue clock and flushes the store.
+async fn drain(shared: &Shared, deadline: Instant, forwarder: Task<()>, housekeeper: Task<()>) {
     if !shared.sessions().ended(deadline).await {
         warn!(
             "shutdown: {} sessions still open after {SHUTDOWN_GRACE:?}; dropping them",
@@ -124,6 +123,7 @@ async fn drain(shared: &Shared, deadline: Instant, forwarder: smol::Task<()>) {
     if crate::wait::before(deadline, forwarder).await.is_none() {
         warn!("shutdown: the forwarder did not stop within {SHUTDOWN_GRACE:?}; cancelling it");
     }
+    drop(housekeeper);
     if let Err(e) = shared.store().save_clock(shared.clock().now()) {
         error!("shutdown: cannot save the queue clock: {e}");
     }

@@ -1,8 +1,8 @@
 //! The daemon's side of the maildrop: picks `*.msg` files up at start, on every poke and every
 //! `PICKUP_INTERVAL`, queues each through `intake`, and deletes the file only after the commit
 //! returned (durable). A file that is not a maildrop file is set aside as `*.bad`, never sent;
-//! a full queue leaves the file for later. File reads run on the blocking pool (`smol::unblock`),
-//! never on the executor's thread.
+//! a full queue leaves the file for later. File system calls run on the blocking pool
+//! (`smol::unblock`), never on the executor's thread.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
@@ -28,7 +28,8 @@ const CHUNK: usize = 32 * 1024;
 /// Picks up the maildrop at start, on every poke and every `PICKUP_INTERVAL`, until shutdown.
 pub async fn pickup_loop(shared: Rc<Shared>) {
     let dir = shared.config().data_dir.join(MAILDROP);
-    if let Err(e) = fs::create_dir_all(&dir) {
+    let created = dir.clone();
+    if let Err(e) = smol::unblock(move || fs::create_dir_all(created)).await {
         error!("cannot create the maildrop {}: {e}", dir.display());
     }
     let max_recipients = shared.config().max_recipients;
@@ -78,7 +79,8 @@ async fn pickup(intake: &Intake, dir: &Path, max_recipients: usize) {
     for path in names {
         match ingest(intake, &path, max_recipients).await {
             Ok(id) => {
-                if let Err(e) = fs::remove_file(&path) {
+                let done = path.clone();
+                if let Err(e) = smol::unblock(move || fs::remove_file(done)).await {
                     // Stored already: at worst it is stored again (at least once).
                     error!(
                         "maildrop: queue_id={id} stored but {} not removed: {e}",
@@ -93,7 +95,8 @@ async fn pickup(intake: &Intake, dir: &Path, max_recipients: usize) {
                     path.display(),
                     bad.display()
                 );
-                if let Err(e) = fs::rename(&path, &bad) {
+                let (from, to) = (path.clone(), bad.clone());
+                if let Err(e) = smol::unblock(move || fs::rename(from, to)).await {
                     error!("maildrop: cannot set {} aside: {e}", path.display());
                 }
             }
