@@ -193,7 +193,7 @@ impl Intake {
         source: Source<'_>,
     ) -> Result<QueueId, IntakeError> {
         let Submission { spool, headers, .. } = submission;
-        let size = spool.len();
+        let stored = spool.len();
         let mut info = MessageInfo {
             sender: envelope.sender,
             recipients: envelope.recipients,
@@ -206,8 +206,8 @@ impl Intake {
         if !matches!(source, Source::Dsn { .. }) {
             self.classify(&mut info, headers.fields());
         }
-        let (sender, nrcpt) = (info.sender.clone(), info.recipients.len());
-        let first_rcpt = info.recipients.first().cloned().unwrap_or_default();
+        let sender = info.sender.clone();
+        let (nrcpt, first) = (info.recipients.len(), info.recipients.first().cloned());
         let id = match spool.commit(info, self.clock.now()).await {
             Ok(Ok(id)) => id,
             Ok(Err(_queue_full)) => return Err(IntakeError::QueueFull),
@@ -216,22 +216,10 @@ impl Intake {
                 return Err(IntakeError::Store(e));
             }
         };
-        match source {
-            Source::Smtp { tag, user, size } => {
-                // Who relayed it: the AUTH user, if any (Postfix's sasl_username).
-                let user = user.map_or_else(String::new, |user| format!(" user={user:?}"));
-                info!(
-                    "{tag} queue_id={id} from=<{sender}> nrcpt={nrcpt} size={size}{user} \
-                     status=queued"
-                );
-            }
-            Source::Maildrop => info!(
-                "maildrop queue_id={id} from=<{sender}> nrcpt={nrcpt} size={size} status=queued"
-            ),
-            Source::Dsn { of } => {
-                info!("queue_id={of} DSN queued as {id} to=<{first_rcpt}>");
-                return Ok(id);
-            }
+        let first = first.unwrap_or_default();
+        log_queued(id, &source, &sender, (nrcpt, &first), stored);
+        if let Source::Dsn { .. } = source {
+            return Ok(id);
         }
         self.accepted.set(self.accepted.get().saturating_add(1));
         self.forwarder.notify();
@@ -283,6 +271,30 @@ impl Intake {
     /// The error that raised `store_failure`, if any.
     pub fn store_error(&self) -> Option<String> {
         self.store_error.borrow().clone()
+    }
+}
+
+/// The one line that says a message is queued: `recipients` is their number and the first,
+/// `stored` the message's bytes in the store.
+fn log_queued(
+    id: QueueId,
+    source: &Source<'_>,
+    sender: &str,
+    (nrcpt, first): (usize, &str),
+    stored: u64,
+) {
+    match source {
+        Source::Smtp { tag, user, size } => {
+            // Who relayed it: the AUTH user, if any (Postfix's sasl_username).
+            let user = user.map_or_else(String::new, |user| format!(" user={user:?}"));
+            info!(
+                "{tag} queue_id={id} from=<{sender}> nrcpt={nrcpt} size={size}{user} status=queued"
+            );
+        }
+        Source::Maildrop => info!(
+            "maildrop queue_id={id} from=<{sender}> nrcpt={nrcpt} size={stored} status=queued"
+        ),
+        Source::Dsn { of } => info!("queue_id={of} DSN queued as {id} to=<{first}>"),
     }
 }
 
