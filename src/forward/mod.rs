@@ -226,6 +226,7 @@ impl LinkState {
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until `stop` is notified. Never returns an error: failures are logged and retried.
+/// DSNs enter the queue through an intake of its own (no `[[priority]]` or `[coalesce]`).
 pub async fn run(
     store: Store,
     clock: QueueClock,
