@@ -42,29 +42,24 @@ Logging: OUTPOST_LOG (or RUST_LOG) = error|warn|info|debug|trace; default info.
 /// What the command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cmd {
-    Serve(ServeArgs),
+    Serve(ConfigArgs),
     /// Same options as `serve`: validate and print the effective config.
-    CheckConfig(ServeArgs),
+    CheckConfig(ConfigArgs),
     /// `outpost queue …` (and `mailq`): one request to the daemon.
-    Queue(ClientArgs, Request),
+    Queue(ConfigArgs, Request),
     /// `outpost status`.
-    Status(ClientArgs),
+    Status(ConfigArgs),
     /// `outpost sendmail …` (and `argv[0] == "sendmail"`).
-    Sendmail(ClientArgs, SendmailArgs),
+    Sendmail(ConfigArgs, SendmailArgs),
     Help,
     Version,
 }
 
-/// How `queue`, `status` and `sendmail` find the daemon's `data_dir`.
+/// Where the config comes from and what the flags override: every option of `serve` and
+/// `check-config`; `queue`, `status` and `sendmail` take `--config` and `--data-dir` (how they
+/// find the daemon's `data_dir`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClientArgs {
-    pub config: Option<PathBuf>,
-    pub overrides: Overrides,
-}
-
-/// Where the config comes from and what the flags override.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServeArgs {
+pub struct ConfigArgs {
     pub config: Option<PathBuf>,
     pub overrides: Overrides,
 }
@@ -85,11 +80,6 @@ impl From<lexopt::Error> for UsageError {
     fn from(e: lexopt::Error) -> Self {
         Self(e.to_string())
     }
-}
-
-/// `outpost --version` text.
-pub fn version() -> String {
-    format!("outpost {}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Parses a whole argv: `argv[0]` named `mailq` or `sendmail` (a symlink to the binary) picks
@@ -124,7 +114,7 @@ where
 {
     let mut parser = lexopt::Parser::from_args(args);
     let Some(first) = parser.next()? else {
-        return Ok(Cmd::Serve(ServeArgs::default()));
+        return Ok(Cmd::Serve(ConfigArgs::default()));
     };
     match first {
         Short('h') | Long("help") => nothing_after(&mut parser, Cmd::Help),
@@ -160,8 +150,8 @@ fn nothing_after(parser: &mut lexopt::Parser, cmd: Cmd) -> Result<Cmd, UsageErro
 }
 
 /// `serve`/`check-config` options; `None` when `--help` was asked for.
-fn parse_serve_args(parser: &mut lexopt::Parser) -> Result<Option<ServeArgs>, UsageError> {
-    let mut args = ServeArgs::default();
+fn parse_serve_args(parser: &mut lexopt::Parser) -> Result<Option<ConfigArgs>, UsageError> {
+    let mut args = ConfigArgs::default();
     while let Some(arg) = parser.next()? {
         match arg {
             Short('c') | Long("config") => {
@@ -205,7 +195,7 @@ fn client_flag(arg: &lexopt::Arg<'_>) -> Option<ClientFlag> {
 fn client_value(
     parser: &mut lexopt::Parser,
     flag: ClientFlag,
-    target: &mut ClientArgs,
+    target: &mut ConfigArgs,
 ) -> Result<(), UsageError> {
     match flag {
         ClientFlag::Config => {
@@ -223,7 +213,7 @@ fn client_value(
 
 /// `queue [VERB] [IDS…] [--json]`; `mailq` is `queue list` with no verb allowed.
 fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageError> {
-    let mut target = ClientArgs::default();
+    let mut target = ConfigArgs::default();
     let mut verb: Option<String> = if mailq { Some("list".into()) } else { None };
     let mut json = false;
     let mut ids = Vec::new();
@@ -284,7 +274,7 @@ fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageErr
 }
 
 fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
-    let mut target = ClientArgs::default();
+    let mut target = ConfigArgs::default();
     while let Some(arg) = parser.next()? {
         if let Some(flag) = client_flag(&arg) {
             client_value(parser, flag, &mut target)?;
@@ -302,7 +292,7 @@ fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
 /// `-odi`, `-v`, `-B 8BITMIME`, `-bm`, `-N never`) are accepted and ignored. `-bp` lists
 /// the queue like `mailq`.
 fn parse_sendmail(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
-    let mut target = ClientArgs::default();
+    let mut target = ConfigArgs::default();
     let mut args = SendmailArgs::default();
     while let Some(arg) = parser.next()? {
         if let Some(flag) = client_flag(&arg) {
@@ -368,7 +358,7 @@ mod tests {
 
     #[test]
     fn no_arguments_serves_on_defaults() {
-        assert_eq!(parse_str(&[]).unwrap(), Cmd::Serve(ServeArgs::default()));
+        assert_eq!(parse_str(&[]).unwrap(), Cmd::Serve(ConfigArgs::default()));
     }
 
     #[test]
@@ -403,9 +393,9 @@ mod tests {
         let cmd = parse_str(&["check-config", "--config", "x.toml"]).unwrap();
         assert_eq!(
             cmd,
-            Cmd::CheckConfig(ServeArgs {
+            Cmd::CheckConfig(ConfigArgs {
                 config: Some("x.toml".into()),
-                ..ServeArgs::default()
+                ..ConfigArgs::default()
             })
         );
     }
@@ -437,7 +427,7 @@ mod tests {
 
     #[test]
     fn queue_commands_and_options_anywhere() {
-        let dir = ClientArgs {
+        let dir = ConfigArgs {
             config: Some("c.toml".into()),
             overrides: Overrides {
                 data_dir: Some("/q".into()),
@@ -446,7 +436,7 @@ mod tests {
         };
         assert_eq!(
             parse_str(&["queue"]).unwrap(),
-            Cmd::Queue(ClientArgs::default(), Request::List { json: false })
+            Cmd::Queue(ConfigArgs::default(), Request::List { json: false })
         );
         assert_eq!(
             parse_str(&["queue", "--config", "c.toml", "list", "--json", "-d", "/q"]).unwrap(),
@@ -458,7 +448,7 @@ mod tests {
         );
         assert_eq!(
             parse_str(&["queue", "show", "A"]).unwrap(),
-            Cmd::Queue(ClientArgs::default(), Request::Show("A".into()))
+            Cmd::Queue(ConfigArgs::default(), Request::Show("A".into()))
         );
         assert_eq!(
             parse_str(&["status", "-d", "/q", "--config", "c.toml"]).unwrap(),
@@ -482,11 +472,11 @@ mod tests {
     fn argv0_mailq_and_sendmail_pick_their_front_ends() {
         assert_eq!(
             parse_invocation(["/usr/bin/mailq"]).unwrap(),
-            Cmd::Queue(ClientArgs::default(), Request::List { json: false })
+            Cmd::Queue(ConfigArgs::default(), Request::List { json: false })
         );
         assert_eq!(
             parse_invocation(["mailq", "--json"]).unwrap(),
-            Cmd::Queue(ClientArgs::default(), Request::List { json: true })
+            Cmd::Queue(ConfigArgs::default(), Request::List { json: true })
         );
         assert!(parse_invocation(["mailq", "flush"]).is_err());
         let Cmd::Sendmail(_, args) =
@@ -530,7 +520,7 @@ mod tests {
         assert!(parse_str(&["sendmail", "-bs"]).is_err());
         assert_eq!(
             parse_str(&["sendmail", "-bp"]).unwrap(),
-            Cmd::Queue(ClientArgs::default(), Request::List { json: false })
+            Cmd::Queue(ConfigArgs::default(), Request::List { json: false })
         );
     }
 

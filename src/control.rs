@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use async_io::{Async, Timer};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use log::{debug, info, warn};
+use log::{debug, info};
 use smol::LocalExecutor;
 
+use crate::accept;
 use crate::clock::QueueTime;
 use crate::message;
-use crate::net::Ctx;
+use crate::shared::Shared;
 use crate::store::{QueueId, StoreError};
 
 use self::render::with_link_wait;
@@ -163,40 +164,38 @@ pub fn bind(data_dir: &Path) -> io::Result<Async<UnixListener>> {
 }
 
 /// Accepts control clients until shutdown; one short task per client.
-pub async fn serve(ex: Rc<LocalExecutor<'static>>, listener: Async<UnixListener>, ctx: Rc<Ctx>) {
-    loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            ctx.shutdown.wait().await;
-            None
-        });
-        let stream = match accepted.await {
-            None => break,
-            Some(Ok((stream, _))) => stream,
-            Some(Err(e)) => {
-                warn!("control socket: accept failed: {e}");
-                Timer::after(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let ctx = ctx.clone();
-        ex.spawn(async move {
-            let served = future::or(client(stream, &ctx), async {
-                Timer::after(ANSWER_TIMEOUT).await;
-                Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-            });
-            if let Err(e) = served.await {
-                debug!("control client: {e}");
-            }
-        })
-        .detach();
-    }
-    let path = socket_path(&ctx.config.data_dir);
+pub async fn serve(
+    ex: Rc<LocalExecutor<'static>>,
+    listener: Async<UnixListener>,
+    shared: Rc<Shared>,
+) {
+    let accept = || listener.accept();
+    accept::until_shutdown(
+        shared.shutdown(),
+        "control socket: ",
+        accept,
+        |(stream, _)| {
+            let shared = shared.clone();
+            ex.spawn(async move {
+                let served = future::or(client(stream, &shared), async {
+                    Timer::after(ANSWER_TIMEOUT).await;
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+                });
+                if let Err(e) = served.await {
+                    debug!("control client: {e}");
+                }
+            })
+            .detach();
+        },
+    )
+    .await;
+    let path = socket_path(&shared.config().data_dir);
     if let Err(e) = std::fs::remove_file(&path) {
         debug!("cannot remove {}: {e}", path.display());
     }
 }
 
-async fn client(mut stream: Async<UnixStream>, ctx: &Ctx) -> io::Result<()> {
+async fn client(mut stream: Async<UnixStream>, shared: &Shared) -> io::Result<()> {
     let line = future::or(read_request(&mut stream), async {
         Timer::after(CLIENT_TIMEOUT).await;
         Err(io::Error::new(io::ErrorKind::TimedOut, "no request"))
@@ -207,7 +206,7 @@ async fn client(mut stream: Async<UnixStream>, ctx: &Ctx) -> io::Result<()> {
             if request != Request::Poke {
                 info!("control: {}", request.to_line());
             }
-            answer(&request, ctx).await
+            answer(&request, shared).await
         }
         None => Response::err(format!("unknown request {line:?}\n")),
     };
@@ -233,47 +232,47 @@ async fn read_request(stream: &mut Async<UnixStream>) -> io::Result<String> {
     String::from_utf8(buf).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
 }
 
-async fn answer(request: &Request, ctx: &Ctx) -> Response {
-    let now = ctx.clock.now();
+async fn answer(request: &Request, shared: &Shared) -> Response {
+    let now = shared.clock().now();
     match request {
-        Request::List { json } => match ctx.store.list() {
+        Request::List { json } => match shared.store().list() {
             Ok(mut messages) => {
-                with_link_wait(&mut messages, ctx.link.report().retry_at);
+                with_link_wait(&mut messages, shared.link().report().retry_at);
                 if *json {
                     Response::ok(render_list_json(&messages, now))
                 } else {
-                    let holding = ctx.config.smarthosts.is_empty();
+                    let holding = shared.config().smarthosts.is_empty();
                     Response::ok(render_list(&messages, now, holding))
                 }
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
         },
-        Request::Show(id) => show(ctx, id, now),
+        Request::Show(id) => show(shared, id, now),
         Request::Flush => {
-            ctx.link.flush.notify();
+            shared.link().flush.notify();
             Response::ok("flush requested: the forwarder tries the smarthost now\n".into())
         }
-        Request::Delete(ids) => per_id(ctx, ids, "deleted", Action::Delete).await,
-        Request::Hold(ids) => per_id(ctx, ids, "held", Action::Hold).await,
+        Request::Delete(ids) => per_id(shared, ids, "deleted", Action::Delete).await,
+        Request::Hold(ids) => per_id(shared, ids, "held", Action::Hold).await,
         Request::Release(ids) => {
-            let response = per_id(ctx, ids, "released", Action::Release).await;
-            ctx.wake.notify();
+            let response = per_id(shared, ids, "released", Action::Release).await;
+            shared.forwarder().notify();
             response
         }
-        Request::Status => match ctx.store.list() {
+        Request::Status => match shared.store().list() {
             Ok(messages) => {
                 let summary = QueueSummary::of(&messages, now);
                 Response::ok(render_status(
-                    &ctx.link.report(),
+                    &shared.link().report(),
                     &summary,
-                    ctx.store.usage(),
+                    shared.store().usage(),
                     Some(now),
                 ))
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
         },
         Request::Poke => {
-            ctx.maildrop.notify();
+            shared.maildrop().notify();
             Response::ok(String::new())
         }
     }
@@ -286,7 +285,7 @@ enum Action {
     Release,
 }
 
-async fn per_id(ctx: &Ctx, ids: &[String], done: &str, action: Action) -> Response {
+async fn per_id(shared: &Shared, ids: &[String], done: &str, action: Action) -> Response {
     let mut body = String::new();
     let mut ok = true;
     for text in ids {
@@ -296,9 +295,9 @@ async fn per_id(ctx: &Ctx, ids: &[String], done: &str, action: Action) -> Respon
             continue;
         };
         let result = match action {
-            Action::Delete => ctx.store.delete(id).await,
-            Action::Hold => ctx.store.hold(id).await,
-            Action::Release => ctx.store.release(id).await,
+            Action::Delete => shared.store().delete(id).await,
+            Action::Hold => shared.store().hold(id).await,
+            Action::Release => shared.store().release(id).await,
         };
         match result {
             Ok(()) => {
@@ -323,35 +322,35 @@ fn parse_id(text: &str) -> Option<QueueId> {
     hex.then(|| QueueId::parse(text)).flatten()
 }
 
-fn show(ctx: &Ctx, text: &str, now: QueueTime) -> Response {
+fn show(shared: &Shared, text: &str, now: QueueTime) -> Response {
     let Some(id) = parse_id(text) else {
         return Response::err(format!("{text}: not a queue id (16 hex digits)\n"));
     };
-    let message = match ctx.store.get(id) {
+    let message = match shared.store().get(id) {
         Ok(mut message) => {
             with_link_wait(
                 std::slice::from_mut(&mut message),
-                ctx.link.report().retry_at,
+                shared.link().report().retry_at,
             );
             message
         }
         Err(e) => return Response::err(format!("{e}\n")),
     };
-    let history = match ctx.store.history(id) {
+    let history = match shared.store().history(id) {
         Ok(history) => history,
         Err(e) => return Response::err(format!("{e}\n")),
     };
-    let headers = match header_section(ctx, id) {
+    let headers = match header_section(shared, id) {
         Ok(headers) => headers,
         Err(e) => format!("(headers unreadable: {e})\n"),
     };
-    let holding = ctx.config.smarthosts.is_empty();
+    let holding = shared.config().smarthosts.is_empty();
     Response::ok(render_show(&message, &history, &headers, now, holding))
 }
 
 /// The stored message's header section, bounded by `MAX_SHOWN_HEADERS`.
-fn header_section(ctx: &Ctx, id: QueueId) -> Result<String, StoreError> {
-    let bytes = message::read_section(ctx.store.body_chunks(id)?, MAX_SHOWN_HEADERS)?;
+fn header_section(shared: &Shared, id: QueueId) -> Result<String, StoreError> {
+    let bytes = message::read_section(shared.store().body_chunks(id)?, MAX_SHOWN_HEADERS)?;
     Ok(String::from_utf8_lossy(&bytes).replace("\r\n", "\n"))
 }
 

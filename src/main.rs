@@ -5,9 +5,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use log::{error, LevelFilter};
-use outpost::cli::{self, ClientArgs, Cmd, ServeArgs};
+use outpost::cli::{self, Cmd, ConfigArgs};
 use outpost::config::{Config, ConfigError};
-use outpost::{control, net, sendmail};
+use outpost::{control, daemon, sendmail};
 
 /// sysexits(3)
 const EX_USAGE: u8 = 64;
@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     };
     match cmd {
         Cmd::Help => print_stdout(cli::USAGE),
-        Cmd::Version => print_stdout(&format!("{}\n", cli::version())),
+        Cmd::Version => print_stdout(&format!("{}\n", outpost::version())),
         Cmd::CheckConfig(args) => check_config(&args),
         Cmd::Serve(args) => serve(&args),
         Cmd::Queue(target, request) => match load_client(&target) {
@@ -52,11 +52,11 @@ fn print_stdout(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn load(args: &ServeArgs) -> Result<Config, ExitCode> {
+fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
     Config::load(args.config.as_deref(), &args.overrides).map_err(|e| report_config_error(&e))
 }
 
-fn load_client(args: &ClientArgs) -> Result<Config, ExitCode> {
+fn load_client(args: &ConfigArgs) -> Result<Config, ExitCode> {
     Config::load_client(args.config.as_deref(), &args.overrides)
         .map_err(|e| report_config_error(&e))
 }
@@ -68,7 +68,7 @@ fn report_config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(EX_CONFIG)
 }
 
-fn check_config(args: &ServeArgs) -> ExitCode {
+fn check_config(args: &ConfigArgs) -> ExitCode {
     match load(args) {
         Ok(config) => {
             let origin = args
@@ -84,13 +84,13 @@ fn check_config(args: &ServeArgs) -> ExitCode {
     }
 }
 
-fn serve(args: &ServeArgs) -> ExitCode {
+fn serve(args: &ConfigArgs) -> ExitCode {
     init_logging();
     let config = match load(args) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    match net::run(config) {
+    match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

@@ -1,15 +1,99 @@
-//! Waiting with a deadline: for a future ([`before`]: the daemon's shutdown waits so for the
-//! forwarder), or for a condition that an `event_listener::Event` announces ([`until`]: the one
-//! loop the shutdown (sessions ended) and the store's removal grace (a sync covered the
-//! removals) both need; it registers the listener before the second check, so a notification
-//! between the check and the wait is never missed).
+//! Listening and re-checking: the one way a task waits for something another task announces.
+//! [`Wake`] is a level-triggered poke (new mail for the forwarder, a maildrop poke, a flush),
+//! [`Shutdown`] a one-way broadcast flag (SIGTERM, a failed store), [`until`] a condition an
+//! `event_listener::Event` announces, with a deadline (sessions ended, a sync covered the
+//! removals), [`before`] a future with a deadline. Each registers its listener before the
+//! second check, so a notification between the check and the wait is never missed. Single
+//! thread (`Cell`); does no I/O beyond timers.
 
+use std::cell::Cell;
 use std::future::Future;
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use event_listener::Event;
 use futures_lite::future;
+
+/// A level-triggered wake-up flag shared by two tasks on one thread.
+#[derive(Default)]
+pub struct Wake {
+    pending: Cell<bool>,
+    event: Event,
+}
+
+impl Wake {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    /// New mail committed, `queue flush`, link-up, a maildrop poke.
+    pub fn notify(&self) {
+        self.pending.set(true);
+        self.event.notify(usize::MAX);
+    }
+
+    /// Waits until notified (returns at once if a notification is pending), then clears it.
+    pub async fn wait(&self) {
+        loop {
+            if self.pending.replace(false) {
+                return;
+            }
+            let listener = self.event.listen();
+            if self.pending.replace(false) {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// A one-way broadcast flag: once raised, every current and future waiter returns.
+#[derive(Default)]
+pub struct Shutdown {
+    raised: Cell<bool>,
+    event: Event,
+}
+
+impl Shutdown {
+    pub fn raise(&self) {
+        self.raised.set(true);
+        self.event.notify(usize::MAX);
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.raised.get()
+    }
+
+    pub async fn wait(&self) {
+        while !self.raised.get() {
+            let listener = self.event.listen();
+            if self.raised.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Waits for `wake` or `period`, whichever comes first; `true` when shutdown came first
+    /// (the caller's loop should end).
+    pub async fn interrupts(&self, period: Duration, wake: impl Future<Output = ()>) -> bool {
+        let timer = async {
+            Timer::after(period).await;
+        };
+        future::or(
+            async {
+                future::or(wake, timer).await;
+                false
+            },
+            async {
+                self.wait().await;
+                true
+            },
+        )
+        .await
+    }
+}
 
 /// Waits until `done()` holds, rechecking whenever `event` is notified, or until `deadline`
 /// passes; returns whether `done()` held.
@@ -39,9 +123,6 @@ pub async fn before<T>(deadline: Instant, work: impl Future<Output = T>) -> Opti
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
-    use std::time::Duration;
-
     use futures_lite::future::block_on;
     use smol::LocalExecutor;
 

@@ -4,15 +4,12 @@
 
 use log::{error, info};
 
+use crate::intake::{self, IntakeError, Source};
 use crate::message::{self, rfc5322_date};
-use crate::priority::Priority;
-use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, StoreError};
+use crate::store::{QueueId, QueuedMessage, RcptState, StoreError};
 
 use super::run::Forwarder;
 use super::{dsn, wall_clock_secs};
-
-/// Chunk size when spooling a DSN (the store keeps chunks ≤ 32 KiB).
-const SPOOL_CHUNK: usize = 32 * 1024;
 
 impl Forwarder {
     /// Fails every pending recipient of a message queued longer than `max_age`.
@@ -95,38 +92,24 @@ impl Forwarder {
             original: &original,
         };
         let bytes = dsn::build(&input);
-        let info = MessageInfo {
+        let envelope = intake::Envelope {
             sender: String::new(),
             recipients: vec![message.info.sender.clone()],
             eight_bit: !bytes.is_ascii(),
             smtputf8: !message.info.sender.is_ascii(),
             received_unix: now_unix,
-            priority: Priority::Normal,
-            coalesce: None,
         };
-        match self.enqueue(&bytes, info).await {
-            Ok(Ok(id)) => info!(
-                "queue_id={} DSN queued as {id} to=<{}>",
-                message.id, message.info.sender
-            ),
-            Ok(Err(_)) => error!("queue_id={} DSN not queued: queue full", message.id),
-            Err(e) => error!("queue_id={} DSN not queued: {e}", message.id),
-        }
+        self.enqueue(&bytes, envelope, message.id).await;
     }
 
-    async fn enqueue(
-        &self,
-        bytes: &[u8],
-        info: MessageInfo,
-    ) -> Result<Result<QueueId, crate::store::QueueFull>, StoreError> {
-        let mut spool = self.store.spool()?;
-        for chunk in bytes.chunks(SPOOL_CHUNK) {
-            if let Err(e) = spool.append(chunk) {
-                spool.abort();
-                return Err(e);
-            }
+    /// Queues the DSN `bytes` about message `of` through intake (which logs it).
+    async fn enqueue(&self, bytes: &[u8], envelope: intake::Envelope, of: QueueId) {
+        let source = Source::Dsn { of };
+        match self.intake.submit(bytes, envelope, source).await {
+            Ok(_) => {}
+            Err(IntakeError::QueueFull) => error!("queue_id={of} DSN not queued: queue full"),
+            Err(IntakeError::Store(e)) => error!("queue_id={of} DSN not queued: {e}"),
         }
-        spool.commit(info, self.clock.now()).await
     }
 
     /// The stored message's header section, enough for a DSN's excerpt of it (bounded).

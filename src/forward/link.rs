@@ -14,13 +14,13 @@ use smol::net::TcpStream;
 
 use super::outcome::ForwardError;
 use super::TlsPolicy;
-use crate::net::tls::{self, MaybeTls};
 use crate::smtp::body::BodyEncoder;
 use crate::smtp::client::{
     ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, SessionFailure, Stage,
 };
 use crate::smtp::reply::{parse_reply, Reply};
 use crate::store::StoreError;
+use crate::tls::{self, MaybeTls};
 
 /// Body bytes written to the smarthost per write.
 const WRITE_CHUNK: usize = 32 * 1024;

@@ -11,8 +11,6 @@
 //! about a reply lives in `outcome`; when to retry in `schedule`; bounce messages in `dsn`.
 //! Never touches sled directly, never logs secrets.
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -80,37 +78,6 @@ pub struct ForwardParams {
     pub coalesce: Option<CoalescePolicy>,
     /// The most bytes of originals one digest carries (`max_message_size`).
     pub max_digest_bytes: u64,
-}
-
-/// A level-triggered wake-up flag shared by the glue and the forwarder (single thread).
-#[derive(Default)]
-pub struct Wake {
-    pending: Cell<bool>,
-    event: event_listener::Event,
-}
-
-impl Wake {
-    pub fn new() -> Rc<Self> {
-        Rc::new(Self::default())
-    }
-    /// New mail committed, `queue flush`, or link-up.
-    pub fn notify(&self) {
-        self.pending.set(true);
-        self.event.notify(usize::MAX);
-    }
-    /// Waits until notified (returns at once if a notification is pending), then clears it.
-    pub async fn wait(&self) {
-        loop {
-            if self.pending.replace(false) {
-                return;
-            }
-            let listener = self.event.listen();
-            if self.pending.replace(false) {
-                return;
-            }
-            listener.await;
-        }
-    }
 }
 
 /// Wall-clock Unix seconds: only for Date headers, never for queue decisions.

@@ -12,20 +12,23 @@ use futures_lite::future;
 use log::{error, info, warn};
 
 use crate::clock::{QueueClock, QueueTime};
+use crate::intake::{Intake, IntakePolicy};
 use crate::smtp::client::{ClientSession, ClientStep, SessionFailure, Stage};
 use crate::store::{QueuedMessage, Store};
+use crate::wait::Wake;
 
 use super::failover::{self, SmarthostTiming};
 use super::link::Connection;
 use super::outcome::ForwardError;
 use super::schedule::{self, Jitter};
 use super::token::CachedToken;
-use super::{wall_clock_secs, ForwardParams, LinkState, Wake};
+use super::{wall_clock_secs, ForwardParams, LinkState};
 
 /// Longest wait for the reply to QUIT.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until `stop` is notified. Never returns an error: failures are logged and retried.
+/// DSNs enter the queue through an intake of its own (no `[[priority]]` or `[coalesce]`).
 pub async fn run(
     store: Store,
     clock: QueueClock,
@@ -33,10 +36,13 @@ pub async fn run(
     wake: Rc<Wake>,
     stop: Rc<Wake>,
 ) {
-    run_linked(store, clock, params, wake, stop, LinkState::new()).await;
+    let intake = Intake::new(store.clone(), clock, Wake::new(), IntakePolicy::default());
+    let link = LinkState::new();
+    run_linked(store, clock, params, wake, stop, link, Rc::new(intake)).await;
 }
 
-/// `run`, reporting the link's state into `link` and obeying its `flush` signal.
+/// `run`, reporting the link's state into `link`, obeying its `flush` signal, and queueing
+/// DSNs through `intake`.
 pub async fn run_linked(
     store: Store,
     clock: QueueClock,
@@ -44,6 +50,7 @@ pub async fn run_linked(
     wake: Rc<Wake>,
     stop: Rc<Wake>,
     link: Rc<LinkState>,
+    intake: Rc<Intake>,
 ) {
     if params.smarthosts.is_empty() {
         warn!("no smarthost configured: mail is accepted and held in the queue");
@@ -62,6 +69,7 @@ pub async fn run_linked(
         jitter: Jitter::new(seed),
         stalled_until: 0,
         link,
+        intake,
     };
     loop {
         let now = forwarder.clock.now();
@@ -145,6 +153,8 @@ pub(super) struct Forwarder {
     /// not return): no pass before this, so a broken store cannot make the task spin.
     pub(super) stalled_until: QueueTime,
     pub(super) link: Rc<LinkState>,
+    /// Where DSNs enter the queue.
+    pub(super) intake: Rc<Intake>,
 }
 
 impl Forwarder {

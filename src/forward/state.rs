@@ -9,7 +9,8 @@ use std::rc::Rc;
 use crate::clock::QueueTime;
 
 use super::failover::{self, SmarthostReport};
-use super::{wall_clock_secs, Smarthost, Wake};
+use super::{wall_clock_secs, Smarthost};
+use crate::wait::Wake;
 
 /// What the forwarder knows about the links to its smarthosts, for `outpost status` and the
 /// metrics; plus the `flush` signal (`queue flush`, SIGUSR1, link events) that makes the

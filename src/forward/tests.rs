@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use async_io::Timer;
@@ -18,6 +19,7 @@ use crate::smtp::client::{ClientParams, ClientStep, Envelope, Stage};
 use crate::store::{
     MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreError, StoreOptions,
 };
+use crate::wait::Wake;
 
 /// What the independent upstream (mailin-embedded) saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use super::oauth::{self, RefreshGrant, TokenReply};
 use super::outcome::ForwardError;
 use crate::clock::QueueTime;
 use crate::config::TokenUrl;
-use crate::net::tls::{self, MaybeTls};
+use crate::tls::{self, MaybeTls};
 
 /// One route's OAuth 2.0 settings (config `[smarthost] oauth2_*`). `Debug` hides the secret.
 #[derive(Clone)]

@@ -1,8 +1,9 @@
 //! One SMTP session over a TCP stream: read → `ServerSession::handle_input` → write, with a
-//! timeout on every read and write; streams the body into a store spool in bounded chunks and
-//! commits it before the session may say 250. Holds no protocol logic: every reply comes from
-//! the session (or, for shutdown, from one named reply here). Carries out STARTTLS (dropping
-//! any plaintext pipelined behind it) and AUTH checks (with the failure delay).
+//! timeout on every read and write; streams the body into an intake submission in bounded
+//! chunks (`message`) and commits it before the session may say 250. Holds no protocol logic:
+//! every reply comes from the session (or, for shutdown, from one named reply here). Carries
+//! out STARTTLS (dropping any plaintext pipelined behind it) and AUTH checks (with the failure
+//! delay).
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -19,17 +20,16 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
 use super::auth::{verify, AUTH_FAILURE_DELAY};
-use super::tls::MaybeTls;
-use super::Ctx;
-use crate::message::rfc5322_date;
-use crate::message::HeaderWatch;
-use crate::priority::Priority;
+use crate::intake::Submission;
+use crate::shared::Shared;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
-    Awaiting, BodyType, CommitOutcome, Envelope, MailVerdict, Next, ReplyBuffer, ServerSession,
-    SessionParams,
+    Awaiting, Credentials, MailVerdict, Next, ReplyBuffer, ServerSession, SessionParams,
 };
-use crate::store::{MessageInfo, Spool, MAX_EXTENT};
+use crate::store::MAX_EXTENT;
+use crate::tls::MaybeTls;
+
+mod message;
 
 /// Input buffer: commands are ≤ 512 octets (RFC 5321 §4.5.3.1.4) and the session guarantees
 /// the unconsumed tail after `NeedInput` is shorter than that, so 4 KiB always has room.
@@ -55,7 +55,7 @@ pub(super) async fn run(
     stream: Async<TcpStream>,
     params: SessionParams,
     id: u64,
-    ctx: &Ctx,
+    shared: &Shared,
     implicit_tls: bool,
 ) {
     let tag = Tag {
@@ -65,7 +65,7 @@ pub(super) async fn run(
     debug!("{tag} connected relay_allowed={}", params.relay_allowed);
     let mut stream = MaybeTls::Plain(stream);
     if implicit_tls {
-        if let Err(e) = handshake(&mut stream, ctx).await {
+        if let Err(e) = handshake(&mut stream, shared).await {
             info!("{tag} TLS handshake failed: {e}");
             return;
         }
@@ -74,11 +74,10 @@ pub(super) async fn run(
     let mut conn = Conn {
         stream,
         session: ServerSession::new(params),
-        ctx,
+        shared,
         tag,
         replies: ReplyBuffer::new(),
         body: Vec::new(),
-        headers: HeaderWatch::default(),
         spool: SpoolState::Idle,
         received_unix: 0,
         input: [0; INPUT_BUF],
@@ -104,8 +103,13 @@ pub(super) async fn run(
     if let SpoolState::Open(spool) = std::mem::take(&mut conn.spool) {
         spool.abort();
     }
+    log_end(tag, end, in_body, conn.session.closed_for_errors());
+}
+
+/// The one line that says how a session ended.
+fn log_end(tag: Tag, end: End, in_body: bool, closed_for_errors: bool) {
     match end {
-        End::Closed if conn.session.closed_for_errors() => {
+        End::Closed if closed_for_errors => {
             warn!("{tag} closed: too many errors; 421 4.7.0 sent");
         }
         End::Closed => debug!("{tag} closed"),
@@ -160,11 +164,11 @@ enum Wait {
 
 /// Where the current message body goes.
 #[derive(Default)]
-enum SpoolState {
+enum SpoolState<'a> {
     /// No DATA in progress.
     #[default]
     Idle,
-    Open(Spool),
+    Open(Submission<'a>),
     /// The store failed during this DATA: drain the body, then answer 451 (via `Failed`).
     Failed,
     /// `data_dir` was below its free-space reserve at DATA: drain, then answer 452 4.3.1.
@@ -174,14 +178,13 @@ enum SpoolState {
 struct Conn<'a> {
     stream: MaybeTls<Async<TcpStream>>,
     session: ServerSession,
-    ctx: &'a Ctx,
+    shared: &'a Shared,
     tag: Tag,
     replies: ReplyBuffer,
     /// Decoded body octets not yet in the spool (< `BODY_BUF`).
     body: Vec<u8>,
-    /// The header fields `[[priority]]` rules look at, collected as the body arrives.
-    headers: HeaderWatch,
-    spool: SpoolState,
+    /// The message being received (with the header fields intake classifies it by).
+    spool: SpoolState<'a>,
     received_unix: u64,
     input: [u8; INPUT_BUF],
     len: usize,
@@ -196,7 +199,7 @@ struct Conn<'a> {
     turn_began: Instant,
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
     async fn drive(&mut self) -> End {
         let greeting = self.session.greeting();
         self.replies.push(&greeting);
@@ -219,7 +222,9 @@ impl Conn<'_> {
                 &mut self.replies,
                 &mut self.body,
             );
-            self.headers.feed(&self.body[before..]);
+            if let SpoolState::Open(submission) = &mut self.spool {
+                submission.scan(&self.body[before..]);
+            }
             self.discard(step.consumed);
             if self.body.len() >= MAX_CHUNK {
                 self.spill_piece();
@@ -252,38 +257,47 @@ impl Conn<'_> {
                 }
                 Next::StartTls => self.start_tls().await?,
                 Next::AuthCheck(credentials) => {
-                    let verdict = verify(&self.ctx.config.users, &credentials);
-                    match &verdict {
-                        Some(user) => info!("{} authenticated user={user}", self.tag),
-                        None => {
-                            warn!("{} AUTH failed user={:?}", self.tag, credentials.username);
-                            Timer::after(AUTH_FAILURE_DELAY).await;
-                        }
-                    }
-                    drop(credentials);
-                    let next = self.session.auth_checked(verdict, &mut self.replies);
-                    self.flush().await?;
-                    if matches!(next, Next::Close) {
+                    if self.auth_check(credentials).await? {
                         return Ok(());
                     }
                 }
-                Next::MailCheck(sender) => {
-                    let verdict = self.ctx.check_sender(&sender);
-                    if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
-                        info!(
-                            "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
-                            self.tag,
-                            retry_after.as_secs().max(1)
-                        );
-                    }
-                    self.session.mail_checked(verdict, &mut self.replies);
-                }
+                Next::MailCheck(sender) => self.mail_check(&sender),
                 Next::Close => {
                     self.flush().await?;
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// `Next::AuthCheck`: checks the password (failures wait `AUTH_FAILURE_DELAY`) and sends
+    /// the session's reply; `true` when the session then closes (too many failures).
+    async fn auth_check(&mut self, credentials: Credentials) -> Result<bool, End> {
+        let verdict = verify(&self.shared.config().users, &credentials);
+        match &verdict {
+            Some(user) => info!("{} authenticated user={user}", self.tag),
+            None => {
+                warn!("{} AUTH failed user={:?}", self.tag, credentials.username);
+                Timer::after(AUTH_FAILURE_DELAY).await;
+            }
+        }
+        drop(credentials);
+        let next = self.session.auth_checked(verdict, &mut self.replies);
+        self.flush().await?;
+        Ok(matches!(next, Next::Close))
+    }
+
+    /// `Next::MailCheck`: counts the message against the sender's `[rate_limit]`.
+    fn mail_check(&mut self, sender: &str) {
+        let verdict = self.shared.intake().check_sender(sender);
+        if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
+            info!(
+                "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
+                self.tag,
+                retry_after.as_secs().max(1)
+            );
+        }
+        self.session.mail_checked(verdict, &mut self.replies);
     }
 
     /// RFC 3207 and the STARTTLS invariant: the 220 goes out in plaintext; anything the
@@ -296,7 +310,7 @@ impl Conn<'_> {
             self.len = 0;
             return Err(End::PlaintextAfterStartTls(leftover));
         }
-        handshake(&mut self.stream, self.ctx)
+        handshake(&mut self.stream, self.shared)
             .await
             .map_err(End::TlsFailed)?;
         debug!("{} TLS established ({})", self.tag, self.stream.describe());
@@ -314,28 +328,11 @@ impl Conn<'_> {
     /// Reads more input, racing the read against the RFC 5321 §4.5.3.2 timeout for what the
     /// session awaits, and (between commands) against shutdown.
     async fn fill(&mut self) -> Result<(), End> {
-        let timeouts = &self.ctx.config.timeouts;
-        // Commands: one deadline per command line (see `command_since`). Body: the RFC 5321
-        // §4.5.3.2.6 data-block timeout, per read.
-        let (deadline, what) = match self.session.awaiting() {
-            Awaiting::Command => {
-                let since = *self.command_since.get_or_insert_with(Instant::now);
-                (since + timeouts.command, "command")
-            }
-            Awaiting::Body => (Instant::now() + timeouts.data, "data"),
-            Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
-                return Err(End::Internal("session asked for input while not reading"));
-            }
-        };
-        if self.len == INPUT_BUF {
-            return Err(End::Internal(
-                "input buffer full without a complete command",
-            ));
-        }
+        let (deadline, what) = self.read_deadline()?;
         // An idle session (no partial command, not in DATA) is closed at shutdown; a session in
         // DATA gets to finish its message.
         let closable = what == "command" && self.len == 0;
-        let shutdown = &self.ctx.shutdown;
+        let shutdown = self.shared.shutdown();
         let buf = &mut self.input[self.len..];
         let stream = &mut self.stream;
         // Whether the read had to wait for input (see the end of this function).
@@ -364,24 +361,13 @@ impl Conn<'_> {
             Wait::Read(Ok(0)) => Err(End::PeerClosed),
             Wait::Read(Ok(n)) => {
                 self.len += n;
-                // One thread serves every session, and a read that finds input ready does not
-                // yield: a client whose input is always ready (a pipelining flood, a fast
-                // stream of commands) would keep every other session, and the listener, waiting
-                // for as long as it kept sending. So a session that has not waited for `TURN`
-                // gives the others a turn. Not after every read: a 100 KiB body would then be
-                // read in turns with every other body, and each reply would wait for all.
-                let now = Instant::now();
-                if waited.get() {
-                    self.turn_began = now;
-                } else if now.duration_since(self.turn_began) >= TURN {
-                    future::yield_now().await;
-                    self.turn_began = Instant::now();
-                }
+                self.end_of_read(waited.get()).await;
                 Ok(())
             }
             Wait::Read(Err(e)) => Err(End::Io(e)),
             Wait::Shutdown => {
-                self.replies.push(&shutting_down(&self.ctx.config.hostname));
+                self.replies
+                    .push(&shutting_down(&self.shared.config().hostname));
                 let _ = self.flush().await;
                 Err(End::Shutdown)
             }
@@ -391,6 +377,45 @@ impl Conn<'_> {
                 let _ = self.flush().await;
                 Err(End::TimedOut(what))
             }
+        }
+    }
+
+    /// When the wait for input times out, and what the session awaits (for the log line).
+    /// Commands: one deadline per command line (see `command_since`). Body: the RFC 5321
+    /// §4.5.3.2.6 data-block timeout, per read.
+    fn read_deadline(&mut self) -> Result<(Instant, &'static str), End> {
+        let timeouts = &self.shared.config().timeouts;
+        let due = match self.session.awaiting() {
+            Awaiting::Command => {
+                let since = *self.command_since.get_or_insert_with(Instant::now);
+                (since + timeouts.command, "command")
+            }
+            Awaiting::Body => (Instant::now() + timeouts.data, "data"),
+            Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
+                return Err(End::Internal("session asked for input while not reading"));
+            }
+        };
+        if self.len == INPUT_BUF {
+            return Err(End::Internal(
+                "input buffer full without a complete command",
+            ));
+        }
+        Ok(due)
+    }
+
+    /// After a read that got input. One thread serves every session, and a read that finds
+    /// input ready does not yield: a client whose input is always ready (a pipelining flood, a
+    /// fast stream of commands) would keep every other session, and the listener, waiting for
+    /// as long as it kept sending. So a session that has not `waited` for `TURN` gives the
+    /// others a turn. Not after every read: a 100 KiB body would then be read in turns with
+    /// every other body, and each reply would wait for all.
+    async fn end_of_read(&mut self, waited: bool) {
+        let now = Instant::now();
+        if waited {
+            self.turn_began = now;
+        } else if now.duration_since(self.turn_began) >= TURN {
+            future::yield_now().await;
+            self.turn_began = Instant::now();
         }
     }
 
@@ -406,7 +431,7 @@ impl Conn<'_> {
             self.tag,
             String::from_utf8_lossy(self.replies.as_bytes())
         );
-        let timeout = self.ctx.config.timeouts.command;
+        let timeout = self.shared.config().timeouts.command;
         let bytes = self.replies.as_bytes();
         let stream = &mut self.stream;
         let written = future::or(
@@ -431,140 +456,14 @@ impl Conn<'_> {
             None => Err(End::TimedOut("the client to read our reply")),
         }
     }
-
-    /// DATA accepted (354 sent): open a spool and put the trace header first in the body buffer
-    /// (not appended on its own: a small message then reaches the store in one append, one
-    /// write to its body file).
-    fn open_spool(&mut self) {
-        self.body.clear();
-        self.headers = self.ctx.header_watch();
-        self.received_unix = unix_now();
-        if let Some(available) = self.ctx.short_of_space() {
-            warn!(
-                "{} status=rejected reason=\"data_dir nearly full ({} KiB available)\"",
-                self.tag,
-                available / 1024
-            );
-            self.spool = SpoolState::NoSpace;
-            return;
-        }
-        let spool = match self.ctx.store.spool() {
-            Ok(spool) => spool,
-            Err(e) => {
-                error!("{} cannot open a spool: {e}", self.tag);
-                self.ctx.store_failed(&e);
-                self.spool = SpoolState::Failed;
-                return;
-            }
-        };
-        let header = self
-            .session
-            .received_header(&spool.id().to_string(), &rfc5322_date(self.received_unix));
-        // The header is far below `MAX_CHUNK` (a line of names bounded by RFC 5321 limits), so
-        // the buffer stays below `BODY_BUF` as the body arrives.
-        self.body.extend_from_slice(header.as_bytes());
-        self.spool = SpoolState::Open(spool);
-    }
-
-    /// Moves one whole piece (`MAX_CHUNK`) from the front of the body buffer into the spool.
-    fn spill_piece(&mut self) {
-        self.append_to_spool(MAX_CHUNK);
-        self.body.drain(..MAX_CHUNK);
-    }
-
-    /// Moves the body buffer into the spool in pieces of at most `MAX_CHUNK`.
-    fn spill_body(&mut self) {
-        self.append_to_spool(self.body.len());
-        self.body.clear();
-    }
-
-    /// Appends the first `len` octets of the body buffer to the spool. Without an open spool
-    /// (store failed) the bytes are dropped: the body is drained and the commit fails.
-    fn append_to_spool(&mut self, len: usize) {
-        if let SpoolState::Open(spool) = &mut self.spool {
-            let appended = self.body[..len]
-                .chunks(MAX_CHUNK)
-                .try_for_each(|chunk| spool.append(chunk));
-            if let Err(e) = appended {
-                error!(
-                    "{} queue_id={} cannot write to the spool: {e}",
-                    self.tag,
-                    spool.id()
-                );
-                self.ctx.store_failed(&e);
-                if let SpoolState::Open(spool) =
-                    std::mem::replace(&mut self.spool, SpoolState::Failed)
-                {
-                    spool.abort();
-                }
-            }
-        }
-    }
-
-    /// The final dot: append the rest of the body, commit (durable on return), tell the
-    /// forwarder. Only a `Stored` outcome lets the session answer 250.
-    async fn commit(&mut self, envelope: &Envelope) -> CommitOutcome {
-        self.spill_body();
-        let spool = match std::mem::take(&mut self.spool) {
-            SpoolState::Open(spool) => spool,
-            SpoolState::NoSpace => return CommitOutcome::QueueFull,
-            SpoolState::Idle | SpoolState::Failed => return CommitOutcome::Failed,
-        };
-        let mut info = MessageInfo {
-            sender: envelope.reverse_path.as_str().to_owned(),
-            recipients: envelope
-                .recipients
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
-            eight_bit: envelope.body_type == BodyType::EightBitMime,
-            smtputf8: envelope.smtputf8,
-            received_unix: self.received_unix,
-            priority: Priority::Normal,
-            coalesce: None,
-        };
-        self.ctx.classify(&mut info, self.headers.fields());
-        let tag = self.tag;
-        let spool_id = spool.id();
-        match spool.commit(info, self.ctx.clock.now()).await {
-            Ok(Ok(id)) => {
-                // Who relayed it: the AUTH user, if any (Postfix's sasl_username).
-                let user = self
-                    .session
-                    .authenticated()
-                    .map_or_else(String::new, |user| format!(" user={user:?}"));
-                info!(
-                    "{tag} queue_id={id} from=<{}> nrcpt={} size={}{user} status=queued",
-                    envelope.reverse_path.as_str(),
-                    envelope.recipients.len(),
-                    envelope.size
-                );
-                self.ctx.accepted_one();
-                CommitOutcome::Stored(id.to_string())
-            }
-            Ok(Err(_queue_full)) => {
-                warn!(
-                    "{tag} queue_id={spool_id} size={} status=rejected reason=\"queue full \
-                     (queue.max_bytes)\"",
-                    envelope.size
-                );
-                CommitOutcome::QueueFull
-            }
-            Err(e) => {
-                error!("{tag} queue_id={spool_id} commit failed: {e}");
-                self.ctx.store_failed(&e);
-                CommitOutcome::Failed
-            }
-        }
-    }
 }
 
 /// The server side of a TLS handshake, bounded by the command timeout.
-async fn handshake(stream: &mut MaybeTls<Async<TcpStream>>, ctx: &Ctx) -> io::Result<()> {
-    let Some(config) = ctx.tls.as_ref().map(Arc::clone) else {
+async fn handshake(stream: &mut MaybeTls<Async<TcpStream>>, shared: &Shared) -> io::Result<()> {
+    let Some(config) = shared.tls().map(Arc::clone) else {
         return Err(io::Error::other("TLS is not configured"));
     };
-    let timeout = ctx.config.timeouts.command;
+    let timeout = shared.config().timeouts.command;
     future::or(async { stream.accept(&config).await }, async {
         Timer::after(timeout).await;
         Err(io::Error::new(

@@ -1,78 +1,75 @@
-//! The accept loop: connection cap, relay ACL → `SessionParams`, one task per connection on the
-//! daemon's `LocalExecutor`. Never reads from a client and never touches the store.
+//! The SMTP accept loop: connection cap, relay ACL → `SessionParams`, one task per connection
+//! on the daemon's `LocalExecutor`. Never reads from a client and never touches the store.
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::rc::Rc;
-use std::time::Duration;
 
-use async_io::{Async, Timer};
-use futures_lite::future;
+use async_io::Async;
 use log::{debug, warn};
 use smol::LocalExecutor;
 
-use super::{conn, Ctx, SessionSlot};
+use super::conn;
+use crate::accept;
 use crate::config::Config;
+use crate::shared::{SessionSlot, Shared};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{Limits, SessionParams, TlsMode};
 
-/// Pause after a failed accept (EMFILE and friends) so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
 /// Accepts until shutdown is raised; then the listener is dropped (new connects are refused).
 /// `implicit_tls`: a `listen_tls` port (RFC 8314), where TLS starts before the greeting.
-pub(super) async fn accept_loop(
+pub async fn accept_loop(
     ex: Rc<LocalExecutor<'static>>,
     listener: Async<TcpListener>,
-    ctx: Rc<Ctx>,
+    shared: Rc<Shared>,
     implicit_tls: bool,
 ) {
-    loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            ctx.shutdown.wait().await;
-            None
-        });
-        let (stream, peer) = match accepted.await {
-            None => return,
-            Some(Ok(accepted)) => accepted,
-            Some(Err(e)) => {
-                warn!("accept failed: {e}");
-                Timer::after(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        let id = ctx.next_session_id();
-        // A v4 client on a dual-stack [::] listener shows up as ::ffff:a.b.c.d.
-        let peer = peer.ip().to_canonical();
-        if ctx.sessions() >= ctx.config.max_connections {
-            warn!(
-                "session={id} peer={peer} status=rejected reason=\"too many connections ({})\"",
-                ctx.config.max_connections
-            );
-            // A TLS client could not read a plaintext 421: it is just closed.
-            if !implicit_tls {
-                refuse(stream.get_ref(), &ctx.config.hostname);
-            }
-            continue;
+    let accept = || listener.accept();
+    accept::until_shutdown(shared.shutdown(), "", accept, |connection| {
+        admit(&ex, connection, &shared, implicit_tls);
+    })
+    .await;
+}
+
+/// One accepted connection: refused at the connection cap, else served by its own task.
+fn admit(
+    ex: &LocalExecutor<'static>,
+    (stream, peer): (Async<TcpStream>, SocketAddr),
+    shared: &Rc<Shared>,
+    implicit_tls: bool,
+) {
+    let id = shared.sessions().next_id();
+    // A v4 client on a dual-stack [::] listener shows up as ::ffff:a.b.c.d.
+    let peer = peer.ip().to_canonical();
+    let config = shared.config();
+    if shared.sessions().count() >= config.max_connections {
+        warn!(
+            "session={id} peer={peer} status=rejected reason=\"too many connections ({})\"",
+            config.max_connections
+        );
+        // A TLS client could not read a plaintext 421: it is just closed.
+        if !implicit_tls {
+            refuse(stream.get_ref(), &config.hostname);
         }
-        if let Err(e) = stream.get_ref().set_nodelay(true) {
-            debug!("session={id} peer={peer} cannot set TCP_NODELAY: {e}");
-        }
-        let slot = SessionSlot::new(ctx.clone());
-        let tls = match (ctx.tls.is_some(), implicit_tls) {
-            (false, _) => TlsMode::Unavailable,
-            (true, false) => TlsMode::Offered,
-            (true, true) => TlsMode::Active,
-        };
-        let params = session_params(&ctx.config, peer, tls);
-        let ctx = ctx.clone();
-        ex.spawn(async move {
-            conn::run(stream, params, id, &ctx, implicit_tls).await;
-            drop(slot);
-        })
-        .detach();
+        return;
     }
+    if let Err(e) = stream.get_ref().set_nodelay(true) {
+        debug!("session={id} peer={peer} cannot set TCP_NODELAY: {e}");
+    }
+    let slot = SessionSlot::new(shared.clone());
+    let tls = match (shared.tls().is_some(), implicit_tls) {
+        (false, _) => TlsMode::Unavailable,
+        (true, false) => TlsMode::Offered,
+        (true, true) => TlsMode::Active,
+    };
+    let params = session_params(config, peer, tls);
+    let shared = shared.clone();
+    ex.spawn(async move {
+        conn::run(stream, params, id, &shared, implicit_tls).await;
+        drop(slot);
+    })
+    .detach();
 }
 
 /// RFC 5321 §3.1: a server may answer the connection with 421 instead of 220. A fresh

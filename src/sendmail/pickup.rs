@@ -1,7 +1,8 @@
 //! The daemon's side of the maildrop: picks `*.msg` files up at start, on every poke and every
-//! `PICKUP_INTERVAL`, stores each through `Store::spool`/`commit`, and deletes the file only
-//! after the commit returned (durable). A file that is not a maildrop file is set aside as
-//! `*.bad`, never sent; a full queue leaves the file for later.
+//! `PICKUP_INTERVAL`, queues each through `intake`, and deletes the file only after the commit
+//! returned (durable). A file that is not a maildrop file is set aside as `*.bad`, never sent;
+//! a full queue leaves the file for later. File system calls run on the blocking pool
+//! (`smol::unblock`), never on the executor's thread.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
@@ -9,31 +10,34 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use log::{debug, error, info, warn};
+use futures_lite::AsyncReadExt;
+use log::{debug, error, warn};
 
 use super::{MAGIC, MAILDROP};
-use crate::net::Ctx;
-use crate::priority::Priority;
-use crate::store::{MessageInfo, QueueId, StoreError};
+use crate::intake::{Envelope, Intake, IntakeError, Source};
+use crate::shared::Shared;
+use crate::store::{QueueId, StoreError};
 
 /// How often the daemon looks into the maildrop without a poke.
 const PICKUP_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest envelope line in a maildrop file.
 const MAX_ENVELOPE_LINE: usize = 2048;
-/// Body bytes per `Spool::append`.
+/// Body bytes per `Submission::add`.
 const CHUNK: usize = 32 * 1024;
 
 /// Picks up the maildrop at start, on every poke and every `PICKUP_INTERVAL`, until shutdown.
-pub async fn pickup_loop(ctx: Rc<Ctx>) {
-    let dir = ctx.config.data_dir.join(MAILDROP);
-    if let Err(e) = fs::create_dir_all(&dir) {
+pub async fn pickup_loop(shared: Rc<Shared>) {
+    let dir = shared.config().data_dir.join(MAILDROP);
+    let created = dir.clone();
+    if let Err(e) = smol::unblock(move || fs::create_dir_all(created)).await {
         error!("cannot create the maildrop {}: {e}", dir.display());
     }
+    let max_recipients = shared.config().max_recipients;
     loop {
-        pickup(&ctx, &dir).await;
-        if ctx
-            .shutdown
-            .interrupts(PICKUP_INTERVAL, ctx.maildrop.wait())
+        pickup(shared.intake(), &dir, max_recipients).await;
+        if shared
+            .shutdown()
+            .interrupts(PICKUP_INTERVAL, shared.maildrop().wait())
             .await
         {
             return;
@@ -51,25 +55,32 @@ pub(super) enum PickupError {
     Store(StoreError),
 }
 
+/// The `*.msg` files in `dir`, oldest first (their names start with the time).
+fn listing(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut names: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "msg"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Stores every `*.msg` file, oldest first; removes each only after its durable commit.
-async fn pickup(ctx: &Ctx, dir: &Path) {
-    let mut names: Vec<PathBuf> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "msg"))
-            .collect(),
+async fn pickup(intake: &Intake, dir: &Path, max_recipients: usize) {
+    let owned = dir.to_owned();
+    let names = match smol::unblock(move || listing(&owned)).await {
+        Ok(names) => names,
         Err(e) => {
             debug!("maildrop {}: {e}", dir.display());
             return;
         }
     };
-    names.sort();
     for path in names {
-        match ingest(ctx, &path).await {
+        match ingest(intake, &path, max_recipients).await {
             Ok(id) => {
-                ctx.accepted_one();
-                if let Err(e) = fs::remove_file(&path) {
+                let done = path.clone();
+                if let Err(e) = smol::unblock(move || fs::remove_file(done)).await {
                     // Stored already: at worst it is stored again (at least once).
                     error!(
                         "maildrop: queue_id={id} stored but {} not removed: {e}",
@@ -84,7 +95,8 @@ async fn pickup(ctx: &Ctx, dir: &Path) {
                     path.display(),
                     bad.display()
                 );
-                if let Err(e) = fs::rename(&path, &bad) {
+                let (from, to) = (path.clone(), bad.clone());
+                if let Err(e) = smol::unblock(move || fs::rename(from, to)).await {
                     error!("maildrop: cannot set {} aside: {e}", path.display());
                 }
             }
@@ -107,7 +119,16 @@ async fn pickup(ctx: &Ctx, dir: &Path) {
     }
 }
 
-async fn ingest(ctx: &Ctx, path: &Path) -> Result<QueueId, PickupError> {
+/// A maildrop file opened and its envelope read: the reader stands at the first body byte.
+struct Opened {
+    reader: BufReader<File>,
+    sender: String,
+    recipients: Vec<String>,
+    received_unix: u64,
+}
+
+/// Opens `path` and reads its envelope (blocking: run on the blocking pool).
+fn open(path: &Path, max_recipients: usize) -> Result<Opened, PickupError> {
     let file = File::open(path).map_err(PickupError::Io)?;
     let received_unix = file
         .metadata()
@@ -116,40 +137,47 @@ async fn ingest(ctx: &Ctx, path: &Path) -> Result<QueueId, PickupError> {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
     let mut reader = BufReader::new(file);
-    let (sender, recipients) = read_envelope(&mut reader, ctx.config.max_recipients)?;
-    let mut spool = ctx.store.spool().map_err(PickupError::Store)?;
+    let (sender, recipients) = read_envelope(&mut reader, max_recipients)?;
+    Ok(Opened {
+        reader,
+        sender,
+        recipients,
+        received_unix,
+    })
+}
+
+async fn ingest(
+    intake: &Intake,
+    path: &Path,
+    max_recipients: usize,
+) -> Result<QueueId, PickupError> {
+    let owned = path.to_owned();
+    let opened = smol::unblock(move || open(&owned, max_recipients)).await?;
+    let mut submission = intake.open().map_err(PickupError::Store)?;
+    let mut body = smol::Unblock::with_capacity(CHUNK, opened.reader);
     let mut eight_bit = false;
-    let mut headers = ctx.header_watch();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = reader.read(&mut buf).map_err(PickupError::Io)?;
+        let n = body.read(&mut buf).await.map_err(PickupError::Io)?;
         if n == 0 {
             break;
         }
         eight_bit |= !buf[..n].is_ascii();
-        headers.feed(&buf[..n]);
-        spool.append(&buf[..n]).map_err(PickupError::Store)?;
+        submission.add(&buf[..n]).map_err(PickupError::Store)?;
     }
+    let (sender, recipients) = (opened.sender, opened.recipients);
     let smtputf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
-    let mut info = MessageInfo {
-        sender: sender.clone(),
+    let envelope = Envelope {
+        sender,
         recipients,
         eight_bit,
         smtputf8,
-        received_unix,
-        priority: Priority::Normal,
-        coalesce: None,
+        received_unix: opened.received_unix,
     };
-    ctx.classify(&mut info, headers.fields());
-    let nrcpt = info.recipients.len();
-    let size = spool.len();
-    match spool.commit(info, ctx.clock.now()).await {
-        Ok(Ok(id)) => {
-            info!("maildrop queue_id={id} from=<{sender}> nrcpt={nrcpt} size={size} status=queued");
-            Ok(id)
-        }
-        Ok(Err(_)) => Err(PickupError::QueueFull),
-        Err(e) => Err(PickupError::Store(e)),
+    match intake.commit(submission, envelope, Source::Maildrop).await {
+        Ok(id) => Ok(id),
+        Err(IntakeError::QueueFull) => Err(PickupError::QueueFull),
+        Err(IntakeError::Store(e)) => Err(PickupError::Store(e)),
     }
 }
 

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use super::{wait_until, Delivered};
@@ -42,12 +44,11 @@ pub(crate) struct OAuthState {
 pub(crate) type Shared = Arc<Mutex<OAuthState>>;
 
 fn server_config(cert: &Path, key: &Path) -> Arc<ServerConfig> {
-    let certs = rustls_pemfile::certs(&mut BufReader::new(std::fs::File::open(cert).unwrap()))
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = rustls_pemfile::private_key(&mut BufReader::new(std::fs::File::open(key).unwrap()))
-        .unwrap()
-        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
     let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

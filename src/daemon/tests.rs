@@ -10,13 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use async_io::Timer;
 use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use super::tls::tests::TestPki;
 use super::*;
 use crate::config::{Secret, Smarthost, SmarthostAuth, TlsFiles, User};
-use crate::store::MAX_EXTENT;
+use crate::smtp::client::TlsPolicy;
+use crate::store::{Store, StoreOptions, MAX_EXTENT};
+use crate::tls::tests::TestPki;
 
 /// `openssl passwd -6 -salt Zx9q2mB7 camera-pw`
 const CAMERA_HASH: &str = "$6$Zx9q2mB7$7euoUzgiGoP/JG7b1oQ/kumgdF6Rt0IqsCVygrN/0nG5ZBWl2b626DDB\

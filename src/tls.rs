@@ -14,12 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 
 /// No certificate check can be trusted on a machine whose clock says it is earlier than this
-/// (2026-11-01T00:00:00Z, before outpost's TLS support was written). Boards without a
-/// battery-backed clock boot in 1970 until NTP has run.
+/// (2026-11-01T00:00:00Z, earlier than any release of outpost that speaks TLS). Boards without
+/// a battery-backed clock boot in 1970 until NTP has run.
 const CLOCK_FLOOR_UNIX: u64 = 1_793_491_200;
 
 /// Why a TLS configuration could not be built; names the file.
@@ -76,13 +77,10 @@ fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
 
 /// Every certificate in a PEM file (a chain: leaf first).
 pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let mut reader = open(path)?;
-    let certs = rustls_pemfile::certs(&mut reader)
+    let reader = open(path)?;
+    let certs = CertificateDer::pem_reader_iter(reader)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|e| unreadable(path, e))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_owned(),
@@ -92,16 +90,25 @@ pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 }
 
 fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let mut reader = open(path)?;
-    match rustls_pemfile::private_key(&mut reader) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(TlsError::NoPrivateKey {
+    let reader = open(path)?;
+    match PrivateKeyDer::from_pem_reader(reader) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => Err(TlsError::NoPrivateKey {
             path: path.to_owned(),
         }),
-        Err(source) => Err(TlsError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(e) => Err(unreadable(path, e)),
+    }
+}
+
+/// A PEM file that could not be read or parsed.
+fn unreadable(path: &Path, error: pem::Error) -> TlsError {
+    let source = match error {
+        pem::Error::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    };
+    TlsError::Read {
+        path: path.to_owned(),
+        source,
     }
 }
 

@@ -18,9 +18,11 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{debug, info, warn};
 use smol::LocalExecutor;
 
-use super::{Ctx, DaemonError};
+use super::DaemonError;
+use crate::accept;
 use crate::control::{MessageState, QueueSummary};
 use crate::forward::{LinkReport, SmarthostReport};
+use crate::shared::Shared;
 
 /// Longest request head (request line + headers).
 const MAX_HEAD: usize = 8 * 1024;
@@ -39,33 +41,21 @@ pub(super) fn bind(addr: SocketAddr) -> Result<Async<TcpListener>, DaemonError> 
 pub(super) async fn serve(
     ex: Rc<LocalExecutor<'static>>,
     listener: Async<TcpListener>,
-    ctx: Rc<Ctx>,
+    shared: Rc<Shared>,
 ) {
     if let Ok(addr) = listener.get_ref().local_addr() {
         info!("metrics on http://{addr}/metrics");
     }
     let busy = Rc::new(Cell::new(0usize));
-    loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            ctx.shutdown.wait().await;
-            None
-        });
-        let stream = match accepted.await {
-            None => return,
-            Some(Ok((stream, _))) => stream,
-            Some(Err(e)) => {
-                warn!("metrics: accept failed: {e}");
-                Timer::after(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let accept = || listener.accept();
+    accept::until_shutdown(shared.shutdown(), "metrics: ", accept, |(stream, _)| {
         if busy.get() >= MAX_SCRAPES {
-            continue; // dropped: closed
+            return; // dropped: closed
         }
         busy.set(busy.get() + 1);
-        let (ctx, busy) = (ctx.clone(), busy.clone());
+        let (shared, busy) = (shared.clone(), busy.clone());
         ex.spawn(async move {
-            let served = future::or(scrape(stream, &ctx), async {
+            let served = future::or(scrape(stream, &shared), async {
                 Timer::after(SCRAPE_TIMEOUT).await;
                 Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
             });
@@ -75,10 +65,11 @@ pub(super) async fn serve(
             busy.set(busy.get().saturating_sub(1));
         })
         .detach();
-    }
+    })
+    .await;
 }
 
-async fn scrape(mut stream: Async<TcpStream>, ctx: &Ctx) -> io::Result<()> {
+async fn scrape(mut stream: Async<TcpStream>, shared: &Shared) -> io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -96,7 +87,7 @@ async fn scrape(mut stream: Async<TcpStream>, ctx: &Ctx) -> io::Result<()> {
     let (method, path) = (words.next(), words.next());
     match (method, path) {
         (Some(b"GET"), Some(b"/metrics")) => {
-            let body = render(ctx);
+            let body = render(shared);
             respond(&mut stream, "200 OK", &body).await
         }
         (Some(b"GET"), _) => respond(&mut stream, "404 Not Found", "try /metrics\n").await,
@@ -115,9 +106,9 @@ async fn respond(stream: &mut Async<TcpStream>, status: &str, body: &str) -> io:
     stream.flush().await
 }
 
-fn render(ctx: &Ctx) -> String {
-    let now = ctx.clock.now();
-    let summary = match ctx.store.list() {
+fn render(shared: &Shared) -> String {
+    let now = shared.clock().now();
+    let summary = match shared.store().list() {
         Ok(messages) => QueueSummary::of(&messages, now),
         Err(e) => {
             warn!("metrics: cannot read the queue: {e}");
@@ -126,9 +117,9 @@ fn render(ctx: &Ctx) -> String {
     };
     let sample = Sample {
         summary,
-        link: ctx.link.report(),
-        accepted: ctx.accepted.get(),
-        sessions: ctx.sessions(),
+        link: shared.link().report(),
+        accepted: shared.intake().accepted(),
+        sessions: shared.sessions().count(),
     };
     exposition(&sample)
 }
@@ -141,16 +132,59 @@ struct Sample {
     sessions: usize,
 }
 
+/// A metric family: name (after `outpost_`), type, help text.
+type Family = (&'static str, &'static str, &'static str);
+
+const QUEUE_OLDEST_AGE_SECONDS: Family = (
+    "queue_oldest_age_seconds",
+    "gauge",
+    "Time the oldest queued message has spent in the queue (0 when empty).",
+);
+const ACCEPTED_TOTAL: Family = (
+    "accepted_total",
+    "counter",
+    "Messages accepted into the queue since start (SMTP and sendmail).",
+);
+const SENT_TOTAL: Family = (
+    "sent_total",
+    "counter",
+    "Recipients the smarthost accepted since start.",
+);
+const DEFERRED_TOTAL: Family = (
+    "deferred_total",
+    "counter",
+    "Recipient attempts deferred (temporary failure) since start.",
+);
+const BOUNCED_TOTAL: Family = (
+    "bounced_total",
+    "counter",
+    "Recipients failed for good (5xx or expired) since start.",
+);
+const LINK_UP: Family = (
+    "link_up",
+    "gauge",
+    "1 when the last attempt reached the smarthost, else 0.",
+);
+const LINK_KNOWN: Family = (
+    "link_known",
+    "gauge",
+    "1 once the smarthost has been tried since start (0 also without a smarthost).",
+);
+const LINK_CHANGE_TIMESTAMP_SECONDS: Family = (
+    "link_change_timestamp_seconds",
+    "gauge",
+    "Unix time of the last link state change (0: none yet).",
+);
+const LAST_SUCCESS_TIMESTAMP_SECONDS: Family = (
+    "last_success_timestamp_seconds",
+    "gauge",
+    "Unix time of the last delivery to the smarthost (0: none since start).",
+);
+const SMTP_SESSIONS: Family = ("smtp_sessions", "gauge", "SMTP sessions open now.");
+
 /// The Prometheus text format (one HELP and TYPE per family).
 fn exposition(s: &Sample) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP outpost_{name} {help}");
-        let _ = writeln!(out, "# TYPE outpost_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "outpost_{name}{labels} {value}");
-        }
-    };
     let by_state = |values: &[u64; 4]| -> Vec<(String, u64)> {
         MessageState::ALL
             .iter()
@@ -158,81 +192,17 @@ fn exposition(s: &Sample) -> String {
             .map(|(state, v)| (format!("{{state=\"{}\"}}", state.as_str()), *v))
             .collect()
     };
-    let plain = |v: u64| vec![(String::new(), v)];
-    family(
-        "queue_messages",
-        "gauge",
-        "Messages in the queue by state.",
-        &by_state(&s.summary.messages),
-    );
-    family(
+    let messages = ("queue_messages", "gauge", "Messages in the queue by state.");
+    family(&mut out, messages, &by_state(&s.summary.messages));
+    let bytes = (
         "queue_bytes",
         "gauge",
         "Message bytes in the queue by state.",
-        &by_state(&s.summary.bytes),
     );
-    family(
-        "queue_oldest_age_seconds",
-        "gauge",
-        "Time the oldest queued message has spent in the queue (0 when empty).",
-        &plain(s.summary.oldest_age_ms.unwrap_or(0) / 1000),
-    );
-    family(
-        "accepted_total",
-        "counter",
-        "Messages accepted into the queue since start (SMTP and sendmail).",
-        &plain(s.accepted),
-    );
-    family(
-        "sent_total",
-        "counter",
-        "Recipients the smarthost accepted since start.",
-        &plain(s.link.sent),
-    );
-    family(
-        "deferred_total",
-        "counter",
-        "Recipient attempts deferred (temporary failure) since start.",
-        &plain(s.link.deferred),
-    );
-    family(
-        "bounced_total",
-        "counter",
-        "Recipients failed for good (5xx or expired) since start.",
-        &plain(s.link.bounced),
-    );
-    family(
-        "link_up",
-        "gauge",
-        "1 when the last attempt reached the smarthost, else 0.",
-        &plain(u64::from(s.link.up == Some(true))),
-    );
-    family(
-        "link_known",
-        "gauge",
-        "1 once the smarthost has been tried since start (0 also without a smarthost).",
-        &plain(u64::from(
-            !s.link.smarthosts.is_empty() && s.link.up.is_some(),
-        )),
-    );
-    family(
-        "link_change_timestamp_seconds",
-        "gauge",
-        "Unix time of the last link state change (0: none yet).",
-        &plain(s.link.since_unix),
-    );
-    family(
-        "last_success_timestamp_seconds",
-        "gauge",
-        "Unix time of the last delivery to the smarthost (0: none since start).",
-        &plain(s.link.last_success_unix.unwrap_or(0)),
-    );
-    family(
-        "smtp_sessions",
-        "gauge",
-        "SMTP sessions open now.",
-        &plain(u64::try_from(s.sessions).unwrap_or(u64::MAX)),
-    );
+    family(&mut out, bytes, &by_state(&s.summary.bytes));
+    for (kind, value) in plain_samples(s) {
+        family(&mut out, kind, &[(String::new(), value)]);
+    }
     // Per smarthost (`[[smarthost]]` order), labelled with its `host:port`.
     let routes = &s.link.smarthosts;
     per_route(
@@ -257,6 +227,41 @@ fn exposition(s: &Sample) -> String {
         |r| r.sent,
     );
     out
+}
+
+/// The families with one unlabelled sample each, in exposition order.
+fn plain_samples(s: &Sample) -> [(Family, u64); 10] {
+    let link = &s.link;
+    [
+        (
+            QUEUE_OLDEST_AGE_SECONDS,
+            s.summary.oldest_age_ms.unwrap_or(0) / 1000,
+        ),
+        (ACCEPTED_TOTAL, s.accepted),
+        (SENT_TOTAL, link.sent),
+        (DEFERRED_TOTAL, link.deferred),
+        (BOUNCED_TOTAL, link.bounced),
+        (LINK_UP, u64::from(link.up == Some(true))),
+        (
+            LINK_KNOWN,
+            u64::from(!link.smarthosts.is_empty() && link.up.is_some()),
+        ),
+        (LINK_CHANGE_TIMESTAMP_SECONDS, link.since_unix),
+        (
+            LAST_SUCCESS_TIMESTAMP_SECONDS,
+            link.last_success_unix.unwrap_or(0),
+        ),
+        (SMTP_SESSIONS, u64::try_from(s.sessions).unwrap_or(u64::MAX)),
+    ]
+}
+
+/// One family: its HELP and TYPE lines, then its samples.
+fn family(out: &mut String, (name, kind, help): Family, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP outpost_{name} {help}");
+    let _ = writeln!(out, "# TYPE outpost_{name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "outpost_{name}{labels} {value}");
+    }
 }
 
 /// One family with a sample per smarthost. The label needs no escaping: the config admits only

@@ -14,7 +14,7 @@ use log::{debug, info, warn};
 use rustix::net::netlink::SocketAddrNetlink;
 use rustix::net::{AddressFamily, RecvFlags, SocketType};
 
-use super::Ctx;
+use crate::shared::Shared;
 
 /// rtnetlink multicast groups (linux/rtnetlink.h): RTMGRP_LINK, RTMGRP_IPV4_IFADDR,
 /// RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE.
@@ -56,7 +56,7 @@ pub(super) fn open() -> io::Result<Async<OwnedFd>> {
 }
 
 /// Watches until the task is dropped.
-pub(super) async fn watch(socket: Async<OwnedFd>, ctx: Rc<Ctx>) {
+pub(super) async fn watch(socket: Async<OwnedFd>, shared: Rc<Shared>) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let first = match receive(&socket, &mut buf).await {
@@ -82,19 +82,19 @@ pub(super) async fn watch(socket: Async<OwnedFd>, ctx: Rc<Ctx>) {
         // Mail prefers the first smarthost: while it is up a probe changes nothing; while it is
         // down (even with mail going over a secondary) a network change may have brought it
         // back.
-        if ctx.link.primary_up() {
+        if shared.link().primary_up() {
             debug!(
                 "netlink: {}; the smarthost is reachable, nothing to do",
                 first.describe()
             );
             continue;
         }
-        if !ctx.config.smarthosts.is_empty() {
+        if !shared.config().smarthosts.is_empty() {
             info!(
                 "network change ({}): probing the smarthost now",
                 first.describe()
             );
-            ctx.link.flush.notify();
+            shared.link().flush.notify();
         }
     }
 }

@@ -1,0 +1,221 @@
+//! The composition root: the daemon's start-up and shutdown. Binds the listeners, loads the
+//! TLS material, opens and recovers the store, builds the state the services share
+//! (`shared::Shared`) whole, starts the SMTP listeners, the forwarder, the control and metrics
+//! servers, the maildrop pickup and the link watcher, and runs the shutdown. Signals are
+//! handled here. Nothing imports this module but `main.rs` (and its tests); it holds no
+//! protocol logic.
+//!
+//! Everything runs on one `LocalExecutor` on the calling thread (`run`/`run_with` block).
+
+mod metrics;
+#[cfg(target_os = "linux")]
+mod netlink;
+mod serve;
+mod start;
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+
+use futures_lite::StreamExt;
+use log::{info, warn};
+use smol::LocalExecutor;
+
+use crate::clock::QueueClock;
+use crate::config::Config;
+use crate::forward::LinkState;
+use crate::shared::Shared;
+use crate::store::StoreError;
+use crate::tls::{self, TlsError};
+
+pub use self::serve::SHUTDOWN_GRACE;
+
+/// How often a listen address that does not exist yet (EADDRNOTAVAIL) is tried again.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why the daemon could not start; each maps to a sysexits code.
+#[derive(Debug)]
+pub enum DaemonError {
+    CreateDataDir {
+        path: String,
+        source: io::Error,
+    },
+    OpenStore(StoreError),
+    Bind {
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    Signals(io::Error),
+    /// `[tls]` or `[smarthost] ca_file` could not be loaded (a config error).
+    Tls(TlsError),
+    /// The store failed while serving (an I/O error: disk full, fsync failure); sled refuses
+    /// every write after one, so the daemon stops for its supervisor to restart it.
+    StoreFailed(String),
+}
+
+impl DaemonError {
+    /// sysexits(3): 73 EX_CANTCREAT, 74 EX_IOERR, 77 EX_NOPERM, 69 EX_UNAVAILABLE, 71 EX_OSERR.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::CreateDataDir { .. } => 73,
+            Self::OpenStore(_) => 74,
+            Self::Bind { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => 77,
+            Self::Bind { .. } => 69,
+            Self::Signals(_) => 71,
+            // EX_CONFIG: the PEM files named in the config are unusable.
+            Self::Tls(_) => 78,
+            // EX_TEMPFAIL: restart and try again.
+            Self::StoreFailed(_) => 75,
+        }
+    }
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CreateDataDir { path, source } => {
+                write!(f, "cannot create data_dir {path}: {source}")
+            }
+            Self::OpenStore(e) => write!(f, "cannot open the queue: {e}"),
+            Self::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            Self::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            Self::Tls(e) => write!(f, "TLS configuration: {e}"),
+            Self::StoreFailed(e) => write!(
+                f,
+                "the queue failed while serving ({e}); exiting so that outpost is restarted \
+                 with the queue reopened"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// The daemon: binds `config.listen`, serves until SIGTERM or SIGINT (SIGUSR1 flushes the
+/// queue), then shuts down cleanly. Blocks the calling thread.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    use async_signal::Signal;
+    let signals = async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Usr1])
+        .map_err(DaemonError::Signals)?;
+    let (listeners, late) = bind_or_wait(&config.listen)?;
+    let (tls_listeners, late_tls) = bind_or_wait(&config.listen_tls)?;
+    let late = late
+        .into_iter()
+        .map(|a| (a, false))
+        .chain(late_tls.into_iter().map(|a| (a, true)))
+        .collect();
+    let link = LinkState::new();
+    let flush_link = link.clone();
+    let shutdown = async move {
+        let mut signals = signals;
+        while let Some(signal) = signals.next().await {
+            match signal {
+                Ok(Signal::Usr1) => {
+                    info!("received SIGUSR1: flushing the queue");
+                    flush_link.flush.notify();
+                }
+                Ok(signal) => {
+                    info!("received {signal:?}: shutting down");
+                    return;
+                }
+                Err(e) => warn!("signal stream: {e}"),
+            }
+        }
+    };
+    run_daemon(config, listeners, tls_listeners, late, link, shutdown)
+}
+
+/// Binds every address (port 0 picks a free port; the log line shows the real one).
+pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, DaemonError> {
+    addrs
+        .iter()
+        .map(|&addr| TcpListener::bind(addr).map_err(|source| DaemonError::Bind { addr, source }))
+        .collect()
+}
+
+/// Like `bind`, but an address that does not exist yet (EADDRNOTAVAIL: a router interface
+/// that comes up late) is returned separately, for `serve` to keep trying.
+fn bind_or_wait(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Vec<SocketAddr>), DaemonError> {
+    let mut bound = Vec::new();
+    let mut late = Vec::new();
+    for &addr in addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => bound.push(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                warn!(
+                    "cannot listen on {addr} yet ({e}): retrying every {}s",
+                    BIND_RETRY.as_secs()
+                );
+                late.push(addr);
+            }
+            Err(source) => return Err(DaemonError::Bind { addr, source }),
+        }
+    }
+    Ok((bound, late))
+}
+
+/// The daemon on already-bound listeners (tests bind 127.0.0.1:0): `listeners` speak SMTP
+/// (with STARTTLS when `[tls]` is set), `tls_listeners` implicit TLS. Loads the TLS material,
+/// opens and recovers the store, then serves until `shutdown` resolves. Blocks the calling
+/// thread.
+pub fn run_with(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let link = LinkState::new();
+    run_daemon(config, listeners, tls_listeners, Vec::new(), link, shutdown)
+}
+
+fn run_daemon(
+    config: Config,
+    listeners: Vec<TcpListener>,
+    tls_listeners: Vec<TcpListener>,
+    late_listeners: Vec<(SocketAddr, bool)>,
+    link: Rc<LinkState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let tls = match &config.tls {
+        Some(files) => Some(tls::server_config(&files.cert, &files.key).map_err(DaemonError::Tls)?),
+        None => None,
+    };
+    // Built here so a bad ca_file stops the start instead of failing every delivery.
+    let smarthost_tls = start::smarthost_client_configs(&config)?;
+    let store = start::open_store(&config)?;
+    let clock = QueueClock::new(store.clock_base());
+    let listeners = start::registered(listeners, tls_listeners)?;
+    let metrics = match config.metrics {
+        Some(addr) => Some(metrics::bind(addr)?),
+        None => None,
+    };
+    // After the store: its lock proves no other daemon owns this data_dir and its socket.
+    let control = start::control_socket(&config.data_dir);
+    let forward = start::forward_params(&config, &smarthost_tls);
+    let ex = Rc::new(LocalExecutor::new());
+    let shared = Shared::new(config, store, clock, tls, link);
+    let ops = ex.spawn(serve::operations(
+        ex.clone(),
+        shared.clone(),
+        control,
+        metrics,
+    ));
+    let services = serve::Services {
+        listeners,
+        late_listeners,
+        forward,
+    };
+    async_io::block_on(ex.run(async {
+        serve::serve(ex.clone(), services, shared.clone(), shutdown).await;
+        drop(ops);
+    }));
+    match shared.intake().store_error() {
+        Some(e) => Err(DaemonError::StoreFailed(e)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

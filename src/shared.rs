@@ -1,0 +1,173 @@
+//! What the daemon's services share: the config, the store, the queue clock, the intake, the
+//! forwarder's link state, the wake-ups and the shutdown flag, the inbound TLS config and the
+//! count of open SMTP sessions. The daemon builds it whole at start; the SMTP listeners, the
+//! control socket, the metrics endpoint, the maildrop pickup and the link watcher read it
+//! through accessors. Single thread (`Rc`, `Cell`). Starts no task and imports no service.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use event_listener::Event;
+use rustls::ServerConfig;
+
+use crate::clock::QueueClock;
+use crate::config::Config;
+use crate::forward::LinkState;
+use crate::intake::{Intake, IntakePolicy};
+use crate::store::Store;
+use crate::wait::{Shutdown, Wake};
+
+/// The state every service of one daemon shares.
+pub struct Shared {
+    config: Config,
+    store: Store,
+    clock: QueueClock,
+    intake: Rc<Intake>,
+    /// Poked after each commit and `queue release`: the forwarder looks at the queue at once.
+    forwarder: Rc<Wake>,
+    link: Rc<LinkState>,
+    maildrop: Wake,
+    shutdown: Shutdown,
+    tls: Option<Arc<ServerConfig>>,
+    sessions: Sessions,
+}
+
+impl Shared {
+    /// Everything the services share, built whole. `link` is the forwarder's (the signal
+    /// handler flushes through it before the daemon exists).
+    pub fn new(
+        config: Config,
+        store: Store,
+        clock: QueueClock,
+        tls: Option<Arc<ServerConfig>>,
+        link: Rc<LinkState>,
+    ) -> Rc<Self> {
+        let forwarder = Wake::new();
+        let policy = IntakePolicy {
+            priority: config.priority.clone(),
+            coalesce: config.coalesce,
+            rate_limit: config.rate_limit,
+            data_dir: config.data_dir.clone(),
+            max_message_size: config.max_message_size,
+        };
+        let intake = Rc::new(Intake::new(store.clone(), clock, forwarder.clone(), policy));
+        Rc::new(Self {
+            config,
+            store,
+            clock,
+            intake,
+            forwarder,
+            link,
+            maildrop: Wake::default(),
+            shutdown: Shutdown::default(),
+            tls,
+            sessions: Sessions::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn clock(&self) -> QueueClock {
+        self.clock
+    }
+
+    /// The one door into the queue.
+    pub fn intake(&self) -> &Rc<Intake> {
+        &self.intake
+    }
+
+    /// The forwarder's wake-up: new mail, a released message.
+    pub fn forwarder(&self) -> &Rc<Wake> {
+        &self.forwarder
+    }
+
+    /// The forwarder's view of the smarthosts, and the flush signal (`queue flush`, SIGUSR1).
+    pub fn link(&self) -> &Rc<LinkState> {
+        &self.link
+    }
+
+    /// Poked by `sendmail` (over the control socket): pick up the maildrop now.
+    pub fn maildrop(&self) -> &Wake {
+        &self.maildrop
+    }
+
+    /// Raised at SIGTERM (or a failed store): stop accepting, close idle sessions.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// `[tls]` loaded: STARTTLS on `listen`, and the `listen_tls` ports.
+    pub fn tls(&self) -> Option<&Arc<ServerConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// The open SMTP sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+}
+
+/// Counts open SMTP sessions and numbers new ones.
+pub struct Sessions {
+    open: Cell<usize>,
+    ended: Event,
+    next: Cell<u64>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            open: Cell::new(0),
+            ended: Event::new(),
+            next: Cell::new(1),
+        }
+    }
+}
+
+impl Sessions {
+    /// Sessions currently open.
+    pub fn count(&self) -> usize {
+        self.open.get()
+    }
+
+    /// The number of the next session (`session=<n>` in the log).
+    pub fn next_id(&self) -> u64 {
+        let id = self.next.get();
+        self.next.set(id.wrapping_add(1));
+        id
+    }
+
+    /// Waits until no session is open or `deadline` passes; true if all ended.
+    pub async fn ended(&self, deadline: Instant) -> bool {
+        crate::wait::until(&self.ended, deadline, || self.open.get() == 0).await
+    }
+}
+
+/// Counts one open session; dropping it (session task ends or is cancelled) uncounts it.
+pub struct SessionSlot {
+    shared: Rc<Shared>,
+}
+
+impl SessionSlot {
+    pub fn new(shared: Rc<Shared>) -> Self {
+        let open = &shared.sessions.open;
+        open.set(open.get() + 1);
+        Self { shared }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let sessions = &self.shared.sessions;
+        sessions.open.set(sessions.open.get().saturating_sub(1));
+        sessions.ended.notify(usize::MAX);
+    }
+}
