@@ -162,8 +162,11 @@ enum Wait {
     Shutdown,
 }
 
-/// Where the current message body goes.
+/// Where the current message body goes. One per connection, inside the connection task's own
+/// allocation: the open submission's bounded header buffers (`HeaderWatch`) sit inline rather
+/// than in an allocation per message.
 #[derive(Default)]
+#[allow(clippy::large_enum_variant)]
 enum SpoolState<'a> {
     /// No DATA in progress.
     #[default]
