@@ -1,10 +1,10 @@
-//! OAuth 2.0 peers for the smarthost tests, written here because no test crate offers them: a
-//! token endpoint (HTTPS, one POST per connection, RFC 6749 §6 refresh-token grant) and an SMTP
-//! smarthost that offers STARTTLS and, over TLS only, AUTH XOAUTH2 (and OAUTHBEARER when asked)
-//! and accepts only the access token the endpoint issued last. Both use rustls directly with
-//! the test PKI's certificate for 127.0.0.1, bind 127.0.0.1 only, and share one `OAuthState`
-//! the tests read and change. Independent of the relay's code: they parse with their own
-//! simple rules.
+//! OAuth 2.0 peers, written here because no test crate offers them: a token endpoint (HTTPS,
+//! one POST per connection, RFC 6749 §6 refresh-token grant) and the bearer engine of the fake
+//! smarthost (`Smarthost::builder().oauth(…)`), which offers STARTTLS and, over TLS only, AUTH
+//! XOAUTH2 (and OAUTHBEARER when asked) and accepts only the access token the endpoint issued
+//! last. Both use rustls directly with the test PKI's certificate for 127.0.0.1, bind 127.0.0.1
+//! only, and share one `OAuthState` the tests read and change. Independent of the relay's code:
+//! they parse with their own simple rules.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,7 +17,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
-use super::{wait_until, Delivered};
+use super::smarthost::SmarthostShared;
+use super::{server_config, Delivered};
 
 /// What both peers know and record.
 #[derive(Debug, Default)]
@@ -36,27 +37,10 @@ pub(crate) struct OAuthState {
     pub(crate) requests: Vec<String>,
     /// Every AUTH at the smarthost: mechanism, user, token, accepted.
     pub(crate) auths: Vec<(String, String, String, bool)>,
-    pub(crate) delivered: Vec<Delivered>,
 }
 
-pub(crate) type Shared = Arc<Mutex<OAuthState>>;
-
-fn server_config(cert: &Path, key: &Path) -> Arc<ServerConfig> {
-    let certs = rustls_pemfile::certs(&mut BufReader::new(std::fs::File::open(cert).unwrap()))
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut BufReader::new(std::fs::File::open(key).unwrap()))
-        .unwrap()
-        .unwrap();
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-    Arc::new(config)
-}
+/// The `OAuthState` both peers and the test hold.
+pub(crate) type OAuthShared = Arc<Mutex<OAuthState>>;
 
 /// Every connection gets 10 s of I/O at most: a stuck peer fails the test, never hangs it.
 fn bounded(stream: &TcpStream) {
@@ -65,17 +49,16 @@ fn bounded(stream: &TcpStream) {
     stream.set_write_timeout(limit).unwrap();
 }
 
-/// Listens on `127.0.0.1:<port>` (returned) and runs `handler` on a thread per connection, each
-/// connection bounded; `handler` gets the server TLS config for `cert`/`key` to use as it needs.
+/// Accepts on `listener` and runs `handler` on a thread per connection, each connection
+/// bounded; `handler` gets the server TLS config for `cert`/`key` to use as it needs.
 fn serve(
+    listener: TcpListener,
     cert: &Path,
     key: &Path,
-    state: &Shared,
-    handler: impl Fn(TcpStream, Arc<ServerConfig>, &Shared) + Send + Sync + 'static,
-) -> u16 {
+    state: &OAuthShared,
+    handler: impl Fn(TcpStream, Arc<ServerConfig>, &OAuthShared) + Send + Sync + 'static,
+) {
     let config = server_config(cert, key);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let state = Arc::clone(state);
     let handler = Arc::new(handler);
     thread::spawn(move || {
@@ -92,7 +75,6 @@ fn serve(
             });
         }
     });
-    port
 }
 
 /// The token endpoint on `https://127.0.0.1:<port>/token`.
@@ -101,8 +83,10 @@ pub(crate) struct TokenEndpoint {
 }
 
 impl TokenEndpoint {
-    pub(crate) fn start(cert: &Path, key: &Path, state: &Shared) -> Self {
-        let port = serve(cert, key, state, |stream, config, state| {
+    pub(crate) fn start(cert: &Path, key: &Path, state: &OAuthShared) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        serve(listener, cert, key, state, |stream, config, state| {
             let conn = ServerConnection::new(config).unwrap();
             let mut tls = StreamOwned::new(conn, stream);
             let _ = serve_token(&mut tls, state);
@@ -135,7 +119,7 @@ fn form_decode(value: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-fn serve_token(tls: &mut impl ReadWrite, state: &Shared) -> io::Result<()> {
+fn serve_token(tls: &mut impl ReadWrite, state: &OAuthShared) -> io::Result<()> {
     let mut input = Vec::new();
     let mut buf = [0u8; 4096];
     let (head, length) = loop {
@@ -219,25 +203,20 @@ fn serve_token(tls: &mut impl ReadWrite, state: &Shared) -> io::Result<()> {
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
-/// The smarthost: STARTTLS, then AUTH with a bearer token, then mail.
-pub(crate) struct OAuthSmarthost {
-    pub(crate) port: u16,
-}
-
-impl OAuthSmarthost {
-    /// `oauthbearer`: offer OAUTHBEARER next to XOAUTH2.
-    pub(crate) fn start(cert: &Path, key: &Path, state: &Shared, oauthbearer: bool) -> Self {
-        let port = serve(cert, key, state, move |stream, config, state| {
-            let _ = serve_smtp(stream, config, state, oauthbearer);
-        });
-        Self { port }
-    }
-
-    pub(crate) fn wait_for(state: &Shared, n: usize) -> bool {
-        wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
-            state.lock().unwrap().delivered.len() >= n
-        })
-    }
+/// The bearer smarthost on `listener`: STARTTLS, then AUTH with a bearer token, then mail,
+/// recorded in `recorder`. `oauthbearer`: offer OAUTHBEARER next to XOAUTH2.
+pub(super) fn serve_smarthost(
+    listener: TcpListener,
+    cert: &Path,
+    key: &Path,
+    state: &OAuthShared,
+    recorder: &Arc<SmarthostShared>,
+    oauthbearer: bool,
+) {
+    let recorder = Arc::clone(recorder);
+    serve(listener, cert, key, state, move |stream, config, state| {
+        let _ = serve_smtp(stream, config, state, &recorder, oauthbearer);
+    });
 }
 
 /// One line without CRLF; `None` at EOF.
@@ -252,7 +231,8 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
 fn serve_smtp(
     stream: TcpStream,
     config: Arc<ServerConfig>,
-    state: &Shared,
+    state: &OAuthShared,
+    recorder: &SmarthostShared,
     oauthbearer: bool,
 ) -> io::Result<()> {
     let mut plain = BufReader::new(stream);
@@ -347,7 +327,7 @@ fn serve_smtp(
                     data.extend_from_slice(line.as_bytes());
                     data.extend_from_slice(b"\r\n");
                 }
-                state.lock().unwrap().delivered.push(Delivered {
+                recorder.delivered.lock().unwrap().push(Delivered {
                     from: std::mem::take(&mut from),
                     to: std::mem::take(&mut to),
                     data,
