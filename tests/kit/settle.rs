@@ -10,19 +10,22 @@ use super::{assert_queued, wait_until, RawClient, RelayProcess, Smarthost, MARKE
 
 /// Upper bound for the marker to arrive (times the slack).
 const MARKER_DEADLINE: Duration = Duration::from_secs(30);
+/// Upper bound for the queue to have nothing due (times the slack).
+const QUEUE_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Waits until the relay's queue is empty, then sends a marker message through the relay and
-/// waits for it at `smarthost`, then waits for the queue to be empty again.
+/// Waits until nothing in the relay's queue is due (`wait_nothing_due`), then sends a marker
+/// message through the relay and waits for it at `smarthost`, then waits until nothing is due
+/// again.
 ///
 /// The forwarder works one message at a time, so by the time the marker (sent after the event
 /// the test waited for) arrives, the work that event began — a bounce's DSN, a retry kept by
-/// mistake, a smuggled second message — is queued; the second empty queue means it went out
-/// too. The queue waits are bounded (`wait_queue_empty`); a queue that does not drain is left
-/// for the test's own assertion to judge, as a message stuck in it keeps being retried.
+/// mistake, a smuggled second message — is queued; nothing due afterwards means it went out
+/// too. The queue waits are bounded; a message that stays due is left for the test's own
+/// assertion to judge, as it keeps being retried meanwhile.
 pub(crate) fn settle(relay: &RelayProcess, smarthost: &Smarthost) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    let _ = relay.wait_queue_empty();
+    let _ = wait_nothing_due(relay);
     let marker = format!("{MARKER_HEADER}: {n}\r\nSubject: marker {n}\r\n\r\nmarker\r\n");
     let mut client = RawClient::ready(relay.port());
     assert_queued(&client.send_mail(
@@ -41,5 +44,15 @@ pub(crate) fn settle(relay: &RelayProcess, smarthost: &Smarthost) {
     if !arrived {
         relay.fail(&format!("marker {n} did not reach the smarthost"));
     }
-    let _ = relay.wait_queue_empty();
+    let _ = wait_nothing_due(relay);
+}
+
+/// Waits (polled, bounded by a slack-scaled 30 s) until no message in the relay's queue waits
+/// for a delivery attempt: none is pending or deferred (`queue list --json`). Failed messages
+/// kept for `queue show` and held ones do not count. Returns whether it came to that.
+pub(crate) fn wait_nothing_due(relay: &RelayProcess) -> bool {
+    wait_until(QUEUE_DEADLINE, Duration::from_millis(100), || {
+        let list = relay.command_ok(&["queue", "list", "--json"]);
+        !list.contains("\"state\":\"pending\"") && !list.contains("\"state\":\"deferred\"")
+    })
 }
