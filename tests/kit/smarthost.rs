@@ -383,6 +383,7 @@ pub(crate) fn reply(code: u16, text: &str) -> Response {
 mod tests {
     use super::super::RawClient;
     use super::*;
+
     #[test]
     fn received_header_with_folded_lines_is_stripped() {
         let data = b"Received: from x\r\n\tby y; date\r\nSubject: s\r\n\r\nbody\r\n";
@@ -394,7 +395,7 @@ mod tests {
     }
 
     #[test]
-    fn upstream_records_message_and_accepts_null_sender() {
+    fn smarthost_records_message_and_accepts_null_sender() {
         let upstream = Smarthost::start();
         let mut client = RawClient::ready(upstream.port());
         let reply = client.send_mail(
@@ -410,7 +411,7 @@ mod tests {
     }
 
     #[test]
-    fn upstream_policy_refuses_a_recipient() {
+    fn smarthost_policy_refuses_a_recipient() {
         let upstream = Smarthost::start_with_policy(|stage| match stage {
             Stage::Rcpt { to } if to.starts_with("bad") => Some(reply(550, "5.1.1 no such user")),
             _ => None,
@@ -419,5 +420,40 @@ mod tests {
         client.cmd("MAIL FROM:<a@lan.test>");
         assert_eq!(client.cmd("RCPT TO:<bad@remote.test>").code, 550);
         assert_eq!(client.cmd("RCPT TO:<good@remote.test>").code, 250);
+    }
+
+    #[test]
+    fn starttls_then_auth_plain_then_mail() {
+        let pki = TestPki::loopback();
+        let smarthost = Smarthost::builder()
+            .starttls(&pki)
+            .login("relay", "upstream-pw")
+            .start();
+        let mut client = RawClient::ready(smarthost.port());
+        client.starttls(pki.client_config()).unwrap();
+        assert!(client.is_tls());
+        let ehlo = client.cmd("EHLO client.test");
+        assert_eq!(ehlo.code, 250, "{}", client.transcript());
+        assert_eq!(client.cmd("AUTH PLAIN AHJlbGF5AHdyb25n").code, 535);
+        // "\0relay\0upstream-pw"
+        assert_eq!(client.cmd("AUTH PLAIN AHJlbGF5AHVwc3RyZWFtLXB3").code, 235);
+        let reply = client.send_mail("a@lan.test", &["b@remote.test"], b"Subject: t\r\n\r\nx\r\n");
+        assert_eq!(reply.code, 250, "{}", client.transcript());
+        assert!(smarthost.wait_for(1, Duration::from_secs(10)).is_some());
+        assert_eq!(smarthost.logins(), ["relay", "relay"]);
+    }
+
+    #[test]
+    fn implicit_tls_greets_after_the_handshake_and_records_the_transcript() {
+        let pki = TestPki::loopback();
+        let smarthost = Smarthost::builder().implicit_tls(&pki).start();
+        let (mut client, greeting) = RawClient::connect_tls(smarthost.port(), pki.client_config());
+        assert_eq!(greeting.code, 220, "{}", client.transcript());
+        assert_eq!(client.cmd("EHLO client.test").code, 250);
+        let reply = client.send_mail("a@lan.test", &["b@remote.test"], b"Subject: t\r\n\r\nx\r\n");
+        assert_eq!(reply.code, 250, "{}", client.transcript());
+        let got = smarthost.wait_for(1, Duration::from_secs(10)).unwrap();
+        assert_eq!(got[0].to, ["b@remote.test"]);
+        assert!(smarthost.transcript().contains("RCPT TO:<b@remote.test>"));
     }
 }
