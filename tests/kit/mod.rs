@@ -14,7 +14,6 @@ mod client;
 mod command;
 mod config;
 mod link;
-mod mailin;
 mod oauth;
 mod pki;
 mod process;

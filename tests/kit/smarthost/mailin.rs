@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use mailin_embedded::{response, AuthMechanism, Handler, Response, Server, SslConfig};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
-use super::smarthost::SmarthostShared;
-use super::{Delivered, Stage};
+use super::{Delivered, SmarthostShared, Stage};
 
 /// mailin's parser wants a non-empty path in `MAIL FROM:<…>`; the proxy rewrites `<>` to this
 /// marker and the handler maps it back to the empty reverse-path.

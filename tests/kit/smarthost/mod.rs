@@ -2,7 +2,7 @@
 //! outgoing mail builds one `Smarthost`: a reply policy per stage and recipient, an optional
 //! fixed port ("down, then up"), STARTTLS or implicit TLS with the test PKI, AUTH PLAIN/LOGIN
 //! credentials, or OAuth bearer tokens. Plain and TLS smarthosts are mailin-embedded (an
-//! independent server, `mailin`); the bearer one is the kit's own (`oauth`), as mailin has no
+//! independent server, `mailin`); the bearer one is the kit's own (`bearer`), as mailin has no
 //! XOAUTH2. Either way it records what it accepted in `Delivered`. Binds 127.0.0.1 only and
 //! never uses the relay's SMTP code.
 
@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use mailin_embedded::{Response, SslConfig};
 
-use super::{mailin, oauth, wait_until, OAuthShared, TestPki};
+use super::{wait_until, OAuthShared, TestPki};
+
+mod bearer;
+mod mailin;
 
 /// The header that marks a message a test sends only to prove that an earlier one is settled
 /// (`settle`); `Smarthost::unmarked` leaves such messages out.
@@ -182,7 +185,7 @@ impl SmarthostBuilder {
             logins: Mutex::new(Vec::new()),
         });
         if let Some((cert, key, state, oauthbearer)) = self.oauth {
-            oauth::serve_smarthost(public, &cert, &key, &state, &shared, oauthbearer);
+            bearer::serve_smarthost(public, &cert, &key, &state, &shared, oauthbearer);
         } else if let Some((cert, key)) = self.starttls {
             let tls = SslConfig::SelfSigned {
                 cert_path: cert.display().to_string(),
