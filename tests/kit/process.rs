@@ -65,7 +65,7 @@ impl RelayProcess {
         Self::start_with(RelayConfig::default().top(top))
     }
 
-    /// Starts a relay relaying to the upstream on `port` (which may not be listening yet).
+    /// Starts a relay relaying to the smarthost on `port` (which may not be listening yet).
     pub(crate) fn start_to(port: u16) -> Self {
         Self::start_with(RelayConfig::with_smarthost(port))
     }
@@ -139,7 +139,7 @@ impl RelayProcess {
     }
 
     /// The log once it contains `needle` (polled, bounded by a slack-scaled 20 s; fails with
-    /// the dump otherwise). A line written just after an event the test saw (the upstream got
+    /// the dump otherwise). A line written just after an event the test saw (the smarthost got
     /// the message, then the relay logs `status=sent`) reaches the capture a moment later.
     pub(crate) fn wait_log(&self, needle: &str) -> String {
         let end = Instant::now() + super::slack(Duration::from_secs(20));

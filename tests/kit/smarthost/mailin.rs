@@ -148,7 +148,7 @@ pub(super) fn proxy(public: TcpListener, target: SocketAddr, shared: &Arc<Smarth
     });
 }
 
-/// Copies one relay→upstream connection in both directions, line by line from the client,
+/// Copies one relay→smarthost connection in both directions, line by line from the client,
 /// recording both sides. Ends when either side closes.
 fn proxy_connection(n: usize, client: TcpStream, server: TcpStream, shared: &Arc<SmarthostShared>) {
     let (Ok(client_w), Ok(server_r)) = (client.try_clone(), server.try_clone()) else {

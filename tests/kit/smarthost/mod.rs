@@ -24,7 +24,7 @@ mod mailin;
 /// (`settle`); `Smarthost::unmarked` leaves such messages out.
 pub(crate) const MARKER_HEADER: &str = "X-Test-Marker";
 
-/// One message the upstream accepted with 250 to its final dot.
+/// One message the smarthost accepted with 250 to its final dot.
 #[derive(Clone, Debug)]
 pub(crate) struct Delivered {
     /// Reverse-path without brackets; empty for the null sender `<>`.
