@@ -107,6 +107,7 @@ fn kill9_restart_loop_under_load_loses_no_acknowledged_message() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
+        // Pacing, not a proof: a random moment for the next kill.
         thread::sleep(Duration::from_millis(100 + seed % 300));
         relay.restart();
         rounds += 1;

@@ -297,8 +297,15 @@ impl RelayProcess {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                        // Give the reader threads a moment to collect the last lines.
-                        thread::sleep(Duration::from_millis(100));
+                        // The reader threads end at the pipes' end of file, which the exit
+                        // brings: wait (bounded) until they collected the last lines.
+                        let until = Instant::now() + Duration::from_secs(2);
+                        while Instant::now() < until
+                            && !matches!(
+                                rx.recv_timeout(Duration::from_millis(20)),
+                                Err(mpsc::RecvTimeoutError::Disconnected)
+                            )
+                        {}
                         self.fail(&format!("relay exited before listening: {status}"));
                     }
                     if Instant::now() >= end {
