@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{rss_kib, slack, RawClient, RelayConfig, RelayProcess, Reply, Upstream};
+use crate::util::{
+    rss_kib, slack, wait_until, RawClient, RelayConfig, RelayProcess, Reply, Smarthost,
+};
 
 /// Command timeout of the relay under attack (idle and slow sessions end after it): 3 s, times
 /// the slack. It is a deadline for a whole command line, so it also bounds the time the relay
@@ -121,7 +123,7 @@ fn admitted(port: u16, seen: &Seen) -> RawClient {
 
 #[test]
 fn abuse_on_loopback_leaves_a_well_behaved_client_served_and_memory_bounded() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(upstream.port())
             .top(&format!(
@@ -144,7 +146,10 @@ fn abuse_on_loopback_leaves_a_well_behaved_client_served_and_memory_bounded() {
         let (seen, closed) = (Arc::clone(&seen), Arc::clone(&slow_closed));
         attackers.push(thread::spawn(move || slowloris(port, &seen, &closed)));
     }
-    thread::sleep(Duration::from_millis(300));
+    // The slow sessions hold their slots (they were greeted) before the idle flood starts.
+    wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        seen.count("220") >= 4
+    });
     // Hundreds of idle connections: connect, read the greeting, say nothing.
     let idle = {
         let seen = Arc::clone(&seen);
@@ -295,6 +300,7 @@ fn abuse_on_loopback_leaves_a_well_behaved_client_served_and_memory_bounded() {
             ));
         }
         waits.push(t0.elapsed());
+        // Pacing, not a proof: the well-behaved client sends about a message a second.
         thread::sleep(Duration::from_millis(500));
     }
     let good_time = started.elapsed();
@@ -365,9 +371,14 @@ fn abuse_on_loopback_leaves_a_well_behaved_client_served_and_memory_bounded() {
 }
 
 /// A client that pipelines EHLO (valid at any time, and never junk) as fast as it can, and
-/// reads its replies so it never blocks: until `stop` (or `cap` passes). Returns (octets sent,
-/// octets of replies read).
-fn greedy_pipeliner(port: u16, stop: &AtomicBool, cap: Duration) -> (usize, usize) {
+/// reads its replies so it never blocks: until `stop` (or `cap` passes). Counts each chunk
+/// written in `chunks`. Returns (octets sent, octets of replies read).
+fn greedy_pipeliner(
+    port: u16,
+    stop: &AtomicBool,
+    chunks: &AtomicUsize,
+    cap: Duration,
+) -> (usize, usize) {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, 0);
     };
@@ -390,6 +401,7 @@ fn greedy_pipeliner(port: u16, stop: &AtomicBool, cap: Duration) -> (usize, usiz
             break;
         }
         sent += chunk.len();
+        chunks.fetch_add(1, Ordering::SeqCst);
     }
     // Gone without waiting for the replies to what is still buffered.
     let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -401,18 +413,22 @@ fn clients_that_pipeline_without_pause_do_not_keep_the_relay_from_the_others() {
     // Regression: a read that found input ready never yielded the one thread, so while two
     // clients kept their input full the relay did not even greet a third one (5.5 s for the
     // greeting against a 4 s flood, by hand; it came right after the flood ended).
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_with(RelayConfig::with_smarthost(upstream.port()));
     let port = relay.port();
     let stop = Arc::new(AtomicBool::new(false));
+    let chunks = Arc::new(AtomicUsize::new(0));
     let cap = slack(Duration::from_secs(60));
     let greedy: Vec<_> = (0..2)
         .map(|_| {
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || greedy_pipeliner(port, &stop, cap))
+            let (stop, chunks) = (Arc::clone(&stop), Arc::clone(&chunks));
+            thread::spawn(move || greedy_pipeliner(port, &stop, &chunks, cap))
         })
         .collect();
-    thread::sleep(Duration::from_millis(500));
+    // The flood is on: the relay has taken several chunks (66 kB each) from the pipeliners.
+    wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        chunks.load(Ordering::SeqCst) >= 8
+    });
     // A well-behaved client is greeted and its message queued while the flood goes on; its
     // bound (a liveness bound, far below the flood's cap) is the client's read timeout.
     let started = Instant::now();

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    slack, wait_until, RawClient, RelayConfig, RelayProcess, Stage, Tally, Upstream,
+    slack, wait_until, RawClient, RelayConfig, RelayProcess, Smarthost, Stage, Tally,
 };
 
 /// The drain wait gives up after this long without a new arrival at the smarthost.
@@ -96,6 +96,8 @@ fn client_loop(
 ) {
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) && n < per_client {
+        // The sleeps in this loop pace the load and the retries while the relay restarts;
+        // none proves an absence.
         let Ok(mut client) = RawClient::connect_no_greeting(port.load(Ordering::SeqCst)) else {
             thread::sleep(Duration::from_millis(20));
             continue;
@@ -146,7 +148,7 @@ fn chaos_kill9_under_load_and_mid_delivery_loses_no_acknowledged_message() {
     let policy_probe = Arc::clone(&probe);
     let hold = Arc::new(AtomicU16::new(0));
     let policy_hold = Arc::clone(&hold);
-    let upstream = Upstream::start_with_policy(move |stage| {
+    let upstream = Smarthost::start_with_policy(move |stage| {
         match stage {
             Stage::Data { .. } => {
                 policy_probe.in_data.fetch_add(1, Ordering::SeqCst);

@@ -1,74 +1,19 @@
 //! The command line: `--version`, `--help`, `check-config`, exit codes (sysexits: 64 usage,
 //! 78 config, 73/74 store) and a clean exit 0 on SIGTERM.
 
-use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::util::{outpost_command, slack, toml_string, RawClient, RelayProcess, TestDir, OUTPOST};
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn all(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
+use crate::util::{
+    outpost_command, run_command_in, slack, toml_string, CmdRun, RawClient, RelayProcess, TestDir,
+    OUTPOST,
+};
 
 /// Runs `outpost args…` in `dir` with a deadline; kills it and panics when the deadline passes.
-fn outpost(dir: &TestDir, args: &[&str]) -> Run {
-    let mut child = outpost_command(OUTPOST)
-        .args(args)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let end = Instant::now() + slack(Duration::from_secs(20));
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`outpost {}` did not exit in time", args.join(" "));
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    Run {
-        code: status.code(),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+fn outpost(dir: &TestDir, args: &[&str]) -> CmdRun {
+    run_command_in(Some(dir.path()), Path::new(OUTPOST), args, b"")
 }
 
 /// Writes `body` as `outpost.toml` in `dir` (with a data dir inside `dir`) and returns its path.
@@ -83,7 +28,7 @@ fn config_file(dir: &TestDir, body: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn check_config(body: &str) -> Run {
+fn check_config(body: &str) -> CmdRun {
     let dir = TestDir::new();
     let path = config_file(&dir, body);
     outpost(&dir, &["check-config", "--config", &path])
@@ -329,8 +274,8 @@ fn sigterm_lets_an_in_flight_transaction_finish_then_exits_0() {
     let _ = Command::new("sh")
         .args(["-c", &format!("kill -TERM {pid}")])
         .status();
-    // Finish the transaction after the signal: it must still be accepted.
-    thread::sleep(Duration::from_millis(300));
+    // Finish the transaction once the relay has taken the signal: it must still be accepted.
+    relay.wait_log("shutting down");
     client.send(b"second half\r\n.\r\n");
     let reply = client.read_reply();
     if reply.code != 250 {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::util::{
     alias, assert_queued, reply, run_command, strip_received, wait_until, RawClient, RelayConfig,
-    RelayProcess, Stage, Upstream,
+    RelayProcess, Smarthost, Stage,
 };
 
 const DELIVERY: Duration = Duration::from_secs(30);
@@ -44,7 +44,7 @@ fn received_date(field: &[u8]) -> String {
 
 #[test]
 fn an_alert_storm_queued_during_an_outage_arrives_as_one_digest() {
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(port)
             .queue("retry_min = \"5m\"\nretry_max = \"10m\"")
@@ -71,7 +71,7 @@ fn an_alert_storm_queued_during_an_outage_arrives_as_one_digest() {
         assert!(list.contains(&format!("\"id\":\"{id}\"")), "{id}: {list}");
     }
 
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     relay.command_ok(&["queue", "flush"]);
     upstream
         .wait_for(2, DELIVERY)
@@ -195,7 +195,7 @@ fn an_alert_storm_queued_during_an_outage_arrives_as_one_digest() {
 fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient_and_the_rest_is_retried_as_a_digest(
 ) {
     const N: usize = 4;
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(port)
             .queue("retry_min = \"5m\"\nretry_max = \"10m\"")
@@ -220,7 +220,7 @@ fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient_and
     // ops takes it, pager does not exist, later is busy (until the test says otherwise).
     let busy = Arc::new(AtomicBool::new(true));
     let busy_policy = busy.clone();
-    let upstream = Upstream::start_on_with_policy(port, move |stage| match stage {
+    let upstream = Smarthost::start_on_with_policy(port, move |stage| match stage {
         Stage::Rcpt { to } if to.starts_with("pager@") => Some(reply(550, "5.1.1 no such user")),
         Stage::Rcpt { to } if to.starts_with("later@") && busy_policy.load(Ordering::SeqCst) => {
             Some(reply(451, "4.2.1 busy"))
@@ -289,7 +289,7 @@ fn the_smarthost_verdict_on_a_digest_applies_to_every_original_per_recipient_and
 
 #[test]
 fn alerts_handed_to_sendmail_are_combined_with_those_over_smtp() {
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(port)
             .queue("retry_min = \"5m\"\nretry_max = \"10m\"")
@@ -320,7 +320,7 @@ fn alerts_handed_to_sendmail_are_combined_with_those_over_smtp() {
     });
     assert!(queued, "{}", relay.command_ok(&["queue", "list"]));
 
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     relay.command_ok(&["queue", "flush"]);
     assert!(
         relay.wait_queue_empty(),

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{assert_queued, tagged_message, wait_until, RawClient, RelayProcess, Upstream};
+use crate::util::{
+    assert_queued, settle, tagged_message, wait_until, RawClient, RelayProcess, Smarthost,
+};
 
 const DELIVERY: Duration = Duration::from_secs(30);
 
@@ -44,7 +46,7 @@ fn body_of(id: &str, lines: usize) -> Vec<u8> {
 
 #[test]
 fn damaged_records_are_quarantined_at_start_and_the_rest_of_the_queue_flows() {
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let mut relay = RelayProcess::start_to(port);
     let mut client = RawClient::ready(relay.port());
     let mut queued = Vec::new();
@@ -96,7 +98,7 @@ fn damaged_records_are_quarantined_at_start_and_the_rest_of_the_queue_flows() {
     db.flush().unwrap();
     drop(db);
 
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     relay.restart();
     let arrived = wait_until(DELIVERY, Duration::from_millis(50), || {
         let ids = upstream.arrived_ids();
@@ -105,8 +107,8 @@ fn damaged_records_are_quarantined_at_start_and_the_rest_of_the_queue_flows() {
     if !arrived {
         relay.fail("the undamaged messages did not flow after the restart");
     }
-    // Give the damaged ones every chance to go out wrongly.
-    std::thread::sleep(Duration::from_secs(3));
+    // A damaged message going out wrongly would do so before the marker.
+    settle(&relay, &upstream);
     let ids = upstream.arrived_ids();
     println!("arrived: {ids:?}");
     let log = relay.log();

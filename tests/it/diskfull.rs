@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::util::{RawClient, RelayConfig, RelayProcess, Upstream};
+use crate::util::{RawClient, RelayConfig, RelayProcess, Smarthost};
 
 const DELIVERY: Duration = Duration::from_secs(120);
 
@@ -28,7 +28,7 @@ fn full_disk_gets_451_then_exit_75_and_a_restart_with_room_delivers_every_acknow
     const LIMIT: &str = "ulimit -S -f 2048\ntrap '' XFSZ";
     const MAX_MESSAGES: usize = 2000;
 
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let mut relay = RelayProcess::start_wrapped(RelayConfig::with_smarthost(port), LIMIT);
     let mut client = RawClient::ready(relay.port());
     let mut acked = Vec::new();
@@ -66,7 +66,7 @@ fn full_disk_gets_451_then_exit_75_and_a_restart_with_room_delivers_every_acknow
 
     // The supervisor restarts it with room (and a smarthost): it reopens cleanly and
     // delivers everything it acknowledged.
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     relay.set_wrapper(None);
     relay.restart();
     // The queue holds every acknowledged message, and perhaps the one in flight at the wall:

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use crate::util::{
-    assert_queued, message, reply, wait_until, RawClient, RelayConfig, RelayProcess, Stage,
-    Upstream,
+    assert_queued, message, reply, wait_until, RawClient, RelayConfig, RelayProcess, Smarthost,
+    Stage,
 };
 
 const DELIVERY: Duration = Duration::from_secs(20);
@@ -57,7 +57,7 @@ fn wait_status(relay: &RelayProcess, what: &str, cond: impl Fn(&str) -> bool) ->
     last
 }
 
-fn subject_of(upstream: &Upstream, n: usize) -> Vec<String> {
+fn subject_of(upstream: &Smarthost, n: usize) -> Vec<String> {
     upstream
         .delivered()
         .iter()
@@ -74,8 +74,8 @@ fn subject_of(upstream: &Upstream, n: usize) -> Vec<String> {
 
 #[test]
 fn primary_down_sends_to_the_secondary_and_status_lists_both() {
-    let primary = Upstream::reserve_port();
-    let secondary = Upstream::start();
+    let primary = Smarthost::reserve_port();
+    let secondary = Smarthost::start();
     let relay = relay_over(&[primary, secondary.port()]);
     send(&relay, "via-secondary", &["b@remote.test"]);
     secondary
@@ -116,8 +116,8 @@ fn primary_down_sends_to_the_secondary_and_status_lists_both() {
 
 #[test]
 fn queue_flush_sends_new_mail_to_the_primary_once_it_is_back() {
-    let primary_port = Upstream::reserve_port();
-    let secondary = Upstream::start();
+    let primary_port = Smarthost::reserve_port();
+    let secondary = Smarthost::start();
     let relay = relay_over(&[primary_port, secondary.port()]);
     send(&relay, "while-primary-down", &["b@remote.test"]);
     secondary
@@ -126,7 +126,7 @@ fn queue_flush_sends_new_mail_to_the_primary_once_it_is_back() {
     wait_status(&relay, "the primary waiting for its backoff", |s| {
         route_line(s, 1).contains("(next try in ")
     });
-    let primary = Upstream::start_on(primary_port);
+    let primary = Smarthost::start_on(primary_port);
     relay.command_ok(&["queue", "flush"]);
     // The flush has reached the forwarder once the primary's backoff is gone.
     wait_status(&relay, "the primary's backoff reset", |s| {
@@ -157,8 +157,8 @@ fn queue_flush_sends_new_mail_to_the_primary_once_it_is_back() {
 
 #[test]
 fn the_primary_is_probed_first_again_when_its_backoff_expires() {
-    let primary_port = Upstream::reserve_port();
-    let secondary = Upstream::start();
+    let primary_port = Smarthost::reserve_port();
+    let secondary = Smarthost::start();
     // The harness's backoff (retry_min 1s, retry_max 2s): the primary is due again soon.
     let relay = RelayProcess::start_with(RelayConfig::with_smarthosts(&[
         primary_port,
@@ -168,7 +168,7 @@ fn the_primary_is_probed_first_again_when_its_backoff_expires() {
     secondary
         .wait_for(1, DELIVERY)
         .unwrap_or_else(|| relay.fail("nothing reached the secondary"));
-    let primary = Upstream::start_on(primary_port);
+    let primary = Smarthost::start_on(primary_port);
     // No flush: the primary's own backoff runs out.
     wait_status(&relay, "the primary due for a probe", |s| {
         route_line(s, 1).contains("(next try now)")
@@ -187,10 +187,10 @@ fn the_primary_is_probed_first_again_when_its_backoff_expires() {
 
 #[test]
 fn routes_are_tried_in_order_and_the_first_that_answers_gets_the_mail() {
-    let first = Upstream::reserve_port();
-    let second = Upstream::reserve_port();
+    let first = Smarthost::reserve_port();
+    let second = Smarthost::reserve_port();
     assert_ne!(first, second);
-    let third = Upstream::start();
+    let third = Smarthost::start();
     let relay = relay_over(&[first, second, third.port()]);
     send(&relay, "via-third", &["b@remote.test"]);
     third
@@ -219,10 +219,10 @@ fn routes_are_tried_in_order_and_the_first_that_answers_gets_the_mail() {
 
 #[test]
 fn a_421_greeting_fails_over() {
-    let primary = Upstream::start_with_policy(|stage| {
+    let primary = Smarthost::start_with_policy(|stage| {
         matches!(stage, Stage::Helo).then(|| reply(421, "4.3.2 shutting down"))
     });
-    let secondary = Upstream::start();
+    let secondary = Smarthost::start();
     let relay = relay_over(&[primary.port(), secondary.port()]);
     send(&relay, "after-421", &["b@remote.test"]);
     secondary
@@ -237,12 +237,12 @@ fn a_421_greeting_fails_over() {
 
 #[test]
 fn recipient_verdicts_do_not_fail_over() {
-    let primary = Upstream::start_with_policy(|stage| match stage {
+    let primary = Smarthost::start_with_policy(|stage| match stage {
         Stage::Rcpt { to } if to.contains("defer") => Some(reply(450, "4.2.1 mailbox busy")),
         Stage::Rcpt { to } if to.contains("reject") => Some(reply(550, "5.1.1 no such user")),
         _ => None,
     });
-    let secondary = Upstream::start();
+    let secondary = Smarthost::start();
     let relay = relay_over(&[primary.port(), secondary.port()]);
     send(
         &relay,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     assert_queued, cpu_time, tagged_message, wait_until, FlakyLink, LinkMode, RawClient,
-    RelayConfig, RelayProcess, TestPki, Upstream,
+    RelayConfig, RelayProcess, Smarthost, TestPki,
 };
 
 const DELIVERY: Duration = Duration::from_secs(60);
@@ -34,7 +34,7 @@ fn flap_to(link: &FlakyLink, mode: LinkMode, deadline: Duration) -> bool {
 }
 
 /// Fails unless every id in `acked` arrived; returns the number of duplicate deliveries.
-fn check_all_arrived(relay: &RelayProcess, upstream: &Upstream, acked: &[String]) -> usize {
+fn check_all_arrived(relay: &RelayProcess, upstream: &Smarthost, acked: &[String]) -> usize {
     let arrived = wait_until(DELIVERY, Duration::from_millis(50), || {
         let ids = upstream.arrived_ids();
         acked.iter().all(|id| ids.contains_key(id))
@@ -51,7 +51,7 @@ fn check_all_arrived(relay: &RelayProcess, upstream: &Upstream, acked: &[String]
 
 #[test]
 fn link_flaps_mid_data_and_at_the_final_dot_lose_nothing_and_leave_nothing_stuck() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let link = FlakyLink::start(upstream.port(), LinkMode::Down);
     let relay = RelayProcess::start_with(flap_config(&link));
 
@@ -73,6 +73,7 @@ fn link_flaps_mid_data_and_at_the_final_dot_lose_nothing_and_leave_nothing_stuck
                     &tagged_message(&id),
                 ));
                 acked.lock().unwrap().push(id);
+                // Pacing, not a proof: mail keeps coming while the link flaps.
                 thread::sleep(Duration::from_millis(150));
             }
         })
@@ -90,7 +91,8 @@ fn link_flaps_mid_data_and_at_the_final_dot_lose_nothing_and_leave_nothing_stuck
     for round in 0..3 {
         for (n, fault) in faults.iter().enumerate() {
             // Down (connection refused) for a while, then the fault for one connection, then
-            // up for a moment.
+            // up for a moment. The sleeps in this loop pace the flaps; none proves an absence
+            // (the checks after the loop wait for arrivals and an empty queue).
             link.set(LinkMode::Down);
             thread::sleep(Duration::from_millis(200 + 100 * ((round + n) as u64 % 4)));
             if flap_to(&link, *fault, Duration::from_secs(5)) {
@@ -126,7 +128,7 @@ fn link_flaps_mid_data_and_at_the_final_dot_lose_nothing_and_leave_nothing_stuck
 #[test]
 fn tls_handshake_cut_midway_is_retried_until_delivered() {
     let pki = TestPki::loopback();
-    let upstream = Upstream::start_starttls(&pki.cert, &pki.key);
+    let upstream = Smarthost::start_starttls(&pki.cert, &pki.key);
     // Cut after STARTTLS at 0 bytes (before the ClientHello), inside it, and after it (the
     // client's Finished never reaches the smarthost: rustls's ClientHello is ~250 octets).
     let cuts = [0, 1, 40, 120, 200, 260];
@@ -141,6 +143,7 @@ fn tls_handshake_cut_midway_is_retried_until_delivered() {
         acked.push(id);
     }
     let mut hit = 0;
+    // As in the flap loop above, the sleeps here pace the cuts.
     for (n, extra) in cuts.iter().enumerate() {
         link.set(LinkMode::Down);
         thread::sleep(Duration::from_millis(100 + 50 * (n as u64 % 3)));
@@ -180,7 +183,7 @@ fn silent_smarthost_times_out_without_a_busy_loop_and_nothing_is_stuck() {
     // A busy loop takes a whole core; an idle relay waiting on timers takes next to nothing.
     const MAX_SHARE: f64 = 0.2;
 
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let link = FlakyLink::start(upstream.port(), LinkMode::BlackHole);
     let relay = RelayProcess::start_with(flap_config(&link));
     let pid = relay.pid().unwrap();

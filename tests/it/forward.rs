@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use crate::util::{assert_queued, message, RawClient, RelayProcess, Upstream};
+use crate::util::{assert_queued, message, RawClient, RelayProcess, Smarthost};
 
 const DELIVERY: Duration = Duration::from_secs(30);
 
 #[test]
 fn envelope_with_several_recipients_reaches_the_smarthost() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let mut client = RawClient::ready(relay.port());
     let rcpts = ["one@remote.test", "two@remote.test", "three@other.test"];
@@ -27,7 +27,7 @@ fn envelope_with_several_recipients_reaches_the_smarthost() {
 
 #[test]
 fn null_sender_from_the_lan_is_relayed_as_null_sender() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let mut client = RawClient::ready(relay.port());
     assert_queued(&client.send_mail("", &["postmaster@remote.test"], &message("null", "x\r\n")));
@@ -39,7 +39,7 @@ fn null_sender_from_the_lan_is_relayed_as_null_sender() {
 
 #[test]
 fn many_messages_from_concurrent_clients_all_arrive() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let port = relay.port();
     let threads: Vec<_> = (0..4)
@@ -77,7 +77,7 @@ fn many_messages_from_concurrent_clients_all_arrive() {
 
 #[test]
 fn queue_built_during_outage_is_drained_over_one_connection() {
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let relay = RelayProcess::start_to(port);
     let mut client = RawClient::ready(relay.port());
     for n in 0..3 {
@@ -88,7 +88,7 @@ fn queue_built_during_outage_is_drained_over_one_connection() {
             &message(&subject, "x\r\n"),
         ));
     }
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     upstream
         .wait_for(3, DELIVERY)
         .unwrap_or_else(|| relay.fail("queue not drained"));
@@ -108,7 +108,7 @@ fn queue_built_during_outage_is_drained_over_one_connection() {
 
 #[test]
 fn large_message_spanning_many_store_chunks_is_relayed_byte_exact() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let mut client = RawClient::ready(relay.port());
     // About 600 KB: many 32 KiB spool chunks, lines of varied length, some starting with '.'.
@@ -137,9 +137,9 @@ fn large_message_spanning_many_store_chunks_is_relayed_byte_exact() {
 
 #[test]
 fn smarthost_flag_overrides_the_config_file() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     // The file names a smarthost that is down; the flag must win.
-    let down = Upstream::reserve_port();
+    let down = Smarthost::reserve_port();
     let relay = RelayProcess::start_with_args(
         crate::util::RelayConfig::with_smarthost(down),
         &["--smarthost", &format!("127.0.0.1:{}", upstream.port())],

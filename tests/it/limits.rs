@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::util::{assert_queued, RawClient, RelayConfig, RelayProcess, Upstream};
+use crate::util::{assert_queued, settle, RawClient, RelayConfig, RelayProcess, Smarthost};
 
 const DELIVERY: Duration = Duration::from_secs(30);
 
@@ -19,7 +19,7 @@ fn body_of(lines: usize, width: usize) -> Vec<u8> {
 
 #[test]
 fn oversized_body_is_drained_then_552() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(upstream.port()).top("max_message_size = 1000"),
     );
@@ -66,7 +66,7 @@ fn mail_size_parameter_above_max_message_size_gets_552() {
 
 #[test]
 fn third_recipient_gets_452_with_max_recipients_2() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(upstream.port()).top("max_recipients = 2"),
     );
@@ -150,7 +150,7 @@ fn body_line_over_1000_octets_is_drained_then_554() {
 /// then the real CRLF.CRLF, and checks that only one message to the real recipient results.
 /// With `may_refuse`, refusing the whole message (5xx to the final dot) is also safe.
 fn smuggled_end_of_data_is_body(smuggle: &[u8], may_refuse: bool) {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let mut client = RawClient::ready(relay.port());
     assert_eq!(client.cmd("MAIL FROM:<a@lan.test>").code, 250);
@@ -184,9 +184,10 @@ fn smuggled_end_of_data_is_body(smuggle: &[u8], may_refuse: bool) {
     let got = upstream
         .wait_for(1, DELIVERY)
         .unwrap_or_else(|| relay.fail("nothing delivered"));
-    // Give a smuggled second message (from the relay re-smuggling to the smarthost) a chance.
-    std::thread::sleep(Duration::from_millis(500));
-    let got_all = upstream.delivered();
+    // A smuggled second message (the relay re-smuggling to the smarthost) would be queued
+    // with the first, so it goes out before the marker.
+    settle(&relay, &upstream);
+    let got_all = upstream.unmarked();
     assert_eq!(
         got_all.len(),
         1,
@@ -291,7 +292,7 @@ fn idle_session_times_out_with_421_4_4_2() {
 
 #[test]
 fn stalled_data_times_out_with_421_4_4_2_and_nothing_is_queued() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(upstream.port()).timeouts("data = \"1s\""),
     );
@@ -322,7 +323,7 @@ fn stalled_data_times_out_with_421_4_4_2_and_nothing_is_queued() {
 #[test]
 fn full_queue_gets_452_4_3_1_and_keeps_what_it_accepted() {
     // The smarthost is down: everything accepted stays queued, so the cap is reached.
-    let down = Upstream::reserve_port();
+    let down = Smarthost::reserve_port();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(down)
             .top("max_message_size = 2000")
@@ -363,7 +364,7 @@ fn full_queue_gets_452_4_3_1_and_keeps_what_it_accepted() {
     );
     assert_eq!(client.cmd("RSET").code, 250, "session unusable after 452");
     // Everything acknowledged is delivered once the smarthost is back.
-    let upstream = Upstream::start_on(down);
+    let upstream = Smarthost::start_on(down);
     upstream
         .wait_for(accepted, DELIVERY)
         .unwrap_or_else(|| relay.fail("accepted messages lost after the queue filled"));

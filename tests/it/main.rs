@@ -1,12 +1,15 @@
 //! The integration-test binary: runs the real `outpost` binary on 127.0.0.1:0 against independent
-//! peers (lettre and raw `TcpStream` clients; a mailin-embedded smarthost). It never links the
-//! relay's own SMTP code into a peer, never uses the network beyond loopback, and bounds every
-//! wait.
+//! peers from the test kit (`tests/kit`: lettre and the raw client; the fake smarthost). It never
+//! links the relay's own SMTP code into a peer, never uses the network beyond loopback, and
+//! bounds every wait.
 
 // Test helpers may unwrap: a failed unwrap is a failed test (clippy.toml allows it in #[test] fns;
-// this extends it to the helpers in util.rs).
+// this extends it to the helpers in util).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The kit is shared with the crate's unit tests, which include it the same way.
+#[path = "../kit/mod.rs"]
+mod kit;
 mod util;
 
 mod abuse;

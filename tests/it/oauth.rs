@@ -14,9 +14,9 @@ const REFRESH: &str = "0.AX8A-refresh/token+1";
 
 struct Site {
     pki: TestPki,
-    state: Shared,
+    state: OAuthShared,
     endpoint: TokenEndpoint,
-    smarthost: OAuthSmarthost,
+    smarthost: Smarthost,
     dir: TestDir,
 }
 
@@ -29,7 +29,9 @@ impl Site {
             ..OAuthState::default()
         }));
         let endpoint = TokenEndpoint::start(&pki.cert, &pki.key, &state);
-        let smarthost = OAuthSmarthost::start(&pki.cert, &pki.key, &state, oauthbearer);
+        let smarthost = Smarthost::builder()
+            .oauth(&pki, &state, oauthbearer)
+            .start();
         let dir = TestDir::new();
         std::fs::write(dir.join("refresh-token"), format!("{REFRESH}\n")).unwrap();
         Self {
@@ -43,7 +45,7 @@ impl Site {
 
     fn relay(&self) -> RelayProcess {
         let refresh = self.dir.join("refresh-token");
-        let config = RelayConfig::with_smarthost(self.smarthost.port)
+        let config = RelayConfig::with_smarthost(self.smarthost.port())
             .smarthost_tls("starttls", self.pki.ca.clone())
             .smarthost_keys(&format!(
                 "username = \"site@example.com\"\noauth2_token_url = {}\n\
@@ -61,7 +63,11 @@ impl Site {
     }
 
     fn wait_delivered(&self, relay: &RelayProcess, n: usize) {
-        if !OAuthSmarthost::wait_for(&self.state, n) {
+        if self
+            .smarthost
+            .wait_for(n, Duration::from_secs(20))
+            .is_none()
+        {
             let state = self.state.lock().unwrap();
             relay.fail(&format!(
                 "{n} messages not delivered; {} issued, auths {:?}",
@@ -119,7 +125,12 @@ fn token_is_fetched_once_and_reused_for_the_next_session() {
         "{form}"
     );
     assert!(form.contains("&scope=https%3A%2F%2Foutlook.office.com%2FSMTP.Send+offline_access"));
-    let bodies: Vec<String> = state.delivered.iter().map(Delivered::data_str).collect();
+    let bodies: Vec<String> = site
+        .smarthost
+        .delivered()
+        .iter()
+        .map(Delivered::data_str)
+        .collect();
     assert!(
         bodies[0].contains("oauth-1") && bodies[1].contains("oauth-2"),
         "{bodies:?}"
@@ -188,7 +199,7 @@ fn token_endpoint_refusal_holds_the_mail_until_the_refresh_token_is_fixed() {
         relay.fail(&format!("no log line {expected:?}"));
     }
     assert!(site.auths().is_empty(), "AUTH without a token");
-    assert!(site.state.lock().unwrap().delivered.is_empty());
+    assert!(site.smarthost.delivered().is_empty());
     let queue = relay.command_ok(&["queue", "list"]);
     assert!(queue.contains("ops@example.com"), "not held: {queue}");
     // The operator puts a good refresh token in the file: read at the next refresh, no restart.

@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::util::{
-    alias, assert_queued, message, reply, run_command, RawClient, RelayConfig, RelayProcess, Stage,
-    TestDir, Upstream, OUTPOST,
+    alias, assert_queued, message, reply, run_command, RawClient, RelayConfig, RelayProcess,
+    Smarthost, Stage, TestDir, OUTPOST,
 };
 
 const DELIVERY: Duration = Duration::from_secs(20);
@@ -42,7 +42,7 @@ fn without_durations(text: &str) -> String {
 
 /// A relay whose smarthost port is closed, with retry times far above every test deadline.
 fn relay_with_outage() -> (u16, RelayProcess) {
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(port).queue("retry_min = \"5m\"\nretry_max = \"10m\""),
     );
@@ -157,7 +157,7 @@ fn queue_flush_during_an_outage_delivers_as_soon_as_the_upstream_is_back() {
         send(&relay, subject, &["b@remote.test"]);
     }
     wait_link_down(&relay);
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     // The link backoff (retry_min = 5m) would hold the messages far beyond the deadline below.
     relay.command_ok(&["queue", "flush"]);
     let got = upstream
@@ -179,7 +179,7 @@ fn sigusr1_flushes_like_queue_flush() {
     let (port, relay) = relay_with_outage();
     send(&relay, "usr1", &["b@remote.test"]);
     wait_link_down(&relay);
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     relay.signal("USR1");
     upstream
         .wait_for(1, DELIVERY)
@@ -242,7 +242,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, state: Option<&str>) -> 
 
 #[test]
 fn metrics_endpoint_serves_prometheus_text() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(upstream.port()).top("[metrics]\nlisten = \"127.0.0.1:0\""),
     );
@@ -280,7 +280,7 @@ fn metrics_endpoint_serves_prometheus_text() {
 #[test]
 fn queue_show_lists_the_attempt_history_with_each_reply() {
     // One recipient is always deferred, the other accepted at the first attempt.
-    let upstream = Upstream::start_with_policy(|stage| match stage {
+    let upstream = Smarthost::start_with_policy(|stage| match stage {
         Stage::Rcpt { to } if to.contains("busy@") => Some(reply(451, "4.2.1 mailbox busy")),
         _ => None,
     });
@@ -348,7 +348,7 @@ fn a_held_message_stays_through_a_flush_and_goes_once_released() {
         list.contains("next attempt: in "),
         "link wait not shown:\n{list}"
     );
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     relay.command_ok(&["queue", "flush"]);
     let got = upstream
         .wait_for(1, DELIVERY)

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::util::{assert_queued, wait_until, RawClient, RelayConfig, RelayProcess, Upstream};
+use crate::util::{assert_queued, wait_until, RawClient, RelayConfig, RelayProcess, Smarthost};
 
 const DELIVERY: Duration = Duration::from_secs(30);
 
@@ -22,7 +22,7 @@ fn send(relay: &RelayProcess, from: &str, subject: &str, extra_header: &str) -> 
 
 #[test]
 fn after_an_outage_urgent_mail_goes_first_then_high_normal_and_low_each_oldest_first() {
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let relay = RelayProcess::start_with(
         RelayConfig::with_smarthost(port)
             .queue("retry_min = \"5m\"\nretry_max = \"10m\"")
@@ -67,7 +67,7 @@ fn after_an_outage_urgent_mail_goes_first_then_high_normal_and_low_each_oldest_f
         .contains("priority: high"));
 
     // The link comes back.
-    let upstream = Upstream::start_on(port);
+    let upstream = Smarthost::start_on(port);
     relay.command_ok(&["queue", "flush"]);
     let got = upstream
         .wait_for(sent.len(), DELIVERY)

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use crate::util::{assert_queued, message, send_lettre, RawClient, RelayProcess, Upstream};
+use crate::util::{assert_queued, message, send_lettre, RawClient, RelayProcess, Smarthost};
 
 const DELIVERY: Duration = Duration::from_secs(30);
 
 #[test]
 fn lettre_message_reaches_upstream_byte_exact_after_received_header() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     // lettre ends DATA with CRLF.CRLF after the message, so the relay sees (and must keep) the
     // message plus one CRLF.
@@ -51,7 +51,7 @@ fn lettre_message_reaches_upstream_byte_exact_after_received_header() {
 
 #[test]
 fn received_header_names_the_relay_and_the_client() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let mut client = RawClient::ready(relay.port());
     assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &message("trace", "x\r\n")));
@@ -77,7 +77,7 @@ fn received_header_names_the_relay_and_the_client() {
 
 #[test]
 fn dot_stuffed_lines_are_unstuffed_and_restuffed_for_the_smarthost() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let mut client = RawClient::ready(relay.port());
     // On the wire (stuffed) → as the message really is.
@@ -97,7 +97,7 @@ fn dot_stuffed_lines_are_unstuffed_and_restuffed_for_the_smarthost() {
 
 #[test]
 fn eight_bit_body_with_body_8bitmime_is_relayed_unchanged() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let mut client = RawClient::ready(relay.port());
     let mut body = b"Subject: 8bit\r\nContent-Type: text/plain; charset=latin1\r\n\
@@ -138,7 +138,7 @@ fn eight_bit_body_with_body_8bitmime_is_relayed_unchanged() {
 
 #[test]
 fn lettre_8bit_message_is_relayed_unchanged() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let sent = message("utf8", "Sensor Temperatur: 21,5 °C — ok");
     let mut original = sent.clone();
@@ -190,7 +190,7 @@ fn helo_is_accepted() {
 
 #[test]
 fn pipelined_mail_rcpt_rcpt_data_get_replies_in_order() {
-    let upstream = Upstream::start();
+    let upstream = Smarthost::start();
     let relay = RelayProcess::start_to(upstream.port());
     let mut client = RawClient::ready(relay.port());
     client.send(

@@ -5,22 +5,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::util::{assert_queued, message, reply, RawClient, RelayProcess, Stage, Upstream};
+use crate::util::{
+    assert_queued, message, reply, settle, RawClient, RelayProcess, Smarthost, Stage,
+};
 
 const DELIVERY: Duration = Duration::from_secs(30);
-/// After a delivery, how long to watch for a duplicate: longer than `retry_max` (2 s) in the
-/// test config, so a wrongly kept message would be retried within it.
-const DUPLICATE_GRACE: Duration = Duration::from_secs(4);
 
-/// Sends one message, waits for it, then watches for duplicates; returns the attempt count.
-fn delivered_exactly_once(upstream: &Upstream, relay: &RelayProcess) {
+/// Sends one message, waits for it, then checks for duplicates once the relay has settled (a
+/// wrongly kept message would still be in the queue, or go out again before the marker).
+fn delivered_exactly_once(upstream: &Smarthost, relay: &RelayProcess) {
     let mut client = RawClient::ready(relay.port());
     assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &message("retry", "x\r\n")));
     upstream
         .wait_for(1, DELIVERY)
         .unwrap_or_else(|| relay.fail("never delivered after 4xx"));
-    std::thread::sleep(DUPLICATE_GRACE);
-    let got = upstream.delivered();
+    settle(relay, upstream);
+    let got = upstream.unmarked();
     if got.len() != 1 {
         relay.fail(&format!("delivered {} times, want exactly once", got.len()));
     }
@@ -56,7 +56,7 @@ fn transient_4xx_at_data_then_success_delivers_exactly_once() {
         451,
         "4.3.0 try again later",
     );
-    let upstream = Upstream::start_with_policy(policy);
+    let upstream = Smarthost::start_with_policy(policy);
     let relay = RelayProcess::start_to(upstream.port());
     delivered_exactly_once(&upstream, &relay);
     assert!(
@@ -73,7 +73,7 @@ fn transient_4xx_on_rcpt_then_success_delivers_exactly_once() {
         450,
         "4.2.1 mailbox busy",
     );
-    let upstream = Upstream::start_with_policy(policy);
+    let upstream = Smarthost::start_with_policy(policy);
     let relay = RelayProcess::start_to(upstream.port());
     delivered_exactly_once(&upstream, &relay);
     assert!(seen.load(Ordering::SeqCst) >= 3);
@@ -87,7 +87,7 @@ fn transient_4xx_on_mail_then_success_delivers_exactly_once() {
         451,
         "4.7.1 greylisted",
     );
-    let upstream = Upstream::start_with_policy(policy);
+    let upstream = Smarthost::start_with_policy(policy);
     let relay = RelayProcess::start_to(upstream.port());
     delivered_exactly_once(&upstream, &relay);
     assert!(seen.load(Ordering::SeqCst) >= 2);
@@ -96,7 +96,7 @@ fn transient_4xx_on_mail_then_success_delivers_exactly_once() {
 #[test]
 fn smarthost_421_at_ehlo_then_success_delivers_exactly_once() {
     let (seen, policy) = fail_first(2, |s| matches!(s, Stage::Helo), 421, "4.3.2 shutting down");
-    let upstream = Upstream::start_with_policy(policy);
+    let upstream = Smarthost::start_with_policy(policy);
     let relay = RelayProcess::start_to(upstream.port());
     delivered_exactly_once(&upstream, &relay);
     assert!(seen.load(Ordering::SeqCst) >= 3);
@@ -111,7 +111,7 @@ fn smarthost_421_to_final_dot_then_success_delivers_exactly_once() {
         421,
         "4.3.0 disk trouble",
     );
-    let upstream = Upstream::start_with_policy(policy);
+    let upstream = Smarthost::start_with_policy(policy);
     let relay = RelayProcess::start_to(upstream.port());
     delivered_exactly_once(&upstream, &relay);
     assert!(seen.load(Ordering::SeqCst) >= 2);
@@ -119,7 +119,7 @@ fn smarthost_421_to_final_dot_then_success_delivers_exactly_once() {
 
 #[test]
 fn smarthost_down_then_up_message_is_queued_then_delivered() {
-    let port = Upstream::reserve_port();
+    let port = Smarthost::reserve_port();
     let relay = RelayProcess::start_to(port);
     let mut client = RawClient::ready(relay.port());
     assert_queued(&client.send_mail(
@@ -128,12 +128,16 @@ fn smarthost_down_then_up_message_is_queued_then_delivered() {
         &message("down-up", "x\r\n"),
     ));
     // Let the relay fail against the closed port at least once.
-    std::thread::sleep(Duration::from_millis(1500));
-    let upstream = Upstream::start_on(port);
+    relay.wait_log("unavailable");
+    let upstream = Smarthost::start_on(port);
     let got = upstream
         .wait_for(1, DELIVERY)
         .unwrap_or_else(|| relay.fail("not delivered after up"));
     assert!(got[0].data_str().contains("Subject: down-up"));
-    std::thread::sleep(DUPLICATE_GRACE);
-    assert_eq!(upstream.count(), 1, "duplicate delivery after the outage");
+    settle(&relay, &upstream);
+    assert_eq!(
+        upstream.unmarked().len(),
+        1,
+        "duplicate delivery after the outage"
+    );
 }

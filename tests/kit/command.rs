@@ -1,5 +1,6 @@
-//! Helpers for the operations tests: short-lived `outpost` commands (queue, status, sendmail)
-//! with bounded run time, signals to the daemon, and argv[0] aliases (symlinks).
+//! Short-lived `outpost` commands (check-config, queue, status, sendmail) with a bounded run
+//! time and their output, signals to the daemon, and argv[0] aliases (symlinks). Never leaves a
+//! command running past its deadline.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,13 @@ pub(crate) struct CmdRun {
     pub(crate) stderr: String,
 }
 
+impl CmdRun {
+    /// Standard output followed by standard error.
+    pub(crate) fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
 impl std::fmt::Display for CmdRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -28,7 +36,21 @@ impl std::fmt::Display for CmdRun {
 
 /// Runs `program args…` with `stdin` as input; kills it and panics after 30 s (times the slack).
 pub(crate) fn run_command(program: &Path, args: &[&str], stdin: &[u8]) -> CmdRun {
-    let mut child = outpost_command(program)
+    run_command_in(None, program, args, stdin)
+}
+
+/// `run_command` in the working directory `cwd` (`None`: the test's own).
+pub(crate) fn run_command_in(
+    cwd: Option<&Path>,
+    program: &Path,
+    args: &[&str],
+    stdin: &[u8],
+) -> CmdRun {
+    let mut command = outpost_command(program);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,11 +1,16 @@
-//! SMTP clients for the tests: lettre's sync transport and a raw `TcpStream` client for
-//! byte-exact transcripts. Every read has a timeout.
+//! The SMTP clients of the kit: lettre's sync transport, and the one raw client for byte-exact
+//! transcripts (plain, STARTTLS or implicit TLS, with rustls directly). Every read has a
+//! timeout; the raw client keeps a transcript for failure messages. Never uses the relay's code.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// Read timeout of the clients: a reply that takes longer (times the slack) is a failure.
 fn reply_timeout() -> Duration {
@@ -76,9 +81,50 @@ impl std::fmt::Display for Reply {
     }
 }
 
+/// The raw client's connection: plain TCP, or TLS over it after a handshake.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf),
+            Self::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(buf),
+            Self::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A raw SMTP client for byte-exact checks; keeps a transcript for failure messages.
 pub(crate) struct RawClient {
-    stream: TcpStream,
+    /// `None` only while a TLS upgrade replaces the stream.
+    stream: Option<Stream>,
     buf: Vec<u8>,
     transcript: String,
 }
@@ -97,10 +143,65 @@ impl RawClient {
         stream.set_read_timeout(Some(reply_timeout()))?;
         stream.set_write_timeout(Some(reply_timeout()))?;
         Ok(Self {
-            stream,
+            stream: Some(Stream::Plain(stream)),
             buf: Vec::new(),
             transcript: String::new(),
         })
+    }
+
+    /// Implicit TLS: connects, completes the handshake (server name 127.0.0.1) and reads the
+    /// greeting.
+    pub(crate) fn connect_tls(port: u16, config: Arc<ClientConfig>) -> (Self, Reply) {
+        let mut client = Self::connect_no_greeting(port).unwrap();
+        if let Err(e) = client.upgrade(config) {
+            client.fail(&format!("TLS handshake failed: {e}"));
+        }
+        let greeting = client.read_reply();
+        (client, greeting)
+    }
+
+    /// STARTTLS: sends it, expects 220, and completes the handshake (server name 127.0.0.1).
+    /// Does not send EHLO again.
+    pub(crate) fn starttls(&mut self, config: Arc<ClientConfig>) -> io::Result<()> {
+        let reply = self.cmd("STARTTLS");
+        self.check(reply.code == 220, "STARTTLS 220");
+        self.upgrade(config)
+    }
+
+    /// Replaces the plain stream by TLS over it for the server name 127.0.0.1; bytes already
+    /// read stay unread in the buffer (a test of pipelining before the handshake sees them).
+    pub(crate) fn upgrade(&mut self, config: Arc<ClientConfig>) -> io::Result<()> {
+        self.upgrade_for(config, "127.0.0.1")
+    }
+
+    /// `upgrade` for the server name `name` (a DNS name or an IP address).
+    pub(crate) fn upgrade_for(&mut self, config: Arc<ClientConfig>, name: &str) -> io::Result<()> {
+        let Some(Stream::Plain(tcp)) = self.stream.take() else {
+            self.fail("TLS upgrade of a stream that is not plain TCP");
+        };
+        let name = ServerName::try_from(name.to_owned()).map_err(io::Error::other)?;
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        let result = (|| {
+            while tls.conn.is_handshaking() {
+                tls.conn.complete_io(&mut tls.sock)?;
+            }
+            Ok(())
+        })();
+        self.note("C", b"<TLS handshake>");
+        self.stream = Some(Stream::Tls(Box::new(tls)));
+        result
+    }
+
+    /// Whether the connection is TLS now.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.stream, Some(Stream::Tls(_)))
+    }
+
+    fn stream(&mut self) -> io::Result<&mut Stream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 
     /// Connects, reads the greeting and sends EHLO; panics unless both succeed.
@@ -113,8 +214,7 @@ impl RawClient {
     }
 
     pub(crate) fn send(&mut self, bytes: &[u8]) {
-        self.note("C", bytes);
-        if let Err(e) = self.stream.write_all(bytes) {
+        if let Err(e) = self.try_send(bytes) {
             self.fail(&format!("write failed: {e}"));
         }
     }
@@ -122,7 +222,9 @@ impl RawClient {
     /// Like `send` but reports errors (the peer may have closed).
     pub(crate) fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.note("C", bytes);
-        self.stream.write_all(bytes)
+        let stream = self.stream()?;
+        stream.write_all(bytes)?;
+        stream.flush()
     }
 
     /// Sends `line` + CRLF and reads one reply.
@@ -170,7 +272,8 @@ impl RawClient {
             return false;
         }
         let mut byte = [0u8; 1];
-        match self.stream.read(&mut byte) {
+        let read = self.stream().and_then(|s| s.read(&mut byte));
+        match read {
             Ok(0) => true,
             Ok(_) => {
                 self.buf.push(byte[0]);
@@ -185,10 +288,16 @@ impl RawClient {
 
     /// `try_read_reply` waiting at most `wait` (a timeout is `WouldBlock`/`TimedOut`).
     pub(crate) fn try_read_reply_within(&mut self, wait: Duration) -> std::io::Result<Reply> {
-        let _ = self.stream.set_read_timeout(Some(wait));
+        self.set_read_timeout(wait);
         let reply = self.try_read_reply();
-        let _ = self.stream.set_read_timeout(Some(reply_timeout()));
+        self.set_read_timeout(reply_timeout());
         reply
+    }
+
+    fn set_read_timeout(&self, wait: Duration) {
+        if let Some(stream) = &self.stream {
+            let _ = stream.tcp().set_read_timeout(Some(wait));
+        }
     }
 
     fn read_line(&mut self) -> std::io::Result<Vec<u8>> {
@@ -199,7 +308,7 @@ impl RawClient {
                 return Ok(line);
             }
             let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk)?;
+            let n = self.stream()?.read(&mut chunk)?;
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -300,7 +409,7 @@ pub(crate) fn assert_queued(reply: &Reply) -> String {
     id.to_owned()
 }
 
-/// A message carrying `X-Test-Id: id`, for counting arrivals (`Upstream::arrived_ids`).
+/// A message carrying `X-Test-Id: id`, for counting arrivals (`Smarthost::arrived_ids`).
 pub(crate) fn tagged_message(id: &str) -> Vec<u8> {
     format!("X-Test-Id: {id}\r\nSubject: {id}\r\n\r\nbody of {id}\r\n").into_bytes()
 }

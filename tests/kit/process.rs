@@ -1,7 +1,8 @@
-//! The relay under test: the real `outpost serve` binary as a child process, its config, its
-//! captured log, SIGKILL/restart/SIGTERM. Never waits for it without a deadline.
+//! The one process runner: the real `outpost serve` binary as a child process (optionally under
+//! `OUTPOST_TEST_RUNNER` or a shell wrapper), its captured log, `wait_log`, SIGKILL/restart/
+//! SIGTERM, and the dump of the log and the data-dir listing when a test fails. Never waits for
+//! it without a deadline.
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,14 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::TestDir;
+use super::{RelayConfig, TestDir};
 
-/// Path of the binary under test.
-pub(crate) const OUTPOST: &str = env!("CARGO_BIN_EXE_outpost");
+/// Path of the binary under test. Cargo names it only for integration tests and benches; a
+/// unit test that includes the kit gets the empty string and must not start the binary.
+pub(crate) const OUTPOST: &str = match option_env!("CARGO_BIN_EXE_outpost") {
+    Some(path) => path,
+    None => "",
+};
 
 /// A `Command` that runs `program` (`OUTPOST` or an argv[0] alias of it). In a cross test run the
 /// binary is for another architecture and the kernel here cannot exec it (no binfmt_misc), so
@@ -36,151 +41,6 @@ pub(crate) fn outpost_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// Upper bound for the relay to print its `listening on` line.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Config sections the tests vary; everything else is fixed by `RelayProcess::start_with`.
-#[derive(Clone, Default)]
-pub(crate) struct RelayConfig {
-    /// Port of the smarthost on 127.0.0.1 (`None`: no `[smarthost]` section).
-    pub(crate) smarthost: Option<u16>,
-    /// Ports of `[[smarthost]]` entries on 127.0.0.1 (plaintext), in the order tried.
-    pub(crate) failover: Vec<u16>,
-    /// Extra top-level keys, e.g. `max_recipients = 2`.
-    pub(crate) top: String,
-    /// Extra `[queue]` keys.
-    pub(crate) queue: String,
-    /// Extra `[timeouts]` keys.
-    pub(crate) timeouts: String,
-    /// `[smarthost]` `tls` and `ca_file` (default: `tls = "none"`).
-    pub(crate) smarthost_tls: Option<(&'static str, PathBuf)>,
-    /// Extra `[smarthost]` keys (credentials, OAuth2).
-    pub(crate) smarthost_keys: String,
-    /// Whole sections appended at the end, e.g. `[rate_limit]` and its keys.
-    pub(crate) sections: String,
-}
-
-impl RelayConfig {
-    pub(crate) fn with_smarthost(port: u16) -> Self {
-        Self {
-            smarthost: Some(port),
-            ..Self::default()
-        }
-    }
-
-    /// Several smarthosts on 127.0.0.1 (`[[smarthost]]`, plaintext), tried in this order.
-    pub(crate) fn with_smarthosts(ports: &[u16]) -> Self {
-        Self {
-            failover: ports.to_vec(),
-            ..Self::default()
-        }
-    }
-
-    /// TLS to the smarthost (`"starttls"` or `"implicit"`), trusting the CA in `ca_file`.
-    pub(crate) fn smarthost_tls(mut self, tls: &'static str, ca_file: PathBuf) -> Self {
-        self.smarthost_tls = Some((tls, ca_file));
-        self
-    }
-
-    /// Extra keys in the `[smarthost]` section.
-    pub(crate) fn smarthost_keys(mut self, toml: &str) -> Self {
-        self.smarthost_keys.push_str(toml);
-        self.smarthost_keys.push('\n');
-        self
-    }
-
-    pub(crate) fn top(mut self, toml: &str) -> Self {
-        self.top.push_str(toml);
-        self.top.push('\n');
-        self
-    }
-
-    pub(crate) fn queue(mut self, toml: &str) -> Self {
-        self.queue.push_str(toml);
-        self.queue.push('\n');
-        self
-    }
-
-    pub(crate) fn timeouts(mut self, toml: &str) -> Self {
-        self.timeouts.push_str(toml);
-        self.timeouts.push('\n');
-        self
-    }
-
-    /// A whole section (`[name]` line included), appended after the others.
-    pub(crate) fn section(mut self, toml: &str) -> Self {
-        self.sections.push('\n');
-        self.sections.push_str(toml);
-        self.sections.push('\n');
-        self
-    }
-
-    fn render(&self, data_dir: &Path) -> String {
-        let mut toml = String::new();
-        let _ = writeln!(toml, "hostname = \"outpost.test\"");
-        let _ = writeln!(
-            toml,
-            "data_dir = {}",
-            toml_string(&data_dir.to_string_lossy())
-        );
-        let _ = writeln!(toml, "listen = [\"127.0.0.1:0\"]");
-        toml.push_str(&self.top);
-        if let Some(port) = self.smarthost {
-            let _ = writeln!(toml, "\n[smarthost]\naddress = \"127.0.0.1:{port}\"");
-            match &self.smarthost_tls {
-                Some((tls, ca)) => {
-                    let ca = toml_string(&ca.to_string_lossy());
-                    let _ = writeln!(toml, "tls = \"{tls}\"\nca_file = {ca}");
-                }
-                None => {
-                    let _ = writeln!(toml, "tls = \"none\"");
-                }
-            }
-            toml.push_str(&self.smarthost_keys);
-        }
-        for port in &self.failover {
-            let _ = writeln!(
-                toml,
-                "\n[[smarthost]]\naddress = \"127.0.0.1:{port}\"\ntls = \"none\""
-            );
-        }
-        let _ = writeln!(toml, "\n[queue]");
-        // A test that sets its own retry times replaces these (TOML refuses duplicate keys).
-        if !self.queue.contains("retry_min") {
-            let _ = writeln!(toml, "retry_min = \"1s\"");
-        }
-        if !self.queue.contains("retry_max") {
-            let _ = writeln!(toml, "retry_max = \"2s\"");
-        }
-        toml.push_str(&self.queue);
-        let _ = writeln!(toml, "\n[timeouts]");
-        // As with `[queue]`: a test's own values replace these.
-        if !self.timeouts.contains("smarthost =") {
-            let _ = writeln!(toml, "smarthost = \"10s\"");
-        }
-        if !self.timeouts.contains("smarthost_data_end") {
-            let _ = writeln!(toml, "smarthost_data_end = \"10s\"");
-        }
-        toml.push_str(&self.timeouts);
-        toml.push_str(&self.sections);
-        toml
-    }
-}
-
-/// A TOML basic string.
-pub(crate) fn toml_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
 
 /// The real `outpost serve` binary, run as a child process with its stderr captured.
 pub(crate) struct RelayProcess {
@@ -205,7 +65,7 @@ impl RelayProcess {
         Self::start_with(RelayConfig::default().top(top))
     }
 
-    /// Starts a relay relaying to the upstream on `port` (which may not be listening yet).
+    /// Starts a relay relaying to the smarthost on `port` (which may not be listening yet).
     pub(crate) fn start_to(port: u16) -> Self {
         Self::start_with(RelayConfig::with_smarthost(port))
     }
@@ -279,7 +139,7 @@ impl RelayProcess {
     }
 
     /// The log once it contains `needle` (polled, bounded by a slack-scaled 20 s; fails with
-    /// the dump otherwise). A line written just after an event the test saw (the upstream got
+    /// the dump otherwise). A line written just after an event the test saw (the smarthost got
     /// the message, then the relay logs `status=sent`) reaches the capture a moment later.
     pub(crate) fn wait_log(&self, needle: &str) -> String {
         let end = Instant::now() + super::slack(Duration::from_secs(20));
@@ -437,8 +297,15 @@ impl RelayProcess {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                        // Give the reader threads a moment to collect the last lines.
-                        thread::sleep(Duration::from_millis(100));
+                        // The reader threads end at the pipes' end of file, which the exit
+                        // brings: wait (bounded) until they collected the last lines.
+                        let until = Instant::now() + Duration::from_secs(2);
+                        while Instant::now() < until
+                            && !matches!(
+                                rx.recv_timeout(Duration::from_millis(20)),
+                                Err(mpsc::RecvTimeoutError::Disconnected)
+                            )
+                        {}
                         self.fail(&format!("relay exited before listening: {status}"));
                     }
                     if Instant::now() >= end {

@@ -139,7 +139,9 @@ fn serve(mut client: TcpStream, target: u16, mode: LinkMode) {
     let (Ok(mut server_r), Ok(mut client_w)) = (server.try_clone(), client.try_clone()) else {
         return;
     };
-    let back_mute = Arc::clone(&mute);
+    // Set once the smarthost's reply to the final dot arrived and was dropped.
+    let swallowed = Arc::new(AtomicBool::new(false));
+    let (back_mute, back_swallowed) = (Arc::clone(&mute), Arc::clone(&swallowed));
     let back = thread::spawn(move || {
         let mut buf = [0u8; 4096];
         loop {
@@ -148,6 +150,7 @@ fn serve(mut client: TcpStream, target: u16, mode: LinkMode) {
                 Ok(n) => n,
             };
             if back_mute.load(Ordering::SeqCst) {
+                back_swallowed.store(true, Ordering::SeqCst);
                 continue;
             }
             if client_w.write_all(&buf[..n]).is_err() {
@@ -195,8 +198,11 @@ fn serve(mut client: TcpStream, target: u16, mode: LinkMode) {
             break;
         }
         if mode == LinkMode::DropDotReply && mute.load(Ordering::SeqCst) {
-            // Let the smarthost take the dot and answer (into the void), then hang up.
-            thread::sleep(Duration::from_millis(100));
+            // Hang up once the smarthost took the dot and answered (into the void); a smarthost
+            // that does not answer within the bound is hung up on all the same.
+            super::wait_until(Duration::from_secs(10), Duration::from_millis(2), || {
+                swallowed.load(Ordering::SeqCst)
+            });
             break;
         }
     }
