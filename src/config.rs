@@ -227,7 +227,7 @@ impl Overrides {
             file.data_dir = Some(dir.clone());
         }
         // `--smarthost` replaces the list with one route: the first entry's settings (tls,
-        // ca_file, credentials) with this address, as it did when there was only one table.
+        // ca_file, credentials) with this address, so the flag changes only where mail goes.
         if let Some(address) = &self.smarthost {
             let mut first = file
                 .smarthost

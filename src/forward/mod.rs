@@ -255,7 +255,7 @@ impl LinkState {
 /// Longest wait for the reply to QUIT.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Chunk size when spooling a DSN (the store keeps chunks ≤ 32 KiB, see SLED.md).
+/// Chunk size when spooling a DSN (the store takes body pieces of at most 32 KiB).
 const SPOOL_CHUNK: usize = 32 * 1024;
 
 /// Runs until `stop` is notified. Never returns an error: failures are logged and retried.

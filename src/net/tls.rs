@@ -18,8 +18,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
 
 /// No certificate check can be trusted on a machine whose clock says it is earlier than this
-/// (2026-11-01T00:00:00Z, before outpost's TLS support was written). Boards without a
-/// battery-backed clock boot in 1970 until NTP has run.
+/// (2026-11-01T00:00:00Z, older than any build of outpost that checks certificates). Boards
+/// without a battery-backed clock boot in 1970 until NTP has run.
 const CLOCK_FLOOR_UNIX: u64 = 1_793_491_200;
 
 /// Why a TLS configuration could not be built; names the file.

@@ -3,14 +3,12 @@
 //! it reads every message at start-up, and each update changes it in the same ordered
 //! `Writes` that rewrites the record. Owns no sled keys.
 //!
-//! Why not sled (`due/` keys, the layout until this module): an index key is two more sled
-//! log writes per message (insert at commit, removal at delivery) and two per retry, and
-//! sled keeps the leaves it has touched in memory whatever `cache_capacity` says. Measured
-//! with smtp-source, 1 KiB messages, static musl build: 32 sessions × 2,560 messages queued
-//! (no smarthost), peak anonymous memory 4.8 → 3.6 MiB; disk bytes written per message
-//! (`write_bytes`, smarthost up) 4.7–4.8 → 4.0–4.1 KB with 8 sessions, 3.3–3.4 → 2.7–2.8 KB
-//! with 32. Here an entry is its 24-byte key in a `BTreeSet` node. Downgrading stays possible:
-//! an older build's `recover` restores the `due/` keys from the `msg/` records.
+//! Why not sled keys (`due/`): an index key is two more sled log writes per message (insert
+//! at commit, removal at delivery) and two per retry, each dirtying a page of sled's log, and
+//! sled keeps the leaves it has touched in memory whatever `cache_capacity` says, so a large
+//! queue would cost both disk writes and memory per message. Here an entry is its 24-byte key
+//! in a `BTreeSet` node. Downgrading stays possible: an older build's `recover` restores the
+//! `due/` keys from the `msg/` records.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;

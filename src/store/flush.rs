@@ -13,7 +13,7 @@
 //!   is not a power-loss barrier. Only the background flusher calls `sync_all`
 //!   (`src/flusher.rs`). We therefore `fdatasync` the log file `<dir>/db` (`Config::db_path`
 //!   in `src/config.rs`) through our own read-only handle after every flush.
-//! - `flush_async` with ~8 or more calls in flight deadlocks (shared/SLED.md, sled #1308):
+//! - `flush_async` with ~8 or more calls in flight deadlocks (sled issue #1308):
 //!   here only one flush ever runs; writes that land while it runs wait for the next one,
 //!   which covers them all.
 //! - Values too large for a log segment slot go to `<dir>/blobs/<lsn>` (`blob_io.rs`

@@ -15,7 +15,7 @@
 //! | `failed/<time:8>/<id:8>`      | empty: retention index         |
 //! | `meta/usage`, `meta/clock`    | counters, clock (see below)    |
 //!
-//! The scheduler index is in memory now (`due.rs`); `recover` removes the `due/` keys an older
+//! The scheduler index is in memory (`due.rs`); `recover` removes the `due/` keys an older
 //! build left.
 //!
 //! `meta/usage` is written by `recover` only (the counters live in memory and are recounted at
@@ -52,7 +52,7 @@ pub(super) fn msg(id: QueueId) -> Vec<u8> {
     join(MSG, &[&id.0.to_be_bytes()])
 }
 
-/// An older build's spool marker: only tests write one now, standing in for such a build
+/// An older build's spool marker: only tests write one, standing in for such a build
 /// (`recover` finds them by the `SPOOL` prefix).
 #[cfg(test)]
 pub(super) fn spool(id: QueueId) -> Vec<u8> {

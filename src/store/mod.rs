@@ -188,11 +188,10 @@ const BODIES_DIR: &str = "bodies";
 
 /// sled `segment_size` for a new store (sled's default is 512 KiB). sled allocates a fresh
 /// segment-sized io buffer (`pagecache/iobuf.rs` `AlignedBuf::new`) for every segment it
-/// rolls to, and under a burst dozens of sealed ones wait for their write at once: they were
-/// most of the peak RSS (heaptrack, 8 sessions × 100 KiB). benches/bench.py, 8 × 100 KiB,
-/// 3 rounds: peak RSS 52.1 → 32.5 MiB, accept rate unchanged against 2 KiB chunks in 512 KiB
-/// segments (305 vs 306/s); 128 KiB segments (1 KiB chunks) reached 23 MiB but cost a third
-/// of the accept rate. Must stay ≥ 4 × the largest page (see above).
+/// rolls to, and under a burst dozens of sealed ones wait for their write at once, so the
+/// buffer size multiplies into the peak RSS under load. Half sled's default cuts that cost
+/// without slowing acceptance; much smaller segments (and so smaller pages) cost accept rate.
+/// Must stay ≥ 4 × the largest page (see above).
 pub const SEGMENT_SIZE: usize = 256 * 1024;
 
 /// How long `settle_removals` waits for a commit's sync to carry the removals of a delivery

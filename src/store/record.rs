@@ -44,8 +44,8 @@ pub(super) struct MessageMeta {
     pub(super) recipients: u32,
     /// Number of `body/<id>/<chunk>` keys (chunk `0..chunks`): deletion needs no scan.
     pub(super) chunks: u32,
-    /// `[[priority]]` at commit. `normal` is encoded as records were before priorities
-    /// existed (no flag, no byte), so older builds read it.
+    /// `[[priority]]` at commit. `normal` is encoded as no flag and no byte, so builds that
+    /// know no priorities read it.
     pub(super) priority: Priority,
     /// `[coalesce]` key at commit: eight bytes after the priority byte, only when set (so
     /// records without one read as before).
@@ -151,7 +151,7 @@ impl MessageMeta {
         let mut r = Reader::new(bytes);
         r.version()?;
         let flags = r.u8()?;
-        // Every bit of `flags` has a meaning now (`KNOWN_FLAGS` is all of them): a field
+        // Every bit of `flags` has a meaning (`KNOWN_FLAGS` is all of them): a field
         // added later needs a second flags byte behind a new `VERSION`.
         debug_assert_eq!(KNOWN_FLAGS, u8::MAX);
         let sender = r.string()?;

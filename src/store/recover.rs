@@ -375,7 +375,7 @@ fn quarantine(store: &Store, k: &[u8], raw: &[u8], why: &str) -> Result<(), Stor
 }
 
 /// Makes `failed/` hold exactly the entries the message records imply, and removes the
-/// `due/` index older builds kept in sled (the schedule is in memory now: `due.rs`).
+/// `due/` index older builds kept in sled (the schedule is in memory: `due.rs`).
 fn rebuild_index(store: &Store, mut expected: BTreeSet<Vec<u8>>) -> Result<(), StoreError> {
     let db = &store.inner.db;
     let mut batch = sled::Batch::default();

@@ -5,11 +5,10 @@
 //! once no extent points into them. Never writes sled (the caller stores the extents) and never
 //! syncs by itself (`flush.rs` does, before sled's flush).
 //!
-//! Why not sled values (the layout until this module): every body chunk in a sled leaf is
-//! rewritten whenever the leaf is consolidated or split, and sled's io buffers hold it again;
-//! measured with benches/bench.py, 1 KiB messages cost ~33 KB of disk writes each and 100 KiB
-//! ones ~940 KB (9×), and the buffers were most of the peak RSS. Appended once to a file, a body
-//! is written once. Why segments shared by many messages rather than one file per message: a
+//! Why not sled values: every body chunk in a sled leaf is rewritten whenever the leaf is
+//! consolidated or split, and sled's io buffers hold it again, so a body stored in sled is
+//! written many times its size and held in memory while it waits. Appended once to a file, a
+//! body is written once. Why segments shared by many messages rather than one file per message: a
 //! 1 KiB body alone in a file still dirties a whole 4 KiB page (and a directory entry and an
 //! inode per message), while appends from one group commit share their pages.
 //!

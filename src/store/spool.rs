@@ -2,9 +2,9 @@
 //! committed: the envelope with the pieces' extents inline (up to `INLINE_EXTENTS` pieces) or
 //! one `part/` record per piece, written in order, then the group flush; or dropped, which only
 //! releases the segment space. Never holds a body in memory (only its extents). Nothing reaches
-//! sled before the commit: an earlier layout wrote a `spool/` marker and each `part/` record as
-//! the body arrived, two more sled log entries per message and a leaf of their own; `recover`
-//! still sweeps what such a build left.
+//! sled before the commit, so a message that is never committed costs sled nothing; `recover`
+//! sweeps the `spool/` markers and `part/` records that older builds wrote as the body
+//! arrived.
 
 use std::io;
 

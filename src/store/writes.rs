@@ -6,8 +6,8 @@
 //! Why not `apply_batch`: sled makes a batch atomic with `PageCache::pin_log`
 //! (`pagecache/mod.rs`), which rolls the io buffer before the batch and seals the buffer that
 //! holds its manifest after it: every batch costs two or three log writes of its own (`pwrite` +
-//! `sync_file_range` in `iobuf.rs` `write_to_log`), each dirtying a 4 KiB page again. With two
-//! batches per message (commit, removal) that was ~16 KB of disk writes per 1 KiB message.
+//! `sync_file_range` in `iobuf.rs` `write_to_log`), each dirtying a 4 KiB page again: with two
+//! batches per message (commit, removal), a small message would cost several pages of writes.
 //! Single inserts only reserve space in the current buffer, and the group flush writes them all
 //! at once.
 //!

@@ -4,7 +4,7 @@
 //! wait.
 
 // Test helpers may unwrap: a failed unwrap is a failed test (clippy.toml allows it in #[test] fns;
-// this extends it to the helpers in util.rs).
+// this extends it to the helpers in util/).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod util;
