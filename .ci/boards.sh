@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The board targets (issue 5), without containers: Debian's cross gcc links, qemu-user runs.
+# The board targets, without containers: Debian's cross gcc links, qemu-user runs.
 # - the targets come from boards/*.toml (`# board.target` and `# board.also`), so what the docs
 #   list is what CI builds; a gnu target names its glibc floor (`armv7-unknown-linux-gnueabihf.2.31`)
 #   and is linked against that glibc with cargo-zigbuild (zig and cargo-zigbuild from PyPI);
