@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Stripped release binary, TLS included (README, "Install on a board").
+# Stripped release binary, TLS included (docs/boards.md).
 BUDGET_BYTES=2500000
 # The suite under emulation: the recommended static build and the 32-bit Pi build, plus the gnu
 # aarch64 build. Override with TEST_TARGETS="…" (space-separated; empty for none).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Memory: threads and RSS, idle and while 32 sessions send 1 KiB messages, of the x86_64
 # release binary as `cargo build --release` makes it (glibc, dynamic) and as the boards ship it
-# (static musl: no libc.so/ld.so pages). Printed, not asserted: README, "Size and memory on a
-# board", keeps the figures. usage: .ci/memory.sh RELEASE_BINARY PYTHON_WITH_AIOSMTPD
+# (static musl: no libc.so/ld.so pages). Printed, not asserted: benches/results/ keeps the
+# figures. usage: .ci/memory.sh RELEASE_BINARY PYTHON_WITH_AIOSMTPD
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CI_NAME=memory

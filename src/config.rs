@@ -33,7 +33,7 @@ const MAX_RATE_MESSAGES: u64 = 1_000_000;
 const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(3600);
 const MAX_RATE_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `[coalesce]`: `window`'s default and maximum, `max_parts`' default and maximum (each part is
-/// a due message the forwarder loads at once, see README "Alert storms").
+/// a due message the forwarder loads at once, see docs/features.md, "Alert storms").
 const DEFAULT_COALESCE_WINDOW: Duration = Duration::from_secs(3600);
 const MAX_COALESCE_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 const DEFAULT_COALESCE_PARTS: usize = 100;
@@ -266,7 +266,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Default for Config {
-    /// The embedded defaults: what `outpost` with no arguments runs on (README documents them).
+    /// The embedded defaults: what `outpost` with no arguments runs on (docs/configuration.md documents them).
     fn default() -> Self {
         Self {
             hostname: system_hostname(),
