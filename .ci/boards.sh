@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The board targets (issue 5), without containers: Debian's cross gcc links, qemu-user runs.
+# The board targets, without containers: Debian's cross gcc links, qemu-user runs.
 # - the targets come from boards/*.toml (`# board.target` and `# board.also`), so what the docs
 #   list is what CI builds; a gnu target names its glibc floor (`armv7-unknown-linux-gnueabihf.2.31`)
 #   and is linked against that glibc with cargo-zigbuild (zig and cargo-zigbuild from PyPI);
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Stripped release binary, TLS included (README, "Install on a board").
+# Stripped release binary, TLS included (docs/boards.md).
 BUDGET_BYTES=2500000
 # The suite under emulation: the recommended static build and the 32-bit Pi build, plus the gnu
 # aarch64 build. Override with TEST_TARGETS="…" (space-separated; empty for none).

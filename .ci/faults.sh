@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Disk full on a real small filesystem (issue 6), as root: the data dir on a 16 MiB tmpfs.
+# Disk full on a real small filesystem, as root: the data dir on a 16 MiB tmpfs.
 #   A. The free-space reserve: with the disk nearly full the relay answers 452 4.3.1, keeps
 #      serving (NOOP, new sessions), and takes mail again as soon as space returns, no restart.
 #   B. Head-on: concurrent sessions that pass the reserve check together run sled into ENOSPC;

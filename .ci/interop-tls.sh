@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TLS and AUTH interop (issue 3), run by .ci/run after the plaintext interop: outside tools against
+# TLS and AUTH interop, run by .ci/run after the plaintext interop: outside tools against
 # the release binary. openssl makes a private CA and the certificates; `openssl s_client
 # -starttls smtp` checks the handshake and the chain; swaks sends with STARTTLS + AUTH PLAIN and
 # with implicit TLS + AUTH LOGIN, and checks that AUTH is refused in plaintext; the smarthost is

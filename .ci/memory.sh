@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Memory (issue 5): threads and RSS, idle and while 32 sessions send 1 KiB messages, of the x86_64
+# Memory: threads and RSS, idle and while 32 sessions send 1 KiB messages, of the x86_64
 # release binary as `cargo build --release` makes it (glibc, dynamic) and as the boards ship it
-# (static musl: no libc.so/ld.so pages). Printed, not asserted: README, "Size and memory on a
-# board", keeps the figures. usage: .ci/memory.sh RELEASE_BINARY PYTHON_WITH_AIOSMTPD
+# (static musl: no libc.so/ld.so pages). Printed, not asserted: benches/results/ keeps the
+# figures. usage: .ci/memory.sh RELEASE_BINARY PYTHON_WITH_AIOSMTPD
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CI_NAME=memory
@@ -22,7 +22,7 @@ for bin in "$glibc_bin" "target/$musl/release/outpost"; do
     timeout 300 "$python" benches/threads_rss.py --binary "$bin"
 done
 
-# OAuth 2.0 to the smarthost (issue 8) against a password, both over STARTTLS to
+# OAuth 2.0 to the smarthost against a password, both over STARTTLS to
 # tests/data/tls_sink.py; the token endpoint is Python's (OpenSSL), so this is also an interop
 # check of the HTTPS refresh: the run fails unless every message reaches the sink.
 command -v openssl >/dev/null || die "openssl is needed for the private CA of --auth"
@@ -32,7 +32,7 @@ for auth in password oauth2; do
         --auth "$auth"
 done
 
-# [coalesce] (issue 8): the drain after an outage (everything queued with the sink down, then
+# [coalesce]: the drain after an outage (everything queued with the sink down, then
 # flushed) one message at a time against digests of up to 100 originals; the run fails unless
 # every original reaches the sink.
 for extra in "" "[coalesce]"; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""outpost vs Postfix, side by side, on loopback (issue 7).
+"""outpost vs Postfix, side by side, on loopback.
 
 Owns: starting smtp-sink (the common upstream), a release outpost and a PRIVATE Postfix
 instance (own config/queue/data directories under a temp dir), driving both with smtp-source and
@@ -732,7 +732,7 @@ def report(args, info, fsync, direct, results, started, elapsed, version):
                                    f"{med(o, 'bytes_per_msg') / size:.2f}",
                                    f"{med(p, 'bytes_per_msg') / size:.2f}"])
 
-    # issue 7 targets
+    # the targets the report checks
     L.append("### Issue 7 targets (this run)\n")
     L.append("| target | measured | met |")
     L.append("|---|---|---|")

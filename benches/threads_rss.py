@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Threads and RSS of a running outpost, idle and under load (README, "Size and memory on a board").
+"""Threads and RSS of a running outpost, idle and under load (docs/boards.md, "Size and memory on a board").
 
 usage: benches/threads_rss.py [--binary target/release/outpost] [--sessions 32] [--messages 20]
                               [--size 1024] [--smarthosts 1] [--auth none|password|oauth2]

@@ -41,8 +41,8 @@ pub(super) async fn open_session(
     })
     .await?;
     // The body goes out in large writes followed by a short final one (`.\r\n`); with Nagle's
-    // algorithm that last segment waits for the smarthost's delayed ACK (40 ms on Linux), which
-    // capped relaying of 100 KiB messages at ~30 msgs/s in benches/. Our writes are already
+    // algorithm that last segment waits for the smarthost's delayed ACK (40 ms on Linux), a
+    // wait per message that would cap the relay rate for large messages. Our writes are already
     // batched, so Nagle only adds latency.
     if let Err(e) = stream.set_nodelay(true) {
         debug!("smarthost {smarthost}: cannot set TCP_NODELAY: {e}");

@@ -2,7 +2,7 @@
 """Checks an `strace -f -y` log of `outpost serve` receiving one message: after the 354 reply to
 DATA and before the `250 2.0.0 queued as` reply is written, an fdatasync/fsync of the body
 segment (`.../bodies/<16 hex digits>`) must complete, and after it one of sled's log file
-(`.../db`), which holds the record pointing at the body (issue 2: 250 only once the message is
+(`.../db`), which holds the record pointing at the body (250 only once the message is
 durable; the body before the record that points at it).
 
 usage: strace_fsync_order.py STRACE_LOG   (exit 0: order proven; 1: not)

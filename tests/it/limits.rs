@@ -372,8 +372,8 @@ fn full_queue_gets_452_4_3_1_and_keeps_what_it_accepted() {
 
 #[test]
 fn slowloris_command_line_times_out_at_the_command_deadline() {
-    // Regression: the command timeout was per read, so an octet a second held a session (and
-    // a `max_connections` slot) forever. It is a deadline for the whole command line now.
+    // The command timeout is a deadline for the whole command line, not per read: an octet a
+    // second must not hold a session (and a `max_connections` slot) forever.
     let relay = RelayProcess::start_with(RelayConfig::default().timeouts("command = \"2s\""));
     let mut client = RawClient::ready(relay.port());
     let started = std::time::Instant::now();

@@ -1,4 +1,4 @@
-//! OAuth 2.0 to the smarthost (issue 8): the relay gets an access token from a local HTTPS
+//! OAuth 2.0 to the smarthost: the relay gets an access token from a local HTTPS
 //! token endpoint with the refresh token in a file, keeps it in memory, and authenticates to a
 //! STARTTLS smarthost that accepts only that token (XOAUTH2, or OAUTHBEARER when offered). A
 //! refused cached token is refreshed once; a failing endpoint holds the mail without a bounce.
