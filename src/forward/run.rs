@@ -236,7 +236,7 @@ impl Forwarder {
             }
         }
         // Removals of delivered mail are not waited for one by one (`Store::record`): one
-        // sync per pass makes them durable and lets their body segments go.
+        // sync per pass makes them durable and lets their body files go.
         if let Err(e) = self.store.settle_removals().await {
             error!("cannot sync the queue after a delivery pass: {e}");
         }
