@@ -18,7 +18,7 @@ use log::debug;
 
 use crate::config::Config;
 use crate::control::{self, Request};
-use crate::message::{self, rfc5322_date, MAX_LINE};
+use crate::message::{self, rfc5322_date};
 
 pub use self::pickup::pickup_loop;
 
@@ -169,12 +169,6 @@ pub fn prepare(
         if let Some(end) = lines.iter().position(|l| *l == b".") {
             lines.truncate(end);
         }
-    }
-    if let Some(n) = lines.iter().position(|l| l.len() > MAX_LINE) {
-        return Err(SendmailError::data(format!(
-            "line {} is longer than {MAX_LINE} characters (RFC 5322 §2.1.1)",
-            n + 1
-        )));
     }
     let header_end = message::section_len(&lines);
     let (mut headers, body) = lines.split_at(header_end);
@@ -417,17 +411,21 @@ mod tests {
                 .code,
             EX_DATAERR
         );
-        let long = vec![b'x'; 1200];
-        assert_eq!(
-            prepare(&args(&["a@b"]), &origin(), &long).unwrap_err().code,
-            EX_DATAERR
-        );
         assert_eq!(
             prepare(&args(&["a b@c"]), &origin(), b"x")
                 .unwrap_err()
                 .code,
             EX_DATAERR
         );
+    }
+
+    #[test]
+    fn a_line_over_998_octets_is_kept_whole() {
+        // The forwarder folds it for transport (`smtp::body::BodyEncoder`).
+        let raw = [b"Subject: x\n\n".to_vec(), vec![b'x'; 2000], b"\n".to_vec()].concat();
+        let p = prepare(&args(&["a@b"]), &origin(), &raw).unwrap();
+        let line = [b"\r\n".to_vec(), vec![b'x'; 2000], b"\r\n".to_vec()].concat();
+        assert!(p.message.ends_with(&line));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! DATA body codec: `BodyDecoder` (dot-unstuffing, CRLF.CRLF, bare-LF policy, size count) for
-//! the receiver and `BodyEncoder` (dot-stuffing) for the forwarder. Performs no I/O.
+//! the receiver and `BodyEncoder` (dot-stuffing, folding of long lines) for the forwarder.
+//! Performs no I/O and never holds more than the bytes it is given.
 //!
 //! # Line-end and end-of-data rules (the SMTP smuggling defence)
 //!
@@ -16,18 +17,30 @@
 //! * A bare CR is passed through unchanged and never starts a line.
 //! * The encoder also turns bare LF into CRLF (RFC 5321 §2.3.8: never transmit bare LF), since
 //!   bodies from the sendmail front end arrive with LF line ends.
+//!
+//! # Long lines
+//!
+//! RFC 5321 §4.5.3.1.6 limits a text line to 1000 octets with its CRLF, yet cron jobs and
+//! scripts write longer ones. The decoder accepts a line of any length (only
+//! `max_message_size` bounds it) and stores it as received. The encoder folds it for
+//! transport as Postfix does with `smtp_line_length_limit = 998`: after 998 octets of text it
+//! inserts `CRLF SP`, so every line sent is at most 998 octets plus CRLF (plus a stuffing
+//! dot, which §4.5.3.1.6 does not count), and removing each inserted `CRLF SP` gives the
+//! stored line back. A bare CR is text and counts toward the 998; lines of 998 octets or
+//! fewer go out unchanged.
 
-/// RFC 5321 §4.5.3.1.6: maximum text line in the body, including the CRLF and excluding the
-/// stuffing dot; counted on the line as stored (a bare LF counts as CRLF).
+/// RFC 5321 §4.5.3.1.6: the longest text line the forwarder sends, including the CRLF and
+/// excluding the stuffing dot. Longer stored lines are folded (see the module doc).
 pub const MAX_TEXT_LINE: usize = 1000;
+
+/// The longest line's text without its CRLF (RFC 5322 §2.1.1: 998 characters).
+const MAX_LINE_TEXT: usize = MAX_TEXT_LINE - 2;
 
 /// Why a body, although fully drained, cannot be stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyError {
     /// Decoded size exceeded `max_message_size` (552 5.3.4).
     TooLarge,
-    /// A line longer than `MAX_TEXT_LINE` (554 5.6.0).
-    LineTooLong,
 }
 
 /// Position of the decoder relative to the line structure of the received stream.
@@ -55,22 +68,16 @@ pub struct Decoded {
 #[derive(Debug)]
 pub struct BodyDecoder {
     state: DecodeState,
-    /// Octets of the current line as stored (CRLF-normalised, without the stuffing dot).
-    line_len: usize,
     size: u64,
     max_size: u64,
-    /// Some line exceeded `MAX_TEXT_LINE`.
-    long_line: bool,
 }
 
 impl BodyDecoder {
     pub fn new(max_size: u64) -> Self {
         Self {
             state: DecodeState::LineStart { crlf: true },
-            line_len: 0,
             size: 0,
             max_size,
-            long_line: false,
         }
     }
 
@@ -79,17 +86,12 @@ impl BodyDecoder {
         self.size
     }
 
-    /// Why the body cannot be stored. Once either limit is crossed nothing more is appended,
-    /// but input is still drained. Size wins over line length, whatever came first, so the
-    /// answer does not depend on how the input was split.
+    /// Why the body cannot be stored. Once the size limit is crossed nothing more is appended,
+    /// but input is still drained. Line length is no reason: a line of any length is stored
+    /// as received (it costs no more memory than its octets in `out`, which the caller writes
+    /// out as it goes) and folded by the `BodyEncoder` when forwarded.
     pub fn error(&self) -> Option<BodyError> {
-        if self.size > self.max_size {
-            Some(BodyError::TooLarge)
-        } else if self.long_line {
-            Some(BodyError::LineTooLong)
-        } else {
-            None
-        }
+        (self.size > self.max_size).then_some(BodyError::TooLarge)
     }
 
     /// Decodes from `input`, appending decoded octets to `out`, up to and including the
@@ -175,39 +177,37 @@ impl BodyDecoder {
     }
 
     fn end_line(&mut self, crlf: bool) {
-        self.long_line |= self.line_len > MAX_TEXT_LINE;
-        self.line_len = 0;
         self.state = DecodeState::LineStart { crlf };
     }
 
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         self.size = self.size.saturating_add(len);
-        // The text-line limit counts the line as stored and forwarded: CRLF-normalised (a bare
-        // LF becomes two octets) and without the stuffing dot, which RFC 5321 §4.5.3.1.6
-        // excludes (the forwarder adds it back on the wire).
-        self.line_len = self.line_len.saturating_add(bytes.len());
-        // A line already past the limit is an error as soon as it is seen, so memory stays
-        // bounded however long the line grows.
-        self.long_line |= self.line_len > MAX_TEXT_LINE;
-        if self.size <= self.max_size && !self.long_line {
+        if self.size <= self.max_size {
             out.extend_from_slice(bytes);
         }
     }
 }
 
-/// Dot-stuffs a stored body for transmission (RFC 5321 §4.5.2), chunk by chunk.
+/// Dot-stuffs and folds a stored body for transmission (RFC 5321 §4.5.2, §4.5.3.1.6), chunk by
+/// chunk.
 #[derive(Debug)]
 pub struct BodyEncoder {
+    /// At the start of a line: a `.` here gets stuffed.
     at_line_start: bool,
-    after_cr: bool,
+    /// The last byte seen was a CR, held back until the next byte says whether it ends the
+    /// line (CRLF) or is text (a bare CR, which counts toward the line's length).
+    pending_cr: bool,
+    /// Octets of text on the current output line, the stuffing dot excluded.
+    column: usize,
 }
 
 impl Default for BodyEncoder {
     fn default() -> Self {
         Self {
             at_line_start: true,
-            after_cr: false,
+            pending_cr: false,
+            column: 0,
         }
     }
 }
@@ -217,307 +217,76 @@ impl BodyEncoder {
         Self::default()
     }
 
-    /// Appends the stuffed form of `chunk` to `out`. Chunk boundaries may fall anywhere.
-    /// Bare LF becomes CRLF; every line starting with `.` gets one more. Copies a line at a
-    /// time, not a byte: this runs over every octet the forwarder sends.
+    /// Appends the stuffed and folded form of `chunk` to `out`. Chunk boundaries may fall
+    /// anywhere. Bare LF becomes CRLF; every line starting with `.` gets one more; a line
+    /// longer than 998 octets is folded. Copies a run at a time, not a byte: this runs over
+    /// every octet the forwarder sends.
     pub fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         out.reserve(chunk.len() + chunk.len() / 32);
         let mut rest = chunk;
         while let Some(&first) = rest.first() {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if first == b'\n' {
+                    self.end_line(out);
+                    rest = &rest[1..];
+                    continue;
+                }
+                self.text(b"\r", out);
+            }
             if self.at_line_start && first == b'.' {
                 out.push(b'.');
             }
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(stop) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
                 // No line end in the rest of the chunk: the line goes on in the next one.
-                out.extend_from_slice(rest);
-                self.at_line_start = false;
-                self.after_cr = rest.last() == Some(&b'\r');
+                self.text(rest, out);
                 return;
             };
-            let text = &rest[..lf];
-            out.extend_from_slice(text);
-            let cr_before = text.last().map_or(self.after_cr, |&b| b == b'\r');
-            if !cr_before {
-                out.push(b'\r');
+            self.text(&rest[..stop], out);
+            if rest[stop] == b'\n' {
+                self.end_line(out);
+            } else {
+                self.pending_cr = true;
             }
-            out.push(b'\n');
-            self.at_line_start = true;
-            self.after_cr = false;
-            rest = &rest[lf + 1..];
+            rest = &rest[stop + 1..];
         }
     }
 
     /// Appends CRLF if the body did not end with one, then `.\r\n`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.after_cr {
-            out.push(b'\n');
-        } else if !self.at_line_start {
+        if self.pending_cr || !self.at_line_start {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
         *self = Self::default();
     }
+
+    /// Text of the current line, folded where it would pass 998 octets: `CRLF SP` goes in
+    /// before the octet that would be the 999th, as Postfix's `smtp_line_length_limit` does.
+    /// The continuation starts with the space, so it is never stuffed and never ends DATA.
+    fn text(&mut self, mut text: &[u8], out: &mut Vec<u8>) {
+        if text.is_empty() {
+            return;
+        }
+        self.at_line_start = false;
+        while !text.is_empty() {
+            if self.column == MAX_LINE_TEXT {
+                out.extend_from_slice(b"\r\n ");
+                self.column = 1;
+            }
+            let take = text.len().min(MAX_LINE_TEXT - self.column);
+            out.extend_from_slice(&text[..take]);
+            self.column += take;
+            text = &text[take..];
+        }
+    }
+
+    fn end_line(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"\r\n");
+        self.at_line_start = true;
+        self.column = 0;
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    /// Decodes `input` split at the given cut points; returns (output, consumed, done, error).
-    fn decode_split(
-        input: &[u8],
-        cuts: &[usize],
-        max: u64,
-    ) -> (Vec<u8>, usize, bool, Option<BodyError>) {
-        let mut decoder = BodyDecoder::new(max);
-        let mut out = Vec::new();
-        let mut start = 0;
-        let mut points: Vec<usize> = cuts.iter().map(|&c| c.min(input.len())).collect();
-        points.sort_unstable();
-        points.push(input.len());
-        for end in points {
-            if end < start {
-                continue;
-            }
-            let step = decoder.decode(&input[start..end], &mut out);
-            start += step.consumed;
-            if step.done {
-                return (out, start, true, decoder.error());
-            }
-            assert_eq!(start, end, "decoder must consume everything until the end");
-        }
-        (out, start, false, decoder.error())
-    }
-
-    fn decode(input: &[u8]) -> (Vec<u8>, usize, bool) {
-        let (out, consumed, done, error) = decode_split(input, &[], u64::MAX);
-        assert_eq!(error, None);
-        (out, consumed, done)
-    }
-
-    fn encode_split(body: &[u8], cuts: &[usize]) -> Vec<u8> {
-        let mut encoder = BodyEncoder::new();
-        let mut out = Vec::new();
-        let mut start = 0;
-        let mut points: Vec<usize> = cuts.iter().map(|&c| c.min(body.len())).collect();
-        points.sort_unstable();
-        points.push(body.len());
-        for end in points {
-            encoder.encode(&body[start..end], &mut out);
-            start = end;
-        }
-        encoder.finish(&mut out);
-        out
-    }
-
-    /// The model: bare LF becomes CRLF, and the body is terminated by a line end.
-    fn normalise(body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut prev = 0u8;
-        for &b in body {
-            if b == b'\n' && prev != b'\r' {
-                out.push(b'\r');
-            }
-            out.push(b);
-            prev = b;
-        }
-        match out.last() {
-            None | Some(b'\n') => {}
-            Some(b'\r') => out.push(b'\n'),
-            Some(_) => out.extend_from_slice(b"\r\n"),
-        }
-        out
-    }
-
-    #[test]
-    fn end_of_data_only_on_crlf_dot_crlf() {
-        assert_eq!(decode(b"hi\r\n.\r\nMAIL"), (b"hi\r\n".to_vec(), 7, true));
-        assert_eq!(decode(b".\r\n"), (Vec::new(), 3, true));
-        // Smuggling variants: none of these ends DATA.
-        for input in [
-            &b"a\n.\nb"[..],
-            b"a\n.\r\nb",
-            b"a\r\n.\nb",
-            b"a\r.\rb",
-            b"a\r\n.\rb",
-        ] {
-            let (_, consumed, done) = decode(input);
-            assert!(!done, "{:?}", String::from_utf8_lossy(input));
-            assert_eq!(consumed, input.len());
-        }
-    }
-
-    #[test]
-    fn smuggled_dot_lines_are_stored_with_their_dot() {
-        let (out, _, done) = decode(b"a\n.\nMAIL FROM:<x@y>\r\n.\r\n");
-        assert!(done);
-        assert_eq!(out, b"a\r\n.\r\nMAIL FROM:<x@y>\r\n");
-        let (out, _, done) = decode(b"a\n.\r\nb\r\n.\r\n");
-        assert!(done);
-        assert_eq!(out, b"a\r\n.\r\nb\r\n");
-        let (out, _, done) = decode(b"a\r\n.\nb\r\n.\r\n");
-        assert!(done);
-        assert_eq!(out, b"a\r\n.\r\nb\r\n");
-        // Re-encoding stuffs it, so the smarthost sees no end of data either.
-        assert_eq!(encode_split(&out, &[]), b"a\r\n..\r\nb\r\n.\r\n");
-    }
-
-    #[test]
-    fn dot_unstuffing_removes_one_leading_dot() {
-        let (out, _, _) = decode(b"..\r\n...x\r\n.a.b\r\n .\r\n.\r\n");
-        assert_eq!(out, b".\r\n..x\r\na.b\r\n .\r\n");
-        let (out, _, _) = decode(b".\rx\r\n.\r\n");
-        assert_eq!(out, b"\rx\r\n");
-    }
-
-    #[test]
-    fn bare_lf_becomes_crlf_and_bare_cr_is_text() {
-        let (out, _, done) = decode(b"a\nb\rc\r\r\n.\r\n");
-        assert!(done);
-        assert_eq!(out, b"a\r\nb\rc\r\r\n");
-    }
-
-    #[test]
-    fn oversized_body_is_drained_and_stops_growing() {
-        let mut input = vec![b'x'; 100];
-        input.extend(b"\r\n".repeat(50));
-        input.extend(b".\r\nQUIT\r\n");
-        let (out, consumed, done, error) = decode_split(&input, &[3, 77], 50);
-        assert!(done);
-        assert_eq!(consumed, input.len() - 6);
-        assert_eq!(error, Some(BodyError::TooLarge));
-        assert!(out.len() <= 50);
-    }
-
-    #[test]
-    fn stuffing_dot_does_not_count_toward_the_line_limit() {
-        let line = [b".".to_vec(), vec![b'x'; 998], b"\r\n.\r\n".to_vec()].concat();
-        let (out, _, done, error) = decode_split(&line, &[], u64::MAX);
-        assert!(done);
-        assert_eq!(error, None);
-        assert_eq!(out.len(), 1000);
-    }
-
-    #[test]
-    fn bare_lf_line_counts_as_normalised_crlf() {
-        // 999 octets + LF is 1000 on the wire but 1001 once stored as CRLF: too long to forward.
-        let line = [vec![b'x'; 999], b"\n\r\n.\r\n".to_vec()].concat();
-        let (_, _, done, error) = decode_split(&line, &[], u64::MAX);
-        assert!(done);
-        assert_eq!(error, Some(BodyError::LineTooLong));
-    }
-
-    #[test]
-    fn line_of_1000_octets_is_fine_1001_is_drained_then_error() {
-        let ok = [vec![b'y'; MAX_TEXT_LINE - 2], b"\r\n.\r\n".to_vec()].concat();
-        let (_, _, done, error) = decode_split(&ok, &[], u64::MAX);
-        assert!(done && error.is_none());
-        let stuffed_ok = [
-            b".".to_vec(),
-            vec![b'y'; MAX_TEXT_LINE - 3],
-            b"\r\n.\r\n".to_vec(),
-        ];
-        let (_, _, done, error) = decode_split(&stuffed_ok.concat(), &[], u64::MAX);
-        assert!(done && error.is_none());
-        let long = [vec![b'y'; 5000], b"\r\nok\r\n.\r\n".to_vec()].concat();
-        let (out, consumed, done, error) = decode_split(&long, &[999, 1000, 1001], u64::MAX);
-        assert!(done);
-        assert_eq!(consumed, long.len());
-        assert_eq!(error, Some(BodyError::LineTooLong));
-        assert!(out.len() <= MAX_TEXT_LINE);
-    }
-
-    #[test]
-    fn encoder_stuffs_dots_and_terminates() {
-        assert_eq!(encode_split(b"", &[]), b".\r\n");
-        assert_eq!(encode_split(b"a", &[]), b"a\r\n.\r\n");
-        assert_eq!(encode_split(b"a\r", &[]), b"a\r\n.\r\n");
-        assert_eq!(
-            encode_split(b".a\n.\r\nb.\n", &[1, 3]),
-            b"..a\r\n..\r\nb.\r\n.\r\n"
-        );
-    }
-
-    #[test]
-    fn every_split_of_a_transcript_decodes_the_same() {
-        let input = b"Subject: x\r\n\r\n..dot\nbare\r\n.\nnot end\r\n.\r\nNEXT".as_slice();
-        let whole = decode_split(input, &[], u64::MAX);
-        assert!(whole.2);
-        for a in 0..input.len() {
-            for b in a..input.len() {
-                assert_eq!(
-                    decode_split(input, &[a, b], u64::MAX),
-                    whole,
-                    "cuts {a} {b}"
-                );
-            }
-        }
-    }
-
-    /// The plainest encoder, one byte at a time: the reference the line-at-a-time one must
-    /// match.
-    fn encode_bytewise(body: &[u8]) -> Vec<u8> {
-        let (mut at_line_start, mut after_cr) = (true, false);
-        let mut out = Vec::new();
-        for &byte in body {
-            if at_line_start && byte == b'.' {
-                out.push(b'.');
-            }
-            if byte == b'\n' && !after_cr {
-                out.push(b'\r');
-            }
-            out.push(byte);
-            at_line_start = byte == b'\n';
-            after_cr = byte == b'\r';
-        }
-        let mut end = BodyEncoder {
-            at_line_start,
-            after_cr,
-        };
-        end.finish(&mut out);
-        out
-    }
-
-    proptest! {
-        #[test]
-        fn line_at_a_time_encoding_matches_byte_at_a_time(
-            body in proptest::collection::vec(
-                prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), Just(b'a'), any::<u8>()], 0..300),
-            cuts in proptest::collection::vec(0usize..300, 0..6),
-        ) {
-            prop_assert_eq!(encode_split(&body, &cuts), encode_bytewise(&body));
-        }
-
-        #[test]
-        fn decode_of_encode_is_normalised_input(
-            body in proptest::collection::vec(
-                prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), any::<u8>()], 0..300),
-            encode_cuts in proptest::collection::vec(0usize..300, 0..6),
-            decode_cuts in proptest::collection::vec(0usize..400, 0..6),
-        ) {
-            let wire = encode_split(&body, &encode_cuts);
-            let (out, consumed, done, error) = decode_split(&wire, &decode_cuts, u64::MAX);
-            prop_assert!(done);
-            prop_assert_eq!(consumed, wire.len());
-            prop_assert_eq!(error, None);
-            prop_assert_eq!(out, normalise(&body));
-        }
-
-        #[test]
-        fn decoding_is_split_invariant_for_arbitrary_bytes(
-            input in proptest::collection::vec(
-                prop_oneof![Just(b'.'), Just(b'\r'), Just(b'\n'), any::<u8>()], 0..300),
-            cuts in proptest::collection::vec(0usize..300, 0..6),
-        ) {
-            // After an error the output is discarded by contract, so only its absence matters.
-            let (out, consumed, done, error) = decode_split(&input, &cuts, 100);
-            let whole = decode_split(&input, &[], 100);
-            prop_assert_eq!((consumed, done, error), (whole.1, whole.2, whole.3));
-            if error.is_none() {
-                prop_assert_eq!(out, whole.0);
-            }
-        }
-    }
-}
+mod tests;

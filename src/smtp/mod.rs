@@ -18,7 +18,7 @@
 //! - [`auth`]: SASL PLAIN/LOGIN decoding (server) and encoding (client); no password checks.
 //! - [`line`](mod@line): command-line framing over the caller's buffer.
 //! - [`body`]: `BodyDecoder` (dot-unstuffing, end of data, line-end policy, limits) and
-//!   `BodyEncoder` (dot-stuffing for the forwarder).
+//!   `BodyEncoder` (dot-stuffing and folding of long lines for the forwarder).
 //!
 //! # Standards implemented (receiver)
 //!
@@ -43,7 +43,7 @@
 //! | limit | value | source | when exceeded |
 //! |---|---|---|---|
 //! | command line | 512 octets incl. CRLF ([`MAX_COMMAND_LINE`](line::MAX_COMMAND_LINE)) | RFC 5321 §4.5.3.1.4 | discarded to its end, `500 5.5.2` |
-//! | body text line | 1000 octets incl. CRLF ([`body::MAX_TEXT_LINE`]) | RFC 5321 §4.5.3.1.6 | body drained, `554 5.6.0` |
+//! | body text line | none received (`max_message_size` only); 1000 octets incl. CRLF sent ([`body::MAX_TEXT_LINE`]) | RFC 5321 §4.5.3.1.6 | stored as received, folded with `CRLF SP` when forwarded |
 //! | local part / domain / path | 64 / 255 / 256 octets | RFC 5321 §4.5.3.1.1–3 | `501 5.1.7` (sender), `501 5.1.3` (recipient) |
 //! | reply line | 512 octets ([`reply::MAX_REPLY_LINE`]) | RFC 5321 §4.5.3.1.5 | truncated by `Reply::write_to` |
 //! | message size | `max_message_size` (config) | RFC 1870 | `552 5.3.4` at MAIL, or after draining the body |

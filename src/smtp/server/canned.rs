@@ -54,7 +54,6 @@ pub const RELAY_DENIED: Reply = reply(554, (5, 7, 1), "Relaying denied");
 pub const TOO_MANY_RECIPIENTS: Reply = reply(452, (4, 5, 3), "Too many recipients");
 /// RFC 1870 §6.
 pub const MESSAGE_TOO_BIG: Reply = reply(552, (5, 3, 4), "Message size exceeds fixed limit");
-pub const BODY_LINE_TOO_LONG: Reply = reply(554, (5, 6, 0), "Message line too long");
 /// RFC 4954 §4: no AUTH over plaintext.
 pub const ENCRYPTION_REQUIRED: Reply = reply(
     538,

@@ -247,7 +247,6 @@ impl ServerSession {
         let tx = self.tx.take();
         let refusal = match (error, tx) {
             (Some(BodyError::TooLarge), _) => canned::MESSAGE_TOO_BIG,
-            (Some(BodyError::LineTooLong), _) => canned::BODY_LINE_TOO_LONG,
             // DATA is only entered with a transaction; answer 451 rather than panic.
             (None, None) => canned::STORE_FAILED,
             (None, Some(tx)) => {

@@ -658,7 +658,7 @@ fn oversized_body_is_drained_then_552() {
 }
 
 #[test]
-fn long_body_line_is_drained_then_554() {
+fn long_body_line_is_stored_as_received() {
     let params = SessionParams {
         limits: Limits {
             max_message_size: 100_000,
@@ -666,8 +666,8 @@ fn long_body_line_is_drained_then_554() {
         },
         ..params()
     };
-    let long = format!("C: {}", "w".repeat(1001));
-    transcript_with(
+    let long = format!("C: {}", "w".repeat(5000));
+    let glue = transcript_with(
         params,
         &[
             ("C: HELO c", "S: 250"),
@@ -675,8 +675,13 @@ fn long_body_line_is_drained_then_554() {
             ("C: RCPT TO:<c@d.example>", "S: 250"),
             ("C: DATA", "S: 354"),
             (long.as_str(), "S:"),
-            ("C: .", "S: 554 5.6.0"),
+            ("C: .", "S: 250 2.0.0 queued as ID1"),
         ],
+    );
+    assert_eq!(glue.messages.len(), 1);
+    assert_eq!(
+        glue.messages[0].1,
+        format!("{}\r\n", "w".repeat(5000)).as_bytes()
     );
 }
 
