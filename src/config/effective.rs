@@ -70,6 +70,9 @@ pub struct Smarthost {
     pub auth: Option<SmarthostAuth>,
     /// `username` + `oauth2_*`: AUTH OAUTHBEARER/XOAUTH2 with a token outpost refreshes.
     pub oauth2: Option<SmarthostOAuth2>,
+    /// `from`: the envelope sender (unless null) and the From: address of all mail sent over
+    /// this smarthost (hosted services accept only the authenticated mailbox).
+    pub from: Option<String>,
 }
 
 /// OAuth 2.0 to the smarthost: the access token is fetched from `token_url` with the refresh
@@ -311,6 +314,9 @@ fn toml_smarthost(out: &mut String, header: &str, s: &Smarthost) {
         if let Some(scope) = &oauth.scope {
             *out += &format!("oauth2_scope = {}\n", toml_str(scope));
         }
+    }
+    if let Some(from) = &s.from {
+        *out += &format!("from = {}\n", toml_str(from));
     }
 }
 

@@ -136,6 +136,8 @@ pub struct SmarthostSection {
     /// File holding the refresh token; read at each refresh, rewritten when it rotates.
     pub oauth2_refresh_token_file: Option<String>,
     pub oauth2_scope: Option<String>,
+    /// The sender this smarthost requires: MAIL FROM and From: are rewritten to it.
+    pub from: Option<String>,
 }
 
 /// `[tls]`: the certificate and key outpost presents to its clients.

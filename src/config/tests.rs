@@ -108,6 +108,7 @@ smarthost_data_end = "5m"
             ca_file: None,
             auth: None,
             oauth2: None,
+            from: None,
         }]
     );
     assert_eq!(c.queue.max_age, Duration::from_secs(3 * 86_400));
@@ -417,6 +418,7 @@ fn effective_config_reads_back_to_the_same_value() {
             ca_file: None,
             auth: None,
             oauth2: None,
+            from: None,
         }]
         .into_iter()
         .collect(),
@@ -438,6 +440,7 @@ fn effective_config_reads_back_to_the_same_value() {
             ca_file: None,
             auth: None,
             oauth2: None,
+            from: None,
         })
         .unwrap();
     let text = c.to_toml();

@@ -107,6 +107,7 @@ pub(super) fn forward_params(
                 refresh_token_file: oauth.refresh_token_file.clone(),
                 scope: oauth.scope.clone(),
             }),
+            from: smarthost.from.clone(),
         })
         .collect();
     ForwardParams {

@@ -458,6 +458,7 @@ fn relay_to(port: u16, tls: TlsPolicy, ca: Option<&TestPki>) -> Config {
             ca_file: ca.map(|pki| pki.ca.clone()),
             auth: None,
             oauth2: None,
+            from: None,
         }]
         .into_iter()
         .collect(),

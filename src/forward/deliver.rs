@@ -10,7 +10,7 @@ use crate::store::{QueuedMessage, RcptState};
 use super::link::{transfer, Connection};
 use super::outcome::{outcomes_of, ForwardError, Outcome};
 use super::run::Forwarder;
-use super::{dsn, schedule, wall_clock_secs};
+use super::{dsn, rewrite, schedule, wall_clock_secs};
 
 impl Forwarder {
     /// Sends one message on a ready session and records the outcome. `Ok(false)`: the session
@@ -24,8 +24,10 @@ impl Forwarder {
         let pending: Vec<usize> = (0..message.recipients.len())
             .filter(|&i| message.recipients[i].state.is_open())
             .collect();
+        // Over a smarthost with `from`, the sender it requires; the store keeps the original.
+        let from = self.smarthost_from();
         let envelope = Envelope {
-            sender: message.info.sender.clone(),
+            sender: rewrite::envelope_sender(&message.info.sender, from.as_deref()),
             recipients: pending
                 .iter()
                 .map(|&i| message.recipients[i].address.clone())
@@ -36,7 +38,11 @@ impl Forwarder {
         };
         let store = self.store.clone();
         let id = message.id;
-        let body = move || store.body_chunks(id);
+        let body = move || {
+            store
+                .body_chunks(id)
+                .map(|chunks| rewrite::rewrite_from(chunks, from))
+        };
         let timeout = self.params.data_end_timeout;
         let report = match transfer(conn, session, &envelope, body, timeout).await {
             Ok(Some(report)) => report,

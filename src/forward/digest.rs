@@ -15,7 +15,7 @@ use crate::store::{QueueId, QueuedMessage, Store, StoreError};
 use super::link::{transfer, Connection};
 use super::outcome::ForwardError;
 use super::run::Forwarder;
-use super::wall_clock_secs;
+use super::{rewrite, wall_clock_secs};
 
 impl Forwarder {
     /// `[coalesce]`: the due messages as deliveries, in due order: one message each, or
@@ -67,8 +67,9 @@ impl Forwarder {
         let recipients = open_recipients(first);
         let layout = self.digest_layout(group);
         let sizes: Vec<u64> = group.iter().map(|m| m.size).collect();
+        let from = self.smarthost_from();
         let envelope = Envelope {
-            sender: first.info.sender.clone(),
+            sender: rewrite::envelope_sender(&first.info.sender, from.as_deref()),
             recipients: recipients.clone(),
             size: layout.size(&sizes),
             eight_bit: group.iter().any(|m| m.info.eight_bit) || !layout.head.is_ascii(),
@@ -85,7 +86,10 @@ impl Forwarder {
                 .join(",")
         );
         let store = self.store.clone();
-        let body = move || Ok::<_, StoreError>(digest_body(&store, ids, layout));
+        let body = move || {
+            let chunks = digest_body(&store, ids, layout);
+            Ok::<_, StoreError>(rewrite::rewrite_from(chunks, from))
+        };
         let timeout = self.params.data_end_timeout;
         let (report, result) = match transfer(conn, session, &envelope, body, timeout).await {
             Ok(Some(report)) => (report, Ok(session.is_ready())),

@@ -8,7 +8,8 @@
 //! `run`, connecting and marking a smarthost up or down in `connect`, one message in
 //! `deliver`, digests in `digest`, expiry and DSNs in `bounce`, and what `outpost status` sees
 //! in `state`. What the SMTP dialogue means lives in `smtp::client` (sans-I/O); what to do
-//! about a reply lives in `outcome`; when to retry in `schedule`; bounce messages in `dsn`.
+//! about a reply lives in `outcome`; when to retry in `schedule`; bounce messages in `dsn`;
+//! the sender a smarthost with `from` requires in `rewrite`.
 //! Never touches sled directly, never logs secrets.
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub mod failover;
 mod link;
 pub mod oauth;
 pub mod outcome;
+pub mod rewrite;
 mod run;
 pub mod schedule;
 mod state;
@@ -57,6 +59,9 @@ pub struct Smarthost {
     pub credentials: Option<ClientCredentials>,
     /// OAuth 2.0 instead of `credentials`: the access token is fetched and cached here.
     pub oauth2: Option<OAuth2>,
+    /// `from`: MAIL FROM (unless null) and From: of the mail sent over this smarthost
+    /// (`rewrite`).
+    pub from: Option<String>,
 }
 
 /// Everything the forwarder needs from the config.

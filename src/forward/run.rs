@@ -312,6 +312,14 @@ impl Forwarder {
         self.stalled_until = schedule::after(now, self.params.policy.retry_min);
     }
 
+    /// `from` of the smarthost in use: the sender it requires (`rewrite`).
+    pub(super) fn smarthost_from(&self) -> Option<String> {
+        self.params
+            .smarthosts
+            .get(self.active)
+            .and_then(|smarthost| smarthost.from.clone())
+    }
+
     /// `host:port` of the smarthost in use.
     pub(super) fn address(&self) -> &str {
         self.params

@@ -240,6 +240,7 @@ fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
             tls_config: None,
             credentials: None,
             oauth2: None,
+            from: None,
         }],
         hostname: "outpost.test".into(),
         policy: RetryPolicy {

@@ -33,4 +33,5 @@ mod rate_limit;
 mod receive;
 mod relay_acl;
 mod retry;
+mod sender_rewrite;
 mod sendmail;

@@ -9,6 +9,7 @@ use crate::config::check::is_host_port;
 use crate::config::effective::{Secret, Smarthost, SmarthostAuth, SmarthostOAuth2, MAX_SMARTHOSTS};
 use crate::config::file::{SmarthostSection, SmarthostTables};
 use crate::config::token_url::TokenUrl;
+use crate::smtp::address::Mailbox;
 use crate::smtp::client::TlsPolicy;
 
 impl Validator {
@@ -74,7 +75,25 @@ impl Validator {
             ca_file: ca_file?,
             auth: auth?,
             oauth2: oauth2?,
+            from: self.smarthost_from(key, section.from.as_deref())?,
         })
+    }
+
+    /// `from`: one ASCII mailbox (`local@domain`), written without angle brackets.
+    fn smarthost_from(&mut self, key: &str, value: Option<&str>) -> Option<Option<String>> {
+        let Some(from) = value else {
+            return Some(None);
+        };
+        match Mailbox::parse(from, false) {
+            Some(mailbox) if !mailbox.is_bare_postmaster() => Some(Some(from.to_owned())),
+            _ => {
+                self.problem(
+                    &dotted(key, "from"),
+                    format!("{from:?} is not an ASCII address local@domain (no <>, no name)"),
+                );
+                None
+            }
+        }
     }
 
     /// `address`: `host:port`, the port required.
