@@ -250,3 +250,30 @@ fn too_many_smarthosts_is_a_problem() {
     let problems = from_text(&text).unwrap_err();
     assert_eq!(keys(&problems), ["smarthost"]);
 }
+
+#[test]
+fn smarthost_from_is_one_address_per_entry_and_round_trips() {
+    let text = "[[smarthost]]\naddress = \"a:25\"\nfrom = \"alerts@site.example\"\n\
+                [[smarthost]]\naddress = \"b:25\"\n";
+    let c = from_text(text).unwrap();
+    assert_eq!(c.smarthosts[0].from.as_deref(), Some("alerts@site.example"));
+    assert_eq!(c.smarthosts[1].from, None);
+    let again = from_text(&c.to_toml()).unwrap();
+    assert_eq!(again.smarthosts, c.smarthosts);
+    for bad in [
+        "root",
+        "<alerts@site.example>",
+        "Alerts <alerts@site.example>",
+        "a b@site.example",
+        "al\u{e9}rts@site.example",
+        "postmaster",
+        "",
+    ] {
+        let text = format!(
+            "[smarthost]\naddress = \"a:25\"\nfrom = {}\n",
+            toml_str(bad)
+        );
+        let problems = from_text(&text).unwrap_err();
+        assert_eq!(keys(&problems), ["smarthost.from"], "{bad:?}");
+    }
+}
