@@ -62,6 +62,9 @@ pub mod control;
 pub mod daemon;
 pub mod forward;
 pub mod intake;
+#[cfg(test)]
+#[path = "../tests/kit/mod.rs"]
+mod kit;
 pub mod logging;
 pub mod mapping;
 pub mod message;

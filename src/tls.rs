@@ -367,4 +367,4 @@ fn wall_clock() -> Duration {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -1,19 +1,17 @@
-//! End-to-end tests of the forwarder: `open_session`/`transfer` and `run` against an independent
-//! upstream (mailin-embedded on 127.0.0.1:0) and, for `run`, the real store in a temp dir.
+//! End-to-end tests of the forwarder: `open_session`/`transfer` and `run` against the test
+//! kit's smarthost (an independent server on 127.0.0.1:0) and, for `run`, the real store in a
+//! temp dir.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
 
 use async_io::Timer;
-use mailin_embedded::response::{NO_MAILBOX, OK};
-use mailin_embedded::{Handler, Response, Server};
+use mailin_embedded::response::NO_MAILBOX;
 
 use super::link::{open_session, transfer};
 use super::outcome::{outcomes_of, ForwardError, Outcome};
 use super::*;
 use crate::clock::QueueClock;
+use crate::kit;
 use crate::priority::Priority;
 use crate::smtp::client::{ClientParams, ClientStep, Envelope, Stage};
 use crate::store::{
@@ -21,78 +19,27 @@ use crate::store::{
 };
 use crate::wait::Wake;
 
-/// What the independent upstream (mailin-embedded) saw.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Received {
-    from: String,
-    to: Vec<String>,
-    data: Vec<u8>,
-    eight_bit: bool,
+/// A kit smarthost refusing the recipients in `reject` with 550, and the null sender too: a
+/// DSN the forwarder tries ends failed, which also shows that a failed bounce is never bounced
+/// again.
+fn start_upstream(reject: &'static [&'static str]) -> kit::Smarthost {
+    kit::Smarthost::start_with_policy(move |stage| match stage {
+        kit::Stage::Rcpt { to } if reject.contains(to) => Some(NO_MAILBOX),
+        kit::Stage::Mail { from: "" } => Some(kit::reply(550, "5.7.1 no DSNs here")),
+        _ => None,
+    })
 }
 
-#[derive(Clone)]
-struct Upstream {
-    received: Arc<Mutex<Vec<Received>>>,
-    current: Received,
-    /// Recipients answered with 550.
-    reject: Vec<String>,
+/// `127.0.0.1:port`, the smarthost address the forwarder is given.
+fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
-impl Handler for Upstream {
-    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> Response {
-        self.current = Received {
-            from: from.to_owned(),
-            ..Received::default()
-        };
-        OK
-    }
-    fn rcpt(&mut self, to: &str) -> Response {
-        if self.reject.iter().any(|r| r == to) {
-            return NO_MAILBOX;
-        }
-        self.current.to.push(to.to_owned());
-        OK
-    }
-    fn data_start(&mut self, _: &str, _: &str, is8bit: bool, _: &[String]) -> Response {
-        self.current.eight_bit = is8bit;
-        OK
-    }
-    fn data(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.current.data.extend_from_slice(buf);
-        Ok(())
-    }
-    fn data_end(&mut self) -> Response {
-        self.received.lock().unwrap().push(self.current.clone());
-        OK
-    }
-}
-
-/// Starts an upstream on 127.0.0.1:0 (its thread lives until the test process ends).
-fn start_upstream(reject: &[&str]) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let handler = Upstream {
-        received: Arc::clone(&received),
-        current: Received::default(),
-        reject: reject.iter().map(|r| (*r).to_owned()).collect(),
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut server = Server::new(handler);
-    server
-        .with_name("upstream.test")
-        .with_tcp_listener(listener)
-        .with_num_threads(2);
-    std::thread::spawn(move || {
-        let _ = server.serve();
-    });
-    (addr, received)
-}
-
-fn client_params(addr: SocketAddr) -> ClientParams {
+fn client_params(smarthost: &str) -> ClientParams {
     ClientParams {
         helo_name: "outpost.test".into(),
         tls: TlsPolicy::None,
-        smarthost: addr.to_string(),
+        smarthost: smarthost.to_owned(),
         credentials: None,
     }
 }
@@ -113,12 +60,12 @@ fn chunks(body: &[u8], size: usize) -> impl Iterator<Item = Result<Vec<u8>, Stor
 
 #[test]
 fn transfer_is_byte_exact_through_an_independent_upstream() {
-    let (addr, received) = start_upstream(&[]);
+    let upstream = start_upstream(&[]);
+    let addr = loopback(upstream.port());
     smol::block_on(async {
-        let (mut conn, mut session) =
-            open_session(&addr.to_string(), client_params(addr), None, TIMEOUT)
-                .await
-                .unwrap();
+        let (mut conn, mut session) = open_session(&addr, client_params(&addr), None, TIMEOUT)
+            .await
+            .unwrap();
         for (i, chunk_size) in [7, BODY.len()].into_iter().enumerate() {
             let envelope = Envelope {
                 sender: format!("cron{i}@lan"),
@@ -140,12 +87,12 @@ fn transfer_is_byte_exact_through_an_independent_upstream() {
         }
         assert_eq!(session.quit(), ClientStep::Send(b"QUIT\r\n".to_vec()));
     });
-    let received = received.lock().unwrap();
+    let received = upstream.delivered();
     assert_eq!(received.len(), 2, "two messages on one connection");
     for (i, message) in received.iter().enumerate() {
         assert_eq!(message.from, format!("cron{i}@lan"));
         assert_eq!(message.to, ["a@example.org", "b@example.org"]);
-        assert!(message.eight_bit, "BODY=8BITMIME sent");
+        assert!(message.is8bit, "BODY=8BITMIME sent");
         assert_eq!(
             message.data,
             BODY,
@@ -157,12 +104,12 @@ fn transfer_is_byte_exact_through_an_independent_upstream() {
 
 #[test]
 fn one_rejected_recipient_does_not_stop_the_others() {
-    let (addr, received) = start_upstream(&["nobody@example.org"]);
+    let upstream = start_upstream(&["nobody@example.org"]);
+    let addr = loopback(upstream.port());
     let report = smol::block_on(async {
-        let (mut conn, mut session) =
-            open_session(&addr.to_string(), client_params(addr), None, TIMEOUT)
-                .await
-                .unwrap();
+        let (mut conn, mut session) = open_session(&addr, client_params(&addr), None, TIMEOUT)
+            .await
+            .unwrap();
         let envelope = Envelope {
             sender: "cron@lan".into(),
             recipients: vec!["nobody@example.org".into(), "b@example.org".into()],
@@ -185,24 +132,16 @@ fn one_rejected_recipient_does_not_stop_the_others() {
         matches!(&outcomes[1], Outcome::Delivered(_)),
         "{outcomes:?}"
     );
-    let received = received.lock().unwrap();
+    let received = upstream.delivered();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].to, ["b@example.org"]);
 }
 
 #[test]
 fn unreachable_smarthost_is_a_transient_connect_failure() {
-    // Bind then drop: nothing listens on this port any more.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let result = smol::block_on(open_session(
-        &addr.to_string(),
-        client_params(addr),
-        None,
-        TIMEOUT,
-    ));
+    // Nothing listens on this port.
+    let addr = loopback(kit::Smarthost::reserve_port());
+    let result = smol::block_on(open_session(&addr, client_params(&addr), None, TIMEOUT));
     let Err(error) = result else {
         panic!("connected to a closed port");
     };
@@ -212,15 +151,15 @@ fn unreachable_smarthost_is_a_transient_connect_failure() {
 
 #[test]
 fn silent_smarthost_times_out_at_the_greeting() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    // Accepts and never sends a byte (the link's target is never connected to).
+    let link = kit::FlakyLink::start(kit::Smarthost::reserve_port(), kit::LinkMode::BlackHole);
+    let addr = loopback(link.port());
     let result = smol::block_on(open_session(
-        &addr.to_string(),
-        client_params(addr),
+        &addr,
+        client_params(&addr),
         None,
         Duration::from_millis(200),
     ));
-    drop(listener);
     let Err(error) = result else {
         panic!("a silent server produced a session");
     };
@@ -232,10 +171,10 @@ fn silent_smarthost_times_out_at_the_greeting() {
 
 // ---- forward::run end to end, with the real store ----
 
-fn forward_params(smarthost: SocketAddr, retry_min: Duration) -> ForwardParams {
+fn forward_params(port: u16, retry_min: Duration) -> ForwardParams {
     ForwardParams {
         smarthosts: vec![Smarthost {
-            address: smarthost.to_string(),
+            address: loopback(port),
             tls: TlsPolicy::None,
             tls_config: None,
             credentials: None,
@@ -295,9 +234,9 @@ async fn wait_until(mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
-/// The queued DSN (null sender), once the forwarder has tried it: mailin-embedded refuses
-/// `MAIL FROM:<>` (its parser needs a non-empty path), so the DSN ends up failed, which
-/// also shows that a failed bounce is never bounced again.
+/// The queued DSN (null sender), once the forwarder has tried it: the smarthost refuses
+/// `MAIL FROM:<>` (`start_upstream`; nothing listens in the expiry test), so the DSN ends up
+/// failed.
 fn tried_dsn(store: &Store) -> Option<QueuedMessage> {
     let list = store.list().ok()?;
     list.into_iter().find(|m| {
@@ -307,7 +246,7 @@ fn tried_dsn(store: &Store) -> Option<QueuedMessage> {
 
 #[test]
 fn run_forwards_byte_exact_and_bounces_a_rejected_recipient() {
-    let (addr, received) = start_upstream(&["nobody@example.org"]);
+    let upstream = start_upstream(&["nobody@example.org"]);
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let clock = QueueClock::new(store.clock_base());
@@ -316,7 +255,7 @@ fn run_forwards_byte_exact_and_bounces_a_rejected_recipient() {
         let to = ["a@example.org", "nobody@example.org"];
         let id = enqueue(&store, &clock, "cron@lan", &to).await;
         let (wake, stop) = (Wake::new(), Wake::new());
-        let params = forward_params(addr, Duration::from_millis(50));
+        let params = forward_params(upstream.port(), Duration::from_millis(50));
         let task = ex.spawn(run(
             store.clone(),
             clock,
@@ -330,7 +269,7 @@ fn run_forwards_byte_exact_and_bounces_a_rejected_recipient() {
         task.await;
         (id, tried_dsn(&store))
     }));
-    let received = received.lock().unwrap();
+    let received = upstream.delivered();
     assert_eq!(received.len(), 1, "upstream got {received:?}");
     assert_eq!(received[0].from, "cron@lan");
     assert_eq!(received[0].to, ["a@example.org"]);
@@ -373,27 +312,18 @@ fn run_forwards_byte_exact_and_bounces_a_rejected_recipient() {
 #[test]
 fn smarthost_down_burns_no_attempts_and_link_up_drains_the_queue() {
     // The smarthost's port accepts connections and closes them at once (a site failure)
-    // until the upstream takes the same listener over.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let refuser = std::thread::spawn(move || {
-        for _ in 0..3 {
-            let (stream, _) = listener.accept().unwrap();
-            drop(stream);
-        }
-        listener
-    });
+    // until the link passes them on to the smarthost.
+    let upstream = kit::Smarthost::start();
+    let link = kit::FlakyLink::start(upstream.port(), kit::LinkMode::Hangup);
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let clock = QueueClock::new(store.clock_base());
     let ex = smol::LocalExecutor::new();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let received_in_test = Arc::clone(&received);
     let delivered = smol::block_on(ex.run(async {
         let first = enqueue(&store, &clock, "cron@lan", &["a@example.org"]).await;
         let second = enqueue(&store, &clock, "ups@lan", &["b@example.org"]).await;
         let (wake, stop) = (Wake::new(), Wake::new());
-        let params = forward_params(addr, Duration::from_millis(30));
+        let params = forward_params(link.port(), Duration::from_millis(30));
         let task = ex.spawn(run(
             store.clone(),
             clock,
@@ -402,7 +332,7 @@ fn smarthost_down_burns_no_attempts_and_link_up_drains_the_queue() {
             Rc::clone(&stop),
         ));
         wake.notify();
-        let three_failures = wait_until(|| refuser.is_finished()).await;
+        let three_failures = wait_until(|| link.accepted() >= 3).await;
         assert!(three_failures, "the forwarder did not retry the link");
         for id in [first, second] {
             assert_eq!(
@@ -411,26 +341,13 @@ fn smarthost_down_burns_no_attempts_and_link_up_drains_the_queue() {
                 "site failures burn no attempts"
             );
         }
-        let listener = refuser.join().unwrap();
-        let handler = Upstream {
-            received: received_in_test,
-            current: Received::default(),
-            reject: Vec::new(),
-        };
-        let mut server = Server::new(handler);
-        server
-            .with_name("upstream.test")
-            .with_tcp_listener(listener)
-            .with_num_threads(2);
-        std::thread::spawn(move || {
-            let _ = server.serve();
-        });
-        let delivered = wait_until(|| received.lock().unwrap().len() >= 2).await;
+        link.set(kit::LinkMode::Pass);
+        let delivered = wait_until(|| upstream.count() >= 2).await;
         stop.notify();
         task.await;
         delivered
     }));
-    let received = received.lock().unwrap();
+    let received = upstream.delivered();
     assert!(delivered, "upstream got {received:?}");
     assert_eq!(
         received
@@ -449,10 +366,7 @@ fn smarthost_down_burns_no_attempts_and_link_up_drains_the_queue() {
 #[test]
 fn expired_mail_bounces_without_a_connection_and_bounces_are_never_bounced() {
     // Nothing listens here: expiry must not depend on the link.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = kit::Smarthost::reserve_port();
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     let clock = QueueClock::new(store.clock_base());
@@ -460,7 +374,7 @@ fn expired_mail_bounces_without_a_connection_and_bounces_are_never_bounced() {
     let id = smol::block_on(ex.run(async {
         let id = enqueue(&store, &clock, "cron@lan", &["a@example.org"]).await;
         let (wake, stop) = (Wake::new(), Wake::new());
-        let mut params = forward_params(addr, Duration::from_millis(20));
+        let mut params = forward_params(port, Duration::from_millis(20));
         params.policy.max_age = Duration::ZERO;
         let task = ex.spawn(run(
             store.clone(),

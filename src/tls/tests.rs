@@ -1,72 +1,20 @@
-//! Test certificates made at test time (rcgen) and tests of the TLS glue: configs from PEM
+//! Tests of the TLS glue, with the kit's certificates made at test time: configs from PEM
 //! files, handshakes over 127.0.0.1, and the wording of certificate failures.
-
-use std::path::PathBuf;
 
 use async_io::Async;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use super::*;
+use crate::kit::TestPki;
 
-/// A private CA and one server certificate it signed, as PEM files in a temp dir.
-pub(crate) struct TestPki {
-    _dir: tempfile::TempDir,
-    pub(crate) ca: PathBuf,
-    pub(crate) cert: PathBuf,
-    pub(crate) key: PathBuf,
+/// The crate's own server config loader (under test here) on `pki`'s certificate and key.
+fn server(pki: &TestPki) -> Arc<ServerConfig> {
+    server_config(&pki.cert, &pki.key).unwrap()
 }
 
-impl TestPki {
-    /// A server certificate valid for `names` (DNS names or IP addresses).
-    pub(crate) fn new(names: &[&str]) -> Self {
-        Self::with_validity(names, None)
-    }
-
-    /// `validity`: (not_before, not_after) years, for expired certificates.
-    pub(crate) fn with_validity(names: &[&str], validity: Option<(i32, i32)>) -> Self {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // A distinct name per CA, as real CAs have: same-named CAs make rustls report a bad
-        // signature instead of an unknown issuer.
-        static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("outpost test CA {serial}"));
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        if let Some((from, to)) = validity {
-            params.not_before = rcgen::date_time_ymd(from, 1, 1);
-            params.not_after = rcgen::date_time_ymd(to, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        let ca_path = write("ca.pem", &ca.pem());
-        let cert_path = write("cert.pem", &cert.pem());
-        let key_path = write("key.pem", &key.serialize_pem());
-        Self {
-            ca: ca_path,
-            cert: cert_path,
-            key: key_path,
-            _dir: dir,
-        }
-    }
-
-    pub(crate) fn server_config(&self) -> Arc<ServerConfig> {
-        server_config(&self.cert, &self.key).unwrap()
-    }
-
-    pub(crate) fn client_config(&self) -> Arc<ClientConfig> {
-        client_config(Some(&self.ca)).unwrap()
-    }
+/// The crate's own client config loader (under test here) trusting `pki`'s CA only.
+fn client(pki: &TestPki) -> Arc<ClientConfig> {
+    client_config(Some(&pki.ca)).unwrap()
 }
 
 /// Runs a server handshake (then echoes one line) against a client handshake for `name`;
@@ -106,14 +54,14 @@ fn handshake(server: Arc<ServerConfig>, client: Arc<ClientConfig>, name: &str) -
 #[test]
 fn handshake_with_a_private_ca_works() {
     let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    handshake(pki.server_config(), pki.client_config(), "localhost:25").unwrap();
-    handshake(pki.server_config(), pki.client_config(), "127.0.0.1:25").unwrap();
+    handshake(server(&pki), client(&pki), "localhost:25").unwrap();
+    handshake(server(&pki), client(&pki), "127.0.0.1:25").unwrap();
 }
 
 #[test]
 fn wrong_name_is_worded_for_the_operator() {
     let pki = TestPki::new(&["mail.example.net"]);
-    let error = handshake(pki.server_config(), pki.client_config(), "localhost:587").unwrap_err();
+    let error = handshake(server(&pki), client(&pki), "localhost:587").unwrap_err();
     let failure = describe_handshake_error(&error, "localhost:587");
     assert_eq!(
         failure.message,
@@ -126,7 +74,7 @@ fn wrong_name_is_worded_for_the_operator() {
 fn untrusted_issuer_is_worded_for_the_operator() {
     let pki = TestPki::new(&["localhost"]);
     let other = TestPki::new(&["localhost"]);
-    let error = handshake(pki.server_config(), other.client_config(), "localhost:25").unwrap_err();
+    let error = handshake(server(&pki), client(&other), "localhost:25").unwrap_err();
     let failure = describe_handshake_error(&error, "localhost:25");
     assert!(
         failure.message.contains("not signed by a trusted CA"),
@@ -135,7 +83,7 @@ fn untrusted_issuer_is_worded_for_the_operator() {
     );
     // The default roots (web PKI) do not know a private CA either.
     let web = client_config(None).unwrap();
-    let error = handshake(pki.server_config(), web, "localhost:25").unwrap_err();
+    let error = handshake(server(&pki), web, "localhost:25").unwrap_err();
     assert!(describe_handshake_error(&error, "localhost:25")
         .message
         .contains("trusted CA"));
@@ -144,7 +92,7 @@ fn untrusted_issuer_is_worded_for_the_operator() {
 #[test]
 fn expired_certificate_is_a_clock_problem_only_when_the_clock_is_unset() {
     let pki = TestPki::with_validity(&["localhost"], Some((2000, 2001)));
-    let error = handshake(pki.server_config(), pki.client_config(), "localhost:25").unwrap_err();
+    let error = handshake(server(&pki), client(&pki), "localhost:25").unwrap_err();
     let now = describe_at(&error, "localhost:25", wall_clock());
     assert!(!now.clock_wrong);
     assert!(now.message.contains("refused"), "{}", now.message);

@@ -233,6 +233,26 @@ impl RawClient {
         self.read_reply()
     }
 
+    /// `cmd`, then checks the reply's code; panics with the transcript when it differs.
+    pub(crate) fn cmd_expect(&mut self, line: &str, code: u16) -> Reply {
+        let reply = self.cmd(line);
+        self.check_code(&reply, code);
+        reply
+    }
+
+    /// `read_reply`, then checks the reply's code; panics with the transcript when it differs.
+    pub(crate) fn read_expect(&mut self, code: u16) -> Reply {
+        let reply = self.read_reply();
+        self.check_code(&reply, code);
+        reply
+    }
+
+    fn check_code(&self, reply: &Reply, code: u16) {
+        if reply.code != code {
+            self.fail(&format!("expected {code}, got `{reply}`"));
+        }
+    }
+
     /// Reads one complete (possibly multi-line) reply; panics on timeout or EOF.
     pub(crate) fn read_reply(&mut self) -> Reply {
         match self.try_read_reply() {

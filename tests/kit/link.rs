@@ -1,8 +1,8 @@
 //! A flaky link between the relay and its smarthost: a byte-level TCP proxy on 127.0.0.1 whose
 //! behaviour the test switches at any moment — pass, down (nothing listens: connection
 //! refused), cut after a pattern in what the relay sent (mid-DATA, mid-TLS-handshake), drop or
-//! stall at the final dot, or a black hole that accepts and never answers. Byte-level, so TLS
-//! passes through untouched.
+//! stall at the final dot, a black hole that accepts and never answers, or a hang-up right after
+//! the accept. Byte-level, so TLS passes through untouched.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -32,6 +32,8 @@ pub(crate) enum LinkMode {
     StallAtDot,
     /// Accept and never send a byte (not even a greeting).
     BlackHole,
+    /// Accept and close at once, before a greeting (a site failure that still accepts).
+    Hangup,
 }
 
 struct Shared {
@@ -125,6 +127,10 @@ fn close(a: &TcpStream, b: Option<&TcpStream>) {
 
 /// One relay connection under `mode`.
 fn serve(mut client: TcpStream, target: u16, mode: LinkMode) {
+    if mode == LinkMode::Hangup {
+        close(&client, None);
+        return;
+    }
     if mode == LinkMode::BlackHole {
         // Read and discard until the relay gives up.
         let mut buf = [0u8; 4096];
