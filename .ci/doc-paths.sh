@@ -6,7 +6,11 @@
 #   (`boards/*.toml`) must match something, and a path with a `<placeholder>` is checked up to
 #   the folder before it;
 # - every relative Markdown link target, relative to the page, and its `#anchor` when the target
-#   is a Markdown page (GitHub's heading slugs).
+#   is a Markdown page (GitHub's heading slugs);
+# - every Rust path in inline code whose first name is a module of the crate (`store::due`,
+#   `smtp::server::tests::bare_lf_dot_does_not_end_data`) or, after `--test it`, a file of
+#   tests/it/ (`cargo test --test it flaps::tls_handshake`): its modules must exist, and the name
+#   after them must be declared there (a test name may be cut short, as cargo's filter is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,6 +57,40 @@ def repo_path_exists(path):
     return os.path.exists(path)
 
 
+RUST = re.compile(r"(?<![\w:])([a-z_][a-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)+)")
+
+
+def module_file(base):
+    for f in (base + ".rs", os.path.join(base, "mod.rs")):
+        if os.path.isfile(f):
+            return f
+    return None
+
+
+def rust_path_exists(path, root):
+    """`a::b::name` under `root` (src or tests/it): modules as files, then a declared name."""
+    parts = path.split("::")
+    if not module_file(os.path.join(root, parts[0])):
+        return False if root != "src" else None  # under src: not ours (`std::fs`, a crate)
+    base, files = root, []
+    while parts:
+        f = module_file(os.path.join(base, parts[0]))
+        if f is None and parts[0] == "tests" and files:
+            tests = glob.glob(os.path.join(base, "tests.rs")) + glob.glob(os.path.join(base, "tests", "*.rs"))
+            files = tests or files  # an inline `mod tests` stays in the same file
+        elif f is None:
+            break
+        else:
+            files = [f]
+        base = os.path.join(base, parts.pop(0))
+    if not parts:
+        return True
+    text = "".join(open(f, encoding="utf-8").read() for f in files)
+    if len(parts) == 1 and re.search(r"\bfn\s+" + re.escape(parts[0]), text):
+        return True  # a test name, maybe cut short as a cargo filter
+    return all(re.search(r"\b" + re.escape(p) + r"\b", text) for p in parts)
+
+
 bad = 0
 for page in sys.argv[1:]:
     with open(page, encoding="utf-8") as f:
@@ -62,6 +100,11 @@ for page in sys.argv[1:]:
             for path in PATH.findall(span):
                 if not repo_path_exists(path):
                     print(f"{page}:{n}: `{path}` does not exist")
+                    bad += 1
+            root = "tests/it" if "--test it" in span else "src"
+            for path in RUST.findall(span):
+                if rust_path_exists(path, root) is False:
+                    print(f"{page}:{n}: `{path}` names nothing in {root}/")
                     bad += 1
         for target in LINK.findall(line):
             if re.match(r"[a-z][a-z0-9+.-]*:", target):
@@ -77,5 +120,5 @@ for page in sys.argv[1:]:
 if bad:
     print(f"{bad} path(s) in the docs name nothing in the repository")
     sys.exit(1)
-print("every path and link in README.md and docs/ exists")
+print("every path, link and Rust path in README.md and docs/ exists")
 EOF
