@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fails when README.md or a page of docs/ names a file of the repository that does not exist:
 # `bash .ci/doc-paths.sh` from the repository root. Checked, outside fenced code blocks:
-# - every repository path in inline code (`src/…`, `tests/…`, `benches/…`, `boards/…`, `.ci/…`,
-#   `fuzz/…`, `scripts/…`, `docs/…`, `.cargo/…`), relative to the repository root; a glob
-#   (`boards/*.toml`) must match something, and a path with a `<placeholder>` is checked up to
-#   the folder before it;
+# - every repository path in inline code (`src/…`, `tests/…`, `benches/…`, `boards/…`,
+#   `.ci/…`, `fuzz/…`, `scripts/…`, `docs/…`, `.cargo/…`), relative to the repository root;
+#   a glob (`boards/*.toml`) must match something, and a path with a `<placeholder>` is
+#   checked up to the folder before it;
 # - every relative Markdown link target, relative to the page, and its `#anchor` when the target
 #   is a Markdown page (GitHub's heading slugs);
 # - every Rust path in inline code whose first name is a module of the crate (`store::due`,
@@ -17,7 +17,9 @@ cd "$(dirname "$0")/.."
 python3 - README.md docs/*.md <<'EOF'
 import glob, os, re, sys
 
-PATH = re.compile(r"(?<![\w./-])((?:src|tests|benches|boards|\.ci|fuzz|scripts|docs|\.cargo)/[^\s`'\"(),;]*)")
+PATH = re.compile(
+    r"(?<![\w./-])((?:src|tests|benches|boards|\.ci|fuzz|scripts|docs|\.cargo)/[^\s`'\"(),;]*)"
+)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -76,7 +78,8 @@ def rust_path_exists(path, root):
     while parts:
         f = module_file(os.path.join(base, parts[0]))
         if f is None and parts[0] == "tests" and files:
-            tests = glob.glob(os.path.join(base, "tests.rs")) + glob.glob(os.path.join(base, "tests", "*.rs"))
+            tests = glob.glob(os.path.join(base, "tests.rs"))
+            tests += glob.glob(os.path.join(base, "tests", "*.rs"))
             files = tests or files  # an inline `mod tests` stays in the same file
         elif f is None:
             break

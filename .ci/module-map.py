@@ -20,11 +20,15 @@ import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("import_cycles", os.path.join(HERE, "import-cycles.py"))
+_spec = importlib.util.spec_from_file_location(
+    "import_cycles", os.path.join(HERE, "import-cycles.py")
+)
 cycles = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cycles)
 
-TEST_MOD = re.compile(r"^#\[cfg\(test\)\]\s*\n(?:\s*#\[[^\n]*\]\s*\n)*\s*(?:pub(?:\([^)]*\))?\s+)?mod\s", re.M)
+TEST_MOD = re.compile(
+    r"^#\[cfg\(test\)\]\s*\n(?:\s*#\[[^\n]*\]\s*\n)*\s*(?:pub(?:\([^)]*\))?\s+)?mod\s", re.M
+)
 
 
 def source_files(src):
