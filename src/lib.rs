@@ -21,33 +21,52 @@
 //! and it never answers 250 to a final dot before the message is on stable storage.
 //!
 //! # Layout
+//!
+//! From the composition root down: a module imports only modules listed after it.
+//! `python3 .ci/module-map.py` prints each module's lines, purpose and imports from the source,
+//! `.ci/import-cycles.py` fails CI on an import cycle, and `docs/design.md` has the table with
+//! what each module must never do.
+//!
+//! The daemon and the commands:
 //! - [`daemon`]: the composition root: start-up, signals, the services' tasks, housekeeping,
 //!   shutdown; the metrics endpoint and the link watcher (netlink).
-//! - [`shared`]: the state the daemon's services share, built whole by the daemon.
-//! - [`intake`]: the one door into the queue (SMTP, maildrop, DSNs): classification, the
-//!   rate limit and free-space checks, the accepted counter, the `status=queued` line.
-//! - [`smtp`]: the SMTP protocol core. No I/O, no clock: bytes in, replies and decisions out.
+//! - [`cli`]: the command line: argv to a `Cmd`, no I/O beyond the arguments.
+//! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
+//! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
 //! - [`net`]: the SMTP side facing clients: the accept loop, one task per connection,
 //!   timeouts, STARTTLS, and the AUTH password check.
-//! - [`tls`]: rustls configs from PEM files, the stream STARTTLS upgrades in place, and the
-//!   wording of handshake failures (used by `net` and `forward`).
-//! - [`store`]: the journal; the only module that touches sled.
+//! - [`shared`]: the state the daemon's services share, built whole by the daemon.
+//!
+//! The queue:
 //! - [`forward`]: delivery to the smarthost; retry, outcome, smarthost choice (ordered failover)
 //!   and DSN policy as pure functions; OAuth 2.0 access tokens for the smarthost (the refresh
 //!   grant pure in `forward::oauth`, its HTTPS request in `forward::token`).
+//! - [`intake`]: the one door into the queue (SMTP, maildrop, DSNs): classification, the
+//!   rate limit and free-space checks, the accepted counter, the `status=queued` line.
+//! - [`store`]: the journal; the only module that touches sled.
 //! - [`config`]: the validated configuration and its embedded defaults.
-//! - [`cli`]: the command line: argv to a `Cmd`, no I/O beyond the arguments.
-//! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
-//! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
-//! - [`message`]: RFC 5322 as pure functions: the header section, its fields, address lists
-//!   and dates.
+//! - [`mapping`]: local names and the mail domain: what `root` becomes before a message is
+//!   queued (qualification, aliases, the admin address, sender rewriting); pure.
+//! - [`aliases`]: the `[aliases]` table and an aliases(5) file as one table of local name →
+//!   addresses; address entries only, pure.
+//!
+//! Pure protocol and policy (no I/O, no clock):
+//! - [`smtp`]: the SMTP protocol core: bytes in, replies and decisions out.
+//! - [`message`]: RFC 5322: the header section, its fields, address lists and dates.
 //! - [`priority`]: `[[priority]]` rules, the order queued mail goes in after an outage.
 //! - [`coalesce`]: `[coalesce]`, alert storms delivered as one digest: Subject normalisation,
-//!   the key stored at commit, grouping and the digest's layout (pure).
-//! - [`rate`]: per-sender rate limits (`[rate_limit]`) as pure state over an explicit clock.
+//!   the key stored at commit, grouping and the digest's layout.
+//! - [`rate`]: per-sender rate limits (`[rate_limit]`) as state over an explicit clock.
 //! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
-//! - [`wait`]: listening and re-checking: wake-ups, the shutdown flag, waits with deadlines.
+//!
+//! Shared services, below the parts that use them:
 //! - [`accept`]: the accept-until-shutdown loop of every listening service.
+//! - [`wait`]: listening and re-checking: wake-ups, the shutdown flag, waits with deadlines.
+//! - [`tls`]: rustls configs from PEM files, the stream STARTTLS upgrades in place, and the
+//!   wording of handshake failures (used by `net` and `forward`).
+//! - [`logging`]: where log lines go: stderr, the journal (with sd-daemon priorities) or
+//!   syslog.
+//! - [`sd_notify`]: the systemd notification protocol (sd_notify(3)) without libsystemd.
 //!
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
 //! forwarder; sled runs its own flusher and I/O threads.
