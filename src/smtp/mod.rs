@@ -68,7 +68,7 @@
 //!   `tls_established` forgets HELO and any transaction; the glue drops a connection that sent
 //!   anything behind STARTTLS. Proven by
 //!   `smtp::server::tests::starttls_leaves_pipelined_plaintext_unconsumed_and_resets_the_session`
-//!   and, through the daemon over TCP, `net::tests::plaintext_pipelined_after_starttls_is_never_executed`.
+//!   and, through the daemon over TCP, `daemon::tests::inbound::plaintext_pipelined_after_starttls_is_never_executed`.
 //! - **SMTP smuggling** (bare LF, `<LF>.<LF>`, `<LF>.<CRLF>`, `<CRLF>.<LF>`). Only
 //!   `<CRLF>.<CRLF>` ends DATA, and whatever is stored is re-stuffed on the way out, so outpost
 //!   and its smarthost always agree where a message ends. Proven by
@@ -92,8 +92,8 @@
 //!   sent without TLS; a certificate that does not verify leaves the mail queued. Proven by
 //!   `smtp::client::tests::starttls_policy_never_falls_back_to_plaintext`,
 //!   `smtp::client::tests::credentials_are_never_sent_without_tls`,
-//!   `net::tests::smarthost_without_starttls_gets_nothing_in_clear` and
-//!   `net::tests::untrusted_certificate_means_not_sent_and_still_queued`.
+//!   `daemon::tests::outbound::smarthost_without_starttls_gets_nothing_in_clear` and
+//!   `daemon::tests::outbound::untrusted_certificate_means_not_sent_and_still_queued`.
 //! - **Trace-header injection.** The HELO name is reduced to printable ASCII without comment
 //!   or separator characters before it enters `Received:`. Proven by
 //!   `smtp::server::tests::received_header_traces_helo_peer_protocol_and_single_recipient`.

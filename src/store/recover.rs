@@ -430,7 +430,7 @@ fn rebuild_index(store: &Store, mut expected: BTreeSet<Vec<u8>>) -> Result<(), S
         }
     }
     if legacy > 0 {
-        log::info!("store: removed {legacy} due/ keys an older build kept (now in memory)");
+        log::info!("store: removed {legacy} legacy due/ keys (the schedule is kept in memory)");
     }
     for entry in db.scan_prefix(key::FAILED).keys() {
         let k = entry?;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks an `strace -f -y` log of `outpost serve` receiving one message: after the 354 reply to
 DATA and before the `250 2.0.0 queued as` reply is written, an fdatasync/fsync of the body
-segment (`.../bodies/<16 hex digits>`) must complete, and after it one of sled's log file
+file (`.../bodies/<16 hex digits>`) must complete, and after it one of sled's log file
 (`.../db`), which holds the record pointing at the body (250 only once the message is
 durable; the body before the record that points at it).
 
@@ -45,7 +45,7 @@ def main(path):
     if body is not None:
         db = next((i for i, (f, _) in enumerate(completed) if i > body and f.endswith("/db")), None)
     if body is None or db is None:
-        print("strace check: FAILED: no completed fdatasync/fsync of a body segment followed by "
+        print("strace check: FAILED: no completed fdatasync/fsync of a body file followed by "
               "one of the store's db file between them")
         for line in lines[i354 : i250 + 1]:
             print("  " + line)
