@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::local::LocalNames;
 use super::token_url::TokenUrl;
 use crate::coalesce::CoalescePolicy;
 use crate::priority::PriorityRule;
@@ -55,6 +56,8 @@ pub struct Config {
     pub priority: Vec<PriorityRule>,
     /// `[coalesce]`: alert storms delivered as digests; `None`: off.
     pub coalesce: Option<CoalescePolicy>,
+    /// `domain`, `[aliases]`, `aliases_file`, `admin`: what local names become.
+    pub local: LocalNames,
 }
 
 /// One `[smarthost]` / `[[smarthost]]` entry.
@@ -186,6 +189,7 @@ impl Config {
         }
         self.toml_queue(&mut out);
         self.toml_policies(&mut out);
+        out += &self.local.toml_table();
         out
     }
 
@@ -205,6 +209,7 @@ impl Config {
         *out += &format!("max_recipients = {}\n", self.max_recipients);
         *out += &format!("max_connections = {}\n", self.max_connections);
         *out += &format!("max_errors = {}\n", self.max_errors);
+        *out += &self.local.toml_keys();
         if let Some(tls) = &self.tls {
             *out += &format!(
                 "\n[tls]\ncert = {}\nkey = {}\n",
