@@ -440,7 +440,7 @@ pub fn status_main(data_dir: &Path, config: &str) -> u8 {
     match request(data_dir, &Request::Status) {
         Ok(response) if response.ok => {
             let mut stdout = io::stdout();
-            let _ = write!(stdout, "{}config: {config}\n", response.body);
+            let _ = writeln!(stdout, "{}config: {config}", response.body);
             0
         }
         Err(e @ ClientError::NotRunning(..)) => {
