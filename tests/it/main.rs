@@ -25,6 +25,7 @@ mod failover;
 mod flaps;
 mod forward;
 mod limits;
+mod local_names;
 mod oauth;
 mod ops;
 mod priority;
