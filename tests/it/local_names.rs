@@ -150,7 +150,7 @@ fn issue_15_newaliases_checks_the_aliases_and_starts_no_daemon() {
     )
     .unwrap();
     let config = dir.join("outpost.toml");
-    let text = format!(
+    let text = concat!(
         "domain = \"site.example\"\naliases_file = \"aliases\"\nlisten = [\"127.0.0.1:0\"]\n\
          [aliases]\nteam = [\"a@corp.example\", \"b@corp.example\"]\n"
     );
