@@ -150,10 +150,9 @@ fn issue_15_newaliases_checks_the_aliases_and_starts_no_daemon() {
     )
     .unwrap();
     let config = dir.join("outpost.toml");
-    let text = concat!(
+    let text =
         "domain = \"site.example\"\naliases_file = \"aliases\"\nlisten = [\"127.0.0.1:0\"]\n\
-         [aliases]\nteam = [\"a@corp.example\", \"b@corp.example\"]\n"
-    );
+                [aliases]\nteam = [\"a@corp.example\", \"b@corp.example\"]\n";
     std::fs::write(&config, text).unwrap();
     let run = run_as_cron(dir.path(), &newaliases, &config, &[], b"");
     assert_eq!(run.code, Some(0), "{run}");
