@@ -25,7 +25,7 @@ impl Default for Config {
     fn default() -> Self {
         let hostname = system_hostname();
         Self {
-            local: LocalNames::discovered(&hostname),
+            local: LocalNames::discovered(&hostname, &hostname),
             hostname,
             data_dir: PathBuf::from("./outpost-data"),
             listen: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2525)],

@@ -1,11 +1,10 @@
 //! Local names and the mail domain in the configuration: `domain`, `[aliases]`, `aliases_file`
-//! and `admin`, typed and checked, with their discovered defaults and their TOML form. Reads
+//! and `admin`, typed and checked, with their discovered defaults. Reads
 //! `aliases_file`, `/etc/mailname` and `/etc/hosts`; the mapping itself is `crate::mapping`'s.
 
 use std::path::PathBuf;
 
 use super::check::is_hostname;
-use super::effective::toml_str;
 use super::file::{ConfigFile, Problem};
 use crate::aliases::Aliases;
 use crate::mapping::{discover_domain, AddressMap};
@@ -30,11 +29,11 @@ pub struct LocalNames {
 impl LocalNames {
     /// The defaults for a host named `hostname` (the `hostname` key): the domain from
     /// `/etc/mailname`, else the host's fully qualified name in `/etc/hosts`, else `hostname`.
-    pub(super) fn discovered(hostname: &str) -> Self {
-        let kernel = super::defaults::system_hostname();
+    /// `kernel` is the kernel's host name.
+    pub(super) fn discovered(hostname: &str, kernel: &str) -> Self {
         let read = |path: &str| std::fs::read_to_string(path).ok();
         let mailname = read("/etc/mailname");
-        let found = discover_domain(mailname.as_deref(), read("/etc/hosts").as_deref(), &kernel);
+        let found = discover_domain(mailname.as_deref(), read("/etc/hosts").as_deref(), kernel);
         let domain = if found.contains('.') || !is_hostname(&found) {
             found
         } else {
@@ -42,7 +41,7 @@ impl LocalNames {
         };
         Self {
             domain,
-            host_names: host_names(hostname, &kernel),
+            host_names: host_names(hostname, kernel),
             ..Self::default()
         }
     }
@@ -57,31 +56,6 @@ impl LocalNames {
             self.admin.clone(),
         )
     }
-
-    /// The top-level keys, as `check-config` prints them.
-    pub(super) fn toml_keys(&self) -> String {
-        let mut out = format!("domain = {}\n", toml_str(&self.domain));
-        if let Some(admin) = &self.admin {
-            out += &format!("admin = {}\n", toml_str(admin));
-        }
-        if let Some(file) = &self.aliases_file {
-            out += &format!("aliases_file = {}\n", toml_str(&file.display().to_string()));
-        }
-        out
-    }
-
-    /// The `[aliases]` table, if any.
-    pub(super) fn toml_table(&self) -> String {
-        if self.table.is_empty() {
-            return String::new();
-        }
-        let mut out = "\n[aliases]\n".to_owned();
-        for (name, targets) in self.table.iter() {
-            let list: Vec<String> = targets.iter().map(|t| toml_str(t)).collect();
-            out += &format!("{} = [{}]\n", toml_str(name), list.join(", "));
-        }
-        out
-    }
 }
 
 fn host_names(hostname: &str, kernel: &str) -> Vec<String> {
@@ -94,13 +68,13 @@ fn host_names(hostname: &str, kernel: &str) -> Vec<String> {
 }
 
 /// Types and checks `domain`, `[aliases]`, `aliases_file` and `admin` for a host named
-/// `hostname`; problems are pushed on `problems`, named by key.
+/// `hostname` (the kernel calls it `kernel`); problems are pushed on `problems`, named by key.
 pub(super) fn local_names(
     file: &ConfigFile,
-    hostname: &str,
+    (hostname, kernel): (&str, &str),
     problems: &mut Vec<Problem>,
 ) -> LocalNames {
-    let mut local = LocalNames::discovered(hostname);
+    let mut local = LocalNames::discovered(hostname, kernel);
     if let Some(domain) = &file.domain {
         if is_hostname(domain) {
             local.domain = domain.to_ascii_lowercase();
@@ -171,7 +145,7 @@ mod tests {
     fn parse(text: &str) -> (LocalNames, Vec<Problem>) {
         let file = ConfigFile::parse(text).unwrap();
         let mut problems = Vec::new();
-        let local = local_names(&file, "gw.test", &mut problems);
+        let local = local_names(&file, ("gw.test", "gw"), &mut problems);
         (local, problems)
     }
 
@@ -203,7 +177,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("aliases");
         std::fs::write(&path, "root: ops@corp.example\nbackup: |/usr/bin/store\n").unwrap();
-        let text = format!("aliases_file = {}\n", toml_str(&path.display().to_string()));
+        let text = format!("aliases_file = {:?}\n", path.display().to_string());
         let (_, problems) = parse(&text);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].key, "aliases_file");

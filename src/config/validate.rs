@@ -110,7 +110,8 @@ impl Config {
             coalesce: v.coalesce(file.coalesce.as_ref()),
             local: LocalNames::default(),
         };
-        config.local = local_names(file, &config.hostname, &mut v.problems);
+        let kernel = super::defaults::system_hostname();
+        config.local = local_names(file, (&config.hostname, &kernel), &mut v.problems);
         config.cross_check(&mut v.problems);
         if v.problems.is_empty() {
             Ok(config)
