@@ -1,6 +1,6 @@
 //! sendmail(1)'s modes other than listing and flushing the queue (those are `outpost queue`'s):
 //! `-bm` (queue a message: `sendmail::main`), `-bv` (where each recipient goes), `-bi` and
-//! argv[0] `newaliases` (the aliases are checked), and the check that a queue exists before
+//! `argv[0]` `newaliases` (the aliases are checked), and the check that a queue exists before
 //! anything is written. Never creates a directory and never starts a daemon.
 
 use std::io::{Read, Write};
