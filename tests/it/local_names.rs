@@ -336,3 +336,27 @@ fn issue_15_a_dsn_to_a_local_sender_reaches_admin() {
         got[0].data_str()
     );
 }
+
+#[test]
+fn issue_15_status_and_mailq_find_the_daemon_through_outpost_config() {
+    let upstream = Smarthost::start();
+    let relay = start_relay(&upstream, "", "");
+    let cwd = TestDir::new();
+    let run = run_as_cron(
+        cwd.path(),
+        Path::new(OUTPOST),
+        &relay.config_path,
+        &["status"],
+        b"",
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    let named = format!("config: {}\n", relay.config_path.display());
+    assert!(
+        run.stdout.ends_with(&named),
+        "status does not name the config: {run}"
+    );
+    let mailq = alias(&cwd, "mailq");
+    let run = run_as_cron(cwd.path(), &mailq, &relay.config_path, &[], b"");
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(run.stdout.contains("Mail queue is empty"), "{run}");
+}
