@@ -9,7 +9,7 @@ use lexopt::prelude::*;
 
 use crate::config::Overrides;
 use crate::control::Request;
-use crate::sendmail::SendmailArgs;
+use crate::sendmail::args::{self as sendmail_args, Mode, SendmailArgs};
 
 pub const USAGE: &str = "\
 Usage:
@@ -22,8 +22,11 @@ Usage:
   outpost queue delete|hold|release ID...
   outpost status                   link state, queue counts, last error (exit 69: not running)
   outpost sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   submit stdin (sendmail(1))
+  outpost sendmail -bv RCPT...     where each recipient goes (aliases, admin, domain)
+  outpost newaliases               check the aliases (also `sendmail -bi`)
   outpost --help | --version
-  (invoked as `mailq`: `outpost queue list`; as `sendmail`: `outpost sendmail`)
+  (invoked as `mailq`: `outpost queue list`; as `sendmail`: `outpost sendmail`; as
+  `newaliases`: `outpost newaliases`; any other program name is a usage error)
 
 Options (flags override the config file):
   -c, --config FILE        TOML config file
@@ -32,8 +35,10 @@ Options (flags override the config file):
   -s, --smarthost H:PORT   the only smarthost (the first `[smarthost]` entry's tls/AUTH stay)
   -n, --hostname NAME      our name in the banner and headers (`hostname`)
 
-queue, status and sendmail take -c/--config FILE and -d/--data-dir DIR anywhere, to find
-the daemon's data_dir (and its control socket); otherwise the same defaults as serve.
+The config file: --config FILE, else $OUTPOST_CONFIG, else /etc/outpost/outpost.toml if it
+exists, else the embedded defaults; the same for every command. queue and status also take
+-c/--config FILE and -d/--data-dir DIR anywhere; sendmail takes only --config FILE (-d and -C
+are sendmail's debugging and config flags, accepted and ignored).
 
 Exit codes: 0 ok, 64 usage error, 78 config error, 73/74 store cannot be created/opened.
 Logging: OUTPOST_LOG (or RUST_LOG) = error|warn|info|debug|trace; default info.
@@ -101,9 +106,33 @@ where
         .unwrap_or_default();
     match name.as_str() {
         "mailq" => parse_queue(&mut lexopt::Parser::from_args(argv), true),
-        "sendmail" => parse_sendmail(&mut lexopt::Parser::from_args(argv)),
-        _ => parse(argv),
+        "sendmail" => parse_sendmail(argv, Mode::Deliver),
+        "newaliases" => parse_sendmail(argv, Mode::NewAliases),
+        name if name.starts_with("outpost") => parse(argv),
+        _ => Err(UsageError(format!(
+            "unknown program name {name:?}: run as `outpost`, or through a symlink named \
+             `sendmail`, `mailq` or `newaliases` (e.g. `ln -s /usr/bin/outpost /usr/sbin/sendmail`)"
+        ))),
     }
+}
+
+/// sendmail(1)'s arguments (`sendmail::args`): `-bp` is `mailq`, `-q` is `queue flush`; the
+/// other modes go to `sendmail::main`. Only `--config FILE` names the config.
+fn parse_sendmail<I>(args: I, mode: Mode) -> Result<Cmd, UsageError>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    let invocation = sendmail_args::parse(args, mode).map_err(UsageError)?;
+    let target = ConfigArgs {
+        config: invocation.config,
+        overrides: Overrides::default(),
+    };
+    Ok(match invocation.args.mode {
+        Mode::ListQueue => Cmd::Queue(target, Request::List { json: false }),
+        Mode::Flush => Cmd::Queue(target, Request::Flush),
+        _ => Cmd::Sendmail(target, invocation.args),
+    })
 }
 
 /// Parses the arguments after `argv[0]`.
@@ -127,7 +156,12 @@ where
             Some("help") => Ok(Cmd::Help),
             Some("queue") => parse_queue(&mut parser, false),
             Some("status") => parse_status(&mut parser),
-            Some("sendmail") => parse_sendmail(&mut parser),
+            Some("sendmail") => {
+                parse_sendmail(parser.raw_args()?.collect::<Vec<_>>(), Mode::Deliver)
+            }
+            Some("newaliases") => {
+                parse_sendmail(parser.raw_args()?.collect::<Vec<_>>(), Mode::NewAliases)
+            }
             _ => Err(UsageError(format!(
                 "unknown command {word:?} (try `outpost --help`)"
             ))),
@@ -286,51 +320,6 @@ fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
         }
     }
     Ok(Cmd::Status(target))
-}
-
-/// sendmail(1) options; the common ones a program passes that mean nothing here (`-oem`,
-/// `-odi`, `-v`, `-B 8BITMIME`, `-bm`, `-N never`) are accepted and ignored. `-bp` lists
-/// the queue like `mailq`.
-fn parse_sendmail(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
-    let mut target = ConfigArgs::default();
-    let mut args = SendmailArgs::default();
-    while let Some(arg) = parser.next()? {
-        if let Some(flag) = client_flag(&arg) {
-            client_value(parser, flag, &mut target)?;
-            continue;
-        }
-        match arg {
-            Short('t') => args.extract = true,
-            Short('i') => args.ignore_dots = true,
-            Short('o') => {
-                if string(parser, "-o")? == "i" {
-                    args.ignore_dots = true;
-                }
-            }
-            Short('f') | Short('r') => args.from = Some(string(parser, "-f")?),
-            Short('F') => args.full_name = Some(string(parser, "-F")?),
-            Short('B') | Short('N') | Short('R') | Short('V') => {
-                let _ = parser.value()?;
-            }
-            Short('v') => {}
-            Short('b') => match string(parser, "-b")?.as_str() {
-                "m" => {}
-                "p" => return Ok(Cmd::Queue(target, Request::List { json: false })),
-                other => {
-                    return Err(UsageError(format!(
-                        "-b{other} is not supported (only -bm and -bp)"
-                    )))
-                }
-            },
-            Long("help") => return Ok(Cmd::Help),
-            Value(v) => args.recipients.push(
-                v.into_string()
-                    .map_err(|v| UsageError(format!("{v:?} is not valid UTF-8")))?,
-            ),
-            other => return Err(other.unexpected().into()),
-        }
-    }
-    Ok(Cmd::Sendmail(target, args))
 }
 
 fn string(parser: &mut lexopt::Parser, flag: &str) -> Result<String, UsageError> {
@@ -505,23 +494,56 @@ mod tests {
             "-bm",
             "-Fcron daemon",
             "-i",
-            "--data-dir",
-            "/q",
+            "-d0.1",
+            "-C",
+            "/etc/mail/sendmail.cf",
+            "--config",
+            "/etc/o.toml",
             "--",
             "-weird@x",
         ])
         .unwrap() else {
             panic!()
         };
-        assert_eq!(target.overrides.data_dir.as_deref(), Some("/q"));
+        assert_eq!(target.config, Some(PathBuf::from("/etc/o.toml")));
+        assert_eq!(target.overrides, Overrides::default());
         assert!(args.ignore_dots && !args.extract);
         assert_eq!(args.full_name.as_deref(), Some("cron daemon"));
         assert_eq!(args.recipients, ["-weird@x"]);
-        assert!(parse_str(&["sendmail", "-bs"]).is_err());
+        assert!(parse_str(&["sendmail", "--data-dir", "/q", "a@b"]).is_err());
         assert_eq!(
             parse_str(&["sendmail", "-bp"]).unwrap(),
             Cmd::Queue(ConfigArgs::default(), Request::List { json: false })
         );
+        assert_eq!(
+            parse_str(&["sendmail", "-q"]).unwrap(),
+            Cmd::Queue(ConfigArgs::default(), Request::Flush)
+        );
+        let Cmd::Sendmail(_, args) = parse_str(&["sendmail", "-bs"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.mode, Mode::Smtp);
+    }
+
+    #[test]
+    fn issue_15_argv0_newaliases_checks_and_unknown_names_are_usage_errors() {
+        let Cmd::Sendmail(_, args) = parse_invocation(["/usr/bin/newaliases"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.mode, Mode::NewAliases);
+        let Cmd::Sendmail(_, args) = parse_str(&["newaliases"]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.mode, Mode::NewAliases);
+        for accepted in ["outpost", "/usr/bin/outpost-aarch64", "sendmail", "mailq"] {
+            assert!(parse_invocation([accepted]).is_ok(), "{accepted}");
+        }
+        let err = parse_invocation(["/usr/sbin/exim4"]).unwrap_err();
+        assert!(
+            err.0.contains("`sendmail`, `mailq` or `newaliases`"),
+            "{err}"
+        );
+        assert!(parse_invocation(["rmail", "root"]).is_err());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - `validate`: `Config::from_file`, every key typed and checked, problems named by key.
 //! - `effective`: `Config` and its parts, the values the daemon runs on, and their TOML.
 //! - `defaults`: `Config::default()`, the embedded defaults.
-//! - `load`: reading the file and the command-line `Overrides`.
+//! - `load`: finding and reading the file, and the command-line `Overrides`.
+//! - `local`: `domain`, `[aliases]`, `aliases_file` and `admin` (local names).
 //! - `check`: the syntax checks (domain names, `host:port`, SHA-512-crypt strings).
 //! - `token_url`: the OAuth token endpoint's URL, parsed once.
 
@@ -16,6 +17,7 @@ mod defaults;
 mod effective;
 pub mod file;
 mod load;
+mod local;
 mod token_url;
 mod validate;
 
@@ -24,7 +26,8 @@ pub use self::effective::{
     TlsFiles, User, MAX_SMARTHOSTS,
 };
 pub use self::file::Problem;
-pub use self::load::Overrides;
+pub use self::load::{choose, locate, Overrides, CONFIG_ENV, SYSTEM_CONFIG};
+pub use self::local::LocalNames;
 pub use self::token_url::TokenUrl;
 pub use self::validate::ConfigError;
 

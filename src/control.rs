@@ -434,6 +434,30 @@ pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
     }
 }
 
+/// `outpost status`: `client_main` for `Request::Status`, naming the config file in use
+/// (`config`) on its last line, or in the message when the daemon is not running.
+pub fn status_main(data_dir: &Path, config: &str) -> u8 {
+    match request(data_dir, &Request::Status) {
+        Ok(response) if response.ok => {
+            let mut stdout = io::stdout();
+            let _ = writeln!(stdout, "{}config: {config}", response.body);
+            0
+        }
+        Err(e @ ClientError::NotRunning(..)) => {
+            eprintln!("outpost: {e} (config: {config})");
+            EX_UNAVAILABLE
+        }
+        Ok(response) => {
+            let _ = io::stderr().write_all(response.body.as_bytes());
+            1
+        }
+        Err(e) => {
+            eprintln!("outpost: {e}");
+            EX_SOFTWARE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,8 @@
 //! it is stored with, classification (`[[priority]]` and the `[coalesce]` key, from the header
 //! fields collected as the body arrives), the `[rate_limit]` check, the free-space reserve,
 //! the accepted counter, waking the forwarder, reporting a failed store, and the one
-//! `status=queued` (or `DSN queued as`) log line per message. Never talks to a peer, never
+//! `status=queued` (or `DSN queued as`) log line per message, and local names: `domain`,
+//! aliases and `admin` applied to every envelope (`mapping`). Never talks to a peer, never
 //! touches sled directly (only the `store` API), and never imports the daemon that builds it.
 
 mod space;
@@ -17,6 +18,7 @@ use log::{error, info};
 
 use crate::clock::QueueClock;
 use crate::coalesce::{self, CoalescePolicy};
+use crate::mapping::AddressMap;
 use crate::message::HeaderWatch;
 use crate::priority::{priority_of, watched_headers, Priority, PriorityRule};
 use crate::rate::{SenderLimit, SenderRates, Verdict};
@@ -38,6 +40,9 @@ pub struct IntakePolicy {
     pub data_dir: PathBuf,
     /// `max_message_size`, which sizes the free-space reserve.
     pub max_message_size: u64,
+    /// `domain`, aliases and `admin`: applied to every envelope (SMTP, maildrop and DSNs);
+    /// `None`: envelopes are stored as given.
+    pub addresses: Option<AddressMap>,
 }
 
 /// Where a message comes from; decides its log line and whether it is classified and counted.
@@ -195,9 +200,10 @@ impl Intake {
     ) -> Result<QueueId, IntakeError> {
         let Submission { spool, headers, .. } = submission;
         let stored = spool.len();
+        let (sender, recipients) = self.map_envelope(envelope.sender, envelope.recipients);
         let mut info = MessageInfo {
-            sender: envelope.sender,
-            recipients: envelope.recipients,
+            sender,
+            recipients,
             eight_bit: envelope.eight_bit,
             smtputf8: envelope.smtputf8,
             received_unix: envelope.received_unix,
@@ -225,6 +231,15 @@ impl Intake {
         self.accepted.set(self.accepted.get().saturating_add(1));
         self.forwarder.notify();
         Ok(id)
+    }
+
+    /// The envelope as it is stored: local names qualified with `domain`, senders at a local
+    /// domain rewritten to it, local recipients through the aliases and `admin`.
+    fn map_envelope(&self, sender: String, recipients: Vec<String>) -> (String, Vec<String>) {
+        match &self.policy.addresses {
+            None => (sender, recipients),
+            Some(map) => (map.sender(&sender), map.recipients(&recipients)),
+        }
     }
 
     /// Labels a message about to be committed with its `[[priority]]` and, with `[coalesce]`,

@@ -2,11 +2,12 @@
 //! codes (sysexits). Holds no logic of its own.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use log::{error, LevelFilter};
 use outpost::cli::{self, Cmd, ConfigArgs};
-use outpost::config::{Config, ConfigError};
+use outpost::config::{self, Config, ConfigError};
 use outpost::{control, daemon, sendmail};
 
 /// sysexits(3)
@@ -27,20 +28,23 @@ fn main() -> ExitCode {
         Cmd::CheckConfig(args) => check_config(&args),
         Cmd::Serve(args) => serve(&args),
         Cmd::Queue(target, request) => match load_client(&target) {
-            Ok(config) => ExitCode::from(control::client_main(&config.data_dir, &request)),
+            Ok((config, _)) => ExitCode::from(control::client_main(&config.data_dir, &request)),
             Err(code) => code,
         },
         Cmd::Status(target) => match load_client(&target) {
-            Ok(config) => ExitCode::from(control::client_main(
+            Ok((config, file)) => ExitCode::from(control::status_main(
                 &config.data_dir,
-                &control::Request::Status,
+                &origin(file.as_deref()),
             )),
             Err(code) => code,
         },
         Cmd::Sendmail(target, args) => match load_client(&target) {
-            Ok(config) => {
-                ExitCode::from(sendmail::main(&args, &config, &mut std::io::stdin().lock()))
-            }
+            Ok((config, file)) => ExitCode::from(sendmail::run(
+                &args,
+                &config,
+                file.as_deref(),
+                &mut std::io::stdin().lock(),
+            )),
             Err(code) => code,
         },
     }
@@ -52,13 +56,32 @@ fn print_stdout(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn load(args: &ConfigArgs) -> Result<Config, ExitCode> {
-    Config::load(args.config.as_deref(), &args.overrides).map_err(|e| report_config_error(&e))
+/// The config file every command uses (`config::locate`) and the config read from it.
+fn load(args: &ConfigArgs) -> Result<(Config, Option<PathBuf>), ExitCode> {
+    let file = config::locate(args.config.as_deref());
+    Config::load(file.as_deref(), &args.overrides)
+        .map(|config| (config, file))
+        .map_err(|e| report_config_error(&e))
 }
 
-fn load_client(args: &ConfigArgs) -> Result<Config, ExitCode> {
-    Config::load_client(args.config.as_deref(), &args.overrides)
+/// `load` for the client commands (`Config::load_client`).
+fn load_client(args: &ConfigArgs) -> Result<(Config, Option<PathBuf>), ExitCode> {
+    let file = config::locate(args.config.as_deref());
+    Config::load_client(file.as_deref(), &args.overrides)
+        .map(|config| (config, file))
         .map_err(|e| report_config_error(&e))
+}
+
+/// How `check-config` and `status` name the configuration in use.
+fn origin(file: Option<&Path>) -> String {
+    match file {
+        Some(path) => path.display().to_string(),
+        None => format!(
+            "embedded defaults (no --config, no ${}, no {})",
+            config::CONFIG_ENV,
+            config::SYSTEM_CONFIG
+        ),
+    }
 }
 
 fn report_config_error(e: &ConfigError) -> ExitCode {
@@ -70,16 +93,11 @@ fn report_config_error(e: &ConfigError) -> ExitCode {
 
 fn check_config(args: &ConfigArgs) -> ExitCode {
     match load(args) {
-        Ok(config) => {
-            let origin = args
-                .config
-                .as_ref()
-                .map_or("defaults".into(), |p| p.display().to_string());
-            print_stdout(&format!(
-                "# {origin}: ok; effective configuration:\n{}",
-                config.to_toml()
-            ))
-        }
+        Ok((config, file)) => print_stdout(&format!(
+            "# {}: ok; effective configuration:\n{}",
+            origin(file.as_deref()),
+            config.to_toml()
+        )),
         Err(code) => code,
     }
 }
@@ -87,7 +105,7 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
 fn serve(args: &ConfigArgs) -> ExitCode {
     init_logging();
     let config = match load(args) {
-        Ok(config) => config,
+        Ok((config, _)) => config,
         Err(code) => return code,
     };
     match daemon::run(config) {

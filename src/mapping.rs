@@ -135,7 +135,10 @@ impl AddressMap {
             Some(targets) if !looped && depth < MAX_ALIAS_DEPTH => {
                 chain.push(key);
                 for target in targets {
-                    self.walk(target, depth + 1, chain, emit);
+                    self.walk(target, depth + 1, chain, &mut |address, via| {
+                        let via = if via == Via::Remote { Via::Alias } else { via };
+                        emit(address, via);
+                    });
                 }
                 chain.pop();
             }
@@ -154,10 +157,24 @@ impl AddressMap {
 pub enum Via {
     /// Not ours: goes upstream as written.
     Remote,
+    /// An address an alias names.
+    Alias,
     /// A local name without an alias and no `admin`: qualified with `domain`.
     Local,
     /// A local name without an alias: `admin`.
     Admin,
+}
+
+impl Via {
+    /// The word `sendmail -bv` prints after an address.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Remote => "remote",
+            Self::Alias => "alias",
+            Self::Local => "local, qualified",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 /// The mail domain when the config names none: `/etc/mailname` (Debian), else the host's

@@ -20,10 +20,14 @@ use crate::config::Config;
 use crate::control::{self, Request};
 use crate::message::{self, rfc5322_date};
 
+pub use self::args::{Mode, SendmailArgs};
 pub use self::pickup::pickup_loop;
 
 pub mod args;
+mod modes;
 mod pickup;
+
+pub use self::modes::{no_queue, run};
 
 /// sysexits(3)
 pub const EX_USAGE: u8 = 64;
@@ -34,20 +38,6 @@ pub const EX_CANTCREAT: u8 = 73;
 pub const MAILDROP: &str = "maildrop";
 /// First line of every maildrop file.
 const MAGIC: &str = "outpost-maildrop 1";
-
-/// `sendmail` options (see `cli`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SendmailArgs {
-    /// `-t`: recipients from To:, Cc:, Bcc: (Bcc: is removed).
-    pub extract: bool,
-    /// `-i`/`-oi`: a line with a single dot does not end the input.
-    pub ignore_dots: bool,
-    /// `-f`: envelope sender.
-    pub from: Option<String>,
-    /// `-F`: full name for an added From:.
-    pub full_name: Option<String>,
-    pub recipients: Vec<String>,
-}
 
 /// Why sendmail refuses (exit code and message).
 #[derive(Debug, PartialEq, Eq)]
@@ -173,8 +163,14 @@ pub fn prepare(
     let header_end = message::section_len(&lines);
     let (mut headers, body) = lines.split_at(header_end);
     let fields = message::fields(headers);
-    let sender = match &args.from {
-        Some(from) => qualify(from.trim_matches(|c| c == '<' || c == '>'), origin.hostname)?,
+    // `-f '<>'` (`Some("")`): the null sender, as auto-responders and bounces use.
+    let sender = match args
+        .from
+        .as_deref()
+        .map(|f| f.trim_matches(|c| c == '<' || c == '>'))
+    {
+        Some("") => String::new(),
+        Some(from) => qualify(from, origin.hostname)?,
         None => qualify(origin.user, origin.hostname)?,
     };
     let mut recipients = Vec::new();
@@ -208,9 +204,14 @@ pub fn prepare(
     let has = |name: &str| fields.iter().any(|field| field.name == name);
     let mut message = Vec::with_capacity(raw.len() + 256);
     if !has("from") {
+        let author = if sender.is_empty() {
+            qualify(origin.user, origin.hostname)?
+        } else {
+            sender.clone()
+        };
         let from = match &args.full_name {
-            Some(name) => format!("From: \"{}\" <{sender}>", name.replace(['"', '\\'], "")),
-            None => format!("From: <{sender}>"),
+            Some(name) => format!("From: \"{}\" <{author}>", name.replace(['"', '\\'], "")),
+            None => format!("From: <{author}>"),
         };
         push_line(&mut message, from.as_bytes());
     }
@@ -462,6 +463,19 @@ mod tests {
             "{t}"
         );
         assert!(t.ends_with("\r\n\r\nno headers here\r\n"), "{t}");
+    }
+
+    #[test]
+    fn null_sender_is_kept_and_from_names_the_user() {
+        let mut a = args(&["ops@x.test"]);
+        a.from = Some(String::new());
+        let p = prepare(&a, &origin(), b"Subject: away\n\nback soon\n").unwrap();
+        assert_eq!(p.sender, "");
+        assert!(
+            text(&p).starts_with("From: <cron@gw.test>\r\n"),
+            "{}",
+            text(&p)
+        );
     }
 
     #[test]

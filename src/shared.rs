@@ -51,6 +51,7 @@ impl Shared {
             rate_limit: config.rate_limit,
             data_dir: config.data_dir.clone(),
             max_message_size: config.max_message_size,
+            addresses: Some(config.local.address_map()),
         };
         let intake = Rc::new(Intake::new(store.clone(), clock, forwarder.clone(), policy));
         Rc::new(Self {

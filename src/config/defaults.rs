@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use super::check::is_hostname;
 use super::effective::{Config, QueueConfig, StoreConfig, Timeouts};
+use super::local::LocalNames;
 
 pub(super) const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -22,8 +23,10 @@ pub(super) const DEFAULT_COALESCE_PARTS: usize = 100;
 impl Default for Config {
     /// The embedded defaults: what `outpost` with no arguments runs on (the configuration reference documents them).
     fn default() -> Self {
+        let hostname = system_hostname();
         Self {
-            hostname: system_hostname(),
+            local: LocalNames::discovered(&hostname, &hostname),
+            hostname,
             data_dir: PathBuf::from("./outpost-data"),
             listen: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2525)],
             listen_tls: Vec::new(),
@@ -62,7 +65,7 @@ impl Default for Config {
 }
 
 /// `/proc/sys/kernel/hostname` if it is a usable domain name, else `localhost`.
-fn system_hostname() -> String {
+pub(super) fn system_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())

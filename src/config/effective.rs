@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::local::LocalNames;
 use super::token_url::TokenUrl;
 use crate::coalesce::CoalescePolicy;
 use crate::priority::PriorityRule;
@@ -55,6 +56,8 @@ pub struct Config {
     pub priority: Vec<PriorityRule>,
     /// `[coalesce]`: alert storms delivered as digests; `None`: off.
     pub coalesce: Option<CoalescePolicy>,
+    /// `domain`, `[aliases]`, `aliases_file`, `admin`: what local names become.
+    pub local: LocalNames,
 }
 
 /// One `[smarthost]` / `[[smarthost]]` entry.
@@ -189,6 +192,7 @@ impl Config {
         }
         self.toml_queue(&mut out);
         self.toml_policies(&mut out);
+        out += &toml_aliases(&self.local);
         out
     }
 
@@ -208,6 +212,7 @@ impl Config {
         *out += &format!("max_recipients = {}\n", self.max_recipients);
         *out += &format!("max_connections = {}\n", self.max_connections);
         *out += &format!("max_errors = {}\n", self.max_errors);
+        *out += &toml_local_keys(&self.local);
         if let Some(tls) = &self.tls {
             *out += &format!(
                 "\n[tls]\ncert = {}\nkey = {}\n",
@@ -284,6 +289,31 @@ impl Config {
             );
         }
     }
+}
+
+/// `domain`, `admin` and `aliases_file`: top-level keys.
+fn toml_local_keys(local: &LocalNames) -> String {
+    let mut out = format!("domain = {}\n", toml_str(&local.domain));
+    if let Some(admin) = &local.admin {
+        out += &format!("admin = {}\n", toml_str(admin));
+    }
+    if let Some(file) = &local.aliases_file {
+        out += &format!("aliases_file = {}\n", toml_path(file));
+    }
+    out
+}
+
+/// The `[aliases]` table as configured (the file's entries stay in the file).
+fn toml_aliases(local: &LocalNames) -> String {
+    if local.table.is_empty() {
+        return String::new();
+    }
+    let mut out = "\n[aliases]\n".to_owned();
+    for (name, targets) in local.table.iter() {
+        let list: Vec<String> = targets.iter().map(|t| toml_str(t)).collect();
+        out += &format!("{} = [{}]\n", toml_str(name), list.join(", "));
+    }
+    out
 }
 
 /// One `[smarthost]` / `[[smarthost]]` table (`header` says which).

@@ -45,6 +45,32 @@ pub struct ConfigFile {
     pub priority: Vec<PrioritySection>,
     /// `[coalesce]`: alert storms delivered as digests.
     pub coalesce: Option<CoalesceSection>,
+    // Local names and the mail domain (`config::local`).
+    /// Qualifies bare names; local recipients are at it.
+    pub domain: Option<String>,
+    /// `[aliases]`: local name → address or addresses.
+    pub aliases: Option<std::collections::BTreeMap<String, AliasTargets>>,
+    /// An aliases(5) file (addresses only).
+    pub aliases_file: Option<String>,
+    /// Where mail for a local name without an alias goes.
+    pub admin: Option<String>,
+}
+
+/// One `[aliases]` value: `root = "ops@example.com"` or `team = ["a@x", "b@x"]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum AliasTargets {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl AliasTargets {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
 }
 
 /// The smarthost key as written: one `[smarthost]` table, or an array of `[[smarthost]]` tables

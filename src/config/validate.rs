@@ -16,6 +16,7 @@ use super::check::{check_sha512_crypt, is_hostname};
 use super::defaults::{DEFAULT_COALESCE_PARTS, DEFAULT_COALESCE_WINDOW, DEFAULT_RATE_WINDOW, KIB};
 use super::effective::{Config, QueueConfig, StoreConfig, Timeouts, TlsFiles, User};
 use super::file::{self, ConfigFile, Problem};
+use super::local::{local_names, LocalNames};
 use crate::coalesce::CoalescePolicy;
 use crate::priority::{Priority, PriorityRule};
 use crate::rate::SenderLimit;
@@ -63,7 +64,7 @@ impl Config {
     pub fn from_file(file: &ConfigFile) -> Result<Self, Vec<Problem>> {
         let mut v = Validator::default();
         let d = Self::default();
-        let config = Self {
+        let mut config = Self {
             hostname: v.hostname(file.hostname.as_deref(), d.hostname),
             data_dir: v.data_dir(file.data_dir.as_deref(), d.data_dir),
             listen: v.listen(file.listen.as_deref(), d.listen),
@@ -107,7 +108,10 @@ impl Config {
             rate_limit: v.rate_limit(file.rate_limit.as_ref()),
             priority: v.priority(&file.priority),
             coalesce: v.coalesce(file.coalesce.as_ref()),
+            local: LocalNames::default(),
         };
+        let kernel = super::defaults::system_hostname();
+        config.local = local_names(file, (&config.hostname, &kernel), &mut v.problems);
         config.cross_check(&mut v.problems);
         if v.problems.is_empty() {
             Ok(config)

@@ -89,3 +89,43 @@ fn a_dsn_is_neither_classified_nor_counted() {
     );
     assert_eq!(intake.accepted(), 0);
 }
+
+#[test]
+fn every_source_gets_local_names_mapped_dsns_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let aliases = crate::aliases::Aliases::parse("root: ops@corp.example\n").unwrap();
+    let map = AddressMap::new(
+        "site.example",
+        &["gw"],
+        aliases,
+        Some("admin@corp.example".into()),
+    );
+    let policy = IntakePolicy {
+        addresses: Some(map),
+        ..IntakePolicy::default()
+    };
+    let (intake, _, store) = intake(dir.path(), policy);
+    let stored = |envelope: Envelope, source: Source<'_>| {
+        let id = block_on(intake.submit(b"\r\nx\r\n", envelope, source)).unwrap();
+        store.get(id).unwrap().info
+    };
+    let mut local = envelope();
+    local.sender = "cron@gw".into();
+    local.recipients = vec![
+        "root".into(),
+        "pi@localhost".into(),
+        "x@remote.example".into(),
+    ];
+    let info = stored(local, Source::Maildrop);
+    assert_eq!(info.sender, "cron@site.example");
+    assert_eq!(
+        info.recipients,
+        ["ops@corp.example", "admin@corp.example", "x@remote.example"]
+    );
+    let mut dsn = envelope();
+    dsn.sender = String::new();
+    dsn.recipients = vec!["www-data@site.example".into()];
+    let info = stored(dsn, Source::Dsn { of: QueueId(1) });
+    assert_eq!(info.sender, "");
+    assert_eq!(info.recipients, ["admin@corp.example"]);
+}

@@ -9,17 +9,17 @@ use std::path::PathBuf;
 
 use lexopt::prelude::*;
 
-/// What sendmail was asked to do (`-b…`, `-q`, argv[0] `newaliases`).
+/// What sendmail was asked to do (`-b…`, `-q`, `argv[0]` `newaliases`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
     /// `-bm` (the default): read a message from stdin and queue it.
     #[default]
     Deliver,
-    /// `-bp`, argv[0] `mailq`: list the queue.
+    /// `-bp`, `argv[0]` `mailq`: list the queue.
     ListQueue,
     /// `-bs`: one SMTP session on stdin/stdout.
     Smtp,
-    /// `-bi`, `-I`, argv[0] `newaliases`: check the aliases.
+    /// `-bi`, `-I`, `argv[0]` `newaliases`: check the aliases.
     NewAliases,
     /// `-bv`: print where each recipient goes; send nothing.
     Verify,
@@ -59,7 +59,7 @@ const WITH_VALUE: &[char] = &[
 /// Flags without a value that mean nothing to a relay: Postfix's `G c m n x` and `U`.
 const IGNORED_FLAGS: &[char] = &['G', 'U', 'c', 'm', 'n', 'x'];
 
-/// Parses sendmail's arguments (after argv[0]); `mode` is argv[0]'s (`newaliases`, `mailq`).
+/// Parses sendmail's arguments (after `argv[0]`); `mode` is `argv[0]`'s (`newaliases`, `mailq`).
 pub fn parse<I>(args: I, mode: Mode) -> Result<Invocation, String>
 where
     I: IntoIterator,

@@ -25,6 +25,7 @@ mod failover;
 mod flaps;
 mod forward;
 mod limits;
+mod local_names;
 mod long_lines;
 mod oauth;
 mod ops;
