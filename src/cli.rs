@@ -51,6 +51,8 @@ pub enum Cmd {
     Status(ConfigArgs),
     /// `outpost sendmail …` (and `argv[0] == "sendmail"`).
     Sendmail(ConfigArgs, SendmailArgs),
+    /// `sendmail -bs`: one SMTP session on stdin/stdout, served by the daemon.
+    SendmailSmtp(ConfigArgs),
     Help,
     Version,
 }
@@ -316,9 +318,10 @@ fn parse_sendmail(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
             Short('b') => match string(parser, "-b")?.as_str() {
                 "m" => {}
                 "p" => return Ok(Cmd::Queue(target, Request::List { json: false })),
+                "s" => return Ok(Cmd::SendmailSmtp(target)),
                 other => {
                     return Err(UsageError(format!(
-                        "-b{other} is not supported (only -bm and -bp)"
+                        "-b{other} is not supported (only -bm, -bp and -bs)"
                     )))
                 }
             },
@@ -517,7 +520,11 @@ mod tests {
         assert!(args.ignore_dots && !args.extract);
         assert_eq!(args.full_name.as_deref(), Some("cron daemon"));
         assert_eq!(args.recipients, ["-weird@x"]);
-        assert!(parse_str(&["sendmail", "-bs"]).is_err());
+        assert!(matches!(
+            parse_str(&["sendmail", "-bs"]).unwrap(),
+            Cmd::SendmailSmtp(_)
+        ));
+        assert!(parse_str(&["sendmail", "-bx"]).is_err());
         assert_eq!(
             parse_str(&["sendmail", "-bp"]).unwrap(),
             Cmd::Queue(ConfigArgs::default(), Request::List { json: false })

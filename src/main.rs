@@ -43,6 +43,14 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Cmd::SendmailSmtp(target) => match load_client(&target) {
+            Ok(config) => ExitCode::from(sendmail::stdio::main(
+                &sendmail::socket_path(&config.data_dir),
+                std::io::stdin(),
+                &mut std::io::stdout().lock(),
+            )),
+            Err(code) => code,
+        },
     }
 }
 

@@ -11,6 +11,7 @@
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,19 +22,25 @@ use crate::control::{self, Request};
 use crate::message::{self, rfc5322_date, MAX_LINE};
 
 pub use self::pickup::pickup_loop;
+pub use self::submit::{socket_path, SubmitError};
 
 pub mod args;
 mod pickup;
+pub mod stdio;
+pub mod submit;
 
 /// sysexits(3)
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_CANTCREAT: u8 = 73;
+pub const EX_TEMPFAIL: u8 = 75;
 
 /// The maildrop directory inside `data_dir`.
 pub const MAILDROP: &str = "maildrop";
 /// First line of every maildrop file.
 const MAGIC: &str = "outpost-maildrop 1";
+/// A maildrop file's mode: readable by the daemon's user, writable by nobody else.
+const FILE_MODE: u32 = 0o644;
 
 /// `sendmail` options (see `cli`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -133,16 +140,61 @@ pub fn main(args: &SendmailArgs, config: &Config, input: &mut dyn Read) -> u8 {
             return e.code;
         }
     };
+    deliver(config, &prepared, origin.unique)
+}
+
+/// Hands the message to the daemon over its submission socket; only while nothing listens
+/// there, writes it to the maildrop, and only if the daemon will take it from there. The exit
+/// code is 0 only when the message is where the daemon takes it.
+fn deliver(config: &Config, prepared: &Prepared, unique: u64) -> u8 {
+    let socket = submit::socket_path(&config.data_dir);
+    let down = match submit::send(&socket, prepared) {
+        Ok(()) => return 0,
+        Err(SubmitError::Down(e)) => e,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return e.exit_code();
+        }
+    };
     let dir = config.data_dir.join(MAILDROP);
-    if let Err(e) = drop_file(&dir, &prepared, origin.unique) {
-        eprintln!("sendmail: cannot write to {}: {e}", dir.display());
-        return EX_CANTCREAT;
+    if let Err(reason) = maildrop_usable(&dir) {
+        eprintln!(
+            "sendmail: the daemon is not running ({}: {down}) and {reason}; try again later",
+            socket.display()
+        );
+        return EX_TEMPFAIL;
+    }
+    if let Err(e) = drop_file(&dir, prepared, unique) {
+        eprintln!(
+            "sendmail: cannot write to {}: {e}; try again later",
+            dir.display()
+        );
+        return EX_TEMPFAIL;
     }
     // The daemon also looks every few seconds and at start: a failed poke loses nothing.
     if let Err(e) = control::request(&config.data_dir, &Request::Poke) {
         debug!("sendmail: no poke: {e}");
     }
     0
+}
+
+/// Whether this process may leave mail in the maildrop `dir` for the daemon: the directory
+/// must exist (sendmail creates none) and the daemon (its owner) must accept files this user
+/// writes.
+fn maildrop_usable(dir: &Path) -> Result<(), String> {
+    let meta = fs::metadata(dir)
+        .map_err(|e| format!("there is no maildrop at {} ({e})", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if !pickup::owner_trusted(euid, meta.uid()) {
+        return Err(format!(
+            "the daemon (uid {}) would not accept a maildrop file from uid {euid}",
+            meta.uid()
+        ));
+    }
+    Ok(())
 }
 
 /// Turns raw input into a message and its envelope (pure).
@@ -288,9 +340,10 @@ fn dedup(addresses: &mut Vec<String>) {
     addresses.retain(|a| seen.insert(a.to_ascii_lowercase()));
 }
 
-/// Writes the maildrop file durably: temp file, fsync, rename to `*.msg`, fsync the directory.
+/// Writes the maildrop file durably into the existing `dir`: temp file (mode `FILE_MODE`
+/// whatever the umask, so the daemon can read it), fsync, rename to `*.msg`, fsync the
+/// directory. Never creates `dir`.
 pub fn drop_file(dir: &Path, prepared: &Prepared, unique: u64) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -303,7 +356,12 @@ pub fn drop_file(dir: &Path, prepared: &Prepared, unique: u64) -> io::Result<Pat
     }
     envelope.push('\n');
     let written = (|| {
-        let mut file = File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
         file.write_all(envelope.as_bytes())?;
         file.write_all(&prepared.message)?;
         file.sync_all()?;

@@ -1,4 +1,5 @@
-//! The daemon at work: serves the SMTP listeners (and the ones whose address comes up late),
+//! The daemon at work: serves the SMTP listeners (and the ones whose address comes up late)
+//! and the local submission socket,
 //! runs the forwarder, the operator's services (control socket, maildrop pickup, metrics, link
 //! watcher) and housekeeping, then shuts them down in order. Holds no protocol logic.
 
@@ -6,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,8 @@ pub(super) struct Services {
     /// Listen addresses that did not exist at start (EADDRNOTAVAIL), flagged `true` for
     /// implicit TLS: `serve` keeps trying to bind them.
     pub(super) late_listeners: Vec<(SocketAddr, bool)>,
+    /// The local submission socket and its path (removed at shutdown).
+    pub(super) submit: Option<(Async<UnixListener>, PathBuf)>,
     pub(super) forward: ForwardParams,
 }
 
@@ -49,6 +53,7 @@ pub(super) async fn serve(
     let Services {
         listeners,
         late_listeners,
+        submit,
         forward,
     } = services;
     announce(&listeners, shared.tls().is_some());
@@ -79,7 +84,10 @@ pub(super) async fn serve(
             implicit_tls,
         ))
     });
-    let acceptors: Vec<_> = on_time.chain(late).collect();
+    let (submit, submit_path) = submit.map_or((None, None), |(l, p)| (Some(l), Some(p)));
+    let local =
+        submit.map(|listener| ex.spawn(net::submit_loop(ex.clone(), listener, shared.clone())));
+    let acceptors: Vec<_> = on_time.chain(late).chain(local).collect();
     let housekeeper = ex.spawn(housekeeping(shared.clone()));
 
     future::or(shutdown, shared.intake().store_failure().wait()).await;
@@ -92,6 +100,12 @@ pub(super) async fn serve(
     stop_forwarder.notify();
     for acceptor in acceptors {
         acceptor.await;
+    }
+    if let Some(path) = submit_path {
+        // `sendmail` then finds no daemon at once and uses the maildrop.
+        if let Err(e) = std::fs::remove_file(&path) {
+            debug!("cannot remove {}: {e}", path.display());
+        }
     }
     drain(&shared, deadline, forwarder, housekeeper).await;
 }
