@@ -79,7 +79,36 @@ struct Waiting {
     files: HashMap<PathBuf, (Instant, String)>,
 }
 
+/// What `Waiting::note` makes of an unusable file.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// Not seen before: say so (the one WARN).
+    First,
+    /// Seen, and waiting less than `SET_ASIDE_AFTER`.
+    Again,
+    /// Waited `SET_ASIDE_AFTER`: set it aside.
+    Due,
+}
+
 impl Waiting {
+    /// Records that `path` could not be used at `now` because of `reason`.
+    fn note(&mut self, path: &Path, reason: &str, now: Instant) -> Seen {
+        match self.files.get_mut(path) {
+            None => {
+                self.files.insert(path.to_owned(), (now, reason.to_owned()));
+                Seen::First
+            }
+            Some((since, last)) => {
+                reason.clone_into(last);
+                if now.saturating_duration_since(*since) >= SET_ASIDE_AFTER {
+                    Seen::Due
+                } else {
+                    Seen::Again
+                }
+            }
+        }
+    }
+
     /// `(file name, reason)` of each, sorted, for `mailq` and `status`.
     fn report(&self) -> Vec<(String, String)> {
         let mut out: Vec<_> = self
@@ -200,37 +229,34 @@ async fn pickup(shared: &Shared, dir: &Path, waiting: &mut Waiting) {
 
 /// A file the daemon cannot use: WARN the first time, set aside after `SET_ASIDE_AFTER`.
 async fn unusable(dir: &Path, path: PathBuf, reason: String, waiting: &mut Waiting) {
-    let now = Instant::now();
-    let Some((since, _)) = waiting.files.get(&path) else {
-        warn!(
+    match waiting.note(&path, &reason, Instant::now()) {
+        Seen::First => warn!(
             "maildrop: {} is not sent: {reason}; it waits in the maildrop and is set aside to \
              {MAILDROP}/{BAD_DIR}/ after {}s",
             path.display(),
             SET_ASIDE_AFTER.as_secs()
-        );
-        waiting.files.insert(path, (now, reason));
-        return;
-    };
-    if now.duration_since(*since) < SET_ASIDE_AFTER {
-        return;
-    }
-    let bad = dir.join(BAD_DIR);
-    let to = bad.join(file_name(&path));
-    let from = path.clone();
-    let moved = smol::unblock(move || {
-        fs::create_dir_all(&bad)?;
-        fs::rename(from, to)
-    })
-    .await;
-    match moved {
-        Ok(()) => {
-            warn!(
-                "maildrop: {} set aside to {MAILDROP}/{BAD_DIR}/ ({reason})",
-                path.display()
-            );
-            waiting.files.remove(&path);
+        ),
+        Seen::Again => {}
+        Seen::Due => {
+            let bad = dir.join(BAD_DIR);
+            let to = bad.join(file_name(&path));
+            let from = path.clone();
+            let moved = smol::unblock(move || {
+                fs::create_dir_all(&bad)?;
+                fs::rename(from, to)
+            })
+            .await;
+            match moved {
+                Ok(()) => {
+                    warn!(
+                        "maildrop: {} set aside to {MAILDROP}/{BAD_DIR}/ ({reason})",
+                        path.display()
+                    );
+                    waiting.files.remove(&path);
+                }
+                Err(e) => error!("maildrop: cannot set {} aside: {e}", path.display()),
+            }
         }
-        Err(e) => error!("maildrop: cannot set {} aside: {e}", path.display()),
     }
 }
 

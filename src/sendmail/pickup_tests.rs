@@ -76,3 +76,19 @@ fn envelope_addresses_are_checked_as_smtp_checks_them() {
     let err = envelope(&format!("{MAGIC}\nfrom a b\nto c@d.test\n\n")).unwrap_err();
     assert!(err.contains("sender"), "{err}");
 }
+
+#[test]
+fn an_unusable_file_is_reported_once_and_set_aside_after_the_wait() {
+    let mut waiting = Waiting::default();
+    let path = Path::new("maildrop/1.msg");
+    let start = Instant::now();
+    assert_eq!(waiting.note(path, "a FIFO", start), Seen::First);
+    assert_eq!(
+        waiting.note(path, "a FIFO", start + Duration::from_secs(5)),
+        Seen::Again
+    );
+    let report = waiting.report();
+    assert_eq!(report, [("1.msg".to_owned(), "a FIFO".to_owned())]);
+    let late = start + SET_ASIDE_AFTER;
+    assert_eq!(waiting.note(path, "a FIFO", late), Seen::Due);
+}
