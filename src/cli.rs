@@ -296,6 +296,7 @@ fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
 fn parse_sendmail(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
     let mut target = ConfigArgs::default();
     let mut args = SendmailArgs::default();
+    let mut smtp = false;
     while let Some(arg) = parser.next()? {
         if let Some(flag) = client_flag(&arg) {
             client_value(parser, flag, &mut target)?;
@@ -318,7 +319,7 @@ fn parse_sendmail(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
             Short('b') => match string(parser, "-b")?.as_str() {
                 "m" => {}
                 "p" => return Ok(Cmd::Queue(target, Request::List { json: false })),
-                "s" => return Ok(Cmd::SendmailSmtp(target)),
+                "s" => smtp = true,
                 other => {
                     return Err(UsageError(format!(
                         "-b{other} is not supported (only -bm, -bp and -bs)"
@@ -332,6 +333,9 @@ fn parse_sendmail(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
             ),
             other => return Err(other.unexpected().into()),
         }
+    }
+    if smtp {
+        return Ok(Cmd::SendmailSmtp(target));
     }
     Ok(Cmd::Sendmail(target, args))
 }

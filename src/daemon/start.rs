@@ -39,6 +39,11 @@ pub(super) fn open_store(config: &Config) -> Result<Store, DaemonError> {
         max_bytes: config.queue.max_bytes,
     };
     let store = Store::open(dir, options).map_err(DaemonError::OpenStore)?;
+    // Before the listeners: `sendmail` finds the maildrop of a daemon that ever started.
+    let maildrop = dir.join(sendmail::MAILDROP);
+    if let Err(e) = std::fs::create_dir_all(&maildrop) {
+        error!("cannot create the maildrop {}: {e}", maildrop.display());
+    }
     let report = store.recover().map_err(DaemonError::OpenStore)?;
     info!(
         "queue opened: data_dir={} messages={} swept_spools={} quarantined={}",

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Seek};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -317,6 +317,10 @@ fn open(path: &Path, max_bytes: u64, max_recipients: usize) -> Result<Opened, Pi
         .map_or(0, |d| d.as_secs());
     let mut reader = BufReader::new(file);
     let (sender, recipients) = read_envelope(&mut reader, max_recipients)?;
+    let at = reader.stream_position().map_err(PickupError::Io)?;
+    if facts.size.saturating_sub(at) > max_bytes {
+        return Err(too_big(max_bytes));
+    }
     Ok(Opened {
         reader,
         sender,
@@ -352,10 +356,9 @@ async fn ingest(shared: &Shared, path: &Path) -> Result<QueueId, PickupError> {
         }
         size = size.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
         if size > max_bytes {
+            // The file grew after it was opened.
             submission.abort();
-            return Err(PickupError::Bad(format!(
-                "message larger than max_message_size ({max_bytes} bytes)"
-            )));
+            return Err(too_big(max_bytes));
         }
         eight_bit |= !buf[..n].is_ascii();
         submission.add(&buf[..n]).map_err(PickupError::Store)?;
@@ -374,6 +377,12 @@ async fn ingest(shared: &Shared, path: &Path) -> Result<QueueId, PickupError> {
         Err(IntakeError::QueueFull) => Err(PickupError::QueueFull),
         Err(IntakeError::Store(e)) => Err(PickupError::Store(e)),
     }
+}
+
+fn too_big(max_bytes: u64) -> PickupError {
+    PickupError::Bad(format!(
+        "message larger than max_message_size ({max_bytes} bytes)"
+    ))
 }
 
 /// The envelope lines up to the empty line, each address checked as SMTP checks it.

@@ -33,3 +33,4 @@ mod receive;
 mod relay_acl;
 mod retry;
 mod sendmail;
+mod submit;
