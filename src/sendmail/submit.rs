@@ -98,8 +98,9 @@ pub fn send(path: &Path, prepared: &Prepared) -> Result<(), SubmitError> {
         .write_all(&dot_stuffed(&prepared.message))
         .map_err(SubmitError::Broken)?;
     expect(&mut reader, 250)?;
-    // The message is committed: a failed QUIT changes nothing.
-    let _ = writer.write_all(b"QUIT\r\n");
+    // The message is committed: a failed QUIT changes nothing. Its reply is read so that the
+    // daemon's 221 does not meet a closed socket.
+    let _ = command(&mut writer, &mut reader, "QUIT", 221);
     Ok(())
 }
 
