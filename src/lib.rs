@@ -7,7 +7,8 @@
 //!            SMTP                 bytes / replies           envelope + body
 //!  device ─────────▶ listener ──▶ session (sans-I/O) ──▶ intake ──▶ store (sled + fdatasync)
 //!                    net           smtp::server           ▲         │ due messages
-//!  sendmail ─▶ maildrop ─▶ pickup (sendmail::pickup) ─────┤         ▼
+//!  sendmail ─▶ submission socket ─▶ session (net, uid) ───┤         │
+//!  sendmail ─▶ maildrop (daemon down) ─▶ sendmail::pickup ┤         ▼
 //!                                          DSNs ──────────┘  forward (policy: backoff,
 //!  smarthost ◀────── forwarder glue ◀── client session ◀──── per-recipient outcome, DSN)
 //!            SMTP    forward::run       smtp::client
@@ -27,8 +28,9 @@
 //! - [`intake`]: the one door into the queue (SMTP, maildrop, DSNs): classification, the
 //!   rate limit and free-space checks, the accepted counter, the `status=queued` line.
 //! - [`smtp`]: the SMTP protocol core. No I/O, no clock: bytes in, replies and decisions out.
-//! - [`net`]: the SMTP side facing clients: the accept loop, one task per connection,
-//!   timeouts, STARTTLS, and the AUTH password check.
+//! - [`net`]: the SMTP side facing clients: the accept loops (TCP, and the local submission
+//!   socket with the peer's uid), one task per connection, timeouts, STARTTLS, and the AUTH
+//!   password check.
 //! - [`tls`]: rustls configs from PEM files, the stream STARTTLS upgrades in place, and the
 //!   wording of handshake failures (used by `net` and `forward`).
 //! - [`store`]: the journal; the only module that touches sled.
@@ -38,7 +40,8 @@
 //! - [`config`]: the validated configuration and its embedded defaults.
 //! - [`cli`]: the command line: argv to a `Cmd`, no I/O beyond the arguments.
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
-//! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
+//! - [`sendmail`]: sendmail(1) through the submission socket (and `-bs`), the maildrop while the
+//!   daemon is down, and the daemon's untrusting pickup from there.
 //! - [`message`]: RFC 5322 as pure functions: the header section, its fields, address lists
 //!   and dates.
 //! - [`priority`]: `[[priority]]` rules, the order queued mail goes in after an outage.

@@ -1,12 +1,14 @@
-//! sendmail(1) for local programs, Postfix maildrop style: the command (`outpost sendmail`, or
-//! the binary invoked as `sendmail`) turns stdin into a message file in `data_dir/maildrop/`
-//! (temp file, fsync, rename, fsync the directory), pokes the daemon over the control socket if
-//! it runs, and exits 0; the daemon (`pickup_loop`) moves each file into the store and removes
-//! it only once the store's commit is durable. So a message handed to sendmail survives a
-//! daemon that is down, restarting or crashing.
+//! sendmail(1) for local programs: the command (`outpost sendmail`, or the binary invoked as
+//! `sendmail`) turns stdin into a message and hands it to the daemon over its submission socket
+//! (`submit`), exiting 0 only once the daemon committed it; `-bs` runs one SMTP session on
+//! stdin/stdout through the same socket (`stdio`). Only while no daemon listens does it write a
+//! maildrop file into an existing `data_dir/maildrop/` (temp file of mode 0644, fsync, rename,
+//! fsync the directory), and only if the daemon will accept it; otherwise it exits 75. The
+//! daemon (`pickup_loop`) moves each maildrop file into the store, never trusting it, and
+//! removes it only once the store's commit is durable.
 //!
-//! Owns the maildrop file format: the writer here, the reader in `pickup`. Never talks SMTP, never
-//! touches sled (only `Store::spool`/`commit`), and never deletes a file it has not stored.
+//! Owns the maildrop file format: the writer here, the reader in `pickup`. Never touches sled
+//! (only `intake`), never creates a data directory, and never deletes a file it has not stored.
 
 use std::fmt;
 use std::fs::{self, File};
