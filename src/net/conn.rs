@@ -135,7 +135,8 @@ pub(super) enum Peer {
     Local { uid: u32 },
 }
 
-/// `session=<n> peer=<ip>` (or `peer=local uid=<n>`), the prefix of every session log line.
+/// `session=<n> peer=<ip>` (or `peer=local`: its uid is in the `connected` and `status=queued`
+/// lines), the prefix of every session log line.
 #[derive(Clone, Copy)]
 struct Tag {
     id: u64,
@@ -146,7 +147,7 @@ impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.peer {
             Peer::Ip(ip) => write!(f, "session={} peer={ip}", self.id),
-            Peer::Local { uid } => write!(f, "session={} peer=local uid={uid}", self.id),
+            Peer::Local { .. } => write!(f, "session={} peer=local", self.id),
         }
     }
 }
