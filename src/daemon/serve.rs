@@ -84,9 +84,7 @@ pub(super) async fn serve(
             implicit_tls,
         ))
     });
-    let (submit, submit_path) = submit.map_or((None, None), |(l, p)| (Some(l), Some(p)));
-    let local =
-        submit.map(|listener| ex.spawn(net::submit_loop(ex.clone(), listener, shared.clone())));
+    let (local, submit_path) = local_submission(&ex, submit, &shared);
     let acceptors: Vec<_> = on_time.chain(late).chain(local).collect();
     let housekeeper = ex.spawn(housekeeping(shared.clone()));
 
@@ -101,13 +99,31 @@ pub(super) async fn serve(
     for acceptor in acceptors {
         acceptor.await;
     }
-    if let Some(path) = submit_path {
-        // `sendmail` then finds no daemon at once and uses the maildrop.
+    remove_socket(submit_path);
+    drain(&shared, deadline, forwarder, housekeeper).await;
+}
+
+/// The acceptor of the local submission socket, if it was bound, and the socket's path.
+fn local_submission(
+    ex: &Rc<LocalExecutor<'static>>,
+    submit: Option<(Async<UnixListener>, PathBuf)>,
+    shared: &Rc<Shared>,
+) -> (Option<Task<()>>, Option<PathBuf>) {
+    let Some((listener, path)) = submit else {
+        return (None, None);
+    };
+    let task = ex.spawn(net::submit_loop(ex.clone(), listener, shared.clone()));
+    (Some(task), Some(path))
+}
+
+/// Removes the submission socket once it no longer accepts: `sendmail` then finds no daemon at
+/// once and uses the maildrop.
+fn remove_socket(path: Option<PathBuf>) {
+    if let Some(path) = path {
         if let Err(e) = std::fs::remove_file(&path) {
             debug!("cannot remove {}: {e}", path.display());
         }
     }
-    drain(&shared, deadline, forwarder, housekeeper).await;
 }
 
 /// One `listening on` line per listener (port 0 shows the real port: tests read it).
