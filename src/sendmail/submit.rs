@@ -200,6 +200,21 @@ mod tests {
     }
 
     #[test]
+    fn the_maildrop_is_used_only_if_it_exists_and_the_daemon_takes_our_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("maildrop");
+        let reason = super::super::maildrop_usable(&missing).unwrap_err();
+        assert!(reason.contains("there is no maildrop"), "{reason}");
+        assert!(!missing.exists(), "sendmail created the maildrop");
+        // Our own directory: the daemon runs as its owner, which is us.
+        std::fs::create_dir(&missing).unwrap();
+        assert_eq!(super::super::maildrop_usable(&missing), Ok(()));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(super::super::maildrop_usable(&file).is_err());
+    }
+
+    #[test]
     fn a_missing_socket_means_the_daemon_is_down() {
         let dir = tempfile::tempdir().unwrap();
         let err = connect(&dir.path().join(SOCKET)).unwrap_err();
