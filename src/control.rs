@@ -242,7 +242,9 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
                     Response::ok(render_list_json(&messages, now))
                 } else {
                     let holding = shared.config().smarthosts.is_empty();
-                    Response::ok(render_list(&messages, now, holding))
+                    let mut text = render_list(&messages, now, holding);
+                    text.push_str(&shared.maildrop_waiting_text());
+                    Response::ok(text)
                 }
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
@@ -262,12 +264,14 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
         Request::Status => match shared.store().list() {
             Ok(messages) => {
                 let summary = QueueSummary::of(&messages, now);
-                Response::ok(render_status(
+                let mut text = render_status(
                     &shared.link().report(),
                     &summary,
                     shared.store().usage(),
                     Some(now),
-                ))
+                );
+                text.push_str(&shared.maildrop_waiting_text());
+                Response::ok(text)
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
         },

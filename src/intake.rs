@@ -54,6 +54,13 @@ pub enum Source<'a> {
         user: Option<&'a str>,
         size: u64,
     },
+    /// A local submission over the submission socket: `tag` is the session's, `uid` the
+    /// submitting user (SO_PEERCRED), `size` the message size the session counted.
+    Local {
+        tag: &'a dyn fmt::Display,
+        uid: u32,
+        size: u64,
+    },
     /// A file from `sendmail`'s maildrop.
     Maildrop,
     /// A delivery-status notification about message `of`.
@@ -303,6 +310,9 @@ fn log_queued(
                 "{tag} queue_id={id} from=<{sender}> nrcpt={nrcpt} size={size}{user} status=queued"
             );
         }
+        Source::Local { tag, uid, size } => info!(
+            "{tag} queue_id={id} from=<{sender}> nrcpt={nrcpt} size={size} uid={uid} status=queued"
+        ),
         Source::Maildrop => info!(
             "maildrop queue_id={id} from=<{sender}> nrcpt={nrcpt} size={stored} status=queued"
         ),

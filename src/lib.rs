@@ -7,7 +7,8 @@
 //!            SMTP                 bytes / replies           envelope + body
 //!  device ─────────▶ listener ──▶ session (sans-I/O) ──▶ intake ──▶ store (sled + fdatasync)
 //!                    net           smtp::server           ▲         │ due messages
-//!  sendmail ─▶ maildrop ─▶ pickup (sendmail::pickup) ─────┤         ▼
+//!  sendmail ─▶ submission socket ─▶ session (net, uid) ───┤         │
+//!  sendmail ─▶ maildrop (daemon down) ─▶ sendmail::pickup ┤         ▼
 //!                                          DSNs ──────────┘  forward (policy: backoff,
 //!  smarthost ◀────── forwarder glue ◀── client session ◀──── per-recipient outcome, DSN)
 //!            SMTP    forward::run       smtp::client
@@ -31,10 +32,12 @@
 //! - [`daemon`]: the composition root: start-up, signals, the services' tasks, housekeeping,
 //!   shutdown; the metrics endpoint and the link watcher (netlink).
 //! - [`cli`]: the command line: argv to a `Cmd`, no I/O beyond the arguments.
-//! - [`sendmail`]: sendmail(1) into `data_dir/maildrop/`, and the daemon's pickup from there.
+//! - [`sendmail`]: sendmail(1) through the submission socket (and `-bs`), the maildrop while the
+//!   daemon is down, and the daemon's untrusting pickup from there.
 //! - [`control`]: the control socket (`outpost queue`, `outpost status`): daemon and CLI side.
-//! - [`net`]: the SMTP side facing clients: the accept loop, one task per connection,
-//!   timeouts, STARTTLS, and the AUTH password check.
+//! - [`net`]: the SMTP side facing clients: the accept loops (TCP, and the local submission
+//!   socket with the peer's uid), one task per connection, timeouts, STARTTLS, and the AUTH
+//!   password check.
 //! - [`shared`]: the state the daemon's services share, built whole by the daemon.
 //!
 //! The queue:

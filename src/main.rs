@@ -38,6 +38,18 @@ fn main() -> ExitCode {
             )),
             Err(code) => code,
         },
+        // `-bs`: stdin is copied to the daemon's socket from another thread, so it is not
+        // locked here.
+        Cmd::Sendmail(target, args) if args.mode == sendmail::Mode::Smtp => {
+            match load_client(&target) {
+                Ok((config, _)) => ExitCode::from(sendmail::stdio::main(
+                    &sendmail::socket_path(&config.data_dir),
+                    std::io::stdin(),
+                    &mut std::io::stdout().lock(),
+                )),
+                Err(code) => code,
+            }
+        }
         Cmd::Sendmail(target, args) => match load_client(&target) {
             Ok((config, file)) => ExitCode::from(sendmail::run(
                 &args,

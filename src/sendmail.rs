@@ -1,16 +1,19 @@
-//! sendmail(1) for local programs, Postfix maildrop style: the command (`outpost sendmail`, or
-//! the binary invoked as `sendmail`) turns stdin into a message file in `data_dir/maildrop/`
-//! (temp file, fsync, rename, fsync the directory), pokes the daemon over the control socket if
-//! it runs, and exits 0; the daemon (`pickup_loop`) moves each file into the store and removes
-//! it only once the store's commit is durable. So a message handed to sendmail survives a
-//! daemon that is down, restarting or crashing.
+//! sendmail(1) for local programs: the command (`outpost sendmail`, or the binary invoked as
+//! `sendmail`) turns stdin into a message and hands it to the daemon over its submission socket
+//! (`submit`), exiting 0 only once the daemon committed it; `-bs` runs one SMTP session on
+//! stdin/stdout through the same socket (`stdio`). Only while no daemon listens does it write a
+//! maildrop file into an existing `data_dir/maildrop/` (temp file of mode 0644, fsync, rename,
+//! fsync the directory), and only if the daemon will accept it; otherwise it exits 75. The
+//! daemon (`pickup_loop`) moves each maildrop file into the store, never trusting it, and
+//! removes it only once the store's commit is durable.
 //!
-//! Owns the maildrop file format: the writer here, the reader in `pickup`. Never talks SMTP, never
-//! touches sled (only `Store::spool`/`commit`), and never deletes a file it has not stored.
+//! Owns the maildrop file format: the writer here, the reader in `pickup`. Never touches sled
+//! (only `intake`), never creates a data directory, and never deletes a file it has not stored.
 
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,10 +25,13 @@ use crate::message::{self, rfc5322_date};
 
 pub use self::args::{Mode, SendmailArgs};
 pub use self::pickup::pickup_loop;
+pub use self::submit::{socket_path, SubmitError};
 
 pub mod args;
 mod modes;
 mod pickup;
+pub mod stdio;
+pub mod submit;
 
 pub use self::modes::{no_queue, run};
 
@@ -33,11 +39,14 @@ pub use self::modes::{no_queue, run};
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_CANTCREAT: u8 = 73;
+pub const EX_TEMPFAIL: u8 = 75;
 
 /// The maildrop directory inside `data_dir`.
 pub const MAILDROP: &str = "maildrop";
 /// First line of every maildrop file.
 const MAGIC: &str = "outpost-maildrop 1";
+/// A maildrop file's mode: readable by the daemon's user, writable by nobody else.
+const FILE_MODE: u32 = 0o644;
 
 /// Why sendmail refuses (exit code and message).
 #[derive(Debug, PartialEq, Eq)]
@@ -123,16 +132,61 @@ pub fn main(args: &SendmailArgs, config: &Config, input: &mut dyn Read) -> u8 {
             return e.code;
         }
     };
+    deliver(config, &prepared, origin.unique)
+}
+
+/// Hands the message to the daemon over its submission socket; only while nothing listens
+/// there, writes it to the maildrop, and only if the daemon will take it from there. The exit
+/// code is 0 only when the message is where the daemon takes it.
+fn deliver(config: &Config, prepared: &Prepared, unique: u64) -> u8 {
+    let socket = submit::socket_path(&config.data_dir);
+    let down = match submit::send(&socket, prepared) {
+        Ok(()) => return 0,
+        Err(SubmitError::Down(e)) => e,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return e.exit_code();
+        }
+    };
     let dir = config.data_dir.join(MAILDROP);
-    if let Err(e) = drop_file(&dir, &prepared, origin.unique) {
-        eprintln!("sendmail: cannot write to {}: {e}", dir.display());
-        return EX_CANTCREAT;
+    if let Err(reason) = maildrop_usable(&dir) {
+        eprintln!(
+            "sendmail: the daemon is not running ({}: {down}) and {reason}; try again later",
+            socket.display()
+        );
+        return EX_TEMPFAIL;
+    }
+    if let Err(e) = drop_file(&dir, prepared, unique) {
+        eprintln!(
+            "sendmail: cannot write to {}: {e}; try again later",
+            dir.display()
+        );
+        return EX_TEMPFAIL;
     }
     // The daemon also looks every few seconds and at start: a failed poke loses nothing.
     if let Err(e) = control::request(&config.data_dir, &Request::Poke) {
         debug!("sendmail: no poke: {e}");
     }
     0
+}
+
+/// Whether this process may leave mail in the maildrop `dir` for the daemon: the directory
+/// must exist (sendmail creates none) and the daemon (its owner) must accept files this user
+/// writes.
+fn maildrop_usable(dir: &Path) -> Result<(), String> {
+    let meta = fs::metadata(dir)
+        .map_err(|e| format!("there is no maildrop at {} ({e})", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if !pickup::owner_trusted(euid, meta.uid()) {
+        return Err(format!(
+            "the daemon (uid {}) would not accept a maildrop file from uid {euid}",
+            meta.uid()
+        ));
+    }
+    Ok(())
 }
 
 /// Turns raw input into a message and its envelope (pure).
@@ -283,9 +337,10 @@ fn dedup(addresses: &mut Vec<String>) {
     addresses.retain(|a| seen.insert(a.to_ascii_lowercase()));
 }
 
-/// Writes the maildrop file durably: temp file, fsync, rename to `*.msg`, fsync the directory.
+/// Writes the maildrop file durably into the existing `dir`: temp file (mode `FILE_MODE`
+/// whatever the umask, so the daemon can read it), fsync, rename to `*.msg`, fsync the
+/// directory. Never creates `dir`.
 pub fn drop_file(dir: &Path, prepared: &Prepared, unique: u64) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -298,7 +353,12 @@ pub fn drop_file(dir: &Path, prepared: &Prepared, unique: u64) -> io::Result<Pat
     }
     envelope.push('\n');
     let written = (|| {
-        let mut file = File::create(&tmp)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
         file.write_all(envelope.as_bytes())?;
         file.write_all(&prepared.message)?;
         file.sync_all()?;

@@ -1,10 +1,10 @@
 //! What the daemon's services share: the config, the store, the queue clock, the intake, the
 //! forwarder's link state, the wake-ups and the shutdown flag, the inbound TLS config and the
 //! count of open SMTP sessions. The daemon builds it whole at start; the SMTP listeners, the
-//! control socket, the metrics endpoint, the maildrop pickup and the link watcher read it
+//! control socket, the metrics endpoint, the local submission socket, the maildrop pickup and the link watcher read it
 //! through accessors. Single thread (`Rc`, `Cell`). Starts no task and imports no service.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +29,8 @@ pub struct Shared {
     forwarder: Rc<Wake>,
     link: Rc<LinkState>,
     maildrop: Wake,
+    /// Maildrop files the pickup cannot use: `(file name, reason)`.
+    maildrop_waiting: RefCell<Vec<(String, String)>>,
     shutdown: Shutdown,
     tls: Option<Arc<ServerConfig>>,
     sessions: Sessions,
@@ -62,6 +64,7 @@ impl Shared {
             forwarder,
             link,
             maildrop: Wake::default(),
+            maildrop_waiting: RefCell::new(Vec::new()),
             shutdown: Shutdown::default(),
             tls,
             sessions: Sessions::default(),
@@ -98,6 +101,25 @@ impl Shared {
     /// Poked by `sendmail` (over the control socket): pick up the maildrop now.
     pub fn maildrop(&self) -> &Wake {
         &self.maildrop
+    }
+
+    /// The maildrop files the pickup cannot use, as it last saw them.
+    pub fn set_maildrop_waiting(&self, files: Vec<(String, String)>) {
+        *self.maildrop_waiting.borrow_mut() = files;
+    }
+
+    /// `mailq` and `status`: the maildrop files waiting because the pickup cannot use them,
+    /// one line each after a count; empty when there are none.
+    pub fn maildrop_waiting_text(&self) -> String {
+        let files = self.maildrop_waiting.borrow();
+        if files.is_empty() {
+            return String::new();
+        }
+        let mut text = format!("maildrop: {} files waiting, not sent:\n", files.len());
+        for (name, reason) in files.iter() {
+            text.push_str(&format!("  {name}: {reason}\n"));
+        }
+        text
     }
 
     /// Raised at SIGTERM (or a failed store): stop accepting, close idle sessions.

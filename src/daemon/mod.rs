@@ -193,6 +193,7 @@ fn run_daemon(
     };
     // After the store: its lock proves no other daemon owns this data_dir and its socket.
     let control = start::control_socket(&config.data_dir);
+    let submit = start::submit_socket(&config.data_dir);
     let forward = start::forward_params(&config, &smarthost_tls);
     let ex = Rc::new(LocalExecutor::new());
     let shared = Shared::new(config, store, clock, tls, link);
@@ -205,6 +206,7 @@ fn run_daemon(
     let services = serve::Services {
         listeners,
         late_listeners,
+        submit,
         forward,
     };
     async_io::block_on(ex.run(async {

@@ -1,4 +1,5 @@
-//! The daemon at work: serves the SMTP listeners (and the ones whose address comes up late),
+//! The daemon at work: serves the SMTP listeners (and the ones whose address comes up late)
+//! and the local submission socket,
 //! runs the forwarder, the operator's services (control socket, maildrop pickup, metrics, link
 //! watcher) and housekeeping, then shuts them down in order. Holds no protocol logic.
 
@@ -6,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,8 @@ pub(super) struct Services {
     /// Listen addresses that did not exist at start (EADDRNOTAVAIL), flagged `true` for
     /// implicit TLS: `serve` keeps trying to bind them.
     pub(super) late_listeners: Vec<(SocketAddr, bool)>,
+    /// The local submission socket and its path (removed at shutdown).
+    pub(super) submit: Option<(Async<UnixListener>, PathBuf)>,
     pub(super) forward: ForwardParams,
 }
 
@@ -49,6 +53,7 @@ pub(super) async fn serve(
     let Services {
         listeners,
         late_listeners,
+        submit,
         forward,
     } = services;
     announce(&listeners, shared.tls().is_some());
@@ -79,7 +84,8 @@ pub(super) async fn serve(
             implicit_tls,
         ))
     });
-    let acceptors: Vec<_> = on_time.chain(late).collect();
+    let (local, submit_path) = local_submission(&ex, submit, &shared);
+    let acceptors: Vec<_> = on_time.chain(late).chain(local).collect();
     let housekeeper = ex.spawn(housekeeping(shared.clone()));
 
     future::or(shutdown, shared.intake().store_failure().wait()).await;
@@ -93,7 +99,31 @@ pub(super) async fn serve(
     for acceptor in acceptors {
         acceptor.await;
     }
+    remove_socket(submit_path);
     drain(&shared, deadline, forwarder, housekeeper).await;
+}
+
+/// The acceptor of the local submission socket, if it was bound, and the socket's path.
+fn local_submission(
+    ex: &Rc<LocalExecutor<'static>>,
+    submit: Option<(Async<UnixListener>, PathBuf)>,
+    shared: &Rc<Shared>,
+) -> (Option<Task<()>>, Option<PathBuf>) {
+    let Some((listener, path)) = submit else {
+        return (None, None);
+    };
+    let task = ex.spawn(net::submit_loop(ex.clone(), listener, shared.clone()));
+    (Some(task), Some(path))
+}
+
+/// Removes the submission socket once it no longer accepts: `sendmail` then finds no daemon at
+/// once and uses the maildrop.
+fn remove_socket(path: Option<PathBuf>) {
+    if let Some(path) = path {
+        if let Err(e) = std::fs::remove_file(&path) {
+            debug!("cannot remove {}: {e}", path.display());
+        }
+    }
 }
 
 /// One `listening on` line per listener (port 0 shows the real port: tests read it).

@@ -5,7 +5,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_io::Async;
@@ -19,7 +19,7 @@ use crate::forward::{
 };
 use crate::smtp::client::TlsPolicy;
 use crate::store::{Store, StoreOptions};
-use crate::{control, tls};
+use crate::{control, net, sendmail, tls};
 
 /// sled's background flush; commits flush explicitly anyway.
 const STORE_FLUSH_EVERY_MS: u64 = 1000;
@@ -39,6 +39,11 @@ pub(super) fn open_store(config: &Config) -> Result<Store, DaemonError> {
         max_bytes: config.queue.max_bytes,
     };
     let store = Store::open(dir, options).map_err(DaemonError::OpenStore)?;
+    // Before the listeners: `sendmail` finds the maildrop of a daemon that ever started.
+    let maildrop = dir.join(sendmail::MAILDROP);
+    if let Err(e) = std::fs::create_dir_all(&maildrop) {
+        error!("cannot create the maildrop {}: {e}", maildrop.display());
+    }
     let report = store.recover().map_err(DaemonError::OpenStore)?;
     info!(
         "queue opened: data_dir={} messages={} swept_spools={} quarantined={}",
@@ -162,6 +167,26 @@ pub(super) fn control_socket(data_dir: &Path) -> Option<Async<UnixListener>> {
                 "cannot create the control socket in {}: {e}; `outpost queue` and `outpost \
                  status` will not reach this daemon",
                 data_dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// The local submission socket (`sendmail::socket_path`): every local user may connect.
+/// Without it `sendmail` falls back to the maildrop, usable by root and the daemon's user.
+pub(super) fn submit_socket(data_dir: &Path) -> Option<(Async<UnixListener>, PathBuf)> {
+    let path = sendmail::socket_path(data_dir);
+    match net::bind_submit(&path) {
+        Ok(listener) => {
+            info!("local submission on {}", path.display());
+            Some((listener, path))
+        }
+        Err(e) => {
+            error!(
+                "cannot create the submission socket {}: {e}; `sendmail` works only for root \
+                 and the daemon's user, through the maildrop",
+                path.display()
             );
             None
         }

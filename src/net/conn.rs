@@ -1,4 +1,5 @@
-//! One SMTP session over a TCP stream: read → `ServerSession::handle_input` → write, with a
+//! One SMTP session over a stream (a TCP connection, or a local submission over the Unix
+//! socket, whose peer is a uid rather than an address): read → `ServerSession::handle_input` → write, with a
 //! timeout on every read and write; streams the body into an intake submission in bounded
 //! chunks (`message`) and commits it before the session may say 250. Holds no protocol logic:
 //! every reply comes from the session (or, for shutdown, from one named reply here). Carries
@@ -10,13 +11,13 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, TcpStream};
+use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_io::{Async, Timer};
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use async_io::Timer;
+use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
 use super::auth::{verify, AUTH_FAILURE_DELAY};
@@ -51,17 +52,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Drives one session to its end; never panics on peer input, logs how it ended. With
 /// `implicit_tls` (a `listen_tls` port) the TLS handshake comes before the greeting.
-pub(super) async fn run(
-    stream: Async<TcpStream>,
+pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     params: SessionParams,
-    id: u64,
+    (id, peer): (u64, Peer),
     shared: &Shared,
     implicit_tls: bool,
 ) {
-    let tag = Tag {
-        id,
-        peer: params.peer,
-    };
+    let tag = Tag { id, peer };
     debug!("{tag} connected relay_allowed={}", params.relay_allowed);
     let mut stream = MaybeTls::Plain(stream);
     if implicit_tls {
@@ -127,16 +125,30 @@ fn log_end(tag: Tag, end: End, in_body: bool, closed_for_errors: bool) {
     }
 }
 
-/// `session=<n> peer=<ip>`, the prefix of every session log line.
+/// Who is at the other end of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Peer {
+    /// A TCP client.
+    Ip(IpAddr),
+    /// A local submission over the Unix socket, by the user the kernel vouches for
+    /// (SO_PEERCRED).
+    Local { uid: u32 },
+}
+
+/// `session=<n> peer=<ip>` (or `peer=local`: its uid is in the `connected` and `status=queued`
+/// lines), the prefix of every session log line.
 #[derive(Clone, Copy)]
 struct Tag {
     id: u64,
-    peer: IpAddr,
+    peer: Peer,
 }
 
 impl fmt::Display for Tag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "session={} peer={}", self.id, self.peer)
+        match self.peer {
+            Peer::Ip(ip) => write!(f, "session={} peer={ip}", self.id),
+            Peer::Local { .. } => write!(f, "session={} peer=local", self.id),
+        }
     }
 }
 
@@ -178,8 +190,8 @@ enum SpoolState<'a> {
     NoSpace,
 }
 
-struct Conn<'a> {
-    stream: MaybeTls<Async<TcpStream>>,
+struct Conn<'a, S> {
+    stream: MaybeTls<S>,
     session: ServerSession,
     shared: &'a Shared,
     tag: Tag,
@@ -202,7 +214,7 @@ struct Conn<'a> {
     turn_began: Instant,
 }
 
-impl<'a> Conn<'a> {
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
     async fn drive(&mut self) -> End {
         let greeting = self.session.greeting();
         self.replies.push(&greeting);
@@ -462,7 +474,10 @@ impl<'a> Conn<'a> {
 }
 
 /// The server side of a TLS handshake, bounded by the command timeout.
-async fn handshake(stream: &mut MaybeTls<Async<TcpStream>>, shared: &Shared) -> io::Result<()> {
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut MaybeTls<S>,
+    shared: &Shared,
+) -> io::Result<()> {
     let Some(config) = shared.tls().map(Arc::clone) else {
         return Err(io::Error::other("TLS is not configured"));
     };

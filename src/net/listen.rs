@@ -10,7 +10,7 @@ use async_io::Async;
 use log::{debug, warn};
 use smol::LocalExecutor;
 
-use super::conn;
+use super::conn::{self, Peer};
 use crate::accept;
 use crate::config::Config;
 use crate::shared::{SessionSlot, Shared};
@@ -66,7 +66,7 @@ fn admit(
     let params = session_params(config, peer, tls);
     let shared = shared.clone();
     ex.spawn(async move {
-        conn::run(stream, params, id, &shared, implicit_tls).await;
+        conn::run(stream, params, (id, Peer::Ip(peer)), &shared, implicit_tls).await;
         drop(slot);
     })
     .detach();
@@ -93,7 +93,7 @@ fn refuse(stream: &TcpStream, hostname: &str) {
 }
 
 /// What the session needs to know about this client.
-fn session_params(config: &Config, peer: IpAddr, tls: TlsMode) -> SessionParams {
+pub(super) fn session_params(config: &Config, peer: IpAddr, tls: TlsMode) -> SessionParams {
     SessionParams {
         hostname: config.hostname.clone(),
         peer,

@@ -26,10 +26,12 @@ pub fn run(
     match args.mode {
         Mode::NewAliases => newaliases(config, config_file, &mut stdout),
         Mode::Verify => verify(args, config, &mut stdout),
-        Mode::Smtp => {
-            eprintln!("sendmail: -bs is not supported");
-            EX_USAGE
-        }
+        // `main` runs `-bs` itself (`stdio`), with stdin unlocked.
+        Mode::Smtp => super::stdio::main(
+            &super::socket_path(&config.data_dir),
+            std::io::stdin(),
+            &mut stdout,
+        ),
         Mode::Deliver | Mode::ListQueue | Mode::Flush => match no_queue(config, config_file) {
             Some(reason) => {
                 eprintln!("sendmail: {reason}");

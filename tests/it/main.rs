@@ -36,3 +36,4 @@ mod relay_acl;
 mod retry;
 mod sender_rewrite;
 mod sendmail;
+mod submit;

@@ -2,14 +2,15 @@
 //! free-space check), the body moved into it in whole pieces, and the commit through intake at
 //! the final dot, whose outcome is the only road to the session's 250. Never replies itself.
 
+use futures_lite::{AsyncRead, AsyncWrite};
 use log::{error, warn};
 
-use super::{unix_now, Conn, SpoolState, MAX_CHUNK};
+use super::{unix_now, Conn, Peer, SpoolState, MAX_CHUNK};
 use crate::intake::{self, IntakeError, Source};
 use crate::message::rfc5322_date;
 use crate::smtp::server::{BodyType, CommitOutcome, Envelope};
 
-impl Conn<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// DATA accepted (354 sent): open a submission and put the trace header first in the body
     /// buffer (not appended on its own: a small message then reaches the store in one append,
     /// one write to its body file).
@@ -34,10 +35,16 @@ impl Conn<'_> {
                 return;
             }
         };
-        let header = self.session.received_header(
-            &submission.id().to_string(),
-            &rfc5322_date(self.received_unix),
+        let (id, date) = (
+            submission.id().to_string(),
+            rfc5322_date(self.received_unix),
         );
+        let header = match self.tag.peer {
+            Peer::Ip(_) => self.session.received_header(&id, &date),
+            Peer::Local { uid } => {
+                super::super::local_received(uid, &self.shared.config().hostname, &id, &date)
+            }
+        };
         // The header is far below `MAX_CHUNK` (a line of names bounded by RFC 5321 limits), so
         // the buffer stays below `BODY_BUF` as the body arrives.
         self.body.extend_from_slice(header.as_bytes());
@@ -100,10 +107,17 @@ impl Conn<'_> {
         };
         let tag = self.tag;
         let spool_id = submission.id();
-        let source = Source::Smtp {
-            tag: &tag,
-            user: self.session.authenticated(),
-            size: envelope.size,
+        let source = match tag.peer {
+            Peer::Ip(_) => Source::Smtp {
+                tag: &tag,
+                user: self.session.authenticated(),
+                size: envelope.size,
+            },
+            Peer::Local { uid } => Source::Local {
+                tag: &tag,
+                uid,
+                size: envelope.size,
+            },
         };
         match self
             .shared
