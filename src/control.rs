@@ -204,7 +204,7 @@ async fn client(mut stream: Async<UnixStream>, shared: &Shared) -> io::Result<()
     let response = match Request::parse_line(&line) {
         Some(request) => {
             if request != Request::Poke {
-                info!("control: {}", request.to_line());
+                debug!("control: {}", request.to_line());
             }
             answer(&request, shared).await
         }

@@ -16,8 +16,9 @@ use smol::{LocalExecutor, Task};
 
 #[cfg(target_os = "linux")]
 use super::netlink;
-use super::{metrics, BIND_RETRY};
+use super::{metrics, readiness, BIND_RETRY};
 use crate::forward::{self, ForwardParams};
+use crate::sd_notify::Notifier;
 use crate::shared::Shared;
 use crate::wait::Wake;
 use crate::{control, net, sendmail};
@@ -35,6 +36,8 @@ pub(super) struct Services {
     /// implicit TLS: `serve` keeps trying to bind them.
     pub(super) late_listeners: Vec<(SocketAddr, bool)>,
     pub(super) forward: ForwardParams,
+    /// The service manager (systemd `Type=notify`), if any.
+    pub(super) notifier: Rc<Notifier>,
 }
 
 /// Serves the listeners until `shutdown` resolves (or the store fails), then stops accepting,
@@ -50,6 +53,7 @@ pub(super) async fn serve(
         listeners,
         late_listeners,
         forward,
+        notifier,
     } = services;
     announce(&listeners, shared.tls().is_some());
     // With no smarthost the forwarder itself logs the one "mail is held" warning.
@@ -81,9 +85,13 @@ pub(super) async fn serve(
     });
     let acceptors: Vec<_> = on_time.chain(late).collect();
     let housekeeper = ex.spawn(housekeeping(shared.clone()));
+    readiness::ready(&notifier, &shared);
+    let reporter = ex.spawn(readiness::report(notifier.clone(), shared.clone()));
 
     future::or(shutdown, shared.intake().store_failure().wait()).await;
     let deadline = Instant::now() + SHUTDOWN_GRACE;
+    drop(reporter);
+    readiness::stopping(&notifier);
     info!(
         "shutdown: no new connections; {} sessions in flight",
         shared.sessions().count()

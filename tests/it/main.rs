@@ -25,6 +25,8 @@ mod failover;
 mod flaps;
 mod forward;
 mod limits;
+mod logs;
+mod notify;
 mod oauth;
 mod ops;
 mod priority;
