@@ -92,7 +92,7 @@ impl Forwarder {
                 Outcome::Bounce(reply) => {
                     self.link.count_bounced();
                     self.link.set_error(format!("{address}: {reply}"));
-                    info!("{line}");
+                    warn!("{line}");
                     bounced.push(dsn::FailedRecipient {
                         address: address.clone(),
                         status: dsn::status_of(&reply.to_string()),

@@ -294,7 +294,7 @@ impl<'a> Conn<'a> {
     fn mail_check(&mut self, sender: &str) {
         let verdict = self.shared.intake().check_sender(sender);
         if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
-            info!(
+            warn!(
                 "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
                 self.tag,
                 retry_after.as_secs().max(1)

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{outpost_command, run_command, wait_until, RelayConfig, TestDir, OUTPOST};
+use crate::util::{
+    assert_queued, message, outpost_command, reply, run_command, wait_until, RawClient,
+    RelayConfig, Smarthost, Stage, TestDir, OUTPOST,
+};
 
 const START: Duration = Duration::from_secs(30);
 
@@ -262,4 +265,32 @@ fn an_unknown_log_target_is_a_config_error() {
     );
     assert_eq!(run.code, Some(78), "{run}");
     assert!(run.stderr.contains("log"), "{run}");
+}
+
+#[test]
+fn a_recipient_failed_for_good_is_a_warning() {
+    let upstream = Smarthost::start_with_policy(|stage| match stage {
+        Stage::Rcpt { to } if to.starts_with("bad@") => Some(reply(550, "5.1.1 no such user")),
+        _ => None,
+    });
+    let mut daemon = BareDaemon::start_with(RelayConfig::with_smarthost(upstream.port()), |_| {
+        vec![
+            ("OUTPOST_LOG", "info".to_owned()),
+            ("JOURNAL_STREAM", String::new()),
+        ]
+    });
+    let mut client = RawClient::ready(daemon.port());
+    let to = ["good@example.org", "bad@example.org"];
+    let id = assert_queued(&client.send_mail("a@lan.test", &to, &message("b", "x\r\n")));
+    let bounced = daemon.wait_log(&format!("queue_id={id} to=<bad@example.org>"));
+    assert!(
+        bounced.contains(" WARN ") && bounced.contains("status=bounced"),
+        "{bounced}"
+    );
+    let sent = daemon.wait_log(&format!("queue_id={id} to=<good@example.org>"));
+    assert!(
+        sent.contains(" INFO ") && sent.contains("status=sent"),
+        "{sent}"
+    );
+    assert_eq!(daemon.terminate(), Some(0));
 }
