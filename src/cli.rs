@@ -211,7 +211,8 @@ fn client_value(
     Ok(())
 }
 
-/// `queue [VERB] [IDS…] [--json]`; `mailq` is `queue list` with no verb allowed.
+/// `queue [VERB] [IDS…] [--json]`; `mailq` is `queue list` in Postfix's format, with no verb
+/// allowed.
 fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageError> {
     let mut target = ConfigArgs::default();
     let mut verb: Option<String> = if mailq { Some("list".into()) } else { None };
@@ -255,6 +256,8 @@ fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageErr
         "list" | "flush" if !ids.is_empty() => {
             return Err(UsageError(format!("`queue {verb}` takes no queue ids")))
         }
+        // `mailq` speaks Postfix's format (monitoring parses it); `--json` stays outpost's.
+        "list" if mailq && !json => Request::Mailq,
         "list" => Request::List { json },
         "flush" => Request::Flush,
         "show" => match <[String; 1]>::try_from(ids) {
@@ -315,7 +318,7 @@ fn parse_sendmail(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
             Short('v') => {}
             Short('b') => match string(parser, "-b")?.as_str() {
                 "m" => {}
-                "p" => return Ok(Cmd::Queue(target, Request::List { json: false })),
+                "p" => return Ok(Cmd::Queue(target, Request::Mailq)),
                 other => {
                     return Err(UsageError(format!(
                         "-b{other} is not supported (only -bm and -bp)"
@@ -472,7 +475,7 @@ mod tests {
     fn argv0_mailq_and_sendmail_pick_their_front_ends() {
         assert_eq!(
             parse_invocation(["/usr/bin/mailq"]).unwrap(),
-            Cmd::Queue(ConfigArgs::default(), Request::List { json: false })
+            Cmd::Queue(ConfigArgs::default(), Request::Mailq)
         );
         assert_eq!(
             parse_invocation(["mailq", "--json"]).unwrap(),
@@ -520,7 +523,7 @@ mod tests {
         assert!(parse_str(&["sendmail", "-bs"]).is_err());
         assert_eq!(
             parse_str(&["sendmail", "-bp"]).unwrap(),
-            Cmd::Queue(ConfigArgs::default(), Request::List { json: false })
+            Cmd::Queue(ConfigArgs::default(), Request::Mailq)
         );
     }
 

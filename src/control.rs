@@ -2,7 +2,7 @@
 //! running daemon (sled locks its files, so the CLI never opens the store itself).
 //!
 //! Protocol: the client connects to `data_dir/control.sock` (mode 0600), writes one request
-//! line (`LIST`, `LIST JSON`, `SHOW <id>`, `FLUSH`, `DELETE <id>…`, `HOLD <id>…`,
+//! line (`LIST`, `LIST JSON`, `LIST POSTFIX`, `SHOW <id>`, `FLUSH`, `DELETE <id>…`, `HOLD <id>…`,
 //! `RELEASE <id>…`, `STATUS`, `POKE`), and reads the answer until the daemon closes: a first
 //! line `OK` or `ERR`, then text for a human (or JSON for `LIST JSON`).
 //!
@@ -29,11 +29,13 @@ use crate::message;
 use crate::shared::Shared;
 use crate::store::{QueueId, StoreError};
 
+pub use self::mailq::{render_mailq, MAILQ_EMPTY, MAILQ_HEADER};
 use self::render::with_link_wait;
 pub use self::render::{
     json_str, render_list, render_list_json, render_show, render_status, MessageState, QueueSummary,
 };
 
+mod mailq;
 mod render;
 
 /// File name of the socket inside `data_dir`.
@@ -50,6 +52,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// sysexits(3) used by the client side.
 pub const EX_UNAVAILABLE: u8 = 69;
 const EX_SOFTWARE: u8 = 70;
+pub const EX_NOPERM: u8 = 77;
 
 /// `data_dir/control.sock`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -62,6 +65,8 @@ pub enum Request {
     List {
         json: bool,
     },
+    /// `mailq`, `sendmail -bp`: the queue in Postfix's format.
+    Mailq,
     Show(String),
     Flush,
     Delete(Vec<String>),
@@ -79,6 +84,7 @@ impl Request {
         match self {
             Self::List { json: false } => "LIST".into(),
             Self::List { json: true } => "LIST JSON".into(),
+            Self::Mailq => "LIST POSTFIX".into(),
             Self::Show(id) => format!("SHOW {id}"),
             Self::Flush => "FLUSH".into(),
             Self::Delete(list) => ids("DELETE", list),
@@ -96,6 +102,7 @@ impl Request {
         let request = match (verb, rest.as_slice()) {
             ("LIST", []) => Self::List { json: false },
             ("LIST", [json]) if json == "JSON" => Self::List { json: true },
+            ("LIST", [postfix]) if postfix == "POSTFIX" => Self::Mailq,
             ("SHOW", [id]) => Self::Show(id.clone()),
             ("FLUSH", []) => Self::Flush,
             ("DELETE", ids) if !ids.is_empty() => Self::Delete(rest),
@@ -247,6 +254,17 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
         },
+        Request::Mailq => match shared.store().list() {
+            Ok(messages) => {
+                let link = shared.link().report();
+                let down = link
+                    .last_error
+                    .as_deref()
+                    .filter(|_| link.up == Some(false));
+                Response::ok(render_mailq(&messages, shared.link().delivering(), down))
+            }
+            Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
+        },
         Request::Show(id) => show(shared, id, now),
         Request::Flush => {
             shared.link().flush.notify();
@@ -362,6 +380,8 @@ fn header_section(shared: &Shared, id: QueueId) -> Result<String, StoreError> {
 pub enum ClientError {
     /// No socket, or nobody listening on it.
     NotRunning(PathBuf, io::Error),
+    /// The socket is there but this user may not connect (the daemon runs as another user).
+    PermissionDenied(PathBuf, io::Error),
     Io(io::Error),
     Protocol(String),
 }
@@ -372,6 +392,12 @@ impl std::fmt::Display for ClientError {
             Self::NotRunning(path, e) => write!(
                 f,
                 "the outpost daemon is not running (control socket {}: {e})",
+                path.display()
+            ),
+            Self::PermissionDenied(path, e) => write!(
+                f,
+                "permission denied on the control socket {} ({e}): run this as the daemon's \
+                 user or root",
                 path.display()
             ),
             Self::Io(e) => write!(f, "control socket: {e}"),
@@ -386,8 +412,7 @@ impl std::error::Error for ClientError {}
 /// answer.
 pub fn request(data_dir: &Path, request: &Request) -> Result<Response, ClientError> {
     let path = socket_path(data_dir);
-    let mut stream =
-        UnixStream::connect(&path).map_err(|e| ClientError::NotRunning(path.clone(), e))?;
+    let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(&path, e))?;
     stream
         .set_write_timeout(Some(CLIENT_TIMEOUT))
         .map_err(ClientError::Io)?;
@@ -404,8 +429,27 @@ pub fn request(data_dir: &Path, request: &Request) -> Result<Response, ClientErr
         .ok_or_else(|| ClientError::Protocol(format!("unexpected answer {:?}", text.trim())))
 }
 
+/// Why `connect` failed: a permission problem is not an absent daemon.
+fn connect_error(path: &Path, e: io::Error) -> ClientError {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        ClientError::PermissionDenied(path.to_owned(), e)
+    } else {
+        ClientError::NotRunning(path.to_owned(), e)
+    }
+}
+
+/// The exit code of a request that got no answer.
+fn exit_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::NotRunning(..) => EX_UNAVAILABLE,
+        ClientError::PermissionDenied(..) => EX_NOPERM,
+        ClientError::Io(_) | ClientError::Protocol(_) => EX_SOFTWARE,
+    }
+}
+
 /// Runs a `queue`/`status` command: prints the answer; returns the exit code (0 ok, 1 the
-/// daemon refused part of it, 69 the daemon is not running, 70 the socket misbehaved).
+/// daemon refused part of it, 69 the daemon is not running, 70 the socket misbehaved, 77 this
+/// user may not use the control socket).
 pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
     match request(data_dir, req) {
         Ok(response) => {
@@ -423,13 +467,9 @@ pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
                 1
             }
         }
-        Err(e @ ClientError::NotRunning(..)) => {
-            eprintln!("outpost: {e}");
-            EX_UNAVAILABLE
-        }
         Err(e) => {
             eprintln!("outpost: {e}");
-            EX_SOFTWARE
+            exit_code(&e)
         }
     }
 }
@@ -439,11 +479,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn permission_denied_is_not_a_missing_daemon() {
+        let path = Path::new("/x/control.sock");
+        let denied = connect_error(path, io::ErrorKind::PermissionDenied.into());
+        assert!(matches!(denied, ClientError::PermissionDenied(..)));
+        assert_eq!(exit_code(&denied), 77);
+        assert!(denied.to_string().contains("permission denied"), "{denied}");
+        let absent = connect_error(path, io::ErrorKind::NotFound.into());
+        assert!(matches!(absent, ClientError::NotRunning(..)));
+        assert_eq!(exit_code(&absent), 69);
+        assert!(absent.to_string().contains("not running"), "{absent}");
+    }
+
+    #[test]
     fn every_request_round_trips_through_its_line() {
         let ids = vec!["00000000000000AB".to_owned(), "1".to_owned()];
         for request in [
             Request::List { json: false },
             Request::List { json: true },
+            Request::Mailq,
             Request::Show("00000000000000AB".into()),
             Request::Flush,
             Request::Delete(ids.clone()),

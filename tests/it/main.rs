@@ -26,6 +26,7 @@ mod flaps;
 mod forward;
 mod limits;
 mod logs;
+mod mailq;
 mod notify;
 mod oauth;
 mod ops;
