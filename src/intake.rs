@@ -242,6 +242,11 @@ impl Intake {
             .and_then(|_| coalesce::key(&info.sender, &info.recipients, headers.field("subject")));
     }
 
+    /// Bytes an unprivileged writer may still use where `data_dir` is (`None`: unknown).
+    pub fn disk_free(&self) -> Option<u64> {
+        space::available(&self.policy.data_dir)
+    }
+
     /// SMTP and maildrop messages committed since start.
     pub fn accepted(&self) -> u64 {
         self.accepted.get()

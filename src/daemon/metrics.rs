@@ -120,6 +120,7 @@ fn render(shared: &Shared) -> String {
         link: shared.link().report(),
         accepted: shared.intake().accepted(),
         sessions: shared.sessions().count(),
+        disk_free: shared.intake().disk_free(),
     };
     exposition(&sample)
 }
@@ -130,6 +131,8 @@ struct Sample {
     link: LinkReport,
     accepted: u64,
     sessions: usize,
+    /// Free bytes where `data_dir` is, if known.
+    disk_free: Option<u64>,
 }
 
 /// A metric family: name (after `outpost_`), type, help text.
@@ -181,6 +184,41 @@ const LAST_SUCCESS_TIMESTAMP_SECONDS: Family = (
     "Unix time of the last delivery to the smarthost (0: none since start).",
 );
 const SMTP_SESSIONS: Family = ("smtp_sessions", "gauge", "SMTP sessions open now.");
+const QUEUE_OLDEST_SECONDS: Family = (
+    "queue_oldest_seconds",
+    "gauge",
+    "Time the oldest queued message has spent in the queue (0 when empty).",
+);
+const ACCEPTED_MESSAGES_TOTAL: Family = (
+    "accepted_messages_total",
+    "counter",
+    "Messages accepted into the queue since start (SMTP and sendmail).",
+);
+const SENT_RECIPIENTS_TOTAL: Family = (
+    "sent_recipients_total",
+    "counter",
+    "Recipients the smarthost accepted since start.",
+);
+const DEFERRED_RECIPIENTS_TOTAL: Family = (
+    "deferred_recipients_total",
+    "counter",
+    "Recipient attempts deferred (temporary failure) since start.",
+);
+const BOUNCED_RECIPIENTS_TOTAL: Family = (
+    "bounced_recipients_total",
+    "counter",
+    "Recipients failed for good (5xx or expired) since start.",
+);
+const BUILD_INFO: Family = (
+    "build_info",
+    "gauge",
+    "Always 1; the label says which outpost answers.",
+);
+const DISK_FREE_BYTES: Family = (
+    "disk_free_bytes",
+    "gauge",
+    "Bytes outpost may still write where data_dir is (absent when unknown).",
+);
 
 /// The Prometheus text format (one HELP and TYPE per family).
 fn exposition(s: &Sample) -> String {
@@ -202,6 +240,11 @@ fn exposition(s: &Sample) -> String {
     family(&mut out, bytes, &by_state(&s.summary.bytes));
     for (kind, value) in plain_samples(s) {
         family(&mut out, kind, &[(String::new(), value)]);
+    }
+    let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    family(&mut out, BUILD_INFO, &[(version, 1)]);
+    if let Some(free) = s.disk_free {
+        family(&mut out, DISK_FREE_BYTES, &[(String::new(), free)]);
     }
     // Per smarthost (`[[smarthost]]` order), labelled with its `host:port`.
     let routes = &s.link.smarthosts;
@@ -230,13 +273,16 @@ fn exposition(s: &Sample) -> String {
 }
 
 /// The families with one unlabelled sample each, in exposition order.
-fn plain_samples(s: &Sample) -> [(Family, u64); 10] {
+fn plain_samples(s: &Sample) -> [(Family, u64); 15] {
     let link = &s.link;
+    let oldest = s.summary.oldest_age_ms.unwrap_or(0) / 1000;
     [
-        (
-            QUEUE_OLDEST_AGE_SECONDS,
-            s.summary.oldest_age_ms.unwrap_or(0) / 1000,
-        ),
+        (QUEUE_OLDEST_SECONDS, oldest),
+        (ACCEPTED_MESSAGES_TOTAL, s.accepted),
+        (SENT_RECIPIENTS_TOTAL, link.sent),
+        (DEFERRED_RECIPIENTS_TOTAL, link.deferred),
+        (BOUNCED_RECIPIENTS_TOTAL, link.bounced),
+        (QUEUE_OLDEST_AGE_SECONDS, oldest),
         (ACCEPTED_TOTAL, s.accepted),
         (SENT_TOTAL, link.sent),
         (DEFERRED_TOTAL, link.deferred),
@@ -321,6 +367,7 @@ mod tests {
             },
             accepted: 9,
             sessions: 1,
+            disk_free: Some(123_456),
         };
         let text = exposition(&sample);
         assert!(
@@ -336,6 +383,18 @@ mod tests {
         assert!(text.contains("outpost_accepted_total 9\n"));
         assert!(text.contains("outpost_sent_total 7\n"));
         assert!(text.contains("outpost_link_up 1\n"));
+        // The names that say what they count, next to the older ones.
+        assert!(text.contains("outpost_queue_oldest_seconds 61\n"));
+        assert!(text.contains("outpost_accepted_messages_total 9\n"));
+        assert!(text.contains("outpost_sent_recipients_total 7\n"));
+        assert!(text.contains("outpost_deferred_recipients_total 0\n"));
+        assert!(text.contains("outpost_bounced_recipients_total 0\n"));
+        let build = format!(
+            "outpost_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        assert!(text.contains("outpost_disk_free_bytes 123456\n"));
         assert!(text.contains("outpost_link_known 1\n"));
         assert!(text.contains("outpost_smarthost_up{smarthost=\"mx1.example:587\"} 0\n"));
         assert!(text.contains("outpost_smarthost_up{smarthost=\"lte.example:587\"} 1\n"));
