@@ -20,10 +20,12 @@ Usage:
   outpost queue show ID            one message: envelope, state, last replies, headers
   outpost queue flush              try the smarthost now (also SIGUSR1 to the daemon)
   outpost queue delete|hold|release ID...
-  outpost status                   link state, queue counts, last error (exit 69: not running)
+  outpost status [--json]          link state, queue counts, last error (exit 69: not running,
+                                   77: no permission on the control socket)
   outpost sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   submit stdin (sendmail(1))
   outpost --help | --version
-  (invoked as `mailq`: `outpost queue list`; as `sendmail`: `outpost sendmail`)
+  (invoked as `mailq` or `sendmail -bp`: the queue in Postfix's format; as `sendmail`:
+  `outpost sendmail`)
 
 Options (flags override the config file):
   -c, --config FILE        TOML config file
@@ -278,15 +280,21 @@ fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageErr
 
 fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
     let mut target = ConfigArgs::default();
+    let mut json = false;
     while let Some(arg) = parser.next()? {
         if let Some(flag) = client_flag(&arg) {
             client_value(parser, flag, &mut target)?;
             continue;
         }
         match arg {
+            Long("json") => json = true,
             Short('h') | Long("help") => return Ok(Cmd::Help),
             other => return Err(other.unexpected().into()),
         }
+    }
+    // `status --json` is one request to the daemon like any `queue` one.
+    if json {
+        return Ok(Cmd::Queue(target, Request::StatusJson));
     }
     Ok(Cmd::Status(target))
 }
@@ -452,6 +460,10 @@ mod tests {
         assert_eq!(
             parse_str(&["queue", "show", "A"]).unwrap(),
             Cmd::Queue(ConfigArgs::default(), Request::Show("A".into()))
+        );
+        assert_eq!(
+            parse_str(&["status", "--json"]).unwrap(),
+            Cmd::Queue(ConfigArgs::default(), Request::StatusJson)
         );
         assert_eq!(
             parse_str(&["status", "-d", "/q", "--config", "c.toml"]).unwrap(),

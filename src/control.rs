@@ -3,7 +3,7 @@
 //!
 //! Protocol: the client connects to `data_dir/control.sock` (mode 0600), writes one request
 //! line (`LIST`, `LIST JSON`, `LIST POSTFIX`, `SHOW <id>`, `FLUSH`, `DELETE <id>…`, `HOLD <id>…`,
-//! `RELEASE <id>…`, `STATUS`, `POKE`), and reads the answer until the daemon closes: a first
+//! `RELEASE <id>…`, `STATUS`, `STATUS JSON`, `POKE`), and reads the answer until the daemon closes: a first
 //! line `OK` or `ERR`, then text for a human (or JSON for `LIST JSON`).
 //!
 //! This file holds both sides: `serve` (daemon, on the `LocalExecutor`) and `request`/
@@ -34,9 +34,11 @@ use self::render::with_link_wait;
 pub use self::render::{
     json_str, render_list, render_list_json, render_show, render_status, MessageState, QueueSummary,
 };
+pub use self::status_json::{render_status_json, JSON_VERSION};
 
 mod mailq;
 mod render;
+mod status_json;
 
 /// File name of the socket inside `data_dir`.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -73,6 +75,8 @@ pub enum Request {
     Hold(Vec<String>),
     Release(Vec<String>),
     Status,
+    /// `status --json`.
+    StatusJson,
     /// New files in the maildrop (`sendmail`).
     Poke,
 }
@@ -91,6 +95,7 @@ impl Request {
             Self::Hold(list) => ids("HOLD", list),
             Self::Release(list) => ids("RELEASE", list),
             Self::Status => "STATUS".into(),
+            Self::StatusJson => "STATUS JSON".into(),
             Self::Poke => "POKE".into(),
         }
     }
@@ -109,6 +114,7 @@ impl Request {
             ("HOLD", ids) if !ids.is_empty() => Self::Hold(rest),
             ("RELEASE", ids) if !ids.is_empty() => Self::Release(rest),
             ("STATUS", []) => Self::Status,
+            ("STATUS", [json]) if json == "JSON" => Self::StatusJson,
             ("POKE", []) => Self::Poke,
             _ => return None,
         };
@@ -287,6 +293,14 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
                     Some(now),
                 ))
             }
+            Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
+        },
+        Request::StatusJson => match shared.store().list() {
+            Ok(messages) => Response::ok(render_status_json(
+                &shared.link().report(),
+                &QueueSummary::of(&messages, now),
+                shared.store().usage(),
+            )),
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
         },
         Request::Poke => {
@@ -498,6 +512,7 @@ mod tests {
             Request::List { json: false },
             Request::List { json: true },
             Request::Mailq,
+            Request::StatusJson,
             Request::Show("00000000000000AB".into()),
             Request::Flush,
             Request::Delete(ids.clone()),

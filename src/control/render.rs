@@ -164,7 +164,8 @@ pub fn render_list(messages: &[QueuedMessage], now: QueueTime, holding: bool) ->
     out
 }
 
-/// `outpost queue list --json`: an array of objects (ages in seconds).
+/// `outpost queue list --json`: an array of objects (ages in seconds), each with the format's
+/// `version` first.
 pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
     let mut out = String::from("[");
     for (n, m) in messages.iter().enumerate() {
@@ -177,9 +178,10 @@ pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
         };
         let _ = write!(
             out,
-            "\n{{\"id\":\"{}\",\"age_secs\":{},\"size\":{},\"sender\":{},\"state\":\"{}\",\
+            "\n{{\"version\":{},\"id\":\"{}\",\"age_secs\":{},\"size\":{},\"sender\":{},\"state\":\"{}\",\
              \"held\":{},\"attempts\":{},\"next_attempt_in_secs\":{next},\"received_unix\":{},\
              \"priority\":\"{}\",\"recipients\":[",
+            super::status_json::JSON_VERSION,
             m.id,
             now.saturating_sub(m.enqueued_at) / 1000,
             m.size,

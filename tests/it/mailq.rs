@@ -123,6 +123,13 @@ fn deferred_and_held_messages_parse_as_postfix() {
     let run = run_command(&sendmail, &["--config", &config, "-bp"], b"");
     assert_eq!(run.code, Some(0), "{run}");
     assert_eq!(check_mailq_count(&run.stdout), Some(2), "{run}");
+    // The JSON forms carry their format's version.
+    let list = relay.command_ok(&["queue", "list", "--json"]);
+    assert_eq!(list.matches("{\"version\":1,\"id\":").count(), 2, "{list}");
+    let status = relay.command_ok(&["status", "--json"]);
+    assert!(status.starts_with("{\"version\":1,"), "{status}");
+    assert!(status.contains("\"queue\":{\"messages\":2,"), "{status}");
+    assert!(status.contains("\"held\":1,"), "{status}");
     let own = relay.command_ok(&["queue", "list"]);
     assert!(
         own.contains("<b@remote.test>") && !own.contains("-Queue ID-"),
