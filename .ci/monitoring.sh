@@ -45,7 +45,7 @@ my $messages = 0;
 for (@lines) {
     if (/^([0-9A-F]+)([*!]?)\s+(\d+)\s+(\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d)\s+(\S+)$/) {
         $messages++;
-    } elsif (!/^(-Queue ID-|\s+\(.*\)$|\s{41}\S+$|$|-- \d+ Kbytes in \d+ Requests?\.$|Mail queue is empty$)/) {
+    } elsif (!/^(-Queue ID-|\s*\(.*\)$|\s{41}\S+$|$|-- \d+ Kbytes in \d+ Requests?\.$|Mail queue is empty$)/) {
         print "UNKNOWN: unparsed line: $_";
         exit 3;
     }
@@ -89,7 +89,7 @@ import smtplib, sys
 with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30) as s:
     for n in range(3):
         s.sendmail("ci@lan.test", ["a@remote.test", "b@remote.test"],
-                   "Subject: mailq %d\r\n\r\n%s\r\n" % (n, "x" * 3000))
+                   "Subject: mailq %d\r\n\r\n%s" % (n, ("x" * 70 + "\r\n") * 40))
 EOF
 held=$("$outpost" queue list --json --config "$work/outpost.toml" | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["id"])')
 "$outpost" queue hold "$held" --config "$work/outpost.toml"
