@@ -22,6 +22,7 @@ use super::DaemonError;
 use crate::accept;
 use crate::control::{MessageState, QueueSummary};
 use crate::forward::{LinkReport, SmarthostReport};
+use crate::intake::Reject;
 use crate::shared::Shared;
 
 /// Longest request head (request line + headers).
@@ -121,6 +122,7 @@ fn render(shared: &Shared) -> String {
         accepted: shared.intake().accepted(),
         sessions: shared.sessions().count(),
         disk_free: shared.intake().disk_free(),
+        rejected: Reject::ALL.map(|r| (r, shared.intake().rejected(r))),
     };
     exposition(&sample)
 }
@@ -133,6 +135,8 @@ struct Sample {
     sessions: usize,
     /// Free bytes where `data_dir` is, if known.
     disk_free: Option<u64>,
+    /// Mail refused at the door since start, by reason.
+    rejected: [(Reject, u64); 4],
 }
 
 /// A metric family: name (after `outpost_`), type, help text.
@@ -214,6 +218,12 @@ const BUILD_INFO: Family = (
     "gauge",
     "Always 1; the label says which outpost answers.",
 );
+const REJECTED_TOTAL: Family = (
+    "rejected_total",
+    "counter",
+    "Mail refused on the way in since start, by reason: connections (max_connections), disk \
+     (data_dir nearly full), queue_full (queue.max_bytes), rate_limit.",
+);
 const DISK_FREE_BYTES: Family = (
     "disk_free_bytes",
     "gauge",
@@ -243,6 +253,12 @@ fn exposition(s: &Sample) -> String {
     }
     let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
     family(&mut out, BUILD_INFO, &[(version, 1)]);
+    let rejected: Vec<(String, u64)> = s
+        .rejected
+        .iter()
+        .map(|(reason, n)| (format!("{{reason=\"{}\"}}", reason.as_str()), *n))
+        .collect();
+    family(&mut out, REJECTED_TOTAL, &rejected);
     if let Some(free) = s.disk_free {
         family(&mut out, DISK_FREE_BYTES, &[(String::new(), free)]);
     }
@@ -368,6 +384,7 @@ mod tests {
             accepted: 9,
             sessions: 1,
             disk_free: Some(123_456),
+            rejected: Reject::ALL.map(|r| (r, u64::from(r == Reject::QueueFull) * 4)),
         };
         let text = exposition(&sample);
         assert!(
@@ -395,6 +412,8 @@ mod tests {
         );
         assert!(text.contains(&build), "{text}");
         assert!(text.contains("outpost_disk_free_bytes 123456\n"));
+        assert!(text.contains("outpost_rejected_total{reason=\"queue_full\"} 4\n"));
+        assert!(text.contains("outpost_rejected_total{reason=\"rate_limit\"} 0\n"));
         assert!(text.contains("outpost_link_known 1\n"));
         assert!(text.contains("outpost_smarthost_up{smarthost=\"mx1.example:587\"} 0\n"));
         assert!(text.contains("outpost_smarthost_up{smarthost=\"lte.example:587\"} 1\n"));

@@ -20,7 +20,7 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
 use super::auth::{verify, AUTH_FAILURE_DELAY};
-use crate::intake::Submission;
+use crate::intake::{Reject, Submission};
 use crate::shared::Shared;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
@@ -294,6 +294,7 @@ impl<'a> Conn<'a> {
     fn mail_check(&mut self, sender: &str) {
         let verdict = self.shared.intake().check_sender(sender);
         if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
+            self.shared.intake().count_reject(Reject::RateLimit);
             warn!(
                 "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
                 self.tag,

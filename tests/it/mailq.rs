@@ -2,6 +2,7 @@
 //! regular expressions of nagios-plugins' `check_mailq -M postfix` (the last line, `Kbytes in
 //! (\d+)` or `Mail queue is empty`) and of Postfix queue parsers (the message line, the
 //! recipients, the deferral reason in parentheses). `outpost queue list` keeps its own format.
+//! Also the metrics alerting reads: refusals by reason, `build_info`, free disk.
 
 use std::time::Duration;
 
@@ -164,4 +165,55 @@ fn runs_as_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
         })
         .unwrap_or(false)
+}
+
+/// The body of `GET /metrics` on the relay's metrics port.
+fn scrape(relay: &RelayProcess) -> String {
+    use std::io::{Read, Write};
+    let line = relay.wait_log("metrics on http://");
+    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
+    let addr: std::net::SocketAddr = rest.split('/').next().unwrap().parse().unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[test]
+fn metrics_count_refusals_by_reason_and_say_what_runs() {
+    let relay = RelayProcess::start_with(
+        RelayConfig::default().top("max_connections = 1\n[metrics]\nlisten = \"127.0.0.1:0\""),
+    );
+    let _first = RawClient::ready(relay.port());
+    // The second session is one too many: greeted 421 and closed.
+    let (_second, greeting) = RawClient::connect(relay.port());
+    assert_eq!(greeting.code, 421, "{greeting:?}");
+    let counted = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        scrape(&relay).contains("outpost_rejected_total{reason=\"connections\"} 1\n")
+    });
+    let body = scrape(&relay);
+    assert!(counted, "{body}");
+    assert!(
+        body.contains("outpost_rejected_total{reason=\"rate_limit\"} 0\n"),
+        "{body}"
+    );
+    let build = format!(
+        "outpost_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(body.contains(&build), "{body}");
+    let free = body
+        .lines()
+        .find_map(|l| l.strip_prefix("outpost_disk_free_bytes "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(free.is_some_and(|f| f > 0), "{body}");
+    assert!(
+        body.contains("outpost_accepted_messages_total 0\n"),
+        "{body}"
+    );
+    assert!(body.contains("outpost_queue_oldest_seconds 0\n"), "{body}");
 }

@@ -5,7 +5,7 @@
 use log::{error, warn};
 
 use super::{unix_now, Conn, SpoolState, MAX_CHUNK};
-use crate::intake::{self, IntakeError, Source};
+use crate::intake::{self, IntakeError, Reject, Source};
 use crate::message::rfc5322_date;
 use crate::smtp::server::{BodyType, CommitOutcome, Envelope};
 
@@ -18,6 +18,7 @@ impl Conn<'_> {
         self.received_unix = unix_now();
         let intake = self.shared.intake();
         if let Some(available) = intake.short_of_space() {
+            intake.count_reject(Reject::Disk);
             warn!(
                 "{} status=rejected reason=\"data_dir nearly full ({} KiB available)\"",
                 self.tag,
@@ -113,6 +114,7 @@ impl Conn<'_> {
         {
             Ok(id) => CommitOutcome::Stored(id.to_string()),
             Err(IntakeError::QueueFull) => {
+                self.shared.intake().count_reject(Reject::QueueFull);
                 warn!(
                     "{tag} queue_id={spool_id} size={} status=rejected reason=\"queue full \
                      (queue.max_bytes)\"",
