@@ -52,10 +52,10 @@ pub fn render_status_json(link: &LinkReport, summary: &QueueSummary, usage: Usag
     for (state, count) in MessageState::ALL.iter().zip(summary.messages) {
         let _ = write!(out, ",\"{}\":{count}", state.as_str());
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
         "}},\"totals\":{{\"sent_recipients\":{},\"deferred_recipients\":{},\
-         \"bounced_recipients\":{}}}}}\n",
+         \"bounced_recipients\":{}}}}}",
         link.sent, link.deferred, link.bounced
     );
     out
