@@ -32,9 +32,10 @@ use crate::store::{QueueId, StoreError};
 pub use self::mailq::{render_mailq, MAILQ_EMPTY, MAILQ_HEADER};
 use self::render::with_link_wait;
 pub use self::render::{
-    json_str, render_list, render_list_json, render_show, render_status, MessageState, QueueSummary,
+    json_str, render_list, render_list_json, render_show, render_status, MessageState,
+    QueueSummary, JSON_VERSION,
 };
-pub use self::status_json::{render_status_json, JSON_VERSION};
+pub use self::status_json::render_status_json;
 
 mod mailq;
 mod render;

@@ -164,6 +164,10 @@ pub fn render_list(messages: &[QueuedMessage], now: QueueTime, holding: bool) ->
     out
 }
 
+/// The format version of `queue list --json` and `status --json`, raised when a field changes
+/// meaning or goes away.
+pub const JSON_VERSION: u32 = 1;
+
 /// `outpost queue list --json`: an array of objects (ages in seconds), each with the format's
 /// `version` first.
 pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
@@ -181,7 +185,7 @@ pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
             "\n{{\"version\":{},\"id\":\"{}\",\"age_secs\":{},\"size\":{},\"sender\":{},\"state\":\"{}\",\
              \"held\":{},\"attempts\":{},\"next_attempt_in_secs\":{next},\"received_unix\":{},\
              \"priority\":\"{}\",\"recipients\":[",
-            super::status_json::JSON_VERSION,
+            JSON_VERSION,
             m.id,
             now.saturating_sub(m.enqueued_at) / 1000,
             m.size,

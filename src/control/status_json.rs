@@ -7,10 +7,7 @@ use std::fmt::Write as _;
 use crate::forward::LinkReport;
 use crate::store::Usage;
 
-use super::render::{json_str, MessageState, QueueSummary};
-
-/// The format version of `status --json` and `queue list --json`.
-pub const JSON_VERSION: u32 = 1;
+use super::render::{json_str, MessageState, QueueSummary, JSON_VERSION};
 
 /// `{"version":1,"outpost":"…","link":{…},"smarthosts":[…],"queue":{…},"totals":{…}}`.
 pub fn render_status_json(link: &LinkReport, summary: &QueueSummary, usage: Usage) -> String {
