@@ -213,8 +213,8 @@ fn client_value(
     Ok(())
 }
 
-/// `queue [VERB] [IDS…] [--json]`; `mailq` is `queue list` in Postfix's format, with no verb
-/// allowed.
+/// `queue [VERB] [IDS…] [--json]`; `mailq` is `queue list` in Postfix's format (`mailq --json`
+/// is outpost's JSON), with no verb allowed.
 fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageError> {
     let mut target = ConfigArgs::default();
     let mut verb: Option<String> = if mailq { Some("list".into()) } else { None };
@@ -258,7 +258,6 @@ fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageErr
         "list" | "flush" if !ids.is_empty() => {
             return Err(UsageError(format!("`queue {verb}` takes no queue ids")))
         }
-        // `mailq` speaks Postfix's format (monitoring parses it); `--json` stays outpost's.
         "list" if mailq && !json => Request::Mailq,
         "list" => Request::List { json },
         "flush" => Request::Flush,

@@ -284,31 +284,28 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             shared.forwarder().notify();
             response
         }
-        Request::Status => match shared.store().list() {
-            Ok(messages) => {
-                let summary = QueueSummary::of(&messages, now);
-                Response::ok(render_status(
-                    &shared.link().report(),
-                    &summary,
-                    shared.store().usage(),
-                    Some(now),
-                ))
-            }
-            Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
-        },
-        Request::StatusJson => match shared.store().list() {
-            Ok(messages) => Response::ok(render_status_json(
-                &shared.link().report(),
-                &QueueSummary::of(&messages, now),
-                shared.store().usage(),
-            )),
-            Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
-        },
+        Request::Status => status(shared, now, false),
+        Request::StatusJson => status(shared, now, true),
         Request::Poke => {
             shared.maildrop().notify();
             Response::ok(String::new())
         }
     }
+}
+
+/// `status`, as text or (`json`) as one JSON object.
+fn status(shared: &Shared, now: QueueTime, json: bool) -> Response {
+    let messages = match shared.store().list() {
+        Ok(messages) => messages,
+        Err(e) => return Response::err(format!("cannot read the queue: {e}\n")),
+    };
+    let (link, summary) = (shared.link().report(), QueueSummary::of(&messages, now));
+    let usage = shared.store().usage();
+    Response::ok(if json {
+        render_status_json(&link, &summary, usage)
+    } else {
+        render_status(&link, &summary, usage, Some(now))
+    })
 }
 
 #[derive(Clone, Copy)]
