@@ -20,13 +20,15 @@ Usage:
   outpost queue show ID            one message: envelope, state, last replies, headers
   outpost queue flush              try the smarthost now (also SIGUSR1 to the daemon)
   outpost queue delete|hold|release ID...
-  outpost status                   link state, queue counts, last error (exit 69: not running)
+  outpost status [--json]          link state, queue counts, last error (exit 69: not running,
+                                   77: no permission on the control socket)
   outpost sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   submit stdin (sendmail(1))
   outpost sendmail -bv RCPT...     where each recipient goes (aliases, admin, domain)
   outpost newaliases               check the aliases (also `sendmail -bi`)
   outpost --help | --version
-  (invoked as `mailq`: `outpost queue list`; as `sendmail`: `outpost sendmail`; as
-  `newaliases`: `outpost newaliases`; any other program name is a usage error)
+  (invoked as `mailq` or `sendmail -bp`: the queue in Postfix's format; as `sendmail`:
+  `outpost sendmail`; as `newaliases`: `outpost newaliases`; any other program name is a usage
+  error)
 
 Options (flags override the config file):
   -c, --config FILE        TOML config file
@@ -129,7 +131,7 @@ where
         overrides: Overrides::default(),
     };
     Ok(match invocation.args.mode {
-        Mode::ListQueue => Cmd::Queue(target, Request::List { json: false }),
+        Mode::ListQueue => Cmd::Queue(target, Request::Mailq),
         Mode::Flush => Cmd::Queue(target, Request::Flush),
         _ => Cmd::Sendmail(target, invocation.args),
     })
@@ -245,7 +247,8 @@ fn client_value(
     Ok(())
 }
 
-/// `queue [VERB] [IDS…] [--json]`; `mailq` is `queue list` with no verb allowed.
+/// `queue [VERB] [IDS…] [--json]`; `mailq` is `queue list` in Postfix's format (`mailq --json`
+/// is outpost's JSON), with no verb allowed.
 fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageError> {
     let mut target = ConfigArgs::default();
     let mut verb: Option<String> = if mailq { Some("list".into()) } else { None };
@@ -289,6 +292,7 @@ fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageErr
         "list" | "flush" if !ids.is_empty() => {
             return Err(UsageError(format!("`queue {verb}` takes no queue ids")))
         }
+        "list" if mailq && !json => Request::Mailq,
         "list" => Request::List { json },
         "flush" => Request::Flush,
         "show" => match <[String; 1]>::try_from(ids) {
@@ -309,15 +313,21 @@ fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageErr
 
 fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
     let mut target = ConfigArgs::default();
+    let mut json = false;
     while let Some(arg) = parser.next()? {
         if let Some(flag) = client_flag(&arg) {
             client_value(parser, flag, &mut target)?;
             continue;
         }
         match arg {
+            Long("json") => json = true,
             Short('h') | Long("help") => return Ok(Cmd::Help),
             other => return Err(other.unexpected().into()),
         }
+    }
+    // `status --json` is one request to the daemon like any `queue` one.
+    if json {
+        return Ok(Cmd::Queue(target, Request::StatusJson));
     }
     Ok(Cmd::Status(target))
 }
@@ -440,6 +450,10 @@ mod tests {
             Cmd::Queue(ConfigArgs::default(), Request::Show("A".into()))
         );
         assert_eq!(
+            parse_str(&["status", "--json"]).unwrap(),
+            Cmd::Queue(ConfigArgs::default(), Request::StatusJson)
+        );
+        assert_eq!(
             parse_str(&["status", "-d", "/q", "--config", "c.toml"]).unwrap(),
             Cmd::Status(dir)
         );
@@ -461,7 +475,7 @@ mod tests {
     fn argv0_mailq_and_sendmail_pick_their_front_ends() {
         assert_eq!(
             parse_invocation(["/usr/bin/mailq"]).unwrap(),
-            Cmd::Queue(ConfigArgs::default(), Request::List { json: false })
+            Cmd::Queue(ConfigArgs::default(), Request::Mailq)
         );
         assert_eq!(
             parse_invocation(["mailq", "--json"]).unwrap(),
@@ -513,7 +527,7 @@ mod tests {
         assert!(parse_str(&["sendmail", "--data-dir", "/q", "a@b"]).is_err());
         assert_eq!(
             parse_str(&["sendmail", "-bp"]).unwrap(),
-            Cmd::Queue(ConfigArgs::default(), Request::List { json: false })
+            Cmd::Queue(ConfigArgs::default(), Request::Mailq)
         );
         assert_eq!(
             parse_str(&["sendmail", "-q"]).unwrap(),

@@ -2,8 +2,8 @@
 //! running daemon (sled locks its files, so the CLI never opens the store itself).
 //!
 //! Protocol: the client connects to `data_dir/control.sock` (mode 0600), writes one request
-//! line (`LIST`, `LIST JSON`, `SHOW <id>`, `FLUSH`, `DELETE <id>…`, `HOLD <id>…`,
-//! `RELEASE <id>…`, `STATUS`, `POKE`), and reads the answer until the daemon closes: a first
+//! line (`LIST`, `LIST JSON`, `LIST POSTFIX`, `SHOW <id>`, `FLUSH`, `DELETE <id>…`, `HOLD <id>…`,
+//! `RELEASE <id>…`, `STATUS`, `STATUS JSON`, `POKE`), and reads the answer until the daemon closes: a first
 //! line `OK` or `ERR`, then text for a human (or JSON for `LIST JSON`).
 //!
 //! This file holds both sides: `serve` (daemon, on the `LocalExecutor`) and `request`/
@@ -29,12 +29,17 @@ use crate::message;
 use crate::shared::Shared;
 use crate::store::{QueueId, StoreError};
 
+pub use self::mailq::{render_mailq, MAILQ_EMPTY, MAILQ_HEADER};
 use self::render::with_link_wait;
 pub use self::render::{
-    json_str, render_list, render_list_json, render_show, render_status, MessageState, QueueSummary,
+    json_str, render_list, render_list_json, render_show, render_status, MessageState,
+    QueueSummary, JSON_VERSION,
 };
+pub use self::status_json::render_status_json;
 
+mod mailq;
 mod render;
+mod status_json;
 
 /// File name of the socket inside `data_dir`.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -50,6 +55,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// sysexits(3) used by the client side.
 pub const EX_UNAVAILABLE: u8 = 69;
 const EX_SOFTWARE: u8 = 70;
+pub const EX_NOPERM: u8 = 77;
 
 /// `data_dir/control.sock`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -62,12 +68,16 @@ pub enum Request {
     List {
         json: bool,
     },
+    /// `mailq`, `sendmail -bp`: the queue in Postfix's format.
+    Mailq,
     Show(String),
     Flush,
     Delete(Vec<String>),
     Hold(Vec<String>),
     Release(Vec<String>),
     Status,
+    /// `status --json`.
+    StatusJson,
     /// New files in the maildrop (`sendmail`).
     Poke,
 }
@@ -79,12 +89,14 @@ impl Request {
         match self {
             Self::List { json: false } => "LIST".into(),
             Self::List { json: true } => "LIST JSON".into(),
+            Self::Mailq => "LIST POSTFIX".into(),
             Self::Show(id) => format!("SHOW {id}"),
             Self::Flush => "FLUSH".into(),
             Self::Delete(list) => ids("DELETE", list),
             Self::Hold(list) => ids("HOLD", list),
             Self::Release(list) => ids("RELEASE", list),
             Self::Status => "STATUS".into(),
+            Self::StatusJson => "STATUS JSON".into(),
             Self::Poke => "POKE".into(),
         }
     }
@@ -96,12 +108,14 @@ impl Request {
         let request = match (verb, rest.as_slice()) {
             ("LIST", []) => Self::List { json: false },
             ("LIST", [json]) if json == "JSON" => Self::List { json: true },
+            ("LIST", [postfix]) if postfix == "POSTFIX" => Self::Mailq,
             ("SHOW", [id]) => Self::Show(id.clone()),
             ("FLUSH", []) => Self::Flush,
             ("DELETE", ids) if !ids.is_empty() => Self::Delete(rest),
             ("HOLD", ids) if !ids.is_empty() => Self::Hold(rest),
             ("RELEASE", ids) if !ids.is_empty() => Self::Release(rest),
             ("STATUS", []) => Self::Status,
+            ("STATUS", [json]) if json == "JSON" => Self::StatusJson,
             ("POKE", []) => Self::Poke,
             _ => return None,
         };
@@ -204,7 +218,7 @@ async fn client(mut stream: Async<UnixStream>, shared: &Shared) -> io::Result<()
     let response = match Request::parse_line(&line) {
         Some(request) => {
             if request != Request::Poke {
-                info!("control: {}", request.to_line());
+                debug!("control: {}", request.to_line());
             }
             answer(&request, shared).await
         }
@@ -249,6 +263,17 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
         },
+        Request::Mailq => match shared.store().list() {
+            Ok(messages) => {
+                let link = shared.link().report();
+                let down = link
+                    .last_error
+                    .as_deref()
+                    .filter(|_| link.up == Some(false));
+                Response::ok(render_mailq(&messages, shared.link().delivering(), down))
+            }
+            Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
+        },
         Request::Show(id) => show(shared, id, now),
         Request::Flush => {
             shared.link().flush.notify();
@@ -261,25 +286,30 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             shared.forwarder().notify();
             response
         }
-        Request::Status => match shared.store().list() {
-            Ok(messages) => {
-                let summary = QueueSummary::of(&messages, now);
-                let mut text = render_status(
-                    &shared.link().report(),
-                    &summary,
-                    shared.store().usage(),
-                    Some(now),
-                );
-                text.push_str(&shared.maildrop_waiting_text());
-                Response::ok(text)
-            }
-            Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
-        },
+        Request::Status => status(shared, now, false),
+        Request::StatusJson => status(shared, now, true),
         Request::Poke => {
             shared.maildrop().notify();
             Response::ok(String::new())
         }
     }
+}
+
+/// `status`, as text or (`json`) as one JSON object.
+fn status(shared: &Shared, now: QueueTime, json: bool) -> Response {
+    let messages = match shared.store().list() {
+        Ok(messages) => messages,
+        Err(e) => return Response::err(format!("cannot read the queue: {e}\n")),
+    };
+    let (link, summary) = (shared.link().report(), QueueSummary::of(&messages, now));
+    let usage = shared.store().usage();
+    Response::ok(if json {
+        render_status_json(&link, &summary, usage)
+    } else {
+        let mut text = render_status(&link, &summary, usage, Some(now));
+        text.push_str(&shared.maildrop_waiting_text());
+        text
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -366,6 +396,8 @@ fn header_section(shared: &Shared, id: QueueId) -> Result<String, StoreError> {
 pub enum ClientError {
     /// No socket, or nobody listening on it.
     NotRunning(PathBuf, io::Error),
+    /// The socket is there but this user may not connect (the daemon runs as another user).
+    PermissionDenied(PathBuf, io::Error),
     Io(io::Error),
     Protocol(String),
 }
@@ -376,6 +408,12 @@ impl std::fmt::Display for ClientError {
             Self::NotRunning(path, e) => write!(
                 f,
                 "the outpost daemon is not running (control socket {}: {e})",
+                path.display()
+            ),
+            Self::PermissionDenied(path, e) => write!(
+                f,
+                "permission denied on the control socket {} ({e}): run this as the daemon's \
+                 user or root",
                 path.display()
             ),
             Self::Io(e) => write!(f, "control socket: {e}"),
@@ -390,8 +428,7 @@ impl std::error::Error for ClientError {}
 /// answer.
 pub fn request(data_dir: &Path, request: &Request) -> Result<Response, ClientError> {
     let path = socket_path(data_dir);
-    let mut stream =
-        UnixStream::connect(&path).map_err(|e| ClientError::NotRunning(path.clone(), e))?;
+    let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(&path, e))?;
     stream
         .set_write_timeout(Some(CLIENT_TIMEOUT))
         .map_err(ClientError::Io)?;
@@ -408,8 +445,27 @@ pub fn request(data_dir: &Path, request: &Request) -> Result<Response, ClientErr
         .ok_or_else(|| ClientError::Protocol(format!("unexpected answer {:?}", text.trim())))
 }
 
+/// Why `connect` failed: a permission problem is not an absent daemon.
+fn connect_error(path: &Path, e: io::Error) -> ClientError {
+    if e.kind() == io::ErrorKind::PermissionDenied {
+        ClientError::PermissionDenied(path.to_owned(), e)
+    } else {
+        ClientError::NotRunning(path.to_owned(), e)
+    }
+}
+
+/// The exit code of a request that got no answer.
+fn exit_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::NotRunning(..) => EX_UNAVAILABLE,
+        ClientError::PermissionDenied(..) => EX_NOPERM,
+        ClientError::Io(_) | ClientError::Protocol(_) => EX_SOFTWARE,
+    }
+}
+
 /// Runs a `queue`/`status` command: prints the answer; returns the exit code (0 ok, 1 the
-/// daemon refused part of it, 69 the daemon is not running, 70 the socket misbehaved).
+/// daemon refused part of it, 69 the daemon is not running, 70 the socket misbehaved, 77 this
+/// user may not use the control socket).
 pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
     match request(data_dir, req) {
         Ok(response) => {
@@ -427,13 +483,9 @@ pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
                 1
             }
         }
-        Err(e @ ClientError::NotRunning(..)) => {
-            eprintln!("outpost: {e}");
-            EX_UNAVAILABLE
-        }
         Err(e) => {
             eprintln!("outpost: {e}");
-            EX_SOFTWARE
+            exit_code(&e)
         }
     }
 }
@@ -467,11 +519,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn permission_denied_is_not_a_missing_daemon() {
+        let path = Path::new("/x/control.sock");
+        let denied = connect_error(path, io::ErrorKind::PermissionDenied.into());
+        assert!(matches!(denied, ClientError::PermissionDenied(..)));
+        assert_eq!(exit_code(&denied), 77);
+        assert!(denied.to_string().contains("permission denied"), "{denied}");
+        let absent = connect_error(path, io::ErrorKind::NotFound.into());
+        assert!(matches!(absent, ClientError::NotRunning(..)));
+        assert_eq!(exit_code(&absent), 69);
+        assert!(absent.to_string().contains("not running"), "{absent}");
+    }
+
+    #[test]
     fn every_request_round_trips_through_its_line() {
         let ids = vec!["00000000000000AB".to_owned(), "1".to_owned()];
         for request in [
             Request::List { json: false },
             Request::List { json: true },
+            Request::Mailq,
+            Request::StatusJson,
             Request::Show("00000000000000AB".into()),
             Request::Flush,
             Request::Delete(ids.clone()),

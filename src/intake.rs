@@ -7,6 +7,7 @@
 //! aliases and `admin` applied to every envelope (`mapping`). Never talks to a peer, never
 //! touches sled directly (only the `store` API), and never imports the daemon that builds it.
 
+mod rejects;
 mod space;
 
 use std::cell::{Cell, RefCell};
@@ -25,6 +26,9 @@ use crate::rate::{SenderLimit, SenderRates, Verdict};
 use crate::smtp::server::MailVerdict;
 use crate::store::{MessageInfo, QueueId, Spool, Store, StoreError, MAX_EXTENT};
 use crate::wait::{Shutdown, Wake};
+
+pub use self::rejects::Reject;
+use self::rejects::Rejects;
 
 /// What intake applies to every message, from the config.
 #[derive(Clone, Debug, Default)]
@@ -111,6 +115,8 @@ pub struct Intake {
     sender_rates: Option<RefCell<SenderRates>>,
     /// SMTP and maildrop messages committed since start, for the metrics.
     accepted: Cell<u64>,
+    /// Mail refused at the door since start, by reason, for the metrics.
+    rejects: Rejects,
     /// Raised when the store fails with an I/O error: the daemon shuts down and exits 75.
     store_failure: Shutdown,
     store_error: RefCell<Option<String>>,
@@ -139,6 +145,7 @@ impl Intake {
                 .map(|limit| RefCell::new(SenderRates::new(limit))),
             policy,
             accepted: Cell::new(0),
+            rejects: Rejects::default(),
             store_failure: Shutdown::default(),
             store_error: RefCell::new(None),
         }
@@ -262,6 +269,21 @@ impl Intake {
             .policy
             .coalesce
             .and_then(|_| coalesce::key(&info.sender, &info.recipients, headers.field("subject")));
+    }
+
+    /// Bytes an unprivileged writer may still use where `data_dir` is (`None`: unknown).
+    pub fn disk_free(&self) -> Option<u64> {
+        space::available(&self.policy.data_dir)
+    }
+
+    /// Counts one refusal (the caller answers and logs it).
+    pub fn count_reject(&self, reason: Reject) {
+        self.rejects.count(reason);
+    }
+
+    /// Refusals of `reason` since start.
+    pub fn rejected(&self, reason: Reject) -> u64 {
+        self.rejects.get(reason)
     }
 
     /// SMTP and maildrop messages committed since start.

@@ -6,13 +6,15 @@
 //!   timestamp of its own; journald adds one, and `journalctl -p err` then works.
 //! - **syslog** (`log = "syslog"`: BusyBox syslogd, OpenWrt's logd): one RFC 3164 datagram per
 //!   line to `/dev/log`, `<PRI>outpost[PID]: message`, facility mail as other MTAs use, so
-//!   the severity survives (procd would log all of stderr at `daemon.err`).
+//!   the severity survives (procd would log all of stderr at `daemon.err`). The environment
+//!   variable `OUTPOST_SYSLOG_SOCKET` names another socket (for tests and unusual systems).
 //!
-//! Owns nothing else: levels come from the caller (`OUTPOST_LOG`).
+//! Owns nothing else: levels come from the caller (`OUTPOST_LOG`). Never fails the daemon: a
+//! line that cannot be written is dropped or goes to stderr.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -22,6 +24,10 @@ const FACILITY_MAIL: u8 = 2;
 /// A datagram longer than this is cut (BusyBox syslogd reads at most about 1 KiB; RFC 3164 §4.1
 /// says 1024 octets).
 const MAX_DATAGRAM: usize = 1024;
+/// The syslog socket, unless `SYSLOG_SOCKET_ENV` names another.
+const SYSLOG_SOCKET: &str = "/dev/log";
+/// The environment variable that overrides `SYSLOG_SOCKET`.
+pub const SYSLOG_SOCKET_ENV: &str = "OUTPOST_SYSLOG_SOCKET";
 
 /// The `log` config key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,7 +115,7 @@ pub fn init(target: LogTarget, level: LevelFilter) -> LogTarget {
     let installed = match target {
         LogTarget::Journal => install(Line::journal(level, sled)),
         LogTarget::Syslog => match UnixDatagram::unbound() {
-            Ok(socket) => install(Line::syslog(level, sled, socket, Path::new("/dev/log"))),
+            Ok(socket) => install(Line::syslog(level, sled, socket, syslog_socket())),
             Err(e) => {
                 eprintln!("outpost: no syslog socket ({e}); logging to stderr");
                 return init(LogTarget::Stderr, level);
@@ -126,6 +132,13 @@ pub fn init(target: LogTarget, level: LevelFilter) -> LogTarget {
         eprintln!("outpost: cannot set up logging: {e}");
     }
     target
+}
+
+/// `/dev/log`, or the path in `OUTPOST_SYSLOG_SOCKET`.
+fn syslog_socket() -> PathBuf {
+    std::env::var_os(SYSLOG_SOCKET_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(SYSLOG_SOCKET), PathBuf::from)
 }
 
 fn install(logger: Line) -> Result<(), String> {
@@ -146,7 +159,7 @@ enum Sink {
     Journal,
     Syslog {
         socket: UnixDatagram,
-        path: &'static Path,
+        path: PathBuf,
         pid: u32,
     },
 }
@@ -160,12 +173,7 @@ impl Line {
         }
     }
 
-    fn syslog(
-        level: LevelFilter,
-        sled: LevelFilter,
-        socket: UnixDatagram,
-        path: &'static Path,
-    ) -> Self {
+    fn syslog(level: LevelFilter, sled: LevelFilter, socket: UnixDatagram, path: PathBuf) -> Self {
         Self {
             level,
             sled,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use log::{error, LevelFilter};
 use outpost::cli::{self, Cmd, ConfigArgs};
 use outpost::config::{self, Config, ConfigError};
+use outpost::logging::{self, LogTarget};
 use outpost::{control, daemon, sendmail};
 
 /// sysexits(3)
@@ -115,11 +116,11 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
 }
 
 fn serve(args: &ConfigArgs) -> ExitCode {
-    init_logging();
     let config = match load(args) {
         Ok((config, _)) => config,
         Err(code) => return code,
     };
+    init_logging(config.log);
     match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -129,8 +130,9 @@ fn serve(args: &ConfigArgs) -> ExitCode {
     }
 }
 
-/// Level from `OUTPOST_LOG`, else `RUST_LOG` (a plain level name), else info; to stderr.
-fn init_logging() {
+/// Level from `OUTPOST_LOG`, else `RUST_LOG` (a plain level name), else info; to the `log`
+/// config key's target.
+fn init_logging(target: LogTarget) {
     let from_env = |name| {
         std::env::var(name)
             .ok()
@@ -139,17 +141,5 @@ fn init_logging() {
     let level = from_env("OUTPOST_LOG")
         .or_else(|| from_env("RUST_LOG"))
         .unwrap_or(LevelFilter::Info);
-    // sled is chatty below warn; its details matter only when tracing.
-    let sled_level = if level == LevelFilter::Trace {
-        level
-    } else {
-        level.min(LevelFilter::Warn)
-    };
-    let logger = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .with_module_level("sled", sled_level)
-        .with_utc_timestamps();
-    if let Err(e) = logger.init() {
-        eprintln!("outpost: cannot set up logging: {e}");
-    }
+    logging::init(target, level);
 }

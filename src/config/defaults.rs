@@ -41,6 +41,7 @@ impl Default for Config {
             max_recipients: 100,
             max_connections: 32,
             max_errors: 10,
+            log: crate::logging::LogTarget::Auto,
             smarthosts: heapless::Vec::new(),
             queue: QueueConfig {
                 retry_min: Duration::from_secs(30),

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use super::local::LocalNames;
 use super::token_url::TokenUrl;
 use crate::coalesce::CoalescePolicy;
+use crate::logging::LogTarget;
 use crate::priority::PriorityRule;
 use crate::rate::SenderLimit;
 use crate::smtp::client::TlsPolicy;
@@ -42,6 +43,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Bad commands in one session before 421 and close.
     pub max_errors: u32,
+    /// `log`: where log lines go (`auto`: the journal under systemd, else stderr).
+    pub log: LogTarget,
     /// `[smarthost]` or `[[smarthost]]`, in the order they are tried (failover); empty: mail is
     /// accepted and held.
     pub smarthosts: heapless::Vec<Smarthost, MAX_SMARTHOSTS>,
@@ -213,6 +216,7 @@ impl Config {
         *out += &format!("max_connections = {}\n", self.max_connections);
         *out += &format!("max_errors = {}\n", self.max_errors);
         *out += &toml_local_keys(&self.local);
+        *out += &format!("log = \"{}\"\n", self.log.as_str());
         if let Some(tls) = &self.tls {
             *out += &format!(
                 "\n[tls]\ncert = {}\nkey = {}\n",

@@ -24,6 +24,8 @@ pub struct ConfigFile {
     pub max_recipients: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_errors: Option<u64>,
+    /// Where log lines go: `auto`, `stderr`, `journal` or `syslog`.
+    pub log: Option<String>,
     /// `[smarthost]` (one table) or `[[smarthost]]` (several, tried in order).
     pub smarthost: Option<SmarthostTables>,
     pub tls: Option<TlsSection>,

@@ -18,6 +18,7 @@ use super::effective::{Config, QueueConfig, StoreConfig, Timeouts, TlsFiles, Use
 use super::file::{self, ConfigFile, Problem};
 use super::local::{local_names, LocalNames};
 use crate::coalesce::CoalescePolicy;
+use crate::logging::LogTarget;
 use crate::priority::{Priority, PriorityRule};
 use crate::rate::SenderLimit;
 
@@ -100,6 +101,7 @@ impl Config {
                 d.max_errors,
                 MAX_ERRORS_LIMIT,
             ),
+            log: v.log(file.log.as_deref(), d.log),
             smarthosts: v.smarthosts(file.smarthost.as_ref()),
             queue: v.queue(&file.queue, d.queue),
             store: v.store(&file.store, d.store),
@@ -480,6 +482,18 @@ impl Validator {
                 d.cache_bytes,
                 MIN_CACHE_BYTES,
             ),
+        }
+    }
+
+    /// `log`: one of the `LogTarget` names.
+    fn log(&mut self, value: Option<&str>, default: LogTarget) -> LogTarget {
+        match value.map(str::parse::<LogTarget>) {
+            None => default,
+            Some(Ok(target)) => target,
+            Some(Err(message)) => {
+                self.problem("log", message);
+                default
+            }
         }
     }
 

@@ -164,7 +164,12 @@ pub fn render_list(messages: &[QueuedMessage], now: QueueTime, holding: bool) ->
     out
 }
 
-/// `outpost queue list --json`: an array of objects (ages in seconds).
+/// The format version of `queue list --json` and `status --json`, raised when a field changes
+/// meaning or goes away.
+pub const JSON_VERSION: u32 = 1;
+
+/// `outpost queue list --json`: an array of objects (ages in seconds), each with the format's
+/// `version` first.
 pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
     let mut out = String::from("[");
     for (n, m) in messages.iter().enumerate() {
@@ -177,9 +182,10 @@ pub fn render_list_json(messages: &[QueuedMessage], now: QueueTime) -> String {
         };
         let _ = write!(
             out,
-            "\n{{\"id\":\"{}\",\"age_secs\":{},\"size\":{},\"sender\":{},\"state\":\"{}\",\
+            "\n{{\"version\":{},\"id\":\"{}\",\"age_secs\":{},\"size\":{},\"sender\":{},\"state\":\"{}\",\
              \"held\":{},\"attempts\":{},\"next_attempt_in_secs\":{next},\"received_unix\":{},\
              \"priority\":\"{}\",\"recipients\":[",
+            JSON_VERSION,
             m.id,
             now.saturating_sub(m.enqueued_at) / 1000,
             m.size,

@@ -22,6 +22,7 @@ use super::DaemonError;
 use crate::accept;
 use crate::control::{MessageState, QueueSummary};
 use crate::forward::{LinkReport, SmarthostReport};
+use crate::intake::Reject;
 use crate::shared::Shared;
 
 /// Longest request head (request line + headers).
@@ -120,6 +121,8 @@ fn render(shared: &Shared) -> String {
         link: shared.link().report(),
         accepted: shared.intake().accepted(),
         sessions: shared.sessions().count(),
+        disk_free: shared.intake().disk_free(),
+        rejected: Reject::ALL.map(|r| (r, shared.intake().rejected(r))),
     };
     exposition(&sample)
 }
@@ -130,6 +133,10 @@ struct Sample {
     link: LinkReport,
     accepted: u64,
     sessions: usize,
+    /// Free bytes where `data_dir` is, if known.
+    disk_free: Option<u64>,
+    /// Mail refused at the door since start, by reason.
+    rejected: [(Reject, u64); 4],
 }
 
 /// A metric family: name (after `outpost_`), type, help text.
@@ -181,6 +188,47 @@ const LAST_SUCCESS_TIMESTAMP_SECONDS: Family = (
     "Unix time of the last delivery to the smarthost (0: none since start).",
 );
 const SMTP_SESSIONS: Family = ("smtp_sessions", "gauge", "SMTP sessions open now.");
+const QUEUE_OLDEST_SECONDS: Family = (
+    "queue_oldest_seconds",
+    "gauge",
+    "Time the oldest queued message has spent in the queue (0 when empty).",
+);
+const ACCEPTED_MESSAGES_TOTAL: Family = (
+    "accepted_messages_total",
+    "counter",
+    "Messages accepted into the queue since start (SMTP and sendmail).",
+);
+const SENT_RECIPIENTS_TOTAL: Family = (
+    "sent_recipients_total",
+    "counter",
+    "Recipients the smarthost accepted since start.",
+);
+const DEFERRED_RECIPIENTS_TOTAL: Family = (
+    "deferred_recipients_total",
+    "counter",
+    "Recipient attempts deferred (temporary failure) since start.",
+);
+const BOUNCED_RECIPIENTS_TOTAL: Family = (
+    "bounced_recipients_total",
+    "counter",
+    "Recipients failed for good (5xx or expired) since start.",
+);
+const BUILD_INFO: Family = (
+    "build_info",
+    "gauge",
+    "Always 1; the label says which outpost answers.",
+);
+const REJECTED_TOTAL: Family = (
+    "rejected_total",
+    "counter",
+    "Mail refused on the way in since start, by reason: connections (max_connections), disk \
+     (data_dir nearly full), queue_full (queue.max_bytes), rate_limit.",
+);
+const DISK_FREE_BYTES: Family = (
+    "disk_free_bytes",
+    "gauge",
+    "Bytes outpost may still write where data_dir is (absent when unknown).",
+);
 
 /// The Prometheus text format (one HELP and TYPE per family).
 fn exposition(s: &Sample) -> String {
@@ -202,6 +250,17 @@ fn exposition(s: &Sample) -> String {
     family(&mut out, bytes, &by_state(&s.summary.bytes));
     for (kind, value) in plain_samples(s) {
         family(&mut out, kind, &[(String::new(), value)]);
+    }
+    let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    family(&mut out, BUILD_INFO, &[(version, 1)]);
+    let rejected: Vec<(String, u64)> = s
+        .rejected
+        .iter()
+        .map(|(reason, n)| (format!("{{reason=\"{}\"}}", reason.as_str()), *n))
+        .collect();
+    family(&mut out, REJECTED_TOTAL, &rejected);
+    if let Some(free) = s.disk_free {
+        family(&mut out, DISK_FREE_BYTES, &[(String::new(), free)]);
     }
     // Per smarthost (`[[smarthost]]` order), labelled with its `host:port`.
     let routes = &s.link.smarthosts;
@@ -230,13 +289,16 @@ fn exposition(s: &Sample) -> String {
 }
 
 /// The families with one unlabelled sample each, in exposition order.
-fn plain_samples(s: &Sample) -> [(Family, u64); 10] {
+fn plain_samples(s: &Sample) -> [(Family, u64); 15] {
     let link = &s.link;
+    let oldest = s.summary.oldest_age_ms.unwrap_or(0) / 1000;
     [
-        (
-            QUEUE_OLDEST_AGE_SECONDS,
-            s.summary.oldest_age_ms.unwrap_or(0) / 1000,
-        ),
+        (QUEUE_OLDEST_SECONDS, oldest),
+        (ACCEPTED_MESSAGES_TOTAL, s.accepted),
+        (SENT_RECIPIENTS_TOTAL, link.sent),
+        (DEFERRED_RECIPIENTS_TOTAL, link.deferred),
+        (BOUNCED_RECIPIENTS_TOTAL, link.bounced),
+        (QUEUE_OLDEST_AGE_SECONDS, oldest),
         (ACCEPTED_TOTAL, s.accepted),
         (SENT_TOTAL, link.sent),
         (DEFERRED_TOTAL, link.deferred),
@@ -321,6 +383,8 @@ mod tests {
             },
             accepted: 9,
             sessions: 1,
+            disk_free: Some(123_456),
+            rejected: Reject::ALL.map(|r| (r, u64::from(r == Reject::QueueFull) * 4)),
         };
         let text = exposition(&sample);
         assert!(
@@ -336,6 +400,20 @@ mod tests {
         assert!(text.contains("outpost_accepted_total 9\n"));
         assert!(text.contains("outpost_sent_total 7\n"));
         assert!(text.contains("outpost_link_up 1\n"));
+        // The names that say what they count, next to the older ones.
+        assert!(text.contains("outpost_queue_oldest_seconds 61\n"));
+        assert!(text.contains("outpost_accepted_messages_total 9\n"));
+        assert!(text.contains("outpost_sent_recipients_total 7\n"));
+        assert!(text.contains("outpost_deferred_recipients_total 0\n"));
+        assert!(text.contains("outpost_bounced_recipients_total 0\n"));
+        let build = format!(
+            "outpost_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        assert!(text.contains("outpost_disk_free_bytes 123456\n"));
+        assert!(text.contains("outpost_rejected_total{reason=\"queue_full\"} 4\n"));
+        assert!(text.contains("outpost_rejected_total{reason=\"rate_limit\"} 0\n"));
         assert!(text.contains("outpost_link_known 1\n"));
         assert!(text.contains("outpost_smarthost_up{smarthost=\"mx1.example:587\"} 0\n"));
         assert!(text.contains("outpost_smarthost_up{smarthost=\"lte.example:587\"} 1\n"));

@@ -10,6 +10,7 @@
 mod metrics;
 #[cfg(target_os = "linux")]
 mod netlink;
+mod readiness;
 mod serve;
 mod start;
 
@@ -26,6 +27,7 @@ use smol::LocalExecutor;
 use crate::clock::QueueClock;
 use crate::config::Config;
 use crate::forward::LinkState;
+use crate::sd_notify::Notifier;
 use crate::shared::Shared;
 use crate::store::StoreError;
 use crate::tls::{self, TlsError};
@@ -208,6 +210,7 @@ fn run_daemon(
         late_listeners,
         submit,
         forward,
+        notifier: Rc::new(Notifier::from_env()),
     };
     async_io::block_on(ex.run(async {
         serve::serve(ex.clone(), services, shared.clone(), shutdown).await;

@@ -18,8 +18,9 @@ use smol::{LocalExecutor, Task};
 
 #[cfg(target_os = "linux")]
 use super::netlink;
-use super::{metrics, BIND_RETRY};
+use super::{metrics, readiness, BIND_RETRY};
 use crate::forward::{self, ForwardParams};
+use crate::sd_notify::Notifier;
 use crate::shared::Shared;
 use crate::wait::Wake;
 use crate::{control, net, sendmail};
@@ -39,6 +40,8 @@ pub(super) struct Services {
     /// The local submission socket and its path (removed at shutdown).
     pub(super) submit: Option<(Async<UnixListener>, PathBuf)>,
     pub(super) forward: ForwardParams,
+    /// The service manager (systemd `Type=notify`), if any.
+    pub(super) notifier: Rc<Notifier>,
 }
 
 /// Serves the listeners until `shutdown` resolves (or the store fails), then stops accepting,
@@ -55,6 +58,7 @@ pub(super) async fn serve(
         late_listeners,
         submit,
         forward,
+        notifier,
     } = services;
     announce(&listeners, shared.tls().is_some());
     // With no smarthost the forwarder itself logs the one "mail is held" warning.
@@ -87,9 +91,13 @@ pub(super) async fn serve(
     let (local, submit_path) = local_submission(&ex, submit, &shared);
     let acceptors: Vec<_> = on_time.chain(late).chain(local).collect();
     let housekeeper = ex.spawn(housekeeping(shared.clone()));
+    readiness::ready(&notifier, &shared);
+    let reporter = ex.spawn(readiness::report(notifier.clone(), shared.clone()));
 
     future::or(shutdown, shared.intake().store_failure().wait()).await;
     let deadline = Instant::now() + SHUTDOWN_GRACE;
+    drop(reporter);
+    readiness::stopping(&notifier);
     info!(
         "shutdown: no new connections; {} sessions in flight",
         shared.sessions().count()

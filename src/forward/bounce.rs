@@ -2,7 +2,7 @@
 //! `dsn` from the original's header section and queued like any message. Never bounces a
 //! bounce; never touches sled directly.
 
-use log::{error, info};
+use log::{error, warn};
 
 use crate::intake::{self, IntakeError, Source};
 use crate::message::{self, rfc5322_date};
@@ -24,7 +24,7 @@ impl Forwarder {
             let last = recipient.last_reply.as_deref().unwrap_or("none");
             let diagnostic =
                 format!("delivery time expired: queued longer than {max_age}; last reply: {last}");
-            info!(
+            warn!(
                 "queue_id={} to=<{}> status=bounced reply=\"{diagnostic}\"",
                 message.id, recipient.address
             );

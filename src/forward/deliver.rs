@@ -21,6 +21,18 @@ impl Forwarder {
         session: &mut ClientSession,
         message: &QueuedMessage,
     ) -> Result<bool, ForwardError> {
+        self.link.set_delivering(Some(message.id));
+        let result = self.send_one(conn, session, message).await;
+        self.link.set_delivering(None);
+        result
+    }
+
+    async fn send_one(
+        &mut self,
+        conn: &mut Connection,
+        session: &mut ClientSession,
+        message: &QueuedMessage,
+    ) -> Result<bool, ForwardError> {
         let pending: Vec<usize> = (0..message.recipients.len())
             .filter(|&i| message.recipients[i].state.is_open())
             .collect();
@@ -98,7 +110,7 @@ impl Forwarder {
                 Outcome::Bounce(reply) => {
                     self.link.count_bounced();
                     self.link.set_error(format!("{address}: {reply}"));
-                    info!("{line}");
+                    warn!("{line}");
                     bounced.push(dsn::FailedRecipient {
                         address: address.clone(),
                         status: dsn::status_of(&reply.to_string()),

@@ -221,7 +221,7 @@ impl Forwarder {
                 break;
             };
             if from > 0 {
-                info!(
+                warn!(
                     "failing over to smarthost {} {}",
                     index + 1,
                     self.params.smarthosts[index].address

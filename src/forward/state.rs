@@ -7,6 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::clock::QueueTime;
+use crate::store::QueueId;
 
 use super::failover::{self, SmarthostReport};
 use super::{wall_clock_secs, Smarthost};
@@ -29,6 +30,8 @@ pub struct LinkState {
     bounced: Cell<u64>,
     /// Raised by `queue flush`, SIGUSR1 or a link event: try now, ignore the link backoff.
     pub flush: Wake,
+    /// The message on its way to a smarthost now (`mailq` marks it `*`).
+    delivering: Cell<Option<QueueId>>,
 }
 
 /// A snapshot of `LinkState`. The top-level fields describe "the link" as one thing (see
@@ -64,6 +67,15 @@ impl LinkState {
                 ..SmarthostReport::default()
             })
             .collect();
+    }
+
+    /// The message being sent to a smarthost now, if any.
+    pub fn delivering(&self) -> Option<QueueId> {
+        self.delivering.get()
+    }
+
+    pub(super) fn set_delivering(&self, id: Option<QueueId>) {
+        self.delivering.set(id);
     }
 
     pub fn report(&self) -> LinkReport {

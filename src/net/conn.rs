@@ -21,7 +21,7 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
 use super::auth::{verify, AUTH_FAILURE_DELAY};
-use crate::intake::Submission;
+use crate::intake::{Reject, Submission};
 use crate::shared::Shared;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{
@@ -306,7 +306,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
     fn mail_check(&mut self, sender: &str) {
         let verdict = self.shared.intake().check_sender(sender);
         if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
-            info!(
+            self.shared.intake().count_reject(Reject::RateLimit);
+            warn!(
                 "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
                 self.tag,
                 retry_after.as_secs().max(1)

@@ -13,6 +13,7 @@ use smol::LocalExecutor;
 use super::conn::{self, Peer};
 use crate::accept;
 use crate::config::Config;
+use crate::intake::Reject;
 use crate::shared::{SessionSlot, Shared};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::smtp::server::{Limits, SessionParams, TlsMode};
@@ -44,6 +45,7 @@ fn admit(
     let peer = peer.ip().to_canonical();
     let config = shared.config();
     if shared.sessions().count() >= config.max_connections {
+        shared.intake().count_reject(Reject::Connections);
         warn!(
             "session={id} peer={peer} status=rejected reason=\"too many connections ({})\"",
             config.max_connections

@@ -195,7 +195,7 @@ fn invoked_as_mailq_lists_the_queue() {
     let run = run_command(&mailq, &["--config", &config], b"");
     assert_eq!(run.code, Some(0), "{run}");
     assert!(run.stdout.contains(&id), "{run}");
-    assert!(run.stdout.contains("<b@remote.test>"), "{run}");
+    assert!(run.stdout.contains(" b@remote.test\n"), "{run}");
 }
 
 /// `GET path` on the metrics port; returns (status line, body).

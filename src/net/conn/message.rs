@@ -6,7 +6,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use log::{error, warn};
 
 use super::{unix_now, Conn, Peer, SpoolState, MAX_CHUNK};
-use crate::intake::{self, IntakeError, Source};
+use crate::intake::{self, IntakeError, Reject, Source};
 use crate::message::rfc5322_date;
 use crate::smtp::server::{BodyType, CommitOutcome, Envelope};
 
@@ -19,6 +19,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         self.received_unix = unix_now();
         let intake = self.shared.intake();
         if let Some(available) = intake.short_of_space() {
+            intake.count_reject(Reject::Disk);
             warn!(
                 "{} status=rejected reason=\"data_dir nearly full ({} KiB available)\"",
                 self.tag,
@@ -127,6 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         {
             Ok(id) => CommitOutcome::Stored(id.to_string()),
             Err(IntakeError::QueueFull) => {
+                self.shared.intake().count_reject(Reject::QueueFull);
                 warn!(
                     "{tag} queue_id={spool_id} size={} status=rejected reason=\"queue full \
                      (queue.max_bytes)\"",
