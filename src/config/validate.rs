@@ -3,6 +3,7 @@
 //! with the file's name). Reads only the files the config names (to check they are readable,
 //! and the secrets in them); never touches the network or the store.
 
+mod bounds;
 mod smarthost;
 
 use std::fmt;
@@ -290,6 +291,11 @@ impl Validator {
     fn size(&mut self, key: &str, value: Option<u64>, default: u64, min: u64) -> u64 {
         match value {
             None => default,
+            Some(n) if n > bounds::size_max(key) => {
+                let max = bounds::size_max(key);
+                self.problem(key, format!("{n} is too large (at most {max})"));
+                default
+            }
             Some(n) if n >= min => n,
             Some(n) => {
                 self.problem(key, format!("{n} is too small (at least {min})"));
@@ -321,6 +327,14 @@ impl Validator {
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() && !zero_ok => {
                 self.problem(key, format!("{text:?} must be longer than zero"));
+                default
+            }
+            Ok(d) if d > bounds::duration_max(key).0 => {
+                let most = bounds::duration_max(key).1;
+                self.problem(
+                    key,
+                    format!("{text:?} is longer than {most}, the most it allows"),
+                );
                 default
             }
             Ok(d) => d,

@@ -28,6 +28,7 @@ use crate::smtp::server::{
 };
 use crate::store::MAX_EXTENT;
 use crate::tls::MaybeTls;
+use crate::wait;
 
 mod message;
 
@@ -391,9 +392,9 @@ impl<'a> Conn<'a> {
         let due = match self.session.awaiting() {
             Awaiting::Command => {
                 let since = *self.command_since.get_or_insert_with(Instant::now);
-                (since + timeouts.command, "command")
+                (wait::deadline(since, timeouts.command), "command")
             }
-            Awaiting::Body => (Instant::now() + timeouts.data, "data"),
+            Awaiting::Body => (wait::deadline(Instant::now(), timeouts.data), "data"),
             Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
                 return Err(End::Internal("session asked for input while not reading"));
             }

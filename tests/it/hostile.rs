@@ -1,0 +1,85 @@
+//! Hostile and absurd input at the edges: configuration values at their bounds, an open relay
+//! by configuration, bare CR and NUL in a body, mail loops, smarthost replies that would forge
+//! log fields, and the queue's file modes. Each runs the real binary against the kit's peers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::{
+    assert_queued, run_command_in, toml_string, CmdRun, RawClient, RelayConfig, RelayProcess,
+    Smarthost, TestDir, OUTPOST,
+};
+
+const DELIVERY: Duration = Duration::from_secs(30);
+
+/// `outpost check-config` on `body` (with a data dir in a fresh test dir).
+fn check_config(body: &str) -> CmdRun {
+    let dir = TestDir::new();
+    let data_dir = dir.join("data");
+    let text = format!(
+        "data_dir = {}\n{body}",
+        toml_string(&data_dir.to_string_lossy())
+    );
+    let path = dir.join("outpost.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.to_string_lossy().into_owned();
+    run_command_in(
+        Some(dir.path()),
+        Path::new(OUTPOST),
+        &["check-config", "--config", &path],
+        b"",
+    )
+}
+
+#[test]
+fn check_config_refuses_a_duration_that_overflows() {
+    let run = check_config("[timeouts]\ncommand = \"18446744073709551615s\"\n");
+    assert_eq!(run.code, Some(78), "{run}");
+    assert!(run.all().contains("timeouts.command"), "{run}");
+    assert!(run.all().contains("1 day"), "{run}");
+}
+
+/// The largest value of every duration and size key: check-config accepts it, and the daemon
+/// then serves SMTP and delivers with it.
+#[test]
+fn the_largest_accepted_values_keep_the_daemon_serving() {
+    let upstream = Smarthost::start();
+    let config = RelayConfig::with_smarthost(upstream.port())
+        .top("max_message_size = 4294967296\n[store]\ncache_bytes = 1073741824\n")
+        .queue(
+            "max_age = \"365days\"\nfailed_retention = \"365days\"\nmax_bytes = 1125899906842624\n",
+        )
+        .timeouts("command = \"1day\"\ndata = \"1day\"\n")
+        .section("[rate_limit]\nper_sender = 1000000\nwindow = \"30days\"\n");
+    let checked = check_config(&config.render(Path::new("unused")).replacen(
+        "data_dir",
+        "# data_dir",
+        1,
+    ));
+    assert_eq!(checked.code, Some(0), "{checked}");
+    let relay = RelayProcess::start_with(config);
+    let mut client = RawClient::ready(relay.port());
+    let ehlo = client.cmd("EHLO lan.test");
+    assert!(ehlo.to_string().contains("SIZE 4294967296"), "{ehlo}");
+    // The free-space reserve is twice max_message_size: 250 where the disk has room, 452 where
+    // not; either way the session goes on.
+    let reply = client.send_mail(
+        "a@lan.test",
+        &["b@remote.test"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    );
+    assert!(
+        matches!(reply.code, 250 | 452),
+        "{reply}\n{}",
+        client.transcript()
+    );
+    assert_eq!(client.cmd("NOOP").code, 250, "{}", client.transcript());
+    let mut second = RawClient::ready(relay.port());
+    assert_eq!(second.cmd("NOOP").code, 250, "{}", second.transcript());
+    if reply.code == 250 {
+        assert_queued(&reply);
+        upstream
+            .wait_for(1, DELIVERY)
+            .unwrap_or_else(|| relay.fail("nothing delivered"));
+    }
+}
