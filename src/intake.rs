@@ -17,6 +17,7 @@ use log::{error, info};
 
 use crate::clock::QueueClock;
 use crate::coalesce::{self, CoalescePolicy};
+use crate::logfmt::Escaped;
 use crate::message::HeaderWatch;
 use crate::priority::{priority_of, watched_headers, Priority, PriorityRule};
 use crate::rate::{SenderLimit, SenderRates, Verdict};
@@ -280,6 +281,7 @@ fn log_queued(
     (nrcpt, first): (usize, &str),
     stored: u64,
 ) {
+    let sender = Escaped(sender);
     match source {
         Source::Smtp { tag, user, size } => {
             // Who relayed it: the AUTH user, if any (Postfix's sasl_username).
@@ -291,7 +293,7 @@ fn log_queued(
         Source::Maildrop => info!(
             "maildrop queue_id={id} from=<{sender}> nrcpt={nrcpt} size={stored} status=queued"
         ),
-        Source::Dsn { of } => info!("queue_id={of} DSN queued as {id} to=<{first}>"),
+        Source::Dsn { of } => info!("queue_id={of} DSN queued as {id} to=<{}>", Escaped(first)),
     }
 }
 

@@ -48,6 +48,7 @@
 //! - [`clock`]: the queue clock, which counts time spent queued and ignores wall-clock jumps.
 //! - [`wait`]: listening and re-checking: wake-ups, the shutdown flag, waits with deadlines.
 //! - [`accept`]: the accept-until-shutdown loop of every listening service.
+//! - [`logfmt`]: peer- and smarthost-chosen values in `key=value` log lines, quoted and escaped.
 //!
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
 //! forwarder; sled runs its own flusher and I/O threads.
@@ -62,6 +63,7 @@ pub mod control;
 pub mod daemon;
 pub mod forward;
 pub mod intake;
+pub mod logfmt;
 pub mod logging;
 pub mod mapping;
 pub mod message;

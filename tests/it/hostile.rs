@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::util::{
-    assert_queued, run_command_in, toml_string, CmdRun, RawClient, RelayConfig, RelayProcess,
-    Smarthost, TestDir, OUTPOST,
+    assert_queued, reply, run_command_in, toml_string, CmdRun, RawClient, RelayConfig,
+    RelayProcess, Smarthost, Stage, TestDir, OUTPOST,
 };
 
 const DELIVERY: Duration = Duration::from_secs(30);
@@ -82,4 +82,37 @@ fn the_largest_accepted_values_keep_the_daemon_serving() {
             .wait_for(1, DELIVERY)
             .unwrap_or_else(|| relay.fail("nothing delivered"));
     }
+}
+
+/// A smarthost reply with `"` in it: the `status=deferred` line quotes and escapes it, so a log
+/// parser cannot read a forged `status=sent` field from it.
+#[test]
+fn a_smarthost_reply_cannot_forge_a_log_field() {
+    let upstream = Smarthost::start_with_policy(|stage| match stage {
+        Stage::Rcpt { .. } => Some(reply(451, "4.3.0 busy\" status=sent x=\"\\")),
+        _ => None,
+    });
+    let relay = RelayProcess::start_to(upstream.port());
+    let mut client = RawClient::ready(relay.port());
+    assert_queued(&client.send_mail(
+        "a@lan.test",
+        &["b@remote.test"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    ));
+    let line = relay.wait_log("status=deferred");
+    let line = line
+        .lines()
+        .find(|l| l.contains("status=deferred"))
+        .unwrap_or_else(|| relay.fail("no status=deferred line"));
+    assert!(
+        line.ends_with(r#"reply="451 4.3.0 busy\" status=sent x=\"\\""#),
+        "{line}"
+    );
+    // Every `"` before ` status=sent` in the whole log is an escaped one.
+    let log = relay.log();
+    let forged = log
+        .match_indices("\" status=sent")
+        .filter(|&(i, _)| !log[..i].ends_with('\\'))
+        .count();
+    assert_eq!(forged, 0, "{log}");
 }
