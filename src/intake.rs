@@ -39,6 +39,8 @@ pub struct IntakePolicy {
     pub data_dir: PathBuf,
     /// `max_message_size`, which sizes the free-space reserve.
     pub max_message_size: u64,
+    /// `max_hops`: more `Received:` fields is a mail loop (0: no limit).
+    pub max_hops: u32,
 }
 
 /// Where a message comes from; decides its log line and whether it is classified and counted.
@@ -75,6 +77,8 @@ pub enum IntakeError {
     QueueFull,
     /// The store failed (already reported: see `Intake::store_failed`).
     Store(StoreError),
+    /// `received` `Received:` fields, more than `max_hops`: a mail loop; nothing was stored.
+    TooManyHops { received: u32, max_hops: u32 },
 }
 
 impl fmt::Display for IntakeError {
@@ -82,6 +86,10 @@ impl fmt::Display for IntakeError {
         match self {
             Self::QueueFull => f.write_str("queue full"),
             Self::Store(e) => write!(f, "{e}"),
+            Self::TooManyHops { received, max_hops } => write!(
+                f,
+                "mail loop: {received} Received: header fields, more than max_hops ({max_hops})"
+            ),
         }
     }
 }
@@ -195,6 +203,10 @@ impl Intake {
         source: Source<'_>,
     ) -> Result<QueueId, IntakeError> {
         let Submission { spool, headers, .. } = submission;
+        if let Err(e) = self.check_hops(&headers, &source) {
+            spool.abort();
+            return Err(e);
+        }
         let stored = spool.len();
         let mut info = MessageInfo {
             sender: envelope.sender,
@@ -226,6 +238,16 @@ impl Intake {
         self.accepted.set(self.accepted.get().saturating_add(1));
         self.forwarder.notify();
         Ok(id)
+    }
+
+    /// The loop check: more `Received:` fields than `max_hops` (DSNs, which outpost writes
+    /// itself, are not checked).
+    fn check_hops(&self, headers: &HeaderWatch, source: &Source<'_>) -> Result<(), IntakeError> {
+        let (received, max_hops) = (headers.received(), self.policy.max_hops);
+        if max_hops == 0 || received <= max_hops || matches!(source, Source::Dsn { .. }) {
+            return Ok(());
+        }
+        Err(IntakeError::TooManyHops { received, max_hops })
     }
 
     /// Labels a message about to be committed with its `[[priority]]` and, with `[coalesce]`,

@@ -51,6 +51,7 @@ impl Shared {
             rate_limit: config.rate_limit,
             data_dir: config.data_dir.clone(),
             max_message_size: config.max_message_size,
+            max_hops: config.max_hops,
         };
         let intake = Rc::new(Intake::new(store.clone(), clock, forwarder.clone(), policy));
         Rc::new(Self {

@@ -38,6 +38,8 @@ impl Default for Config {
             max_recipients: 100,
             max_connections: 32,
             max_errors: 10,
+            max_hops: 50,
+            require_auth: false,
             smarthosts: heapless::Vec::new(),
             queue: QueueConfig {
                 retry_min: Duration::from_secs(30),

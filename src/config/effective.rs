@@ -41,6 +41,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Bad commands in one session before 421 and close.
     pub max_errors: u32,
+    /// More `Received:` fields than this: a mail loop, refused with 554 5.4.6.
+    pub max_hops: u32,
+    /// Every client must AUTH before MAIL (530 5.7.0 otherwise).
+    pub require_auth: bool,
     /// `[smarthost]` or `[[smarthost]]`, in the order they are tried (failover); empty: mail is
     /// accepted and held.
     pub smarthosts: heapless::Vec<Smarthost, MAX_SMARTHOSTS>,
@@ -205,6 +209,8 @@ impl Config {
         *out += &format!("max_recipients = {}\n", self.max_recipients);
         *out += &format!("max_connections = {}\n", self.max_connections);
         *out += &format!("max_errors = {}\n", self.max_errors);
+        *out += &format!("max_hops = {}\n", self.max_hops);
+        *out += &format!("require_auth = {}\n", self.require_auth);
         if let Some(tls) = &self.tls {
             *out += &format!(
                 "\n[tls]\ncert = {}\nkey = {}\n",

@@ -24,6 +24,10 @@ pub struct ConfigFile {
     pub max_recipients: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_errors: Option<u64>,
+    /// More `Received:` fields than this: refused as a mail loop (554 5.4.6).
+    pub max_hops: Option<u64>,
+    /// Every client must AUTH before MAIL (530 5.7.0 otherwise).
+    pub require_auth: Option<bool>,
     /// `[smarthost]` (one table) or `[[smarthost]]` (several, tried in order).
     pub smarthost: Option<SmarthostTables>,
     pub tls: Option<TlsSection>,

@@ -4,6 +4,7 @@
 //! and the secrets in them); never touches the network or the store.
 
 mod bounds;
+mod relay;
 mod smarthost;
 
 use std::fmt;
@@ -100,6 +101,8 @@ impl Config {
                 d.max_errors,
                 MAX_ERRORS_LIMIT,
             ),
+            max_hops: v.count("max_hops", file.max_hops, d.max_hops, bounds::MAX_HOPS),
+            require_auth: file.require_auth.unwrap_or(d.require_auth),
             smarthosts: v.smarthosts(file.smarthost.as_ref()),
             queue: v.queue(&file.queue, d.queue),
             store: v.store(&file.store, d.store),
@@ -110,6 +113,7 @@ impl Config {
             coalesce: v.coalesce(file.coalesce.as_ref()),
         };
         config.cross_check(&mut v.problems);
+        relay::check_open_relay(&config, &mut v.problems);
         if v.problems.is_empty() {
             Ok(config)
         } else {

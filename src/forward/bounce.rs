@@ -112,6 +112,7 @@ impl Forwarder {
             Ok(_) => {}
             Err(IntakeError::QueueFull) => error!("queue_id={of} DSN not queued: queue full"),
             Err(IntakeError::Store(e)) => error!("queue_id={of} DSN not queued: {e}"),
+            Err(e @ IntakeError::TooManyHops { .. }) => error!("queue_id={of} DSN not queued: {e}"),
         }
     }
 

@@ -178,6 +178,7 @@ async fn ingest(
         Ok(id) => Ok(id),
         Err(IntakeError::QueueFull) => Err(PickupError::QueueFull),
         Err(IntakeError::Store(e)) => Err(PickupError::Store(e)),
+        Err(e @ IntakeError::TooManyHops { .. }) => Err(PickupError::Bad(e.to_string())),
     }
 }
 

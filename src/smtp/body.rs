@@ -15,7 +15,9 @@
 //!   end of data that outpost did not see.
 //! * A bare CR is passed through unchanged and never starts a line.
 //! * The encoder also turns bare LF into CRLF (RFC 5321 §2.3.8: never transmit bare LF), since
-//!   bodies from the sendmail front end arrive with LF line ends.
+//!   bodies from the sendmail front end arrive with LF line ends, and bare CR into CRLF too,
+//!   and drops NUL: nothing a server might read as a line end other than CRLF, and no NUL,
+//!   leaves outpost, whichever way the message came in.
 
 /// RFC 5321 §4.5.3.1.6: maximum text line in the body, including the CRLF and excluding the
 /// stuffing dot; counted on the line as stored (a bare LF counts as CRLF).
@@ -218,32 +220,48 @@ impl BodyEncoder {
     }
 
     /// Appends the stuffed form of `chunk` to `out`. Chunk boundaries may fall anywhere.
-    /// Bare LF becomes CRLF; every line starting with `.` gets one more. Copies a line at a
-    /// time, not a byte: this runs over every octet the forwarder sends.
+    /// Bare LF and bare CR become CRLF, NUL octets are dropped (see `clean`); every line
+    /// starting with `.` gets one more. Copies a line at a time, not a byte: this runs over
+    /// every octet the forwarder sends.
     pub fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         out.reserve(chunk.len() + chunk.len() / 32);
-        let mut rest = chunk;
+        let cleaned;
+        let mut rest = if chunk.contains(&0) {
+            cleaned = clean(chunk);
+            &cleaned[..]
+        } else {
+            chunk
+        };
         while let Some(&first) = rest.first() {
+            if self.after_cr {
+                // The CR is out already: CRLF, or a bare CR completed to one.
+                self.after_cr = false;
+                self.at_line_start = true;
+                out.push(b'\n');
+                if first == b'\n' {
+                    rest = &rest[1..];
+                    continue;
+                }
+            }
             if self.at_line_start && first == b'.' {
                 out.push(b'.');
             }
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
                 // No line end in the rest of the chunk: the line goes on in the next one.
                 out.extend_from_slice(rest);
                 self.at_line_start = false;
-                self.after_cr = rest.last() == Some(&b'\r');
                 return;
             };
-            let text = &rest[..lf];
-            out.extend_from_slice(text);
-            let cr_before = text.last().map_or(self.after_cr, |&b| b == b'\r');
-            if !cr_before {
-                out.push(b'\r');
+            out.extend_from_slice(&rest[..end]);
+            out.push(b'\r');
+            if rest[end] == b'\n' {
+                out.push(b'\n');
+                self.at_line_start = true;
+            } else {
+                self.after_cr = true;
+                self.at_line_start = false;
             }
-            out.push(b'\n');
-            self.at_line_start = true;
-            self.after_cr = false;
-            rest = &rest[lf + 1..];
+            rest = &rest[end + 1..];
         }
     }
 
@@ -258,6 +276,16 @@ impl BodyEncoder {
         *self = Self::default();
     }
 }
+
+/// `chunk` without its NUL octets. No bare CR or NUL is forwarded as received: a bare CR
+/// (which some servers take for a line end, so `<CR>.<CR>` could end DATA there and smuggle
+/// what follows) is sent as CRLF, and NUL, which RFC 5322 §2.3 forbids in a message, is dropped.
+fn clean(chunk: &[u8]) -> Vec<u8> {
+    chunk.iter().copied().filter(|&b| b != 0).collect()
+}
+
+#[cfg(test)]
+mod bare_cr;
 
 #[cfg(test)]
 mod tests {
@@ -312,11 +340,18 @@ mod tests {
         out
     }
 
-    /// The model: bare LF becomes CRLF, and the body is terminated by a line end.
+    /// The model: bare LF and bare CR become CRLF, NUL is dropped, and the body is terminated
+    /// by a line end.
     fn normalise(body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let mut prev = 0u8;
         for &b in body {
+            if b == 0 {
+                continue;
+            }
+            if prev == b'\r' && b != b'\n' {
+                out.push(b'\n');
+            }
             if b == b'\n' && prev != b'\r' {
                 out.push(b'\r');
             }
@@ -462,6 +497,13 @@ mod tests {
         let (mut at_line_start, mut after_cr) = (true, false);
         let mut out = Vec::new();
         for &byte in body {
+            if byte == 0 {
+                continue;
+            }
+            if after_cr && byte != b'\n' {
+                out.push(b'\n');
+                at_line_start = true;
+            }
             if at_line_start && byte == b'.' {
                 out.push(b'.');
             }

@@ -6,14 +6,19 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::util::{
-    assert_queued, reply, run_command_in, toml_string, CmdRun, RawClient, RelayConfig,
-    RelayProcess, Smarthost, Stage, TestDir, OUTPOST,
+    assert_queued, reply, run_command_in, settle, toml_string, CmdRun, RawClient, RelayConfig,
+    RelayProcess, Smarthost, Stage, TestDir, TestPki, OUTPOST,
 };
 
 const DELIVERY: Duration = Duration::from_secs(30);
 
 /// `outpost check-config` on `body` (with a data dir in a fresh test dir).
 fn check_config(body: &str) -> CmdRun {
+    run_with_config(body, "check-config")
+}
+
+/// `outpost <command> --config FILE` on `body` (with a data dir in a fresh test dir).
+fn run_with_config(body: &str, command: &str) -> CmdRun {
     let dir = TestDir::new();
     let data_dir = dir.join("data");
     let text = format!(
@@ -26,7 +31,7 @@ fn check_config(body: &str) -> CmdRun {
     run_command_in(
         Some(dir.path()),
         Path::new(OUTPOST),
-        &["check-config", "--config", &path],
+        &[command, "--config", &path],
         b"",
     )
 }
@@ -115,4 +120,146 @@ fn a_smarthost_reply_cannot_forge_a_log_field() {
         .filter(|&(i, _)| !log[..i].ends_with('\\'))
         .count();
     assert_eq!(forged, 0, "{log}");
+}
+
+/// `openssl passwd -6 -salt Zx9q2mB7 camera-pw`
+const CAMERA_HASH: &str = "$6$Zx9q2mB7$7euoUzgiGoP/JG7b1oQ/kumgdF6Rt0IqsCVygrN/0nG5ZBWl2b626DDBnWCtQEYUs8L4DnHNrO320C/FDxqzL0";
+
+/// `relay_from` that adds up to everyone: refused by check-config and at start (exit 78), unless
+/// `require_auth`; then a client inside it must still AUTH before MAIL.
+#[test]
+fn an_open_relay_by_configuration_is_refused_unless_every_client_authenticates() {
+    let open =
+        "relay_from = [\"0.0.0.0/1\", \"128.0.0.0/1\", \"::1\"]\nlisten = [\"127.0.0.1:0\"]\n";
+    for command in ["check-config", "serve"] {
+        let run = run_with_config(open, command);
+        assert_eq!(run.code, Some(78), "{command}: {run}");
+        assert!(run.all().contains("relay_from"), "{run}");
+        assert!(run.all().contains("open relay"), "{run}");
+    }
+    let pki = TestPki::loopback();
+    let upstream = Smarthost::start();
+    let secured = format!(
+        "relay_from = [\"0.0.0.0/0\"]\nrequire_auth = true\n\
+         [tls]\ncert = {}\nkey = {}\n[[users]]\nname = \"camera\"\npassword_hash = \"{CAMERA_HASH}\"\n",
+        toml_string(&pki.cert.to_string_lossy()),
+        toml_string(&pki.key.to_string_lossy()),
+    );
+    let relay =
+        RelayProcess::start_with(RelayConfig::with_smarthost(upstream.port()).top(&secured));
+    let mut client = RawClient::ready(relay.port());
+    assert_eq!(
+        client.cmd("MAIL FROM:<a@lan.test>").code,
+        530,
+        "{}",
+        client.transcript()
+    );
+    client.starttls(pki.client_config()).unwrap();
+    assert_eq!(client.cmd("EHLO lan.test").code, 250);
+    let reply = client.cmd("MAIL FROM:<a@lan.test>");
+    assert_eq!(reply.code, 530, "{}", client.transcript());
+    assert!(reply.text().starts_with("5.7.0"), "{reply}");
+    // AUTH PLAIN camera / camera-pw.
+    assert_eq!(
+        client.cmd("AUTH PLAIN AGNhbWVyYQBjYW1lcmEtcHc=").code,
+        235,
+        "{}",
+        client.transcript()
+    );
+    assert_queued(&client.send_mail(
+        "a@lan.test",
+        &["b@remote.test"],
+        b"Subject: x\r\n\r\nhi\r\n",
+    ));
+    upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("nothing delivered"));
+}
+
+fn with_hops(n: usize, eol: &str) -> Vec<u8> {
+    let mut message = String::new();
+    for hop in 0..n {
+        message.push_str(&format!("Received: from h{hop} by h{}; now{eol}", hop + 1));
+    }
+    message.push_str(&format!("Subject: loop{eol}{eol}body{eol}"));
+    message.into_bytes()
+}
+
+/// More than `max_hops` (default 50) `Received:` fields: 554 5.4.6 at the final dot, after
+/// the body is drained; the session goes on, and 50 are fine.
+#[test]
+fn a_mail_loop_is_refused_with_554_5_4_6_over_smtp() {
+    let upstream = Smarthost::start();
+    let relay = RelayProcess::start_to(upstream.port());
+    let mut client = RawClient::ready(relay.port());
+    let reply = client.send_mail("a@lan.test", &["b@remote.test"], &with_hops(51, "\r\n"));
+    assert_eq!(reply.code, 554, "{}", client.transcript());
+    assert!(reply.text().starts_with("5.4.6"), "{reply}");
+    assert_eq!(client.cmd("NOOP").code, 250, "{}", client.transcript());
+    relay.wait_log("status=rejected reason=\"mail loop: 51 Received: header fields");
+    assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &with_hops(50, "\r\n")));
+    let got = upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("nothing delivered"));
+    assert!(got[0].data_str().contains("Received: from h49 "));
+    // Had the looping message been queued, it would go out before the marker.
+    settle(&relay, &upstream);
+    assert_eq!(upstream.unmarked().len(), 1, "the looping message was relayed");
+}
+
+/// `max_hops` from sendmail: the submission is refused (exit 65) with a clear error and
+/// nothing reaches the maildrop or the queue.
+#[test]
+fn a_mail_loop_is_refused_by_sendmail() {
+    let relay = RelayProcess::start("max_hops = 5");
+    let run = relay.command(&["sendmail", "ops@remote.test"], &with_hops(6, "\n"));
+    assert_eq!(run.code, Some(65), "{run}");
+    assert!(
+        run.stderr
+            .contains("mail loop: 6 Received: header fields, more than max_hops (5)"),
+        "{run}"
+    );
+    let run = relay.command(&["sendmail", "ops@remote.test"], &with_hops(5, "\n"));
+    assert_eq!(run.code, Some(0), "{run}");
+}
+
+/// No bare CR or NUL is forwarded as received: `<CR>.<CR>` in a body (SMTP smuggling) reaches
+/// the smarthost as a stuffed line of its own, over SMTP and from sendmail.
+#[test]
+fn bare_cr_and_nul_never_reach_the_smarthost() {
+    let upstream = Smarthost::start();
+    let relay = RelayProcess::start_to(upstream.port());
+    let mut client = RawClient::ready(relay.port());
+    let smuggled = b"Subject: smtp\r\n\r\na\r.\rMAIL FROM:<x@evil.test>\r\nb\0c\r\n";
+    assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], smuggled));
+    let run = relay.command(
+        &["sendmail", "-i", "ops@remote.test"],
+        b"Subject: sendmail\n\na\r.\rMAIL FROM:<x@evil.test>\n",
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    let got = upstream
+        .wait_for(2, DELIVERY)
+        .unwrap_or_else(|| relay.fail("not delivered"));
+    for mail in &got {
+        let data = &mail.data;
+        for (i, &b) in data.iter().enumerate() {
+            assert_ne!(b, 0, "NUL forwarded: {:?}", mail.data_str());
+            if b == b'\r' {
+                assert_eq!(
+                    data.get(i + 1),
+                    Some(&b'\n'),
+                    "bare CR forwarded: {:?}",
+                    mail.data_str()
+                );
+            }
+        }
+        // The smarthost saw the dot line as text (dot-unstuffed), never as an end of data.
+        assert!(
+            mail.data_str()
+                .contains("a\r\n.\r\nMAIL FROM:<x@evil.test>\r\n"),
+            "{}",
+            mail.data_str()
+        );
+    }
+    assert!(got.iter().any(|m| m.data_str().contains("bc\r\n")));
 }

@@ -15,6 +15,9 @@ pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(DAY);
 /// `queue.retry_min` and `queue.retry_max`: 30 days.
 pub(crate) const MAX_RETRY: Duration = Duration::from_secs(30 * DAY);
 
+/// `max_hops`: 1000 `Received:` fields.
+pub(crate) const MAX_HOPS: u64 = 1000;
+
 /// `max_message_size`: 4 GiB.
 pub(crate) const MAX_MESSAGE_SIZE: u64 = 4 * GIB;
 /// `queue.max_bytes`: 1 PiB (sums of message sizes stay far from `u64::MAX`).

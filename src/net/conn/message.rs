@@ -124,6 +124,10 @@ impl Conn<'_> {
                 error!("{tag} queue_id={spool_id} commit failed: {e}");
                 CommitOutcome::Failed
             }
+            Err(e @ IntakeError::TooManyHops { .. }) => {
+                warn!("{tag} queue_id={spool_id} status=rejected reason=\"{e}\"");
+                CommitOutcome::TooManyHops
+            }
         }
     }
 }
