@@ -204,7 +204,11 @@ fn a_mail_loop_is_refused_with_554_5_4_6_over_smtp() {
     assert!(got[0].data_str().contains("Received: from h49 "));
     // Had the looping message been queued, it would go out before the marker.
     settle(&relay, &upstream);
-    assert_eq!(upstream.unmarked().len(), 1, "the looping message was relayed");
+    assert_eq!(
+        upstream.unmarked().len(),
+        1,
+        "the looping message was relayed"
+    );
 }
 
 /// `max_hops` from sendmail: the submission is refused (exit 65) with a clear error and
@@ -262,4 +266,67 @@ fn bare_cr_and_nul_never_reach_the_smarthost() {
         );
     }
     assert!(got.iter().any(|m| m.data_str().contains("bc\r\n")));
+}
+
+/// Group or other access to anything in `data_dir` but the maildrop and sockets.
+fn loose_entries(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mut loose = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if entry.file_name() == "maildrop" || kind.is_socket() {
+                continue;
+            }
+            let mode = entry.metadata().unwrap().permissions().mode();
+            if mode & 0o077 != 0 {
+                loose.push(format!("{} {mode:o}", entry.path().display()));
+            }
+            if kind.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    loose
+}
+
+/// Under `umask 000` the queue is still private: `data_dir` 0700, its files 0600; a data
+/// directory opened up meanwhile is tightened at the next start, with a WARN.
+#[test]
+fn the_queue_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let upstream = Smarthost::start_with_policy(|stage| match stage {
+        Stage::Rcpt { .. } => Some(reply(451, "4.3.0 later")),
+        _ => None,
+    });
+    let mut relay =
+        RelayProcess::start_wrapped(RelayConfig::with_smarthost(upstream.port()), "umask 000");
+    let mut client = RawClient::ready(relay.port());
+    assert_queued(&client.send_mail(
+        "a@lan.test",
+        &["b@remote.test"],
+        b"Subject: x\r\n\r\nsecret\r\n",
+    ));
+    relay.wait_log("status=deferred");
+    let dir = relay.data_dir.clone();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir), 0o700);
+    let bodies: Vec<_> = std::fs::read_dir(dir.join("bodies")).unwrap().collect();
+    assert!(!bodies.is_empty(), "no body file");
+    assert_eq!(loose_entries(&dir), Vec::<String>::new());
+    relay.stop();
+    let set =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    set(&dir, 0o755);
+    set(&dir.join("db"), 0o644);
+    set(&dir.join("bodies"), 0o777);
+    relay.restart();
+    let log = relay.wait_log("was open to other users");
+    // `db` at least (sled may write more files under the loose umask, e.g. at shutdown, all
+    // inside the private directory).
+    assert!(log.contains("set 2 directories to 0700 and "), "{log}");
+    assert_eq!(mode(&dir) & 0o066, 0, "{:o}", mode(&dir));
+    assert_eq!(loose_entries(&dir), Vec::<String>::new());
 }
