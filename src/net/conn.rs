@@ -296,8 +296,9 @@ impl<'a> Conn<'a> {
         let verdict = self.shared.intake().check_sender(sender);
         if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
             info!(
-                "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
+                "{} status=deferred reason=\"sender rate limit\" from=<{}> retry_after={}s",
                 self.tag,
+                crate::logfmt::Escaped(sender),
                 retry_after.as_secs().max(1)
             );
         }

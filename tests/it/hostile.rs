@@ -330,3 +330,34 @@ fn the_queue_is_private_whatever_the_umask() {
     assert_eq!(mode(&dir) & 0o066, 0, "{:o}", mode(&dir));
     assert_eq!(loose_entries(&dir), Vec::<String>::new());
 }
+
+/// A maildrop file over `max_hops` (written while the limit was higher) is set aside as
+/// `*.bad` with an ERROR naming the loop, never queued; the next file is delivered.
+#[test]
+fn a_mail_loop_in_the_maildrop_is_set_aside() {
+    let upstream = Smarthost::start();
+    let mut relay = RelayProcess::start_to(upstream.port());
+    relay.stop();
+    let run = relay.command(&["sendmail", "ops@remote.test"], &with_hops(6, "\n"));
+    assert_eq!(run.code, Some(0), "{run}");
+    let config = std::fs::read_to_string(&relay.config_path).unwrap();
+    std::fs::write(&relay.config_path, format!("max_hops = 5\n{config}")).unwrap();
+    relay.restart();
+    let log = relay.wait_log("moved to");
+    assert!(
+        log.contains("mail loop: 6 Received: header fields, more than max_hops (5)"),
+        "{log}"
+    );
+    let run = relay.command(&["sendmail", "ops@remote.test"], &with_hops(5, "\n"));
+    assert_eq!(run.code, Some(0), "{run}");
+    let got = upstream
+        .wait_for(1, DELIVERY)
+        .unwrap_or_else(|| relay.fail("not delivered"));
+    assert!(got[0].data_str().contains("Received: from h4 "));
+    settle(&relay, &upstream);
+    assert_eq!(
+        upstream.unmarked().len(),
+        1,
+        "the looping message was relayed"
+    );
+}
