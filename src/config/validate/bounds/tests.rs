@@ -139,3 +139,11 @@ fn each_bound_is_accepted_and_one_past_it_refused() {
     let too_big = format!("max_message_size = {}", MAX_MESSAGE_SIZE + 1);
     assert!(validate(&too_big).is_none());
 }
+
+#[test]
+fn a_deadline_past_what_instant_holds_is_the_latest_it_can_reach() {
+    let now = Instant::now();
+    let far = wait::deadline(now, Duration::MAX);
+    assert!(far >= now + super::MAX_DURATION, "{:?}", far - now);
+    assert_eq!(wait::deadline(now, Duration::ZERO), now);
+}
