@@ -19,6 +19,7 @@ use log::{error, info};
 
 use crate::clock::QueueClock;
 use crate::coalesce::{self, CoalescePolicy};
+use crate::logfmt::Escaped;
 use crate::mapping::AddressMap;
 use crate::message::HeaderWatch;
 use crate::priority::{priority_of, watched_headers, Priority, PriorityRule};
@@ -47,6 +48,8 @@ pub struct IntakePolicy {
     /// `domain`, aliases and `admin`: applied to every envelope (SMTP, maildrop and DSNs);
     /// `None`: envelopes are stored as given.
     pub addresses: Option<AddressMap>,
+    /// `max_hops`: more `Received:` fields is a mail loop (0: no limit).
+    pub max_hops: u32,
 }
 
 /// Where a message comes from; decides its log line and whether it is classified and counted.
@@ -90,6 +93,8 @@ pub enum IntakeError {
     QueueFull,
     /// The store failed (already reported: see `Intake::store_failed`).
     Store(StoreError),
+    /// `received` `Received:` fields, more than `max_hops`: a mail loop; nothing was stored.
+    TooManyHops { received: u32, max_hops: u32 },
 }
 
 impl fmt::Display for IntakeError {
@@ -97,6 +102,10 @@ impl fmt::Display for IntakeError {
         match self {
             Self::QueueFull => f.write_str("queue full"),
             Self::Store(e) => write!(f, "{e}"),
+            Self::TooManyHops { received, max_hops } => write!(
+                f,
+                "mail loop: {received} Received: header fields, more than max_hops ({max_hops})"
+            ),
         }
     }
 }
@@ -213,6 +222,10 @@ impl Intake {
         source: Source<'_>,
     ) -> Result<QueueId, IntakeError> {
         let Submission { spool, headers, .. } = submission;
+        if let Err(e) = self.check_hops(&headers, &source) {
+            spool.abort();
+            return Err(e);
+        }
         let stored = spool.len();
         let (sender, recipients) = self.map_envelope(envelope.sender, envelope.recipients);
         let mut info = MessageInfo {
@@ -254,6 +267,16 @@ impl Intake {
             None => (sender, recipients),
             Some(map) => (map.sender(&sender), map.recipients(&recipients)),
         }
+    }
+
+    /// The loop check: more `Received:` fields than `max_hops` (DSNs, which outpost writes
+    /// itself, are not checked).
+    fn check_hops(&self, headers: &HeaderWatch, source: &Source<'_>) -> Result<(), IntakeError> {
+        let (received, max_hops) = (headers.received(), self.policy.max_hops);
+        if max_hops == 0 || received <= max_hops || matches!(source, Source::Dsn { .. }) {
+            return Ok(());
+        }
+        Err(IntakeError::TooManyHops { received, max_hops })
     }
 
     /// Labels a message about to be committed with its `[[priority]]` and, with `[coalesce]`,
@@ -324,6 +347,7 @@ fn log_queued(
     (nrcpt, first): (usize, &str),
     stored: u64,
 ) {
+    let sender = Escaped(sender);
     match source {
         Source::Smtp { tag, user, size } => {
             // Who relayed it: the AUTH user, if any (Postfix's sasl_username).
@@ -338,7 +362,7 @@ fn log_queued(
         Source::Maildrop => info!(
             "maildrop queue_id={id} from=<{sender}> nrcpt={nrcpt} size={stored} status=queued"
         ),
-        Source::Dsn { of } => info!("queue_id={of} DSN queued as {id} to=<{first}>"),
+        Source::Dsn { of } => info!("queue_id={of} DSN queued as {id} to=<{}>", Escaped(first)),
     }
 }
 

@@ -70,6 +70,7 @@
 //! - [`logging`]: where log lines go: stderr, the journal (with sd-daemon priorities) or
 //!   syslog.
 //! - [`sd_notify`]: the systemd notification protocol (sd_notify(3)) without libsystemd.
+//! - [`logfmt`]: peer- and smarthost-chosen values in `key=value` log lines, quoted and escaped.
 //!
 //! Everything runs on one thread: a single `smol::LocalExecutor` drives every session and the
 //! forwarder; sled runs its own flusher and I/O threads.
@@ -87,6 +88,7 @@ pub mod intake;
 #[cfg(test)]
 #[path = "../tests/kit/mod.rs"]
 mod kit;
+pub mod logfmt;
 pub mod logging;
 pub mod mapping;
 pub mod message;

@@ -113,6 +113,10 @@ pub fn main(args: &SendmailArgs, config: &Config, input: &mut dyn Read) -> u8 {
         );
         return EX_DATAERR;
     }
+    if let Err(e) = check_hops(&raw, config.max_hops) {
+        eprintln!("sendmail: {e}");
+        return EX_DATAERR;
+    }
     let user = std::env::var("LOGNAME")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "root".into());
@@ -184,6 +188,19 @@ fn maildrop_usable(dir: &Path) -> Result<(), String> {
         return Err(format!(
             "the daemon (uid {}) would not accept a maildrop file from uid {euid}",
             meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// The loop check (`max_hops`) on the message as given, before it reaches the maildrop.
+fn check_hops(raw: &[u8], max_hops: u32) -> Result<(), String> {
+    let mut watch = message::HeaderWatch::new(std::rc::Rc::from([]));
+    watch.feed(raw);
+    let received = watch.received();
+    if received > max_hops {
+        return Err(format!(
+            "mail loop: {received} Received: header fields, more than max_hops ({max_hops})"
         ));
     }
     Ok(())

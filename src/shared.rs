@@ -54,6 +54,7 @@ impl Shared {
             data_dir: config.data_dir.clone(),
             max_message_size: config.max_message_size,
             addresses: Some(config.local.address_map()),
+            max_hops: config.max_hops,
         };
         let intake = Rc::new(Intake::new(store.clone(), clock, forwarder.clone(), policy));
         Rc::new(Self {

@@ -15,6 +15,19 @@ use async_io::Timer;
 use event_listener::Event;
 use futures_lite::future;
 
+/// `from + after`, never panicking: a duration too long for `Instant` gives the latest
+/// instant it can reach (halving `after` until the sum fits; at most 64 halvings).
+pub fn deadline(from: Instant, after: Duration) -> Instant {
+    let mut after = after;
+    for _ in 0..64 {
+        if let Some(at) = from.checked_add(after) {
+            return at;
+        }
+        after /= 2;
+    }
+    from
+}
+
 /// A level-triggered wake-up flag shared by two tasks on one thread.
 #[derive(Default)]
 pub struct Wake {

@@ -42,6 +42,8 @@ impl Default for Config {
             max_connections: 32,
             max_errors: 10,
             log: crate::logging::LogTarget::Auto,
+            max_hops: 50,
+            require_auth: false,
             smarthosts: heapless::Vec::new(),
             queue: QueueConfig {
                 retry_min: Duration::from_secs(30),

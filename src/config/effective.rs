@@ -45,6 +45,10 @@ pub struct Config {
     pub max_errors: u32,
     /// `log`: where log lines go (`auto`: the journal under systemd, else stderr).
     pub log: LogTarget,
+    /// More `Received:` fields than this: a mail loop, refused with 554 5.4.6.
+    pub max_hops: u32,
+    /// Every client must AUTH before MAIL (530 5.7.0 otherwise).
+    pub require_auth: bool,
     /// `[smarthost]` or `[[smarthost]]`, in the order they are tried (failover); empty: mail is
     /// accepted and held.
     pub smarthosts: heapless::Vec<Smarthost, MAX_SMARTHOSTS>,
@@ -217,6 +221,8 @@ impl Config {
         *out += &format!("max_errors = {}\n", self.max_errors);
         *out += &toml_local_keys(&self.local);
         *out += &format!("log = \"{}\"\n", self.log.as_str());
+        *out += &format!("max_hops = {}\n", self.max_hops);
+        *out += &format!("require_auth = {}\n", self.require_auth);
         if let Some(tls) = &self.tls {
             *out += &format!(
                 "\n[tls]\ncert = {}\nkey = {}\n",

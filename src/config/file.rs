@@ -26,6 +26,10 @@ pub struct ConfigFile {
     pub max_errors: Option<u64>,
     /// Where log lines go: `auto`, `stderr`, `journal` or `syslog`.
     pub log: Option<String>,
+    /// More `Received:` fields than this: refused as a mail loop (554 5.4.6).
+    pub max_hops: Option<u64>,
+    /// Every client must AUTH before MAIL (530 5.7.0 otherwise).
+    pub require_auth: Option<bool>,
     /// `[smarthost]` (one table) or `[[smarthost]]` (several, tried in order).
     pub smarthost: Option<SmarthostTables>,
     pub tls: Option<TlsSection>,

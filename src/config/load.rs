@@ -109,6 +109,9 @@ impl Config {
         file.users.clear();
         file.listen_tls = None;
         file.require_tls = None;
+        // The listener's policy: clients do not serve SMTP (and `[[users]]` are gone).
+        file.require_auth = None;
+        file.relay_from = None;
         if let Some(tables) = file.smarthost.as_mut() {
             for smarthost in tables.sections_mut() {
                 smarthost.ca_file = None;

@@ -3,6 +3,8 @@
 //! with the file's name). Reads only the files the config names (to check they are readable,
 //! and the secrets in them); never touches the network or the store.
 
+mod bounds;
+mod relay;
 mod smarthost;
 
 use std::fmt;
@@ -102,6 +104,8 @@ impl Config {
                 MAX_ERRORS_LIMIT,
             ),
             log: v.log(file.log.as_deref(), d.log),
+            max_hops: v.count("max_hops", file.max_hops, d.max_hops, bounds::MAX_HOPS),
+            require_auth: file.require_auth.unwrap_or(d.require_auth),
             smarthosts: v.smarthosts(file.smarthost.as_ref()),
             queue: v.queue(&file.queue, d.queue),
             store: v.store(&file.store, d.store),
@@ -115,6 +119,7 @@ impl Config {
         let kernel = super::defaults::system_hostname();
         config.local = local_names(file, (&config.hostname, &kernel), &mut v.problems);
         config.cross_check(&mut v.problems);
+        relay::check_open_relay(&config, &mut v.problems);
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -296,6 +301,11 @@ impl Validator {
     fn size(&mut self, key: &str, value: Option<u64>, default: u64, min: u64) -> u64 {
         match value {
             None => default,
+            Some(n) if n > bounds::size_max(key) => {
+                let max = bounds::size_max(key);
+                self.problem(key, format!("{n} is too large (at most {max})"));
+                default
+            }
             Some(n) if n >= min => n,
             Some(n) => {
                 self.problem(key, format!("{n} is too small (at least {min})"));
@@ -327,6 +337,14 @@ impl Validator {
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() && !zero_ok => {
                 self.problem(key, format!("{text:?} must be longer than zero"));
+                default
+            }
+            Ok(d) if d > bounds::duration_max(key).0 => {
+                let most = bounds::duration_max(key).1;
+                self.problem(
+                    key,
+                    format!("{text:?} is longer than {most}, the most it allows"),
+                );
                 default
             }
             Ok(d) => d,

@@ -29,7 +29,7 @@ const FORWARD_WINDOW: usize = 64;
 /// Opens the store in `data_dir` (created if missing) and sweeps what a crash left behind.
 pub(super) fn open_store(config: &Config) -> Result<Store, DaemonError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| DaemonError::CreateDataDir {
+    crate::store::create_data_dir(dir).map_err(|source| DaemonError::CreateDataDir {
         path: dir.display().to_string(),
         source,
     })?;

@@ -5,6 +5,7 @@
 use log::{error, warn};
 
 use crate::intake::{self, IntakeError, Source};
+use crate::logfmt::{Escaped, Quoted};
 use crate::message::{self, rfc5322_date};
 use crate::store::{QueueId, QueuedMessage, RcptState, StoreError};
 
@@ -25,8 +26,10 @@ impl Forwarder {
             let diagnostic =
                 format!("delivery time expired: queued longer than {max_age}; last reply: {last}");
             warn!(
-                "queue_id={} to=<{}> status=bounced reply=\"{diagnostic}\"",
-                message.id, recipient.address
+                "queue_id={} to=<{}> status=bounced reply={}",
+                message.id,
+                Escaped(&recipient.address),
+                Quoted(&diagnostic)
             );
             self.link.count_bounced();
             failed.push(dsn::FailedRecipient {
@@ -109,6 +112,7 @@ impl Forwarder {
             Ok(_) => {}
             Err(IntakeError::QueueFull) => error!("queue_id={of} DSN not queued: queue full"),
             Err(IntakeError::Store(e)) => error!("queue_id={of} DSN not queued: {e}"),
+            Err(e @ IntakeError::TooManyHops { .. }) => error!("queue_id={of} DSN not queued: {e}"),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use log::{debug, error, info, warn};
 
+use crate::logfmt::{Escaped, Quoted};
 use crate::smtp::client::{ClientSession, DeliveryReport, Envelope};
 use crate::store::{QueuedMessage, RcptState};
 
@@ -96,9 +97,11 @@ impl Forwarder {
                 Outcome::Bounce(_) => (RcptState::Failed, "bounced"),
             };
             let line = format!(
-                "queue_id={} to=<{address}> relay={} status={status} reply=\"{reply}\"",
+                "queue_id={} to=<{}> relay={} status={status} reply={}",
                 message.id,
-                self.address()
+                Escaped(address),
+                self.address(),
+                Quoted(&reply)
             );
             match outcome {
                 Outcome::Retry(_) => {

@@ -14,6 +14,7 @@ use smol::net::TcpStream;
 
 use super::outcome::ForwardError;
 use super::TlsPolicy;
+use crate::logfmt::Quoted;
 use crate::smtp::body::BodyEncoder;
 use crate::smtp::client::{
     ClientParams, ClientSession, ClientStep, DeliveryReport, Envelope, SessionFailure, Stage,
@@ -216,7 +217,7 @@ impl Connection {
         loop {
             if let Some((reply, used)) = parse_reply(&self.input).map_err(ForwardError::Protocol)? {
                 self.input.drain(..used);
-                debug!("smarthost: {reply}");
+                debug!("smarthost: reply={}", Quoted(&reply.to_string()));
                 return Ok(reply);
             }
             let mut buf = [0u8; 4096];

@@ -1,6 +1,7 @@
 //! `HeaderWatch`: collects named header fields from a message as its bytes arrive, in pieces of
-//! any size and in memory bounded by constants (one RFC 5322 line, `MAX_WATCHED` fields). It
-//! feeds `[[priority]]` and `[coalesce]` classification and the digest's summary. Pure.
+//! any size and in memory bounded by constants (one RFC 5322 line, `MAX_WATCHED` fields), and
+//! counts the `Received:` fields (the hop count `max_hops` limits). It feeds `[[priority]]` and
+//! `[coalesce]` classification, the digest's summary and the loop check. Pure.
 
 use std::rc::Rc;
 
@@ -20,17 +21,17 @@ pub struct HeaderWatch {
     /// The current field is a watched one: its continuation lines belong to it.
     in_watched: bool,
     fields: heapless::Vec<(String, String), MAX_WATCHED>,
+    /// `Received:` fields in the header section so far (saturating).
+    received: u32,
     done: bool,
 }
 
 impl HeaderWatch {
     /// Watches `names` (lowercase; shared, since they depend on the config only); with none,
-    /// `feed` does nothing.
+    /// `feed` only counts `Received:` fields.
     pub fn new(names: Rc<[String]>) -> Self {
-        let done = names.is_empty();
         Self {
             names,
-            done,
             ..Self::default()
         }
     }
@@ -60,18 +61,23 @@ impl HeaderWatch {
             self.done = true;
             return;
         }
-        let text = String::from_utf8_lossy(line);
         if is_continuation(line) {
             if let (true, Some((_, value))) = (self.in_watched, self.fields.last_mut()) {
-                unfold_onto(value, &text, MAX_LINE);
+                unfold_onto(value, &String::from_utf8_lossy(line), MAX_LINE);
             }
             return;
         }
         self.in_watched = false;
-        let Some((name, value)) = split_field(&text) else {
+        if is_received(line) {
+            self.received = self.received.saturating_add(1);
+        }
+        if self.names.is_empty() || self.fields.is_full() {
+            return;
+        }
+        let Some((name, value)) = split_field(&String::from_utf8_lossy(line)) else {
             return;
         };
-        if !self.fields.is_full() && self.names.contains(&name) {
+        if self.names.contains(&name) {
             // Cannot fail: checked for room just above.
             let _ = self.fields.push((name, value));
             self.in_watched = true;
@@ -83,11 +89,30 @@ impl HeaderWatch {
         &self.fields
     }
 
+    /// The `Received:` fields in the header section seen so far: the message's hop count.
+    pub fn received(&self) -> u32 {
+        self.received
+    }
+
     /// The value of the first watched field named `name` (lowercase) seen so far.
     pub fn field(&self, name: &str) -> Option<&str> {
         super::header::field(&self.fields, name)
     }
 }
+
+/// A `Received:` field's first line (the name in any case, optional blanks before the colon).
+fn is_received(line: &[u8]) -> bool {
+    const NAME: &[u8] = b"received";
+    line.len() > NAME.len()
+        && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+        && line[NAME.len()..]
+            .iter()
+            .find(|&&b| b != b' ' && b != b'\t')
+            == Some(&b':')
+}
+
+#[cfg(test)]
+mod hops;
 
 #[cfg(test)]
 mod tests {

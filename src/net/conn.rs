@@ -29,6 +29,7 @@ use crate::smtp::server::{
 };
 use crate::store::MAX_EXTENT;
 use crate::tls::MaybeTls;
+use crate::wait;
 
 mod message;
 
@@ -308,8 +309,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         if let MailVerdict::RateExceeded { retry_after, .. } = verdict {
             self.shared.intake().count_reject(Reject::RateLimit);
             warn!(
-                "{} status=deferred reason=\"sender rate limit\" from=<{sender}> retry_after={}s",
+                "{} status=deferred reason=\"sender rate limit\" from=<{}> retry_after={}s",
                 self.tag,
+                crate::logfmt::Escaped(sender),
                 retry_after.as_secs().max(1)
             );
         }
@@ -404,9 +406,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         let due = match self.session.awaiting() {
             Awaiting::Command => {
                 let since = *self.command_since.get_or_insert_with(Instant::now);
-                (since + timeouts.command, "command")
+                (wait::deadline(since, timeouts.command), "command")
             }
-            Awaiting::Body => (Instant::now() + timeouts.data, "data"),
+            Awaiting::Body => (wait::deadline(Instant::now(), timeouts.data), "data"),
             Awaiting::Commit | Awaiting::AuthCheck | Awaiting::Closed => {
                 return Err(End::Internal("session asked for input while not reading"));
             }

@@ -104,6 +104,7 @@ pub(super) fn session_params(config: &Config, peer: IpAddr, tls: TlsMode) -> Ses
         // The session advertises and accepts AUTH only once TLS is active.
         auth_offered: !config.users.is_empty() && tls != TlsMode::Unavailable,
         require_tls: config.require_tls && tls != TlsMode::Unavailable,
+        require_auth: config.require_auth,
         check_sender: config.rate_limit.is_some(),
         limits: Limits {
             max_message_size: config.max_message_size,

@@ -376,6 +376,7 @@ async fn ingest(shared: &Shared, path: &Path) -> Result<QueueId, PickupError> {
         Ok(id) => Ok(id),
         Err(IntakeError::QueueFull) => Err(PickupError::QueueFull),
         Err(IntakeError::Store(e)) => Err(PickupError::Store(e)),
+        Err(e @ IntakeError::TooManyHops { .. }) => Err(PickupError::Bad(e.to_string())),
     }
 }
 

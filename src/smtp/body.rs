@@ -16,7 +16,9 @@
 //!   end of data that outpost did not see.
 //! * A bare CR is passed through unchanged and never starts a line.
 //! * The encoder also turns bare LF into CRLF (RFC 5321 §2.3.8: never transmit bare LF), since
-//!   bodies from the sendmail front end arrive with LF line ends.
+//!   bodies from the sendmail front end arrive with LF line ends, and bare CR into CRLF too,
+//!   and drops NUL: nothing a server might read as a line end other than CRLF, and no NUL,
+//!   leaves outpost, whichever way the message came in.
 //!
 //! # Long lines
 //!
@@ -26,8 +28,7 @@
 //! transport as Postfix does with `smtp_line_length_limit = 998`: after 998 octets of text it
 //! inserts `CRLF SP`, so every line sent is at most 998 octets plus CRLF (plus a stuffing
 //! dot, which §4.5.3.1.6 does not count), and removing each inserted `CRLF SP` gives the
-//! stored line back. A bare CR is text and counts toward the 998; lines of 998 octets or
-//! fewer go out unchanged.
+//! stored line back. Lines of 998 octets or fewer go out unchanged.
 
 /// RFC 5321 §4.5.3.1.6: the longest text line the forwarder sends, including the CRLF and
 /// excluding the stuffing dot. Longer stored lines are folded (see the module doc).
@@ -195,9 +196,9 @@ impl BodyDecoder {
 pub struct BodyEncoder {
     /// At the start of a line: a `.` here gets stuffed.
     at_line_start: bool,
-    /// The last byte seen was a CR, held back until the next byte says whether it ends the
-    /// line (CRLF) or is text (a bare CR, which counts toward the line's length).
-    pending_cr: bool,
+    /// The last byte seen was a CR, already sent as a line end (CRLF): an LF right after it
+    /// belongs to it and is skipped.
+    after_cr: bool,
     /// Octets of text on the current output line, the stuffing dot excluded.
     column: usize,
 }
@@ -206,7 +207,7 @@ impl Default for BodyEncoder {
     fn default() -> Self {
         Self {
             at_line_start: true,
-            pending_cr: false,
+            after_cr: false,
             column: 0,
         }
     }
@@ -218,21 +219,26 @@ impl BodyEncoder {
     }
 
     /// Appends the stuffed and folded form of `chunk` to `out`. Chunk boundaries may fall
-    /// anywhere. Bare LF becomes CRLF; every line starting with `.` gets one more; a line
-    /// longer than 998 octets is folded. Copies a run at a time, not a byte: this runs over
-    /// every octet the forwarder sends.
+    /// anywhere. Bare LF and bare CR become CRLF, NUL octets are dropped (see `clean`); every
+    /// line starting with `.` gets one more; a line longer than 998 octets is folded. Copies a
+    /// run at a time, not a byte: this runs over every octet the forwarder sends.
     pub fn encode(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         out.reserve(chunk.len() + chunk.len() / 32);
-        let mut rest = chunk;
+        let cleaned;
+        let mut rest = if chunk.contains(&0) {
+            cleaned = clean(chunk);
+            &cleaned[..]
+        } else {
+            chunk
+        };
         while let Some(&first) = rest.first() {
-            if self.pending_cr {
-                self.pending_cr = false;
+            if self.after_cr {
+                // The CR went out as a line end already; an LF right after it belongs to it.
+                self.after_cr = false;
                 if first == b'\n' {
-                    self.end_line(out);
                     rest = &rest[1..];
                     continue;
                 }
-                self.text(b"\r", out);
             }
             if self.at_line_start && first == b'.' {
                 out.push(b'.');
@@ -243,18 +249,15 @@ impl BodyEncoder {
                 return;
             };
             self.text(&rest[..stop], out);
-            if rest[stop] == b'\n' {
-                self.end_line(out);
-            } else {
-                self.pending_cr = true;
-            }
+            self.end_line(out);
+            self.after_cr = rest[stop] == b'\r';
             rest = &rest[stop + 1..];
         }
     }
 
     /// Appends CRLF if the body did not end with one, then `.\r\n`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.pending_cr || !self.at_line_start {
+        if !self.at_line_start {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b".\r\n");
@@ -287,6 +290,16 @@ impl BodyEncoder {
         self.column = 0;
     }
 }
+
+/// `chunk` without its NUL octets. No bare CR or NUL is forwarded as received: a bare CR
+/// (which some servers take for a line end, so `<CR>.<CR>` could end DATA there and smuggle
+/// what follows) is sent as CRLF, and NUL, which RFC 5322 §2.3 forbids in a message, is dropped.
+fn clean(chunk: &[u8]) -> Vec<u8> {
+    chunk.iter().copied().filter(|&b| b != 0).collect()
+}
+
+#[cfg(test)]
+mod bare_cr;
 
 #[cfg(test)]
 mod tests;

@@ -49,6 +49,7 @@
 //! | message size | `max_message_size` (config) | RFC 1870 | `552 5.3.4` at MAIL, or after draining the body |
 //! | recipients | `max_recipients` (config) | RFC 5321 §4.5.3.1.8 | `452 4.5.3` per extra RCPT |
 //! | bad commands | `max_errors` (config) | Postfix `smtpd_hard_error_limit` | `421 4.7.0`, close |
+//! | `Received:` fields (hops) | `max_hops` (config; counted by the glue) | Postfix `hopcount_limit` | body drained, `554 5.4.6` |
 //! | NOOP, RSET, VRFY, HELP since the last accepted message | 100 ([`JUNK_COMMAND_LIMIT`](server::JUNK_COMMAND_LIMIT)) | Postfix `smtpd_junk_command_limit` | each further one counts towards `max_errors` |
 //! | queued replies | about 4 KiB per `handle_input` call | — | `Next::FlushReplies` |
 //! | unconsumed input at `NeedInput` | < 512 octets | — | a 4 KiB caller buffer never stalls |
@@ -75,10 +76,15 @@
 //!   `smtp::body::tests::end_of_data_only_on_crlf_dot_crlf`,
 //!   `smtp::body::tests::smuggled_dot_lines_are_stored_with_their_dot`,
 //!   `smtp::body::tests::decode_of_encode_is_normalised_input` (proptest) and
-//!   `smtp::server::tests::bare_lf_dot_does_not_end_data`.
+//!   `smtp::server::tests::bare_lf_dot_does_not_end_data`. A bare CR (`<CR>.<CR>`, which some
+//!   servers take for a line end) is stored as received and sent as CRLF, so the dot line goes
+//!   out stuffed; NUL is never sent. Proven by `smtp::body::bare_cr` and, through the daemon,
+//!   `hostile::bare_cr_and_nul_never_reach_the_smarthost` (`tests/it`).
 //! - **Open relay.** Every RCPT from a client the glue did not mark `relay_allowed` (from
 //!   `relay_from`) gets `554 5.7.1`, `postmaster` included, and such refusals count towards
-//!   `max_errors`. Proven by `smtp::server::tests::relay_denied_gets_554_5_7_1`.
+//!   `max_errors`. Proven by `smtp::server::tests::relay_denied_gets_554_5_7_1`. A `relay_from`
+//!   that adds up to everyone is refused at start unless `require_auth` (MAIL before AUTH gets
+//!   `530 5.7.0`): `smtp::server::tests::hostile` and `config::validate::relay`.
 //! - **AUTH in plaintext.** AUTH is advertised only once TLS is active; AUTH without TLS gets
 //!   `538 5.7.11` before any credentials are exchanged, and SASL responses never reach a log
 //!   (`Credentials` and `SaslResponse` redact themselves in `Debug`). Proven by

@@ -55,6 +55,8 @@ pub struct SessionParams {
     pub auth_offered: bool,
     /// `require_tls`: MAIL before STARTTLS gets 530 5.7.0 (RFC 3207 §4).
     pub require_tls: bool,
+    /// `require_auth`: MAIL before AUTH gets 530 5.7.0 (RFC 4954 §6).
+    pub require_auth: bool,
     /// `[rate_limit]` is set: every MAIL the session would accept goes to the glue first
     /// (`Next::MailCheck`).
     pub check_sender: bool,
@@ -91,6 +93,8 @@ pub enum CommitOutcome {
     Stored(String),
     QueueFull,
     Failed,
+    /// More `Received:` fields than `max_hops`: a mail loop (554 5.4.6).
+    TooManyHops,
 }
 
 /// What the session is waiting for; the glue picks the matching timeout.
@@ -323,6 +327,7 @@ impl ServerSession {
             }
             CommitOutcome::QueueFull => canned::QUEUE_FULL,
             CommitOutcome::Failed => canned::STORE_FAILED,
+            CommitOutcome::TooManyHops => canned::TOO_MANY_HOPS,
         }
     }
 

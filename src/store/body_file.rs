@@ -25,10 +25,12 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::extent::Extent;
+use super::private::FILE_MODE;
 
 /// A body file is closed once an append would take it past this size. A body file stays on disk
 /// while any message in it is queued, so this bounds what one long-queued message can pin
@@ -115,6 +117,7 @@ impl BodyFiles {
                 .read(true)
                 .write(true)
                 .create_new(true)
+                .mode(FILE_MODE)
                 .open(self.path(num))?;
             self.dir_dirty.set(true);
             *active = Some(Active {

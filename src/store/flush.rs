@@ -244,7 +244,7 @@ impl GroupFlush {
     /// Waits up to `grace` for a sync started by other writes to make write `seq` durable;
     /// true if one did. Starts no sync itself.
     pub(super) async fn covered_within(&self, seq: u64, grace: Duration) -> bool {
-        let deadline = Instant::now() + grace;
+        let deadline = crate::wait::deadline(Instant::now(), grace);
         crate::wait::until(&self.changed, deadline, || self.durable.get() >= seq).await
     }
 

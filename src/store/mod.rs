@@ -34,6 +34,7 @@ mod housekeeping;
 mod index;
 mod key;
 mod open;
+mod private;
 mod query;
 mod record;
 mod recover;
@@ -53,6 +54,7 @@ pub use self::extent::MAX_EXTENT;
 use self::flush::GroupFlush;
 pub use self::flush::SyncHook;
 pub use self::open::SLED_SEGMENT_SIZE;
+pub use self::private::create_data_dir;
 use crate::clock::QueueTime;
 use crate::priority::Priority;
 

@@ -14,8 +14,8 @@ use super::body_file::BodyFiles;
 use super::due::DueIndex;
 use super::flush::{GroupFlush, SyncFiles, SyncHook};
 use super::{
-    key, record, recover, Inner, QueueId, RecoveryReport, Spool, Store, StoreError, StoreOptions,
-    Usage,
+    key, private, record, recover, Inner, QueueId, RecoveryReport, Spool, Store, StoreError,
+    StoreOptions, Usage,
 };
 
 // Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
@@ -53,6 +53,22 @@ pub(super) fn sled_segment_size(dir: &Path) -> usize {
         .unwrap_or(SLED_SEGMENT_SIZE)
 }
 
+/// The start check: the data directory and everything in it private, tightened (and said so,
+/// unless sled has just created its files under a loose umask).
+fn check_private(dir: &Path, fresh: bool) -> Result<(), StoreError> {
+    let done = private::tighten(dir)?;
+    if !fresh && done != private::Tightened::default() {
+        log::warn!(
+            "store: data_dir={} was open to other users: set {} directories to 0700 and {} files \
+             to 0600",
+            dir.display(),
+            done.dirs,
+            done.files
+        );
+    }
+    Ok(())
+}
+
 /// `config.open()`, retried (bounded by `LOCK_WAIT`) while sled reports its file lock taken: a
 /// store that was just dropped, or a daemon still exiting, holds it until its last sync is done.
 /// A second daemon really running on the same directory still fails, after the wait.
@@ -79,6 +95,9 @@ pub(super) fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
 
 impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        // Before sled: the files it creates are unreachable to others from the first moment.
+        private::create_data_dir(dir)?;
+        let fresh = !dir.join("conf").exists();
         let config = sled::Config::new()
             .path(dir)
             .segment_size(sled_segment_size(dir))
@@ -92,6 +111,7 @@ impl Store {
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
         let bodies = dir.join(BODIES_DIR);
         std::fs::create_dir_all(&bodies)?;
+        check_private(dir, fresh)?;
         let files = Arc::new(SyncFiles::open(dir).map_err(StoreError::Io)?);
         let usage = match db.get(key::USAGE)? {
             Some(raw) => record::decode_usage(&raw).unwrap_or_else(|e| {

@@ -24,6 +24,7 @@ mod durability;
 mod failover;
 mod flaps;
 mod forward;
+mod hostile;
 mod limits;
 mod local_names;
 mod logs;

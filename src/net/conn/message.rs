@@ -140,6 +140,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 error!("{tag} queue_id={spool_id} commit failed: {e}");
                 CommitOutcome::Failed
             }
+            Err(e @ IntakeError::TooManyHops { .. }) => {
+                warn!("{tag} queue_id={spool_id} status=rejected reason=\"{e}\"");
+                CommitOutcome::TooManyHops
+            }
         }
     }
 }

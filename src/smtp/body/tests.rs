@@ -52,11 +52,18 @@ fn encode_split(body: &[u8], cuts: &[usize]) -> Vec<u8> {
     out
 }
 
-/// The model: bare LF becomes CRLF, and the body is terminated by a line end.
+/// The model: bare LF and bare CR become CRLF, NUL is dropped, and the body is terminated by
+/// a line end.
 fn normalise(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut prev = 0u8;
     for &b in body {
+        if b == 0 {
+            continue;
+        }
+        if prev == b'\r' && b != b'\n' {
+            out.push(b'\n');
+        }
         if b == b'\n' && prev != b'\r' {
             out.push(b'\r');
         }
@@ -197,7 +204,7 @@ fn long_lines_are_folded_with_crlf_space() {
     ]
     .concat();
     assert_eq!(wire, expected);
-    // A bare CR at the fold point is text; a CR before the line end is not.
+    // A bare CR at the fold point ends the line (it goes out as CRLF): nothing to fold.
     let body = [
         vec![b'a'; 998],
         b"\rb\r\n".to_vec(),
@@ -208,7 +215,7 @@ fn long_lines_are_folded_with_crlf_space() {
     let wire = encode_split(&body, &[998, 999, 2000]);
     let expected = [
         vec![b'a'; 998],
-        b"\r\n \rb\r\n".to_vec(),
+        b"\r\nb\r\n".to_vec(),
         vec![b'a'; 998],
         b"\r\n.\r\n".to_vec(),
     ]
@@ -249,6 +256,13 @@ fn encode_bytewise(body: &[u8]) -> Vec<u8> {
     let (mut at_line_start, mut after_cr) = (true, false);
     let mut out = Vec::new();
     for &byte in body {
+        if byte == 0 {
+            continue;
+        }
+        if after_cr && byte != b'\n' {
+            out.push(b'\n');
+            at_line_start = true;
+        }
         if at_line_start && byte == b'.' {
             out.push(b'.');
         }

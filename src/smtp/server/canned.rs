@@ -80,10 +80,14 @@ pub const TOO_MANY_AUTH_FAILURES: Reply = reply(
     (4, 7, 0),
     "Too many authentication failures, closing connection",
 );
+/// RFC 4954 §6: `require_auth` and MAIL before AUTH.
+pub const AUTH_REQUIRED: Reply = reply(530, (5, 7, 0), "Authentication required");
 /// RFC 3207 §4: `require_tls` and MAIL before STARTTLS.
 pub const MUST_STARTTLS: Reply = reply(530, (5, 7, 0), "Must issue a STARTTLS command first");
 
 pub const QUEUE_FULL: Reply = reply(452, (4, 3, 1), "Insufficient system storage");
+/// RFC 5321 §6.3 and RFC 3463 X.4.6: more `Received:` fields than `max_hops`.
+pub const TOO_MANY_HOPS: Reply = reply(554, (5, 4, 6), "Too many hops, mail loop detected");
 pub const STORE_FAILED: Reply = reply(451, (4, 3, 0), "Local error in processing");
 pub const TOO_MANY_ERRORS: Reply = reply(421, (4, 7, 0), "Too many errors, closing connection");
 pub const TIMEOUT: Reply = reply(421, (4, 4, 2), "Timeout, closing connection");

@@ -163,6 +163,9 @@ impl ServerSession {
         if self.params.require_tls && !self.tls_active {
             return Err(canned::MUST_STARTTLS);
         }
+        if self.params.require_auth && self.authenticated.is_none() {
+            return Err(canned::AUTH_REQUIRED);
+        }
         // RFC 1870 §6: refuse a declared size over the limit before any body is sent.
         if params
             .size

@@ -21,6 +21,7 @@ fn params() -> SessionParams {
         tls: TlsMode::Unavailable,
         auth_offered: false,
         require_tls: false,
+        require_auth: false,
         check_sender: false,
         limits: Limits {
             max_message_size: 1000,
@@ -615,6 +616,8 @@ fn reply_250_only_after_committed() {
         503
     );
 }
+
+mod hostile;
 
 #[test]
 fn commit_failures_are_transient() {
