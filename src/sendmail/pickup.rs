@@ -343,8 +343,9 @@ async fn ingest(shared: &Shared, path: &Path) -> Result<QueueId, PickupError> {
         &submission.id().to_string(),
         &rfc5322_date(opened.received_unix),
     );
+    // Stored, not scanned: outpost's own trace header does not count towards `max_hops`.
     submission
-        .add(trace.as_bytes())
+        .append(trace.as_bytes())
         .map_err(PickupError::Store)?;
     let mut body = smol::Unblock::with_capacity(CHUNK, opened.reader);
     let (mut eight_bit, mut size) = (false, 0u64);

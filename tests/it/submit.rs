@@ -97,7 +97,8 @@ fn umask_077_while_the_daemon_is_down_is_picked_up_at_start() {
 fn daemon_down_and_no_maildrop_exits_75_and_creates_nothing() {
     let mut relay = RelayProcess::start("");
     relay.stop();
-    std::fs::remove_dir_all(&relay.data_dir).unwrap();
+    let maildrop = relay.data_dir.join("maildrop");
+    std::fs::remove_dir_all(&maildrop).unwrap();
     let run = relay.command(&["sendmail", "ops@remote.test"], b"Subject: x\n\nx\n");
     assert_eq!(run.code, Some(75), "{run}");
     assert!(
@@ -105,6 +106,12 @@ fn daemon_down_and_no_maildrop_exits_75_and_creates_nothing() {
         "{run}"
     );
     assert_eq!(run.stderr.trim_end().lines().count(), 1, "{run}");
+    assert!(!maildrop.exists(), "sendmail created the maildrop");
+    // Without the data directory at all (a daemon that never ran with this config), sendmail
+    // says so with EX_CONFIG and creates nothing either.
+    std::fs::remove_dir_all(&relay.data_dir).unwrap();
+    let run = relay.command(&["sendmail", "ops@remote.test"], b"Subject: x\n\nx\n");
+    assert_eq!(run.code, Some(78), "{run}");
     assert!(
         !relay.data_dir.exists(),
         "sendmail created the data directory"

@@ -158,11 +158,7 @@ fn lines_of_any_length_are_stored_as_received() {
 
 #[test]
 fn lines_up_to_998_octets_go_out_unchanged() {
-    for line in [
-        vec![b'y'; 998],
-        [b".".to_vec(), vec![b'y'; 997]].concat(),
-        [vec![b'y'; 997], b"\r".to_vec()].concat(),
-    ] {
+    for line in [vec![b'y'; 998], [b".".to_vec(), vec![b'y'; 997]].concat()] {
         let body = [line.clone(), b"\r\n".to_vec()].concat();
         let mut expected = body.clone();
         if line[0] == b'.' {
