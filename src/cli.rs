@@ -279,16 +279,24 @@ fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageErr
     if json && verb != "list" {
         return Err(UsageError("--json goes with `queue list` only".into()));
     }
-    let need_ids = |ids: Vec<String>| {
-        if ids.is_empty() {
-            Err(UsageError(format!(
-                "`queue {verb}` needs one or more queue ids"
-            )))
-        } else {
-            Ok(ids)
-        }
+    let request = queue_request(&verb, ids, json, mailq)?;
+    Ok(Cmd::Queue(target, request))
+}
+
+/// The request for `queue VERB [IDS…]` (`mailq`: `list` in Postfix's format).
+fn queue_request(
+    verb: &str,
+    ids: Vec<String>,
+    json: bool,
+    mailq: bool,
+) -> Result<Request, UsageError> {
+    let need_ids = |ids: Vec<String>| match ids.is_empty() {
+        true => Err(UsageError(format!(
+            "`queue {verb}` needs one or more queue ids"
+        ))),
+        false => Ok(ids),
     };
-    let request = match verb.as_str() {
+    Ok(match verb {
         "list" | "flush" if !ids.is_empty() => {
             return Err(UsageError(format!("`queue {verb}` takes no queue ids")))
         }
@@ -307,8 +315,7 @@ fn parse_queue(parser: &mut lexopt::Parser, mailq: bool) -> Result<Cmd, UsageErr
                 "unknown queue command {other:?} (list, show, flush, delete, hold, release)"
             )))
         }
-    };
-    Ok(Cmd::Queue(target, request))
+    })
 }
 
 fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {

@@ -215,6 +215,44 @@ pub fn prepare(
     if raw.contains(&0) {
         return Err(SendmailError::data("the message contains NUL bytes"));
     }
+    let lines = input_lines(raw, args.ignore_dots);
+    let header_end = message::section_len(&lines);
+    let (headers, body) = lines.split_at(header_end);
+    let fields = message::fields(headers);
+    let sender = envelope_sender(args, origin)?;
+    let (mut recipients, headers) = recipients(args, origin, headers, &fields)?;
+    dedup(&mut recipients);
+    if recipients.is_empty() {
+        return Err(SendmailError::usage(if args.extract {
+            "no recipients: none on the command line and no To:, Cc: or Bcc: header"
+        } else {
+            "no recipients given (name them, or use -t to read them from the headers)"
+        }));
+    }
+    let mut message = Vec::with_capacity(raw.len() + 256);
+    missing_fields(args, origin, &sender, &fields, &mut message)?;
+    for line in &headers {
+        push_line(&mut message, line);
+    }
+    if header_end == 0 || !body.is_empty() {
+        // The empty line between headers and body (kept or added).
+        if !body.first().is_some_and(|l| l.is_empty()) {
+            message.extend_from_slice(b"\r\n");
+        }
+        for line in body {
+            push_line(&mut message, line);
+        }
+    }
+    Ok(Prepared {
+        sender,
+        recipients,
+        message,
+    })
+}
+
+/// The input's lines without their line ends: an mbox `From ` separator dropped, and cut at a
+/// line holding a single dot unless `-i`.
+fn input_lines(raw: &[u8], ignore_dots: bool) -> Vec<&[u8]> {
     let mut lines: Vec<&[u8]> = raw
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
@@ -226,69 +264,83 @@ pub fn prepare(
     if lines.first().is_some_and(|l| l.starts_with(b"From ")) {
         lines.remove(0);
     }
-    if !args.ignore_dots {
+    if !ignore_dots {
         if let Some(end) = lines.iter().position(|l| *l == b".") {
             lines.truncate(end);
         }
     }
-    let header_end = message::section_len(&lines);
-    let (mut headers, body) = lines.split_at(header_end);
-    let fields = message::fields(headers);
-    // `-f '<>'` (`Some("")`): the null sender, as auto-responders and bounces use.
-    let sender = match args
+    lines
+}
+
+/// `-f`/`-r`, else the login name, qualified; `-f '<>'` (`Some("")`) is the null sender, as
+/// auto-responders and bounces use.
+fn envelope_sender(args: &SendmailArgs, origin: &Origin<'_>) -> Result<String, SendmailError> {
+    match args
         .from
         .as_deref()
         .map(|f| f.trim_matches(|c| c == '<' || c == '>'))
     {
-        Some("") => String::new(),
-        Some(from) => qualify(from, origin.hostname)?,
-        None => qualify(origin.user, origin.hostname)?,
-    };
+        Some("") => Ok(String::new()),
+        Some(from) => qualify(from, origin.hostname),
+        None => qualify(origin.user, origin.hostname),
+    }
+}
+
+/// The recipients from the command line and, with `-t`, from To:, Cc: and Bcc:; and the
+/// header lines to keep (without Bcc: under `-t`).
+fn recipients<'a>(
+    args: &SendmailArgs,
+    origin: &Origin<'_>,
+    headers: &[&'a [u8]],
+    fields: &[message::Field],
+) -> Result<(Vec<String>, Vec<&'a [u8]>), SendmailError> {
     let mut recipients = Vec::new();
     for rcpt in &args.recipients {
         for address in message::address_list(rcpt) {
             recipients.push(qualify(&address, origin.hostname)?);
         }
     }
+    if !args.extract {
+        return Ok((recipients, headers.to_vec()));
+    }
     let mut kept: Vec<&[u8]> = Vec::with_capacity(headers.len());
-    if args.extract {
-        for field in &fields {
-            if ["to", "cc", "bcc"].contains(&field.name.as_str()) {
-                for address in message::address_list(&field.value) {
-                    recipients.push(qualify(&address, origin.hostname)?);
-                }
-            }
-            if field.name != "bcc" {
-                kept.extend_from_slice(&headers[field.lines.clone()]);
+    for field in fields {
+        if ["to", "cc", "bcc"].contains(&field.name.as_str()) {
+            for address in message::address_list(&field.value) {
+                recipients.push(qualify(&address, origin.hostname)?);
             }
         }
-        headers = &kept;
+        if field.name != "bcc" {
+            kept.extend_from_slice(&headers[field.lines.clone()]);
+        }
     }
-    dedup(&mut recipients);
-    if recipients.is_empty() {
-        return Err(SendmailError::usage(if args.extract {
-            "no recipients: none on the command line and no To:, Cc: or Bcc: header"
-        } else {
-            "no recipients given (name them, or use -t to read them from the headers)"
-        }));
-    }
+    Ok((recipients, kept))
+}
+
+/// From: (`-F` for the display name), Date: and Message-ID: when the input has none.
+fn missing_fields(
+    args: &SendmailArgs,
+    origin: &Origin<'_>,
+    sender: &str,
+    fields: &[message::Field],
+    out: &mut Vec<u8>,
+) -> Result<(), SendmailError> {
     let has = |name: &str| fields.iter().any(|field| field.name == name);
-    let mut message = Vec::with_capacity(raw.len() + 256);
     if !has("from") {
         let author = if sender.is_empty() {
             qualify(origin.user, origin.hostname)?
         } else {
-            sender.clone()
+            sender.to_owned()
         };
         let from = match &args.full_name {
             Some(name) => format!("From: \"{}\" <{author}>", name.replace(['"', '\\'], "")),
             None => format!("From: <{author}>"),
         };
-        push_line(&mut message, from.as_bytes());
+        push_line(out, from.as_bytes());
     }
     if !has("date") {
         push_line(
-            &mut message,
+            out,
             format!("Date: {}", rfc5322_date(origin.now_unix)).as_bytes(),
         );
     }
@@ -297,28 +349,9 @@ pub fn prepare(
             "Message-ID: <{}.{:016x}@{}>",
             origin.now_unix, origin.unique, origin.hostname
         );
-        push_line(&mut message, id.as_bytes());
+        push_line(out, id.as_bytes());
     }
-    for line in headers {
-        push_line(&mut message, line);
-    }
-    if header_end == 0 || !body.is_empty() {
-        // The empty line between headers and body (kept or added).
-        let body = if body.first().is_some_and(|l| l.is_empty()) {
-            body
-        } else {
-            message.extend_from_slice(b"\r\n");
-            body
-        };
-        for line in body {
-            push_line(&mut message, line);
-        }
-    }
-    Ok(Prepared {
-        sender,
-        recipients,
-        message,
-    })
+    Ok(())
 }
 
 fn push_line(out: &mut Vec<u8>, line: &[u8]) {

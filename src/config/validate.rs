@@ -67,7 +67,7 @@ impl Config {
     pub fn from_file(file: &ConfigFile) -> Result<Self, Vec<Problem>> {
         let mut v = Validator::default();
         let d = Self::default();
-        let mut config = Self {
+        let config = Self {
             hostname: v.hostname(file.hostname.as_deref(), d.hostname),
             data_dir: v.data_dir(file.data_dir.as_deref(), d.data_dir),
             listen: v.listen(file.listen.as_deref(), d.listen),
@@ -116,14 +116,23 @@ impl Config {
             coalesce: v.coalesce(file.coalesce.as_ref()),
             local: LocalNames::default(),
         };
+        config.finish(file, v.problems)
+    }
+
+    /// The checks that need the other keys: local names, the keys between them, the relay ACL.
+    fn finish(
+        mut self,
+        file: &ConfigFile,
+        mut problems: Vec<Problem>,
+    ) -> Result<Self, Vec<Problem>> {
         let kernel = super::defaults::system_hostname();
-        config.local = local_names(file, (&config.hostname, &kernel), &mut v.problems);
-        config.cross_check(&mut v.problems);
-        relay::check_open_relay(&config, &mut v.problems);
-        if v.problems.is_empty() {
-            Ok(config)
+        self.local = local_names(file, (&self.hostname, &kernel), &mut problems);
+        self.cross_check(&mut problems);
+        relay::check_open_relay(&self, &mut problems);
+        if problems.is_empty() {
+            Ok(self)
         } else {
-            Err(v.problems)
+            Err(problems)
         }
     }
 

@@ -44,6 +44,26 @@ pub(super) struct Services {
     pub(super) notifier: Rc<Notifier>,
 }
 
+/// The forwarder's task, and the wake-up that stops it. With no smarthost the forwarder itself
+/// logs the one "mail is held" warning.
+fn spawn_forwarder(
+    ex: &Rc<LocalExecutor<'static>>,
+    forward: forward::ForwardParams,
+    shared: &Rc<Shared>,
+) -> (Task<()>, Rc<Wake>) {
+    let stop = Wake::new();
+    let task = ex.spawn(forward::run_linked(
+        shared.store().clone(),
+        shared.clock(),
+        forward,
+        shared.forwarder().clone(),
+        stop.clone(),
+        shared.link().clone(),
+        shared.intake().clone(),
+    ));
+    (task, stop)
+}
+
 /// Serves the listeners until `shutdown` resolves (or the store fails), then stops accepting,
 /// gives in-flight sessions and the forwarder `SHUTDOWN_GRACE` to finish, and saves the queue
 /// clock.
@@ -61,17 +81,7 @@ pub(super) async fn serve(
         notifier,
     } = services;
     announce(&listeners, shared.tls().is_some());
-    // With no smarthost the forwarder itself logs the one "mail is held" warning.
-    let stop_forwarder = Wake::new();
-    let forwarder = ex.spawn(forward::run_linked(
-        shared.store().clone(),
-        shared.clock(),
-        forward,
-        shared.forwarder().clone(),
-        stop_forwarder.clone(),
-        shared.link().clone(),
-        shared.intake().clone(),
-    ));
+    let (forwarder, stop_forwarder) = spawn_forwarder(&ex, forward, &shared);
     let late = late_listeners.into_iter().map(|(addr, implicit_tls)| {
         ex.spawn(late_listener(
             ex.clone(),

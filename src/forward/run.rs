@@ -71,38 +71,7 @@ pub async fn run_linked(
         link,
         intake,
     };
-    loop {
-        let now = forwarder.clock.now();
-        let next = forwarder.next_wake();
-        let stopped = if next.is_some_and(|at| at <= now) {
-            // A pass is cut short by stop: what was not recorded stays queued (at least once).
-            future::or(
-                async {
-                    forwarder.pass().await;
-                    false
-                },
-                async {
-                    stop.wait().await;
-                    true
-                },
-            )
-            .await
-        } else {
-            let timer = next.map(|at| Duration::from_millis(at - now));
-            let link = forwarder.link.clone();
-            match idle(timer, &wake, &link.flush, &stop).await {
-                Woken::Stop => true,
-                Woken::Flush => {
-                    forwarder.flush();
-                    false
-                }
-                Woken::Mail => false,
-            }
-        };
-        if stopped {
-            return;
-        }
-    }
+    while !forwarder.turn(&wake, &stop).await {}
 }
 
 enum Woken {
@@ -158,6 +127,37 @@ pub(super) struct Forwarder {
 }
 
 impl Forwarder {
+    /// One turn of the loop: a pass when mail is due, else a wait for the next due time, new
+    /// mail, a flush or stop. `true` once stopped. A pass is cut short by stop: what was not
+    /// recorded stays queued (at least once).
+    async fn turn(&mut self, wake: &Wake, stop: &Wake) -> bool {
+        let now = self.clock.now();
+        let next = self.next_wake();
+        if next.is_some_and(|at| at <= now) {
+            return future::or(
+                async {
+                    self.pass().await;
+                    false
+                },
+                async {
+                    stop.wait().await;
+                    true
+                },
+            )
+            .await;
+        }
+        let timer = next.map(|at| Duration::from_millis(at - now));
+        let link = self.link.clone();
+        match idle(timer, wake, &link.flush, stop).await {
+            Woken::Stop => true,
+            Woken::Flush => {
+                self.flush();
+                false
+            }
+            Woken::Mail => false,
+        }
+    }
+
     /// `queue flush`, SIGUSR1, a link event: forget every smarthost's backoff and make every
     /// deferred message due now, so the next pass probes the smarthosts at once, in order.
     fn flush(&mut self) {
