@@ -23,7 +23,7 @@ fi
 
 need=()
 command -v postfix >/dev/null 2>&1 || [[ -x /usr/sbin/postfix ]] || need+=(postfix)
-command -v mail >/dev/null 2>&1 || need+=(bsd-mailx)
+command -v bsd-mailx >/dev/null 2>&1 || need+=(bsd-mailx)
 command -v php >/dev/null 2>&1 || need+=(php-cli)
 if ((${#need[@]})); then
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
@@ -116,20 +116,23 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
-# pf_stop: `postfix -c DIR stop`, then waits (bounded) for the master to exit, else kills it by PID.
-pf_master=
+# pf_stop: `postfix -c DIR stop`, then waits (bounded) for the master to exit, else kills it by
+# its PID; once, and only for an instance this script started.
+pf_started=false
 pf_stop() {
-    [[ -n $pf_master ]] || return 0
+    local master
+    $pf_started || return 0
+    pf_started=false
+    master=$(tr -d ' ' <"$pf/queue/pid/master.pid") || return 0
     postfix -c "$pf/etc" stop || true
-    wait_for 30 "Postfix's master to exit" eval '! kill -0 "$pf_master" 2>/dev/null' \
-        || kill -9 "$pf_master" 2>/dev/null || true
-    pf_master=
+    wait_for 30 "Postfix's master to exit" eval '! kill -0 "$master" 2>/dev/null' \
+        || kill -9 "$master" 2>/dev/null || true
 }
 at_exit+=(pf_stop)
+pf_started=true
 postfix -c "$pf/etc" start || { cat "$pf/maillog" || true; die "postfix -c $pf/etc start failed"; }
 master_pid() { [[ -s $pf/queue/pid/master.pid ]] && kill -0 "$(tr -d ' ' <"$pf/queue/pid/master.pid")"; }
 wait_for 30 "Postfix's master.pid" master_pid || die "postfix did not start"
-pf_master=$(tr -d ' ' <"$pf/queue/pid/master.pid")
 pf_listening() { (exec 3<>"/dev/tcp/127.0.0.1/$pf_port") 2>/dev/null; }
 wait_for 30 "Postfix on port $pf_port" pf_listening || die "postfix does not listen"
 
@@ -152,7 +155,8 @@ chmod 0644 "$work/outpost.toml"
 export OUTPOST_CONFIG="$work/outpost.toml"
 "$work/outpost" serve >"$work/outpost.log" 2>&1 &
 pids+=($!)
-wait_for 30 "the submission socket" test -S "$work/data/submit.sock" || fail "relay did not start"
+relay_died() { cat "$work/outpost.log"; die "$1"; }
+wait_for 30 "the submission socket" test -S "$work/data/submit.sock" || relay_died "relay did not start"
 
 # delivered SUBJECT: the maildir file Postfix delivered with that Subject (none: fails).
 delivered() { grep -lsx -- "Subject: $1" "$pf"/mail/box/new/* 2>/dev/null | head -n 1; }
@@ -198,15 +202,17 @@ check "sendmail pi exits 0" pi_sent
 check "mail for pi reaches Postfix addressed to admin@corp.example" \
     arrived interop-admin root@site.example admin@corp.example
 
-step "mailer interop: bsd-mailx (mail -s subject root) through /usr/sbin/sendmail"
+step "mailer interop: bsd-mailx (mail -s SUBJECT root) through /usr/sbin/sendmail"
 # mail(1) runs /usr/sbin/sendmail; in a private mount namespace the symlink is bound over it (a
-# bind mount follows the symlink, so argv[0] stays "sendmail").
+# bind mount follows the symlink, so argv[0] stays "sendmail"). bsd-mailx runs it as
+# `sendmail -i -t` (it also honours `set sendmail=PATH` in $MAILRC; the bind mount checks the
+# path it uses by default). Called as bsd-mailx: `mail` may be another alternative.
 mailx_sent() {
     echo "sent by bsd-mailx" | timeout 60 unshare --mount --propagation private \
-        sh -c 'mount --bind "$1" /usr/sbin/sendmail && cd /tmp && exec mail -s interop-mailx root' \
+        sh -c 'mount --bind "$1" /usr/sbin/sendmail && cd /tmp && exec bsd-mailx -s interop-mailx root' \
         sh "$sendmail"
 }
-check "mail -s interop-mailx root exits 0" mailx_sent
+check "bsd-mailx -s interop-mailx root exits 0" mailx_sent
 check "bsd-mailx's mail reaches Postfix from root@site.example to ops@corp.example" \
     arrived interop-mailx root@site.example ops@corp.example
 
