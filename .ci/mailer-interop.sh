@@ -9,11 +9,12 @@
 # and X-Original-To: (recipient). The system Postfix instance is never started or configured.
 # Usage: bash .ci/mailer-interop.sh OUTPOST (as root; installs postfix, bsd-mailx, php-cli)
 set -euo pipefail
+outpost_binary=$(realpath -e "${1:-}" 2>/dev/null) || outpost_binary=
 cd "$(dirname "$0")/.."
 CI_NAME=mailer-interop
 source .ci/lib.sh
 
-[[ -x ${1:-} ]] || die "usage: $0 OUTPOST"
+[[ -x $outpost_binary ]] || die "usage: $0 OUTPOST (an outpost binary)"
 if [[ $(id -u) != 0 ]]; then
     # a private Postfix instance and a mount namespace need root; CI runs as root
     [[ ${CI:-} != true ]] || die "needs root"
@@ -33,7 +34,7 @@ fi
 [[ -e /usr/sbin/sendmail ]] || die "/usr/sbin/sendmail is missing: nothing to bind the symlink over"
 
 chmod 0755 "$work"
-install -m 0755 "$1" "$work/outpost"
+install -m 0755 "$outpost_binary" "$work/outpost"
 mkdir -m 0755 "$work/bin"
 ln -s "$work/outpost" "$work/bin/sendmail"
 sendmail="$work/bin/sendmail"
