@@ -88,7 +88,8 @@ pub struct Prepared {
 
 /// What `prepare` needs from the environment (passed in so it stays pure).
 pub struct Origin<'a> {
-    /// Our host name: qualifies bare local parts (`root` → `root@host`) and Message-IDs.
+    /// The mail domain (`domain`): qualifies bare local parts (`root` → `root@domain`) and
+    /// Message-IDs.
     pub hostname: &'a str,
     /// The login name, for the default sender.
     pub user: &'a str,
@@ -124,7 +125,7 @@ pub fn main(args: &SendmailArgs, config: &Config, input: &mut dyn Read) -> u8 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let origin = Origin {
-        hostname: &config.hostname,
+        hostname: &config.local.domain,
         user: &user,
         now_unix: now.as_secs(),
         unique: u64::from(now.subsec_nanos()) ^ (u64::from(std::process::id()) << 32),
