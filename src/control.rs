@@ -270,7 +270,11 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
                     .last_error
                     .as_deref()
                     .filter(|_| link.up == Some(false));
-                Response::ok(render_mailq(&messages, shared.link().delivering(), down))
+                // Maildrop files the daemon will not send come first: Postfix's parsers
+                // (`check_mailq`) read the listing and its closing totals line.
+                let mut text = shared.maildrop_waiting_text();
+                text.push_str(&render_mailq(&messages, shared.link().delivering(), down));
+                Response::ok(text)
             }
             Err(e) => Response::err(format!("cannot read the queue: {e}\n")),
         },

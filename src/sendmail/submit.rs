@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use super::Prepared;
 
-/// The runtime directory the systemd unit (`RuntimeDirectory=outpost`) and the OpenWrt init
-/// script create: when it exists, the submission socket lives there, reachable by every user
-/// however closed `data_dir` is.
-pub const RUNTIME_DIR: &str = "/run/outpost";
+/// The runtime directories the systemd unit (`RuntimeDirectory=outpost`: `/run/outpost`) and
+/// the OpenWrt init script (`/var/run/outpost`, on its tmpfs) create: when one exists, the
+/// submission socket lives there, reachable by every user however closed `data_dir` is.
+pub const RUNTIME_DIRS: [&str; 2] = ["/run/outpost", "/var/run/outpost"];
 /// The submission socket's file name.
 pub const SOCKET: &str = "submit.sock";
 /// How long `sendmail` waits for any one reply; the final dot's waits for a durable commit.
@@ -22,11 +22,11 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest reply line read (RFC 5321 §4.5.3.1.5 says 512).
 const MAX_REPLY_LINE: u64 = 4096;
 
-/// Where the daemon listens for local submissions: `/run/outpost/submit.sock` when
-/// `/run/outpost` exists, else `submit.sock` in `data_dir`.
+/// Where the daemon listens for local submissions: `submit.sock` in the first of
+/// `RUNTIME_DIRS` that exists, else in `data_dir`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
-    let run = Path::new(RUNTIME_DIR);
-    if run.is_dir() {
+    let run = RUNTIME_DIRS.iter().map(Path::new).find(|dir| dir.is_dir());
+    if let Some(run) = run {
         run.join(SOCKET)
     } else {
         data_dir.join(SOCKET)
