@@ -202,6 +202,9 @@ pi_sent() { printf 'Subject: interop-admin\n\nfor pi\n' | (cd / && "$sendmail" p
 check "sendmail pi exits 0" pi_sent
 check "mail for pi reaches Postfix addressed to admin@corp.example" \
     arrived interop-admin root@site.example admin@corp.example
+# The From: sendmail adds is qualified with `domain`, like the envelope sender.
+added_from() { grep -qsx "From: <root@site.example>" "$(delivered interop-admin)"; }
+check "the From: sendmail adds is <root@site.example>" added_from
 
 step "mailer interop: bsd-mailx (mail -s SUBJECT root) through /usr/sbin/sendmail"
 # mail(1) runs /usr/sbin/sendmail; in a private mount namespace the symlink is bound over it (a
