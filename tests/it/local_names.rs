@@ -3,14 +3,12 @@
 //! with sendmail(1)'s own flags, and local names (`root`, `x@localhost`) leave qualified, through
 //! `[aliases]`, `admin` and `domain`, DSNs included.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::{
-    alias, outpost_command, reply, slack, toml_string, CmdRun, RelayConfig, RelayProcess,
-    Smarthost, Stage, TestDir, OUTPOST,
+    alias, reply, run_command_with, toml_string, CmdRun, RelayConfig, RelayProcess, Smarthost,
+    Stage, TestDir, OUTPOST,
 };
 
 const DELIVERY: Duration = Duration::from_secs(20);
@@ -18,40 +16,11 @@ const DELIVERY: Duration = Duration::from_secs(20);
 /// Runs `program args…` in `cwd` with `OUTPOST_CONFIG=config` (and `LOGNAME=cron`), as cron
 /// runs sendmail: no `--config`. Bounded like the kit's `run_command`.
 fn run_as_cron(cwd: &Path, program: &Path, config: &Path, args: &[&str], stdin: &[u8]) -> CmdRun {
-    let mut child = outpost_command(program)
-        .current_dir(cwd)
-        .env("OUTPOST_CONFIG", config)
-        .env("LOGNAME", "cron")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let end = Instant::now() + slack(Duration::from_secs(30));
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= end {
-            let _ = child.kill();
-            panic!(
-                "`{} {}` did not exit in time",
-                program.display(),
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = writer.join();
-    let output = child.wait_with_output().unwrap();
-    CmdRun {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let env = [
+        ("OUTPOST_CONFIG", config.as_os_str()),
+        ("LOGNAME", "cron".as_ref()),
+    ];
+    run_command_with(Some(cwd), &env, program, args, stdin)
 }
 
 /// A relay to `upstream` with `domain = "site.example"` and `extra` (sections) appended.

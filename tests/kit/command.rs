@@ -2,6 +2,7 @@
 //! time and their output, signals to the daemon, and argv[0] aliases (symlinks). Never leaves a
 //! command running past its deadline.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,10 +47,22 @@ pub(crate) fn run_command_in(
     args: &[&str],
     stdin: &[u8],
 ) -> CmdRun {
+    run_command_with(cwd, &[], program, args, stdin)
+}
+
+/// `run_command_in` with the environment variables `env` set for the child.
+pub(crate) fn run_command_with(
+    cwd: Option<&Path>,
+    env: &[(&str, &OsStr)],
+    program: &Path,
+    args: &[&str],
+    stdin: &[u8],
+) -> CmdRun {
     let mut command = outpost_command(program);
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
+    command.envs(env.iter().copied());
     let mut child = command
         .args(args)
         .stdin(Stdio::piped())
