@@ -3,7 +3,8 @@
 # - the targets come from boards/*.toml (`# board.target` and `# board.also`), so what the docs
 #   list is what CI builds; a gnu target names its glibc floor (`armv7-unknown-linux-gnueabihf.2.31`)
 #   and is linked against that glibc with cargo-zigbuild (zig and cargo-zigbuild from PyPI);
-# - every target is built in release, its stripped size printed and held to the budget;
+# - every target is built in release and its stripped size printed; the static musl builds
+#   (what boards/*.toml recommend) are held to the budget;
 # - the whole `cargo test` runs under qemu-user for the targets in TEST_TARGETS (the harness
 #   runs the spawned binary through OUTPOST_TEST_RUNNER; OUTPOST_TEST_SLACK stretches its
 #   deadlines, it skips nothing);
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Stripped release binary, TLS included (docs/boards.md).
+# Stripped static (musl) release binary, TLS included (docs/boards.md).
 BUDGET_BYTES=2500000
 # The suite under emulation: the recommended static build and the 32-bit Pi build, plus the gnu
 # aarch64 build. Override with TEST_TARGETS="…" (space-separated; empty for none).
@@ -122,7 +123,8 @@ for spec in "${specs[@]}"; do
     size=$(stat -c %s "$bin")
     echo "$t: $(readelf -hW "$bin" | sed -nE 's/^ *(Class|Machine): *//p' | paste -sd' ')"
     sizes+=("$(printf '%-32s %9d bytes (%s MB)' "$t" "$size" "$(awk -v s="$size" 'BEGIN { printf "%.2f", s / 1e6 }')")")
-    [[ $size -le $BUDGET_BYTES ]] || over+=("$t")
+    # The budget is the static binary's; a glibc build links libc dynamically and is printed.
+    if [[ $t == *-musl* && $size -gt $BUDGET_BYTES ]]; then over+=("$t"); fi
     case "$t" in
         *-musl*)
             if readelf -lW "$bin" | grep -q INTERP; then
@@ -198,7 +200,7 @@ done
 
 step "boards: summary"
 printf '%s\n' "${sizes[@]}"
-echo "size budget: $BUDGET_BYTES bytes (stripped, release, TLS included)"
+echo "size budget: $BUDGET_BYTES bytes (stripped static musl release, TLS included)"
 printf '%s\n' "${timings[@]}"
 echo "boards total: $((SECONDS - t_start))s"
 if [[ ${#over[@]} -gt 0 ]]; then
