@@ -45,7 +45,7 @@ pub fn run(
 /// Why a message cannot be placed where a daemon takes it: the data directory does not exist
 /// (the daemon creates it at its first start). `None`: it exists.
 pub fn no_queue(config: &Config, config_file: Option<&Path>) -> Option<String> {
-    if config.data_dir.is_dir() {
+    if queue_exists(std::fs::metadata(&config.data_dir)) {
         return None;
     }
     let from = match config_file {
@@ -60,6 +60,17 @@ pub fn no_queue(config: &Config, config_file: Option<&Path>) -> Option<String> {
         "no queue at {} ({from}); is the outpost daemon set up? nothing was sent",
         config.data_dir.display()
     ))
+}
+
+/// Whether the queue directory whose `stat` is `stat` exists as far as this user can tell. A
+/// queue this user may not look into still exists: under systemd's `DynamicUser` the state
+/// directory is a link into the 0700 `/var/lib/private`, and an unprivileged user still
+/// submits through the daemon's socket.
+fn queue_exists(stat: std::io::Result<std::fs::Metadata>) -> bool {
+    match stat {
+        Ok(meta) => meta.is_dir(),
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    }
 }
 
 /// `newaliases`, `-bi`: the aliases were checked when the config was loaded (a problem exits
@@ -99,6 +110,20 @@ fn verify(args: &SendmailArgs, config: &Config, out: &mut dyn Write) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_queue_this_user_may_not_look_into_still_exists() {
+        use std::io::{Error, ErrorKind};
+        let dir = tempfile::tempdir().unwrap();
+        assert!(super::queue_exists(std::fs::metadata(dir.path())));
+        assert!(super::queue_exists(Err(Error::from(
+            ErrorKind::PermissionDenied
+        ))));
+        assert!(!super::queue_exists(Err(Error::from(ErrorKind::NotFound))));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(!super::queue_exists(std::fs::metadata(&file)));
+    }
+
     use super::*;
 
     fn config(text: &str) -> Config {
