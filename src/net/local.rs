@@ -99,8 +99,8 @@ fn admit(ex: &LocalExecutor<'static>, stream: Async<UnixStream>, shared: &Rc<Sha
     .detach();
 }
 
-/// A local submission: the limits of the TCP listener, relaying allowed, no TLS, no AUTH, no
-/// rate limit (local programs cannot be asked to retry).
+/// A local submission: the limits of the TCP listener, relaying allowed, no TLS, no AUTH (nor
+/// `require_auth`), no rate limit (local programs cannot be asked to retry).
 fn local_params(config: &crate::config::Config) -> SessionParams {
     let mut params = session_params(
         config,
@@ -110,6 +110,8 @@ fn local_params(config: &crate::config::Config) -> SessionParams {
     params.relay_allowed = true;
     params.auth_offered = false;
     params.require_tls = false;
+    // `require_auth` is for network clients; local programs are trusted by their uid.
+    params.require_auth = false;
     params.check_sender = false;
     params
 }

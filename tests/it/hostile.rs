@@ -126,7 +126,8 @@ fn a_smarthost_reply_cannot_forge_a_log_field() {
 const CAMERA_HASH: &str = "$6$Zx9q2mB7$7euoUzgiGoP/JG7b1oQ/kumgdF6Rt0IqsCVygrN/0nG5ZBWl2b626DDBnWCtQEYUs8L4DnHNrO320C/FDxqzL0";
 
 /// `relay_from` that adds up to everyone: refused by check-config and at start (exit 78), unless
-/// `require_auth`; then a client inside it must still AUTH before MAIL.
+/// `require_auth`; then a client inside it must still AUTH before MAIL, while local programs
+/// still submit through the socket.
 #[test]
 fn an_open_relay_by_configuration_is_refused_unless_every_client_authenticates() {
     let open =
@@ -174,6 +175,12 @@ fn an_open_relay_by_configuration_is_refused_unless_every_client_authenticates()
     upstream
         .wait_for(1, DELIVERY)
         .unwrap_or_else(|| relay.fail("nothing delivered"));
+    // `require_auth` is for network clients: local programs still submit through the socket.
+    let run = relay.command(&["sendmail", "ops@remote.test"], b"Subject: local\n\nhi\n");
+    assert_eq!(run.code, Some(0), "{run}");
+    upstream
+        .wait_for(2, DELIVERY)
+        .unwrap_or_else(|| relay.fail("the local submission was not delivered"));
 }
 
 fn with_hops(n: usize, eol: &str) -> Vec<u8> {
