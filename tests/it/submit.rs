@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::util::{
-    assert_queued, outpost_command, run_command, settle, RawClient, RelayConfig, RelayProcess,
+    assert_queued, outpost_command, run_shell, settle, RawClient, RelayConfig, RelayProcess,
     Smarthost, OUTPOST,
 };
 
@@ -26,10 +26,10 @@ fn uid() -> u32 {
 /// `outpost sendmail ARGS --config CONFIG` under `sh` with `umask 077`, as root's cron runs it.
 fn sendmail_umask_077(relay: &RelayProcess, args: &str, input: &[u8]) -> crate::util::CmdRun {
     let script = format!(
-        "umask 077; exec \"$0\" sendmail {args} --config '{}'",
+        "umask 077; exec $OUTPOST sendmail {args} --config '{}'",
         relay.config_path.display()
     );
-    run_command(Path::new("sh"), &["-c", &script, OUTPOST], input)
+    run_shell(&script, input)
 }
 
 fn maildrop_files(relay: &RelayProcess) -> Vec<String> {

@@ -62,9 +62,25 @@ pub(crate) fn run_command_with(
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
-    command.envs(env.iter().copied());
+    command.envs(env.iter().copied()).args(args);
+    let label = format!("{} {}", program.display(), args.join(" "));
+    run_prepared(command, &label, stdin)
+}
+
+/// Runs `sh -c script` (never through `OUTPOST_TEST_RUNNER`: the shell is the host's) with
+/// `$OUTPOST` set to the command that runs the binary under test, runner included, for a script
+/// that sets process state first (`umask 077; exec $OUTPOST sendmail …`).
+pub(crate) fn run_shell(script: &str, stdin: &[u8]) -> CmdRun {
+    let runner = std::env::var("OUTPOST_TEST_RUNNER").unwrap_or_default();
+    let outpost = format!("{runner} {OUTPOST}").trim().to_owned();
+    let mut command = Command::new("sh");
+    command.args(["-c", script]).env("OUTPOST", outpost);
+    run_prepared(command, script, stdin)
+}
+
+/// Runs `command` with `stdin` as input; kills it and panics after 30 s (times the slack).
+fn run_prepared(mut command: Command, label: &str, stdin: &[u8]) -> CmdRun {
     let mut child = command
-        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -95,11 +111,7 @@ pub(crate) fn run_command_with(
         if Instant::now() >= end {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "`{} {}` did not exit in time",
-                program.display(),
-                args.join(" ")
-            );
+            panic!("`{label}` did not exit in time");
         }
         thread::sleep(Duration::from_millis(10));
     };
