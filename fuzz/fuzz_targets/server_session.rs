@@ -290,6 +290,7 @@ fn params(cursor: &mut Cursor<'_>) -> (SessionParams, u8) {
         auth_offered: flags & 8 == 0,
         require_tls: flags & 16 != 0,
         check_sender: flags & 32 != 0,
+        require_auth: flags & 64 != 0,
         limits: Limits {
             max_message_size: [0, 10, 1000, 100_000][usize::from(limits & 3)],
             max_recipients: [0, 1, 3, 100][usize::from(limits >> 2 & 3)],
