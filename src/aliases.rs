@@ -1,5 +1,5 @@
 //! Local aliases: the `[aliases]` table of the config and an `aliases_file` in aliases(5) format,
-//! parsed into one table of local name → addresses.
+//! parsed into one table from local name to addresses.
 //!
 //! A relay forwards mail; it never runs programs or writes files for a sender. So only address
 //! entries are accepted: `|command`, `/file` and `:include:` entries are refused with the line
@@ -16,11 +16,11 @@ pub const MAX_ALIAS_TARGETS: usize = 100;
 /// A local name and what it expands to, as written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Aliases {
-    /// Lower-case local name → its addresses, in the order written.
+    /// Each lower-case local name with its addresses, in the order written.
     table: BTreeMap<String, Vec<String>>,
 }
 
-/// Why an aliases entry was refused; `line` is 1-based (0 for the `[aliases]` table).
+/// Why an aliases entry is refused; `line` is 1-based (0 for the `[aliases]` table).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AliasError {
     pub line: usize,
@@ -65,8 +65,9 @@ impl Aliases {
         }
     }
 
-    /// Adds `name` → `targets` (the `[aliases]` table calls this per key). A later entry for the
-    /// same name replaces an earlier one, so the config's table can override the file.
+    /// Adds the alias `name` for `targets` (the `[aliases]` table calls this per key). A later
+    /// entry for the same name replaces an earlier one, so the config's table can override the
+    /// file.
     pub fn insert(&mut self, name: &str, targets: &[&str]) -> Result<(), String> {
         if name.is_empty() || name.contains(['@', ' ', '\t', '"', '<', '>']) {
             return Err(format!("{name:?} is not a local name"));

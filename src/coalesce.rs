@@ -315,7 +315,7 @@ pub fn layout(input: &DigestInput<'_>) -> DigestLayout {
     }
 }
 
-/// The digest's `text/plain` summary: what was combined, from whom, and one entry per original.
+/// The digest's `text/plain` summary: what it combines, from whom, and one entry per original.
 fn summary(out: &mut String, input: &DigestInput<'_>, hostname: &str, subject: &str, sender: &str) {
     let n = input.entries.len();
     let _ = write!(

@@ -50,7 +50,7 @@
 //! - [`config`]: the validated configuration and its embedded defaults.
 //! - [`mapping`]: local names and the mail domain: what `root` becomes before a message is
 //!   queued (qualification, aliases, the admin address, sender rewriting); pure.
-//! - [`aliases`]: the `[aliases]` table and an aliases(5) file as one table of local name →
+//! - [`aliases`]: the `[aliases]` table and an aliases(5) file as one table from local name to
 //!   addresses; address entries only, pure.
 //!
 //! Pure protocol and policy (no I/O, no clock):

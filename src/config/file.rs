@@ -54,7 +54,7 @@ pub struct ConfigFile {
     // Local names and the mail domain (`config::local`).
     /// Qualifies bare names; local recipients are at it.
     pub domain: Option<String>,
-    /// `[aliases]`: local name → address or addresses.
+    /// `[aliases]`: each local name with its address or addresses.
     pub aliases: Option<std::collections::BTreeMap<String, AliasTargets>>,
     /// An aliases(5) file (addresses only).
     pub aliases_file: Option<String>,
