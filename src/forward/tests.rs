@@ -14,9 +14,7 @@ use crate::clock::QueueClock;
 use crate::kit;
 use crate::priority::Priority;
 use crate::smtp::client::{ClientParams, ClientStep, Envelope, Stage};
-use crate::store::{
-    MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreError, StoreOptions,
-};
+use crate::store::{MessageInfo, QueueId, QueuedMessage, RcptState, Store, StoreError};
 use crate::wait::Wake;
 
 /// A kit smarthost refusing the recipients in `reject` with 550, and the null sender too: a
@@ -195,17 +193,6 @@ fn forward_params(port: u16, retry_min: Duration) -> ForwardParams {
     }
 }
 
-fn open_store(dir: &std::path::Path) -> Store {
-    let options = StoreOptions {
-        cache_bytes: 1 << 20,
-        flush_every_ms: None,
-        max_bytes: 1 << 30,
-    };
-    let store = Store::open(dir, options).unwrap();
-    store.recover().unwrap();
-    store
-}
-
 async fn enqueue(store: &Store, clock: &QueueClock, sender: &str, to: &[&str]) -> QueueId {
     let mut spool = store.spool().unwrap();
     for chunk in BODY.chunks(10) {
@@ -248,7 +235,7 @@ fn tried_dsn(store: &Store) -> Option<QueuedMessage> {
 fn run_forwards_byte_exact_and_bounces_a_rejected_recipient() {
     let upstream = start_upstream(&["nobody@example.org"]);
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
+    let store = Store::open_for_tests(dir.path());
     let clock = QueueClock::new(store.clock_base());
     let ex = smol::LocalExecutor::new();
     let (id, dsn) = smol::block_on(ex.run(async {
@@ -316,7 +303,7 @@ fn smarthost_down_burns_no_attempts_and_link_up_drains_the_queue() {
     let upstream = kit::Smarthost::start();
     let link = kit::FlakyLink::start(upstream.port(), kit::LinkMode::Hangup);
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
+    let store = Store::open_for_tests(dir.path());
     let clock = QueueClock::new(store.clock_base());
     let ex = smol::LocalExecutor::new();
     let delivered = smol::block_on(ex.run(async {
@@ -368,7 +355,7 @@ fn expired_mail_bounces_without_a_connection_and_bounces_are_never_bounced() {
     // Nothing listens here: expiry must not depend on the link.
     let port = kit::Smarthost::reserve_port();
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
+    let store = Store::open_for_tests(dir.path());
     let clock = QueueClock::new(store.clock_base());
     let ex = smol::LocalExecutor::new();
     let id = smol::block_on(ex.run(async {

@@ -6,17 +6,10 @@ use std::time::{Duration, Instant};
 use futures_lite::future::block_on;
 
 use super::*;
-use crate::store::StoreOptions;
 use crate::wait::before;
 
 fn intake(dir: &std::path::Path, policy: IntakePolicy) -> (Intake, Rc<Wake>, Store) {
-    let options = StoreOptions {
-        cache_bytes: 1 << 20,
-        flush_every_ms: None,
-        max_bytes: 1 << 30,
-    };
-    let store = Store::open(dir, options).unwrap();
-    store.recover().unwrap();
+    let store = Store::open_for_tests(dir);
     let clock = QueueClock::new(store.clock_base());
     let wake = Wake::new();
     (

@@ -94,6 +94,20 @@ pub(super) fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
 }
 
 impl Store {
+    /// A recovered store in `dir` with a 1 MiB cache, no background flush and a 1 GiB cap: what
+    /// the other modules' tests run against.
+    #[cfg(test)]
+    pub(crate) fn open_for_tests(dir: &Path) -> Self {
+        let options = StoreOptions {
+            cache_bytes: 1 << 20,
+            flush_every_ms: None,
+            max_bytes: 1 << 30,
+        };
+        let store = Self::open(dir, options).unwrap();
+        store.recover().unwrap();
+        store
+    }
+
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         // Before sled: the files it creates are unreachable to others from the first moment.
         private::create_data_dir(dir)?;
