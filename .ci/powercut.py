@@ -209,7 +209,7 @@ def main():
     finally:
         sink.stop()
 
-    delivered = collections.Counter(mid for mid, _ in sink.messages())
+    delivered = collections.Counter(mid for mid, _, _ in sink.messages())
     lost = [m for m in acked if delivered[m] == 0]
     duplicates = sum(n - 1 for m, n in delivered.items() if n > 1)
     for m in lost[:20]:

@@ -47,15 +47,17 @@ class Sink:
             self.port = int(f.read())
 
     def messages(self):
-        """[(message_id, raw bytes after the sink's two envelope lines)] in arrival order."""
+        """[(message_id, raw message, envelope sender)] in arrival order (the sender is "" for
+        a bounce)."""
         out = []
         for name in sorted(os.listdir(self.outdir)):
             if not name.endswith(".eml"):
                 continue
             with open(os.path.join(self.outdir, name), "rb") as f:
                 raw = f.read()
-            body = raw.split(b"\r\n", 2)[2] if raw.startswith(b"X-Sink-From") else raw
-            out.append((message_id(body), body))
+            sender, _, body = raw.split(b"\r\n", 2)
+            sender = sender.split(b":", 1)[1].strip().strip(b"<>").decode(errors="replace")
+            out.append((message_id(body), body, sender))
         return out
 
     def stop(self):
