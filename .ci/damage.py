@@ -15,9 +15,10 @@ nothing has moved for a while (bounded by T), and reports per row:
   dsn          bounces (null sender) the sink got, e.g. for a quarantined message
   duplicates   extra copies at the sink
   listed       still in `outpost queue list` (matched by Message-ID through `queue show`)
-  recovered    the sum of the `recovered=N` counts in the relay's log
-  quarantined  the sum of the `quarantined=N` counts in the relay's log (outpost's own count,
-               which may count records rather than messages)
+  recovered    the sum of the `recovered=N` counts in the relay's log, or of the numbers under
+               keys containing "recover" in `outpost status --json`, whichever is larger
+  quarantined  the same for `quarantined=N` and "quarantin" (outpost's own count, which may
+               count records rather than messages)
   lost         N - delivered - listed - quarantined, at least 0; "-" (with listed) when the
                relay exited without serving: the queue could be neither listed nor sent
   warn, error  lines at WARN and ERROR in the relay's log (the first of each are listed below
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in .ci/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import relaykit  # noqa: E402
 
@@ -143,6 +145,21 @@ def listed_ids(relay, queue):
     return ids
 
 
+def counted(log, name):
+    """The sum of the `name=N` counts in the log lines."""
+    return sum(int(n) for line in log for n in re.findall(r"\b%s=(\d+)" % name, line))
+
+
+def reported(status, stem):
+    """The sum of the numbers under keys containing `stem` in `outpost status --json`."""
+    if isinstance(status, dict):
+        return sum(value if stem in key and isinstance(value, int) else reported(value, stem)
+                   for key, value in status.items())
+    if isinstance(status, list):
+        return sum(reported(value, stem) for value in status)
+    return 0
+
+
 def run_row(args, work, base, sent, index, name, target, damage):
     row_dir = os.path.join(work, "row%02d" % index)
     data = os.path.join(row_dir, "data")
@@ -157,7 +174,7 @@ def run_row(args, work, base, sent, index, name, target, damage):
     config = os.path.join(row_dir, "outpost.toml")
     relaykit.write_config(config, data, sink.port)
     relay = relaykit.Relay(args.outpost, config, os.path.join(row_dir, "outpost.log"))
-    exit_code, queue = "ran", None
+    exit_code, queue, status = "ran", None, None
     try:
         if relay.wait_listening(30) is None and relay.proc.poll() is not None:
             exit_code = str(relay.proc.returncode)
@@ -178,6 +195,7 @@ def run_row(args, work, base, sent, index, name, target, damage):
                     break
                 time.sleep(0.5)
         listed = listed_ids(relay, queue) if exit_code == "ran" else set()
+        status = relay.status() if exit_code == "ran" else None
     finally:
         if exit_code == "ran":
             relay.terminate()
@@ -196,8 +214,8 @@ def run_row(args, work, base, sent, index, name, target, damage):
             altered += 1
     delivered = sum(1 for m in got if m in sent) + sum(n for m, n in got.items() if m not in sent)
     listed_known = len(listed & set(sent)) + sum(1 for m in listed if m not in sent)
-    quarantined = sum(int(n) for line in log for n in re.findall(r"\bquarantined=(\d+)", line))
-    recovered = sum(int(n) for line in log for n in re.findall(r"\brecovered=(\d+)", line))
+    quarantined = max(counted(log, "quarantined"), reported(status, "quarantin"))
+    recovered = max(counted(log, "recovered"), reported(status, "recover"))
     row = {
         "delivered": delivered,
         "altered": altered,

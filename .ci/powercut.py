@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in .ci/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import relaykit  # noqa: E402
 

@@ -130,6 +130,15 @@ class Relay:
             return None
         return json.loads(run.stdout or b"[]")
 
+    def status(self):
+        """`outpost status --json`, or None."""
+        run = subprocess.run([self.outpost, "status", "--json", "--config", self.config],
+                             capture_output=True, timeout=30)
+        try:
+            return json.loads(run.stdout) if run.returncode == 0 else None
+        except ValueError:
+            return None
+
     def kill(self):
         stop(self.proc, signal.SIGKILL)
 
