@@ -5,6 +5,7 @@ model); counts acknowledged messages that never reach the smarthost.
 
 usage: powercut.py [--outpost BIN] [--cuts N] [--seed S] [--load-secs T] [--clients C]
                    [--ignore-sync data|dir|all] [--expect-lost N] [--expect-lost-at-least N]
+                   [--expect-start-failures N] [--work DIR]
 
 Each round mounts the durable state the previous cut left (empty at first), starts
 `outpost serve` on it, and submits messages from C client threads (each with its own
@@ -20,8 +21,9 @@ messages are compared with the acknowledged ones.
 
 Prints one line per round and a summary line:
   powercut: cuts=10 random=5 targeted=5 acked=… delivered=… lost=… duplicates=… start_failures=… seconds=…
-and exits 1 if lost > --expect-lost (default 0) or lost < --expect-lost-at-least (default 0;
-a control run with --ignore-sync all sets it to 1: the test has to be able to fail).
+and exits 1 if lost > --expect-lost (default 0), lost < --expect-lost-at-least (default 0;
+a control run with --ignore-sync all sets it to 1: the test has to be able to fail), or the
+relay failed to start on what a cut left more than --expect-start-failures times (default 0).
 
 Needs root or fusermount, libfuse2 and fusepy (.ci/powercut.sh installs them).
 """
@@ -59,6 +61,7 @@ def parse_args():
     p.add_argument("--ignore-sync", choices=["data", "dir", "all"])
     p.add_argument("--expect-lost", type=int, default=0)
     p.add_argument("--expect-lost-at-least", type=int, default=0)
+    p.add_argument("--expect-start-failures", type=int, default=0)
     p.add_argument("--work", help="keep the run's files in this directory")
     return p.parse_args()
 
@@ -223,10 +226,11 @@ def main():
               args.ignore_sync or "none", seconds))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
-    ok = len(lost) <= args.expect_lost and len(lost) >= args.expect_lost_at_least
+    ok = args.expect_lost_at_least <= len(lost) <= args.expect_lost
+    ok = ok and start_failures <= args.expect_start_failures
     if not ok:
-        print("powercut: FAIL (expected lost <= %d and >= %d)" % (args.expect_lost,
-                                                                   args.expect_lost_at_least))
+        print("powercut: FAIL (expected lost <= %d and >= %d, start failures <= %d)" % (
+            args.expect_lost, args.expect_lost_at_least, args.expect_start_failures))
     sys.exit(0 if ok else 1)
 
 
