@@ -1,5 +1,6 @@
-//! The control socket: how `outpost queue`, `outpost status` and `outpost sendmail` talk to the
-//! running daemon (sled locks its files, so the CLI never opens the store itself).
+//! The control socket: how `outpost queue`, `outpost status`, `outpost reload` and `outpost
+//! sendmail` talk to the running daemon (sled locks its files, so the CLI never opens the store
+//! itself).
 //!
 //! Protocol: the client connects to `data_dir/control.sock` (mode 0600), writes one request
 //! line (`LIST`, `LIST JSON`, `LIST POSTFIX`, `SHOW <id>`, `FLUSH`, `DELETE <id>…`, `HOLD <id>…`,
