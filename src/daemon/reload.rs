@@ -65,6 +65,9 @@ fn reload(shared: &Shared, load: &Loader) -> Result<String, String> {
     };
     let client_tls = start::smarthost_client_configs(&config).map_err(|e| refused(&e))?;
     let kept = keep_restart_only(&shared.config(), &mut config);
+    if config.tls.is_none() && !config.listen_tls.is_empty() {
+        return Err("tls: the listen_tls ports stay open until a restart and need [tls]\n".into());
+    }
     let mut summary = "configuration reloaded\n".to_owned();
     if !kept.is_empty() {
         let keys = kept.join(", ");
