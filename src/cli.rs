@@ -22,6 +22,8 @@ Usage:
   outpost queue delete|hold|release ID...
   outpost status [--json]          link state, queue counts, last error (exit 69: not running,
                                    77: no permission on the control socket)
+  outpost reload                   re-read the config in the daemon (also SIGHUP; exit 78:
+                                   refused, the old config stays)
   outpost sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   submit stdin (sendmail(1))
   outpost sendmail -bv RCPT...     where each recipient goes (aliases, admin, domain)
   outpost newaliases               check the aliases (also `sendmail -bi`)
@@ -158,6 +160,12 @@ where
             Some("help") => Ok(Cmd::Help),
             Some("queue") => parse_queue(&mut parser, false),
             Some("status") => parse_status(&mut parser),
+            // `reload` takes what `status` takes, but not --json.
+            Some("reload") => match parse_status(&mut parser)? {
+                Cmd::Status(target) => Ok(Cmd::Queue(target, Request::Reload)),
+                Cmd::Help => Ok(Cmd::Help),
+                _ => Err(UsageError("`reload` takes no --json".into())),
+            },
             Some("sendmail") => {
                 parse_sendmail(parser.raw_args()?.collect::<Vec<_>>(), Mode::Deliver)
             }
@@ -464,6 +472,17 @@ mod tests {
             parse_str(&["status", "-d", "/q", "--config", "c.toml"]).unwrap(),
             Cmd::Status(dir)
         );
+        assert_eq!(
+            parse_str(&["reload", "--config", "c.toml"]).unwrap(),
+            Cmd::Queue(
+                ConfigArgs {
+                    config: Some("c.toml".into()),
+                    ..ConfigArgs::default()
+                },
+                Request::Reload
+            )
+        );
+        assert!(parse_str(&["reload", "--json"]).is_err());
         for bad in [
             &["queue", "show"][..],
             &["queue", "show", "A", "B"],

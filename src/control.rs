@@ -1,9 +1,10 @@
-//! The control socket: how `outpost queue`, `outpost status` and `outpost sendmail` talk to the
-//! running daemon (sled locks its files, so the CLI never opens the store itself).
+//! The control socket: how `outpost queue`, `outpost status`, `outpost reload` and `outpost
+//! sendmail` talk to the running daemon (sled locks its files, so the CLI never opens the store
+//! itself).
 //!
 //! Protocol: the client connects to `data_dir/control.sock` (mode 0600), writes one request
 //! line (`LIST`, `LIST JSON`, `LIST POSTFIX`, `SHOW <id>`, `FLUSH`, `DELETE <id>…`, `HOLD <id>…`,
-//! `RELEASE <id>…`, `STATUS`, `STATUS JSON`, `POKE`), and reads the answer until the daemon closes: a first
+//! `RELEASE <id>…`, `STATUS`, `STATUS JSON`, `POKE`, `RELOAD`), and reads the answer until the daemon closes: a first
 //! line `OK` or `ERR`, then text for a human (or JSON for `LIST JSON`).
 //!
 //! This file holds both sides: `serve` (daemon, on the `LocalExecutor`) and `request`/
@@ -56,6 +57,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const EX_UNAVAILABLE: u8 = 69;
 const EX_SOFTWARE: u8 = 70;
 pub const EX_NOPERM: u8 = 77;
+const EX_CONFIG: u8 = 78;
 
 /// `data_dir/control.sock`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -80,6 +82,8 @@ pub enum Request {
     StatusJson,
     /// New files in the maildrop (`sendmail`).
     Poke,
+    /// `outpost reload`: re-read the config (`ERR` with its problems when refused).
+    Reload,
 }
 
 impl Request {
@@ -98,6 +102,7 @@ impl Request {
             Self::Status => "STATUS".into(),
             Self::StatusJson => "STATUS JSON".into(),
             Self::Poke => "POKE".into(),
+            Self::Reload => "RELOAD".into(),
         }
     }
 
@@ -117,6 +122,7 @@ impl Request {
             ("STATUS", []) => Self::Status,
             ("STATUS", [json]) if json == "JSON" => Self::StatusJson,
             ("POKE", []) => Self::Poke,
+            ("RELOAD", []) => Self::Reload,
             _ => return None,
         };
         Some(request)
@@ -290,6 +296,10 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             shared.forwarder().notify();
             response
         }
+        Request::Reload => match shared.reload() {
+            Ok(summary) => Response::ok(summary),
+            Err(problems) => Response::err(problems),
+        },
         Request::Status => status(shared, now, false),
         Request::StatusJson => status(shared, now, true),
         Request::Poke => {
@@ -467,8 +477,8 @@ fn exit_code(e: &ClientError) -> u8 {
     }
 }
 
-/// Runs a `queue`/`status` command: prints the answer; returns the exit code (0 ok, 1 the
-/// daemon refused part of it, 69 the daemon is not running, 70 the socket misbehaved, 77 this
+/// Runs a `queue`/`status`/`reload` command: prints the answer; returns the exit code (0 ok,
+/// 1 the daemon refused part of it, 78 it refused the config to reload, 69 the daemon is not running, 70 the socket misbehaved, 77 this
 /// user may not use the control socket).
 pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
     match request(data_dir, req) {
@@ -481,10 +491,10 @@ pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
                 &mut stderr
             };
             let _ = sink.write_all(response.body.as_bytes());
-            if response.ok {
-                0
-            } else {
-                1
+            match (response.ok, req) {
+                (true, _) => 0,
+                (false, Request::Reload) => EX_CONFIG,
+                (false, _) => 1,
             }
         }
         Err(e) => {
@@ -550,6 +560,7 @@ mod tests {
             Request::Release(ids),
             Request::Status,
             Request::Poke,
+            Request::Reload,
         ] {
             assert_eq!(Request::parse_line(&request.to_line()), Some(request));
         }

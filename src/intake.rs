@@ -118,10 +118,9 @@ pub struct Intake {
     clock: QueueClock,
     /// Poked after each SMTP or maildrop commit so the forwarder picks new mail up at once.
     forwarder: Rc<Wake>,
-    policy: IntakePolicy,
-    /// The header fields `[[priority]]` rules name, and Subject with `[coalesce]`.
-    watched: Rc<[String]>,
-    sender_rates: Option<RefCell<SenderRates>>,
+    /// The policy, the header fields it watches and the per-sender counts (replaced together
+    /// by `set_policy`).
+    rules: RefCell<Rc<Rules>>,
     /// SMTP and maildrop messages committed since start, for the metrics.
     accepted: Cell<u64>,
     /// Mail refused at the door since start, by reason, for the metrics.
@@ -129,6 +128,30 @@ pub struct Intake {
     /// Raised when the store fails with an I/O error: the daemon shuts down and exits 75.
     store_failure: Shutdown,
     store_error: RefCell<Option<String>>,
+}
+
+/// What `IntakePolicy` makes of the intake: the policy, the header fields its `[[priority]]`
+/// rules name (and Subject with `[coalesce]`) and the per-sender counts of `[rate_limit]`.
+struct Rules {
+    policy: IntakePolicy,
+    watched: Rc<[String]>,
+    sender_rates: Option<Rc<RefCell<SenderRates>>>,
+}
+
+impl Rules {
+    fn new(policy: IntakePolicy) -> Self {
+        let mut watched = watched_headers(&policy.priority);
+        if policy.coalesce.is_some() && !watched.iter().any(|n| n == "subject") {
+            watched.push("subject".to_owned());
+        }
+        Self {
+            watched: watched.into(),
+            sender_rates: policy
+                .rate_limit
+                .map(|limit| Rc::new(RefCell::new(SenderRates::new(limit)))),
+            policy,
+        }
+    }
 }
 
 /// A message on its way in: its spool and the header fields seen so far.
@@ -140,19 +163,11 @@ pub struct Submission<'a> {
 
 impl Intake {
     pub fn new(store: Store, clock: QueueClock, forwarder: Rc<Wake>, policy: IntakePolicy) -> Self {
-        let mut watched = watched_headers(&policy.priority);
-        if policy.coalesce.is_some() && !watched.iter().any(|n| n == "subject") {
-            watched.push("subject".to_owned());
-        }
         Self {
             store,
             clock,
             forwarder,
-            watched: watched.into(),
-            sender_rates: policy
-                .rate_limit
-                .map(|limit| RefCell::new(SenderRates::new(limit))),
-            policy,
+            rules: RefCell::new(Rc::new(Rules::new(policy))),
             accepted: Cell::new(0),
             rejects: Rejects::default(),
             store_failure: Shutdown::default(),
@@ -162,7 +177,8 @@ impl Intake {
 
     /// `Next::MailCheck`: counts one message from `sender` against `[rate_limit]`.
     pub fn check_sender(&self, sender: &str) -> MailVerdict {
-        let Some(rates) = &self.sender_rates else {
+        let rules = self.rules();
+        let Some(rates) = &rules.sender_rates else {
             return MailVerdict::Allowed;
         };
         let mut rates = rates.borrow_mut();
@@ -176,10 +192,26 @@ impl Intake {
         }
     }
 
+    /// A reload: new mail from now on gets `policy` (the per-sender counts start over when
+    /// `[rate_limit]` changed).
+    pub fn set_policy(&self, policy: IntakePolicy) {
+        let mut rules = Rules::new(policy);
+        let old = self.rules();
+        if old.policy.rate_limit == rules.policy.rate_limit {
+            rules.sender_rates = old.sender_rates.clone();
+        }
+        *self.rules.borrow_mut() = Rc::new(rules);
+    }
+
+    fn rules(&self) -> Rc<Rules> {
+        self.rules.borrow().clone()
+    }
+
     /// Free space left in `data_dir` for new mail, when it is below the reserve.
     pub fn short_of_space(&self) -> Option<u64> {
-        let available = space::available(&self.policy.data_dir)?;
-        (available < space::reserve(self.policy.max_message_size)).then_some(available)
+        let policy = &self.rules().policy;
+        let available = space::available(&policy.data_dir)?;
+        (available < space::reserve(policy.max_message_size)).then_some(available)
     }
 
     /// Opens a spool for a new message (a failed store is reported).
@@ -188,7 +220,7 @@ impl Intake {
             Ok(spool) => Ok(Submission {
                 intake: self,
                 spool,
-                headers: HeaderWatch::new(Rc::clone(&self.watched)),
+                headers: HeaderWatch::new(Rc::clone(&self.rules().watched)),
             }),
             Err(e) => {
                 self.store_failed(&e);
@@ -263,7 +295,7 @@ impl Intake {
     /// The envelope as it is stored: local names qualified with `domain`, senders at a local
     /// domain rewritten to it, local recipients through the aliases and `admin`.
     fn map_envelope(&self, sender: String, recipients: Vec<String>) -> (String, Vec<String>) {
-        match &self.policy.addresses {
+        match &self.rules().policy.addresses {
             None => (sender, recipients),
             Some(map) => (map.sender(&sender), map.recipients(&recipients)),
         }
@@ -272,7 +304,7 @@ impl Intake {
     /// The loop check: more `Received:` fields than `max_hops` (DSNs, which outpost writes
     /// itself, are not checked).
     fn check_hops(&self, headers: &HeaderWatch, source: &Source<'_>) -> Result<(), IntakeError> {
-        let (received, max_hops) = (headers.received(), self.policy.max_hops);
+        let (received, max_hops) = (headers.received(), self.rules().policy.max_hops);
         if max_hops == 0 || received <= max_hops || matches!(source, Source::Dsn { .. }) {
             return Ok(());
         }
@@ -282,13 +314,14 @@ impl Intake {
     /// Labels a message about to be committed with its `[[priority]]` and, with `[coalesce]`,
     /// its digest key, from its envelope and the header fields `headers` collected.
     fn label(&self, info: &mut MessageInfo, headers: &HeaderWatch) {
+        let rules = self.rules();
         info.priority = priority_of(
-            &self.policy.priority,
+            &rules.policy.priority,
             &info.sender,
             &info.recipients,
             headers.fields(),
         );
-        info.coalesce = self
+        info.coalesce = rules
             .policy
             .coalesce
             .and_then(|_| coalesce::key(&info.sender, &info.recipients, headers.field("subject")));
@@ -296,7 +329,7 @@ impl Intake {
 
     /// Bytes an unprivileged writer may still use where `data_dir` is (`None`: unknown).
     pub fn disk_free(&self) -> Option<u64> {
-        space::available(&self.policy.data_dir)
+        space::available(&self.rules().policy.data_dir)
     }
 
     /// Counts one refusal (the caller answers and logs it).

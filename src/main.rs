@@ -116,12 +116,14 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
 }
 
 fn serve(args: &ConfigArgs) -> ExitCode {
-    let config = match load(args) {
-        Ok((config, _)) => config,
+    let (config, file) = match load(args) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     init_logging(config.log);
-    match daemon::run(config) {
+    let overrides = args.overrides.clone();
+    let reload = Box::new(move || Config::load(file.as_deref(), &overrides));
+    match daemon::run(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

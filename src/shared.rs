@@ -1,8 +1,11 @@
 //! What the daemon's services share: the config, the store, the queue clock, the intake, the
 //! forwarder's link state, the wake-ups and the shutdown flag, the inbound TLS config and the
 //! count of open SMTP sessions. The daemon builds it whole at start; the SMTP listeners, the
-//! control socket, the metrics endpoint, the local submission socket, the maildrop pickup and the link watcher read it
-//! through accessors. Single thread (`Rc`, `Cell`). Starts no task and imports no service.
+//! control socket, the metrics endpoint, the local submission socket, the maildrop pickup and
+//! the link watcher read it through accessors. A reload swaps the config, the TLS config, the
+//! intake's policy and the forwarder's next parameters (`replace`): a reader keeps the `Rc` it
+//! took, so an SMTP session runs on the config it started with. Single thread (`Rc`, `Cell`).
+//! Starts no task and imports no service.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -14,14 +17,14 @@ use rustls::ServerConfig;
 
 use crate::clock::QueueClock;
 use crate::config::Config;
-use crate::forward::LinkState;
+use crate::forward::{ForwardParams, LinkState, NextParams};
 use crate::intake::{Intake, IntakePolicy};
 use crate::store::Store;
 use crate::wait::{Shutdown, Wake};
 
 /// The state every service of one daemon shares.
 pub struct Shared {
-    config: Config,
+    config: RefCell<Rc<Config>>,
     store: Store,
     clock: QueueClock,
     intake: Rc<Intake>,
@@ -32,8 +35,29 @@ pub struct Shared {
     /// Maildrop files the pickup cannot use: `(file name, reason)`.
     maildrop_waiting: RefCell<Vec<(String, String)>>,
     shutdown: Shutdown,
-    tls: Option<Arc<ServerConfig>>,
+    tls: RefCell<Option<Arc<ServerConfig>>>,
     sessions: Sessions,
+    /// The forwarder's parameters from the last reload, until it takes them.
+    next_forward: NextParams,
+    /// Reloads the config (`outpost reload`, SIGHUP); `None` where the daemon cannot.
+    reloader: Option<Reloader>,
+}
+
+/// Re-reads the config and applies it to the daemon's shared state: a summary for the log and
+/// `outpost reload`, or why the new config was refused.
+pub type Reloader = Box<dyn Fn(&Shared) -> Result<String, String>>;
+
+/// The intake's policy from `config`.
+pub fn intake_policy(config: &Config) -> IntakePolicy {
+    IntakePolicy {
+        priority: config.priority.clone(),
+        coalesce: config.coalesce,
+        rate_limit: config.rate_limit,
+        data_dir: config.data_dir.clone(),
+        max_message_size: config.max_message_size,
+        addresses: Some(config.local.address_map()),
+        max_hops: config.max_hops,
+    }
 }
 
 impl Shared {
@@ -45,20 +69,13 @@ impl Shared {
         clock: QueueClock,
         tls: Option<Arc<ServerConfig>>,
         link: Rc<LinkState>,
+        reloader: Option<Reloader>,
     ) -> Rc<Self> {
         let forwarder = Wake::new();
-        let policy = IntakePolicy {
-            priority: config.priority.clone(),
-            coalesce: config.coalesce,
-            rate_limit: config.rate_limit,
-            data_dir: config.data_dir.clone(),
-            max_message_size: config.max_message_size,
-            addresses: Some(config.local.address_map()),
-            max_hops: config.max_hops,
-        };
+        let policy = intake_policy(&config);
         let intake = Rc::new(Intake::new(store.clone(), clock, forwarder.clone(), policy));
         Rc::new(Self {
-            config,
+            config: RefCell::new(Rc::new(config)),
             store,
             clock,
             intake,
@@ -67,13 +84,39 @@ impl Shared {
             maildrop: Wake::default(),
             maildrop_waiting: RefCell::new(Vec::new()),
             shutdown: Shutdown::default(),
-            tls,
+            tls: RefCell::new(tls),
             sessions: Sessions::default(),
+            next_forward: NextParams::default(),
+            reloader,
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The config in force (a reload replaces it; the `Rc` taken stays as it was).
+    pub fn config(&self) -> Rc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// A reload: from now on new sessions and new mail use `config` and `tls`, and the
+    /// forwarder's next pass `forward`.
+    pub fn replace(&self, config: Config, tls: Option<Arc<ServerConfig>>, forward: ForwardParams) {
+        self.intake.set_policy(intake_policy(&config));
+        *self.config.borrow_mut() = Rc::new(config);
+        *self.tls.borrow_mut() = tls;
+        *self.next_forward.borrow_mut() = Some(forward);
+        self.forwarder.notify();
+    }
+
+    /// Where a reload leaves the forwarder's new parameters.
+    pub fn next_forward(&self) -> &NextParams {
+        &self.next_forward
+    }
+
+    /// `outpost reload`, SIGHUP: re-reads the config and applies it.
+    pub fn reload(&self) -> Result<String, String> {
+        match &self.reloader {
+            Some(reload) => reload(self),
+            None => Err("this daemon was not started from a config file it can re-read\n".into()),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -129,8 +172,8 @@ impl Shared {
     }
 
     /// `[tls]` loaded: STARTTLS on `listen`, and the `listen_tls` ports.
-    pub fn tls(&self) -> Option<&Arc<ServerConfig>> {
-        self.tls.as_ref()
+    pub fn tls(&self) -> Option<Arc<ServerConfig>> {
+        self.tls.borrow().clone()
     }
 
     /// The open SMTP sessions.

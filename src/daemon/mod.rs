@@ -2,7 +2,7 @@
 //! TLS material, opens and recovers the store, builds the state the services share
 //! (`shared::Shared`) whole, starts the SMTP listeners, the forwarder, the control and metrics
 //! servers, the maildrop pickup and the link watcher, and runs the shutdown. Signals are
-//! handled here. Nothing imports this module but `main.rs` (and its tests); it holds no
+//! handled here, and reloads (`reload`). Nothing imports this module but `main.rs` (and its tests); it holds no
 //! protocol logic.
 //!
 //! Everything runs on one `LocalExecutor` on the calling thread (`run`/`run_with` block).
@@ -11,6 +11,7 @@ mod metrics;
 #[cfg(target_os = "linux")]
 mod netlink;
 mod readiness;
+mod reload;
 mod serve;
 mod start;
 
@@ -31,6 +32,9 @@ use crate::sd_notify::Notifier;
 use crate::shared::Shared;
 use crate::store::StoreError;
 use crate::tls::{self, TlsError};
+use crate::wait::Wake;
+
+pub use self::reload::Loader;
 
 pub use self::serve::SHUTDOWN_GRACE;
 
@@ -95,12 +99,16 @@ impl fmt::Display for DaemonError {
 
 impl std::error::Error for DaemonError {}
 
-/// The daemon: binds `config.listen`, serves until SIGTERM or SIGINT (SIGUSR1 flushes the
-/// queue), then shuts down cleanly. Blocks the calling thread.
-pub fn run(config: Config) -> Result<(), DaemonError> {
-    use async_signal::Signal;
-    let signals = async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Usr1])
-        .map_err(DaemonError::Signals)?;
+/// The daemon: binds `config.listen`, serves until SIGTERM, SIGINT, SIGQUIT or SIGXCPU, then
+/// shuts down cleanly. SIGHUP reloads the config through `load`, SIGUSR1 flushes the queue;
+/// SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO and SIGXFSZ are logged and ignored. Blocks the
+/// calling thread.
+pub fn run(config: Config, load: Loader) -> Result<(), DaemonError> {
+    use async_signal::Signal::*;
+    let handled = [
+        Term, Int, Quit, Xcpu, Hup, Usr1, Usr2, Alarm, Vtalarm, Prof, Io, Xfsz,
+    ];
+    let signals = async_signal::Signals::new(handled).map_err(DaemonError::Signals)?;
     let (listeners, late) = bind_or_wait(&config.listen)?;
     let (tls_listeners, late_tls) = bind_or_wait(&config.listen_tls)?;
     let late = late
@@ -110,23 +118,37 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .collect();
     let link = LinkState::new();
     let flush_link = link.clone();
+    let hup = Wake::new();
+    let reload = (load, hup.clone());
     let shutdown = async move {
         let mut signals = signals;
         while let Some(signal) = signals.next().await {
             match signal {
-                Ok(Signal::Usr1) => {
-                    info!("received SIGUSR1: flushing the queue");
-                    flush_link.flush.notify();
-                }
-                Ok(signal) => {
+                Ok(Term | Int | Quit | Xcpu) => {
                     info!("received {signal:?}: shutting down");
                     return;
                 }
+                Ok(Hup) => {
+                    info!("received SIGHUP: reloading the configuration");
+                    hup.notify();
+                }
+                Ok(Usr1) => {
+                    info!("received SIGUSR1: flushing the queue");
+                    flush_link.flush.notify();
+                }
+                Ok(signal) => info!("received {signal:?}: ignored"),
                 Err(e) => warn!("signal stream: {e}"),
             }
         }
     };
-    run_daemon(config, listeners, tls_listeners, late, link, shutdown)
+    let daemon = Daemon {
+        listeners,
+        tls_listeners,
+        late_listeners: late,
+        link,
+        reload: Some(reload),
+    };
+    run_daemon(config, daemon, shutdown)
 }
 
 /// Binds every address (port 0 picks a free port; the log line shows the real one).
@@ -168,18 +190,38 @@ pub fn run_with(
     tls_listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let link = LinkState::new();
-    run_daemon(config, listeners, tls_listeners, Vec::new(), link, shutdown)
+    let daemon = Daemon {
+        listeners,
+        tls_listeners,
+        late_listeners: Vec::new(),
+        link: LinkState::new(),
+        reload: None,
+    };
+    run_daemon(config, daemon, shutdown)
 }
 
-fn run_daemon(
-    config: Config,
+/// What `run` and `run_with` hand to `run_daemon` besides the config.
+struct Daemon {
     listeners: Vec<TcpListener>,
     tls_listeners: Vec<TcpListener>,
     late_listeners: Vec<(SocketAddr, bool)>,
     link: Rc<LinkState>,
+    /// How to read the config again, and the wake-up SIGHUP pokes.
+    reload: Option<(Loader, Rc<Wake>)>,
+}
+
+fn run_daemon(
+    config: Config,
+    daemon: Daemon,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let Daemon {
+        listeners,
+        tls_listeners,
+        late_listeners,
+        link,
+        reload,
+    } = daemon;
     let tls = match &config.tls {
         Some(files) => Some(tls::server_config(&files.cert, &files.key).map_err(DaemonError::Tls)?),
         None => None,
@@ -198,7 +240,13 @@ fn run_daemon(
     let submit = start::submit_socket(&config.data_dir);
     let forward = start::forward_params(&config, &smarthost_tls);
     let ex = Rc::new(LocalExecutor::new());
-    let shared = Shared::new(config, store, clock, tls, link);
+    let notifier = Rc::new(Notifier::from_env());
+    let (reloader, hup) = match reload {
+        Some((load, hup)) => (Some(reload::reloader(load, notifier.clone())), Some(hup)),
+        None => (None, None),
+    };
+    let shared = Shared::new(config, store, clock, tls, link, reloader);
+    let on_hup = hup.map(|hup| ex.spawn(reload::on_signal(hup, shared.clone())));
     let ops = ex.spawn(serve::operations(
         ex.clone(),
         shared.clone(),
@@ -210,10 +258,11 @@ fn run_daemon(
         late_listeners,
         submit,
         forward,
-        notifier: Rc::new(Notifier::from_env()),
+        notifier,
     };
     async_io::block_on(ex.run(async {
         serve::serve(ex.clone(), services, shared.clone(), shutdown).await;
+        drop(on_hup);
         drop(ops);
     }));
     match shared.intake().store_error() {

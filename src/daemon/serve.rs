@@ -56,8 +56,11 @@ fn spawn_forwarder(
         shared.store().clone(),
         shared.clock(),
         forward,
-        shared.forwarder().clone(),
-        stop.clone(),
+        (
+            shared.forwarder().clone(),
+            stop.clone(),
+            shared.next_forward().clone(),
+        ),
         shared.link().clone(),
         shared.intake().clone(),
     ));
@@ -245,11 +248,11 @@ pub(super) async fn operations(
 /// bounds what a crash can lose of it) and delete failed messages older than
 /// `queue.failed_retention` (queue time, so a clock jump cannot purge early).
 async fn housekeeping(shared: Rc<Shared>) {
-    let retention = shared.config().queue.failed_retention;
-    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
     let (store, intake) = (shared.store(), shared.intake());
     loop {
         Timer::after(HOUSEKEEPING_INTERVAL).await;
+        let retention = shared.config().queue.failed_retention;
+        let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
         let now = shared.clock().now();
         if let Err(e) = store.save_clock(now) {
             error!("cannot save the queue clock: {e}");

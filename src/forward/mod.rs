@@ -12,6 +12,8 @@
 //! the sender a smarthost with `from` requires in `rewrite`.
 //! Never touches sled directly, never logs secrets.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -84,6 +86,9 @@ pub struct ForwardParams {
     /// The most bytes of originals one digest carries (`max_message_size`).
     pub max_digest_bytes: u64,
 }
+
+/// New parameters from a reload, taken by the forwarder before its next pass.
+pub type NextParams = Rc<RefCell<Option<ForwardParams>>>;
 
 /// Wall-clock Unix seconds: only for Date headers, never for queue decisions.
 fn wall_clock_secs() -> u64 {

@@ -1,7 +1,8 @@
 //! The forwarder task: it waits for new mail, the next due time, a flush or stop, then runs a
 //! pass: expire old mail, choose a smarthost (`failover`), send what is due over one session
 //! and fail over to the next smarthost on a site failure. Holds the task's state
-//! (`Forwarder`) between passes. Never touches sled directly.
+//! (`Forwarder`) between passes, and takes a reload's new parameters between two turns.
+//! Never touches sled directly.
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -22,7 +23,7 @@ use super::link::Connection;
 use super::outcome::ForwardError;
 use super::schedule::{self, Jitter};
 use super::token::CachedToken;
-use super::{wall_clock_secs, ForwardParams, LinkState};
+use super::{wall_clock_secs, ForwardParams, LinkState, NextParams};
 
 /// Longest wait for the reply to QUIT.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,40 +39,55 @@ pub async fn run(
 ) {
     let intake = Intake::new(store.clone(), clock, Wake::new(), IntakePolicy::default());
     let link = LinkState::new();
-    run_linked(store, clock, params, wake, stop, link, Rc::new(intake)).await;
+    let next = NextParams::default();
+    run_linked(
+        store,
+        clock,
+        params,
+        (wake, stop, next),
+        link,
+        Rc::new(intake),
+    )
+    .await;
 }
 
-/// `run`, reporting the link's state into `link`, obeying its `flush` signal, and queueing
-/// DSNs through `intake`.
+/// `run`, reporting the link's state into `link`, obeying its `flush` signal, taking new
+/// parameters from `next` (a reload) before the turn after `wake`, and queueing DSNs through
+/// `intake`.
 pub async fn run_linked(
     store: Store,
     clock: QueueClock,
     params: ForwardParams,
-    wake: Rc<Wake>,
-    stop: Rc<Wake>,
+    (wake, stop, next): (Rc<Wake>, Rc<Wake>, NextParams),
     link: Rc<LinkState>,
     intake: Rc<Intake>,
 ) {
-    if params.smarthosts.is_empty() {
-        warn!("no smarthost configured: mail is accepted and held in the queue");
-        stop.wait().await;
-        return;
-    }
-    link.set_smarthosts(&params.smarthosts);
     let seed = clock.now() ^ wall_clock_secs().rotate_left(20) ^ u64::from(std::process::id());
     let mut forwarder = Forwarder {
         store,
         clock,
-        timings: vec![SmarthostTiming::default(); params.smarthosts.len()],
-        tokens: params.smarthosts.iter().map(|_| None).collect(),
-        params,
+        timings: Vec::new(),
+        tokens: Vec::new(),
+        params: ForwardParams {
+            smarthosts: Vec::new(),
+            ..params.clone()
+        },
         active: 0,
         jitter: Jitter::new(seed),
         stalled_until: 0,
         link,
         intake,
     };
-    while !forwarder.turn(&wake, &stop).await {}
+    forwarder.reconfigure(params);
+    loop {
+        if forwarder.turn(&wake, &stop).await {
+            return;
+        }
+        let params = next.borrow_mut().take();
+        if let Some(params) = params {
+            forwarder.reconfigure(params);
+        }
+    }
 }
 
 enum Woken {
@@ -131,6 +147,18 @@ impl Forwarder {
     /// mail, a flush or stop. `true` once stopped. A pass is cut short by stop: what was not
     /// recorded stays queued (at least once).
     async fn turn(&mut self, wake: &Wake, stop: &Wake) -> bool {
+        if self.params.smarthosts.is_empty() {
+            // Mail is held: only a reload (which wakes) can change that.
+            let woken = async {
+                wake.wait().await;
+                false
+            };
+            return future::or(woken, async {
+                stop.wait().await;
+                true
+            })
+            .await;
+        }
         let now = self.clock.now();
         let next = self.next_wake();
         if next.is_some_and(|at| at <= now) {
@@ -156,6 +184,32 @@ impl Forwarder {
             }
             Woken::Mail => false,
         }
+    }
+
+    /// Takes `params` (at start and after a reload): a smarthost whose address is unchanged
+    /// keeps its backoff; OAuth 2.0 tokens are fetched again.
+    fn reconfigure(&mut self, params: ForwardParams) {
+        let old = &self.params.smarthosts;
+        let timings = params.smarthosts.iter().map(|new| {
+            old.iter()
+                .position(|s| s.address == new.address)
+                .map_or_else(SmarthostTiming::default, |i| self.timings[i])
+        });
+        self.timings = timings.collect();
+        let moved = old.len() != params.smarthosts.len()
+            || old
+                .iter()
+                .zip(&params.smarthosts)
+                .any(|(a, b)| a.address != b.address);
+        if moved {
+            self.link.set_smarthosts(&params.smarthosts);
+        }
+        if params.smarthosts.is_empty() {
+            warn!("no smarthost configured: mail is accepted and held in the queue");
+        }
+        self.tokens = params.smarthosts.iter().map(|_| None).collect();
+        self.active = 0;
+        self.params = params;
     }
 
     /// `queue flush`, SIGUSR1, a link event: forget every smarthost's backoff and make every

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,7 @@ use futures_lite::{future, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use log::{debug, error, info, trace, warn};
 
 use super::auth::{verify, AUTH_FAILURE_DELAY};
+use crate::config::Config;
 use crate::intake::{Reject, Submission};
 use crate::shared::Shared;
 use crate::smtp::reply::{EnhancedStatus, Reply};
@@ -30,6 +32,7 @@ use crate::smtp::server::{
 use crate::store::MAX_EXTENT;
 use crate::tls::MaybeTls;
 use crate::wait;
+use rustls::ServerConfig;
 
 mod message;
 
@@ -63,8 +66,10 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let tag = Tag { id, peer };
     debug!("{tag} connected relay_allowed={}", params.relay_allowed);
     let mut stream = MaybeTls::Plain(stream);
+    // The session keeps the config (and TLS certificate) it started with across a reload.
+    let (config, tls) = (shared.config(), shared.tls());
     if implicit_tls {
-        if let Err(e) = handshake(&mut stream, shared).await {
+        if let Err(e) = handshake(&mut stream, tls.as_ref(), &config).await {
             info!("{tag} TLS handshake failed: {e}");
             return;
         }
@@ -74,6 +79,8 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         stream,
         session: ServerSession::new(params),
         shared,
+        config,
+        tls,
         tag,
         replies: ReplyBuffer::new(),
         body: Vec::new(),
@@ -195,6 +202,8 @@ struct Conn<'a, S> {
     stream: MaybeTls<S>,
     session: ServerSession,
     shared: &'a Shared,
+    config: Rc<Config>,
+    tls: Option<Arc<ServerConfig>>,
     tag: Tag,
     replies: ReplyBuffer,
     /// Decoded body octets not yet in the spool (< `BODY_BUF`).
@@ -289,7 +298,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
     /// `Next::AuthCheck`: checks the password (failures wait `AUTH_FAILURE_DELAY`) and sends
     /// the session's reply; `true` when the session then closes (too many failures).
     async fn auth_check(&mut self, credentials: Credentials) -> Result<bool, End> {
-        let verdict = verify(&self.shared.config().users, &credentials);
+        let verdict = verify(&self.config.users, &credentials);
         match &verdict {
             Some(user) => info!("{} authenticated user={user}", self.tag),
             None => {
@@ -328,7 +337,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
             self.len = 0;
             return Err(End::PlaintextAfterStartTls(leftover));
         }
-        handshake(&mut self.stream, self.shared)
+        handshake(&mut self.stream, self.tls.as_ref(), &self.config)
             .await
             .map_err(End::TlsFailed)?;
         debug!("{} TLS established ({})", self.tag, self.stream.describe());
@@ -384,8 +393,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
             }
             Wait::Read(Err(e)) => Err(End::Io(e)),
             Wait::Shutdown => {
-                self.replies
-                    .push(&shutting_down(&self.shared.config().hostname));
+                self.replies.push(&shutting_down(&self.config.hostname));
                 let _ = self.flush().await;
                 Err(End::Shutdown)
             }
@@ -402,7 +410,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
     /// Commands: one deadline per command line (see `command_since`). Body: the RFC 5321
     /// §4.5.3.2.6 data-block timeout, per read.
     fn read_deadline(&mut self) -> Result<(Instant, &'static str), End> {
-        let timeouts = &self.shared.config().timeouts;
+        let timeouts = &self.config.timeouts;
         let due = match self.session.awaiting() {
             Awaiting::Command => {
                 let since = *self.command_since.get_or_insert_with(Instant::now);
@@ -449,7 +457,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
             self.tag,
             String::from_utf8_lossy(self.replies.as_bytes())
         );
-        let timeout = self.shared.config().timeouts.command;
+        let timeout = self.config.timeouts.command;
         let bytes = self.replies.as_bytes();
         let stream = &mut self.stream;
         let written = future::or(
@@ -479,13 +487,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
 /// The server side of a TLS handshake, bounded by the command timeout.
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut MaybeTls<S>,
-    shared: &Shared,
+    tls: Option<&Arc<ServerConfig>>,
+    config: &Config,
 ) -> io::Result<()> {
-    let Some(config) = shared.tls().map(Arc::clone) else {
+    let Some(tls) = tls else {
         return Err(io::Error::other("TLS is not configured"));
     };
-    let timeout = shared.config().timeouts.command;
-    future::or(async { stream.accept(&config).await }, async {
+    let timeout = config.timeouts.command;
+    future::or(async { stream.accept(tls).await }, async {
         Timer::after(timeout).await;
         Err(io::Error::new(
             io::ErrorKind::TimedOut,

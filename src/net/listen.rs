@@ -65,7 +65,7 @@ fn admit(
         (true, false) => TlsMode::Offered,
         (true, true) => TlsMode::Active,
     };
-    let params = session_params(config, peer, tls);
+    let params = session_params(&config, peer, tls);
     let shared = shared.clone();
     ex.spawn(async move {
         conn::run(stream, params, (id, Peer::Ip(peer)), &shared, implicit_tls).await;

@@ -90,7 +90,7 @@ fn admit(ex: &LocalExecutor<'static>, stream: Async<UnixStream>, shared: &Rc<Sha
     }
     debug!("session={id} peer=local uid={uid} connected");
     let slot = SessionSlot::new(shared.clone());
-    let params = local_params(shared.config());
+    let params = local_params(&shared.config());
     let shared = shared.clone();
     ex.spawn(async move {
         conn::run(stream, params, (id, Peer::Local { uid }), &shared, false).await;

@@ -37,6 +37,7 @@ mod priority;
 mod rate_limit;
 mod receive;
 mod relay_acl;
+mod reload;
 mod retry;
 mod sender_rewrite;
 mod sendmail;
