@@ -25,6 +25,9 @@ Usage:
   outpost sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   submit stdin (sendmail(1))
   outpost sendmail -bv RCPT...     where each recipient goes (aliases, admin, domain)
   outpost newaliases               check the aliases (also `sendmail -bi`)
+  outpost test [RCPT]              check the route to every smarthost, up to RCPT TO (default
+                                   root, mapped); nothing is sent (exit 0: all work)
+  outpost test --send RCPT [--timeout 60s]   queue a test message, wait until a smarthost took it
   outpost --help | --version
   (invoked as `mailq` or `sendmail -bp`: the queue in Postfix's format; as `sendmail`:
   `outpost sendmail`; as `newaliases`: `outpost newaliases`; any other program name is a usage
@@ -56,6 +59,8 @@ pub enum Cmd {
     Queue(ConfigArgs, Request),
     /// `outpost status`.
     Status(ConfigArgs),
+    /// `outpost test [RCPT] [--send] [--timeout DURATION]`.
+    Test(ConfigArgs, TestArgs),
     /// `outpost sendmail …` (and `argv[0] == "sendmail"`).
     Sendmail(ConfigArgs, SendmailArgs),
     Help,
@@ -69,6 +74,17 @@ pub enum Cmd {
 pub struct ConfigArgs {
     pub config: Option<PathBuf>,
     pub overrides: Overrides,
+}
+
+/// `outpost test`'s arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestArgs {
+    /// `None`: `root`, mapped as a local name.
+    pub recipient: Option<String>,
+    /// `--send`: queue a real test message through the daemon.
+    pub send: bool,
+    /// `--timeout`: how long `--send` waits for the smarthost (default 60 s).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// A malformed command line (exit 64).
@@ -158,6 +174,7 @@ where
             Some("help") => Ok(Cmd::Help),
             Some("queue") => parse_queue(&mut parser, false),
             Some("status") => parse_status(&mut parser),
+            Some("test") => parse_test(&mut parser),
             Some("sendmail") => {
                 parse_sendmail(parser.raw_args()?.collect::<Vec<_>>(), Mode::Deliver)
             }
@@ -316,6 +333,43 @@ fn queue_request(
             )))
         }
     })
+}
+
+/// `test [RCPT] [--send] [--timeout DURATION]`; the recipient may not carry characters that
+/// would change the SMTP command it goes into.
+fn parse_test(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
+    let mut target = ConfigArgs::default();
+    let mut args = TestArgs::default();
+    while let Some(arg) = parser.next()? {
+        if let Some(flag) = client_flag(&arg) {
+            client_value(parser, flag, &mut target)?;
+            continue;
+        }
+        match arg {
+            Long("send") => args.send = true,
+            Long("timeout") => {
+                let text = string(parser, "--timeout")?;
+                let timeout = humantime::parse_duration(&text)
+                    .map_err(|e| UsageError(format!("--timeout {text:?}: {e}")))?;
+                args.timeout = Some(timeout);
+            }
+            Short('h') | Long("help") => return Ok(Cmd::Help),
+            Value(v) if args.recipient.is_none() => {
+                let v = v
+                    .into_string()
+                    .map_err(|v| UsageError(format!("{v:?} is not valid UTF-8")))?;
+                if v.is_empty() || v.chars().any(|c| c.is_control() || " <>".contains(c)) {
+                    return Err(UsageError(format!("{v:?} is not a mail address")));
+                }
+                args.recipient = Some(v);
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    if args.send && args.recipient.is_none() {
+        return Err(UsageError("`test --send` needs a recipient".into()));
+    }
+    Ok(Cmd::Test(target, args))
 }
 
 fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {

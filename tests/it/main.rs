@@ -38,6 +38,7 @@ mod rate_limit;
 mod receive;
 mod relay_acl;
 mod retry;
+mod route_test;
 mod sender_rewrite;
 mod sendmail;
 mod submit;
