@@ -40,6 +40,7 @@
 //!   password check.
 //! - [`route`]: `outpost test`: the route to every smarthost checked step by step, and a test
 //!   message sent through the daemon.
+//! - [`notice`]: the periodic word to `admin` about the queue (too old, too full, disk short).
 //! - [`shared`]: the state the daemon's services share, built whole by the daemon.
 //!
 //! The queue:
@@ -95,6 +96,7 @@ pub mod logging;
 pub mod mapping;
 pub mod message;
 pub mod net;
+pub mod notice;
 pub mod priority;
 pub mod rate;
 pub mod route;

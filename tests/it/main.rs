@@ -30,6 +30,7 @@ mod local_names;
 mod logs;
 mod long_lines;
 mod mailq;
+mod notices;
 mod notify;
 mod oauth;
 mod ops;
