@@ -80,6 +80,8 @@ pub enum Request {
     StatusJson,
     /// New files in the maildrop (`sendmail`).
     Poke,
+    /// What became of a message lately sent or bounced (`outpost test --send`).
+    Outcome(String),
 }
 
 impl Request {
@@ -98,6 +100,7 @@ impl Request {
             Self::Status => "STATUS".into(),
             Self::StatusJson => "STATUS JSON".into(),
             Self::Poke => "POKE".into(),
+            Self::Outcome(id) => format!("OUTCOME {id}"),
         }
     }
 
@@ -117,6 +120,7 @@ impl Request {
             ("STATUS", []) => Self::Status,
             ("STATUS", [json]) if json == "JSON" => Self::StatusJson,
             ("POKE", []) => Self::Poke,
+            ("OUTCOME", [id]) => Self::Outcome(id.clone()),
             _ => return None,
         };
         Some(request)
@@ -296,6 +300,11 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             shared.maildrop().notify();
             Response::ok(String::new())
         }
+        Request::Outcome(text) => match parse_id(text).map(|id| shared.link().outcome(id)) {
+            Some(Some(outcome)) => Response::ok(format!("{outcome}\n")),
+            Some(None) => Response::err(format!("{text}: not sent or bounced lately\n")),
+            None => Response::err(format!("{text}: not a queue id (16 hex digits)\n")),
+        },
     }
 }
 
@@ -550,6 +559,7 @@ mod tests {
             Request::Release(ids),
             Request::Status,
             Request::Poke,
+            Request::Outcome("00000000000000AB".into()),
         ] {
             assert_eq!(Request::parse_line(&request.to_line()), Some(request));
         }

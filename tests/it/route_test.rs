@@ -153,3 +153,52 @@ fn test_names_a_refused_recipient_and_maps_root() {
     assert!(run.stdout.contains("RCPT TO:<ops@example.com>"), "{run}");
     assert!(step_line(&run, "MAIL FROM").contains("ok 250"), "{run}");
 }
+
+#[test]
+fn test_send_queues_a_message_and_waits_for_the_smarthost_reply() {
+    let smarthost = Smarthost::start();
+    let relay = RelayProcess::start_to(smarthost.port());
+    let run = relay.command(
+        &["test", "--send", "ops@example.com", "--timeout", "20s"],
+        b"",
+    );
+    assert_eq!(run.code, Some(0), "{run}\n{}", relay.dump());
+    let id = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("queued as "))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or_else(|| panic!("no queue id: {run}"));
+    assert_eq!(id.len(), 16, "{run}");
+    let sent = format!(": sent to 127.0.0.1:{}: 250", smarthost.port());
+    assert!(run.stdout.contains(&sent), "{run}");
+    let got = smarthost.delivered();
+    assert_eq!(got.len(), 1, "{run}");
+    assert_eq!(got[0].to, ["ops@example.com"]);
+    assert!(got[0].data_str().contains("Subject: outpost test message"));
+    assert!(relay.log().contains(&format!("queue_id={id}")), "{run}");
+}
+
+#[test]
+fn test_send_reports_a_refusal_for_good() {
+    let smarthost = Smarthost::start_with_policy(|stage| match stage {
+        Stage::Rcpt { .. } => Some(reply(550, "5.1.1 no such user")),
+        _ => None,
+    });
+    let relay = RelayProcess::start_to(smarthost.port());
+    let run = relay.command(&["test", "--send", "nobody@example.com"], b"");
+    assert_eq!(run.code, Some(69), "{run}\n{}", relay.dump());
+    assert!(
+        run.stdout.contains("bounced 550 5.1.1 no such user"),
+        "{run}"
+    );
+}
+
+#[test]
+fn test_send_without_a_daemon_says_so() {
+    let dir = TestDir::new();
+    let config = RelayConfig::with_smarthost(Smarthost::reserve_port());
+    let run = route_test(&dir, &config, &["--send", "ops@example.com"]);
+    assert_eq!(run.code, Some(69), "{run}");
+    assert!(run.stdout.contains("the daemon is not running"), "{run}");
+}
