@@ -1,4 +1,4 @@
-//! The periodic word to the administrator about the queue: a notice to `admin` when the
+//! The periodic word to the administrator about the queue. A notice goes to `admin` when the
 //! oldest waiting message has waited longer than `[notify] queue_age`, when the queue holds more
 //! than `[notify] queue_fill` percent of `[queue] max_bytes`, and when the free disk under
 //! `data_dir` falls under the reserve. One notice when a condition starts, then at most one per

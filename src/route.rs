@@ -1,7 +1,8 @@
-//! `outpost test [RCPT]`: the route as configured, checked from this machine: the config in
-//! use, the queue and the daemon, then each smarthost's dialogue up to `RCPT TO` and back out
-//! (`forward::probe`), so nothing is sent; and `outpost test --send RCPT`, a real test message
-//! queued through the daemon's submission socket and followed until a smarthost took it.
+//! `outpost test`: the route as configured, checked from this machine, or a test message sent
+//! through the daemon. `outpost test [RCPT]` prints the config in use, the queue and the daemon,
+//! then each smarthost's dialogue up to `RCPT TO` and back out (`forward::probe`): nothing is
+//! sent. `outpost test --send RCPT` queues a real test message through the daemon's submission
+//! socket and follows it until a smarthost took it.
 
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
