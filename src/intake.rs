@@ -135,7 +135,7 @@ pub struct Intake {
     /// Notices queued since start (their Message-IDs).
     notices: Cell<u64>,
     /// Kinds of notice already logged as not sent for want of `admin` (logged once each).
-    unsent_notices: RefCell<std::collections::BTreeSet<&'static str>>,
+    unsent_notices: RefCell<Vec<&'static str>>,
 }
 
 /// A message on its way in: its spool and the header fields seen so far.

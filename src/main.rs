@@ -128,9 +128,12 @@ fn test(target: &ConfigArgs, args: &cli::TestArgs) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let mut out = std::io::stdout().lock();
+    // One line at a time, as each step ends.
+    let out = &mut |line: &str| {
+        print_stdout(&format!("{line}\n"));
+    };
     let code = if args.send {
-        route::send(&config, args, &mut out)
+        route::send(&config, args, out)
     } else {
         match daemon::route_params(&config) {
             Ok(params) => route::main(
@@ -138,7 +141,7 @@ fn test(target: &ConfigArgs, args: &cli::TestArgs) -> ExitCode {
                 &origin(file.as_deref()),
                 &params,
                 args.recipient.as_deref(),
-                &mut out,
+                out,
             ),
             Err(e) => {
                 eprintln!("outpost: {e}");

@@ -4,7 +4,6 @@
 //! sent. `outpost test --send RCPT` queues a real test message through the daemon's submission
 //! socket and follows it until a smarthost took it.
 
-use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cli::TestArgs;
@@ -31,30 +30,29 @@ pub fn main(
     origin: &str,
     params: &ForwardParams,
     recipient: Option<&str>,
-    out: &mut dyn Write,
+    out: &mut dyn FnMut(&str),
 ) -> u8 {
-    let _ = writeln!(out, "config: {origin}");
-    let _ = writeln!(out, "queue: {}", config.data_dir.display());
+    out(&format!("config: {origin}"));
+    out(&format!("queue: {}", config.data_dir.display()));
     let daemon = match control::request(&config.data_dir, &Request::Status) {
         Ok(_) => "running".to_owned(),
         Err(ClientError::NotRunning(..)) => "not running".to_owned(),
         Err(e) => format!("unknown: {e}"),
     };
-    let _ = writeln!(out, "daemon: {daemon}");
+    out(&format!("daemon: {daemon}"));
     if params.smarthosts.is_empty() {
-        let _ = writeln!(out, "no smarthost is configured: all mail is held");
+        out("no smarthost is configured: all mail is held");
         return EX_CONFIG;
     }
     let envelope = envelope(config, recipient);
-    let _ = writeln!(
-        out,
+    out(&format!(
         "envelope: MAIL FROM:<{}> RCPT TO:<{}> (a smarthost's `from` replaces the sender)",
         envelope.sender,
         envelope.recipients.join(">, <")
-    );
+    ));
     let code = probe::run(params, &envelope, out);
     let verdict = if code == 0 { "works" } else { "FAILS" };
-    let _ = writeln!(out, "route: {verdict}");
+    out(&format!("route: {verdict}"));
     code
 }
 
@@ -71,7 +69,7 @@ fn envelope(config: &Config, recipient: Option<&str>) -> Envelope {
 /// `outpost test --send RCPT`: queues a test message through the daemon's submission socket
 /// (as `sendmail` does) and waits, within `--timeout` (default 60 s), until a smarthost took it
 /// (exit 0) or refused it for good (69); still queued at the deadline: 75, the message stays.
-pub fn send(config: &Config, args: &TestArgs, out: &mut dyn Write) -> u8 {
+pub fn send(config: &Config, args: &TestArgs, out: &mut dyn FnMut(&str)) -> u8 {
     let Some(recipient) = args.recipient.as_deref() else {
         return EX_USAGE;
     };
@@ -97,18 +95,18 @@ pub fn send(config: &Config, args: &TestArgs, out: &mut dyn Write) -> u8 {
     let prepared = match sendmail::prepare(&sendmail_args, &origin, raw.as_bytes()) {
         Ok(prepared) => prepared,
         Err(e) => {
-            let _ = writeln!(out, "cannot make the test message: {e}");
+            out(&format!("cannot make the test message: {e}"));
             return e.code;
         }
     };
     let queued = match sendmail::submit::send(&sendmail::socket_path(&config.data_dir), &prepared) {
         Ok(text) => text,
         Err(e @ SubmitError::Down(_)) => {
-            let _ = writeln!(out, "cannot queue the test message: {e}");
+            out(&format!("cannot queue the test message: {e}"));
             return EX_UNAVAILABLE;
         }
         Err(e) => {
-            let _ = writeln!(out, "cannot queue the test message: {e}");
+            out(&format!("cannot queue the test message: {e}"));
             return e.exit_code();
         }
     };
@@ -117,17 +115,16 @@ pub fn send(config: &Config, args: &TestArgs, out: &mut dyn Write) -> u8 {
         .last()
         .unwrap_or_default()
         .to_owned();
-    let _ = writeln!(
-        out,
+    out(&format!(
         "queued as {id}: from <{}> to <{}>",
         prepared.sender,
         prepared.recipients.join(">, <")
-    );
+    ));
     wait_outcome(config, &id, args.timeout.unwrap_or(SEND_TIMEOUT), out)
 }
 
 /// Polls the daemon until message `id` was sent or bounced, or `timeout` passed.
-fn wait_outcome(config: &Config, id: &str, timeout: Duration, out: &mut dyn Write) -> u8 {
+fn wait_outcome(config: &Config, id: &str, timeout: Duration, out: &mut dyn FnMut(&str)) -> u8 {
     let start = Instant::now();
     let request = Request::Outcome(id.to_owned());
     loop {
@@ -135,7 +132,7 @@ fn wait_outcome(config: &Config, id: &str, timeout: Duration, out: &mut dyn Writ
             Ok(response) if response.ok => {
                 let outcome = response.body.trim();
                 let ms = start.elapsed().as_millis();
-                let _ = writeln!(out, "after {ms} ms: {outcome}");
+                out(&format!("after {ms} ms: {outcome}"));
                 return if outcome.starts_with("sent") {
                     0
                 } else {
@@ -144,17 +141,16 @@ fn wait_outcome(config: &Config, id: &str, timeout: Duration, out: &mut dyn Writ
             }
             Ok(_) => {}
             Err(e) => {
-                let _ = writeln!(out, "{e}");
+                out(&format!("{e}"));
                 return EX_UNAVAILABLE;
             }
         }
         if start.elapsed() >= timeout {
             let wait = humantime::format_duration(timeout);
-            let _ = writeln!(
-                out,
+            out(&format!(
                 "not taken by a smarthost within {wait}: the message stays queued \
                  (`outpost queue show {id}` says why)"
-            );
+            ));
             return EX_TEMPFAIL;
         }
         std::thread::sleep(POLL);

@@ -3,7 +3,6 @@
 //! `RSET` and `QUIT`: nothing is ever sent. Prints each step with its time and verdict and
 //! names the one that failed; the exit code is a sysexits(3) code per kind of failure.
 
-use std::io::Write;
 use std::time::Instant;
 
 use super::link::{open_session_watched, Connection, Progress};
@@ -34,12 +33,11 @@ pub struct Envelope {
 }
 
 /// Tests every smarthost in order and returns 0 when each of them works, else the exit code
-/// of the first failure (`failure_code`). Output goes to `out`.
-pub fn run(params: &ForwardParams, envelope: &Envelope, out: &mut dyn Write) -> u8 {
+/// of the first failure (`failure_code`). Each line of output goes to `out`.
+pub fn run(params: &ForwardParams, envelope: &Envelope, out: &mut dyn FnMut(&str)) -> u8 {
     let mut code = 0;
     for (index, smarthost) in params.smarthosts.iter().enumerate() {
-        let _ = writeln!(
-            out,
+        out(&format!(
             "smarthost {}: {} (tls = {})",
             index + 1,
             smarthost.address,
@@ -48,7 +46,7 @@ pub fn run(params: &ForwardParams, envelope: &Envelope, out: &mut dyn Write) -> 
                 TlsPolicy::StartTls => "starttls",
                 TlsPolicy::Implicit => "implicit",
             }
-        );
+        ));
         let mut steps = Steps {
             out: &mut *out,
             step: "resolve",
@@ -73,14 +71,14 @@ pub fn run(params: &ForwardParams, envelope: &Envelope, out: &mut dyn Write) -> 
                 format!("fails at {failed} (exit {exit})")
             }
         };
-        let _ = writeln!(out, "smarthost {}: {verdict}", index + 1);
+        out(&format!("smarthost {}: {verdict}", index + 1));
     }
     code
 }
 
 /// Prints the steps of one smarthost, each with the time since the previous line.
 struct Steps<'a> {
-    out: &'a mut dyn Write,
+    out: &'a mut dyn FnMut(&str),
     /// The step under way (named in the failure line).
     step: &'static str,
     last: Instant,
@@ -91,7 +89,7 @@ impl Steps<'_> {
         let now = Instant::now();
         let ms = now.duration_since(self.last).as_millis();
         self.last = now;
-        let _ = writeln!(self.out, "  {ms:>5} ms  {step:<12} {text}");
+        (self.out)(&format!("  {ms:>5} ms  {step:<12} {text}"));
     }
 
     fn progress(&mut self, progress: Progress<'_>) {

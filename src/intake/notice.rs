@@ -26,7 +26,9 @@ impl Intake {
             .as_ref()
             .and_then(|map| Some((map.admin()?.to_owned(), map.domain().to_owned())))
         else {
-            if self.unsent_notices.borrow_mut().insert(kind) {
+            let mut unsent = self.unsent_notices.borrow_mut();
+            if !unsent.contains(&kind) {
+                unsent.push(kind);
                 info!("no admin address set: notice not sent ({kind}): {subject}");
             }
             return None;
