@@ -417,6 +417,39 @@ mod tests {
     }
 
     #[test]
+    fn test_takes_a_recipient_send_and_timeout() {
+        assert_eq!(
+            parse_str(&["test"]).unwrap(),
+            Cmd::Test(ConfigArgs::default(), TestArgs::default())
+        );
+        let Cmd::Test(target, args) = parse_str(&[
+            "test",
+            "ops@example.com",
+            "--send",
+            "--timeout",
+            "90s",
+            "-c",
+            "/etc/o.toml",
+        ])
+        .unwrap() else {
+            panic!("not a test command");
+        };
+        assert_eq!(target.config, Some(PathBuf::from("/etc/o.toml")));
+        assert_eq!(args.recipient.as_deref(), Some("ops@example.com"));
+        assert!(args.send);
+        assert_eq!(args.timeout, Some(std::time::Duration::from_secs(90)));
+        for bad in [
+            &["test", "--send"][..],
+            &["test", "a@b", "c@d"],
+            &["test", "a@b>\r\nDATA"],
+            &["test", "a b@c"],
+            &["test", "--timeout", "soon"],
+        ] {
+            assert!(parse_str(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn no_arguments_serves_on_defaults() {
         assert_eq!(parse_str(&[]).unwrap(), Cmd::Serve(ConfigArgs::default()));
     }
