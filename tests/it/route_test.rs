@@ -202,3 +202,58 @@ fn test_send_without_a_daemon_says_so() {
     assert_eq!(run.code, Some(69), "{run}");
     assert!(run.stdout.contains("the daemon is not running"), "{run}");
 }
+
+#[test]
+fn test_walks_implicit_tls_before_the_greeting() {
+    let dir = TestDir::new();
+    let pki = TestPki::loopback();
+    let smarthost = Smarthost::builder().implicit_tls(&pki).start();
+    let config = RelayConfig::with_smarthost(smarthost.port()).smarthost_tls("tls", pki.ca.clone());
+    let run = route_test(&dir, &config, &[]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let tls = run.stdout.find(" TLS ").unwrap_or_else(|| panic!("{run}"));
+    let greeting = run
+        .stdout
+        .find(" greeting ")
+        .unwrap_or_else(|| panic!("{run}"));
+    assert!(tls < greeting, "TLS before the greeting: {run}");
+    assert!(step_line(&run, "TLS").contains("verified"), "{run}");
+    assert!(run.stdout.contains("(tls = implicit)"), "{run}");
+}
+
+#[test]
+fn test_refreshes_the_oauth2_token_then_authenticates_with_it() {
+    use std::sync::{Arc, Mutex};
+    const REFRESH: &str = "refresh-1";
+    let dir = TestDir::new();
+    let pki = TestPki::loopback();
+    let state = Arc::new(Mutex::new(OAuthState {
+        refresh_token: REFRESH.to_owned(),
+        client_id: "client-1".to_owned(),
+        ..OAuthState::default()
+    }));
+    let endpoint = TokenEndpoint::start(&pki.cert, &pki.key, &state);
+    let smarthost = Smarthost::builder().oauth(&pki, &state, true).start();
+    let refresh = dir.join("refresh-token");
+    std::fs::write(&refresh, format!("{REFRESH}\n")).unwrap();
+    let config = RelayConfig::with_smarthost(smarthost.port())
+        .smarthost_tls("starttls", pki.ca.clone())
+        .smarthost_keys(&format!(
+            "username = \"site@example.com\"\noauth2_token_url = {}\n\
+             oauth2_client_id = \"client-1\"\noauth2_refresh_token_file = {}",
+            toml_string(&endpoint.url()),
+            toml_string(&refresh.to_string_lossy())
+        ));
+    let run = route_test(&dir, &config, &[]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(
+        step_line(&run, "OAuth2 token").contains("ok from https://"),
+        "{run}"
+    );
+    assert!(step_line(&run, "AUTH").contains("ok 235"), "{run}");
+    assert_eq!(state.lock().unwrap().issued, 1, "{run}");
+    // A refused refresh token is the token step's failure, exit 77.
+    state.lock().unwrap().refresh_token = "another".to_owned();
+    let run = route_test(&dir, &config, &[]);
+    assert_fails_at(&run, "OAuth2 token", 77, "OAuth2 token endpoint");
+}
