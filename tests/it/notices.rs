@@ -139,3 +139,37 @@ fn an_old_queue_brings_one_notice_delivered_when_the_smarthost_is_back() {
         "{log}"
     );
 }
+
+#[test]
+fn a_queue_past_queue_fill_brings_a_notice() {
+    let port = Smarthost::reserve_port();
+    let relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(port)
+            .top(&format!("admin = \"{ADMIN}\"\nmax_message_size = 20000"))
+            .queue("max_bytes = 20000")
+            // A short queue_age: checks every second.
+            .section("[notify]\nqueue_fill = 10\nqueue_age = \"2s\""),
+    );
+    let mut client = RawClient::ready(relay.port());
+    let body = "x".repeat(3000) + "\r\n";
+    assert_queued(&client.send_mail("cam@lan.test", &["big@remote.test"], &message("big", &body)));
+    relay.wait_log("notice (queue_fill) queued as");
+    let upstream = Smarthost::start_on(port);
+    let arrived = wait_until(DELIVERY, Duration::from_millis(50), || {
+        !notices(&upstream).is_empty()
+    });
+    if !arrived {
+        relay.fail("queue_fill notice not delivered");
+    }
+    let text = notices(&upstream)[0].data_str();
+    assert!(
+        text.contains("Subject: outpost: the queue is over 10% full"),
+        "{text}"
+    );
+    assert!(text.contains("of [queue] max_bytes (20000)"), "{text}");
+    assert!(
+        !relay.log().contains("notice (queue_age)"),
+        "{}",
+        relay.log()
+    );
+}
