@@ -27,6 +27,9 @@ Usage:
   outpost sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   submit stdin (sendmail(1))
   outpost sendmail -bv RCPT...     where each recipient goes (aliases, admin, domain)
   outpost newaliases               check the aliases (also `sendmail -bi`)
+  outpost test [RCPT]              check the route to every smarthost, up to RCPT TO (default
+                                   root, mapped); nothing is sent (exit 0: all work)
+  outpost test --send RCPT [--timeout 60s]   queue a test message, wait until a smarthost took it
   outpost --help | --version
   (invoked as `mailq` or `sendmail -bp`: the queue in Postfix's format; as `sendmail`:
   `outpost sendmail`; as `newaliases`: `outpost newaliases`; any other program name is a usage
@@ -58,6 +61,8 @@ pub enum Cmd {
     Queue(ConfigArgs, Request),
     /// `outpost status`.
     Status(ConfigArgs),
+    /// `outpost test [RCPT] [--send] [--timeout DURATION]`.
+    Test(ConfigArgs, TestArgs),
     /// `outpost sendmail …` (and `argv[0] == "sendmail"`).
     Sendmail(ConfigArgs, SendmailArgs),
     Help,
@@ -71,6 +76,17 @@ pub enum Cmd {
 pub struct ConfigArgs {
     pub config: Option<PathBuf>,
     pub overrides: Overrides,
+}
+
+/// `outpost test`'s arguments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestArgs {
+    /// `None`: `root`, mapped as a local name.
+    pub recipient: Option<String>,
+    /// `--send`: queue a real test message through the daemon.
+    pub send: bool,
+    /// `--timeout`: how long `--send` waits for the smarthost (default 60 s).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// A malformed command line (exit 64).
@@ -166,6 +182,7 @@ where
                 Cmd::Help => Ok(Cmd::Help),
                 _ => Err(UsageError("`reload` takes no --json".into())),
             },
+            Some("test") => parse_test(&mut parser),
             Some("sendmail") => {
                 parse_sendmail(parser.raw_args()?.collect::<Vec<_>>(), Mode::Deliver)
             }
@@ -326,6 +343,43 @@ fn queue_request(
     })
 }
 
+/// `test [RCPT] [--send] [--timeout DURATION]`; the recipient may not carry characters that
+/// would change the SMTP command it goes into.
+fn parse_test(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
+    let mut target = ConfigArgs::default();
+    let mut args = TestArgs::default();
+    while let Some(arg) = parser.next()? {
+        if let Some(flag) = client_flag(&arg) {
+            client_value(parser, flag, &mut target)?;
+            continue;
+        }
+        match arg {
+            Long("send") => args.send = true,
+            Long("timeout") => {
+                let text = string(parser, "--timeout")?;
+                let timeout = humantime::parse_duration(&text)
+                    .map_err(|e| UsageError(format!("--timeout {text:?}: {e}")))?;
+                args.timeout = Some(timeout);
+            }
+            Short('h') | Long("help") => return Ok(Cmd::Help),
+            Value(v) if args.recipient.is_none() => {
+                let v = v
+                    .into_string()
+                    .map_err(|v| UsageError(format!("{v:?} is not valid UTF-8")))?;
+                if v.is_empty() || v.chars().any(|c| c.is_control() || " <>".contains(c)) {
+                    return Err(UsageError(format!("{v:?} is not a mail address")));
+                }
+                args.recipient = Some(v);
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    if args.send && args.recipient.is_none() {
+        return Err(UsageError("`test --send` needs a recipient".into()));
+    }
+    Ok(Cmd::Test(target, args))
+}
+
 fn parse_status(parser: &mut lexopt::Parser) -> Result<Cmd, UsageError> {
     let mut target = ConfigArgs::default();
     let mut json = false;
@@ -368,6 +422,39 @@ mod tests {
 
     fn parse_str(args: &[&str]) -> Result<Cmd, UsageError> {
         parse(args.iter().copied())
+    }
+
+    #[test]
+    fn test_takes_a_recipient_send_and_timeout() {
+        assert_eq!(
+            parse_str(&["test"]).unwrap(),
+            Cmd::Test(ConfigArgs::default(), TestArgs::default())
+        );
+        let Cmd::Test(target, args) = parse_str(&[
+            "test",
+            "ops@example.com",
+            "--send",
+            "--timeout",
+            "90s",
+            "-c",
+            "/etc/o.toml",
+        ])
+        .unwrap() else {
+            panic!("not a test command");
+        };
+        assert_eq!(target.config, Some(PathBuf::from("/etc/o.toml")));
+        assert_eq!(args.recipient.as_deref(), Some("ops@example.com"));
+        assert!(args.send);
+        assert_eq!(args.timeout, Some(std::time::Duration::from_secs(90)));
+        for bad in [
+            &["test", "--send"][..],
+            &["test", "a@b", "c@d"],
+            &["test", "a@b>\r\nDATA"],
+            &["test", "a b@c"],
+            &["test", "--timeout", "soon"],
+        ] {
+            assert!(parse_str(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

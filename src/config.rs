@@ -22,8 +22,8 @@ mod token_url;
 mod validate;
 
 pub use self::effective::{
-    Config, QueueConfig, Secret, Smarthost, SmarthostAuth, SmarthostOAuth2, StoreConfig, Timeouts,
-    TlsFiles, User, MAX_SMARTHOSTS,
+    Config, NotifyConfig, QueueConfig, Secret, Smarthost, SmarthostAuth, SmarthostOAuth2,
+    StoreConfig, Timeouts, TlsFiles, User, MAX_SMARTHOSTS,
 };
 pub use self::file::Problem;
 pub use self::load::{choose, locate, Overrides, CONFIG_ENV, SYSTEM_CONFIG};

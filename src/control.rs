@@ -84,6 +84,8 @@ pub enum Request {
     Poke,
     /// `outpost reload`: re-read the config (`ERR` with its problems when refused).
     Reload,
+    /// What became of a message lately sent or bounced (`outpost test --send`).
+    Outcome(String),
 }
 
 impl Request {
@@ -103,6 +105,7 @@ impl Request {
             Self::StatusJson => "STATUS JSON".into(),
             Self::Poke => "POKE".into(),
             Self::Reload => "RELOAD".into(),
+            Self::Outcome(id) => format!("OUTCOME {id}"),
         }
     }
 
@@ -123,6 +126,7 @@ impl Request {
             ("STATUS", [json]) if json == "JSON" => Self::StatusJson,
             ("POKE", []) => Self::Poke,
             ("RELOAD", []) => Self::Reload,
+            ("OUTCOME", [id]) => Self::Outcome(id.clone()),
             _ => return None,
         };
         Some(request)
@@ -306,6 +310,11 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             shared.maildrop().notify();
             Response::ok(String::new())
         }
+        Request::Outcome(text) => match parse_id(text).map(|id| shared.link().outcome(id)) {
+            Some(Some(outcome)) => Response::ok(format!("{outcome}\n")),
+            Some(None) => Response::err(format!("{text}: not sent or bounced lately\n")),
+            None => Response::err(format!("{text}: not a queue id (16 hex digits)\n")),
+        },
     }
 }
 
@@ -561,6 +570,7 @@ mod tests {
             Request::Status,
             Request::Poke,
             Request::Reload,
+            Request::Outcome("00000000000000AB".into()),
         ] {
             assert_eq!(Request::parse_line(&request.to_line()), Some(request));
         }

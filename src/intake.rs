@@ -7,6 +7,7 @@
 //! aliases and `admin` applied to every envelope (`mapping`). Never talks to a peer, never
 //! touches sled directly (only the `store` API), and never imports the daemon that builds it.
 
+mod notice;
 mod rejects;
 mod space;
 
@@ -72,6 +73,8 @@ pub enum Source<'a> {
     Maildrop,
     /// A delivery-status notification about message `of`.
     Dsn { of: QueueId },
+    /// A notice to `admin` (`notify_admin`); `kind` names it in the log line.
+    Notice { kind: &'static str },
 }
 
 /// The envelope of a message entering the queue.
@@ -128,6 +131,10 @@ pub struct Intake {
     /// Raised when the store fails with an I/O error: the daemon shuts down and exits 75.
     store_failure: Shutdown,
     store_error: RefCell<Option<String>>,
+    /// Notices queued since start (their Message-IDs).
+    notices: Cell<u64>,
+    /// Kinds of notice already logged as not sent for want of `admin` (logged once each).
+    unsent_notices: RefCell<Vec<&'static str>>,
 }
 
 /// What `IntakePolicy` makes of the intake: the policy, the header fields its `[[priority]]`
@@ -172,6 +179,8 @@ impl Intake {
             rejects: Rejects::default(),
             store_failure: Shutdown::default(),
             store_error: RefCell::new(None),
+            notices: Cell::new(0),
+            unsent_notices: RefCell::default(),
         }
     }
 
@@ -269,7 +278,8 @@ impl Intake {
             priority: Priority::Normal,
             coalesce: None,
         };
-        if !matches!(source, Source::Dsn { .. }) {
+        let own = matches!(source, Source::Dsn { .. } | Source::Notice { .. });
+        if !own {
             self.label(&mut info, &headers);
         }
         let sender = info.sender.clone();
@@ -284,8 +294,14 @@ impl Intake {
         };
         let first = first.unwrap_or_default();
         log_queued(id, &source, &sender, (nrcpt, &first), stored);
-        if let Source::Dsn { .. } = source {
-            return Ok(id);
+        // The forwarder queues DSNs itself, in its pass; a notice comes from elsewhere.
+        match source {
+            Source::Dsn { .. } => return Ok(id),
+            Source::Notice { .. } => {
+                self.forwarder.notify();
+                return Ok(id);
+            }
+            _ => {}
         }
         self.accepted.set(self.accepted.get().saturating_add(1));
         self.forwarder.notify();
@@ -305,7 +321,10 @@ impl Intake {
     /// itself, are not checked).
     fn check_hops(&self, headers: &HeaderWatch, source: &Source<'_>) -> Result<(), IntakeError> {
         let (received, max_hops) = (headers.received(), self.rules().policy.max_hops);
-        if max_hops == 0 || received <= max_hops || matches!(source, Source::Dsn { .. }) {
+        if max_hops == 0
+            || received <= max_hops
+            || matches!(source, Source::Dsn { .. } | Source::Notice { .. })
+        {
             return Ok(());
         }
         Err(IntakeError::TooManyHops { received, max_hops })
@@ -396,6 +415,9 @@ fn log_queued(
             "maildrop queue_id={id} from=<{sender}> nrcpt={nrcpt} size={stored} status=queued"
         ),
         Source::Dsn { of } => info!("queue_id={of} DSN queued as {id} to=<{}>", Escaped(first)),
+        Source::Notice { kind } => {
+            info!("notice ({kind}) queued as {id} to=<{}>", Escaped(first));
+        }
     }
 }
 

@@ -38,6 +38,9 @@
 //! - [`net`]: the SMTP side facing clients: the accept loops (TCP, and the local submission
 //!   socket with the peer's uid), one task per connection, timeouts, STARTTLS, and the AUTH
 //!   password check.
+//! - [`route`]: `outpost test`: the route to every smarthost checked step by step, and a test
+//!   message sent through the daemon.
+//! - [`notice`]: the periodic word to `admin` about the queue (too old, too full, disk short).
 //! - [`shared`]: the state the daemon's services share, built whole by the daemon.
 //!
 //! The queue:
@@ -93,8 +96,10 @@ pub mod logging;
 pub mod mapping;
 pub mod message;
 pub mod net;
+pub mod notice;
 pub mod priority;
 pub mod rate;
+pub mod route;
 pub mod sd_notify;
 pub mod sendmail;
 pub mod shared;

@@ -9,7 +9,7 @@ use log::{error, LevelFilter};
 use outpost::cli::{self, Cmd, ConfigArgs};
 use outpost::config::{self, Config, ConfigError};
 use outpost::logging::{self, LogTarget};
-use outpost::{control, daemon, sendmail};
+use outpost::{control, daemon, route, sendmail};
 
 /// sysexits(3)
 const EX_USAGE: u8 = 64;
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             )),
             Err(code) => code,
         },
+        Cmd::Test(target, args) => test(&target, &args),
         // `-bs`: stdin is copied to the daemon's socket from another thread, so it is not
         // locked here.
         Cmd::Sendmail(target, args) if args.mode == sendmail::Mode::Smtp => {
@@ -113,6 +114,42 @@ fn check_config(args: &ConfigArgs) -> ExitCode {
         )),
         Err(code) => code,
     }
+}
+
+/// `outpost test`: the route (`route::main`), or `--send` a test message (`route::send`).
+fn test(target: &ConfigArgs, args: &cli::TestArgs) -> ExitCode {
+    // The whole config, credentials included: the route is tried as the daemon would.
+    let loaded = if args.send {
+        load_client(target)
+    } else {
+        load(target)
+    };
+    let (config, file) = match loaded {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    // One line at a time, as each step ends.
+    let out = &mut |line: &str| {
+        print_stdout(&format!("{line}\n"));
+    };
+    let code = if args.send {
+        route::send(&config, args, out)
+    } else {
+        match daemon::route_params(&config) {
+            Ok(params) => route::main(
+                &config,
+                &origin(file.as_deref()),
+                &params,
+                args.recipient.as_deref(),
+                out,
+            ),
+            Err(e) => {
+                eprintln!("outpost: {e}");
+                e.exit_code()
+            }
+        }
+    };
+    ExitCode::from(code)
 }
 
 fn serve(args: &ConfigArgs) -> ExitCode {

@@ -146,7 +146,7 @@ pub fn main(args: &SendmailArgs, config: &Config, input: &mut dyn Read) -> u8 {
 fn deliver(config: &Config, prepared: &Prepared, unique: u64) -> u8 {
     let socket = submit::socket_path(&config.data_dir);
     let down = match submit::send(&socket, prepared) {
-        Ok(()) => return 0,
+        Ok(_) => return 0,
         Err(SubmitError::Down(e)) => e,
         Err(e) => {
             eprintln!("sendmail: {e}");

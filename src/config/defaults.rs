@@ -9,7 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::check::is_hostname;
-use super::effective::{Config, QueueConfig, StoreConfig, Timeouts};
+use super::effective::{Config, NotifyConfig, QueueConfig, StoreConfig, Timeouts};
 use super::local::LocalNames;
 
 pub(super) const KIB: u64 = 1024;
@@ -58,6 +58,11 @@ impl Default for Config {
                 data: Duration::from_secs(3 * 60),
                 smarthost: Duration::from_secs(5 * 60),
                 smarthost_data_end: Duration::from_secs(10 * 60),
+            },
+            notify: NotifyConfig {
+                queue_age: Duration::from_secs(3600),
+                queue_fill: 80,
+                interval: Duration::from_secs(24 * 3600),
             },
             metrics: None,
             rate_limit: None,

@@ -55,6 +55,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub store: StoreConfig,
     pub timeouts: Timeouts,
+    pub notify: NotifyConfig,
     /// `[metrics] listen`: Prometheus text exposition on `GET /metrics`; `None`: off.
     pub metrics: Option<SocketAddr>,
     /// `[rate_limit]`: messages per envelope sender in a window; `None`: no limit.
@@ -160,6 +161,17 @@ pub struct QueueConfig {
     pub failed_retention: Duration,
 }
 
+/// `[notify]`: the queue conditions `admin` is told about, each at most once per `interval`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// The oldest queued message has waited longer than this.
+    pub queue_age: Duration,
+    /// The queue holds more than this percentage of `[queue] max_bytes`.
+    pub queue_fill: u8,
+    /// The least time between two notices about one condition.
+    pub interval: Duration,
+}
+
 /// `[store]`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -239,7 +251,7 @@ impl Config {
         }
     }
 
-    /// `[queue]`, `[store]`, `[timeouts]` and `[metrics]`.
+    /// `[queue]`, `[store]`, `[timeouts]`, `[notify]` and `[metrics]`.
     fn toml_queue(&self, out: &mut String) {
         let q = &self.queue;
         *out += &format!("\n[queue]\nretry_min = {}\n", toml_duration(q.retry_min));
@@ -261,6 +273,13 @@ impl Config {
         *out += &format!(
             "smarthost_data_end = {}\n",
             toml_duration(t.smarthost_data_end)
+        );
+        let n = &self.notify;
+        *out += &format!(
+            "\n[notify]\nqueue_age = {}\nqueue_fill = {}\ninterval = {}\n",
+            toml_duration(n.queue_age),
+            n.queue_fill,
+            toml_duration(n.interval)
         );
         if let Some(addr) = self.metrics {
             *out += &format!("\n[metrics]\nlisten = \"{addr}\"\n");

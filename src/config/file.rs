@@ -42,6 +42,9 @@ pub struct ConfigFile {
     pub store: StoreSection,
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+    /// `[notify]`: when `admin` is told about the queue.
+    #[serde(default)]
+    pub notify: NotifySection,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: Option<MetricsSection>,
     /// `[rate_limit]`: per-sender limits on the way in.
@@ -215,6 +218,16 @@ pub struct TimeoutsSection {
     pub data: Option<String>,
     pub smarthost: Option<String>,
     pub smarthost_data_end: Option<String>,
+}
+
+/// `[notify]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    pub queue_age: Option<String>,
+    /// Percent of `[queue] max_bytes`.
+    pub queue_fill: Option<u64>,
+    pub interval: Option<String>,
 }
 
 /// `[metrics]`

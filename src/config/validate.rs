@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 use super::check::{check_sha512_crypt, is_hostname};
 use super::defaults::{DEFAULT_COALESCE_PARTS, DEFAULT_COALESCE_WINDOW, DEFAULT_RATE_WINDOW, KIB};
-use super::effective::{Config, QueueConfig, StoreConfig, Timeouts, TlsFiles, User};
+use super::effective::{Config, NotifyConfig, QueueConfig, StoreConfig, Timeouts, TlsFiles, User};
 use super::file::{self, ConfigFile, Problem};
 use super::local::{local_names, LocalNames};
 use crate::coalesce::CoalescePolicy;
@@ -110,6 +110,7 @@ impl Config {
             queue: v.queue(&file.queue, d.queue),
             store: v.store(&file.store, d.store),
             timeouts: v.timeouts(&file.timeouts, d.timeouts),
+            notify: v.notify(&file.notify, d.notify),
             metrics: v.metrics(file.metrics.as_ref(), d.metrics),
             rate_limit: v.rate_limit(file.rate_limit.as_ref()),
             priority: v.priority(&file.priority),
@@ -560,6 +561,14 @@ impl Validator {
                 d.failed_retention,
                 true,
             ),
+        }
+    }
+
+    fn notify(&mut self, n: &file::NotifySection, d: NotifyConfig) -> NotifyConfig {
+        NotifyConfig {
+            queue_age: self.duration("notify.queue_age", &n.queue_age, d.queue_age, false),
+            queue_fill: self.count("notify.queue_fill", n.queue_fill, d.queue_fill, 100),
+            interval: self.duration("notify.interval", &n.interval, d.interval, false),
         }
     }
 

@@ -151,6 +151,12 @@ pub fn run(config: Config, load: Loader) -> Result<(), DaemonError> {
     run_daemon(config, daemon, shutdown)
 }
 
+/// The smarthosts and their settings as the forwarder would use them (`outpost test`).
+pub fn route_params(config: &Config) -> Result<crate::forward::ForwardParams, DaemonError> {
+    let tls = start::smarthost_client_configs(config)?;
+    Ok(start::forward_params(config, &tls))
+}
+
 /// Binds every address (port 0 picks a free port; the log line shows the real one).
 pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, DaemonError> {
     addrs

@@ -104,6 +104,7 @@ pub(super) async fn serve(
     let (local, submit_path) = local_submission(&ex, submit, &shared);
     let acceptors: Vec<_> = on_time.chain(late).chain(local).collect();
     let housekeeper = ex.spawn(housekeeping(shared.clone()));
+    ex.spawn(crate::notice::watch(shared.clone())).detach();
     readiness::ready(&notifier, &shared);
     let reporter = ex.spawn(readiness::report(notifier.clone(), shared.clone()));
 

@@ -1,6 +1,6 @@
 //! Mail that cannot be delivered: expiry after `max_age`, and the DSN to the sender, built by
-//! `dsn` from the original's header section and queued like any message. Never bounces a
-//! bounce; never touches sled directly.
+//! `dsn` from the original's header section and queued like any message, and the notice to
+//! `admin`. Never bounces a bounce, never sends a notice about one; never touches sled directly.
 
 use log::{error, warn};
 
@@ -65,7 +65,14 @@ impl Forwarder {
         failed: &[dsn::FailedRecipient],
         smarthost: Option<&str>,
     ) {
-        if failed.is_empty() || !dsn::wants_dsn(&message.info.sender) {
+        if failed.is_empty() {
+            return;
+        }
+        // Never a notice about a null-sender message: DSNs and notices themselves.
+        if !message.info.sender.is_empty() {
+            self.notify_failed(message, failed, smarthost).await;
+        }
+        if !dsn::wants_dsn(&message.info.sender) {
             return;
         }
         let original = match self.header_bytes(message.id) {
@@ -103,6 +110,31 @@ impl Forwarder {
             received_unix: now_unix,
         };
         self.enqueue(&bytes, envelope, message.id).await;
+    }
+
+    /// The notice to `admin` that `message` failed for good: who, to whom, the reply.
+    async fn notify_failed(
+        &self,
+        message: &QueuedMessage,
+        failed: &[dsn::FailedRecipient],
+        smarthost: Option<&str>,
+    ) {
+        let first = failed.first().map_or("", |f| f.address.as_str());
+        let subject = format!("outpost: mail to {first} failed for good");
+        let mut text = format!(
+            "outpost gave up on a message and returned it to its sender.\n\n\
+             Queue ID: {}\nFrom: <{}>\nSmarthost: {}\n\nFailed recipients:\n",
+            message.id,
+            message.info.sender,
+            smarthost.unwrap_or("none (it expired in the queue)")
+        );
+        for recipient in failed {
+            text.push_str(&format!(
+                "  <{}>: {}\n",
+                recipient.address, recipient.diagnostic
+            ));
+        }
+        self.intake.notify_admin("failed", &subject, &text).await;
     }
 
     /// Queues the DSN `bytes` about message `of` through intake (which logs it).

@@ -112,6 +112,8 @@ impl Forwarder {
                 }
                 Outcome::Bounce(reply) => {
                     self.link.count_bounced();
+                    self.link
+                        .record_outcome(message.id, format!("bounced {reply}"));
                     self.link.set_error(format!("{address}: {reply}"));
                     warn!("{line}");
                     bounced.push(dsn::FailedRecipient {
@@ -122,6 +124,9 @@ impl Forwarder {
                 }
                 Outcome::Delivered(_) => {
                     self.link.count_sent(self.active);
+                    let smarthost = self.address();
+                    self.link
+                        .record_outcome(message.id, format!("sent to {smarthost}: {reply}"));
                     info!("{line}");
                 }
             }

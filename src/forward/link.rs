@@ -4,6 +4,7 @@
 //! `smtp::client`'s and `outcome`'s business. Never logs what it sends (AUTH secrets).
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,12 +36,47 @@ pub(super) async fn open_session(
     tls_config: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> Result<(Connection, ClientSession), ForwardError> {
-    let stream = with_timeout(timeout, Stage::Greeting, async {
-        TcpStream::connect(smarthost)
+    open_session_watched(smarthost, params, tls_config, timeout, &mut |_| {}).await
+}
+
+/// How far `open_session_watched` got, for `outpost test` (the forwarder ignores it).
+pub(super) enum Progress<'a> {
+    /// A step begins: `resolve`, `connect`, `greeting`, `TLS`, or the verb sent (`EHLO`,
+    /// `HELO`, `STARTTLS`, `AUTH`; never the bytes, which may be AUTH secrets).
+    Step(&'static str),
+    Resolved(&'a [SocketAddr]),
+    Connected(SocketAddr),
+    Reply(&'a Reply),
+    /// The TLS handshake succeeded (the certificate verified).
+    Tls(&'a MaybeTls<TcpStream>),
+}
+
+/// `open_session`, telling `watch` each step as it begins and what it got.
+pub(super) async fn open_session_watched(
+    smarthost: &str,
+    params: ClientParams,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    watch: &mut dyn FnMut(Progress<'_>),
+) -> Result<(Connection, ClientSession), ForwardError> {
+    watch(Progress::Step("resolve"));
+    let addrs = with_timeout(timeout, Stage::Greeting, async {
+        smol::net::resolve(smarthost)
             .await
             .map_err(ForwardError::Connect)
     })
     .await?;
+    watch(Progress::Resolved(&addrs));
+    watch(Progress::Step("connect"));
+    let stream = with_timeout(timeout, Stage::Greeting, async {
+        TcpStream::connect(&addrs[..])
+            .await
+            .map_err(ForwardError::Connect)
+    })
+    .await?;
+    if let Ok(peer) = stream.peer_addr() {
+        watch(Progress::Connected(peer));
+    }
     // The body goes out in large writes followed by a short final one (`.\r\n`); with Nagle's
     // algorithm that last segment waits for the smarthost's delayed ACK (40 ms on Linux), a
     // wait per message that would cap the relay rate for large messages. Our writes are already
@@ -54,21 +90,31 @@ pub(super) async fn open_session(
         timeout,
     };
     if params.tls == TlsPolicy::Implicit {
+        watch(Progress::Step("TLS"));
         conn.start_tls(smarthost, tls_config.as_ref(), Stage::Greeting)
             .await?;
+        watch(Progress::Tls(&conn.stream));
     }
     let mut session = ClientSession::new(params);
-    let mut step = session.handle_reply(&conn.read_reply(Stage::Greeting).await?);
+    watch(Progress::Step("greeting"));
+    let reply = conn.read_reply(Stage::Greeting).await?;
+    watch(Progress::Reply(&reply));
+    let mut step = session.handle_reply(&reply);
     loop {
         match step {
-            // The bytes may be AUTH secrets: never logged.
+            // The bytes may be AUTH secrets: never logged, only their verb told.
             ClientStep::Send(bytes) => {
+                watch(Progress::Step(verb(&bytes)));
                 conn.write(&bytes).await?;
-                step = session.handle_reply(&conn.read_reply(Stage::Ehlo).await?);
+                let reply = conn.read_reply(Stage::Ehlo).await?;
+                watch(Progress::Reply(&reply));
+                step = session.handle_reply(&reply);
             }
             ClientStep::StartTls => {
+                watch(Progress::Step("TLS"));
                 conn.start_tls(smarthost, tls_config.as_ref(), Stage::StartTls)
                     .await?;
+                watch(Progress::Tls(&conn.stream));
                 step = session.tls_established();
             }
             ClientStep::Ready => return Ok((conn, session)),
@@ -79,6 +125,14 @@ pub(super) async fn open_session(
             }
         }
     }
+}
+
+/// The verb of a handshake command; anything else is an AUTH continuation line.
+fn verb(command: &[u8]) -> &'static str {
+    ["EHLO", "HELO", "STARTTLS"]
+        .into_iter()
+        .find(|verb| command.starts_with(verb.as_bytes()))
+        .unwrap_or("AUTH")
 }
 
 /// Sends one message on a ready session: envelope, then the body from `open_body` (dot-stuffed

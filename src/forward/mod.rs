@@ -34,6 +34,7 @@ pub mod failover;
 mod link;
 pub mod oauth;
 pub mod outcome;
+pub mod probe;
 pub mod rewrite;
 mod run;
 pub mod schedule;

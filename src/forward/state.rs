@@ -32,7 +32,13 @@ pub struct LinkState {
     pub flush: Wake,
     /// The message on its way to a smarthost now (`mailq` marks it `*`).
     delivering: Cell<Option<QueueId>>,
+    /// The last `RECENT` final outcomes (sent or bounced) with the smarthost's reply, for
+    /// `outpost test --send`.
+    recent: RefCell<std::collections::VecDeque<(QueueId, String)>>,
 }
+
+/// How many final outcomes `LinkState` remembers.
+const RECENT: usize = 32;
 
 /// A snapshot of `LinkState`. The top-level fields describe "the link" as one thing (see
 /// `failover::link_view`): up while any smarthost is up, down when all are.
@@ -94,6 +100,25 @@ impl LinkState {
             current: link.current,
             smarthosts,
         }
+    }
+
+    /// What became of message `id`, if it was sent or bounced lately: `sent REPLY` or
+    /// `bounced REPLY` (the last recipient's).
+    pub fn outcome(&self, id: QueueId) -> Option<String> {
+        let recent = self.recent.borrow();
+        recent
+            .iter()
+            .rev()
+            .find(|(of, _)| *of == id)
+            .map(|(_, o)| o.clone())
+    }
+
+    pub(super) fn record_outcome(&self, id: QueueId, outcome: String) {
+        let mut recent = self.recent.borrow_mut();
+        if recent.len() >= RECENT {
+            recent.pop_front();
+        }
+        recent.push_back((id, outcome));
     }
 
     /// The first smarthost is up: mail goes where it is preferred, a probe would change nothing.

@@ -175,6 +175,13 @@ fn replace_file(path: &Path, text: &str) -> io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&temp)?;
+    // The file keeps its owner when root rewrites it (`outpost test` run as root): the daemon,
+    // running as its own user, must still read it. Not root: the owner is this user anyway.
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+    }
     file.write_all(text.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
@@ -186,6 +193,26 @@ fn replace_file(path: &Path, text: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rewritten_refresh_token_file_keeps_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refresh");
+        std::fs::write(&path, "old\n").unwrap();
+        // As root (CI), the file belongs to another user, as the daemon's does; otherwise this
+        // user keeps owning it.
+        let owner = if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+            65534
+        } else {
+            std::fs::metadata(&path).unwrap().uid()
+        };
+        replace_file(&path, "new").unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.uid(), owner);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+    }
 
     #[test]
     fn refresh_token_file_is_replaced_whole() {

@@ -75,8 +75,8 @@ pub fn connect(path: &Path) -> Result<UnixStream, SubmitError> {
 }
 
 /// Hands `prepared` to the daemon at `path`; `Ok` only once the daemon said 250 to the final
-/// dot (the message is committed).
-pub fn send(path: &Path, prepared: &Prepared) -> Result<(), SubmitError> {
+/// dot (the message is committed), with the text of that reply (`… queued as ID`).
+pub fn send(path: &Path, prepared: &Prepared) -> Result<String, SubmitError> {
     let stream = connect(path)?;
     let mut writer = stream.try_clone().map_err(SubmitError::Broken)?;
     let mut reader = BufReader::new(stream);
@@ -97,11 +97,11 @@ pub fn send(path: &Path, prepared: &Prepared) -> Result<(), SubmitError> {
     writer
         .write_all(&dot_stuffed(&prepared.message))
         .map_err(SubmitError::Broken)?;
-    expect(&mut reader, 250)?;
+    let queued = expect(&mut reader, 250)?;
     // The message is committed: a failed QUIT changes nothing. Its reply is read so that the
     // daemon's 221 does not meet a closed socket.
     let _ = command(&mut writer, &mut reader, "QUIT", 221);
-    Ok(())
+    Ok(queued)
 }
 
 /// Sends one command line and reads its reply, which must have code `want`.
@@ -110,18 +110,19 @@ fn command(
     reader: &mut impl BufRead,
     line: &str,
     want: u16,
-) -> Result<(), SubmitError> {
+) -> Result<String, SubmitError> {
     writer
         .write_all(format!("{line}\r\n").as_bytes())
         .map_err(SubmitError::Broken)?;
     expect(reader, want)
 }
 
-/// Reads one (possibly multi-line) reply; anything but `want` is a refusal.
-fn expect(reader: &mut impl BufRead, want: u16) -> Result<(), SubmitError> {
+/// Reads one (possibly multi-line) reply, whose last line's text is returned; anything but
+/// `want` is a refusal.
+fn expect(reader: &mut impl BufRead, want: u16) -> Result<String, SubmitError> {
     let (code, text) = read_reply(reader).map_err(SubmitError::Broken)?;
     if code == want {
-        Ok(())
+        Ok(text)
     } else {
         Err(SubmitError::Refused(code, text))
     }
