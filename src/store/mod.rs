@@ -32,10 +32,12 @@ mod extent;
 mod flush;
 mod housekeeping;
 mod index;
+mod journal;
 mod key;
 mod open;
 mod private;
 mod query;
+mod rebuild;
 mod record;
 mod recover;
 mod spool;
@@ -159,7 +161,30 @@ pub struct QueueFull;
 pub struct RecoveryReport {
     pub messages: u64,
     pub swept_spools: u64,
+    /// Database records moved to the `corrupt` tree.
     pub quarantined: u64,
+    /// Messages the database lacked, rebuilt from the body file journal.
+    pub recovered: u64,
+    /// Messages the database lacked whose body in the journal is damaged (kept aside).
+    pub lost: u64,
+    /// Damaged journal records skipped.
+    pub bad_records: u64,
+    /// Body files moved to `quarantine/`.
+    pub quarantined_files: u64,
+}
+
+/// What damage the store met since it opened, for `status` and the metrics: the start's
+/// recovery plus `queue recover` runs and messages quarantined when a body failed its checksum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Messages rebuilt from the body file journal.
+    pub recovered: u64,
+    /// Messages (or body files) kept aside in `quarantine/`, and records moved to `corrupt`.
+    pub quarantined: u64,
+    /// Messages the journal names whose body is damaged (not queued, kept aside).
+    pub lost: u64,
+    /// Damaged journal records skipped.
+    pub bad_records: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,6 +212,7 @@ struct Inner {
     lazy_removal: Cell<u64>,
     /// Which messages are due when (`due.rs`): built by `recover`.
     due: DueIndex,
+    damage: Cell<Damage>,
 }
 
 /// An uncommitted message body being written.

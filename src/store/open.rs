@@ -14,8 +14,8 @@ use super::body_file::BodyFiles;
 use super::due::DueIndex;
 use super::flush::{GroupFlush, SyncFiles, SyncHook};
 use super::{
-    key, private, record, recover, Inner, QueueId, RecoveryReport, Spool, Store, StoreError,
-    StoreOptions, Usage,
+    key, private, rebuild, record, recover, Damage, Inner, QueueId, RecoveryReport, Spool, Store,
+    StoreError, StoreOptions, Usage,
 };
 
 // Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
@@ -152,6 +152,7 @@ impl Store {
             flush,
             lazy_removal: Cell::new(0),
             due: DueIndex::default(),
+            damage: Cell::new(Damage::default()),
         };
         Ok(Self {
             inner: Rc::new(inner),
@@ -162,6 +163,48 @@ impl Store {
     /// the schedule and the `failed/` index from the message records. Call once after open.
     pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
         recover::run(self)
+    }
+
+    /// Rebuilds the messages the body file journal holds and the database lacks (`rebuild.rs`),
+    /// while the queue runs (`outpost queue recover`). Durable on return.
+    pub async fn recover_journal(&self) -> Result<RecoveryReport, StoreError> {
+        let rebuilt = rebuild::run(self)?;
+        let mut usage = self.inner.usage.get();
+        for (_, meta, pieces) in &rebuilt.messages {
+            usage.messages += 1;
+            usage.bytes = usage.bytes.saturating_add(meta.size);
+            let mut counts = Vec::new();
+            for extent in pieces {
+                super::extent::count_extent(&mut counts, extent.file);
+            }
+            self.inner.flush.body_files().add_refs(&counts);
+        }
+        self.inner.usage.set(usage);
+        let report = RecoveryReport {
+            messages: usage.messages,
+            recovered: rebuilt.messages.len() as u64,
+            lost: rebuilt.lost,
+            bad_records: rebuilt.bad_records,
+            ..RecoveryReport::default()
+        };
+        self.note_damage(&report);
+        self.flush().await?;
+        Ok(report)
+    }
+
+    /// Adds what a recovery found to the damage counters (`Damage`).
+    pub(super) fn note_damage(&self, report: &RecoveryReport) {
+        let mut damage = self.inner.damage.get();
+        damage.recovered += report.recovered;
+        damage.quarantined += report.quarantined + report.quarantined_files;
+        damage.lost += report.lost;
+        damage.bad_records += report.bad_records;
+        self.inner.damage.set(damage);
+    }
+
+    /// The damage met since the store opened.
+    pub fn damage(&self) -> Damage {
+        self.inner.damage.get()
     }
 
     /// A new message body. Nothing goes into sled until `commit`: a spool a crash interrupts

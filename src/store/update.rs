@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::extent::{count_extent, Extent};
 use super::index::{index, unindex};
+use super::journal;
 use super::query::Recipients;
 use super::record::{self, MessageMeta};
 use super::writes::Writes;
@@ -77,6 +78,15 @@ impl Store {
             // After `msg/`: the history is informational; a crash before it loses one entry.
             if !attempt.results.is_empty() {
                 self.append_attempt(&mut batch, id, &attempt)?;
+            }
+            let done: Vec<u32> = attempt
+                .results
+                .iter()
+                .filter(|(_, state, _)| !state.is_open())
+                .map(|(idx, _, _)| *idx)
+                .collect();
+            if !done.is_empty() {
+                self.mark_done(id, &meta, &done);
             }
             self.apply(batch).await
         } else {
@@ -201,6 +211,7 @@ impl Store {
             messages: old.messages.saturating_sub(1),
             bytes: old.bytes.saturating_sub(meta.size),
         };
+        self.mark_done(id, meta, &[]);
         batch.apply(&self.inner.db, &self.inner.due)?;
         self.inner.usage.set(usage);
         let seq = self.inner.flush.note_write();
@@ -214,6 +225,34 @@ impl Store {
                 self.inner.lazy_removal.set(seq);
                 Ok(())
             }
+        }
+    }
+
+    /// Appends a done record for `id` (`recipients`: their indexes; none: the whole message)
+    /// to the body file of its last piece, where its journal envelope is (`journal.rs`), so
+    /// that a rebuild from the body files does not send it again. Rides the next sync. A
+    /// failure costs at most a duplicate after a rebuild: logged, not returned.
+    pub(super) fn mark_done(&self, id: QueueId, meta: &MessageMeta, recipients: &[u32]) {
+        let last = match meta.extents.last() {
+            Some(extent) => Some(*extent),
+            None => meta
+                .chunks
+                .checked_sub(1)
+                .and_then(|n| self.inner.db.get(key::part(id, n)).ok().flatten())
+                .and_then(|raw| Extent::decode(&raw).ok()),
+        };
+        let Some(last) = last.filter(|e| e.framed) else {
+            return; // no journal envelope (a body from before the journal, or none)
+        };
+        let payload: Vec<u8> = recipients.iter().flat_map(|i| i.to_be_bytes()).collect();
+        let record = journal::frame(journal::DONE, id, &payload);
+        if let Err(e) = self
+            .inner
+            .flush
+            .body_files()
+            .append_record(last.file, &record)
+        {
+            log::warn!("store: queue_id={id} done record not journaled: {e}");
         }
     }
 
