@@ -289,6 +289,15 @@ impl ExtentReader {
         Self { dir, open: None }
     }
 
+    /// The extent's bytes as stored, unchecked (to keep a damaged body aside).
+    pub(super) fn read_unchecked(&mut self, extent: &Extent) -> io::Result<Vec<u8>> {
+        let plain = Extent {
+            framed: false,
+            ..*extent
+        };
+        self.read(QueueId(0), &plain)
+    }
+
     /// The extent's bytes; `UnexpectedEof` when the body file is shorter than the record says,
     /// `InvalidData` when a framed piece fails its checksum (or is not message `id`'s).
     pub(super) fn read(&mut self, id: QueueId, extent: &Extent) -> io::Result<Vec<u8>> {

@@ -7,9 +7,14 @@
 use std::time::Duration;
 
 use super::extent::{count_extent, Extent};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+use super::body_file::ExtentReader;
 use super::index::{index, unindex};
 use super::journal;
+use super::private::{DIR_MODE, FILE_MODE};
 use super::query::Recipients;
+use super::rebuild::QUARANTINE_DIR;
 use super::record::{self, MessageMeta};
 use super::writes::Writes;
 use super::{key, AttemptRecord, QueueId, RcptState, Store, StoreError, Usage, KEPT_ATTEMPTS};
@@ -128,6 +133,60 @@ impl Store {
         unindex(&mut batch, id, &meta);
         self.remove_message(batch, id, &meta, Durability::Wait)
             .await
+    }
+
+    /// Takes a message whose body failed its checksum out of the queue, kept whole in
+    /// `<data_dir>/quarantine/<id>` (0600): its envelope as text lines, a blank line, then the
+    /// body as stored, unverified. The copy is synced before the message is removed (with a done
+    /// record, so no rebuild brings it back). Durable on return.
+    pub async fn quarantine(&self, id: QueueId) -> Result<(), StoreError> {
+        let message = self.get(id)?;
+        let meta = self.meta(id)?;
+        let mut text = format!("queue_id: {id}\nsender: <{}>\n", message.info.sender);
+        for r in &message.recipients {
+            text.push_str(&format!("recipient: <{}> {:?}\n", r.address, r.state));
+        }
+        text.push('\n');
+        let mut bytes = text.into_bytes();
+        let bodies = self.inner.flush.body_files().dir().to_path_buf();
+        let mut reader = ExtentReader::new(bodies.clone());
+        for extent in self.extents(id, &meta)? {
+            bytes.extend(reader.read_unchecked(&extent)?);
+        }
+        let dir = bodies.parent().unwrap_or(&bodies).join(QUARANTINE_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(dir.join(id.to_string()))?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        log::warn!(
+            "store: queue_id={id} body failed its checksum: kept in {QUARANTINE_DIR}/{id}, out \
+             of the queue"
+        );
+        self.note_damage(&super::RecoveryReport {
+            quarantined: 1,
+            ..Default::default()
+        });
+        self.delete(id).await
+    }
+
+    /// Where a message's body is: the extents in `msg/`, else its `part/` records.
+    fn extents(&self, id: QueueId, meta: &MessageMeta) -> Result<Vec<Extent>, StoreError> {
+        if !meta.extents.is_empty() {
+            return Ok(meta.extents.clone());
+        }
+        let mut out = Vec::new();
+        for raw in self.inner.db.scan_prefix(key::part_prefix(id)).values() {
+            out.push(Extent::decode(&raw?)?);
+        }
+        Ok(out)
     }
 
     /// Keeps a message out of `due` until `release`. Durable on return.
