@@ -2,11 +2,14 @@
 //! or a digest) into per-recipient results: the `status=` log lines, the store's record, the
 //! next attempt and the DSN for bounced recipients. Never touches sled directly.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use log::{debug, error, info, warn};
 
 use crate::logfmt::{Escaped, Quoted};
 use crate::smtp::client::{ClientSession, DeliveryReport, Envelope};
-use crate::store::{QueuedMessage, RcptState};
+use crate::store::{QueuedMessage, RcptState, StoreError};
 
 use super::link::{transfer, Connection};
 use super::outcome::{outcomes_of, ForwardError, Outcome};
@@ -51,10 +54,19 @@ impl Forwarder {
         };
         let store = self.store.clone();
         let id = message.id;
+        // A piece that fails its checksum ends the transfer before it is written, and so
+        // before the final dot: the smarthost never gets altered content.
+        let damaged = Rc::new(Cell::new(false));
+        let seen = Rc::clone(&damaged);
         let body = move || {
-            store
-                .body_chunks(id)
-                .map(|chunks| rewrite::rewrite_from(chunks, from))
+            store.body_chunks(id).map(|chunks| {
+                let chunks = chunks.inspect(move |chunk| {
+                    if matches!(chunk, Err(StoreError::Damaged(_))) {
+                        seen.set(true);
+                    }
+                });
+                rewrite::rewrite_from(chunks, from)
+            })
         };
         let timeout = self.params.data_end_timeout;
         let report = match transfer(conn, session, &envelope, body, timeout).await {
@@ -62,6 +74,11 @@ impl Forwarder {
             Ok(None) => {
                 debug!("queue_id={} not sent: session closed", message.id);
                 return Ok(false);
+            }
+            Err(e) if damaged.get() => {
+                // The connection is dropped mid-DATA (`Err`): the partial message is void.
+                self.quarantine(message, &pending).await;
+                return Err(e);
             }
             Err(e) => {
                 // Lost in the middle of a transaction: this message is deferred (so one
@@ -75,6 +92,33 @@ impl Forwarder {
         };
         self.apply(message, &pending, &report).await;
         Ok(session.is_ready())
+    }
+
+    /// A message whose body failed its checksum: its sender gets a DSN for every pending
+    /// recipient, and the message leaves the queue, kept whole in `quarantine/`.
+    async fn quarantine(&mut self, message: &QueuedMessage, pending: &[usize]) {
+        let diagnostic = "message body damaged in the queue (checksum mismatch): not sent";
+        let mut failed = Vec::with_capacity(pending.len());
+        for &index in pending {
+            let address = &message.recipients[index].address;
+            warn!(
+                "queue_id={} to=<{}> status=bounced reply={}",
+                message.id,
+                Escaped(address),
+                Quoted(diagnostic)
+            );
+            self.link.count_bounced();
+            failed.push(dsn::FailedRecipient {
+                address: address.clone(),
+                status: "5.3.0".into(),
+                diagnostic: diagnostic.into(),
+            });
+        }
+        // Before the quarantine: the DSN quotes the header section (only pieces that check).
+        self.bounce(message, &failed, None).await;
+        if let Err(e) = self.store.quarantine(message.id).await {
+            error!("queue_id={} cannot quarantine: {e}", message.id);
+        }
     }
 
     /// Turns a report into per-recipient results, logs them, records them and bounces.

@@ -1,13 +1,13 @@
 //! The body files as a second journal: every appended piece of a body is a framed record, each
 //! committed message's envelope follows its last piece in the same body file, and a "done"
 //! record is appended there when recipients or the whole message leave the queue. Pure: the
-//! record format, its CRC-32C, and a scanner that reads a body file's bytes back into records,
+//! record format, its CRC-32, and a scanner that reads a body file's bytes back into records,
 //! skipping (and counting) any that fail their checksum. No I/O (`body_file.rs` appends,
 //! `rebuild.rs` reads).
 //!
 //! A record is a 20-byte header, then the payload: `MAGIC` (whose last byte is the format
 //! version), the kind (`PIECE`, `ENVELOPE`, `DONE`), the queue id (`u64`), the payload length
-//! (`u32`) and the CRC-32C of the header's first 16 bytes and the payload (`u32`); integers are
+//! (`u32`) and the CRC-32 of the header's first 16 bytes and the payload (`u32`); integers are
 //! big-endian. An extent (`extent.rs`) of a framed piece points at the payload, its header just
 //! before it. Records are only ever appended; a torn or flipped tail fails its checksum and is
 //! skipped, and the scanner resynchronises at the next header whose checksum holds.
@@ -27,34 +27,12 @@ pub(super) const DONE: u8 = b'D';
 /// The longest payload the scanner accepts (an envelope with many recipients is the largest).
 const MAX_PAYLOAD: usize = 4 << 20;
 
-/// CRC-32C (Castagnoli, reflected), table-driven.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-};
-
-/// Continues a CRC-32C over `bytes` (start with 0).
-pub(super) fn crc32c(crc: u32, bytes: &[u8]) -> u32 {
-    let mut crc = !crc;
-    for &b in bytes {
-        crc = CRC_TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
+/// Continues a CRC-32 (IEEE, as sled checksums its own files: `crc32fast`) over `bytes`
+/// (start with 0).
+pub(super) fn crc32(crc: u32, bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(crc);
+    hasher.update(bytes);
+    hasher.finalize()
 }
 
 /// The record `kind` of message `id` carrying `payload`: header and payload, ready to append.
@@ -68,7 +46,7 @@ pub(super) fn frame(kind: u8, id: QueueId, payload: &[u8]) -> Vec<u8> {
             .unwrap_or(u32::MAX)
             .to_be_bytes(),
     );
-    let crc = crc32c(crc32c(0, &out), payload);
+    let crc = crc32(crc32(0, &out), payload);
     out.extend_from_slice(&crc.to_be_bytes());
     out.extend_from_slice(payload);
     out
@@ -88,7 +66,7 @@ pub(super) fn check(bytes: &[u8]) -> Option<(u8, QueueId, usize)> {
         .ok()
         .filter(|&n| n <= MAX_PAYLOAD)?;
     let payload = bytes.get(HEADER..HEADER + len)?;
-    if crc32c(crc32c(0, &header[..16]), payload) != be32(16) {
+    if crc32(crc32(0, &header[..16]), payload) != be32(16) {
         return None;
     }
     let mut id = [0; 8];

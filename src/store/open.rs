@@ -53,6 +53,40 @@ pub(super) fn sled_segment_size(dir: &Path) -> usize {
         .unwrap_or(SLED_SEGMENT_SIZE)
 }
 
+/// Checks sled's `conf` (its settings, `StorageParameters::serialize` in `config.rs`, then a
+/// little-endian CRC-32) and rewrites it when damaged: sled only warns on a bad CRC and then
+/// fails on the damaged text with a misleading "created using a sled version earlier than
+/// 0.29". The settings are few and fixed (compression off, format 0.34); the segment size is
+/// the damaged file's when its line still reads as a power of two, else `SLED_SEGMENT_SIZE`.
+/// The damaged file is kept as `conf.damaged`. `true`: it was rewritten.
+fn repair_conf(dir: &Path) -> std::io::Result<bool> {
+    let path = dir.join("conf");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(false); // none yet: sled writes it
+    };
+    if let Some((text, crc)) = bytes.split_last_chunk::<4>() {
+        if crc32fast::hash(text).to_le_bytes() == *crc {
+            return Ok(false);
+        }
+    }
+    let segment = Some(sled_segment_size(dir))
+        .filter(|n| n.is_power_of_two() && (64 << 10..=16 << 20).contains(n))
+        .unwrap_or(SLED_SEGMENT_SIZE);
+    let mut conf =
+        format!("segment_size: {segment}\nuse_compression: false\nversion: 0.34\n").into_bytes();
+    conf.extend_from_slice(&crc32fast::hash(&conf).to_le_bytes());
+    std::fs::rename(&path, dir.join("conf.damaged"))?;
+    std::fs::write(&path, conf)?;
+    std::fs::File::open(&path)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    log::error!(
+        "store: {} (sled's settings) was damaged: rewritten with segment_size {segment}, the \
+         damaged copy kept as conf.damaged",
+        path.display()
+    );
+    Ok(true)
+}
+
 /// The start check: the data directory and everything in it private, tightened (and said so,
 /// unless sled has just created its files under a loose umask).
 fn check_private(dir: &Path, fresh: bool) -> Result<(), StoreError> {
@@ -112,6 +146,7 @@ impl Store {
         // Before sled: the files it creates are unreachable to others from the first moment.
         private::create_data_dir(dir)?;
         let fresh = !dir.join("conf").exists();
+        repair_conf(dir)?;
         let config = sled::Config::new()
             .path(dir)
             .segment_size(sled_segment_size(dir))
@@ -120,7 +155,14 @@ impl Store {
             .use_compression(false)
             // LowSpace (sled's default) favours small files on flash over write throughput.
             .mode(sled::Mode::LowSpace);
-        let db = open_db(&config)?;
+        let db = open_db(&config).map_err(|e| match e {
+            sled::Error::Io(e) => StoreError::Io(e),
+            e => StoreError::Sled(format!(
+                "cannot open the database in {}: {e}. If it is damaged, move {0}/db and {0}/conf \
+                 aside and start again: the queue is rebuilt from the body files",
+                dir.display()
+            )),
+        })?;
         let corrupt = db.open_tree("corrupt")?;
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
         let bodies = dir.join(BODIES_DIR);

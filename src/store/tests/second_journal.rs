@@ -6,10 +6,10 @@ use super::super::journal::{self, scan, DONE, ENVELOPE, HEADER, PIECE};
 use super::*;
 
 #[test]
-fn crc32c_matches_the_standard_check_value() {
-    assert_eq!(journal::crc32c(0, b"123456789"), 0xE306_9283);
-    let split = journal::crc32c(journal::crc32c(0, b"1234"), b"56789");
-    assert_eq!(split, 0xE306_9283);
+fn crc32_matches_the_standard_check_value() {
+    assert_eq!(journal::crc32(0, b"123456789"), 0xCBF4_3926);
+    let split = journal::crc32(journal::crc32(0, b"1234"), b"56789");
+    assert_eq!(split, 0xCBF4_3926);
 }
 
 #[test]
@@ -208,4 +208,32 @@ fn queue_recover_rebuilds_while_running() {
     assert_eq!(body_of(&store, id), b"runtime");
     // Nothing more to do the second time.
     assert_eq!(block_on(store.recover_journal()).unwrap().recovered, 0);
+}
+
+#[test]
+fn a_damaged_sled_conf_is_rewritten_and_the_queue_opens() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let id = commit(&store, &[b"kept"], &["a@x"], 1);
+    block_on(store.flush()).unwrap();
+    drop(store);
+    let conf = dir.path().join("conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    let original = bytes.clone();
+    for at in [0, 3, 9] {
+        bytes[at] ^= 0x24; // "segment_size" no longer reads
+    }
+    std::fs::write(&conf, &bytes).unwrap();
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert_eq!(body_of(&store, id), b"kept");
+    assert_eq!(
+        std::fs::read(&conf).unwrap(),
+        original,
+        "rewritten as sled wrote it"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("conf.damaged")).unwrap(),
+        bytes
+    );
 }
