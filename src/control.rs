@@ -27,7 +27,7 @@ use crate::accept;
 use crate::clock::QueueTime;
 use crate::message;
 use crate::shared::Shared;
-use crate::store::{QueueId, StoreError};
+use crate::store::{Damage, QueueId, StoreError};
 
 pub use self::mailq::{render_mailq, MAILQ_EMPTY, MAILQ_HEADER};
 use self::render::with_link_wait;
@@ -80,6 +80,8 @@ pub enum Request {
     StatusJson,
     /// New files in the maildrop (`sendmail`).
     Poke,
+    /// `queue recover`: rebuild what the database lacks from the body files.
+    Recover,
 }
 
 impl Request {
@@ -98,6 +100,7 @@ impl Request {
             Self::Status => "STATUS".into(),
             Self::StatusJson => "STATUS JSON".into(),
             Self::Poke => "POKE".into(),
+            Self::Recover => "RECOVER".into(),
         }
     }
 
@@ -117,6 +120,7 @@ impl Request {
             ("STATUS", []) => Self::Status,
             ("STATUS", [json]) if json == "JSON" => Self::StatusJson,
             ("POKE", []) => Self::Poke,
+            ("RECOVER", []) => Self::Recover,
             _ => return None,
         };
         Some(request)
@@ -296,6 +300,17 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             shared.maildrop().notify();
             Response::ok(String::new())
         }
+        Request::Recover => match shared.store().recover_journal().await {
+            Ok(report) => {
+                shared.forwarder().notify();
+                Response::ok(format!(
+                    "{} messages rebuilt from the body files, {} damaged (kept in quarantine/), \
+                     {} damaged journal records skipped; {} messages queued\n",
+                    report.recovered, report.lost, report.bad_records, report.messages
+                ))
+            }
+            Err(e) => Response::err(format!("cannot recover: {e}\n")),
+        },
     }
 }
 
@@ -306,11 +321,19 @@ fn status(shared: &Shared, now: QueueTime, json: bool) -> Response {
         Err(e) => return Response::err(format!("cannot read the queue: {e}\n")),
     };
     let (link, summary) = (shared.link().report(), QueueSummary::of(&messages, now));
-    let usage = shared.store().usage();
+    let (usage, damage) = (shared.store().usage(), shared.store().damage());
     Response::ok(if json {
-        render_status_json(&link, &summary, usage)
+        render_status_json(&link, &summary, usage, damage)
     } else {
         let mut text = render_status(&link, &summary, usage, Some(now));
+        if damage != Damage::default() {
+            let _ = writeln!(
+                text,
+                "store damage: {} messages rebuilt from the body files, {} quarantined, {} lost \
+                 (damaged, kept in quarantine/), {} damaged journal records",
+                damage.recovered, damage.quarantined, damage.lost, damage.bad_records
+            );
+        }
         text.push_str(&shared.maildrop_waiting_text());
         text
     })
@@ -550,6 +573,7 @@ mod tests {
             Request::Release(ids),
             Request::Status,
             Request::Poke,
+            Request::Recover,
         ] {
             assert_eq!(Request::parse_line(&request.to_line()), Some(request));
         }
