@@ -312,9 +312,11 @@ fn queue_request(
         "hold" => Request::Hold(need_ids(ids)?),
         "release" => Request::Release(need_ids(ids)?),
         "recover" if ids.is_empty() => Request::Recover,
-        other => return Err(UsageError(format!(
+        other => {
+            return Err(UsageError(format!(
             "unknown queue command {other:?} (list, show, flush, delete, hold, release, recover)"
-        ))),
+        )))
+        }
     })
 }
 
