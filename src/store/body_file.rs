@@ -18,7 +18,7 @@
 //! so a durable `part/` record never points at body bytes that were not durable first. A body
 //! file is unlinked only after the removal of its last extent was made durable (or at recovery,
 //! when no record points into it): a crash then leaves at worst an orphan file, which `recover`
-//! deletes.
+//! deletes, or keeps aside when its journal (`journal.rs`) says it may still hold mail.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;

@@ -14,6 +14,11 @@
 //! flush + `fdatasync` of `<dir>/db`) in flight at a time, shared by every write that landed
 //! before it started.
 //!
+//! The body files are also a second journal (`journal.rs`): every piece framed with a CRC-32,
+//! the envelope after a message's last piece, a done record when recipients leave; `rebuild.rs`
+//! rebuilds from it what sled lost, and a body file that may still hold mail is moved to
+//! `quarantine/`, never deleted.
+//!
 //! The `Store` handle's operations, by file: `open.rs` (open, recover, new spools, plain
 //! flush), `query.rs` (reads: one message, the list, the due ones, a body), `update.rs`
 //! (delivery results, hold/release/delete, removal), `housekeeping.rs` (queue clock, purge,
@@ -23,7 +28,8 @@
 //! Never: call `Tree::len` or scan `part/` or `msg/` on a hot path (only `recover`, `list`
 //! and `purge_failed`'s bounded index scan read more than one message); run two flushes at
 //! once; write a body into sled; unlink a body file before the removal of its last extent is
-//! durable; assume sled's flush alone survives a power cut.
+//! durable, or one that may hold mail no record points to; assume sled's flush alone survives a
+//! power cut; send a body piece that failed its checksum.
 
 mod body_file;
 mod due;

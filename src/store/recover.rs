@@ -1,8 +1,9 @@
 //! Start-up recovery: sweeps spools never committed, moves undecodable records into the
 //! `corrupt` tree (one `warn` line per key, never a refusal to start), quarantines messages
 //! whose body file is missing or shorter than their `part/` records say (one `error` line
-//! each; the rest of the queue flows), deletes body files no record points into (orphans of
-//! a crash), and rebuilds the counters, the body file reference counts, the in-memory schedule
+//! each; the rest of the queue flows), rebuilds from the body file journal the messages sled
+//! lacks (`rebuild.rs`), deletes body files no record points into (orphans of a crash) or moves
+//! them to `quarantine/` when they may still hold mail, and rebuilds the counters, the body file reference counts, the in-memory schedule
 //! (`due.rs`) and the `failed/` index from the message records. Runs once, before any session;
 //! the only code that scans every message.
 
