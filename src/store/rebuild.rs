@@ -7,7 +7,6 @@
 //! (`Store::recover_journal`, `outpost queue recover`). Reads every body file once; writes only
 //! the rebuilt messages.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
 
@@ -31,7 +30,7 @@ pub(super) struct Rebuilt {
     pub(super) bad_records: u64,
     /// Body files that must not be deleted even when no message points into them: damaged,
     /// unframed, or holding the body of a message that could not be rebuilt.
-    pub(super) keep: BTreeSet<u64>,
+    pub(super) keep: Vec<u64>,
 }
 
 /// A journal envelope found: where, and what it says.
@@ -42,14 +41,18 @@ struct Envelope {
     recipients: Vec<String>,
 }
 
-/// Everything the body files hold, by message.
+/// Everything the body files hold (plain sorted vectors: few instantiations, small code).
 #[derive(Default)]
 struct Journal {
-    pieces: BTreeMap<QueueId, Vec<Extent>>,
+    /// Every piece, by message, in the order appended (a stable sort by id).
+    pieces: Vec<(QueueId, Extent)>,
     envelopes: Vec<Envelope>,
-    /// Done records by (body file, message): `None` for the whole message.
-    done: BTreeMap<(u64, QueueId), Option<BTreeSet<u32>>>,
+    /// Done records: body file, message, recipient index (`WHOLE`: the whole message); sorted.
+    done: Vec<(u64, QueueId, u32)>,
 }
+
+/// A done record without recipient indexes: the whole message left the queue.
+const WHOLE: u32 = u32::MAX;
 
 /// Rebuilds every message the body files hold that sled lost (see the module doc).
 pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
@@ -58,12 +61,15 @@ pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
     let journal = read_all(&dir, &mut out)?;
     for envelope in &journal.envelopes {
         let id = envelope.id;
-        let done = journal.done.get(&(envelope.file, id));
-        if matches!(done, Some(None)) || store.inner.db.contains_key(key::msg(id))? {
+        let done = sorted_range(&journal.done, |d| (d.0, d.1).cmp(&(envelope.file, id)));
+        let done: Vec<u32> = done.iter().map(|d| d.2).collect();
+        if done.contains(&WHOLE) || store.inner.db.contains_key(key::msg(id))? {
             continue;
         }
-        let done = done.cloned().flatten().unwrap_or_default();
-        let pieces = journal.pieces.get(&id).map_or(&[][..], Vec::as_slice);
+        let pieces: Vec<Extent> = sorted_range(&journal.pieces, |p| p.0.cmp(&id))
+            .iter()
+            .map(|p| p.1)
+            .collect();
         let size: u64 = pieces.iter().map(|e| u64::from(e.len)).sum();
         if pieces.len() != envelope.meta.chunks as usize || size != envelope.meta.size {
             log::error!(
@@ -77,18 +83,22 @@ pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
             );
             out.lost += 1;
             out.keep.extend(pieces.iter().map(|e| e.file));
-            out.keep.insert(envelope.file);
+            out.keep.push(envelope.file);
             continue;
         }
-        if let Some(meta) = restore(store, envelope, pieces, &done)? {
-            log::warn!(
-                "store: queue_id={id} rebuilt from the body file journal ({} recipients to go)",
-                envelope.recipients.len() - done.len().min(envelope.recipients.len())
-            );
-            out.messages.push((id, meta, pieces.to_vec()));
+        if let Some(meta) = restore(store, envelope, &pieces, &done)? {
+            log::warn!("store: queue_id={id} rebuilt from the body file journal");
+            out.messages.push((id, meta, pieces));
         }
     }
     Ok(out)
+}
+
+/// The run of `sorted` entries `order` calls equal.
+fn sorted_range<T>(sorted: &[T], order: impl Fn(&T) -> std::cmp::Ordering) -> &[T] {
+    let start = sorted.partition_point(|x| order(x).is_lt());
+    let len = sorted[start..].partition_point(|x| order(x).is_eq());
+    &sorted[start..start + len]
 }
 
 /// Writes a rebuilt message (parts, recipients, then `msg/`, as `writes.rs` orders them).
@@ -97,7 +107,7 @@ fn restore(
     store: &Store,
     envelope: &Envelope,
     pieces: &[Extent],
-    done: &BTreeSet<u32>,
+    done: &[u32],
 ) -> Result<Option<MessageMeta>, StoreError> {
     let id = envelope.id;
     let mut records: Vec<RcptRecord> = (0..)
@@ -166,7 +176,7 @@ fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
         };
         let scan = journal::scan(&bytes);
         if scan.unframed {
-            out.keep.insert(num);
+            out.keep.push(num);
             continue;
         }
         if scan.bad > 0 {
@@ -175,18 +185,21 @@ fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
                 scan.bad
             );
             out.bad_records += scan.bad;
-            out.keep.insert(num);
+            out.keep.push(num);
         }
         for found in scan.records {
             let at = usize::try_from(found.offset).unwrap_or(usize::MAX);
             let payload = &bytes[at..at + found.len as usize];
             match found.kind {
-                PIECE => journal.pieces.entry(found.id).or_default().push(Extent {
-                    file: num,
-                    offset: found.offset,
-                    len: found.len,
-                    framed: true,
-                }),
+                PIECE => journal.pieces.push((
+                    found.id,
+                    Extent {
+                        file: num,
+                        offset: found.offset,
+                        len: found.len,
+                        framed: true,
+                    },
+                )),
                 ENVELOPE => match record::decode_journal_envelope(payload) {
                     Ok((meta, recipients)) => journal.envelopes.push(Envelope {
                         file: num,
@@ -200,25 +213,21 @@ fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
                             found.id
                         );
                         out.bad_records += 1;
-                        out.keep.insert(num);
+                        out.keep.push(num);
                     }
                 },
+                _ if payload.is_empty() => journal.done.push((num, found.id, WHOLE)),
                 _ => {
-                    let entry = journal
-                        .done
-                        .entry((num, found.id))
-                        .or_insert(Some(BTreeSet::new()));
-                    if payload.is_empty() {
-                        *entry = None;
-                    } else if let Some(set) = entry {
-                        for idx in payload.chunks_exact(4) {
-                            set.insert(u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]));
-                        }
+                    for idx in payload.chunks_exact(4) {
+                        let idx = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
+                        journal.done.push((num, found.id, idx));
                     }
                 }
             }
         }
     }
+    journal.pieces.sort_by_key(|p| p.0); // stable: each message's pieces stay in order
+    journal.done.sort_unstable();
     Ok(journal)
 }
 

@@ -413,7 +413,7 @@ fn count_refs(
 fn remove_orphan_body_files(
     store: &Store,
     refs: &BTreeMap<u64, u64>,
-    keep: &BTreeSet<u64>,
+    keep: &[u64],
 ) -> Result<u64, StoreError> {
     let dir = store.inner.flush.body_files().dir();
     let mut moved = 0;
