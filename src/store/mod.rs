@@ -219,6 +219,8 @@ struct Inner {
     /// Which messages are due when (`due.rs`): built by `recover`.
     due: DueIndex,
     damage: Cell<Damage>,
+    /// Added to sled's `generate_id` (`Store::fresh_number`), set by `recover`.
+    id_floor: Cell<u64>,
 }
 
 /// An uncommitted message body being written.

@@ -195,6 +195,7 @@ impl Store {
             lazy_removal: Cell::new(0),
             due: DueIndex::default(),
             damage: Cell::new(Damage::default()),
+            id_floor: Cell::new(0),
         };
         Ok(Self {
             inner: Rc::new(inner),
@@ -271,7 +272,7 @@ impl Store {
     /// markers before any spool opens.
     pub(super) fn fresh_id(&self) -> Result<QueueId, StoreError> {
         for _ in 0..16 {
-            let id = QueueId(self.inner.db.generate_id()?);
+            let id = QueueId(self.fresh_number()?);
             if !self.inner.db.contains_key(key::msg(id))? {
                 return Ok(id);
             }
@@ -280,6 +281,17 @@ impl Store {
         Err(StoreError::Sled(
             "generate_id keeps returning ids in use".into(),
         ))
+    }
+
+    /// sled's `generate_id`, raised past every id and body file number the body file journal
+    /// holds (`id_floor`): after a database lost its counter, a new message or body file must
+    /// not take the number of one the journal still names.
+    pub(super) fn fresh_number(&self) -> Result<u64, sled::Error> {
+        Ok(self
+            .inner
+            .db
+            .generate_id()?
+            .saturating_add(self.inner.id_floor.get()))
     }
 
     /// Makes every write so far durable (group flush): `save_clock` at shutdown, for example.

@@ -31,6 +31,8 @@ pub(super) struct Rebuilt {
     /// Body files that must not be deleted even when no message points into them: damaged,
     /// unframed, or holding the body of a message that could not be rebuilt.
     pub(super) keep: Vec<u64>,
+    /// The highest queue id or body file number the body files hold.
+    pub(super) max_number: u64,
 }
 
 /// A journal envelope found: where, and what it says.
@@ -174,6 +176,7 @@ fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e.into()),
         };
+        out.max_number = out.max_number.max(num);
         let scan = journal::scan(&bytes);
         if scan.unframed {
             out.keep.push(num);
@@ -190,6 +193,7 @@ fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
         for found in scan.records {
             let at = usize::try_from(found.offset).unwrap_or(usize::MAX);
             let payload = &bytes[at..at + found.len as usize];
+            out.max_number = out.max_number.max(found.id.0);
             match found.kind {
                 PIECE => journal.pieces.push((
                     found.id,

@@ -36,6 +36,12 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
         }
     }
     let rebuilt = rebuild::run(store)?;
+    // sled restarts `generate_id` low after losing its database: keep new numbers clear of
+    // every one the journal holds.
+    let next = store.inner.db.generate_id()?;
+    if next <= rebuilt.max_number {
+        store.inner.id_floor.set(rebuilt.max_number + 1 - next);
+    }
     for (id, meta, _) in &rebuilt.messages {
         kept.add(*id, meta);
     }

@@ -44,9 +44,8 @@ impl Spool {
                 )));
             }
             let fresh = || {
-                inner
-                    .db
-                    .generate_id()
+                self.store
+                    .fresh_number()
                     .map_err(|e| io::Error::other(format!("sled generate_id: {e}")))
             };
             let extent = inner

@@ -79,6 +79,10 @@ fn the_queue_is_rebuilt_from_the_body_files_when_the_database_is_gone() {
     // A new message after the rebuild gets a fresh id and body file, and reads back.
     let next = commit(&store, &[b"next"], &["f@u"], 4);
     assert_eq!(body_of(&store, next), b"next");
+    assert!(
+        next > sent,
+        "sled's lost id counter must not hand out an id the journal holds"
+    );
     drop(store);
     let (_, report) = open(&dir);
     assert_eq!(
