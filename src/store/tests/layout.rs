@@ -91,7 +91,7 @@ fn bodies_live_in_body_files_not_in_sled() {
     assert_eq!(scan.bad, 0);
     let body: Vec<u8> = scan.records[..2]
         .iter()
-        .flat_map(|r| on_disk[r.offset as usize..][..r.len as usize].to_vec())
+        .flat_map(|r| on_disk[usize::try_from(r.offset).unwrap()..][..r.len as usize].to_vec())
         .collect();
     assert_eq!(body, b"Subject: s\r\n\r\nbody\r\n");
     // More pieces than fit inline: one `part/` record each.
