@@ -9,6 +9,7 @@ use log::{debug, error, info, warn};
 
 use crate::logfmt::{Escaped, Quoted};
 use crate::smtp::client::{ClientSession, DeliveryReport, Envelope};
+use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::store::{QueuedMessage, RcptState, StoreError};
 
 use super::link::{transfer, Connection};
@@ -75,50 +76,33 @@ impl Forwarder {
                 debug!("queue_id={} not sent: session closed", message.id);
                 return Ok(false);
             }
-            Err(e) if damaged.get() => {
-                // The connection is dropped mid-DATA (`Err`): the partial message is void.
-                self.quarantine(message, &pending).await;
-                return Err(e);
-            }
             Err(e) => {
                 // Lost in the middle of a transaction: this message is deferred (so one
                 // message that breaks the link cannot block the queue), then the link goes
-                // down.
-                if let Some(report) = session.aborted(e.as_reply()) {
+                // down. A damaged body instead fails every pending recipient (their sender
+                // gets a DSN), and the message leaves the queue for `quarantine/`; the
+                // connection is dropped mid-DATA, so the smarthost discards what it got.
+                let reply = if damaged.get() {
+                    damaged_reply()
+                } else {
+                    e.as_reply()
+                };
+                if let Some(mut report) = session.aborted(reply.clone()) {
+                    if damaged.get() {
+                        report.local = Some(reply);
+                    }
                     self.apply(message, &pending, &report).await;
+                }
+                if damaged.get() {
+                    if let Err(e) = self.store.quarantine(message.id) {
+                        error!("queue_id={} cannot quarantine: {e}", message.id);
+                    }
                 }
                 return Err(e);
             }
         };
         self.apply(message, &pending, &report).await;
         Ok(session.is_ready())
-    }
-
-    /// A message whose body failed its checksum: its sender gets a DSN for every pending
-    /// recipient, and the message leaves the queue, kept whole in `quarantine/`.
-    async fn quarantine(&mut self, message: &QueuedMessage, pending: &[usize]) {
-        let diagnostic = "message body damaged in the queue (checksum mismatch): not sent";
-        let mut failed = Vec::with_capacity(pending.len());
-        for &index in pending {
-            let address = &message.recipients[index].address;
-            warn!(
-                "queue_id={} to=<{}> status=bounced reply={}",
-                message.id,
-                Escaped(address),
-                Quoted(diagnostic)
-            );
-            self.link.count_bounced();
-            failed.push(dsn::FailedRecipient {
-                address: address.clone(),
-                status: "5.3.0".into(),
-                diagnostic: diagnostic.into(),
-            });
-        }
-        // Before the quarantine: the DSN quotes the header section (only pieces that check).
-        self.bounce(message, &failed, None).await;
-        if let Err(e) = self.store.quarantine(message.id).await {
-            error!("queue_id={} cannot quarantine: {e}", message.id);
-        }
     }
 
     /// Turns a report into per-recipient results, logs them, records them and bounces.
@@ -211,4 +195,13 @@ impl Forwarder {
         }
         true
     }
+}
+
+/// Why a message whose body failed its checksum was not sent (permanent: it never will be).
+fn damaged_reply() -> Reply {
+    Reply::new(
+        554,
+        Some(EnhancedStatus::new(5, 3, 0)),
+        "message body damaged in the queue (checksum mismatch): not sent",
+    )
 }

@@ -43,13 +43,13 @@ struct Envelope {
     recipients: Vec<String>,
 }
 
-/// Everything the body files hold (plain sorted vectors: few instantiations, small code).
+/// Everything the body files hold (plain vectors: few instantiations, small code).
 #[derive(Default)]
 struct Journal {
-    /// Every piece, by message, in the order appended (a stable sort by id).
+    /// Every piece, in the order appended (body files in number order).
     pieces: Vec<(QueueId, Extent)>,
     envelopes: Vec<Envelope>,
-    /// Done records: body file, message, recipient index (`WHOLE`: the whole message); sorted.
+    /// Done records: body file, message, recipient index (`WHOLE`: the whole message).
     done: Vec<(u64, QueueId, u32)>,
 }
 
@@ -63,13 +63,16 @@ pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
     let journal = read_all(&dir, &mut out)?;
     for envelope in &journal.envelopes {
         let id = envelope.id;
-        let done = sorted_range(&journal.done, |d| (d.0, d.1).cmp(&(envelope.file, id)));
-        let done: Vec<u32> = done.iter().map(|d| d.2).collect();
+        let done: Vec<u32> = (journal.done.iter())
+            .filter(|d| (d.0, d.1) == (envelope.file, id))
+            .map(|d| d.2)
+            .collect();
         if done.contains(&WHOLE) || store.inner.db.contains_key(key::msg(id))? {
             continue;
         }
-        let pieces: Vec<Extent> = sorted_range(&journal.pieces, |p| p.0.cmp(&id))
-            .iter()
+        // Linear look-ups (start-up only, once per envelope): no sort code in the binary.
+        let pieces: Vec<Extent> = (journal.pieces.iter())
+            .filter(|p| p.0 == id)
             .map(|p| p.1)
             .collect();
         let size: u64 = pieces.iter().map(|e| u64::from(e.len)).sum();
@@ -94,13 +97,6 @@ pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
         }
     }
     Ok(out)
-}
-
-/// The run of `sorted` entries `order` calls equal.
-fn sorted_range<T>(sorted: &[T], order: impl Fn(&T) -> std::cmp::Ordering) -> &[T] {
-    let start = sorted.partition_point(|x| order(x).is_lt());
-    let len = sorted[start..].partition_point(|x| order(x).is_eq());
-    &sorted[start..start + len]
 }
 
 /// Writes a rebuilt message (parts, recipients, then `msg/`, as `writes.rs` orders them).
@@ -230,8 +226,6 @@ fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
             }
         }
     }
-    journal.pieces.sort_by_key(|p| p.0); // stable: each message's pieces stay in order
-    journal.done.sort_unstable();
     Ok(journal)
 }
 

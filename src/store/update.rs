@@ -138,8 +138,8 @@ impl Store {
     /// Takes a message whose body failed its checksum out of the queue, kept whole in
     /// `<data_dir>/quarantine/<id>` (0600): its envelope as text lines, a blank line, then the
     /// body as stored, unverified. The copy is synced before the message is removed (with a done
-    /// record, so no rebuild brings it back). Durable on return.
-    pub async fn quarantine(&self, id: QueueId) -> Result<(), StoreError> {
+    /// record, so no rebuild brings it back); the removal rides the next sync.
+    pub fn quarantine(&self, id: QueueId) -> Result<(), StoreError> {
         let message = self.get(id)?;
         let meta = self.meta(id)?;
         let mut text = format!("queue_id: {id}\nsender: <{}>\n", message.info.sender);
@@ -174,7 +174,11 @@ impl Store {
             quarantined: 1,
             ..Default::default()
         });
-        self.delete(id).await
+        let mut batch = Writes::default();
+        unindex(&mut batch, id, &meta);
+        let seq = self.remove_unsynced(batch, id, &meta)?;
+        self.inner.lazy_removal.set(seq);
+        Ok(())
     }
 
     /// Where a message's body is: the extents in `msg/`, else its `part/` records.
@@ -234,6 +238,23 @@ impl Store {
         meta: &MessageMeta,
         durability: Durability,
     ) -> Result<(), StoreError> {
+        let seq = self.remove_unsynced(rest, id, meta)?;
+        match durability {
+            Durability::Wait => self.inner.flush.wait(seq).await.map_err(StoreError::Io),
+            Durability::Lazy => {
+                self.inner.lazy_removal.set(seq);
+                Ok(())
+            }
+        }
+    }
+
+    /// `remove_message` up to its sync: returns the write number the sync must cover.
+    fn remove_unsynced(
+        &self,
+        rest: Writes,
+        id: QueueId,
+        meta: &MessageMeta,
+    ) -> Result<u64, StoreError> {
         let mut batch = Writes::default();
         batch.remove(key::msg(id));
         batch.append(rest);
@@ -278,13 +299,7 @@ impl Store {
         for (num, n) in body_files {
             self.inner.flush.body_files().release_after(seq, num, n);
         }
-        match durability {
-            Durability::Wait => self.inner.flush.wait(seq).await.map_err(StoreError::Io),
-            Durability::Lazy => {
-                self.inner.lazy_removal.set(seq);
-                Ok(())
-            }
-        }
+        Ok(seq)
     }
 
     /// Appends a done record for `id` (`recipients`: their indexes; none: the whole message)

@@ -134,7 +134,8 @@ fn a_flipped_body_byte_is_detected_on_read_and_never_returned() {
     assert!(matches!(chunks.next(), Some(Err(StoreError::Damaged(_)))));
     assert_eq!(body_of(&store, good), b"intact");
     // Quarantined: the message leaves the queue, its body is kept whole in `quarantine/`.
-    block_on(store.quarantine(bad)).unwrap();
+    store.quarantine(bad).unwrap();
+    block_on(store.settle_removals()).unwrap();
     assert!(matches!(store.get(bad), Err(StoreError::NotFound(_))));
     let kept = std::fs::read(dir.path().join("quarantine").join(bad.to_string())).unwrap();
     assert!(kept.starts_with(format!("queue_id: {bad}\n").as_bytes()));
