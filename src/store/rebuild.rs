@@ -161,10 +161,11 @@ fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
     let mut nums = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         if let Some(num) = entry?.file_name().to_str().and_then(parse_body_file_name) {
-            nums.push(num);
+            // Kept in order as they come (a few files: no sort code in the binary).
+            let at = nums.partition_point(|&n| n < num);
+            nums.insert(at, num);
         }
     }
-    nums.sort_unstable();
     let mut journal = Journal::default();
     for num in nums {
         let bytes = match std::fs::read(body_file_path(dir, num)) {
