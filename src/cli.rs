@@ -20,6 +20,7 @@ Usage:
   outpost queue show ID            one message: envelope, state, last replies, headers
   outpost queue flush              try the smarthost now (also SIGUSR1 to the daemon)
   outpost queue delete|hold|release ID...
+  outpost queue recover            rebuild messages the database lost from the body files
   outpost status [--json]          link state, queue counts, last error (exit 69: not running,
                                    77: no permission on the control socket)
   outpost reload                   re-read the config in the daemon (also SIGHUP; exit 78:
@@ -335,10 +336,11 @@ fn queue_request(
         "delete" => Request::Delete(need_ids(ids)?),
         "hold" => Request::Hold(need_ids(ids)?),
         "release" => Request::Release(need_ids(ids)?),
+        "recover" if ids.is_empty() => Request::Recover,
         other => {
             return Err(UsageError(format!(
-                "unknown queue command {other:?} (list, show, flush, delete, hold, release)"
-            )))
+            "unknown queue command {other:?} (list, show, flush, delete, hold, release, recover)"
+        )))
         }
     })
 }

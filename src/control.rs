@@ -28,7 +28,7 @@ use crate::accept;
 use crate::clock::QueueTime;
 use crate::message;
 use crate::shared::Shared;
-use crate::store::{QueueId, StoreError};
+use crate::store::{Damage, QueueId, StoreError};
 
 pub use self::mailq::{render_mailq, MAILQ_EMPTY, MAILQ_HEADER};
 use self::render::with_link_wait;
@@ -86,6 +86,8 @@ pub enum Request {
     Reload,
     /// What became of a message lately sent or bounced (`outpost test --send`).
     Outcome(String),
+    /// `queue recover`: rebuild what the database lacks from the body files.
+    Recover,
 }
 
 impl Request {
@@ -106,6 +108,7 @@ impl Request {
             Self::Poke => "POKE".into(),
             Self::Reload => "RELOAD".into(),
             Self::Outcome(id) => format!("OUTCOME {id}"),
+            Self::Recover => "RECOVER".into(),
         }
     }
 
@@ -127,6 +130,7 @@ impl Request {
             ("POKE", []) => Self::Poke,
             ("RELOAD", []) => Self::Reload,
             ("OUTCOME", [id]) => Self::Outcome(id.clone()),
+            ("RECOVER", []) => Self::Recover,
             _ => return None,
         };
         Some(request)
@@ -315,6 +319,17 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
             Some(None) => Response::err(format!("{text}: not sent or bounced lately\n")),
             None => Response::err(format!("{text}: not a queue id (16 hex digits)\n")),
         },
+        Request::Recover => match shared.store().recover_journal().await {
+            Ok(report) => {
+                shared.forwarder().notify();
+                Response::ok(format!(
+                    "{} messages rebuilt from the body files, {} damaged (kept in quarantine/), \
+                     {} damaged journal records skipped; {} messages queued\n",
+                    report.recovered, report.lost, report.bad_records, report.messages
+                ))
+            }
+            Err(e) => Response::err(format!("cannot recover: {e}\n")),
+        },
     }
 }
 
@@ -325,11 +340,19 @@ fn status(shared: &Shared, now: QueueTime, json: bool) -> Response {
         Err(e) => return Response::err(format!("cannot read the queue: {e}\n")),
     };
     let (link, summary) = (shared.link().report(), QueueSummary::of(&messages, now));
-    let usage = shared.store().usage();
+    let (usage, damage) = (shared.store().usage(), shared.store().damage());
     Response::ok(if json {
-        render_status_json(&link, &summary, usage)
+        render_status_json(&link, &summary, usage, damage)
     } else {
         let mut text = render_status(&link, &summary, usage, Some(now));
+        if damage != Damage::default() {
+            let _ = writeln!(
+                text,
+                "store damage: {} messages rebuilt from the body files, {} quarantined, {} lost \
+                 (damaged, kept in quarantine/), {} damaged journal records",
+                damage.recovered, damage.quarantined, damage.lost, damage.bad_records
+            );
+        }
         text.push_str(&shared.maildrop_waiting_text());
         text
     })
@@ -571,6 +594,7 @@ mod tests {
             Request::Poke,
             Request::Reload,
             Request::Outcome("00000000000000AB".into()),
+            Request::Recover,
         ] {
             assert_eq!(Request::parse_line(&request.to_line()), Some(request));
         }

@@ -5,12 +5,17 @@
 use std::fmt::Write as _;
 
 use crate::forward::LinkReport;
-use crate::store::Usage;
+use crate::store::{Damage, Usage};
 
 use super::render::{json_str, MessageState, QueueSummary, JSON_VERSION};
 
 /// `{"version":1,"outpost":"…","link":{…},"smarthosts":[…],"queue":{…},"totals":{…}}`.
-pub fn render_status_json(link: &LinkReport, summary: &QueueSummary, usage: Usage) -> String {
+pub fn render_status_json(
+    link: &LinkReport,
+    summary: &QueueSummary,
+    usage: Usage,
+    damage: Damage,
+) -> String {
     let opt = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
     let up = |v: Option<bool>| v.map_or("null".to_owned(), |v| v.to_string());
     let text = |v: Option<&str>| v.map_or("null".to_owned(), json_str);
@@ -49,11 +54,16 @@ pub fn render_status_json(link: &LinkReport, summary: &QueueSummary, usage: Usag
     for (state, count) in MessageState::ALL.iter().zip(summary.messages) {
         let _ = write!(out, ",\"{}\":{count}", state.as_str());
     }
-    let _ = writeln!(
+    let _ = write!(
         out,
         "}},\"totals\":{{\"sent_recipients\":{},\"deferred_recipients\":{},\
-         \"bounced_recipients\":{}}}}}",
+         \"bounced_recipients\":{}}}",
         link.sent, link.deferred, link.bounced
+    );
+    let _ = writeln!(
+        out,
+        ",\"store\":{{\"recovered\":{},\"quarantined\":{},\"lost\":{},\"bad_records\":{}}}}}",
+        damage.recovered, damage.quarantined, damage.lost, damage.bad_records
     );
     out
 }
@@ -86,7 +96,11 @@ mod tests {
             messages: 3,
             bytes: 30,
         };
-        let json = render_status_json(&link, &summary, usage);
+        let damage = Damage {
+            recovered: 4,
+            ..Damage::default()
+        };
+        let json = render_status_json(&link, &summary, usage, damage);
         assert!(json.starts_with("{\"version\":1,\"outpost\":\""), "{json}");
         for part in [
             "\"link\":{\"up\":false,\"since_unix\":5,\"ever_reached\":false,",
@@ -94,7 +108,8 @@ mod tests {
             "\"smarthosts\":[{\"address\":\"mx.example:587\",\"up\":false,",
             "\"queue\":{\"messages\":3,\"bytes\":30,\"oldest_age_secs\":61,\"pending\":1,",
             "\"deferred\":2,\"held\":0,\"failed\":0}",
-            "\"bounced_recipients\":2}}\n",
+            "\"bounced_recipients\":2}",
+            ",\"store\":{\"recovered\":4,\"quarantined\":0,\"lost\":0,\"bad_records\":0}}\n",
         ] {
             assert!(json.contains(part), "{part} in {json}");
         }

@@ -124,7 +124,37 @@ fn render(shared: &Shared) -> String {
         disk_free: shared.intake().disk_free(),
         rejected: Reject::ALL.map(|r| (r, shared.intake().rejected(r))),
     };
-    exposition(&sample)
+    let mut out = exposition(&sample);
+    store_damage(&mut out, shared.store().damage());
+    out
+}
+
+/// The store's damage counters (`store::Damage`): since start, in this process.
+fn store_damage(out: &mut String, d: crate::store::Damage) {
+    for (name, help, value) in [
+        (
+            "store_recovered_total",
+            "Messages rebuilt from the body file journal.",
+            d.recovered,
+        ),
+        (
+            "store_quarantined_total",
+            "Messages, body files or records kept aside.",
+            d.quarantined,
+        ),
+        (
+            "store_lost_total",
+            "Messages the journal names whose body is damaged.",
+            d.lost,
+        ),
+        (
+            "store_bad_records_total",
+            "Damaged body file journal records skipped.",
+            d.bad_records,
+        ),
+    ] {
+        family(out, (name, "counter", help), &[(String::new(), value)]);
+    }
 }
 
 /// What one scrape reports.

@@ -2,11 +2,15 @@
 //! or a digest) into per-recipient results: the `status=` log lines, the store's record, the
 //! next attempt and the DSN for bounced recipients. Never touches sled directly.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use log::{debug, error, info, warn};
 
 use crate::logfmt::{Escaped, Quoted};
 use crate::smtp::client::{ClientSession, DeliveryReport, Envelope};
-use crate::store::{QueuedMessage, RcptState};
+use crate::smtp::reply::{EnhancedStatus, Reply};
+use crate::store::{QueuedMessage, RcptState, StoreError};
 
 use super::link::{transfer, Connection};
 use super::outcome::{outcomes_of, ForwardError, Outcome};
@@ -51,10 +55,19 @@ impl Forwarder {
         };
         let store = self.store.clone();
         let id = message.id;
+        // A piece that fails its checksum ends the transfer before it is written, and so
+        // before the final dot: the smarthost never gets altered content.
+        let damaged = Rc::new(Cell::new(false));
+        let seen = Rc::clone(&damaged);
         let body = move || {
-            store
-                .body_chunks(id)
-                .map(|chunks| rewrite::rewrite_from(chunks, from))
+            store.body_chunks(id).map(|chunks| {
+                let chunks = chunks.inspect(move |chunk| {
+                    if matches!(chunk, Err(StoreError::Damaged(_))) {
+                        seen.set(true);
+                    }
+                });
+                rewrite::rewrite_from(chunks, from)
+            })
         };
         let timeout = self.params.data_end_timeout;
         let report = match transfer(conn, session, &envelope, body, timeout).await {
@@ -66,9 +79,24 @@ impl Forwarder {
             Err(e) => {
                 // Lost in the middle of a transaction: this message is deferred (so one
                 // message that breaks the link cannot block the queue), then the link goes
-                // down.
-                if let Some(report) = session.aborted(e.as_reply()) {
+                // down. A damaged body instead fails every pending recipient (their sender
+                // gets a DSN), and the message leaves the queue for `quarantine/`; the
+                // connection is dropped mid-DATA, so the smarthost discards what it got.
+                let reply = if damaged.get() {
+                    damaged_reply()
+                } else {
+                    e.as_reply()
+                };
+                if let Some(mut report) = session.aborted(reply.clone()) {
+                    if damaged.get() {
+                        report.local = Some(reply);
+                    }
                     self.apply(message, &pending, &report).await;
+                }
+                if damaged.get() {
+                    if let Err(e) = self.store.quarantine(message.id) {
+                        error!("queue_id={} cannot quarantine: {e}", message.id);
+                    }
                 }
                 return Err(e);
             }
@@ -172,4 +200,13 @@ impl Forwarder {
         }
         true
     }
+}
+
+/// Why a message whose body failed its checksum was not sent (permanent: it never will be).
+fn damaged_reply() -> Reply {
+    Reply::new(
+        554,
+        Some(EnhancedStatus::new(5, 3, 0)),
+        "message body damaged in the queue (checksum mismatch): not sent",
+    )
 }

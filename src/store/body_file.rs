@@ -18,7 +18,7 @@
 //! so a durable `part/` record never points at body bytes that were not durable first. A body
 //! file is unlinked only after the removal of its last extent was made durable (or at recovery,
 //! when no record points into it): a crash then leaves at worst an orphan file, which `recover`
-//! deletes.
+//! deletes, or keeps aside when its journal (`journal.rs`) says it may still hold mail.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::extent::Extent;
+use super::journal;
 use super::private::FILE_MODE;
+use super::QueueId;
 
 /// A body file is closed once an append would take it past this size. A body file stays on disk
 /// while any message in it is queued, so this bounds what one long-queued message can pin
@@ -92,56 +94,96 @@ impl BodyFiles {
         *self.refs.borrow_mut() = refs;
     }
 
-    /// Appends `bytes` (≤ `MAX_EXTENT`) to the active body file, opening a new one (numbered by
-    /// `fresh`) when there is none or this append would pass `BODY_FILE_BYTES`. Counts the
-    /// extent as live. Not durable until the next sync (`take_dirty`).
+    /// Appends `piece` (≤ `MAX_EXTENT`) of message `id`'s body as a journal record
+    /// (`journal.rs`) to the active body file, opening a new one (numbered by `fresh`) when
+    /// there is none or this append would pass `BODY_FILE_BYTES`. Counts the extent as live.
+    /// Not durable until the next sync (`take_dirty`).
     pub(super) fn append(
         &self,
-        bytes: &[u8],
-        fresh: impl FnOnce() -> io::Result<u64>,
+        id: QueueId,
+        piece: &[u8],
+        fresh: impl Fn() -> io::Result<u64>,
     ) -> io::Result<Extent> {
-        let len = u32::try_from(bytes.len())
+        let len = u32::try_from(piece.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "extent too long"))?;
+        let record = journal::frame(journal::PIECE, id, piece);
         let mut active = self.active.borrow_mut();
         let full = active
             .as_ref()
-            .is_some_and(|a| a.len > 0 && a.len + u64::from(len) > BODY_FILE_BYTES);
+            .is_some_and(|a| a.len > 0 && a.len + record.len() as u64 > BODY_FILE_BYTES);
         if full {
             if let Some(old) = active.take() {
                 self.release_if_unused(old.num, None);
             }
         }
         if active.is_none() {
-            let num = fresh()?;
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(self.path(num))?;
-            self.dir_dirty.set(true);
-            *active = Some(Active {
-                num,
-                file: Arc::new(file),
-                len: 0,
-            });
+            *active = Some(self.create(fresh)?);
         }
         let Some(a) = active.as_mut() else {
             return Err(io::Error::other("no active body file")); // set just above
         };
-        a.file.write_all_at(bytes, a.len)?;
+        a.file.write_all_at(&record, a.len)?;
         let extent = Extent {
             file: a.num,
-            offset: a.len,
+            offset: a.len + journal::HEADER as u64,
             len,
+            framed: true,
         };
-        a.len += u64::from(len);
+        a.len += record.len() as u64;
         *self.refs.borrow_mut().entry(a.num).or_insert(0) += 1;
-        let mut dirty = self.dirty.borrow_mut();
-        if !dirty.iter().any(|(num, _)| *num == a.num) {
-            dirty.push((a.num, Arc::clone(&a.file)));
-        }
+        self.mark_dirty(a.num, &a.file);
         Ok(extent)
+    }
+
+    /// A new body file, numbered by `fresh` (a number already taken, after a database lost its
+    /// id counter, is skipped).
+    fn create(&self, fresh: impl Fn() -> io::Result<u64>) -> io::Result<Active> {
+        let mut tries = 0;
+        loop {
+            let num = fresh()?;
+            let opened = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(self.path(num));
+            match opened {
+                Ok(file) => {
+                    self.dir_dirty.set(true);
+                    return Ok(Active {
+                        num,
+                        file: Arc::new(file),
+                        len: 0,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 64 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Appends a journal record (an envelope, a done mark) to body file `num`, the one holding
+    /// the message's last piece, so that the record lives and goes with that file. Rides the
+    /// next sync like any append.
+    pub(super) fn append_record(&self, num: u64, record: &[u8]) -> io::Result<()> {
+        let mut active = self.active.borrow_mut();
+        if let Some(a) = active.as_mut().filter(|a| a.num == num) {
+            a.file.write_all_at(record, a.len)?;
+            a.len += record.len() as u64;
+            self.mark_dirty(a.num, &a.file);
+            return Ok(());
+        }
+        let mut file = OpenOptions::new().append(true).open(self.path(num))?;
+        io::Write::write_all(&mut file, record)?;
+        self.mark_dirty(num, &Arc::new(file));
+        Ok(())
+    }
+
+    fn mark_dirty(&self, num: u64, file: &Arc<File>) {
+        let mut dirty = self.dirty.borrow_mut();
+        if !dirty.iter().any(|(n, _)| *n == num) {
+            dirty.push((num, Arc::clone(file)));
+        }
     }
 
     /// Everything written since the last call: the sync about to start makes it durable.
@@ -162,6 +204,14 @@ impl BodyFiles {
         }
         if failed.dir.is_some() {
             self.dir_dirty.set(true);
+        }
+    }
+
+    /// Counts more live extents (a message rebuilt while running): (body file, extents).
+    pub(super) fn add_refs(&self, counts: &[(u64, u64)]) {
+        let mut refs = self.refs.borrow_mut();
+        for (num, n) in counts {
+            *refs.entry(*num).or_insert(0) += n;
         }
     }
 
@@ -239,8 +289,18 @@ impl ExtentReader {
         Self { dir, open: None }
     }
 
-    /// The extent's bytes; `UnexpectedEof` when the body file is shorter than the record says.
-    pub(super) fn read(&mut self, extent: &Extent) -> io::Result<Vec<u8>> {
+    /// The extent's bytes as stored, unchecked (to keep a damaged body aside).
+    pub(super) fn read_unchecked(&mut self, extent: &Extent) -> io::Result<Vec<u8>> {
+        let plain = Extent {
+            framed: false,
+            ..*extent
+        };
+        self.read(QueueId(0), &plain)
+    }
+
+    /// The extent's bytes; `UnexpectedEof` when the body file is shorter than the record says,
+    /// `InvalidData` when a framed piece fails its checksum (or is not message `id`'s).
+    pub(super) fn read(&mut self, id: QueueId, extent: &Extent) -> io::Result<Vec<u8>> {
         let file = match &mut self.open {
             Some((num, file)) if *num == extent.file => file,
             slot => {
@@ -250,11 +310,30 @@ impl ExtentReader {
         };
         let len = usize::try_from(extent.len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "extent too long"))?;
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, extent.offset)?;
+        let header = if extent.framed { journal::HEADER } else { 0 };
+        let mut buf = vec![0; header + len];
+        let start = extent.offset.checked_sub(header as u64).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "framed extent at offset 0")
+        })?;
+        file.read_exact_at(&mut buf, start)?;
+        if extent.framed {
+            match journal::check(&buf) {
+                Some((journal::PIECE, of, n)) if of == id && n == len => {}
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        CHECKSUM_MISMATCH,
+                    ))
+                }
+            }
+            buf.drain(..header);
+        }
         Ok(buf)
     }
 }
+
+/// What a framed piece that fails its check reads as.
+pub(super) const CHECKSUM_MISMATCH: &str = "body checksum mismatch";
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,8 @@ pub enum StoreError {
     Sled(String),
     Io(std::io::Error),
     Corrupt(String),
+    /// A body piece failed its checksum: its content was altered on disk.
+    Damaged(String),
     NotFound(QueueId),
 }
 
@@ -21,6 +23,7 @@ impl fmt::Display for StoreError {
             Self::Sled(e) => write!(f, "store: {e}"),
             Self::Io(e) => write!(f, "store I/O: {e}"),
             Self::Corrupt(e) => write!(f, "store record corrupt: {e}"),
+            Self::Damaged(e) => write!(f, "store body damaged: {e}"),
             Self::NotFound(id) => write!(f, "no message {id} in the queue"),
         }
     }

@@ -14,10 +14,14 @@ pub(super) struct Extent {
     pub(super) file: u64,
     pub(super) offset: u64,
     pub(super) len: u32,
+    /// The piece is a journal record (`journal.rs`): its header, with the checksum, lies just
+    /// before `offset`. Unframed pieces (version 1 records) have no checksum.
+    pub(super) framed: bool,
 }
 
-/// Version byte of the `part/` record.
+/// Version byte of the `part/` record: 1 for an unframed piece, 2 for a framed one.
 const EXTENT_VERSION: u8 = 1;
+const FRAMED_VERSION: u8 = 2;
 
 /// Length of an encoded `Extent` (a `part/` record, or one inline in `msg/`).
 pub(super) const EXTENT_BYTES: usize = 21;
@@ -25,7 +29,11 @@ pub(super) const EXTENT_BYTES: usize = 21;
 impl Extent {
     pub(super) fn encode(&self) -> [u8; EXTENT_BYTES] {
         let mut out = [0; EXTENT_BYTES];
-        out[0] = EXTENT_VERSION;
+        out[0] = if self.framed {
+            FRAMED_VERSION
+        } else {
+            EXTENT_VERSION
+        };
         out[1..9].copy_from_slice(&self.file.to_be_bytes());
         out[9..17].copy_from_slice(&self.offset.to_be_bytes());
         out[17..21].copy_from_slice(&self.len.to_be_bytes());
@@ -36,9 +44,11 @@ impl Extent {
         let bytes: &[u8; EXTENT_BYTES] = bytes
             .try_into()
             .map_err(|_| DecodeError("part record of the wrong length"))?;
-        if bytes[0] != EXTENT_VERSION {
-            return Err(DecodeError("unknown part record version"));
-        }
+        let framed = match bytes[0] {
+            EXTENT_VERSION => false,
+            FRAMED_VERSION => true,
+            _ => return Err(DecodeError("unknown part record version")),
+        };
         let u64_at = |at: usize| {
             let mut b = [0; 8];
             b.copy_from_slice(&bytes[at..at + 8]);
@@ -50,6 +60,7 @@ impl Extent {
             file: u64_at(1),
             offset: u64_at(9),
             len: u32::from_be_bytes(len),
+            framed,
         })
     }
 
@@ -80,8 +91,11 @@ mod tests {
             file: 0x0102_0304_0506_0708,
             offset: u64::MAX - 1,
             len: 32 * 1024,
+            framed: false,
         };
         assert_eq!(Extent::decode(&e.encode()), Ok(e));
+        let framed = Extent { framed: true, ..e };
+        assert_eq!(Extent::decode(&framed.encode()), Ok(framed));
         assert!(Extent::decode(&e.encode()[..20]).is_err());
         let mut bad = e.encode();
         bad[0] = 9;

@@ -14,6 +14,11 @@
 //! flush + `fdatasync` of `<dir>/db`) in flight at a time, shared by every write that landed
 //! before it started.
 //!
+//! The body files are also a second journal (`journal.rs`): every piece framed with a CRC-32,
+//! the envelope after a message's last piece, a done record when recipients leave; `rebuild.rs`
+//! rebuilds from it what sled lost, and a body file that may still hold mail is moved to
+//! `quarantine/`, never deleted.
+//!
 //! The `Store` handle's operations, by file: `open.rs` (open, recover, new spools, plain
 //! flush), `query.rs` (reads: one message, the list, the due ones, a body), `update.rs`
 //! (delivery results, hold/release/delete, removal), `housekeeping.rs` (queue clock, purge,
@@ -23,7 +28,8 @@
 //! Never: call `Tree::len` or scan `part/` or `msg/` on a hot path (only `recover`, `list`
 //! and `purge_failed`'s bounded index scan read more than one message); run two flushes at
 //! once; write a body into sled; unlink a body file before the removal of its last extent is
-//! durable; assume sled's flush alone survives a power cut.
+//! durable, or one that may hold mail no record points to; assume sled's flush alone survives a
+//! power cut; send a body piece that failed its checksum.
 
 mod body_file;
 mod due;
@@ -32,10 +38,12 @@ mod extent;
 mod flush;
 mod housekeeping;
 mod index;
+mod journal;
 mod key;
 mod open;
 mod private;
 mod query;
+mod rebuild;
 mod record;
 mod recover;
 mod spool;
@@ -159,7 +167,30 @@ pub struct QueueFull;
 pub struct RecoveryReport {
     pub messages: u64,
     pub swept_spools: u64,
+    /// Database records moved to the `corrupt` tree.
     pub quarantined: u64,
+    /// Messages the database lacked, rebuilt from the body file journal.
+    pub recovered: u64,
+    /// Messages the database lacked whose body in the journal is damaged (kept aside).
+    pub lost: u64,
+    /// Damaged journal records skipped.
+    pub bad_records: u64,
+    /// Body files moved to `quarantine/`.
+    pub quarantined_files: u64,
+}
+
+/// What damage the store met since it opened, for `status` and the metrics: the start's
+/// recovery plus `queue recover` runs and messages quarantined when a body failed its checksum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Messages rebuilt from the body file journal.
+    pub recovered: u64,
+    /// Messages (or body files) kept aside in `quarantine/`, and records moved to `corrupt`.
+    pub quarantined: u64,
+    /// Messages the journal names whose body is damaged (not queued, kept aside).
+    pub lost: u64,
+    /// Damaged journal records skipped.
+    pub bad_records: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -187,6 +218,9 @@ struct Inner {
     lazy_removal: Cell<u64>,
     /// Which messages are due when (`due.rs`): built by `recover`.
     due: DueIndex,
+    damage: Cell<Damage>,
+    /// Added to sled's `generate_id` (`Store::fresh_number`), set by `recover`.
+    id_floor: Cell<u64>,
 }
 
 /// An uncommitted message body being written.

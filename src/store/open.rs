@@ -14,8 +14,8 @@ use super::body_file::BodyFiles;
 use super::due::DueIndex;
 use super::flush::{GroupFlush, SyncFiles, SyncHook};
 use super::{
-    key, private, record, recover, Inner, QueueId, RecoveryReport, Spool, Store, StoreError,
-    StoreOptions, Usage,
+    key, private, rebuild, record, recover, Damage, Inner, QueueId, RecoveryReport, Spool, Store,
+    StoreError, StoreOptions, Usage,
 };
 
 // Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
@@ -51,6 +51,40 @@ pub(super) fn sled_segment_size(dir: &Path) -> usize {
         .find_map(|line| line.strip_prefix("segment_size: "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(SLED_SEGMENT_SIZE)
+}
+
+/// Checks sled's `conf` (its settings, `StorageParameters::serialize` in `config.rs`, then a
+/// little-endian CRC-32) and rewrites it when damaged: sled only warns on a bad CRC and then
+/// fails on the damaged text with a misleading "created using a sled version earlier than
+/// 0.29". The settings are few and fixed (compression off, format 0.34); the segment size is
+/// the damaged file's when its line still reads as a power of two, else `SLED_SEGMENT_SIZE`.
+/// The damaged file is kept as `conf.damaged`. `true`: it was rewritten.
+fn repair_conf(dir: &Path) -> std::io::Result<bool> {
+    let path = dir.join("conf");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(false); // none yet: sled writes it
+    };
+    if let Some((text, crc)) = bytes.split_last_chunk::<4>() {
+        if crc32fast::hash(text).to_le_bytes() == *crc {
+            return Ok(false);
+        }
+    }
+    let segment = Some(sled_segment_size(dir))
+        .filter(|n| n.is_power_of_two() && (64 << 10..=16 << 20).contains(n))
+        .unwrap_or(SLED_SEGMENT_SIZE);
+    let mut conf =
+        format!("segment_size: {segment}\nuse_compression: false\nversion: 0.34\n").into_bytes();
+    conf.extend_from_slice(&crc32fast::hash(&conf).to_le_bytes());
+    std::fs::rename(&path, dir.join("conf.damaged"))?;
+    std::fs::write(&path, conf)?;
+    std::fs::File::open(&path)?.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()?;
+    log::error!(
+        "store: {} (sled's settings) was damaged: rewritten with segment_size {segment}, the \
+         damaged copy kept as conf.damaged",
+        path.display()
+    );
+    Ok(true)
 }
 
 /// The start check: the data directory and everything in it private, tightened (and said so,
@@ -112,6 +146,7 @@ impl Store {
         // Before sled: the files it creates are unreachable to others from the first moment.
         private::create_data_dir(dir)?;
         let fresh = !dir.join("conf").exists();
+        repair_conf(dir)?;
         let config = sled::Config::new()
             .path(dir)
             .segment_size(sled_segment_size(dir))
@@ -120,7 +155,14 @@ impl Store {
             .use_compression(false)
             // LowSpace (sled's default) favours small files on flash over write throughput.
             .mode(sled::Mode::LowSpace);
-        let db = open_db(&config)?;
+        let db = open_db(&config).map_err(|e| match e {
+            sled::Error::Io(e) => StoreError::Io(e),
+            e => StoreError::Sled(format!(
+                "cannot open the database in {}: {e}. If it is damaged, move {0}/db and {0}/conf \
+                 aside and start again: the queue is rebuilt from the body files",
+                dir.display()
+            )),
+        })?;
         let corrupt = db.open_tree("corrupt")?;
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
         let bodies = dir.join(BODIES_DIR);
@@ -152,6 +194,8 @@ impl Store {
             flush,
             lazy_removal: Cell::new(0),
             due: DueIndex::default(),
+            damage: Cell::new(Damage::default()),
+            id_floor: Cell::new(0),
         };
         Ok(Self {
             inner: Rc::new(inner),
@@ -162,6 +206,48 @@ impl Store {
     /// the schedule and the `failed/` index from the message records. Call once after open.
     pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
         recover::run(self)
+    }
+
+    /// Rebuilds the messages the body file journal holds and the database lacks (`rebuild.rs`),
+    /// while the queue runs (`outpost queue recover`). Durable on return.
+    pub async fn recover_journal(&self) -> Result<RecoveryReport, StoreError> {
+        let rebuilt = rebuild::run(self)?;
+        let mut usage = self.inner.usage.get();
+        for (_, meta, pieces) in &rebuilt.messages {
+            usage.messages += 1;
+            usage.bytes = usage.bytes.saturating_add(meta.size);
+            let mut counts = Vec::new();
+            for extent in pieces {
+                super::extent::count_extent(&mut counts, extent.file);
+            }
+            self.inner.flush.body_files().add_refs(&counts);
+        }
+        self.inner.usage.set(usage);
+        let report = RecoveryReport {
+            messages: usage.messages,
+            recovered: rebuilt.messages.len() as u64,
+            lost: rebuilt.lost,
+            bad_records: rebuilt.bad_records,
+            ..RecoveryReport::default()
+        };
+        self.note_damage(&report);
+        self.flush().await?;
+        Ok(report)
+    }
+
+    /// Adds what a recovery found to the damage counters (`Damage`).
+    pub(super) fn note_damage(&self, report: &RecoveryReport) {
+        let mut damage = self.inner.damage.get();
+        damage.recovered += report.recovered;
+        damage.quarantined += report.quarantined + report.quarantined_files;
+        damage.lost += report.lost;
+        damage.bad_records += report.bad_records;
+        self.inner.damage.set(damage);
+    }
+
+    /// The damage met since the store opened.
+    pub fn damage(&self) -> Damage {
+        self.inner.damage.get()
     }
 
     /// A new message body. Nothing goes into sled until `commit`: a spool a crash interrupts
@@ -186,7 +272,7 @@ impl Store {
     /// markers before any spool opens.
     pub(super) fn fresh_id(&self) -> Result<QueueId, StoreError> {
         for _ in 0..16 {
-            let id = QueueId(self.inner.db.generate_id()?);
+            let id = QueueId(self.fresh_number()?);
             if !self.inner.db.contains_key(key::msg(id))? {
                 return Ok(id);
             }
@@ -195,6 +281,17 @@ impl Store {
         Err(StoreError::Sled(
             "generate_id keeps returning ids in use".into(),
         ))
+    }
+
+    /// sled's `generate_id`, raised past every id and body file number the body file journal
+    /// holds (`id_floor`): after a database lost its counter, a new message or body file must
+    /// not take the number of one the journal still names.
+    pub(super) fn fresh_number(&self) -> Result<u64, sled::Error> {
+        Ok(self
+            .inner
+            .db
+            .generate_id()?
+            .saturating_add(self.inner.id_floor.get()))
     }
 
     /// Makes every write so far durable (group flush): `save_clock` at shutdown, for example.

@@ -146,11 +146,16 @@ impl Store {
         let pieces = meta.extents.into_iter().map(Ok).chain(parts);
         let pieces = pieces.map(move |extent: Result<Extent, StoreError>| {
             let extent = extent?;
-            reader.read(&extent).map_err(|e| {
-                StoreError::Corrupt(format!(
+            reader.read(id, &extent).map_err(|e| {
+                let what = format!(
                     "queue_id={id} body file {:016X} at {}+{}: {e}",
                     extent.file, extent.offset, extent.len
-                ))
+                );
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    StoreError::Damaged(what)
+                } else {
+                    StoreError::Corrupt(what)
+                }
             })
         });
         Ok(inline.chain(pieces))

@@ -138,6 +138,13 @@ impl MessageMeta {
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
+        let meta = Self::decode_from(&mut r)?;
+        r.end()?;
+        Ok(meta)
+    }
+
+    /// Decodes a record from the front of `r`, leaving what follows it.
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         r.version()?;
         let flags = r.u8()?;
         // Every bit of `flags` has a meaning now (`KNOWN_FLAGS` is all of them): a field
@@ -162,9 +169,8 @@ impl MessageMeta {
         } else {
             None
         };
-        let extents = inline_extents(&mut r, flags, chunks)?;
-        let rcpt = inline_rcpt(&mut r, flags, recipients)?;
-        r.end()?;
+        let extents = inline_extents(r, flags, chunks)?;
+        let rcpt = inline_rcpt(r, flags, recipients)?;
         Ok(Self {
             sender,
             eight_bit: flags & FLAG_EIGHT_BIT != 0,
@@ -350,6 +356,50 @@ pub(super) fn decode_clock(bytes: &[u8]) -> Result<QueueTime, DecodeError> {
     let now = r.u64()?;
     r.end()?;
     Ok(now)
+}
+
+/// A committed message's envelope as the journal keeps it (`journal::ENVELOPE`): `meta` as
+/// committed, without its extents, then the recipients (`records`, or the one inline in
+/// `meta`) as a `u32` count and strings.
+pub(super) fn encode_journal_envelope(meta: &MessageMeta, records: &[RcptRecord]) -> Vec<u8> {
+    let rcpt = meta.rcpt.as_ref();
+    let bare = MessageMeta {
+        extents: Vec::new(),
+        rcpt: None,
+        ..meta.clone()
+    };
+    let mut out = bare.encode();
+    let addresses: Vec<&str> = rcpt
+        .into_iter()
+        .chain(records)
+        .map(|r| r.address.as_str())
+        .collect();
+    out.extend_from_slice(
+        &u32::try_from(addresses.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    for address in addresses {
+        put_str(&mut out, address);
+    }
+    out
+}
+
+/// The envelope and recipient addresses of a `journal::ENVELOPE` payload.
+pub(super) fn decode_journal_envelope(
+    bytes: &[u8],
+) -> Result<(MessageMeta, Vec<String>), DecodeError> {
+    // The recipient list follows the `msg/` encoding, whose end the count marks: decode the
+    // envelope from the front, then read the count and addresses from where it stopped.
+    let mut r = Reader::new(bytes);
+    let meta = MessageMeta::decode_from(&mut r)?;
+    let count = r.u32()?;
+    let mut recipients = Vec::new();
+    for _ in 0..count {
+        recipients.push(r.string()?);
+    }
+    r.end()?;
+    Ok((meta, recipients))
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str) {

@@ -10,6 +10,7 @@ use std::io;
 
 use super::extent::{count_extent, MAX_EXTENT};
 use super::index::index;
+use super::journal;
 use super::record::{self, MessageMeta, INLINE_EXTENTS};
 use super::writes::Writes;
 use super::{
@@ -43,15 +44,14 @@ impl Spool {
                 )));
             }
             let fresh = || {
-                inner
-                    .db
-                    .generate_id()
+                self.store
+                    .fresh_number()
                     .map_err(|e| io::Error::other(format!("sled generate_id: {e}")))
             };
             let extent = inner
                 .flush
                 .body_files()
-                .append(piece, fresh)
+                .append(self.id, piece, fresh)
                 .map_err(StoreError::Io)?;
             // Counted at once: `Drop` releases it whatever happens next.
             count_extent(&mut self.body_files, extent.file);
@@ -79,7 +79,19 @@ impl Spool {
             return Ok(Err(QueueFull));
         }
         let id = self.id;
+        let last_file = self.extents.last().map(|e| e.file);
         let (meta, records) = self.envelope(info, now)?;
+        // The journal's copy of the envelope, after the last piece in its body file: the
+        // commit's sync makes it durable with the body (`journal.rs`).
+        if let Some(num) = last_file {
+            let record = record::encode_journal_envelope(&meta, &records);
+            let framed = journal::frame(journal::ENVELOPE, id, &record);
+            inner
+                .flush
+                .body_files()
+                .append_record(num, &framed)
+                .map_err(StoreError::Io)?;
+        }
         let batch = self.writes(&meta, &records);
         // Neither the queue clock nor the counters are written per message (one more key each
         // in sled's log): `recover` takes the clock past every `enqueued_at` and recounts.

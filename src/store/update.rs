@@ -7,8 +7,14 @@
 use std::time::Duration;
 
 use super::extent::{count_extent, Extent};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+use super::body_file::ExtentReader;
 use super::index::{index, unindex};
+use super::journal;
+use super::private::{DIR_MODE, FILE_MODE};
 use super::query::Recipients;
+use super::rebuild::QUARANTINE_DIR;
 use super::record::{self, MessageMeta};
 use super::writes::Writes;
 use super::{key, AttemptRecord, QueueId, RcptState, Store, StoreError, Usage, KEPT_ATTEMPTS};
@@ -78,6 +84,15 @@ impl Store {
             if !attempt.results.is_empty() {
                 self.append_attempt(&mut batch, id, &attempt)?;
             }
+            let done: Vec<u32> = attempt
+                .results
+                .iter()
+                .filter(|(_, state, _)| !state.is_open())
+                .map(|(idx, _, _)| *idx)
+                .collect();
+            if !done.is_empty() {
+                self.mark_done(id, &meta, &done);
+            }
             self.apply(batch).await
         } else {
             log::debug!("store: queue_id={id} all recipients delivered; removed");
@@ -118,6 +133,64 @@ impl Store {
         unindex(&mut batch, id, &meta);
         self.remove_message(batch, id, &meta, Durability::Wait)
             .await
+    }
+
+    /// Takes a message whose body failed its checksum out of the queue, kept whole in
+    /// `<data_dir>/quarantine/<id>` (0600): its envelope as text lines, a blank line, then the
+    /// body as stored, unverified. The copy is synced before the message is removed (with a done
+    /// record, so no rebuild brings it back); the removal rides the next sync.
+    pub fn quarantine(&self, id: QueueId) -> Result<(), StoreError> {
+        let message = self.get(id)?;
+        let meta = self.meta(id)?;
+        let mut text = format!("queue_id: {id}\nsender: <{}>\n", message.info.sender);
+        for r in &message.recipients {
+            text.push_str(&format!("recipient: <{}> {:?}\n", r.address, r.state));
+        }
+        text.push('\n');
+        let mut bytes = text.into_bytes();
+        let bodies = self.inner.flush.body_files().dir().to_path_buf();
+        let mut reader = ExtentReader::new(bodies.clone());
+        for extent in self.extents(id, &meta)? {
+            bytes.extend(reader.read_unchecked(&extent)?);
+        }
+        let dir = bodies.parent().unwrap_or(&bodies).join(QUARANTINE_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(dir.join(id.to_string()))?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        log::warn!(
+            "store: queue_id={id} body failed its checksum: kept in {QUARANTINE_DIR}/{id}, out \
+             of the queue"
+        );
+        self.note_damage(&super::RecoveryReport {
+            quarantined: 1,
+            ..Default::default()
+        });
+        let mut batch = Writes::default();
+        unindex(&mut batch, id, &meta);
+        let seq = self.remove_unsynced(batch, id, &meta)?;
+        self.inner.lazy_removal.set(seq);
+        Ok(())
+    }
+
+    /// Where a message's body is: the extents in `msg/`, else its `part/` records.
+    fn extents(&self, id: QueueId, meta: &MessageMeta) -> Result<Vec<Extent>, StoreError> {
+        if !meta.extents.is_empty() {
+            return Ok(meta.extents.clone());
+        }
+        let mut out = Vec::new();
+        for raw in self.inner.db.scan_prefix(key::part_prefix(id)).values() {
+            out.push(Extent::decode(&raw?)?);
+        }
+        Ok(out)
     }
 
     /// Keeps a message out of `due` until `release`. Durable on return.
@@ -165,6 +238,23 @@ impl Store {
         meta: &MessageMeta,
         durability: Durability,
     ) -> Result<(), StoreError> {
+        let seq = self.remove_unsynced(rest, id, meta)?;
+        match durability {
+            Durability::Wait => self.inner.flush.wait(seq).await.map_err(StoreError::Io),
+            Durability::Lazy => {
+                self.inner.lazy_removal.set(seq);
+                Ok(())
+            }
+        }
+    }
+
+    /// `remove_message` up to its sync: returns the write number the sync must cover.
+    fn remove_unsynced(
+        &self,
+        rest: Writes,
+        id: QueueId,
+        meta: &MessageMeta,
+    ) -> Result<u64, StoreError> {
         let mut batch = Writes::default();
         batch.remove(key::msg(id));
         batch.append(rest);
@@ -201,6 +291,7 @@ impl Store {
             messages: old.messages.saturating_sub(1),
             bytes: old.bytes.saturating_sub(meta.size),
         };
+        self.mark_done(id, meta, &[]);
         batch.apply(&self.inner.db, &self.inner.due)?;
         self.inner.usage.set(usage);
         let seq = self.inner.flush.note_write();
@@ -208,12 +299,34 @@ impl Store {
         for (num, n) in body_files {
             self.inner.flush.body_files().release_after(seq, num, n);
         }
-        match durability {
-            Durability::Wait => self.inner.flush.wait(seq).await.map_err(StoreError::Io),
-            Durability::Lazy => {
-                self.inner.lazy_removal.set(seq);
-                Ok(())
-            }
+        Ok(seq)
+    }
+
+    /// Appends a done record for `id` (`recipients`: their indexes; none: the whole message)
+    /// to the body file of its last piece, where its journal envelope is (`journal.rs`), so
+    /// that a rebuild from the body files does not send it again. Rides the next sync. A
+    /// failure costs at most a duplicate after a rebuild: logged, not returned.
+    pub(super) fn mark_done(&self, id: QueueId, meta: &MessageMeta, recipients: &[u32]) {
+        let last = match meta.extents.last() {
+            Some(extent) => Some(*extent),
+            None => meta
+                .chunks
+                .checked_sub(1)
+                .and_then(|n| self.inner.db.get(key::part(id, n)).ok().flatten())
+                .and_then(|raw| Extent::decode(&raw).ok()),
+        };
+        let Some(last) = last.filter(|e| e.framed) else {
+            return; // no journal envelope (a body from before the journal, or none)
+        };
+        let payload: Vec<u8> = recipients.iter().flat_map(|i| i.to_be_bytes()).collect();
+        let record = journal::frame(journal::DONE, id, &payload);
+        if let Err(e) = self
+            .inner
+            .flush
+            .body_files()
+            .append_record(last.file, &record)
+        {
+            log::warn!("store: queue_id={id} done record not journaled: {e}");
         }
     }
 

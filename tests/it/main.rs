@@ -19,6 +19,7 @@ mod chaos;
 mod cli;
 mod coalesce;
 mod corruption;
+mod damage;
 mod diskfull;
 mod durability;
 mod failover;

@@ -21,7 +21,12 @@ fn meta_strategy() -> impl Strategy<Value = MessageMeta> {
                 let (recipients, chunks) = counts;
                 let extents: Vec<Extent> = ext
                     .into_iter()
-                    .map(|(file, offset, len)| Extent { file, offset, len })
+                    .map(|(file, offset, len)| Extent {
+                        file,
+                        offset,
+                        len,
+                        framed: true,
+                    })
                     .collect();
                 // Inline extents are the body's pieces: as many as `chunks` says.
                 let chunks = match u32::try_from(extents.len()) {
@@ -91,6 +96,7 @@ fn an_inline_recipient_follows_the_extents_and_needs_exactly_one_recipient() {
             file: 1,
             offset: 0,
             len: 9,
+            framed: false,
         }],
         rcpt: Some(rcpt.clone()),
         ..plain_meta()
@@ -119,6 +125,7 @@ fn inline_extents_follow_the_coalescing_key_and_records_without_them_have_none()
         file: 7,
         offset: 4096,
         len: 1150,
+        framed: true,
     };
     let meta = MessageMeta {
         coalesce: Some(0xfeed),

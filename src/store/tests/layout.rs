@@ -83,8 +83,17 @@ fn bodies_live_in_body_files_not_in_sled() {
     assert_eq!(store.meta(id).unwrap().extents.len(), 2);
     let files = body_files(&dir);
     assert_eq!(files.len(), 1);
+    // The body file is a journal: two framed pieces, then the envelope.
     let on_disk = std::fs::read(dir.path().join(BODIES_DIR).join(&files[0])).unwrap();
-    assert_eq!(on_disk, b"Subject: s\r\n\r\nbody\r\n");
+    let scan = journal::scan(&on_disk);
+    let kinds: Vec<u8> = scan.records.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [journal::PIECE, journal::PIECE, journal::ENVELOPE]);
+    assert_eq!(scan.bad, 0);
+    let body: Vec<u8> = scan.records[..2]
+        .iter()
+        .flat_map(|r| on_disk[usize::try_from(r.offset).unwrap()..][..r.len as usize].to_vec())
+        .collect();
+    assert_eq!(body, b"Subject: s\r\n\r\nbody\r\n");
     // More pieces than fit inline: one `part/` record each.
     let pieces: Vec<&[u8]> = vec![b"1", b"2", b"3", b"4", b"5"];
     let long = commit(&store, &pieces, &["a@x"], 2);
@@ -112,7 +121,7 @@ fn body_files_are_unlinked_once_every_message_in_them_is_gone() {
     let dir = TempDir::new().unwrap();
     let (store, _) = open(&dir);
     let piece = vec![b'p'; MAX_EXTENT];
-    let pieces = usize::try_from(BODY_FILE_BYTES).unwrap() / MAX_EXTENT;
+    let pieces = usize::try_from(BODY_FILE_BYTES).unwrap() / (MAX_EXTENT + journal::HEADER);
     let body: Vec<&[u8]> = (0..pieces).map(|_| piece.as_slice()).collect();
     // Each message fills one body file exactly: three of them take three body files.
     let ids: Vec<QueueId> = (0..3).map(|n| commit(&store, &body, &["a@x"], n)).collect();

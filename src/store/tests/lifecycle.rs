@@ -30,8 +30,7 @@ fn commit_then_reopen_round_trips() {
         report,
         RecoveryReport {
             messages: 2,
-            swept_spools: 0,
-            quarantined: 0
+            ..RecoveryReport::default()
         }
     );
     let after = store.get(a).unwrap();

@@ -108,3 +108,4 @@ mod lifecycle;
 mod model;
 mod recovery;
 mod schedule;
+mod second_journal;
