@@ -29,7 +29,7 @@ Prints a Markdown table, the log lines, and a summary line per row
 (`damage: row="db: 1 bit" delivered=… altered=… … exit=…`).
 
 --expect "db:lost=0,body:altered=0,conf:error>=1": criteria, each GROUP:FIELD OP VALUE with OP
-one of = <= >=, GROUP the part of a row's name before the colon (none, db, body, conf) or `*`;
+one of = <= >=, GROUP the first word of a row's name (none, db, body, conf) or `*`;
 every row of the group must meet it ("-" meets none), else the exit status is 1. Without --expect the campaign
 only reports (exit 0 unless it could not run).
 """
@@ -244,7 +244,7 @@ def check(rows, expect):
             sys.exit("damage: bad criterion %r (GROUP:FIELD OP VALUE)" % criterion)
         group, field, op, want = found.groups()
         for name, row in rows:
-            if group != "*" and name.split(":")[0] != group:
+            if group != "*" and name.split(":")[0].split()[0] != group:
                 continue
             have = row[field]
             if field == "exit":

@@ -94,8 +94,10 @@ impl Forwarder {
                     self.apply(message, &pending, &report).await;
                 }
                 if damaged.get() {
-                    if let Err(e) = self.store.quarantine(message.id) {
-                        error!("queue_id={} cannot quarantine: {e}", message.id);
+                    match self.store.quarantine(message.id) {
+                        // It left the queue: the pass goes on at once without it.
+                        Ok(()) => return Err(ForwardError::BodyDamaged),
+                        Err(e) => error!("queue_id={} cannot quarantine: {e}", message.id),
                     }
                 }
                 return Err(e);

@@ -131,13 +131,17 @@ pub enum ForwardError {
     /// The OAuth 2.0 token endpoint gave no access token (unreachable, an HTTP error such as
     /// `invalid_grant`, a bad reply). The mail waits; the operator may have to act.
     Token { endpoint: String, message: String },
+    /// The message in flight failed its body checksum: outpost cut the transfer before the
+    /// final dot (the smarthost discards what it got). Not the link's fault: the pass goes on
+    /// at once over a new connection.
+    BodyDamaged,
 }
 
 impl ForwardError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Io(_) | Self::Timeout(_) | Self::Protocol(_) => true,
-            Self::Token { .. } => true,
+            Self::Token { .. } | Self::BodyDamaged => true,
             Self::Tls { transient, .. } => *transient,
             Self::Session(SessionFailure::Rejected { reply, .. }) => !reply.is_permanent(),
             Self::Session(SessionFailure::Unexpected { .. } | SessionFailure::Closed) => true,
@@ -178,6 +182,7 @@ impl fmt::Display for ForwardError {
             Self::Token { endpoint, message } => {
                 write!(f, "OAuth2 token endpoint {endpoint}: {message}")
             }
+            Self::BodyDamaged => f.write_str("transfer cut: the message body is damaged"),
         }
     }
 }

@@ -241,8 +241,9 @@ fn failure_code(step: &str, error: &ForwardError) -> u8 {
             Stage::Greeting => EX_UNAVAILABLE,
             _ => EX_PROTOCOL,
         },
-        ForwardError::Tls { .. } | ForwardError::Protocol(_) | ForwardError::Session(_) => {
-            EX_PROTOCOL
-        }
+        ForwardError::Tls { .. }
+        | ForwardError::Protocol(_)
+        | ForwardError::Session(_)
+        | ForwardError::BodyDamaged => EX_PROTOCOL,
     }
 }

@@ -283,6 +283,8 @@ impl Forwarder {
             }
             match self.session(index, live).await {
                 Ok(()) => break,
+                // That message left the queue: the rest goes over a new connection.
+                Err(ForwardError::BodyDamaged) => continue,
                 Err(e) => {
                     self.mark_down(index, &e);
                     from = index + 1;

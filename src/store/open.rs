@@ -87,11 +87,13 @@ fn repair_conf(dir: &Path) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// The start check: the data directory and everything in it private, tightened (and said so,
-/// unless sled has just created its files under a loose umask).
+/// The start check: the data directory and everything in it private, tightened (and said so
+/// when other users could reach what was loose; not when sled has just created its files, or
+/// created new ones inside the private directory, under a loose umask).
 fn check_private(dir: &Path, fresh: bool) -> Result<(), StoreError> {
     let done = private::tighten(dir)?;
-    if !fresh && done != private::Tightened::default() {
+    let loosened = done.dirs > 0 || done.files > 0;
+    if !fresh && loosened && done.reachable {
         log::warn!(
             "store: data_dir={} was open to other users: set {} directories to 0700 and {} files \
              to 0600",

@@ -31,6 +31,9 @@ pub fn create_data_dir(dir: &Path) -> io::Result<()> {
 pub(super) struct Tightened {
     pub(super) dirs: usize,
     pub(super) files: usize,
+    /// Group or others had some access to the data directory itself, so what was loose in it
+    /// could be reached (inside a 0700 directory a 0644 file is out of everyone's reach).
+    pub(super) reachable: bool,
 }
 
 /// Takes read and write for group and others from `dir`, and sets everything in it (but the
@@ -38,6 +41,7 @@ pub(super) struct Tightened {
 pub(super) fn tighten(dir: &Path) -> io::Result<Tightened> {
     let mut done = Tightened::default();
     let current = fs::metadata(dir)?.permissions().mode();
+    done.reachable = current & 0o077 != 0;
     // Read and write for group and others go; search stays (see the module doc).
     if current & 0o066 != 0 {
         fs::set_permissions(dir, fs::Permissions::from_mode(current & 0o7711))?;

@@ -94,7 +94,9 @@ class MiniSmtp(socketserver.StreamRequestHandler):
                 content = bytearray()
                 while True:
                     data = self.rfile.readline(65536)
-                    if not data or data == b".\r\n":
+                    if not data:
+                        return  # the client went away before the final dot: nothing taken
+                    if data == b".\r\n":
                         break
                     content += data[1:] if data.startswith(b".") else data
                 store(mail_from, rcpts, bytes(content))

@@ -31,7 +31,7 @@ fn loose_modes_are_tightened_and_the_maildrop_left_alone() {
     set(&dir.join("db"), 0o644);
     set(&dir.join("bodies/0000000000000001"), 0o666);
     set(&dir.join("maildrop/1.msg"), 0o644);
-    assert_eq!(tighten(&dir).unwrap(), Tightened { dirs: 2, files: 2 });
+    assert_eq!(counts(tighten(&dir).unwrap()), (2, 2, true));
     // Search stays for the maildrop's callers; read and write go.
     assert_eq!(mode(&dir), 0o711);
     assert_eq!(mode(&dir.join("bodies")), 0o700);
@@ -40,11 +40,21 @@ fn loose_modes_are_tightened_and_the_maildrop_left_alone() {
     assert_eq!(mode(&dir.join("maildrop")), 0o1733);
     assert_eq!(mode(&dir.join("maildrop/1.msg")), 0o644);
     // Private already: nothing to do.
-    assert_eq!(tighten(&dir).unwrap(), Tightened::default());
+    assert_eq!(counts(tighten(&dir).unwrap()), (0, 0, true));
     // A group that may traverse to the maildrop keeps that, and only that.
     set(&dir, 0o775);
-    assert_eq!(tighten(&dir).unwrap(), Tightened { dirs: 1, files: 0 });
+    assert_eq!(counts(tighten(&dir).unwrap()), (1, 0, true));
     assert_eq!(mode(&dir), 0o711);
     set(&dir, 0o710);
-    assert_eq!(tighten(&dir).unwrap(), Tightened::default());
+    assert_eq!(counts(tighten(&dir).unwrap()), (0, 0, true));
+    // A file created loose inside a 0700 directory (sled under umask 022) is tightened, and
+    // was out of everyone else's reach: nothing to warn about.
+    set(&dir, 0o700);
+    set(&dir.join("db"), 0o644);
+    assert_eq!(counts(tighten(&dir).unwrap()), (0, 1, false));
+    assert_eq!(mode(&dir.join("db")), 0o600);
+}
+
+fn counts(done: Tightened) -> (usize, usize, bool) {
+    (done.dirs, done.files, done.reachable)
 }
