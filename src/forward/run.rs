@@ -18,6 +18,7 @@ use crate::smtp::client::{ClientSession, ClientStep, SessionFailure, Stage};
 use crate::store::{QueuedMessage, Store};
 use crate::wait::Wake;
 
+use super::bounce::FailedNotices;
 use super::failover::{self, SmarthostTiming};
 use super::link::Connection;
 use super::outcome::ForwardError;
@@ -77,6 +78,7 @@ pub async fn run_linked(
         stalled_until: 0,
         link,
         intake,
+        failed_notices: FailedNotices::default(),
     };
     forwarder.reconfigure(params);
     loop {
@@ -140,6 +142,8 @@ pub(super) struct Forwarder {
     pub(super) link: Rc<LinkState>,
     /// Where DSNs enter the queue.
     pub(super) intake: Rc<Intake>,
+    /// The rate limit of the notices about failed messages.
+    pub(super) failed_notices: FailedNotices,
 }
 
 impl Forwarder {
