@@ -31,9 +31,9 @@ pub(super) struct FailedNotices {
 impl FailedNotices {
     /// `Some(held)`: a notice may go now, `held` failures since the last one went unreported.
     fn take(&mut self, now: Instant) -> Option<u32> {
-        if self
+        if !self
             .window
-            .is_none_or(|start| now.duration_since(start) >= FAILED_WINDOW)
+            .is_some_and(|start| now.duration_since(start) < FAILED_WINDOW)
         {
             self.window = Some(now);
             self.sent = 0;
