@@ -7,6 +7,7 @@
 //! (`Store::recover_journal`, `outpost queue recover`). Reads every body file once; writes only
 //! the rebuilt messages.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
@@ -38,43 +39,32 @@ pub(super) struct Rebuilt {
 /// A journal envelope found: where, and what it says.
 struct Envelope {
     file: u64,
-    id: QueueId,
     meta: MessageMeta,
     recipients: Vec<String>,
 }
 
-/// Everything the body files hold (plain vectors: few instantiations, small code).
+/// What the body files hold of one message that sled's database lacks: its pieces in the order
+/// appended, its envelope once found, the recipients marked done.
 #[derive(Default)]
-struct Journal {
-    /// Every piece, in the order appended (body files in number order).
-    pieces: Vec<(QueueId, Extent)>,
-    envelopes: Vec<Envelope>,
-    /// Done records: body file, message, recipient index (`WHOLE`: the whole message).
-    done: Vec<(u64, QueueId, u32)>,
+struct Lacking {
+    pieces: Vec<Extent>,
+    envelope: Option<Envelope>,
+    done: Vec<u32>,
 }
 
-/// A done record without recipient indexes: the whole message left the queue.
-const WHOLE: u32 = u32::MAX;
-
-/// Rebuilds every message the body files hold that sled lost (see the module doc).
+/// Rebuilds every message the body files hold that sled lost (see the module doc). One pass
+/// over the body files in number (creation) order, keeping only what belongs to messages sled
+/// lacks: memory goes with what is missing, not with the depth of the queue.
 pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
     let dir = store.inner.flush.body_files().dir().to_path_buf();
     let mut out = Rebuilt::default();
-    let journal = read_all(&dir, &mut out)?;
-    for envelope in &journal.envelopes {
-        let id = envelope.id;
-        let done: Vec<u32> = (journal.done.iter())
-            .filter(|d| (d.0, d.1) == (envelope.file, id))
-            .map(|d| d.2)
-            .collect();
-        if done.contains(&WHOLE) || store.inner.db.contains_key(key::msg(id))? {
+    let lacking = read_all(store, &dir, &mut out)?;
+    for (id, message) in lacking {
+        let Some(envelope) = message.envelope else {
+            // Pieces of a message never committed (no envelope): nothing was acknowledged.
             continue;
-        }
-        // Linear look-ups (start-up only, once per envelope): no sort code in the binary.
-        let pieces: Vec<Extent> = (journal.pieces.iter())
-            .filter(|p| p.0 == id)
-            .map(|p| p.1)
-            .collect();
+        };
+        let pieces = message.pieces;
         let size: u64 = pieces.iter().map(|e| u64::from(e.len)).sum();
         if pieces.len() != envelope.meta.chunks as usize || size != envelope.meta.size {
             log::error!(
@@ -91,7 +81,7 @@ pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
             out.keep.push(envelope.file);
             continue;
         }
-        if let Some(meta) = restore(store, envelope, &pieces, &done)? {
+        if let Some(meta) = restore(store, id, &envelope, &pieces, &message.done)? {
             log::warn!("store: queue_id={id} rebuilt from the body file journal");
             out.messages.push((id, meta, pieces));
         }
@@ -103,11 +93,11 @@ pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
 /// `None` when every recipient is done.
 fn restore(
     store: &Store,
+    id: QueueId,
     envelope: &Envelope,
     pieces: &[Extent],
     done: &[u32],
 ) -> Result<Option<MessageMeta>, StoreError> {
-    let id = envelope.id;
     let mut records: Vec<RcptRecord> = (0..)
         .zip(&envelope.recipients)
         .map(|(idx, address)| RcptRecord {
@@ -156,17 +146,25 @@ fn restore(
 }
 
 /// Scans every body file, in number (creation) order, so a message's pieces come in the order
-/// they were appended.
-fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
+/// they were appended; keeps the records of the messages sled lacks (a message leaves the map
+/// at its whole-message done record).
+fn read_all(
+    store: &Store,
+    dir: &Path,
+    out: &mut Rebuilt,
+) -> Result<BTreeMap<QueueId, Lacking>, StoreError> {
     let mut nums = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         if let Some(num) = entry?.file_name().to_str().and_then(parse_body_file_name) {
-            // Kept in order as they come (a few files: no sort code in the binary).
-            let at = nums.partition_point(|&n| n < num);
-            nums.insert(at, num);
+            nums.push(num);
         }
     }
-    let mut journal = Journal::default();
+    nums.sort_unstable();
+    let mut lacking: BTreeMap<QueueId, Lacking> = BTreeMap::new();
+    // Whether sled lacks message `id`: once found lacking, it stays in the map.
+    let lacks = |lacking: &BTreeMap<QueueId, Lacking>, id: QueueId| -> Result<bool, StoreError> {
+        Ok(lacking.contains_key(&id) || !store.inner.db.contains_key(key::msg(id))?)
+    };
     for num in nums {
         let bytes = match std::fs::read(body_file_path(dir, num)) {
             Ok(bytes) => bytes,
@@ -190,44 +188,52 @@ fn read_all(dir: &Path, out: &mut Rebuilt) -> Result<Journal, StoreError> {
         for found in scan.records {
             let at = usize::try_from(found.offset).unwrap_or(usize::MAX);
             let payload = &bytes[at..at + found.len as usize];
-            out.max_number = out.max_number.max(found.id.0);
+            let id = found.id;
+            out.max_number = out.max_number.max(id.0);
             match found.kind {
-                PIECE => journal.pieces.push((
-                    found.id,
-                    Extent {
+                PIECE if lacks(&lacking, id)? => {
+                    lacking.entry(id).or_default().pieces.push(Extent {
                         file: num,
                         offset: found.offset,
                         len: found.len,
                         framed: true,
-                    },
-                )),
-                ENVELOPE => match record::decode_journal_envelope(payload) {
-                    Ok((meta, recipients)) => journal.envelopes.push(Envelope {
-                        file: num,
-                        id: found.id,
-                        meta,
-                        recipients,
-                    }),
-                    Err(e) => {
-                        log::error!(
-                            "store: body file {num:016X}: queue_id={} envelope undecodable ({e})",
-                            found.id
+                    });
+                }
+                ENVELOPE if lacks(&lacking, id)? => {
+                    match record::decode_journal_envelope(payload) {
+                        Ok((meta, recipients)) => {
+                            lacking.entry(id).or_default().envelope = Some(Envelope {
+                                file: num,
+                                meta,
+                                recipients,
+                            });
+                        }
+                        Err(e) => {
+                            log::error!(
+                            "store: body file {num:016X}: queue_id={id} envelope undecodable ({e})"
                         );
-                        out.bad_records += 1;
-                        out.keep.push(num);
+                            out.bad_records += 1;
+                            out.keep.push(num);
+                        }
                     }
-                },
-                _ if payload.is_empty() => journal.done.push((num, found.id, WHOLE)),
+                }
+                PIECE | ENVELOPE => {}
+                // The whole message left the queue.
+                _ if payload.is_empty() => {
+                    lacking.remove(&id);
+                }
                 _ => {
-                    for idx in payload.chunks_exact(4) {
-                        let idx = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
-                        journal.done.push((num, found.id, idx));
+                    if let Some(message) = lacking.get_mut(&id) {
+                        for idx in payload.chunks_exact(4) {
+                            let idx = u32::from_be_bytes([idx[0], idx[1], idx[2], idx[3]]);
+                            message.done.push(idx);
+                        }
                     }
                 }
             }
         }
     }
-    Ok(journal)
+    Ok(lacking)
 }
 
 /// Moves body file `num` into `<data_dir>/quarantine/` (created 0700), where the operator can
