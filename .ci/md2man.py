@@ -54,7 +54,8 @@ def cells(row):
         row = row[1:]
     if row.endswith("|"):
         row = row[:-1]
-    # `|` inside code spans stays in its cell.
+    # `|` inside code spans stays in its cell, and so does an escaped `\|`.
+    row = row.replace("\\|", "\0")
     parts, cur, code = [], "", False
     for ch in row:
         if ch == "`":
@@ -65,7 +66,7 @@ def cells(row):
         else:
             cur += ch
     parts.append(cur.strip())
-    return parts
+    return [p.replace("\0", "|") for p in parts]
 
 
 def convert(name, section, summary, version, date, text):
