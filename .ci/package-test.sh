@@ -66,10 +66,12 @@ echo "tarballs: binary, man pages, boards/, licenses, changelog in each"
 
 step "package-test: lintian"
 for deb in "$dist"/*.deb; do
-    # Errors fail; warnings, infos and the overridden tags are listed.
-    lintian --fail-on error --display-info --show-overrides --no-tag-display-limit "$deb" \
-        || die "lintian: errors in $deb"
-    echo "lintian $(basename "$deb"): no errors"
+    # Errors fail (`E:`); warnings, infos and the overridden tags (`O:`, argued in
+    # boards/debian/lintian-overrides) are listed.
+    lintian --fail-on none --display-info --show-overrides --tag-display-limit 0 "$deb" \
+        2>&1 | grep -v '^running with root privileges' | tee "$work/lintian.out"
+    grep -q '^E: ' "$work/lintian.out" && die "lintian: errors in $deb"
+    echo "lintian $(basename "$deb"): no errors, $(grep -c '^W: ' "$work/lintian.out" || true) warnings"
 done
 
 step "package-test: arm64 and armhf packages under qemu-user"
@@ -252,7 +254,8 @@ for f in /etc/outpost /var/lib/outpost /run/outpost /etc/systemd/system/outpost.
     /etc/systemd/system/multi-user.target.wants/outpost.service; do
     [[ -e $f || -L $f ]] && left+=("$f")
 done
-while read -r f; do left+=("$f"); done < <(find /etc /var/lib /run /usr /lib -xdev -name '*outpost*' \
+while read -r f; do left+=("$f"); done < <(find /etc /var/lib /run /usr /lib -xdev \
+    \( -name outpost -o -name 'outpost.*' -o -name 'outpost_*' \) \
     -not -path '/var/lib/dpkg/*' -not -path "$PWD/*" 2>/dev/null || true)
 getent passwd outpost >/dev/null && left+=("user outpost")
 getent group outpost >/dev/null && left+=("group outpost")
