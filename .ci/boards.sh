@@ -112,8 +112,9 @@ build_args() {
     if [[ " ${std_from_source[*]} " == *" $1 "* ]]; then echo "-Zbuild-std=std,panic_abort"; fi
 }
 if [[ " ${specs[*]} " == *.* || " ${targets[*]} " == *-musleabihf* ]]; then
-    zig_venv=$tmp/zig
-    timed "zig, cargo-zigbuild (PyPI)" bash -c "python3 -m venv '$zig_venv' \
+    # Shared with .ci/package.sh (the same zig path keeps cargo's fingerprints of the builds).
+    zig_venv=$(realpath -m "$target_dir/zig-venv")
+    timed "zig, cargo-zigbuild (PyPI)" bash -c "{ test -x '$zig_venv/bin/pip' || python3 -m venv '$zig_venv'; } \
         && '$zig_venv/bin/pip' install --quiet --disable-pip-version-check ${ZIG_PACKAGES[*]}"
     export PATH="$zig_venv/bin:$PATH"
     echo "zig $(python-zig version), $(cargo-zigbuild --version)"

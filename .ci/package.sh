@@ -8,7 +8,7 @@
 # - SHA256SUMS over all of them.
 # armhf is the ARMv6 build (arm-unknown-linux-musleabihf, ARM1176: Pi Zero/1 and the 32-bit
 # Raspberry Pi OS), which runs on every 32-bit Pi. The ARM builds link with zig (cargo-zigbuild,
-# from PyPI into a venv) against zig's musl, built for the target CPU; where rustup has no rust-std
+# from PyPI into the venv target/zig-venv) against zig's musl, built for the target CPU; where rustup has no rust-std
 # for the target, std is built from source (rust-src, RUSTC_BOOTSTRAP=1 -Zbuild-std).
 # The board binaries (aarch64, armv7, armv6) are held to the size budget of .ci/boards.sh; the
 # x86_64 one (PCs and VMs, not a board) is printed: its code is about 0.5 MB larger (ring's
@@ -60,11 +60,12 @@ step "package: builds (${names[*]})"
 zig_ready=false
 need_zig() {
     $zig_ready && return
-    if ! command -v cargo-zigbuild >/dev/null || ! command -v python-zig >/dev/null; then
-        python3 -m venv "$tmp/zig"
-        "$tmp/zig/bin/pip" install --quiet --disable-pip-version-check "${ZIG_PACKAGES[@]}"
-        export PATH="$tmp/zig/bin:$PATH"
-    fi
+    # The venv .ci/boards.sh uses too: the same zig path, so cargo's fingerprints match and
+    # one script reuses the other's ARM builds.
+    local venv=$target_dir/zig-venv
+    [[ -x $venv/bin/pip ]] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "${ZIG_PACKAGES[@]}"
+    export PATH="$(realpath "$venv")/bin:$PATH"
     echo "zig $(python-zig version), $(cargo-zigbuild --version)"
     zig_ready=true
 }
