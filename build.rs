@@ -3,9 +3,9 @@
 //! Built from a git checkout, `outpost --version` names the commit: `OUTPOST_GIT_COMMIT` is set
 //! to `git rev-parse --short=12 HEAD`, and the script runs again when HEAD or the branch it
 //! points at moves (uncommitted edits are not marked: watching the work tree would rerun the
-//! script at every build). Without a `.git` next to
-//! Cargo.toml (a source tarball, a crate download) or without git, the variable is not set and
-//! the version is the crate's alone; a parent directory's repository is never consulted.
+//! script at every build). Without a `.git` next to Cargo.toml (a source tarball, a crate
+//! download) or without git, the variable is not set and the version is the crate's alone; a
+//! parent directory's repository is never consulted.
 //!
 //! A release build aborts on panic (`panic = "abort"`), so nothing in it ever unwinds: the
 //! `.eh_frame_hdr` index that speeds up unwinding (`PT_GNU_EH_FRAME`) is dead weight, about
