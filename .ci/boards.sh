@@ -34,11 +34,12 @@ step() { printf '\n==== %s ====\n' "$*"; }
 die() { printf 'boards: error: %s\n' "$*" >&2; exit 1; }
 t_start=$SECONDS
 timings=()
-timed() { # timed LABEL COMMAND...: runs COMMAND, records LABEL's duration
-    local label=$1 t0=$SECONDS
+timed() { # timed LABEL COMMAND...: runs COMMAND, records LABEL's duration, returns its status
+    local label=$1 t0=$SECONDS rc=0
     shift
-    "$@"
+    "$@" || rc=$?
     timings+=("$(printf '%-72s %4ds' "$label" $((SECONDS - t0)))")
+    return $rc
 }
 
 step "boards: machine"
