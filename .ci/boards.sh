@@ -34,11 +34,12 @@ step() { printf '\n==== %s ====\n' "$*"; }
 die() { printf 'boards: error: %s\n' "$*" >&2; exit 1; }
 t_start=$SECONDS
 timings=()
-timed() { # timed LABEL COMMAND...: runs COMMAND, records LABEL's duration
-    local label=$1 t0=$SECONDS
+timed() { # timed LABEL COMMAND...: runs COMMAND, records LABEL's duration, returns its status
+    local label=$1 t0=$SECONDS rc=0
     shift
-    "$@"
+    "$@" || rc=$?
     timings+=("$(printf '%-72s %4ds' "$label" $((SECONDS - t0)))")
+    return $rc
 }
 
 step "boards: machine"
@@ -84,8 +85,9 @@ for t in $TEST_TARGETS; do
     spec_of "$t" >/dev/null || die "TEST_TARGETS names $t, which no board file lists"
 done
 # cargo, or cargo-zigbuild for a spec with a glibc floor: `build_tool SPEC build|test`.
+# The 32-bit ARM musl targets are linked by zig too: Debian's armhf gcc and its libgcc are ARMv7.
 build_tool() {
-    if [[ $1 == *.* ]]; then
+    if [[ $1 == *.* || $1 == arm*-musleabihf ]]; then
         if [[ $2 == build ]]; then echo "cargo-zigbuild zigbuild"; else echo "cargo-zigbuild $2"; fi
     else
         echo "cargo $2"
@@ -93,10 +95,27 @@ build_tool() {
 }
 
 step "boards: rustup targets, zig"
-timed "rustup target add" rustup target add "${targets[@]}"
-if [[ " ${specs[*]} " == *.* ]]; then
-    zig_venv=$tmp/zig
-    timed "zig, cargo-zigbuild (PyPI)" bash -c "python3 -m venv '$zig_venv' \
+# A target whose rust-std rustup cannot fetch (it has none for some tier-2 targets on some
+# mirrors) gets std built from rust-src (RUSTC_BOOTSTRAP=1 -Zbuild-std), as .ci/package.sh does.
+std_from_source=()
+for t in "${targets[@]}"; do
+    if ! timed "rustup target add $t" rustup target add "$t"; then
+        [[ $t == arm*-musleabihf ]] || die "rustup target add $t failed"
+        std_from_source+=("$t")
+    fi
+done
+if [[ ${#std_from_source[@]} -gt 0 ]]; then
+    echo "std from source for: ${std_from_source[*]}"
+    rustup component add rust-src
+fi
+# build_args TRIPLE: what building std from source needs, if TRIPLE needs it.
+build_args() {
+    if [[ " ${std_from_source[*]} " == *" $1 "* ]]; then echo "-Zbuild-std=std,panic_abort"; fi
+}
+if [[ " ${specs[*]} " == *.* || " ${targets[*]} " == *-musleabihf* ]]; then
+    # Shared with .ci/package.sh (the same zig path keeps cargo's fingerprints of the builds).
+    zig_venv=$(realpath -m "$target_dir/zig-venv")
+    timed "zig, cargo-zigbuild (PyPI)" bash -c "{ test -x '$zig_venv/bin/pip' || python3 -m venv '$zig_venv'; } \
         && '$zig_venv/bin/pip' install --quiet --disable-pip-version-check ${ZIG_PACKAGES[*]}"
     export PATH="$zig_venv/bin:$PATH"
     echo "zig $(python-zig version), $(cargo-zigbuild --version)"
@@ -118,7 +137,11 @@ for spec in "${specs[@]}"; do
     t=${spec%%.*}
     tool=$(build_tool "$spec" build)
     # shellcheck disable=SC2086 # the tool is a command line
-    timed "$tool --release --target $spec" $tool --release --locked --target "$spec"
+    boot=()
+    if [[ -n "$(build_args "$t")" ]]; then boot=(env RUSTC_BOOTSTRAP=1); fi
+    # shellcheck disable=SC2046 # none or one word
+    timed "$tool --release --target $spec" "${boot[@]}" $tool --release --locked \
+        --target "$spec" $(build_args "$t")
     bin=$target_dir/$t/release/outpost
     size=$(stat -c %s "$bin")
     echo "$t: $(readelf -hW "$bin" | sed -nE 's/^ *(Class|Machine): *//p' | paste -sd' ')"

@@ -108,7 +108,11 @@ pub mod store;
 pub mod tls;
 pub mod wait;
 
-/// `outpost --version` text (also the first line of `outpost status`).
+/// `outpost --version` text (also the first line of `outpost status`): the crate version, and
+/// the git commit when built from a checkout (build.rs), e.g. `outpost 0.1.0 (1a2b3c4d5e6f)`.
 pub fn version() -> String {
-    format!("outpost {}", env!("CARGO_PKG_VERSION"))
+    match option_env!("OUTPOST_GIT_COMMIT") {
+        Some(commit) => format!("outpost {} ({commit})", env!("CARGO_PKG_VERSION")),
+        None => format!("outpost {}", env!("CARGO_PKG_VERSION")),
+    }
 }

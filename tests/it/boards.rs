@@ -24,6 +24,7 @@ const TARGETS: &[&str] = &[
     "aarch64-unknown-linux-gnu",
     "armv7-unknown-linux-gnueabihf",
     "aarch64-unknown-linux-musl",
+    "arm-unknown-linux-musleabihf",
 ];
 
 /// Config keys a board file sets itself rather than leaving to the defaults.
@@ -90,6 +91,7 @@ fn the_supported_boards_have_files() {
         "raspberry-pi-64.toml",
         "raspberry-pi-32.toml",
         "openwrt-aarch64.toml",
+        "raspberry-pi-zero.toml",
     ] {
         assert!(
             names.iter().any(|n| n == board),

@@ -41,6 +41,26 @@ fn version_flag_prints_the_version_and_exits_0() {
     assert!(run.stdout.contains(env!("CARGO_PKG_VERSION")), "{run}");
 }
 
+/// Built from a git checkout, `--version` names the checked-out commit (build.rs); without a
+/// `.git` or without git it is the crate version alone.
+#[test]
+fn version_names_the_git_commit_of_a_checkout() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let head = Command::new("git")
+        .args(["-C", root, "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success() && Path::new(root).join(".git").exists())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    let run = outpost(&TestDir::new(), &["--version"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let expected = match head {
+        Some(commit) => format!("outpost {} ({commit})\n", env!("CARGO_PKG_VERSION")),
+        None => format!("outpost {}\n", env!("CARGO_PKG_VERSION")),
+    };
+    assert_eq!(run.stdout, expected, "{run}");
+}
+
 #[test]
 fn help_flag_lists_the_commands_and_exits_0() {
     let run = outpost(&TestDir::new(), &["--help"]);
