@@ -99,12 +99,38 @@ impl fmt::Display for DaemonError {
 
 impl std::error::Error for DaemonError {}
 
+/// Blocks, in the calling thread and so in every thread the daemon starts after it, each signal
+/// that `run` does not handle and whose default would end the process: `SIGPWR`, `SIGSTKFLT`
+/// and the real-time signals. Sent to the daemon, they stay pending instead of ending it without
+/// its clean shutdown. The handled signals, the faults (`SIGSEGV`, `SIGBUS`, …: a crash),
+/// `SIGCHLD`, `SIGWINCH`, `SIGURG`, `SIGCONT` and the stop signals keep their course (the C
+/// library's own real-time signals are never blocked: `sigfillset` leaves them out).
+#[cfg(target_os = "linux")]
+fn block_unhandled_signals() {
+    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal::*};
+    let mut blocked = SigSet::all();
+    for keep in [
+        SIGTERM, SIGINT, SIGQUIT, SIGXCPU, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF,
+        SIGIO, SIGXFSZ, SIGPIPE, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGABRT, SIGSYS,
+        SIGCHLD, SIGWINCH, SIGURG, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU, SIGKILL, SIGSTOP,
+    ] {
+        blocked.remove(keep);
+    }
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None) {
+        log::warn!("cannot block SIGPWR, SIGSTKFLT and the real-time signals: {e}");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn block_unhandled_signals() {}
+
 /// The daemon: binds `config.listen`, serves until SIGTERM, SIGINT, SIGQUIT or SIGXCPU, then
 /// shuts down cleanly. SIGHUP reloads the config through `load`, SIGUSR1 flushes the queue;
 /// SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO and SIGXFSZ are logged and ignored. Blocks the
 /// calling thread.
 pub fn run(config: Config, load: Loader) -> Result<(), DaemonError> {
     use async_signal::Signal::*;
+    block_unhandled_signals();
     let handled = [
         Term, Int, Quit, Xcpu, Hup, Usr1, Usr2, Alarm, Vtalarm, Prof, Io, Xfsz,
     ];

@@ -213,6 +213,12 @@ fn signals_end_the_daemon_cleanly_or_not_at_all() {
         relay.wait_log(&format!("received {name}: ignored"));
         send_tagged(relay.port(), signal);
     }
+    // Blocked: they stay pending and the daemon goes on serving (40 and 64: real-time signals
+    // of both C libraries; 32 to 34 are their own).
+    for signal in ["PWR", "STKFLT", "40", "64"] {
+        relay.signal(signal);
+        send_tagged(relay.port(), signal);
+    }
     relay.signal("QUIT");
     let status = relay.wait_exit(Duration::from_secs(20));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", relay.dump());
