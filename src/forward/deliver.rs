@@ -205,7 +205,7 @@ impl Forwarder {
 }
 
 /// Why a message whose body failed its checksum was not sent (permanent: it never will be).
-fn damaged_reply() -> Reply {
+pub(super) fn damaged_reply() -> Reply {
     Reply::new(
         554,
         Some(EnhancedStatus::new(5, 3, 0)),

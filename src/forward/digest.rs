@@ -3,15 +3,17 @@
 //! `coalesce::layout` builds, with the smarthost's verdict applied to every original. Never
 //! holds a whole digest in memory; never touches sled directly.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
-use log::{debug, info};
+use log::{debug, error, info};
 
 use crate::coalesce::{self, DigestEntry, DigestInput, DigestLayout};
 use crate::message::{rfc5322_date, HeaderWatch};
 use crate::smtp::client::{ClientSession, Envelope};
 use crate::store::{QueueId, QueuedMessage, Store, StoreError};
 
+use super::deliver::damaged_reply;
 use super::link::{transfer, Connection};
 use super::outcome::ForwardError;
 use super::run::Forwarder;
@@ -86,8 +88,11 @@ impl Forwarder {
                 .join(",")
         );
         let store = self.store.clone();
+        // An original whose piece fails its checksum ends the transfer before the final dot.
+        let damaged = Rc::new(Cell::new(None));
+        let seen = Rc::clone(&damaged);
         let body = move || {
-            let chunks = digest_body(&store, ids, layout);
+            let chunks = digest_body(&store, ids, layout, seen);
             Ok::<_, StoreError>(rewrite::rewrite_from(chunks, from))
         };
         let timeout = self.params.data_end_timeout;
@@ -97,16 +102,53 @@ impl Forwarder {
                 debug!("queue_id={} digest not sent: session closed", first.id);
                 return Ok(false);
             }
-            Err(e) => match session.aborted(e.as_reply()) {
-                Some(report) => (report, Err(e)),
-                None => return Err(e),
-            },
+            Err(e) => {
+                if let Some(bad) = damaged.get() {
+                    return self
+                        .quarantine_original(session, group, &recipients, bad, e)
+                        .await;
+                }
+                match session.aborted(e.as_reply()) {
+                    Some(report) => (report, Err(e)),
+                    None => return Err(e),
+                }
+            }
         };
         for message in group {
             let pending = match_recipients(&recipients, message);
             self.apply(message, &pending, &report).await;
         }
         result
+    }
+
+    /// A digest cut because original `bad` failed its checksum: `bad`'s recipients fail for
+    /// good (its sender gets a DSN) and it leaves the queue for `quarantine/`; the other
+    /// originals stay as they were, due at once. `BodyDamaged` lets the pass go on over a new
+    /// connection; `error` (the link's) when `bad` could not be quarantined.
+    async fn quarantine_original(
+        &mut self,
+        session: &mut ClientSession,
+        group: &[QueuedMessage],
+        recipients: &[String],
+        bad: QueueId,
+        error: ForwardError,
+    ) -> Result<bool, ForwardError> {
+        let reply = damaged_reply();
+        let Some(message) = group.iter().find(|m| m.id == bad) else {
+            return Err(error);
+        };
+        if let Some(mut report) = session.aborted(reply.clone()) {
+            report.local = Some(reply);
+            let pending = match_recipients(recipients, message);
+            self.apply(message, &pending, &report).await;
+        }
+        match self.store.quarantine(bad) {
+            Ok(()) => Err(ForwardError::BodyDamaged),
+            Err(e) => {
+                error!("queue_id={bad} cannot quarantine: {e}");
+                Err(error)
+            }
+        }
     }
 
     /// The digest's pieces for `group` (not empty): its header and summary from the
@@ -191,6 +233,7 @@ fn digest_body(
     store: &Store,
     ids: Vec<QueueId>,
     layout: DigestLayout,
+    damaged: Rc<Cell<Option<QueueId>>>,
 ) -> impl Iterator<Item = Result<Vec<u8>, StoreError>> {
     let DigestLayout {
         head,
@@ -205,6 +248,12 @@ fn digest_body(
                 Ok(chunks) => Box::new(chunks),
                 Err(e) => Box::new(std::iter::once(Err(e))),
             };
+        let seen = Rc::clone(&damaged);
+        let chunks = chunks.inspect(move |chunk| {
+            if matches!(chunk, Err(StoreError::Damaged(_))) {
+                seen.set(Some(id));
+            }
+        });
         separator.into_iter().chain(chunks)
     });
     std::iter::once(Ok(head))

@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{assert_queued, strip_received, RawClient, RelayProcess, Smarthost};
+use crate::util::{
+    assert_queued, strip_received, wait_until, RawClient, RelayConfig, RelayProcess, Smarthost,
+};
 
 const DELIVERY: Duration = Duration::from_secs(60);
 const MESSAGES: usize = 20;
@@ -151,22 +153,9 @@ fn an_altered_body_is_quarantined_and_bounced_and_never_reaches_the_smarthost() 
     let victim_id = assert_queued(&client.send_mail("a@lan.test", &["b@remote.test"], &bad));
     drop(client);
     relay.stop();
-    // One bit flipped inside the victim's body, in its body file.
+    // One bit flipped inside the victim's body, in its body file: "line 0300" -> "line 0302".
     let needle = format!("{victim} line 0300").into_bytes();
-    let mut flipped = false;
-    for entry in std::fs::read_dir(relay.data_dir.join("bodies")).unwrap() {
-        let path = entry.unwrap().path();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes
-            .windows(needle.len())
-            .position(|w| w == needle.as_slice())
-        {
-            bytes[at + needle.len() - 1] ^= 0x02; // "line 0300" -> "line 0302"
-            std::fs::write(&path, bytes).unwrap();
-            flipped = true;
-        }
-    }
-    assert!(flipped, "the victim's body was not found in a body file");
+    flip_in_body_files(&relay.data_dir, &needle);
     let upstream = Smarthost::start_on(port);
     relay.restart();
     // The DSN to the sender comes after the victim's attempt: wait for it and the good one.
@@ -199,6 +188,93 @@ fn an_altered_body_is_quarantined_and_bounced_and_never_reaches_the_smarthost() 
     assert!(kept
         .windows(needle.len())
         .any(|w| w.starts_with(format!("{victim} line 030").as_bytes())));
+    if !relay.wait_queue_empty() {
+        relay.fail("the queue did not drain");
+    }
+}
+
+/// Flips one bit of the last byte of `needle` where it stands in a body file of `data_dir`.
+fn flip_in_body_files(data_dir: &Path, needle: &[u8]) {
+    for entry in std::fs::read_dir(data_dir.join("bodies")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + needle.len() - 1] ^= 0x02;
+            std::fs::write(&path, bytes).unwrap();
+            return;
+        }
+    }
+    panic!(
+        "{} not found in a body file",
+        String::from_utf8_lossy(needle)
+    );
+}
+
+/// `[coalesce]`: three alerts of one storm leave as a digest; the second one's body is damaged.
+/// It is quarantined and bounced, the other two still leave at once (as a digest of two), and
+/// nothing of the damaged one reaches the smarthost.
+#[test]
+fn an_altered_original_in_a_digest_is_quarantined_and_the_rest_delivered() {
+    let victim = "dmg-digest-victim";
+    let port = Smarthost::reserve_port();
+    let mut relay = RelayProcess::start_with(
+        RelayConfig::with_smarthost(port).section("[coalesce]\nwindow = \"1h\""),
+    );
+    let mut client = RawClient::ready(relay.port());
+    let tags = ["dmg-digest-a", victim, "dmg-digest-b"];
+    let mut ids = Vec::new();
+    for tag in tags {
+        let lines = if tag == victim { 400 } else { 10 };
+        // One storm: the same sender and Subject (body() names the tag in its own Subject).
+        let data = String::from_utf8(body(tag, lines))
+            .unwrap()
+            .replace(&format!("Subject: {tag}"), "Subject: UPS on battery");
+        ids.push(assert_queued(&client.send_mail(
+            "ups@site.test",
+            &["ops@remote.test"],
+            data.as_bytes(),
+        )));
+    }
+    drop(client);
+    relay.stop();
+    flip_in_body_files(&relay.data_dir, format!("{victim} line 0300").as_bytes());
+    let upstream = Smarthost::start_on(port);
+    relay.restart();
+    let victim_id = &ids[1];
+    let arrived = wait_until(DELIVERY, Duration::from_millis(50), || {
+        let all = upstream.delivered();
+        all.iter()
+            .any(|m| m.from.is_empty() && m.data_str().contains(victim_id.as_str()))
+            && ["dmg-digest-a", "dmg-digest-b"].iter().all(|tag| {
+                all.iter().any(|m| {
+                    !m.from.is_empty() && m.data_str().contains(&format!("{tag} line 0009"))
+                })
+            })
+    });
+    if !arrived {
+        relay.fail(&format!(
+            "no DSN for {victim_id}, or the other two not delivered"
+        ));
+    }
+    for m in upstream.delivered() {
+        if !m.from.is_empty() && m.data_str().contains(victim) {
+            relay.fail("the damaged original reached the smarthost");
+        }
+    }
+    // Tried as one digest, the damaged original cut it; the other two were neither deferred
+    // nor held back by a link marked down: they left at once, in a digest of two.
+    let whole = relay.log();
+    let log = whole.rsplit("---- start #").next().unwrap_or_default();
+    if !log.contains("digest of 3 messages") || !log.contains("digest of 2 messages") {
+        relay.fail("not tried as a digest of three, then of two");
+    }
+    if log.contains("status=deferred") || log.contains("unavailable") {
+        relay.fail("the damaged original deferred the others or marked the link down");
+    }
+    if !log.contains(&format!("queue_id={victim_id} body failed its checksum")) {
+        relay.fail("no WARN line naming the quarantined original");
+    }
+    assert!(relay.data_dir.join("quarantine").join(victim_id).exists());
     if !relay.wait_queue_empty() {
         relay.fail("the queue did not drain");
     }
