@@ -2,7 +2,7 @@
 //! `dsn` from the original's header section and queued like any message, and the notice to
 //! `admin`. Never bounces a bounce, never sends a notice about one; never touches sled directly.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{error, info, warn};
 
@@ -12,41 +12,8 @@ use crate::message::{self, rfc5322_date};
 use crate::store::{QueueId, QueuedMessage, RcptState, StoreError};
 
 use super::run::Forwarder;
+use super::schedule::FAILED_NOTICES;
 use super::{dsn, wall_clock_secs};
-
-/// At most this many notices about failed messages go to `admin` per `FAILED_WINDOW`; the
-/// failures past that are counted and the next notice that goes says how many.
-const FAILED_NOTICES: u32 = 10;
-const FAILED_WINDOW: Duration = Duration::from_secs(3600);
-
-/// The rate limit of the notices about failed messages (a storm of failures is one mail an
-/// hour after the first ten, not one per message).
-#[derive(Debug, Default)]
-pub(super) struct FailedNotices {
-    window: Option<Instant>,
-    sent: u32,
-    held: u32,
-}
-
-impl FailedNotices {
-    /// `Some(held)`: a notice may go now, `held` failures since the last one went unreported.
-    fn take(&mut self, now: Instant) -> Option<u32> {
-        if !self
-            .window
-            .is_some_and(|start| now.duration_since(start) < FAILED_WINDOW)
-        {
-            self.window = Some(now);
-            self.sent = 0;
-        }
-        if self.sent < FAILED_NOTICES {
-            self.sent += 1;
-            Some(std::mem::take(&mut self.held))
-        } else {
-            self.held = self.held.saturating_add(1);
-            None
-        }
-    }
-}
 
 impl Forwarder {
     /// Fails every pending recipient of a message queued longer than `max_age`.
@@ -210,23 +177,4 @@ fn host_of(smarthost: &str) -> &str {
     smarthost
         .rsplit_once(':')
         .map_or(smarthost, |(host, _)| host)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failed_notices_go_ten_an_hour_and_the_next_one_counts_the_rest() {
-        let mut notices = FailedNotices::default();
-        let start = Instant::now();
-        for _ in 0..FAILED_NOTICES {
-            assert_eq!(notices.take(start), Some(0));
-        }
-        assert_eq!(notices.take(start + Duration::from_secs(60)), None);
-        assert_eq!(notices.take(start + Duration::from_secs(120)), None);
-        let later = start + FAILED_WINDOW;
-        assert_eq!(notices.take(later), Some(2));
-        assert_eq!(notices.take(later), Some(0));
-    }
 }

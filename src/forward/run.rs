@@ -18,11 +18,10 @@ use crate::smtp::client::{ClientSession, ClientStep, SessionFailure, Stage};
 use crate::store::{QueuedMessage, Store};
 use crate::wait::Wake;
 
-use super::bounce::FailedNotices;
 use super::failover::{self, SmarthostTiming};
 use super::link::Connection;
 use super::outcome::ForwardError;
-use super::schedule::{self, Jitter};
+use super::schedule::{self, FailedNotices, Jitter};
 use super::token::CachedToken;
 use super::{wall_clock_secs, ForwardParams, LinkState, NextParams};
 

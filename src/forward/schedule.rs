@@ -1,8 +1,10 @@
 //! Retry timing: exponential backoff with jitter and queue-age expiry, as pure functions of
 //! `QueueTime` (queued time, immune to wall-clock jumps) and caller-supplied randomness, after
-//! OpenSMTPD's `scheduler_backoff`. No I/O, no clock, no randomness of its own.
+//! OpenSMTPD's `scheduler_backoff`; and the rate limit of the notices about failed messages
+//! (`FailedNotices`, over a caller-supplied `Instant`). No I/O, no clock, no randomness of its
+//! own.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::RetryPolicy;
 use crate::clock::QueueTime;
@@ -64,6 +66,40 @@ impl Jitter {
         self.0 = x;
         let mixed = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
         u32::try_from(mixed >> 32).unwrap_or(u32::MAX)
+    }
+}
+
+/// At most this many notices about failed messages go to `admin` per `FAILED_WINDOW`; the
+/// failures past that are counted and the next notice that goes says how many.
+pub(super) const FAILED_NOTICES: u32 = 10;
+const FAILED_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The rate limit of the notices about failed messages (a storm of failures is one mail an
+/// hour after the first ten, not one per message).
+#[derive(Debug, Default)]
+pub(super) struct FailedNotices {
+    window: Option<Instant>,
+    sent: u32,
+    held: u32,
+}
+
+impl FailedNotices {
+    /// `Some(held)`: a notice may go now, `held` failures since the last one went unreported.
+    pub(super) fn take(&mut self, now: Instant) -> Option<u32> {
+        if !self
+            .window
+            .is_some_and(|start| now.duration_since(start) < FAILED_WINDOW)
+        {
+            self.window = Some(now);
+            self.sent = 0;
+        }
+        if self.sent < FAILED_NOTICES {
+            self.sent += 1;
+            Some(std::mem::take(&mut self.held))
+        } else {
+            self.held = self.held.saturating_add(1);
+            None
+        }
     }
 }
 
@@ -164,5 +200,19 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), values.len());
+    }
+
+    #[test]
+    fn failed_notices_go_ten_an_hour_and_the_next_one_counts_the_rest() {
+        let mut notices = FailedNotices::default();
+        let start = Instant::now();
+        for _ in 0..FAILED_NOTICES {
+            assert_eq!(notices.take(start), Some(0));
+        }
+        assert_eq!(notices.take(start + Duration::from_secs(60)), None);
+        assert_eq!(notices.take(start + Duration::from_secs(120)), None);
+        let later = start + FAILED_WINDOW;
+        assert_eq!(notices.take(later), Some(2));
+        assert_eq!(notices.take(later), Some(0));
     }
 }
