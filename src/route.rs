@@ -115,10 +115,12 @@ pub fn send(config: &Config, args: &TestArgs, out: &mut dyn FnMut(&str)) -> u8 {
         .last()
         .unwrap_or_default()
         .to_owned();
+    // What the daemon's intake makes of the recipients (aliases, `admin`), as `test` shows it.
+    let mapped = config.local.address_map().recipients(&prepared.recipients);
     out(&format!(
         "queued as {id}: from <{}> to <{}>",
         prepared.sender,
-        prepared.recipients.join(">, <")
+        mapped.join(">, <")
     ));
     wait_outcome(config, &id, args.timeout.unwrap_or(SEND_TIMEOUT), out)
 }
