@@ -191,6 +191,11 @@ step "boards: cargo test under qemu-user"
 # Line tables only: the emulated test binaries are a third of the size and load faster; what
 # the tests check does not change.
 export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+# A 32-bit guest under qemu-user has a 4 GiB address space: with std's 2 MiB thread stacks the
+# harness (8 test threads, and each test's smarthost, client and pipe-reader threads) ran out of
+# it on armv7 ("failed to spawn thread": EAGAIN from the stack's mmap). 1 MiB stacks halve that;
+# the spawned relays inherit it, which their threads have room for.
+export RUST_MIN_STACK=${RUST_MIN_STACK:-1048576}
 for t in $TEST_TARGETS; do
     spec=$(spec_of "$t")
     tool=$(build_tool "$spec" test)
