@@ -193,9 +193,10 @@ step "boards: cargo test under qemu-user"
 export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 # A 32-bit guest under qemu-user has a 4 GiB address space: with std's 2 MiB thread stacks the
 # harness (8 test threads, and each test's smarthost, client and pipe-reader threads) ran out of
-# it on armv7 ("failed to spawn thread": EAGAIN from the stack's mmap). 1 MiB stacks halve that;
-# the spawned relays inherit it, which their threads have room for.
-export RUST_MIN_STACK=${RUST_MIN_STACK:-1048576}
+# it on armv7 ("failed to spawn thread": EAGAIN from the stack's mmap). The suites run with 1 MiB
+# stacks (the spawned relays inherit it, which their threads have room for); only the run gets
+# it, never rustc (which sizes its own stack by it).
+test_stack=${OUTPOST_TEST_STACK:-1048576}
 for t in $TEST_TARGETS; do
     spec=$(spec_of "$t")
     tool=$(build_tool "$spec" test)
@@ -210,7 +211,8 @@ for t in $TEST_TARGETS; do
     # result line, failures and libtest's notes on tests running for over 60 seconds, as they come.
     set +e
     # shellcheck disable=SC2086
-    timeout -k 20 "$RUN_LIMIT" $tool --locked --no-fail-fast --target "$spec" 2>&1 | tee "$log" \
+    RUST_MIN_STACK=$test_stack timeout -k 20 "$RUN_LIMIT" $tool --locked --no-fail-fast \
+        --target "$spec" 2>&1 | tee "$log" \
         | grep --line-buffered -E '^ +Running |^test result:|running for over|FAILED|panicked'
     rc=${PIPESTATUS[0]}
     set -e
