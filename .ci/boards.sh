@@ -211,9 +211,16 @@ for t in $TEST_TARGETS; do
     # result line, failures and libtest's notes on tests running for over 60 seconds, as they come.
     set +e
     # shellcheck disable=SC2086
-    RUST_MIN_STACK=$test_stack timeout -k 20 "$RUN_LIMIT" $tool --locked --no-fail-fast \
-        --target "$spec" 2>&1 | tee "$log" \
-        | grep --line-buffered -E '^ +Running |^test result:|running for over|FAILED|panicked'
+    {
+        RUST_MIN_STACK=$test_stack timeout -k 20 "$RUN_LIMIT" $tool --locked --no-fail-fast \
+            --target "$spec" --lib --bins --tests 2>&1
+        rc=$?
+        # The doc tests are compiled by rustdoc as they run: rustc's stack, not the 1 MiB one.
+        timeout -k 20 "$RUN_LIMIT" $tool --locked --no-fail-fast --target "$spec" --doc 2>&1 \
+            || rc=$((rc == 0 ? $? : rc))
+        exit "$rc"
+    } | tee "$log" \
+        | grep --line-buffered -E '^ +Running |^ +Doc-tests |^test result:|running for over|FAILED|panicked'
     rc=${PIPESTATUS[0]}
     set -e
     elapsed=$((SECONDS - t0))
