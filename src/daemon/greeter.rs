@@ -53,11 +53,7 @@ impl Greeter {
         if clones.is_empty() || config.max_connections == 0 {
             return None;
         }
-        for listener in &clones {
-            if let Ok(addr) = listener.local_addr() {
-                info!("greeting on {addr} while the queue opens");
-            }
-        }
+        let addrs: Vec<_> = clones.iter().filter_map(|l| l.local_addr().ok()).collect();
         let banner = crate::net::greeting(config);
         let max = config.max_connections;
         let (stop, stopped) = channel::bounded(1);
@@ -66,7 +62,12 @@ impl Greeter {
             .stack_size(STACK)
             .spawn(move || async_io::block_on(greet(clones, &banner, max, &stopped)));
         match thread {
-            Ok(thread) => Some(Self { stop, thread }),
+            Ok(thread) => {
+                for addr in addrs {
+                    info!("greeting on {addr} while the queue opens");
+                }
+                Some(Self { stop, thread })
+            }
             Err(e) => {
                 warn!("no early greeting while the queue opens: cannot start a thread: {e}");
                 None

@@ -75,14 +75,13 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     opening: Opening,
 ) {
     let tag = Tag { id, peer };
+    let early = match opening {
+        Opening::Greeted => " greeted_early=true",
+        Opening::Greet | Opening::TlsThenGreet => "",
+    };
     debug!(
-        "{tag} connected relay_allowed={}{}",
-        params.relay_allowed,
-        if opening == Opening::Greeted {
-            " greeted_early=true"
-        } else {
-            ""
-        }
+        "{tag} connected relay_allowed={}{early}",
+        params.relay_allowed
     );
     let mut stream = MaybeTls::Plain(stream);
     // The session keeps the config (and TLS certificate) it started with across a reload.
