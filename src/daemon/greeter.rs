@@ -80,13 +80,13 @@ impl Greeter {
     pub(super) fn finish(self) -> Vec<Greeted> {
         drop(self.stop);
         let greeted = self.thread.join().unwrap_or_else(|_| {
-            // The thread only accepts and writes; a panic there is a bug, and its connections
-            // were closed as it unwound.
+            // The thread only accepts and writes: a panic there is a bug, and the connections it
+            // held are gone with it.
             warn!("the early greeting thread panicked");
             Vec::new()
         });
         if !greeted.is_empty() {
-            info!("{} clients greeted while the queue opened", greeted.len());
+            info!("early greeting done: greeted={}", greeted.len());
         }
         greeted
     }
