@@ -1,5 +1,6 @@
 //! The composition root: the daemon's start-up and shutdown. Binds the listeners, loads the
-//! TLS material, opens and recovers the store, builds the state the services share
+//! TLS material, greets SMTP clients early (`greeter`) while it opens and recovers the store,
+//! builds the state the services share
 //! (`shared::Shared`) whole, starts the SMTP listeners, the forwarder, the control and metrics
 //! servers, the maildrop pickup and the link watcher, and runs the shutdown. Signals are
 //! handled here, and reloads (`reload`). Nothing imports this module but `main.rs` (and its tests); it holds no
@@ -7,6 +8,7 @@
 //!
 //! Everything runs on one `LocalExecutor` on the calling thread (`run`/`run_with` block).
 
+mod greeter;
 mod metrics;
 #[cfg(target_os = "linux")]
 mod netlink;
@@ -260,7 +262,17 @@ fn run_daemon(
     };
     // Built here so a bad ca_file stops the start instead of failing every delivery.
     let smarthost_tls = start::smarthost_client_configs(&config)?;
-    let store = start::open_store(&config)?;
+    let greeter = greeter::Greeter::start(&listeners, &config);
+    let store = match start::open_store(&config) {
+        Ok(store) => store,
+        Err(e) => {
+            if let Some(greeter) = greeter {
+                greeter.refuse(&config.hostname);
+            }
+            return Err(e);
+        }
+    };
+    let greeted = greeter.map_or_else(Vec::new, greeter::Greeter::finish);
     let clock = QueueClock::new(store.clock_base());
     let listeners = start::registered(listeners, tls_listeners)?;
     let metrics = match config.metrics {
@@ -287,6 +299,7 @@ fn run_daemon(
     ));
     let services = serve::Services {
         listeners,
+        greeted,
         late_listeners,
         submit,
         forward,

@@ -34,6 +34,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 pub(super) struct Services {
     /// Bound listeners, each flagged `true` for implicit TLS.
     pub(super) listeners: Vec<(Async<TcpListener>, bool)>,
+    /// Clients of the plain listeners greeted while the queue opened (`greeter`).
+    pub(super) greeted: Vec<super::greeter::Greeted>,
     /// Listen addresses that did not exist at start (EADDRNOTAVAIL), flagged `true` for
     /// implicit TLS: `serve` keeps trying to bind them.
     pub(super) late_listeners: Vec<(SocketAddr, bool)>,
@@ -78,6 +80,7 @@ pub(super) async fn serve(
 ) {
     let Services {
         listeners,
+        greeted,
         late_listeners,
         submit,
         forward,
@@ -85,6 +88,9 @@ pub(super) async fn serve(
     } = services;
     announce(&listeners, shared.tls().is_some());
     let (forwarder, stop_forwarder) = spawn_forwarder(&ex, forward, &shared);
+    for (stream, peer) in greeted {
+        net::adopt(&ex, stream, peer, &shared);
+    }
     let late = late_listeners.into_iter().map(|(addr, implicit_tls)| {
         ex.spawn(late_listener(
             ex.clone(),

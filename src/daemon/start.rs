@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_io::Async;
 use log::{error, info, warn};
@@ -27,7 +28,9 @@ const STORE_FLUSH_EVERY_MS: u64 = 1000;
 const FORWARD_WINDOW: usize = 64;
 
 /// Opens the store in `data_dir` (created if missing) and sweeps what a crash left behind.
+/// Logs how long that took.
 pub(super) fn open_store(config: &Config) -> Result<Store, DaemonError> {
+    let began = Instant::now();
     let dir = &config.data_dir;
     crate::store::create_data_dir(dir).map_err(|source| DaemonError::CreateDataDir {
         path: dir.display().to_string(),
@@ -46,11 +49,12 @@ pub(super) fn open_store(config: &Config) -> Result<Store, DaemonError> {
     }
     let report = store.recover().map_err(DaemonError::OpenStore)?;
     info!(
-        "queue opened: data_dir={} messages={} swept_spools={} quarantined={}",
+        "queue opened: data_dir={} messages={} swept_spools={} quarantined={} in {} ms",
         dir.display(),
         report.messages,
         report.swept_spools,
-        report.quarantined
+        report.quarantined,
+        began.elapsed().as_millis()
     );
     if report.quarantined > 0 {
         warn!(

@@ -54,21 +54,39 @@ const BODY_BUF: usize = MAX_CHUNK + 2 * INPUT_BUF;
 /// Longest wait for a clean close (TLS close_notify) after the session said `Close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Drives one session to its end; never panics on peer input, logs how it ended. With
-/// `implicit_tls` (a `listen_tls` port) the TLS handshake comes before the greeting.
+/// How a session begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Opening {
+    /// With the session's 220 banner.
+    Greet,
+    /// A `listen_tls` port (RFC 8314): the TLS handshake, then the banner.
+    TlsThenGreet,
+    /// The banner is on the wire already (the daemon greets early while the queue opens): the
+    /// session answers the client's first command without sending it again.
+    Greeted,
+}
+
+/// Drives one session to its end; never panics on peer input, logs how it ended.
 pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     params: SessionParams,
     (id, peer): (u64, Peer),
     shared: &Shared,
-    implicit_tls: bool,
+    opening: Opening,
 ) {
     let tag = Tag { id, peer };
-    debug!("{tag} connected relay_allowed={}", params.relay_allowed);
+    let early = match opening {
+        Opening::Greeted => " greeted_early=true",
+        Opening::Greet | Opening::TlsThenGreet => "",
+    };
+    debug!(
+        "{tag} connected relay_allowed={}{early}",
+        params.relay_allowed
+    );
     let mut stream = MaybeTls::Plain(stream);
     // The session keeps the config (and TLS certificate) it started with across a reload.
     let (config, tls) = (shared.config(), shared.tls());
-    if implicit_tls {
+    if opening == Opening::TlsThenGreet {
         if let Err(e) = handshake(&mut stream, tls.as_ref(), &config).await {
             info!("{tag} TLS handshake failed: {e}");
             return;
@@ -91,7 +109,7 @@ pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         command_since: None,
         turn_began: Instant::now(),
     };
-    let end = conn.drive().await;
+    let end = conn.drive(opening != Opening::Greeted).await;
     if matches!(end, End::Closed) {
         // TLS close_notify (or a TCP half-close), so the client sees a clean end; bounded.
         let stream = &mut conn.stream;
@@ -225,9 +243,12 @@ struct Conn<'a, S> {
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
-    async fn drive(&mut self) -> End {
-        let greeting = self.session.greeting();
-        self.replies.push(&greeting);
+    /// Runs the session, `greet`ing first unless the banner was already sent.
+    async fn drive(&mut self, greet: bool) -> End {
+        if greet {
+            let greeting = self.session.greeting();
+            self.replies.push(&greeting);
+        }
         match self.step_loop().await {
             Ok(()) => End::Closed,
             Err(end) => end,

@@ -1,5 +1,6 @@
 //! The SMTP accept loop: connection cap, relay ACL → `SessionParams`, one task per connection
-//! on the daemon's `LocalExecutor`. Never reads from a client and never touches the store.
+//! on the daemon's `LocalExecutor`; the same for a connection the daemon greeted before the queue
+//! was open (`adopt`). Never reads from a client and never touches the store.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -10,13 +11,13 @@ use async_io::Async;
 use log::{debug, warn};
 use smol::LocalExecutor;
 
-use super::conn::{self, Peer};
+use super::conn::{self, Opening, Peer};
 use crate::accept;
 use crate::config::Config;
 use crate::intake::Reject;
 use crate::shared::{SessionSlot, Shared};
 use crate::smtp::reply::{EnhancedStatus, Reply};
-use crate::smtp::server::{Limits, SessionParams, TlsMode};
+use crate::smtp::server::{Limits, ServerSession, SessionParams, TlsMode};
 
 /// Accepts until shutdown is raised; then the listener is dropped (new connects are refused).
 /// `implicit_tls`: a `listen_tls` port (RFC 8314), where TLS starts before the greeting.
@@ -27,10 +28,40 @@ pub async fn accept_loop(
     implicit_tls: bool,
 ) {
     let accept = || listener.accept();
+    let opening = if implicit_tls {
+        Opening::TlsThenGreet
+    } else {
+        Opening::Greet
+    };
     accept::until_shutdown(shared.shutdown(), "", accept, |connection| {
-        admit(&ex, connection, &shared, implicit_tls);
+        admit(&ex, connection, &shared, opening);
     })
     .await;
+}
+
+/// A connection on a plain listener whose 220 banner (`greeting`) the daemon already wrote:
+/// served like any accepted one (connection cap, relay ACL, logging), without a second banner.
+pub fn adopt(
+    ex: &Rc<LocalExecutor<'static>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Rc<Shared>,
+) {
+    match Async::new(stream) {
+        Ok(stream) => admit(ex, (stream, peer), shared, Opening::Greeted),
+        Err(e) => warn!(
+            "peer={} greeted before the queue opened, but cannot be served: {e}",
+            peer.ip().to_canonical()
+        ),
+    }
+}
+
+/// The 220 banner a session on a plain listener opens with, on the wire.
+pub fn greeting(config: &Config) -> Vec<u8> {
+    let params = session_params(config, IpAddr::from([127, 0, 0, 1]), TlsMode::Unavailable);
+    let mut wire = Vec::new();
+    ServerSession::new(params).greeting().write_to(&mut wire);
+    wire
 }
 
 /// One accepted connection: refused at the connection cap, else served by its own task.
@@ -38,7 +69,7 @@ fn admit(
     ex: &LocalExecutor<'static>,
     (stream, peer): (Async<TcpStream>, SocketAddr),
     shared: &Rc<Shared>,
-    implicit_tls: bool,
+    opening: Opening,
 ) {
     let id = shared.sessions().next_id();
     // A v4 client on a dual-stack [::] listener shows up as ::ffff:a.b.c.d.
@@ -51,7 +82,7 @@ fn admit(
             config.max_connections
         );
         // A TLS client could not read a plaintext 421: it is just closed.
-        if !implicit_tls {
+        if opening != Opening::TlsThenGreet {
             refuse(stream.get_ref(), &config.hostname);
         }
         return;
@@ -60,7 +91,7 @@ fn admit(
         debug!("session={id} peer={peer} cannot set TCP_NODELAY: {e}");
     }
     let slot = SessionSlot::new(shared.clone());
-    let tls = match (shared.tls().is_some(), implicit_tls) {
+    let tls = match (shared.tls().is_some(), opening == Opening::TlsThenGreet) {
         (false, _) => TlsMode::Unavailable,
         (true, false) => TlsMode::Offered,
         (true, true) => TlsMode::Active,
@@ -68,7 +99,7 @@ fn admit(
     let params = session_params(&config, peer, tls);
     let shared = shared.clone();
     ex.spawn(async move {
-        conn::run(stream, params, (id, Peer::Ip(peer)), &shared, implicit_tls).await;
+        conn::run(stream, params, (id, Peer::Ip(peer)), &shared, opening).await;
         drop(slot);
     })
     .detach();

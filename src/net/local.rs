@@ -15,7 +15,7 @@ use async_io::Async;
 use log::{debug, warn};
 use smol::LocalExecutor;
 
-use super::conn::{self, Peer};
+use super::conn::{self, Opening, Peer};
 use super::listen::session_params;
 use crate::accept;
 use crate::shared::{SessionSlot, Shared};
@@ -93,7 +93,14 @@ fn admit(ex: &LocalExecutor<'static>, stream: Async<UnixStream>, shared: &Rc<Sha
     let params = local_params(&shared.config());
     let shared = shared.clone();
     ex.spawn(async move {
-        conn::run(stream, params, (id, Peer::Local { uid }), &shared, false).await;
+        conn::run(
+            stream,
+            params,
+            (id, Peer::Local { uid }),
+            &shared,
+            Opening::Greet,
+        )
+        .await;
         drop(slot);
     })
     .detach();

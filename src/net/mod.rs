@@ -9,5 +9,5 @@ mod conn;
 mod listen;
 mod local;
 
-pub use self::listen::accept_loop;
+pub use self::listen::{accept_loop, adopt, greeting};
 pub use self::local::{bind_submit, local_received, submit_loop};

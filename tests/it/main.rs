@@ -44,4 +44,5 @@ mod retry;
 mod route_test;
 mod sender_rewrite;
 mod sendmail;
+mod startup;
 mod submit;
