@@ -16,7 +16,6 @@ use std::io;
 use std::path::Path;
 use std::time::Instant;
 
-use super::open::open_db;
 use super::{key, StoreError};
 
 /// A `db` file above this many bytes is compacted at open when the queue is empty (an empty
@@ -76,6 +75,9 @@ pub(super) fn resolve(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// How the store opens a sled database (`open.rs` `open_db`: waits for a dropped handle's lock).
+pub(super) type Open = fn(&sled::Config) -> sled::Result<sled::Db>;
+
 /// Compacts `db` (open on `dir`) when it holds no message and its file is larger than
 /// `COMPACT_ABOVE`; returns the database to use, reopened with `config` when it was compacted.
 /// A failure to build the copy is logged and leaves the database as it is.
@@ -84,13 +86,14 @@ pub(super) fn compact_if_empty(
     db: sled::Db,
     config: &sled::Config,
     segment_size: usize,
+    open_db: Open,
 ) -> Result<sled::Db, StoreError> {
     let before = db_bytes(dir);
     if before <= COMPACT_ABOVE || !is_empty(&db)? {
         return Ok(db);
     }
     let started = Instant::now();
-    if let Err(e) = build(dir, &db, segment_size) {
+    if let Err(e) = build(dir, &db, segment_size, open_db) {
         log::warn!("store: cannot compact the database ({e}); it stays as it is");
         let _ = fs::remove_dir_all(dir.join(NEW));
         return Ok(db);
@@ -122,7 +125,7 @@ fn is_empty(db: &sled::Db) -> sled::Result<bool> {
 }
 
 /// Writes the copy of `db` into `compact.new/`, durable, marked complete last.
-fn build(dir: &Path, db: &sled::Db, segment_size: usize) -> Result<(), StoreError> {
+fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Result<(), StoreError> {
     let new = dir.join(NEW);
     let _ = fs::remove_dir_all(&new);
     fs::create_dir(&new)?;

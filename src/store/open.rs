@@ -167,7 +167,7 @@ impl Store {
                 dir.display()
             )),
         })?;
-        let db = compact::compact_if_empty(dir, db, &config, segment_size)?;
+        let db = compact::compact_if_empty(dir, db, &config, segment_size, open_db)?;
         let corrupt = db.open_tree("corrupt")?;
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
         let bodies = dir.join(BODIES_DIR);
