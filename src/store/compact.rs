@@ -39,6 +39,20 @@ fn is_sled_file(name: &str) -> bool {
     matches!(name, "db" | "conf" | "blobs") || name.starts_with("snap.")
 }
 
+/// An exclusive `flock` on `dir`, to hold from `resolve` to the end of `compact_if_empty`: two
+/// starts on one data directory never move its files at once (sled's own lock, on `db`, cannot
+/// cover files that are being moved; the second start then waits for sled's). On a file system
+/// without `flock`, a warning and no lock.
+pub(super) fn lock(dir: &Path) -> Option<fs::File> {
+    let locked = fs::File::open(dir).and_then(|file| {
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(file)
+    });
+    locked
+        .map_err(|e| log::warn!("store: cannot lock {} ({e}); opening anyway", dir.display()))
+        .ok()
+}
+
 /// Finishes or rolls back a swap a crash interrupted. Call before sled opens `dir`.
 pub(super) fn resolve(dir: &Path) -> io::Result<()> {
     let new = dir.join(NEW);

@@ -147,6 +147,7 @@ impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         // Before sled: the files it creates are unreachable to others from the first moment.
         private::create_data_dir(dir)?;
+        let compacting = compact::lock(dir);
         compact::resolve(dir)?;
         let fresh = !dir.join("conf").exists();
         repair_conf(dir)?;
@@ -168,6 +169,7 @@ impl Store {
             )),
         })?;
         let db = compact::compact_if_empty(dir, db, &config, segment_size, open_db)?;
+        drop(compacting);
         let corrupt = db.open_tree("corrupt")?;
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
         let bodies = dir.join(BODIES_DIR);
