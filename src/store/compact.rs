@@ -220,9 +220,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
+use std::cell::Cell;
+
+#[cfg(test)]
 thread_local! {
     /// Tests: how many crash points pass before one panics (a crash at that step).
-    pub(super) static CRASH_AFTER: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+    pub(super) static CRASH_AFTER: Cell<Option<u32>> = const { Cell::new(None) };
 }
 
 /// A step of the compaction a crash could follow; tests stop there (`CRASH_AFTER`).

@@ -1,8 +1,8 @@
 //! Opening the store: the sled configuration (its log segment size, cache, flusher), the
-//! compaction of an empty queue's database (`compact.rs`), the `bodies/` directory, the counters and clock read back, and the handle-wide operations that
-//! belong to no single message: `recover`, a new `Spool`, a plain group flush and the sync
-//! statistics. Never reads or writes a message's records (the other `impl Store` files do),
-//! except to check that a fresh id is free.
+//! compaction of an empty queue's database (`compact.rs`), the `bodies/` directory, the counters
+//! and clock read back, and the handle-wide operations that belong to no single message:
+//! `recover`, a new `Spool`, a plain group flush and the sync statistics. Never reads or writes a
+//! message's records (the other `impl Store` files do), except to check that a fresh id is free.
 
 use std::cell::Cell;
 use std::path::Path;
