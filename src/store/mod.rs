@@ -19,6 +19,9 @@
 //! rebuilds from it what sled lost, and a body file that may still hold mail is moved to
 //! `quarantine/`, never deleted.
 //!
+//! sled never shrinks its `db` file: `compact.rs` rewrites the database into a fresh one at open
+//! when the queue is empty and the file has grown, with a swap a crash cannot leave half done.
+//!
 //! The `Store` handle's operations, by file: `open.rs` (open, recover, new spools, plain
 //! flush), `query.rs` (reads: one message, the list, the due ones, a body), `update.rs`
 //! (delivery results, hold/release/delete, removal), `housekeeping.rs` (queue clock, purge,
@@ -32,6 +35,7 @@
 //! power cut; send a body piece that failed its checksum.
 
 mod body_file;
+mod compact;
 mod due;
 mod error;
 mod extent;

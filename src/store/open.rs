@@ -1,8 +1,8 @@
 //! Opening the store: the sled configuration (its log segment size, cache, flusher), the
-//! `bodies/` directory, the counters and clock read back, and the handle-wide operations that
-//! belong to no single message: `recover`, a new `Spool`, a plain group flush and the sync
-//! statistics. Never reads or writes a message's records (the other `impl Store` files do),
-//! except to check that a fresh id is free.
+//! compaction of an empty queue's database (`compact.rs`), the `bodies/` directory, the counters
+//! and clock read back, and the handle-wide operations that belong to no single message:
+//! `recover`, a new `Spool`, a plain group flush and the sync statistics. Never reads or writes a
+//! message's records (the other `impl Store` files do), except to check that a fresh id is free.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -14,8 +14,8 @@ use super::body_file::BodyFiles;
 use super::due::DueIndex;
 use super::flush::{GroupFlush, SyncFiles, SyncHook};
 use super::{
-    key, private, rebuild, record, recover, Damage, Inner, QueueId, RecoveryReport, Spool, Store,
-    StoreError, StoreOptions, Usage,
+    compact, key, private, rebuild, record, recover, Damage, Inner, QueueId, RecoveryReport, Spool,
+    Store, StoreError, StoreOptions, Usage,
 };
 
 // Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
@@ -147,11 +147,14 @@ impl Store {
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
         // Before sled: the files it creates are unreachable to others from the first moment.
         private::create_data_dir(dir)?;
+        let compacting = compact::lock(dir);
+        compact::resolve(dir)?;
         let fresh = !dir.join("conf").exists();
         repair_conf(dir)?;
+        let segment_size = sled_segment_size(dir);
         let config = sled::Config::new()
             .path(dir)
-            .segment_size(sled_segment_size(dir))
+            .segment_size(segment_size)
             .cache_capacity(options.cache_bytes)
             .flush_every_ms(options.flush_every_ms)
             .use_compression(false)
@@ -165,6 +168,8 @@ impl Store {
                 dir.display()
             )),
         })?;
+        let db = compact::compact_if_empty(dir, db, &config, segment_size, open_db)?;
+        drop(compacting);
         let corrupt = db.open_tree("corrupt")?;
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
         let bodies = dir.join(BODIES_DIR);

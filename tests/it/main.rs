@@ -18,6 +18,7 @@ mod bounce;
 mod chaos;
 mod cli;
 mod coalesce;
+mod compact;
 mod corruption;
 mod damage;
 mod diskfull;

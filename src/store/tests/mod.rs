@@ -102,6 +102,7 @@ fn body_files(dir: &TempDir) -> Vec<String> {
     names
 }
 
+mod compact;
 mod durability;
 mod layout;
 mod lifecycle;

@@ -1,0 +1,173 @@
+//! Compaction tests: an emptied database given back at the next open with every key kept and
+//! ids moving forward, a queue with a message left as it is, and a crash at every step of the
+//! copy and the swap.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use super::super::compact::{COMPACT_ABOVE, CRASH_AFTER};
+use super::*;
+
+/// Keys a drained queue still holds, besides the counters: they must survive compaction.
+const HIST: &[u8] = b"hist/\0\0\0\0\0\0\0\x07/\0\0\0\0";
+const FAILED: &[u8] = b"failed/\0\0\0\0\0\0\0\x09/\0\0\0\0\0\0\0\x07";
+
+/// A store that queued and removed messages over several starts (its ids well past sled's
+/// first ones), then had its database grown past `COMPACT_ABOVE` by keys written and removed:
+/// the queue is empty. Returns the largest id it gave out.
+fn grown(dir: &TempDir) -> QueueId {
+    let mut last = QueueId(0);
+    for round in 0..3 {
+        let (store, _) = open(dir);
+        for n in 0..3 {
+            last = commit(&store, &[b"a body"], &["a@x"], round * 10 + n);
+            block_on(store.delete(last)).unwrap();
+        }
+        store.save_clock(round * 10 + 5).unwrap();
+        block_on(store.flush()).unwrap();
+    }
+    let db = raw_db(dir);
+    let filler = [0x5a; 200];
+    for n in 0..8000u64 {
+        db.insert(key::msg(QueueId(1 << 40 | n)), &filler[..])
+            .unwrap();
+    }
+    for n in 0..8000u64 {
+        db.remove(key::msg(QueueId(1 << 40 | n))).unwrap();
+    }
+    db.insert(HIST, &b"an attempt"[..]).unwrap();
+    db.insert(FAILED, &b""[..]).unwrap();
+    db.open_tree("corrupt")
+        .unwrap()
+        .insert(b"msg/x", &b"kept aside"[..])
+        .unwrap();
+    db.flush().unwrap();
+    drop(db);
+    assert!(
+        sled_bytes(dir.path()) > COMPACT_ABOVE,
+        "grown past the threshold"
+    );
+    last
+}
+
+/// Bytes in sled's `db` file.
+fn sled_bytes(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join("db")).unwrap().len()
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                e.metadata().unwrap().len()
+            }
+        })
+        .sum()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// What every open after a compaction (whole or interrupted) must find: the drained queue's
+/// keys, the clock, no compaction directory left, and a new id above every old one.
+fn assert_whole(store: &Store, dir: &Path, last: QueueId, clock: &[u8]) {
+    let db = &store.inner.db;
+    assert_eq!(db.get(HIST).unwrap().as_deref(), Some(&b"an attempt"[..]));
+    assert!(db.contains_key(FAILED).unwrap());
+    assert_eq!(db.get(key::CLOCK).unwrap().as_deref(), Some(clock));
+    assert_eq!(
+        store.inner.corrupt.get(b"msg/x").unwrap().as_deref(),
+        Some(&b"kept aside"[..])
+    );
+    for leftover in ["compact.new", "compact.old", "compact.old.tmp"] {
+        assert!(!dir.join(leftover).exists(), "{leftover} left behind");
+    }
+    let id = store.spool().unwrap().id;
+    assert!(id > last, "new id {id} not above the old {last}");
+}
+
+#[test]
+fn an_emptied_database_is_given_back_at_the_next_open() {
+    let dir = TempDir::new().unwrap();
+    let last = grown(&dir);
+    let clock = raw_db(&dir).get(key::CLOCK).unwrap().unwrap();
+    let body_files_before = body_files(&dir);
+    let before = dir_bytes(dir.path());
+
+    let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+    let after = dir_bytes(dir.path());
+    assert!(after < 2 << 20, "data directory {before} -> {after} bytes");
+    assert!(sled_bytes(dir.path()) <= COMPACT_ABOVE);
+    assert_whole(&store, dir.path(), last, &clock);
+    assert_eq!(body_files(&dir), body_files_before, "body files untouched");
+
+    // The new database works as the old one did, and later ids keep climbing across starts.
+    store.recover().unwrap();
+    let id = commit(&store, &[b"after"], &["b@y"], 40);
+    assert!(id > last);
+    drop(store);
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert_eq!(body_of(&store, id), b"after");
+    assert!(store.spool().unwrap().id > id);
+}
+
+#[test]
+fn a_queue_with_a_message_is_not_compacted() {
+    let dir = TempDir::new().unwrap();
+    grown(&dir);
+    let kept = {
+        let (store, _) = open(&dir);
+        commit(&store, &[b"still queued"], &["a@x"], 50)
+    };
+    let before = sled_bytes(dir.path());
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 1);
+    assert_eq!(body_of(&store, kept), b"still queued");
+    assert!(sled_bytes(dir.path()) >= before, "not compacted");
+}
+
+#[test]
+fn a_crash_at_any_step_of_the_compaction_leaves_a_whole_database() {
+    let template = TempDir::new().unwrap();
+    let last = grown(&template);
+    let clock = raw_db(&template).get(key::CLOCK).unwrap().unwrap();
+    for step in 0..100 {
+        let dir = TempDir::new().unwrap();
+        copy_dir(template.path(), dir.path());
+        CRASH_AFTER.with(|c| c.set(Some(step)));
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            Store::open(dir.path(), options(1 << 30)).unwrap()
+        }));
+        CRASH_AFTER.with(|c| c.set(None));
+        if let Ok(store) = opened {
+            // Past the last step: every earlier `step` crashed at a point of its own.
+            assert_whole(&store, dir.path(), last, &clock);
+            assert!(step >= 10, "only {step} crash points");
+            return;
+        }
+        let store = Store::open(dir.path(), options(1 << 30))
+            .unwrap_or_else(|e| panic!("after a crash at step {step}: {e}"));
+        assert_whole(&store, dir.path(), last, &clock);
+        drop(store);
+        // Whichever database the crash left, the next open gets the compacted one.
+        let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+        assert!(sled_bytes(dir.path()) <= COMPACT_ABOVE, "step {step}");
+        assert_whole(&store, dir.path(), last, &clock);
+    }
+    panic!("the compaction never finished in 100 steps");
+}

@@ -1,0 +1,99 @@
+//! The disk given back with the real binary: a backlog queued with the smarthost down, then
+//! delivered, leaves sled's database grown; the next start compacts it, and the queue ids keep
+//! climbing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::util::{
+    assert_queued, slack, tagged_message, wait_until, RawClient, RelayProcess, Smarthost,
+};
+
+const DELIVERY: Duration = Duration::from_secs(120);
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| {
+                    let e = e.unwrap();
+                    if e.file_type().unwrap().is_dir() {
+                        dir_bytes(&e.path())
+                    } else {
+                        e.metadata().map_or(0, |m| m.len())
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn db_bytes(data_dir: &Path) -> u64 {
+    std::fs::metadata(data_dir.join("db")).map_or(0, |m| m.len())
+}
+
+#[test]
+fn a_drained_backlog_gives_the_disk_back_at_the_next_start() {
+    // The store compacts a `db` file above 1 MiB; queue until it is 3 MiB (past the 2 MB aimed at).
+    const GROWN: u64 = 3 << 20;
+    const MAX_MESSAGES: usize = 6000;
+    let port = Smarthost::reserve_port();
+    let mut relay = RelayProcess::start_to(port);
+    // Each start moves sled's id counter on by 2,000,000: ids well above a fresh database's.
+    relay.restart();
+    relay.restart();
+    let recipients: Vec<String> = (0..20).map(|n| format!("rcpt{n}@remote.test")).collect();
+    let to: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    let end = Instant::now() + slack(Duration::from_secs(120));
+    let mut sent = 0;
+    let mut last = 0;
+    while db_bytes(&relay.data_dir) < GROWN {
+        assert!(
+            sent < MAX_MESSAGES && Instant::now() < end,
+            "db only {} bytes after {sent} messages",
+            db_bytes(&relay.data_dir)
+        );
+        let mut client = RawClient::ready(relay.port());
+        for _ in 0..50 {
+            let reply = client.send_mail("a@lan.test", &to, &tagged_message(&format!("m{sent}")));
+            let id = u64::from_str_radix(&assert_queued(&reply), 16).unwrap();
+            assert!(id > last, "queue ids climb");
+            last = id;
+            sent += 1;
+        }
+    }
+
+    let upstream = Smarthost::start_on(port);
+    if !wait_until(DELIVERY, Duration::from_millis(100), || {
+        upstream.arrived_ids().len() == sent
+    }) {
+        relay.fail(&format!(
+            "{} of {sent} messages delivered",
+            upstream.arrived_ids().len()
+        ));
+    }
+    assert!(relay.wait_queue_empty(), "queue not empty after delivery");
+    let grown = dir_bytes(&relay.data_dir);
+    assert!(relay.terminate(Duration::from_secs(20)).is_some());
+
+    relay.restart();
+    relay.wait_log("store: compacted the database");
+    let after = dir_bytes(&relay.data_dir);
+    assert!(
+        grown > 2 << 20 && after < 2 << 20,
+        "data directory {grown} bytes with the queue empty, {after} after the start"
+    );
+    let mut client = RawClient::ready(relay.port());
+    let reply = client.send_mail("a@lan.test", &["b@remote.test"], &tagged_message("after"));
+    let id = assert_queued(&reply);
+    assert!(
+        u64::from_str_radix(&id, 16).unwrap() > last,
+        "queue id {id} not above the last before the compaction ({last:016X})"
+    );
+    if !wait_until(DELIVERY, Duration::from_millis(50), || {
+        upstream.arrived_ids().contains_key("after")
+    }) {
+        relay.fail("the message after the compaction was not delivered");
+    }
+}
