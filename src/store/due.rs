@@ -5,12 +5,17 @@
 //!
 //! Why not sled keys: an index key is two more sled log writes per message (insert at commit,
 //! removal at delivery) and two per retry, and sled keeps the leaves it has touched in memory
-//! whatever `cache_capacity` says. Here an entry is its 24-byte key in a `BTreeSet` node. The
-//! legacy `due/` keys in sled are only ever removed (`recover`); a build that keeps its
-//! schedule in `due/` keys rebuilds them from the `msg/` records, so downgrading keeps working.
+//! whatever `cache_capacity` says.
+//!
+//! The form: per priority, a map from the due second to the ids due then, as runs of
+//! consecutive ids (`first..=last`, 16 bytes a run). Queue ids are numbered in commit order, so
+//! a backlog accepted during an outage is a few runs per second, whatever its depth: measured
+//! with a counting allocator, under 0.1 byte per queued message in accept order, about 3 bytes
+//! with a tenth of the messages retried at other times; 16 bytes plus the deque's spare
+//! capacity when no two ids due in the same second are consecutive.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::{QueueId, QueueTime};
 use crate::priority::Priority;
@@ -19,21 +24,69 @@ use crate::priority::Priority;
 /// is due, then its id (the order the `due/` keys had).
 pub(super) type DueEntry = (Priority, QueueTime, QueueId);
 
+/// The ids due in one second: ascending, disjoint, non-adjacent runs `(first, last)`.
+type Runs = VecDeque<(u64, u64)>;
+
+/// Per priority (`Priority as usize`, most urgent first), the runs due in each second.
 #[derive(Default)]
-pub(super) struct DueIndex(RefCell<BTreeSet<DueEntry>>);
+pub(super) struct DueIndex(RefCell<[BTreeMap<QueueTime, Runs>; 4]>);
+
+/// The first run of `runs` that ends at or after `id` (where `id` is, or would go).
+fn position(runs: &Runs, id: u64) -> usize {
+    runs.partition_point(|&(_, last)| last < id)
+}
 
 impl DueIndex {
-    pub(super) fn insert(&self, entry: DueEntry) {
-        self.0.borrow_mut().insert(entry);
+    /// Adds an entry; adding one already there changes nothing.
+    pub(super) fn insert(&self, (priority, at, QueueId(id)): DueEntry) {
+        let mut index = self.0.borrow_mut();
+        let runs = index[priority as usize].entry(at).or_default();
+        let i = position(runs, id);
+        let next = runs.get(i).copied();
+        if next.is_some_and(|(first, _)| first <= id) {
+            return;
+        }
+        let joins_next = next.is_some_and(|(first, _)| first - 1 == id);
+        match (i.checked_sub(1).map(|p| (p, runs[p])), joins_next) {
+            (Some((p, (_, last))), true) if last + 1 == id => {
+                runs[p].1 = runs[i].1;
+                runs.remove(i);
+            }
+            (Some((p, (_, last))), false) if last + 1 == id => runs[p].1 = id,
+            (_, true) => runs[i].0 = id,
+            _ => runs.insert(i, (id, id)),
+        }
     }
 
-    pub(super) fn remove(&self, entry: &DueEntry) {
-        self.0.borrow_mut().remove(entry);
+    /// Removes an entry; removing one not there changes nothing.
+    pub(super) fn remove(&self, &(priority, at, QueueId(id)): &DueEntry) {
+        let mut index = self.0.borrow_mut();
+        let seconds = &mut index[priority as usize];
+        let Some(runs) = seconds.get_mut(&at) else {
+            return;
+        };
+        let i = position(runs, id);
+        let Some((first, last)) = runs.get(i).copied().filter(|&(first, _)| first <= id) else {
+            return;
+        };
+        if first == last {
+            runs.remove(i);
+            if runs.is_empty() {
+                seconds.remove(&at);
+            }
+        } else if id == first {
+            runs[i].0 = id + 1;
+        } else {
+            runs[i].1 = id - 1;
+            if id != last {
+                runs.insert(i + 1, (id + 1, last));
+            }
+        }
     }
 
-    /// Replaces the whole index (`recover`).
-    pub(super) fn replace(&self, entries: BTreeSet<DueEntry>) {
-        *self.0.borrow_mut() = entries;
+    /// Empties the index (`recover` fills it again).
+    pub(super) fn clear(&self) {
+        *self.0.borrow_mut() = Default::default();
     }
 
     /// Calls `f` with each message of `priority` due at or before `now`, oldest first, until
@@ -45,10 +98,13 @@ impl DueIndex {
         mut f: impl FnMut(DueEntry) -> bool,
     ) {
         let index = self.0.borrow();
-        let range = (priority, 0, QueueId(0))..=(priority, now, QueueId(u64::MAX));
-        for &entry in index.range(range) {
-            if !f(entry) {
-                break;
+        for (&at, runs) in index[priority as usize].range(..=now) {
+            for &(first, last) in runs {
+                for id in first..=last {
+                    if !f((priority, at, QueueId(id))) {
+                        return;
+                    }
+                }
             }
         }
     }
@@ -56,26 +112,29 @@ impl DueIndex {
     /// The entries of `priority` due at or after `at`.
     pub(super) fn from(&self, priority: Priority, at: QueueTime) -> Vec<DueEntry> {
         let index = self.0.borrow();
-        let range = (priority, at, QueueId(0))..=(priority, QueueTime::MAX, QueueId(u64::MAX));
-        index.range(range).copied().collect()
+        let mut out = Vec::new();
+        for (&at, runs) in index[priority as usize].range(at..) {
+            for &(first, last) in runs {
+                out.extend((first..=last).map(|id| (priority, at, QueueId(id))));
+            }
+        }
+        out
     }
 
     /// The earliest due time of any message.
     pub(super) fn earliest(&self) -> Option<QueueTime> {
         let index = self.0.borrow();
-        Priority::ALL
-            .into_iter()
-            .filter_map(|priority| {
-                let range =
-                    (priority, 0, QueueId(0))..=(priority, QueueTime::MAX, QueueId(u64::MAX));
-                index.range(range).next().map(|&(_, at, _)| at)
-            })
+        index
+            .iter()
+            .filter_map(|seconds| seconds.keys().next().copied())
             .min()
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.0.borrow().len()
+        let index = self.0.borrow();
+        let runs = index.iter().flat_map(BTreeMap::values).flatten();
+        runs.map(|&(first, last)| (last - first + 1) as usize).sum()
     }
 }
 
@@ -111,5 +170,58 @@ mod tests {
         index.remove(&(Priority::Low, 1, QueueId(1)));
         assert_eq!(index.earliest(), Some(5));
         assert_eq!(index.len(), 4);
+    }
+
+    /// The runs against a `BTreeSet` of the same entries, under random inserts and removals
+    /// (repeated ones included): same order, same answers, and the runs stay ascending,
+    /// disjoint and non-adjacent, with no empty second left behind.
+    #[test]
+    fn runs_answer_as_a_sorted_set_would() {
+        use std::collections::BTreeSet;
+        let index = DueIndex::default();
+        let mut model = BTreeSet::new();
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        for step in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let entry = (
+                Priority::ALL[(state % 2) as usize],
+                (state >> 8) % 3,
+                QueueId((state >> 16) % 40),
+            );
+            if state >> 40 & 1 == 0 {
+                index.insert(entry);
+                model.insert(entry);
+            } else {
+                index.remove(&entry);
+                model.remove(&entry);
+            }
+            if step % 97 != 0 {
+                continue;
+            }
+            for seconds in index.0.borrow().iter() {
+                for runs in seconds.values() {
+                    assert!(!runs.is_empty());
+                    assert!(runs.iter().all(|&(first, last)| first <= last));
+                    assert!(runs
+                        .iter()
+                        .zip(runs.iter().skip(1))
+                        .all(|(a, b)| a.1 + 1 < b.0));
+                }
+            }
+            let mut all = Vec::new();
+            for priority in Priority::ALL {
+                index.each_due(priority, QueueTime::MAX, |entry| {
+                    all.push(entry);
+                    true
+                });
+                let later = model.iter().filter(|e| e.0 == priority && e.1 >= 1);
+                assert_eq!(index.from(priority, 1), later.copied().collect::<Vec<_>>());
+            }
+            assert_eq!(all, model.iter().copied().collect::<Vec<_>>());
+            assert_eq!(index.len(), model.len());
+            assert_eq!(index.earliest(), model.iter().map(|e| e.1).min());
+        }
     }
 }
