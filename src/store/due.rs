@@ -7,15 +7,17 @@
 //! removal at delivery) and two per retry, and sled keeps the leaves it has touched in memory
 //! whatever `cache_capacity` says.
 //!
-//! The form: per priority, a map from the due second to the ids due then, as runs of
-//! consecutive ids (`first..=last`, 16 bytes a run). Queue ids are numbered in commit order, so
-//! a backlog accepted during an outage is a few runs per second, whatever its depth: measured
-//! with a counting allocator, under 0.1 byte per queued message in accept order, about 3 bytes
-//! with a tenth of the messages retried at other times; 16 bytes plus the deque's spare
-//! capacity when no two ids due in the same second are consecutive.
+//! The form: per priority, a map from the due second to the ids due then, as a sorted vector
+//! of runs of consecutive ids (`first..=last`, 16 bytes a run). Queue ids are numbered in
+//! commit order, so a backlog accepted during an outage is a few runs per second, whatever its
+//! depth. Measured with a counting allocator (100,000 and 400,000 entries): under 0.1 byte per
+//! queued message in accept order; 7–9 bytes with a tenth of them moved to random seconds of
+//! the next hour (retries); at worst, no two ids of a second consecutive, 16 bytes plus the
+//! vector's spare capacity. Insert and remove are a map look-up and a binary search in that
+//! second's runs; adding or dropping a whole run shifts the runs after it in that second.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use super::{QueueId, QueueTime};
 use crate::priority::Priority;
@@ -25,7 +27,7 @@ use crate::priority::Priority;
 pub(super) type DueEntry = (Priority, QueueTime, QueueId);
 
 /// The ids due in one second: ascending, disjoint, non-adjacent runs `(first, last)`.
-type Runs = VecDeque<(u64, u64)>;
+type Runs = Vec<(u64, u64)>;
 
 /// Per priority (`Priority as usize`, most urgent first), the runs due in each second.
 #[derive(Default)]
