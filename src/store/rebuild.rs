@@ -52,40 +52,13 @@ struct Lacking {
     done: Vec<u32>,
 }
 
-/// The ids of the `msg/` records sled holds, as runs of consecutive ids (`recover` collects
-/// them in its scan, in key order): whether sled holds a message without a look-up in sled,
-/// which would pull every `msg/` leaf into sled's cache again. A queue numbered in commit
-/// order is a few runs, whatever its depth.
-#[derive(Default)]
-pub(super) struct HeldIds(Vec<(u64, u64)>);
-
-impl HeldIds {
-    /// Adds `id`, greater than every id added before.
-    pub(super) fn push(&mut self, QueueId(id): QueueId) {
-        match self.0.last_mut() {
-            Some((_, last)) if last.checked_add(1) == Some(id) => *last = id,
-            _ => self.0.push((id, id)),
-        }
-    }
-
-    fn contains(&self, QueueId(id): QueueId) -> bool {
-        let i = self.0.partition_point(|&(_, last)| last < id);
-        self.0.get(i).is_some_and(|&(first, _)| first <= id)
-    }
-}
-
 /// Rebuilds every message the body files hold that sled lost (see the module doc). One pass
 /// over the body files in number (creation) order, keeping only what belongs to messages sled
 /// lacks: memory goes with what is missing, not with the depth of the queue.
 pub(super) fn run(store: &Store) -> Result<Rebuilt, StoreError> {
-    run_knowing(store, None)
-}
-
-/// `run`, with `held` the `msg/` records sled holds when the caller has just read them all.
-pub(super) fn run_knowing(store: &Store, held: Option<&HeldIds>) -> Result<Rebuilt, StoreError> {
     let dir = store.inner.flush.body_files().dir().to_path_buf();
     let mut out = Rebuilt::default();
-    let lacking = read_all(store, held, &dir, &mut out)?;
+    let lacking = read_all(store, &dir, &mut out)?;
     for (id, message) in lacking {
         let Some(envelope) = message.envelope else {
             // Pieces of a message never committed (no envelope): nothing was acknowledged.
@@ -177,7 +150,6 @@ fn restore(
 /// at its whole-message done record).
 fn read_all(
     store: &Store,
-    held: Option<&HeldIds>,
     dir: &Path,
     out: &mut Rebuilt,
 ) -> Result<BTreeMap<QueueId, Lacking>, StoreError> {
@@ -191,11 +163,7 @@ fn read_all(
     let mut lacking: BTreeMap<QueueId, Lacking> = BTreeMap::new();
     // Whether sled lacks message `id`: once found lacking, it stays in the map.
     let lacks = |lacking: &BTreeMap<QueueId, Lacking>, id: QueueId| -> Result<bool, StoreError> {
-        Ok(lacking.contains_key(&id)
-            || !match held {
-                Some(held) => held.contains(id),
-                None => store.inner.db.contains_key(key::msg(id))?,
-            })
+        Ok(lacking.contains_key(&id) || !store.inner.db.contains_key(key::msg(id))?)
     };
     for num in nums {
         let bytes = match std::fs::read(body_file_path(dir, num)) {

@@ -13,7 +13,7 @@ use std::io;
 use super::body_file::{parse_body_file_name, DirtyBodyFiles};
 use super::extent::Extent;
 use super::index::{index_of, Index};
-use super::rebuild::{self, HeldIds};
+use super::rebuild;
 use super::record::{self, MessageMeta};
 use super::{key, QueueId, RecoveryReport, Store, StoreError, Usage};
 use crate::clock::QueueTime;
@@ -31,15 +31,11 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     for entry in store.inner.db.scan_prefix(key::MSG) {
         let (k, raw) = entry?;
         match check_message(store, &k, &raw, &mut parts)? {
-            Ok((id, meta)) => {
-                kept.held.push(id);
-                kept.add(id, &meta);
-            }
+            Ok((id, meta)) => kept.add(id, &meta),
             Err(quarantined) => report.quarantined += quarantined,
         }
     }
-    let rebuilt = rebuild::run_knowing(store, Some(&kept.held))?;
-    drop(std::mem::take(&mut kept.held));
+    let rebuilt = rebuild::run(store)?;
     // sled restarts `generate_id` low after losing its database: keep new numbers clear of
     // every one the journal holds.
     let next = store.inner.db.generate_id()?;
@@ -83,8 +79,6 @@ struct Kept<'a> {
     clock: QueueTime,
     expected: BTreeSet<Vec<u8>>,
     inline_refs: BTreeMap<u64, u64>,
-    /// The `msg/` records kept by the scan (for the journal pass).
-    held: HeldIds,
 }
 
 impl<'a> Kept<'a> {
@@ -95,7 +89,6 @@ impl<'a> Kept<'a> {
             clock,
             expected: BTreeSet::new(),
             inline_refs: BTreeMap::new(),
-            held: HeldIds::default(),
         }
     }
 
