@@ -143,6 +143,18 @@ impl DueIndex {
         firsts.flatten().min()
     }
 
+    /// The lowest id of any entry (ids are taken in arrival order: the message waiting
+    /// longest). Reads every entry, in memory: no record is read.
+    pub(super) fn lowest_id(&self) -> Option<QueueId> {
+        let index = self.0.borrow();
+        let slices = index.iter().flat_map(|slices| slices.iter());
+        let ids = slices.flat_map(|(&slice, entries)| {
+            let first = entries.iter().map(|&packed| packed & ID_MASK).min();
+            first.map(|low| unpack(Priority::Urgent, slice, low).2)
+        });
+        ids.min()
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         let index = self.0.borrow();
@@ -244,6 +256,7 @@ mod tests {
             }
             assert_eq!(all, model.iter().copied().collect::<Vec<_>>());
             assert_eq!(index.len(), model.len());
+            assert_eq!(index.lowest_id(), model.iter().map(|e| e.2).min());
             assert_eq!(index.earliest(), model.iter().map(|e| e.1).min());
         }
     }
