@@ -45,17 +45,11 @@ pub async fn watch(shared: Rc<Shared>) {
 fn conditions(shared: &Shared) -> [Option<(String, String)>; 3] {
     let config = shared.config();
     let now = shared.clock().now();
-    let messages = match shared.store().list() {
-        Ok(messages) => messages,
-        Err(e) => {
-            error!("notice check: cannot read the queue: {e}");
-            Vec::new()
-        }
-    };
-    let oldest = messages
-        .iter()
-        .filter(|m| !m.held && m.recipients.iter().any(|r| r.state.is_open()))
-        .max_by_key(|m| now.saturating_sub(m.enqueued_at));
+    let oldest = shared.store().oldest_waiting().unwrap_or_else(|e| {
+        error!("notice check: cannot read the queue: {e}");
+        None
+    });
+    let usage = shared.store().usage();
     let link = shared.link().report();
     let smarthost = link.last_error.as_deref().unwrap_or("no error recorded");
     let age = oldest.and_then(|m| {
@@ -72,12 +66,11 @@ fn conditions(shared: &Shared) -> [Option<(String, String)>; 3] {
                     m.id,
                     m.info.sender,
                     to.join(">, <"),
-                    messages.len()
+                    usage.messages
                 ),
             )
         })
     });
-    let usage = shared.store().usage();
     let max = config.queue.max_bytes;
     let fill = (usage.bytes.saturating_mul(100)
         > max.saturating_mul(u64::from(config.notify.queue_fill)))

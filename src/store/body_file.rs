@@ -230,9 +230,19 @@ impl BodyFiles {
     }
 
     /// `count` extents in body file `num` were removed by write number `seq`, not yet durable:
-    /// they are released once a sync covers `seq`.
+    /// they are released once a sync covers `seq`. Joins the entry before when it is of the
+    /// same body file (released at the later write's sync: later, never sooner), so a drain
+    /// that removes thousands of messages between two syncs keeps about one entry per body
+    /// file, not one per message.
     pub(super) fn release_after(&self, seq: u64, num: u64, count: u64) {
-        self.after_sync.borrow_mut().push((seq, num, count));
+        let mut pending = self.after_sync.borrow_mut();
+        match pending.last_mut() {
+            Some((last_seq, last_num, n)) if *last_num == num => {
+                *last_seq = (*last_seq).max(seq);
+                *n += count;
+            }
+            _ => pending.push((seq, num, count)),
+        }
     }
 
     /// A sync covering every write numbered ≤ `covers` completed.

@@ -47,6 +47,17 @@ impl Store {
         Ok(out)
     }
 
+    /// The deliverable message waiting longest (neither held nor failed; the lowest id in the
+    /// schedule, as ids are taken in arrival order), read without reading the others: a check
+    /// that runs while the queue is deep must not read every record (`list`).
+    pub fn oldest_waiting(&self) -> Result<Option<QueuedMessage>, StoreError> {
+        self.inner
+            .due
+            .lowest_id()
+            .map(|id| self.get(id))
+            .transpose()
+    }
+
     /// The message's most recent attempts (at most `KEPT_ATTEMPTS`), oldest first. An
     /// unreadable entry is logged and skipped: history is informational.
     pub fn history(&self, id: QueueId) -> Result<Vec<AttemptRecord>, StoreError> {

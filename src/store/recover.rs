@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use super::body_file::{parse_body_file_name, DirtyBodyFiles};
-use super::due::DueEntry;
 use super::extent::Extent;
 use super::index::{index_of, Index};
 use super::rebuild;
@@ -27,9 +26,17 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     };
     remove_orphan_recipients(store)?;
     let mut parts = check_parts(store)?;
-    let mut kept = Kept::new(store.inner.clock.get());
+    store.inner.due.clear();
+    let mut kept = Kept::new(store, store.inner.clock.get());
     for entry in store.inner.db.scan_prefix(key::MSG) {
         let (k, raw) = entry?;
+        // sled's iterator reads a leaf once and walks a copy of it (sled 0.34.7 `iter.rs`,
+        // `next_inner`), and its LRU pages out only once 64 accesses have queued in one of its
+        // 256 shards (`lru.rs`, `MAX_QUEUE_ITEMS`, `N_SHARDS`): a scan alone keeps every leaf
+        // it read in memory. A look-up per key is an access to that key's leaf, so sled pages
+        // out as the scan goes: at 100,000 messages the start-up peak is 12.5 MiB instead of
+        // 34.6, in no measurable time.
+        store.inner.db.contains_key(&k)?;
         match check_message(store, &k, &raw, &mut parts)? {
             Ok((id, meta)) => kept.add(id, &meta),
             Err(quarantined) => report.quarantined += quarantined,
@@ -62,7 +69,6 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     }
     report.messages = kept.usage.messages;
     rebuild_index(store, kept.expected)?;
-    store.inner.due.replace(kept.schedule);
     let refs = count_refs(store, kept.inline_refs)?;
     report.quarantined_files = remove_orphan_body_files(store, &refs, &rebuilt.keep)?;
     store.note_damage(&report);
@@ -71,23 +77,24 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
     Ok(report)
 }
 
-/// What the messages kept add up to: the counters, the queue clock, the `failed/` index and
-/// the schedule they imply, and the body file extents they hold inline.
-struct Kept {
+/// What the messages kept add up to: the counters, the queue clock, the `failed/` index they
+/// imply, and the body file extents they hold inline. Their schedule goes straight into the
+/// store's (`due.rs`).
+struct Kept<'a> {
+    store: &'a Store,
     usage: Usage,
     clock: QueueTime,
     expected: BTreeSet<Vec<u8>>,
-    schedule: BTreeSet<DueEntry>,
     inline_refs: BTreeMap<u64, u64>,
 }
 
-impl Kept {
-    fn new(clock: QueueTime) -> Self {
+impl<'a> Kept<'a> {
+    fn new(store: &'a Store, clock: QueueTime) -> Self {
         Self {
+            store,
             usage: Usage::default(),
             clock,
             expected: BTreeSet::new(),
-            schedule: BTreeSet::new(),
             inline_refs: BTreeMap::new(),
         }
     }
@@ -104,7 +111,7 @@ impl Kept {
             .max(meta.failed_at.unwrap_or(0));
         match index_of(id, meta) {
             Some(Index::Failed(k)) => drop(self.expected.insert(k)),
-            Some(Index::Due(entry)) => drop(self.schedule.insert(entry)),
+            Some(Index::Due(entry)) => self.store.inner.due.insert(entry),
             None => {}
         }
     }

@@ -156,3 +156,26 @@ fn held_messages_are_never_due_until_released() {
     block_on(store.release(id)).unwrap();
     assert_eq!(ids(&store.due(5, 10).unwrap()), vec![id]);
 }
+
+#[test]
+fn the_oldest_waiting_message_is_the_lowest_deliverable_id_neither_held_nor_failed() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    assert!(store.oldest_waiting().unwrap().is_none());
+    let held = commit(&store, &[b"1"], &["a@x"], 5);
+    let failed = commit(&store, &[b"2"], &["a@x"], 6);
+    let deferred = commit(&store, &[b"3"], &["a@x"], 7);
+    commit(&store, &[b"4"], &["a@x"], 8);
+    block_on(store.hold(held)).unwrap();
+    let bounced = [(0, RcptState::Failed, Some("550 no".into()))];
+    block_on(store.record(failed, &bounced, AT, 1, 9)).unwrap();
+    let later = [(0, RcptState::Deferred, Some("451".into()))];
+    block_on(store.record(deferred, &later, AT, 10, 900)).unwrap();
+    let oldest = |store: &Store| store.oldest_waiting().unwrap().map(|m| m.id);
+    assert_eq!(oldest(&store), Some(deferred), "deferred still waits");
+    drop(store);
+    let (store, _) = open(&dir);
+    assert_eq!(oldest(&store), Some(deferred), "rebuilt by recover");
+    block_on(store.release(held)).unwrap();
+    assert_eq!(oldest(&store), Some(held));
+}

@@ -198,7 +198,7 @@ fn queue_recover_rebuilds_while_running() {
     for k in keys_in(&store.inner.db, &key::rcpt_prefix(id)) {
         store.inner.db.remove(k).unwrap();
     }
-    store.inner.due.replace(Default::default());
+    store.inner.due.clear();
     store.inner.usage.set(Usage::default());
     let report = block_on(store.recover_journal()).unwrap();
     assert_eq!(report.recovered, 1);
