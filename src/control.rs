@@ -335,11 +335,11 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
 
 /// `status`, as text or (`json`) as one JSON object.
 fn status(shared: &Shared, now: QueueTime, json: bool) -> Response {
-    let messages = match shared.store().list() {
-        Ok(messages) => messages,
-        Err(e) => return Response::err(format!("cannot read the queue: {e}\n")),
-    };
-    let (link, summary) = (shared.link().report(), QueueSummary::of(&messages, now));
+    let mut summary = QueueSummary::default();
+    if let Err(e) = shared.store().each(|message| summary.add(&message, now)) {
+        return Response::err(format!("cannot read the queue: {e}\n"));
+    }
+    let link = shared.link().report();
     let (usage, damage) = (shared.store().usage(), shared.store().damage());
     Response::ok(if json {
         render_status_json(&link, &summary, usage, damage)

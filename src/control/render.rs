@@ -82,17 +82,22 @@ impl QueueSummary {
     pub fn of(messages: &[QueuedMessage], now: QueueTime) -> Self {
         let mut summary = Self::default();
         for message in messages {
-            let state = MessageState::of(message);
-            let slot = MessageState::ALL
-                .iter()
-                .position(|s| *s == state)
-                .unwrap_or(0);
-            summary.messages[slot] += 1;
-            summary.bytes[slot] = summary.bytes[slot].saturating_add(message.size);
-            let age = now.saturating_sub(message.enqueued_at);
-            summary.oldest_age_ms = Some(summary.oldest_age_ms.map_or(age, |a| a.max(age)));
+            summary.add(message, now);
         }
         summary
+    }
+
+    /// Counts one more message (`Store::each` feeds a summary without a list of them all).
+    pub fn add(&mut self, message: &QueuedMessage, now: QueueTime) {
+        let state = MessageState::of(message);
+        let slot = MessageState::ALL
+            .iter()
+            .position(|s| *s == state)
+            .unwrap_or(0);
+        self.messages[slot] += 1;
+        self.bytes[slot] = self.bytes[slot].saturating_add(message.size);
+        let age = now.saturating_sub(message.enqueued_at);
+        self.oldest_age_ms = Some(self.oldest_age_ms.map_or(age, |a| a.max(age)));
     }
 }
 

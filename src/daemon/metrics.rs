@@ -109,13 +109,11 @@ async fn respond(stream: &mut Async<TcpStream>, status: &str, body: &str) -> io:
 
 fn render(shared: &Shared) -> String {
     let now = shared.clock().now();
-    let summary = match shared.store().list() {
-        Ok(messages) => QueueSummary::of(&messages, now),
-        Err(e) => {
-            warn!("metrics: cannot read the queue: {e}");
-            QueueSummary::default()
-        }
-    };
+    let mut summary = QueueSummary::default();
+    if let Err(e) = shared.store().each(|message| summary.add(&message, now)) {
+        warn!("metrics: cannot read the queue: {e}");
+        summary = QueueSummary::default();
+    }
     let sample = Sample {
         summary,
         link: shared.link().report(),

@@ -32,19 +32,27 @@ impl Store {
     /// Every message, in id (arrival) order. Unreadable ones are logged and skipped.
     pub fn list(&self) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut out = Vec::new();
+        self.each(|message| out.push(message))?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every message, in id (arrival) order, one at a time: what a summary over
+    /// a deep queue reads without holding every record at once (`list` holds them all).
+    /// Unreadable ones are logged and skipped.
+    pub fn each(&self, mut f: impl FnMut(QueuedMessage)) -> Result<(), StoreError> {
         for entry in self.inner.db.scan_prefix(key::MSG).keys() {
             let Some(id) = key::parse_id(key::MSG, &entry?) else {
                 continue;
             };
             match self.get(id) {
-                Ok(message) => out.push(message),
+                Ok(message) => f(message),
                 Err(StoreError::Corrupt(e)) => {
                     log::error!("store: queue_id={id} unreadable, not listed: {e}");
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The deliverable message waiting longest (neither held nor failed; the lowest id in the
