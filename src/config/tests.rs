@@ -109,6 +109,7 @@ smarthost_data_end = "5m"
             auth: None,
             oauth2: None,
             from: None,
+            connections: 2,
         }]
     );
     assert_eq!(c.queue.max_age, Duration::from_secs(3 * 86_400));
@@ -419,6 +420,7 @@ fn effective_config_reads_back_to_the_same_value() {
             auth: None,
             oauth2: None,
             from: None,
+            connections: 2,
         }]
         .into_iter()
         .collect(),
@@ -441,6 +443,7 @@ fn effective_config_reads_back_to_the_same_value() {
             auth: None,
             oauth2: None,
             from: None,
+            connections: 2,
         })
         .unwrap();
     let text = c.to_toml();
