@@ -21,6 +21,7 @@ mod coalesce;
 mod corruption;
 mod damage;
 mod diskfull;
+mod drain;
 mod durability;
 mod failover;
 mod flaps;
