@@ -5,16 +5,14 @@
 //! reload's new parameters between two turns. Never touches sled directly.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_io::Timer;
 use event_listener::Event;
 use futures_lite::future;
 use log::{error, info, warn};
+use smol::LocalExecutor;
 
 use crate::clock::{QueueClock, QueueTime};
 use crate::intake::{Intake, IntakePolicy};
@@ -347,9 +345,22 @@ impl Forwarder {
         pool.claims.borrow_mut().join(pool.max);
         // The first load: after `mark_up`, which makes mail deferred in an outage due.
         self.load(&pool);
+        // The sessions run as tasks of a local executor of their own, driven by this task: each
+        // is polled when its own I/O is ready.
+        let ex = LocalExecutor::new();
         let mut first = Some(first);
-        let sessions = (0..pool.max).map(|_| self.session(index, first.take(), &pool));
-        let results = join_all(sessions.collect()).await;
+        let tasks: Vec<_> = (0..pool.max)
+            .map(|_| ex.spawn(self.session(index, first.take(), &pool)))
+            .collect();
+        let results = ex
+            .run(async {
+                let mut results = Vec::with_capacity(tasks.len());
+                for task in tasks {
+                    results.push(task.await);
+                }
+                results
+            })
+            .await;
         let mut damaged = false;
         for result in results {
             match result {
@@ -499,28 +510,4 @@ async fn quit(conn: &mut Connection, session: &mut ClientSession, command_timeou
         }
     }
     conn.close(QUIT_TIMEOUT).await;
-}
-
-/// Runs `futures` together on the task's thread until all are done; their outputs in order.
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut running: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, output) in running.iter_mut().zip(&mut outputs) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }

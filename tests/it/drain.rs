@@ -61,17 +61,25 @@ fn level_of(id: &str) -> usize {
         .unwrap_or_else(|| panic!("unexpected message {id}"))
 }
 
-/// Queues `n` messages with the smarthost down, brings it up, and drains over `connections`
-/// sessions; returns the Message-IDs in arrival order and the most sessions open at once.
-fn drain(n: usize, connections: usize) -> (Vec<String>, usize) {
+fn config(port: u16, connections: usize) -> RelayConfig {
+    RelayConfig::with_smarthost(port)
+        .smarthost_keys(&format!("connections = {connections}"))
+        .queue("retry_min = \"5m\"\nretry_max = \"10m\"")
+        .section(RULES)
+}
+
+/// Queues `n` messages with the smarthost down over `connections` sessions, or as many as
+/// `reload` says after a reload while it is still down; brings the smarthost up and drains.
+/// Returns the Message-IDs in arrival order and the most sessions open at once.
+fn drain(n: usize, connections: usize, reload: Option<usize>) -> (Vec<String>, usize) {
     let port = Smarthost::reserve_port();
-    let relay = RelayProcess::start_with(
-        RelayConfig::with_smarthost(port)
-            .smarthost_keys(&format!("connections = {connections}"))
-            .queue("retry_min = \"5m\"\nretry_max = \"10m\"")
-            .section(RULES),
-    );
+    let relay = RelayProcess::start_with(config(port, connections));
     let sent = queue_backlog(&relay, n);
+    if let Some(connections) = reload {
+        let text = config(port, connections).render(&relay.data_dir);
+        std::fs::write(&relay.config_path, text).unwrap();
+        relay.command_ok(&["reload"]);
+    }
     let upstream = Smarthost::start_on(port);
     relay.command_ok(&["queue", "flush"]);
     let got = upstream
@@ -116,7 +124,7 @@ fn most_overtaken(arrived: &[String]) -> usize {
 
 #[test]
 fn a_backlog_drains_over_three_sessions_once_each_and_in_priority_order_per_session() {
-    let (arrived, sessions) = drain(300, 3);
+    let (arrived, sessions) = drain(300, 3, None);
     assert!(
         (2..=3).contains(&sessions),
         "{sessions} sessions open at once (wanted 2 or 3)"
@@ -129,9 +137,18 @@ fn a_backlog_drains_over_three_sessions_once_each_and_in_priority_order_per_sess
 
 #[test]
 fn over_one_connection_the_backlog_drains_in_strict_priority_order() {
-    let (arrived, sessions) = drain(60, 1);
+    let (arrived, sessions) = drain(60, 1, None);
     assert_eq!(sessions, 1);
     assert_eq!(most_overtaken(&arrived), 0, "{arrived:?}");
     let levels: Vec<usize> = arrived.iter().map(|id| level_of(id)).collect();
     assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{arrived:?}");
+}
+
+#[test]
+fn a_reload_changes_the_number_of_sessions_at_the_next_pass() {
+    let (_, sessions) = drain(200, 1, Some(3));
+    assert!(
+        (2..=3).contains(&sessions),
+        "{sessions} sessions open at once"
+    );
 }
