@@ -21,6 +21,11 @@ use crate::smtp::client::TlsPolicy;
 /// its own connect attempt (and timeout) in every pass.
 pub const MAX_SMARTHOSTS: usize = 8;
 
+/// `[smarthost] connections` when not given: two sessions drain a deep queue faster than one.
+pub(super) const DEFAULT_SMARTHOST_CONNECTIONS: usize = 2;
+/// Upper bound for `[smarthost] connections`.
+pub(super) const MAX_SMARTHOST_CONNECTIONS: u64 = 16;
+
 /// The validated configuration the daemon runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -84,6 +89,8 @@ pub struct Smarthost {
     /// `from`: the envelope sender (unless null) and the From: address of all mail sent over
     /// this smarthost (hosted services accept only the authenticated mailbox).
     pub from: Option<String>,
+    /// `connections`: the most sessions to this smarthost at once while mail is due (1–16).
+    pub connections: usize,
 }
 
 /// OAuth 2.0 to the smarthost: the access token is fetched from `token_url` with the refresh
@@ -377,6 +384,7 @@ fn toml_smarthost(out: &mut String, header: &str, s: &Smarthost) {
     if let Some(from) = &s.from {
         *out += &format!("from = {}\n", toml_str(from));
     }
+    *out += &format!("connections = {}\n", s.connections);
 }
 
 /// The `[smarthost] tls` value that selects `policy`.

@@ -173,6 +173,8 @@ pub struct SmarthostSection {
     pub oauth2_scope: Option<String>,
     /// The sender this smarthost requires: MAIL FROM and From: are rewritten to it.
     pub from: Option<String>,
+    /// The most sessions to this smarthost at once while mail is due.
+    pub connections: Option<u64>,
 }
 
 /// `[tls]`: the certificate and key outpost presents to its clients.

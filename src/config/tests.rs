@@ -109,6 +109,7 @@ smarthost_data_end = "5m"
             auth: None,
             oauth2: None,
             from: None,
+            connections: 2,
         }]
     );
     assert_eq!(c.queue.max_age, Duration::from_secs(3 * 86_400));
@@ -419,6 +420,7 @@ fn effective_config_reads_back_to_the_same_value() {
             auth: None,
             oauth2: None,
             from: None,
+            connections: 2,
         }]
         .into_iter()
         .collect(),
@@ -441,6 +443,7 @@ fn effective_config_reads_back_to_the_same_value() {
             auth: None,
             oauth2: None,
             from: None,
+            connections: 2,
         })
         .unwrap();
     let text = c.to_toml();
@@ -459,4 +462,31 @@ fn unreadable_file_is_a_config_error_naming_the_file() {
     .unwrap_err();
     assert_eq!(err.origin, "/nonexistent/outpost.toml");
     assert!(err.to_string().contains("cannot read"), "{err}");
+}
+
+#[test]
+fn smarthost_connections_default_to_two_and_are_checked_per_entry() {
+    let config = from_text("[smarthost]\naddress = \"a:25\"\ntls = \"none\"\n").unwrap();
+    assert_eq!(config.smarthosts[0].connections, 2);
+    let text = "[[smarthost]]\naddress = \"a:25\"\ntls = \"none\"\nconnections = 16\n\
+                [[smarthost]]\naddress = \"b:25\"\ntls = \"none\"\nconnections = 1\n";
+    let config = from_text(text).unwrap();
+    let counts: Vec<usize> = config.smarthosts.iter().map(|s| s.connections).collect();
+    assert_eq!(counts, [16, 1]);
+    assert_eq!(from_text(&config.to_toml()).unwrap(), config);
+    for (text, key) in [
+        ("[smarthost]\naddress = \"a:25\"\nconnections = 0\n", "smarthost.connections"),
+        ("[smarthost]\naddress = \"a:25\"\nconnections = 17\n", "smarthost.connections"),
+        (
+            "[[smarthost]]\naddress = \"a:25\"\n[[smarthost]]\naddress = \"b:25\"\nconnections = 99\n",
+            "smarthost[2].connections",
+        ),
+        (
+            "[smarthost]\naddress = \"a:25\"\nconnections = -1\n",
+            "smarthost.connections",
+        ),
+    ] {
+        let err = format!("{:?}", from_text(text).unwrap_err());
+        assert!(err.contains(key), "{text}: {err}");
+    }
 }

@@ -117,6 +117,7 @@ pub(super) fn forward_params(
                 scope: oauth.scope.clone(),
             }),
             from: smarthost.from.clone(),
+            connections: smarthost.connections,
         })
         .collect();
     ForwardParams {

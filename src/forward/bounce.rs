@@ -17,7 +17,7 @@ use super::{dsn, wall_clock_secs};
 
 impl Forwarder {
     /// Fails every pending recipient of a message queued longer than `max_age`.
-    pub(super) async fn expire(&mut self, message: &QueuedMessage) {
+    pub(super) async fn expire(&self, message: &QueuedMessage) {
         let max_age = humantime::format_duration(self.params.policy.max_age);
         let mut results = Vec::new();
         let mut failed = Vec::new();
@@ -63,7 +63,7 @@ impl Forwarder {
 
     /// Queues a DSN to the sender (never for the null sender: no bounce of a bounce).
     pub(super) async fn bounce(
-        &mut self,
+        &self,
         message: &QueuedMessage,
         failed: &[dsn::FailedRecipient],
         smarthost: Option<&str>,
@@ -96,7 +96,7 @@ impl Forwarder {
         let input = dsn::DsnInput {
             hostname: &self.params.hostname,
             date: &date,
-            seed: message.id.0 ^ now_unix.rotate_left(32) ^ u64::from(self.jitter.next_u32()),
+            seed: message.id.0 ^ now_unix.rotate_left(32) ^ u64::from(self.jitter()),
             sender: &message.info.sender,
             queue_id: &queue_id,
             arrival_date: Some(&arrival),
@@ -118,7 +118,7 @@ impl Forwarder {
     /// The notice to `admin` that `message` failed for good: who, to whom, the reply (within
     /// the rate limit of `FailedNotices`).
     async fn notify_failed(
-        &mut self,
+        &self,
         message: &QueuedMessage,
         failed: &[dsn::FailedRecipient],
         smarthost: Option<&str>,
@@ -138,7 +138,7 @@ impl Forwarder {
                 recipient.address, recipient.diagnostic
             ));
         }
-        let Some(held) = self.failed_notices.take(Instant::now()) else {
+        let Some(held) = self.failed_notices.borrow_mut().take(Instant::now()) else {
             info!(
                 "queue_id={} no notice to admin: more than {FAILED_NOTICES} failures this hour",
                 message.id

@@ -21,7 +21,7 @@ impl Forwarder {
     /// refused (revoked, or its clock is ahead of ours): one fresh token, at once. A fresh token
     /// refused waits like any site failure.
     pub(super) async fn connect(
-        &mut self,
+        &self,
         index: usize,
     ) -> Result<(Connection, ClientSession), ForwardError> {
         match self.open(index, false).await {
@@ -40,7 +40,7 @@ impl Forwarder {
     /// token is used unless `refresh` (or it is due), else a new one is fetched first; a
     /// refused token is dropped. On error, `true` says a cached token was refused.
     async fn open(
-        &mut self,
+        &self,
         index: usize,
         refresh: bool,
     ) -> Result<(Connection, ClientSession), (ForwardError, bool)> {
@@ -49,24 +49,32 @@ impl Forwarder {
         let mut cached = false;
         if let Some(oauth) = &smarthost.oauth2 {
             let now = self.clock.now();
-            let slot = &mut self.tokens[index];
-            if refresh || slot.as_ref().is_some_and(|t| now >= t.refresh_at) {
-                *slot = None;
-            }
-            cached = slot.is_some();
-            if slot.is_none() {
-                let timeout = self.params.command_timeout;
-                let reply = token::fetch(oauth, smarthost.tls_config.as_ref(), timeout)
-                    .await
-                    .map_err(|e| (e, false))?;
-                *slot = Some(CachedToken {
-                    token: reply.access_token,
-                    refresh_at: oauth::refresh_at(self.clock.now(), reply.expires_in),
-                });
-            }
-            credentials = slot.as_ref().map(|t| ClientCredentials {
+            let token = {
+                let mut tokens = self.tokens.borrow_mut();
+                let slot = &mut tokens[index];
+                if refresh || slot.as_ref().is_some_and(|t| now >= t.refresh_at) {
+                    *slot = None;
+                }
+                slot.as_ref().map(|t| t.token.clone())
+            };
+            cached = token.is_some();
+            let token = match token {
+                Some(token) => token,
+                None => {
+                    let timeout = self.params.command_timeout;
+                    let reply = token::fetch(oauth, smarthost.tls_config.as_ref(), timeout)
+                        .await
+                        .map_err(|e| (e, false))?;
+                    self.tokens.borrow_mut()[index] = Some(CachedToken {
+                        token: reply.access_token.clone(),
+                        refresh_at: oauth::refresh_at(self.clock.now(), reply.expires_in),
+                    });
+                    reply.access_token
+                }
+            };
+            credentials = Some(ClientCredentials {
                 username: oauth.username.clone(),
-                password: t.token.clone(),
+                password: token,
                 kind: CredentialKind::Bearer,
             });
         }
@@ -87,7 +95,7 @@ impl Forwarder {
             Err(e @ ForwardError::Session(SessionFailure::AuthFailed { .. }))
                 if smarthost.oauth2.is_some() =>
             {
-                self.tokens[index] = None;
+                self.tokens.borrow_mut()[index] = None;
                 Err((e, cached))
             }
             other => other.map_err(|e| (e, false)),
@@ -95,15 +103,18 @@ impl Forwarder {
     }
 
     /// Smarthost `index` completed a handshake.
-    pub(super) fn mark_up(&mut self, index: usize) {
+    pub(super) fn mark_up(&self, index: usize) {
         self.link.smarthost_up(index);
-        let Some(timing) = self.timings.get_mut(index) else {
-            return;
-        };
-        if timing.is_up() {
-            return;
+        {
+            let mut timings = self.timings.borrow_mut();
+            let Some(timing) = timings.get_mut(index) else {
+                return;
+            };
+            if timing.is_up() {
+                return;
+            }
+            *timing = SmarthostTiming::default();
         }
-        *timing = SmarthostTiming::default();
         info!(
             "smarthost {} {} is reachable again: sending the queue",
             index + 1,
@@ -117,23 +128,25 @@ impl Forwarder {
 
     /// A site failure on smarthost `index`: it waits out its own backoff; no message's attempts are
     /// burned. The caller moves on to the next smarthost.
-    pub(super) fn mark_down(&mut self, index: usize, error: &ForwardError) {
+    pub(super) fn mark_down(&self, index: usize, error: &ForwardError) {
         let now = self.clock.now();
-        let jitter = self.jitter.next_u32();
-        let Some(timing) = self.timings.get_mut(index) else {
+        let jitter = self.jitter();
+        let mut timings = self.timings.borrow_mut();
+        let Some(timing) = timings.get_mut(index) else {
             return;
         };
         timing.failures = timing.failures.saturating_add(1);
         let delay = schedule::link_backoff(timing.failures, &self.params.policy, jitter);
         timing.retry_at = schedule::after(now, delay);
         let (failures, retry_at) = (timing.failures, timing.retry_at);
+        drop(timings);
         let address = &self.params.smarthosts[index].address;
         self.link
             .smarthost_down(index, &format!("smarthost {address}: {error}"), retry_at);
         // Whole seconds: the jitter's milliseconds are noise in a log line.
         let next = humantime::format_duration(Duration::from_secs(delay.as_secs().max(1)));
         let number = index + 1;
-        let then = if failover::link_wait(&self.timings).is_some() {
+        let then = if failover::link_wait(&self.timings.borrow()).is_some() {
             "holding mail"
         } else {
             "trying the next smarthost"

@@ -21,19 +21,19 @@ impl Forwarder {
     /// Sends one message on a ready session and records the outcome. `Ok(false)`: the session
     /// is over (the smarthost closed it), but the link is fine.
     pub(super) async fn deliver(
-        &mut self,
+        &self,
         conn: &mut Connection,
         session: &mut ClientSession,
         message: &QueuedMessage,
     ) -> Result<bool, ForwardError> {
-        self.link.set_delivering(Some(message.id));
+        self.link.set_delivering(message.id);
         let result = self.send_one(conn, session, message).await;
-        self.link.set_delivering(None);
+        self.link.delivered(message.id);
         result
     }
 
     async fn send_one(
-        &mut self,
+        &self,
         conn: &mut Connection,
         session: &mut ClientSession,
         message: &QueuedMessage,
@@ -109,7 +109,7 @@ impl Forwarder {
 
     /// Turns a report into per-recipient results, logs them, records them and bounces.
     pub(super) async fn apply(
-        &mut self,
+        &self,
         message: &QueuedMessage,
         pending: &[usize],
         report: &DeliveryReport,
@@ -153,7 +153,7 @@ impl Forwarder {
                     });
                 }
                 Outcome::Delivered(_) => {
-                    self.link.count_sent(self.active);
+                    self.link.count_sent(self.active.get());
                     let smarthost = self.address();
                     self.link
                         .record_outcome(message.id, format!("sent to {smarthost}: {reply}"));
@@ -174,7 +174,7 @@ impl Forwarder {
     /// Records one delivery attempt's results; with a deferral, the next attempt is scheduled
     /// by the retry policy. `false`: the store did not record, and the task stalls.
     async fn record_attempt(
-        &mut self,
+        &self,
         message: &QueuedMessage,
         results: &[(usize, RcptState, Option<String>)],
         retry: bool,
@@ -182,8 +182,7 @@ impl Forwarder {
         let attempts = message.attempts.saturating_add(1);
         let now = self.clock.now();
         let next = if retry {
-            let delay =
-                schedule::next_attempt(attempts, &self.params.policy, self.jitter.next_u32());
+            let delay = schedule::next_attempt(attempts, &self.params.policy, self.jitter());
             schedule::after(now, delay)
         } else {
             now

@@ -56,7 +56,7 @@ impl Forwarder {
     /// digest and records the smarthost's verdict for every original: delivered, deferred or
     /// bounced (one DSN per original) together. `Ok(false)` as for `deliver`.
     pub(super) async fn deliver_digest(
-        &mut self,
+        &self,
         conn: &mut Connection,
         session: &mut ClientSession,
         group: &[QueuedMessage],
@@ -126,7 +126,7 @@ impl Forwarder {
     /// originals stay as they were, due at once. `BodyDamaged` lets the pass go on over a new
     /// connection; `error` (the link's) when `bad` could not be quarantined.
     async fn quarantine_original(
-        &mut self,
+        &self,
         session: &mut ClientSession,
         group: &[QueuedMessage],
         recipients: &[String],
@@ -154,7 +154,7 @@ impl Forwarder {
     /// The digest's pieces for `group` (not empty): its header and summary from the
     /// originals' header fields (Subject, From and To of the first; Date and Message-ID of
     /// each), the separators and the tail.
-    fn digest_layout(&mut self, group: &[QueuedMessage]) -> DigestLayout {
+    fn digest_layout(&self, group: &[QueuedMessage]) -> DigestLayout {
         let mut entries = Vec::with_capacity(group.len());
         let mut subject = None;
         let mut addresses = (None, None);
@@ -188,7 +188,7 @@ impl Forwarder {
         coalesce::layout(&DigestInput {
             hostname: &self.params.hostname,
             date: &date,
-            seed: first_id ^ now_unix.rotate_left(32) ^ u64::from(self.jitter.next_u32()),
+            seed: first_id ^ now_unix.rotate_left(32) ^ u64::from(self.jitter()),
             sender,
             from: addresses.0.as_deref(),
             to: addresses.1.as_deref(),

@@ -1,5 +1,6 @@
 //! Delivery to the smarthost: one task that wakes on new mail, on the next due time, on a
-//! flush request and at start, and pushes due messages over one connection. With several
+//! flush request and at start, and pushes due messages over one or more sessions that share
+//! the due mail, each message taken by one of them (`claims`). With several
 //! smarthosts (`[[smarthost]]`), each pass sends over the first smarthost that is up or due for
 //! a probe, and a site failure moves on to the next smarthost at once (`failover`, pure). The
 //! smarthost is chosen per pass, never stored with a message.
@@ -26,6 +27,7 @@ pub use self::token::OAuth2;
 pub use crate::smtp::client::{ClientCredentials, CredentialKind, TlsPolicy};
 
 mod bounce;
+mod claims;
 mod connect;
 mod deliver;
 mod digest;
@@ -65,6 +67,8 @@ pub struct Smarthost {
     /// `from`: MAIL FROM (unless null) and From: of the mail sent over this smarthost
     /// (`rewrite`).
     pub from: Option<String>,
+    /// `connections`: the most sessions a pass keeps open to this smarthost at once.
+    pub connections: usize,
 }
 
 /// Everything the forwarder needs from the config.

@@ -30,7 +30,8 @@ pub struct LinkState {
     bounced: Cell<u64>,
     /// Raised by `queue flush`, SIGUSR1 or a link event: try now, ignore the link backoff.
     pub flush: Wake,
-    /// The message on its way to a smarthost now (`mailq` marks it `*`).
+    /// The message on its way to a smarthost now, the last one a session started (`mailq`
+    /// marks it `*`).
     delivering: Cell<Option<QueueId>>,
     /// The last `RECENT` final outcomes (sent or bounced) with the smarthost's reply, for
     /// `outpost test --send`.
@@ -80,8 +81,16 @@ impl LinkState {
         self.delivering.get()
     }
 
-    pub(super) fn set_delivering(&self, id: Option<QueueId>) {
-        self.delivering.set(id);
+    pub(super) fn set_delivering(&self, id: QueueId) {
+        self.delivering.set(Some(id));
+    }
+
+    /// `id`'s transfer is over: it is no longer the one on its way, unless another session
+    /// started one since.
+    pub(super) fn delivered(&self, id: QueueId) {
+        if self.delivering.get() == Some(id) {
+            self.delivering.set(None);
+        }
     }
 
     pub fn report(&self) -> LinkReport {

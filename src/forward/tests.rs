@@ -178,6 +178,7 @@ fn forward_params(port: u16, retry_min: Duration) -> ForwardParams {
             credentials: None,
             oauth2: None,
             from: None,
+            connections: 1,
         }],
         hostname: "outpost.test".into(),
         policy: RetryPolicy {

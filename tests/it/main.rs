@@ -22,6 +22,7 @@ mod compact;
 mod corruption;
 mod damage;
 mod diskfull;
+mod drain;
 mod durability;
 mod failover;
 mod flaps;

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use super::{dotted, Validator};
 use crate::config::check::is_host_port;
-use crate::config::effective::{Secret, Smarthost, SmarthostAuth, SmarthostOAuth2, MAX_SMARTHOSTS};
+use crate::config::effective::{
+    Secret, Smarthost, SmarthostAuth, SmarthostOAuth2, DEFAULT_SMARTHOST_CONNECTIONS,
+    MAX_SMARTHOSTS, MAX_SMARTHOST_CONNECTIONS,
+};
 use crate::config::file::{SmarthostSection, SmarthostTables};
 use crate::config::token_url::TokenUrl;
 use crate::smtp::address::Mailbox;
@@ -69,6 +72,12 @@ impl Validator {
             self.oauth2_keys_without_token_url(key, section);
             (self.smarthost_auth(key, section, tls), Some(None))
         };
+        let connections = self.count(
+            &dotted(key, "connections"),
+            section.connections,
+            DEFAULT_SMARTHOST_CONNECTIONS,
+            MAX_SMARTHOST_CONNECTIONS,
+        );
         Some(Smarthost {
             address: address?,
             tls: tls?,
@@ -76,6 +85,7 @@ impl Validator {
             auth: auth?,
             oauth2: oauth2?,
             from: self.smarthost_from(key, section.from.as_deref())?,
+            connections,
         })
     }
 

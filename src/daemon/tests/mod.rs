@@ -149,6 +149,7 @@ fn relay_to(port: u16, tls: TlsPolicy, ca: Option<&TestPki>) -> Config {
             auth: None,
             oauth2: None,
             from: None,
+            connections: 2,
         }]
         .into_iter()
         .collect(),

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -154,6 +155,8 @@ fn proxy_connection(n: usize, client: TcpStream, server: TcpStream, shared: &Arc
     let (Ok(client_w), Ok(server_r)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
+    let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_open.fetch_max(open, Ordering::SeqCst);
     let back_shared = Arc::clone(shared);
     let back = thread::spawn(move || {
         let mut server_r = BufReader::new(server_r);
@@ -189,6 +192,7 @@ fn proxy_connection(n: usize, client: TcpStream, server: TcpStream, shared: &Arc
     }
     let _ = server_w.shutdown(Shutdown::Write);
     let _ = back.join();
+    shared.open.fetch_sub(1, Ordering::SeqCst);
 }
 
 fn rewrite_null_sender(line: &[u8]) -> Vec<u8> {

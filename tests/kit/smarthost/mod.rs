@@ -8,7 +8,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -102,6 +102,9 @@ pub(super) struct SmarthostShared {
     pub(super) credentials: Vec<(String, String)>,
     /// The user of every AUTH attempt, accepted or not.
     pub(super) logins: Mutex<Vec<String>>,
+    /// Connections open now, and the most open at once (counted by the plain-TCP recorder).
+    pub(super) open: AtomicUsize,
+    pub(super) max_open: AtomicUsize,
 }
 
 /// `Smarthost::tally`: acknowledged ids that never arrived, deliveries beyond the first of an id,
@@ -183,6 +186,8 @@ impl SmarthostBuilder {
             transcript: Mutex::new(String::new()),
             credentials: self.credentials,
             logins: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
+            max_open: AtomicUsize::new(0),
         });
         if let Some((cert, key, state, oauthbearer)) = self.oauth {
             bearer::serve_smarthost(public, &cert, &key, &state, &shared, oauthbearer);
@@ -357,6 +362,12 @@ impl Smarthost {
             unacked: ids.keys().filter(|id| !acked.contains(id)).count(),
             arrived: ids.len(),
         }
+    }
+
+    /// The most connections that were open at once so far (plain and implicit-TLS smarthosts,
+    /// whose connections pass the recorder; 0 for the others).
+    pub(crate) fn max_sessions(&self) -> usize {
+        self.shared.max_open.load(Ordering::SeqCst)
     }
 
     pub(crate) fn transcript(&self) -> String {
