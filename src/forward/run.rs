@@ -331,8 +331,9 @@ impl Forwarder {
 
     /// The sessions of a pass over smarthost `index`: the first connects at once, the others
     /// (up to `connections`) once a load filled the window. Each takes the next due delivery
-    /// from the pass's `Claims` until none is left, then QUITs. A site failure on any of them
-    /// (one failing to connect, too) stops the others taking and is the pass's result.
+    /// from the pass's `Claims` until none is left, then QUITs. A site failure on any connected
+    /// one stops the others taking and is the pass's result; an extra session that cannot
+    /// connect only ends itself.
     async fn sessions(&self, index: usize) -> Result<(), ForwardError> {
         self.active.set(index);
         let first = self.connect(index).await?;
@@ -396,10 +397,17 @@ impl Forwarder {
                 }
                 match self.connect(index).await {
                     Ok(link) => link,
+                    // The first session proved the smarthost up: a refused extra one (a cap
+                    // on connections per client) leaves the mail to the sessions it has.
                     Err(e) => {
-                        pool.close();
+                        warn!(
+                            "smarthost {} {}: no extra session ({e}); going on with the \
+                             sessions open",
+                            index + 1,
+                            self.params.smarthosts[index].address
+                        );
                         pool.leave();
-                        return Err(e);
+                        return Ok(());
                     }
                 }
             }
