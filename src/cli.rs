@@ -22,7 +22,8 @@ Usage:
   outpost queue delete|hold|release ID...
   outpost queue recover            rebuild messages the database lost from the body files
   outpost status [--json]          link state, queue counts, last error (exit 69: not running,
-                                   77: no permission on the control socket)
+                                   75: still opening its queue, 77: no permission on the
+                                   control socket)
   outpost reload                   re-read the config in the daemon (also SIGHUP; exit 78:
                                    refused, the old config stays)
   outpost sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]   submit stdin (sendmail(1))

@@ -56,6 +56,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// sysexits(3) used by the client side.
 pub const EX_UNAVAILABLE: u8 = 69;
 const EX_SOFTWARE: u8 = 70;
+const EX_TEMPFAIL: u8 = 75;
 pub const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
 
@@ -442,6 +443,9 @@ fn header_section(shared: &Shared, id: QueueId) -> Result<String, StoreError> {
 pub enum ClientError {
     /// No socket, or nobody listening on it.
     NotRunning(PathBuf, io::Error),
+    /// No socket yet, but process `pid` holds the queue's database: the daemon is opening and
+    /// recovering it (the control socket is made once it is open).
+    Starting(u32),
     /// The socket is there but this user may not connect (the daemon runs as another user).
     PermissionDenied(PathBuf, io::Error),
     Io(io::Error),
@@ -455,6 +459,11 @@ impl std::fmt::Display for ClientError {
                 f,
                 "the outpost daemon is not running (control socket {}: {e})",
                 path.display()
+            ),
+            Self::Starting(pid) => write!(
+                f,
+                "the outpost daemon (pid {pid}) is starting: it is opening its queue; try again \
+                 in a moment"
             ),
             Self::PermissionDenied(path, e) => write!(
                 f,
@@ -474,7 +483,7 @@ impl std::error::Error for ClientError {}
 /// answer.
 pub fn request(data_dir: &Path, request: &Request) -> Result<Response, ClientError> {
     let path = socket_path(data_dir);
-    let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(&path, e))?;
+    let mut stream = UnixStream::connect(&path).map_err(|e| connect_error(data_dir, &path, e))?;
     stream
         .set_write_timeout(Some(CLIENT_TIMEOUT))
         .map_err(ClientError::Io)?;
@@ -491,27 +500,52 @@ pub fn request(data_dir: &Path, request: &Request) -> Result<Response, ClientErr
         .ok_or_else(|| ClientError::Protocol(format!("unexpected answer {:?}", text.trim())))
 }
 
-/// Why `connect` failed: a permission problem is not an absent daemon.
-fn connect_error(path: &Path, e: io::Error) -> ClientError {
+/// Why `connect` failed: a permission problem is not an absent daemon, and a daemon still
+/// opening its queue has no socket yet.
+fn connect_error(data_dir: &Path, path: &Path, e: io::Error) -> ClientError {
     if e.kind() == io::ErrorKind::PermissionDenied {
         ClientError::PermissionDenied(path.to_owned(), e)
+    } else if let Some(pid) = database_holder(data_dir) {
+        ClientError::Starting(pid)
     } else {
         ClientError::NotRunning(path.to_owned(), e)
     }
+}
+
+/// The process holding the `flock` sled takes on `data_dir/db` (the running daemon), read from
+/// `/proc/locks`: looking never takes the lock, so it cannot stop a daemon starting meanwhile.
+fn database_holder(data_dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(data_dir.join("db")).ok()?;
+    let dev = meta.dev();
+    // Linux's dev_t encoding, as /proc/locks prints it (`%02x:%02x:%lu`).
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, _, pid, at, ..] if *at == file => pid.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 /// The exit code of a request that got no answer.
 fn exit_code(e: &ClientError) -> u8 {
     match e {
         ClientError::NotRunning(..) => EX_UNAVAILABLE,
+        ClientError::Starting(_) => EX_TEMPFAIL,
         ClientError::PermissionDenied(..) => EX_NOPERM,
         ClientError::Io(_) | ClientError::Protocol(_) => EX_SOFTWARE,
     }
 }
 
 /// Runs a `queue`/`status`/`reload` command: prints the answer; returns the exit code (0 ok,
-/// 1 the daemon refused part of it, 78 it refused the config to reload, 69 the daemon is not running, 70 the socket misbehaved, 77 this
-/// user may not use the control socket).
+/// 1 the daemon refused part of it, 78 it refused the config to reload, 69 the daemon is not
+/// running, 75 it is still opening its queue, 70 the socket misbehaved, 77 this user may not use
+/// the control socket).
 pub fn client_main(data_dir: &Path, req: &Request) -> u8 {
     match request(data_dir, req) {
         Ok(response) => {
@@ -555,7 +589,7 @@ pub fn status_main(data_dir: &Path, config: &str) -> u8 {
         }
         Err(e) => {
             eprintln!("outpost: {e}");
-            EX_SOFTWARE
+            exit_code(&e)
         }
     }
 }
@@ -566,12 +600,12 @@ mod tests {
 
     #[test]
     fn permission_denied_is_not_a_missing_daemon() {
-        let path = Path::new("/x/control.sock");
-        let denied = connect_error(path, io::ErrorKind::PermissionDenied.into());
+        let (dir, path) = (Path::new("/x"), Path::new("/x/control.sock"));
+        let denied = connect_error(dir, path, io::ErrorKind::PermissionDenied.into());
         assert!(matches!(denied, ClientError::PermissionDenied(..)));
         assert_eq!(exit_code(&denied), 77);
         assert!(denied.to_string().contains("permission denied"), "{denied}");
-        let absent = connect_error(path, io::ErrorKind::NotFound.into());
+        let absent = connect_error(dir, path, io::ErrorKind::NotFound.into());
         assert!(matches!(absent, ClientError::NotRunning(..)));
         assert_eq!(exit_code(&absent), 69);
         assert!(absent.to_string().contains("not running"), "{absent}");

@@ -37,6 +37,7 @@ pub fn main(
     let daemon = match control::request(&config.data_dir, &Request::Status) {
         Ok(_) => "running".to_owned(),
         Err(ClientError::NotRunning(..)) => "not running".to_owned(),
+        Err(ClientError::Starting(pid)) => format!("starting (pid {pid}): opening its queue"),
         Err(e) => format!("unknown: {e}"),
     };
     out(&format!("daemon: {daemon}"));

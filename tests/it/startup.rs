@@ -113,6 +113,25 @@ impl HeldRelay {
         }
     }
 
+    /// Waits until recovery holds the FIFO's read end and keeps it waiting there: the write
+    /// end, open (recovery reads on until it is closed).
+    fn hold(&self) -> rustix::fd::OwnedFd {
+        let mut writer = None;
+        let opened = wait_until(START, Duration::from_millis(10), || {
+            writer = rustix::fs::open(
+                &self.fifo,
+                rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
+                rustix::fs::Mode::empty(),
+            )
+            .ok();
+            writer.is_some()
+        });
+        match writer {
+            Some(writer) if opened => writer,
+            _ => self.fail("recovery never opened the FIFO in bodies/"),
+        }
+    }
+
     /// The log once it contains `needle` (polled within `START`).
     fn wait_log(&self, needle: &str) -> String {
         let mut log = String::new();
@@ -272,4 +291,26 @@ fn greeted_client_gets_421_when_the_queue_cannot_open() {
     client.check(closed, "closed after the 421");
     let status = relay.wait_exit();
     assert_eq!(status.code(), Some(74), "exit status: {status}");
+}
+
+#[test]
+fn status_says_the_daemon_is_starting_while_its_queue_opens() {
+    let relay = HeldRelay::start(RelayConfig::default(), |_| {});
+    let config = relay.dir.join("outpost.toml");
+    let config = config.to_str().unwrap();
+    // Recovery is inside the journal pass, so sled holds the database: the daemon is starting.
+    let writer = relay.hold();
+    let starting = run_command(Path::new(OUTPOST), &["status", "--config", config], b"");
+    assert_eq!(starting.code, Some(75), "{starting}");
+    let pid = relay.child.id();
+    assert!(
+        starting
+            .stderr
+            .contains(&format!("the outpost daemon (pid {pid}) is starting")),
+        "{starting}"
+    );
+    drop(writer);
+    relay.wait_log("listening on");
+    let running = run_command(Path::new(OUTPOST), &["status", "--config", config], b"");
+    assert_eq!(running.code, Some(0), "{running}");
 }
