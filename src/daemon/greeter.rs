@@ -7,22 +7,21 @@
 //! a command and never touches the store.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::task::Poll;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
-use async_io::{Async, Timer};
+use async_io::Async;
 use futures_lite::future;
 use log::{debug, info, warn};
 use smol::channel::{self, Receiver, Sender};
 
+use crate::accept;
 use crate::config::Config;
 use crate::smtp::reply::{EnhancedStatus, Reply};
 
-/// Pause after a failed accept (EMFILE and friends) so the thread does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// The thread only accepts and writes one short line per client.
 const STACK: usize = 128 * 1024;
 /// Most octets read (and dropped) from a refused client before its connection is closed.
@@ -123,38 +122,24 @@ async fn greet(
                 .ok()
         })
         .collect();
-    let mut greeted = Vec::new();
-    loop {
-        let full = greeted.len() >= max;
-        let accepted = future::or(
-            async {
-                let _ = stopped.recv().await;
-                None
-            },
-            async {
-                if full {
-                    future::pending::<()>().await;
-                }
-                Some(accept_any(&listeners).await)
-            },
-        );
-        match accepted.await {
-            None => return greeted,
-            Some(Ok((stream, peer))) => greeted.extend(write_banner(stream, peer, banner)),
-            Some(Err(e)) => {
-                warn!("early greeting: accept failed: {e}");
-                future::or(
-                    async {
-                        let _ = stopped.recv().await;
-                    },
-                    async {
-                        Timer::after(ACCEPT_ERROR_PAUSE).await;
-                    },
-                )
-                .await;
-            }
+    let greeted = RefCell::new(Vec::new());
+    let stop = async {
+        let _ = stopped.recv().await;
+    };
+    let next = || async {
+        // At `max`, further clients wait in the kernel's backlog.
+        if greeted.borrow().len() >= max {
+            future::pending::<()>().await;
         }
-    }
+        accept_any(&listeners).await
+    };
+    accept::until(stop, "early greeting: ", next, |(stream, peer)| {
+        greeted
+            .borrow_mut()
+            .extend(write_banner(stream, peer, banner));
+    })
+    .await;
+    greeted.into_inner()
 }
 
 /// The next connection on any of `listeners`.
