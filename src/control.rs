@@ -28,7 +28,7 @@ use crate::accept;
 use crate::clock::QueueTime;
 use crate::message;
 use crate::shared::Shared;
-use crate::store::{Damage, QueueId, StoreError};
+use crate::store::{Damage, QueueId, Store, StoreError};
 
 pub use self::mailq::{render_mailq, MAILQ_EMPTY, MAILQ_HEADER};
 use self::render::with_link_wait;
@@ -334,12 +334,20 @@ async fn answer(request: &Request, shared: &Shared) -> Response {
     }
 }
 
+/// The queue counted by state (`status`, the metrics), reading one message at a time: a deep
+/// queue is never held in memory whole.
+pub fn queue_summary(store: &Store, now: QueueTime) -> Result<QueueSummary, StoreError> {
+    let mut summary = QueueSummary::default();
+    store.each(|message| summary.add(&message, now))?;
+    Ok(summary)
+}
+
 /// `status`, as text or (`json`) as one JSON object.
 fn status(shared: &Shared, now: QueueTime, json: bool) -> Response {
-    let mut summary = QueueSummary::default();
-    if let Err(e) = shared.store().each(|message| summary.add(&message, now)) {
-        return Response::err(format!("cannot read the queue: {e}\n"));
-    }
+    let summary = match queue_summary(shared.store(), now) {
+        Ok(summary) => summary,
+        Err(e) => return Response::err(format!("cannot read the queue: {e}\n")),
+    };
     let link = shared.link().report();
     let (usage, damage) = (shared.store().usage(), shared.store().damage());
     Response::ok(if json {

@@ -79,15 +79,7 @@ pub struct QueueSummary {
 }
 
 impl QueueSummary {
-    pub fn of(messages: &[QueuedMessage], now: QueueTime) -> Self {
-        let mut summary = Self::default();
-        for message in messages {
-            summary.add(message, now);
-        }
-        summary
-    }
-
-    /// Counts one more message (`Store::each` feeds a summary without a list of them all).
+    /// Counts one more message (`control::queue_summary` feeds it from `Store::each`).
     pub fn add(&mut self, message: &QueuedMessage, now: QueueTime) {
         let state = MessageState::of(message);
         let slot = MessageState::ALL

@@ -20,7 +20,7 @@ use smol::LocalExecutor;
 
 use super::DaemonError;
 use crate::accept;
-use crate::control::{MessageState, QueueSummary};
+use crate::control::{self, MessageState, QueueSummary};
 use crate::forward::{LinkReport, SmarthostReport};
 use crate::intake::Reject;
 use crate::shared::Shared;
@@ -109,11 +109,10 @@ async fn respond(stream: &mut Async<TcpStream>, status: &str, body: &str) -> io:
 
 fn render(shared: &Shared) -> String {
     let now = shared.clock().now();
-    let mut summary = QueueSummary::default();
-    if let Err(e) = shared.store().each(|message| summary.add(&message, now)) {
+    let summary = control::queue_summary(shared.store(), now).unwrap_or_else(|e| {
         warn!("metrics: cannot read the queue: {e}");
-        summary = QueueSummary::default();
-    }
+        QueueSummary::default()
+    });
     let sample = Sample {
         summary,
         link: shared.link().report(),

@@ -159,7 +159,10 @@ fn summary_counts_by_state_and_oldest_age() {
         message(2, &[Deferred], false),
         message(3, &[Pending], true),
     ];
-    let s = QueueSummary::of(&messages, 5_000);
+    let mut s = QueueSummary::default();
+    for m in &messages {
+        s.add(m, 5_000);
+    }
     assert_eq!(s.messages, [1, 1, 1, 0]);
     assert_eq!(s.bytes, [100, 100, 100, 0]);
     assert_eq!(s.oldest_age_ms, Some(4_000));
