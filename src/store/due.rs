@@ -48,9 +48,18 @@ fn pack(at: QueueTime, QueueId(id): QueueId) -> (Slice, u64) {
     )
 }
 
-fn unpack(priority: Priority, (slice, high): Slice, packed: u64) -> DueEntry {
-    let at = slice << SLICE_BITS | packed >> ID_BITS;
-    (priority, at, QueueId(high << ID_BITS | packed & ID_MASK))
+/// The queue time of a packed entry in `slice`.
+fn due_at((slice, _): Slice, packed: u64) -> QueueTime {
+    slice << SLICE_BITS | packed >> ID_BITS
+}
+
+/// The id of a packed entry in `slice`.
+fn id_of((_, high): Slice, packed: u64) -> QueueId {
+    QueueId(high << ID_BITS | packed & ID_MASK)
+}
+
+fn unpack(priority: Priority, slice: Slice, packed: u64) -> DueEntry {
+    (priority, due_at(slice, packed), id_of(slice, packed))
 }
 
 impl DueIndex {
@@ -138,7 +147,7 @@ impl DueIndex {
         let firsts = index.iter().flat_map(|slices| {
             let first = slices.keys().next().map(|&(slice, _)| slice);
             let earliest = slices.range((first?, 0)..=(first?, u64::MAX));
-            Some(earliest.map(|(&slice, entries)| unpack(Priority::Urgent, slice, entries[0]).1))
+            Some(earliest.map(|(&slice, entries)| due_at(slice, entries[0])))
         });
         firsts.flatten().min()
     }
@@ -150,7 +159,7 @@ impl DueIndex {
         let slices = index.iter().flat_map(|slices| slices.iter());
         let ids = slices.flat_map(|(&slice, entries)| {
             let first = entries.iter().map(|&packed| packed & ID_MASK).min();
-            first.map(|low| unpack(Priority::Urgent, slice, low).2)
+            first.map(|low| id_of(slice, low))
         });
         ids.min()
     }
