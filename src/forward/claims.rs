@@ -159,7 +159,7 @@ mod tests {
         let fresh = claims.fresh(due, 66);
         assert_eq!(fresh.iter().map(|m| m.id.0).collect::<Vec<_>>(), [7]);
         claims.load(fresh.into_iter().map(|m| vec![m]).collect());
-        // What was loaded first goes first: 1 was ready before 7 was loaded.
+        // Deliveries are taken in load order: 1, of the first load, before 7.
         assert_eq!(ids(&claims.take()), [1]);
         assert_eq!(ids(&claims.take()), [7]);
         assert_eq!(claims.take(), None);

@@ -243,7 +243,8 @@ struct Conn<'a, S> {
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
-    /// Runs the session, `greet`ing first unless the banner was already sent.
+    /// Runs the session; with `greet`, its 220 banner first (without it, the banner is on the
+    /// wire already).
     async fn drive(&mut self, greet: bool) -> End {
         if greet {
             let greeting = self.session.greeting();

@@ -1,6 +1,6 @@
 //! The SMTP accept loop: connection cap, relay ACL → `SessionParams`, one task per connection
-//! on the daemon's `LocalExecutor`; the same for a connection the daemon greeted before the queue
-//! was open (`adopt`). Never reads from a client and never touches the store.
+//! on the daemon's `LocalExecutor`; the same for a connection the early greeting holds
+//! (`adopt`). Never reads from a client and never touches the store.
 
 use std::borrow::Cow;
 use std::io::Write;

@@ -93,7 +93,8 @@ pub(super) fn resolve(dir: &Path) -> io::Result<()> {
 pub(super) type Open = fn(&sled::Config) -> sled::Result<sled::Db>;
 
 /// Compacts `db` (open on `dir`) when it holds no message and its file is larger than
-/// `COMPACT_ABOVE`; returns the database to use, reopened with `config` when it was compacted.
+/// `COMPACT_ABOVE`; returns the database to use: `db` itself, or the compact copy opened with
+/// `config`.
 /// A failure to build the copy is logged and leaves the database as it is.
 pub(super) fn compact_if_empty(
     dir: &Path,
