@@ -187,7 +187,7 @@ def run_row(args, work, base, sent, index, name, target, damage):
                     break
                 queue = relay.queue()
                 progress = (len(os.listdir(sink.outdir)), len(queue or []))
-                if queue is not None and not queue:
+                if queue is not None and not queue and relay.recovered():
                     break
                 if progress != last:
                     last, still_since = progress, time.monotonic()

@@ -199,7 +199,7 @@ def main():
         else:
             def empty():
                 queue = relay.queue()
-                return queue is not None and len(queue) == 0
+                return queue is not None and len(queue) == 0 and relay.recovered()
 
             if not relaykit.wait_until(args.drain_secs, empty, interval=0.5):
                 remaining = relay.queue()

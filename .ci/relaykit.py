@@ -122,6 +122,12 @@ class Relay:
         self.port = port if port and port > 0 else None
         return self.port
 
+    def recovered(self):
+        """Whether start-up recovery ended: its pass over the body files (which may rebuild
+        messages after the queue opened) logged that it is done, or that it failed."""
+        out = self.output()
+        return b"journal pass done" in out or b"journal pass failed" in out
+
     def queue(self):
         """`outpost queue list --json`, or None if the control socket does not answer."""
         run = subprocess.run([self.outpost, "queue", "list", "--json", "--config", self.config],

@@ -362,6 +362,12 @@ fn status(shared: &Shared, now: QueueTime, json: bool) -> Response {
                 damage.recovered, damage.quarantined, damage.lost, damage.bad_records
             );
         }
+        if shared.store().journal_pass_running() {
+            text.push_str(
+                "recovery: reading the body files for messages the database lacks (the queue \
+                 runs meanwhile)\n",
+            );
+        }
         text.push_str(&shared.maildrop_waiting_text());
         text
     })

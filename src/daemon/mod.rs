@@ -1,5 +1,6 @@
 //! The composition root: the daemon's start-up and shutdown. Binds the listeners, loads the
-//! TLS material, greets SMTP clients early (`greeter`) while it opens and recovers the store,
+//! TLS material, greets SMTP clients early (`greeter`) while it opens and recovers the store
+//! (its pass over the body file journal then runs behind the open queue),
 //! builds the state the services share
 //! (`shared::Shared`) whole, starts the SMTP listeners, the forwarder, the control and metrics
 //! servers, the maildrop pickup and the link watcher, and runs the shutdown. Signals are
@@ -263,8 +264,8 @@ fn run_daemon(
     // Built here so a bad ca_file stops the start instead of failing every delivery.
     let smarthost_tls = start::smarthost_client_configs(&config)?;
     let greeter = greeter::Greeter::start(&listeners, &config);
-    let store = match start::open_store(&config) {
-        Ok(store) => store,
+    let (store, journal_pass) = match start::open_store(&config) {
+        Ok(opened) => opened,
         Err(e) => {
             if let Some(greeter) = greeter {
                 greeter.refuse(&config.hostname);
@@ -291,6 +292,7 @@ fn run_daemon(
     };
     let shared = Shared::new(config, store, clock, tls, link, reloader);
     let on_hup = hup.map(|hup| ex.spawn(reload::on_signal(hup, shared.clone())));
+    let journal = journal_pass.map(|pass| ex.spawn(start::journal_pass(shared.clone(), pass)));
     let ops = ex.spawn(serve::operations(
         ex.clone(),
         shared.clone(),
@@ -308,6 +310,7 @@ fn run_daemon(
     async_io::block_on(ex.run(async {
         serve::serve(ex.clone(), services, shared.clone(), shutdown).await;
         drop(on_hup);
+        drop(journal);
         drop(ops);
     }));
     match shared.intake().store_error() {

@@ -1,11 +1,13 @@
-//! Start-up material built before the shared state: the store opened and recovered, the TLS
-//! client configs for the smarthosts, the forwarder's parameters from the config, the
-//! listeners registered with the reactor and the control socket. Runs once, before the
-//! executor; never serves anything.
+//! Start-up material built before the shared state: the store opened and recovered up to an
+//! open queue, the TLS client configs for the smarthosts, the forwarder's parameters from the
+//! config, the listeners registered with the reactor and the control socket; and the rest of
+//! recovery, the pass over the body file journal, which runs on the executor behind the open
+//! queue (`journal_pass`). Never serves anything.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,8 +20,9 @@ use crate::config::Config;
 use crate::forward::{
     ClientCredentials, CredentialKind, ForwardParams, OAuth2, RetryPolicy, Smarthost,
 };
+use crate::shared::Shared;
 use crate::smtp::client::TlsPolicy;
-use crate::store::{Store, StoreOptions};
+use crate::store::{JournalPass, Store, StoreOptions};
 use crate::{control, net, sendmail, tls};
 
 /// sled's background flush; commits flush explicitly anyway.
@@ -27,9 +30,10 @@ const STORE_FLUSH_EVERY_MS: u64 = 1000;
 /// Messages the forwarder loads per pass (the bounded active window).
 const FORWARD_WINDOW: usize = 64;
 
-/// Opens the store in `data_dir` (created if missing) and sweeps what a crash left behind.
-/// Logs how long that took.
-pub(super) fn open_store(config: &Config) -> Result<Store, DaemonError> {
+/// Opens the store in `data_dir` (created if missing) and sweeps what a crash left behind, up
+/// to an open queue; returns the journal pass still to run (`journal_pass`). Logs how long that
+/// took.
+pub(super) fn open_store(config: &Config) -> Result<(Store, Option<JournalPass>), DaemonError> {
     let began = Instant::now();
     let dir = &config.data_dir;
     crate::store::create_data_dir(dir).map_err(|source| DaemonError::CreateDataDir {
@@ -47,7 +51,7 @@ pub(super) fn open_store(config: &Config) -> Result<Store, DaemonError> {
     if let Err(e) = std::fs::create_dir_all(&maildrop) {
         error!("cannot create the maildrop {}: {e}", maildrop.display());
     }
-    let report = store.recover().map_err(DaemonError::OpenStore)?;
+    let (report, pass) = store.recover_queue().map_err(DaemonError::OpenStore)?;
     info!(
         "queue opened: data_dir={} messages={} swept_spools={} quarantined={} in {} ms",
         dir.display(),
@@ -62,7 +66,21 @@ pub(super) fn open_store(config: &Config) -> Result<Store, DaemonError> {
             report.quarantined
         );
     }
-    Ok(store)
+    Ok((store, pass))
+}
+
+/// The rest of start-up recovery, while the queue runs: reads the body files for messages the
+/// database lacks and deletes the ones no message needs (`Store::finish_recovery`, which logs
+/// `journal pass done`). Rebuilt messages go to the forwarder at once. A failure is logged: the
+/// body files it did not finish with stay on disk until the next start retries.
+pub(super) async fn journal_pass(shared: Rc<Shared>, pass: JournalPass) {
+    match shared.store().finish_recovery(pass).await {
+        Ok(report) if report.recovered > 0 => shared.forwarder().notify(),
+        Ok(_) => {}
+        Err(e) => {
+            error!("journal pass failed: {e}; the body files stay until the next start retries it")
+        }
+    }
 }
 
 /// One TLS client config per smarthost that uses TLS, built once per distinct `ca_file`: the

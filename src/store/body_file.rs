@@ -66,6 +66,9 @@ pub(super) struct BodyFiles {
     /// Extents whose removal was applied to sled with write number `.0`: released once a sync
     /// covering that write completed (`durable_up_to`).
     after_sync: RefCell<Vec<(u64, u64, u64)>>,
+    /// Body files numbered below this are never unlinked, even once nothing points into them:
+    /// a pass over the journal (`rebuild.rs`) may still read a message sled lacks from them.
+    pinned_below: Cell<u64>,
 }
 
 impl BodyFiles {
@@ -78,6 +81,7 @@ impl BodyFiles {
             dirty: RefCell::new(Vec::new()),
             dir_dirty: Cell::new(false),
             after_sync: RefCell::new(Vec::new()),
+            pinned_below: Cell::new(0),
         }
     }
 
@@ -207,6 +211,28 @@ impl BodyFiles {
         }
     }
 
+    /// Live extents in body file `num`; `None` when no record of a queued message or open spool
+    /// points into it (an orphan, or one emptied while pinned).
+    pub(super) fn live(&self, num: u64) -> Option<u64> {
+        self.refs.borrow().get(&num).copied()
+    }
+
+    /// Keeps every body file numbered below `num` on disk until `unpin` (see `pinned_below`).
+    pub(super) fn pin_below(&self, num: u64) {
+        self.pinned_below.set(num);
+    }
+
+    /// Ends `pin_below`: the pinned body files among `nums` that nothing points into any more
+    /// (their last removal is durable: the caller synced) are unlinked.
+    pub(super) fn unpin(&self, nums: &[u64]) {
+        self.pinned_below.set(0);
+        for &num in nums {
+            if self.live(num) == Some(0) {
+                self.release(num, 0);
+            }
+        }
+    }
+
     /// Counts more live extents (a message rebuilt while running): (body file, extents).
     pub(super) fn add_refs(&self, counts: &[(u64, u64)]) {
         let mut refs = self.refs.borrow_mut();
@@ -259,7 +285,7 @@ impl BodyFiles {
     }
 
     fn release_if_unused(&self, num: u64, active: Option<u64>) {
-        if active == Some(num) {
+        if active == Some(num) || num < self.pinned_below.get() {
             return;
         }
         let mut refs = self.refs.borrow_mut();

@@ -14,6 +14,7 @@
 //! | `due0/`, `due1/`, `due3/` …    | the same for `urgent`, `high`, `low` (legacy) |
 //! | `failed/<time:8>/<id:8>`      | empty: retention index         |
 //! | `meta/usage`, `meta/clock`    | counters, clock (see below)    |
+//! | `meta/idfloor`                | added to sled's ids (`rebuild.rs`) |
 //!
 //! The scheduler index is in memory (`due.rs`); `recover` removes any legacy `due/` keys, and
 //! the store never creates legacy keys: it reads and removes them.
@@ -35,6 +36,8 @@ pub(super) const DUE: &[u8] = b"due/";
 pub(super) const FAILED: &[u8] = b"failed/";
 pub(super) const USAGE: &[u8] = b"meta/usage";
 pub(super) const CLOCK: &[u8] = b"meta/clock";
+/// What new ids add to sled's `generate_id` once sled lost its counter (`Store::fresh_number`).
+pub(super) const ID_FLOOR: &[u8] = b"meta/idfloor";
 
 fn join(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(prefix.len() + 24);

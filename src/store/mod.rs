@@ -67,6 +67,7 @@ use self::flush::GroupFlush;
 pub use self::flush::SyncHook;
 pub use self::open::SLED_SEGMENT_SIZE;
 pub use self::private::create_data_dir;
+pub use self::rebuild::JournalPass;
 use crate::clock::QueueTime;
 use crate::priority::Priority;
 
@@ -183,6 +184,20 @@ pub struct RecoveryReport {
     pub quarantined_files: u64,
 }
 
+impl RecoveryReport {
+    /// This report (the start up to an open queue) with what the journal pass after it found.
+    pub fn and(self, pass: Self) -> Self {
+        Self {
+            messages: pass.messages,
+            recovered: self.recovered + pass.recovered,
+            lost: self.lost + pass.lost,
+            bad_records: self.bad_records + pass.bad_records,
+            quarantined_files: self.quarantined_files + pass.quarantined_files,
+            ..self
+        }
+    }
+}
+
 /// What damage the store met since it opened, for `status` and the metrics: the start's
 /// recovery plus `queue recover` runs and messages quarantined when a body failed its checksum.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -223,8 +238,10 @@ struct Inner {
     /// Which messages are due when (`due.rs`): built by `recover`.
     due: DueIndex,
     damage: Cell<Damage>,
-    /// Added to sled's `generate_id` (`Store::fresh_number`), set by `recover`.
+    /// Added to sled's `generate_id` (`Store::fresh_number`): `meta/idfloor`.
     id_floor: Cell<u64>,
+    /// The pass over the body files running, if any (`rebuild.rs`).
+    pass: std::cell::RefCell<Option<rebuild::Watch>>,
 }
 
 /// An uncommitted message body being written.

@@ -14,8 +14,8 @@ use super::body_file::BodyFiles;
 use super::due::DueIndex;
 use super::flush::{GroupFlush, SyncFiles, SyncHook};
 use super::{
-    compact, key, private, rebuild, record, recover, Damage, Inner, QueueId, RecoveryReport, Spool,
-    Store, StoreError, StoreOptions, Usage,
+    compact, key, private, record, recover, Damage, Inner, JournalPass, QueueId, RecoveryReport,
+    Spool, Store, StoreError, StoreOptions, Usage,
 };
 
 // Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
@@ -203,6 +203,7 @@ impl Store {
             due: DueIndex::default(),
             damage: Cell::new(Damage::default()),
             id_floor: Cell::new(0),
+            pass: std::cell::RefCell::new(None),
         };
         Ok(Self {
             inner: Rc::new(inner),
@@ -210,36 +211,44 @@ impl Store {
     }
 
     /// Sweeps spools never committed, quarantines undecodable records, rebuilds the counters and
-    /// the schedule and the `failed/` index from the message records. Call once after open.
+    /// the schedule and the `failed/` index from the message records, and rebuilds from the body
+    /// file journal what sled lacks. Call once after open. Blocks until all of it is done
+    /// (`recover_queue` leaves the journal pass to run behind the open queue).
     pub fn recover(&self) -> Result<RecoveryReport, StoreError> {
+        let (report, pass) = self.recover_queue()?;
+        match pass {
+            Some(pass) => {
+                Ok(report.and(futures_lite::future::block_on(self.finish_recovery(pass))?))
+            }
+            None => Ok(report),
+        }
+    }
+
+    /// Start-up recovery up to an open queue (`recover.rs`): the message records checked, the
+    /// schedule, counters and indexes rebuilt. Returns the pass over the body file journal still
+    /// to run, behind the open queue, with `finish_recovery` (none when it had to run first:
+    /// sled lost its database). Call once after open.
+    pub fn recover_queue(&self) -> Result<(RecoveryReport, Option<JournalPass>), StoreError> {
         recover::run(self)
+    }
+
+    /// Runs the start's pass over the body file journal (`rebuild.rs`) while the queue runs:
+    /// rebuilds the messages sled lacks, then deletes the body files no record points into.
+    /// Durable on return.
+    pub async fn finish_recovery(&self, pass: JournalPass) -> Result<RecoveryReport, StoreError> {
+        recover::finish(self, &pass).await
+    }
+
+    /// Whether a pass over the body file journal runs (`finish_recovery`, `recover_journal`).
+    pub fn journal_pass_running(&self) -> bool {
+        self.inner.pass.borrow().is_some()
     }
 
     /// Rebuilds the messages the body file journal holds and the database lacks (`rebuild.rs`),
     /// while the queue runs (`outpost queue recover`). Durable on return.
     pub async fn recover_journal(&self) -> Result<RecoveryReport, StoreError> {
-        let rebuilt = rebuild::run(self)?;
-        let mut usage = self.inner.usage.get();
-        for (_, meta, pieces) in &rebuilt.messages {
-            usage.messages += 1;
-            usage.bytes = usage.bytes.saturating_add(meta.size);
-            let mut counts = Vec::new();
-            for extent in pieces {
-                super::extent::count_extent(&mut counts, extent.file);
-            }
-            self.inner.flush.body_files().add_refs(&counts);
-        }
-        self.inner.usage.set(usage);
-        let report = RecoveryReport {
-            messages: usage.messages,
-            recovered: rebuilt.messages.len() as u64,
-            lost: rebuilt.lost,
-            bad_records: rebuilt.bad_records,
-            ..RecoveryReport::default()
-        };
-        self.note_damage(&report);
-        self.flush().await?;
-        Ok(report)
+        let pass = JournalPass::plan(self, false)?;
+        recover::finish(self, &pass).await
     }
 
     /// Adds what a recovery found to the damage counters (`Damage`).

@@ -1,29 +1,37 @@
 //! Start-up recovery: sweeps spools never committed, moves undecodable records into the
 //! `corrupt` tree (one `warn` line per key, never a refusal to start), quarantines messages
 //! whose body file is missing or shorter than their `part/` records say (one `error` line
-//! each; the rest of the queue flows), rebuilds from the body file journal the messages sled
-//! lacks (`rebuild.rs`), deletes body files no record points into (orphans of a crash) or moves
-//! them to `quarantine/` when they may still hold mail, and rebuilds the counters, the body file reference counts, the in-memory schedule
-//! (`due.rs`) and the `failed/` index from the message records. Runs once, before any session;
-//! the only code that scans every message.
+//! each; the rest of the queue flows), and rebuilds the counters, the body file reference
+//! counts, the in-memory schedule (`due.rs`) and the `failed/` index from the message records:
+//! then the queue can open. The pass over the body file journal (`rebuild.rs`: the messages
+//! sled lacks, the body files no record points into) runs behind it (`finish`), or before it
+//! when sled lost its database. Runs once, before any session; the only code that scans every
+//! message.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
-use super::body_file::{parse_body_file_name, DirtyBodyFiles};
+use super::body_file::DirtyBodyFiles;
 use super::extent::Extent;
 use super::index::{index_of, Index};
 use super::rebuild;
 use super::record::{self, MessageMeta};
-use super::{key, QueueId, RecoveryReport, Store, StoreError, Usage};
+use super::{key, JournalPass, QueueId, RecoveryReport, Store, StoreError, Usage};
 use crate::clock::QueueTime;
 use crate::priority::Priority;
 
-pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
+/// Everything up to an open queue; the journal pass still to run, unless it had to run first
+/// (see `JournalPass::plan`).
+pub(super) fn run(store: &Store) -> Result<(RecoveryReport, Option<JournalPass>), StoreError> {
     let mut report = RecoveryReport {
         swept_spools: sweep_spools(store)?,
         ..RecoveryReport::default()
     };
+    if let Some(raw) = store.inner.db.get(key::ID_FLOOR)? {
+        let floor = <[u8; 8]>::try_from(raw.as_ref()).map_or(0, u64::from_be_bytes);
+        store.inner.id_floor.set(floor);
+    }
+    let pass = JournalPass::plan(store, true)?;
     remove_orphan_recipients(store)?;
     let mut parts = check_parts(store)?;
     store.inner.due.clear();
@@ -42,38 +50,55 @@ pub(super) fn run(store: &Store) -> Result<RecoveryReport, StoreError> {
             Err(quarantined) => report.quarantined += quarantined,
         }
     }
-    let rebuilt = rebuild::run(store)?;
-    // sled restarts `generate_id` low after losing its database: keep new numbers clear of
-    // every one the journal holds.
-    let next = store.inner.db.generate_id()?;
-    if next <= rebuilt.max_number {
-        store.inner.id_floor.set(rebuilt.max_number + 1 - next);
+    report.messages = kept.usage.messages;
+    rebuild_index(store, kept.expected)?;
+    let refs = count_refs(store, kept.inline_refs)?;
+    store.note_damage(&report);
+    store.inner.flush.body_files().set_refs(refs);
+    save_counters(store, kept.usage, kept.clock)?;
+    if pass.blocks_start() {
+        // Nothing runs yet: the pass, with its reads and its sync, is the start's to wait for.
+        let rest = futures_lite::future::block_on(finish(store, &pass))?;
+        return Ok((report.and(rest), None));
     }
-    for (id, meta, _) in &rebuilt.messages {
-        kept.add(*id, meta);
-    }
-    report.recovered = rebuilt.messages.len() as u64;
-    report.lost = rebuilt.lost;
-    report.bad_records = rebuilt.bad_records;
+    Ok((report, Some(pass)))
+}
+
+/// The journal pass (`rebuild.rs`), reported and logged.
+pub(super) async fn finish(
+    store: &Store,
+    pass: &JournalPass,
+) -> Result<RecoveryReport, StoreError> {
+    let began = std::time::Instant::now();
+    let rebuilt = rebuild::run(store, pass).await?;
+    let report = RecoveryReport {
+        messages: store.inner.usage.get().messages,
+        recovered: rebuilt.messages.len() as u64,
+        lost: rebuilt.lost,
+        bad_records: rebuilt.bad_records,
+        quarantined_files: rebuilt.quarantined_files,
+        ..RecoveryReport::default()
+    };
     if report.recovered + report.lost + report.bad_records > 0 {
         log::error!(
             "store: the database lacked {} messages the body file journal holds: {} rebuilt \
              from it (they will be delivered), {} damaged (kept in quarantine/); {} damaged \
-             journal records skipped; {} database records quarantined",
+             journal records skipped",
             report.recovered + report.lost,
             report.recovered,
             report.lost,
             report.bad_records,
-            report.quarantined
         );
     }
-    report.messages = kept.usage.messages;
-    rebuild_index(store, kept.expected)?;
-    let refs = count_refs(store, kept.inline_refs)?;
-    report.quarantined_files = remove_orphan_body_files(store, &refs, &rebuilt.keep)?;
+    log::info!(
+        "store: journal pass done: {} body files read in {} ms; {} messages rebuilt, {} body \
+         files kept in quarantine/",
+        pass.body_files(),
+        began.elapsed().as_millis(),
+        report.recovered,
+        report.quarantined_files
+    );
     store.note_damage(&report);
-    store.inner.flush.body_files().set_refs(refs);
-    save_counters(store, kept.usage, kept.clock)?;
     Ok(report)
 }
 
@@ -417,44 +442,6 @@ fn count_refs(
         }
     }
     Ok(refs)
-}
-
-/// Deletes body files no record points into (what a crash left between an append and its
-/// commit, or between a durable removal and the unlink) when their journal says nothing in
-/// them is still wanted; moves the others (damaged, unframed, or holding a message that could
-/// not be rebuilt) into `quarantine/`. Returns how many were moved.
-fn remove_orphan_body_files(
-    store: &Store,
-    refs: &BTreeMap<u64, u64>,
-    keep: &[u64],
-) -> Result<u64, StoreError> {
-    let dir = store.inner.flush.body_files().dir();
-    let mut moved = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        match name.to_str().and_then(parse_body_file_name) {
-            Some(num) if refs.contains_key(&num) => {}
-            Some(num) if keep.contains(&num) => {
-                log::error!(
-                    "store: body file {num:016X} referenced by no message, and it may hold mail \
-                     (damaged or not a journal): moved to {}/",
-                    rebuild::QUARANTINE_DIR
-                );
-                rebuild::quarantine_file(dir, num)?;
-                moved += 1;
-            }
-            Some(num) => {
-                log::info!("store: body file {num:016X} holds no queued message; removed");
-                std::fs::remove_file(entry.path())?;
-            }
-            None => log::warn!(
-                "store: {} in the bodies directory is not a body file; left alone",
-                entry.path().display()
-            ),
-        }
-    }
-    Ok(moved)
 }
 
 /// Copies the raw record into `corrupt` under the same key, then removes it from the queue.

@@ -293,6 +293,7 @@ impl Store {
         };
         self.mark_done(id, meta, &[]);
         batch.apply(&self.inner.db, &self.inner.due)?;
+        super::rebuild::note_removed(self, id);
         self.inner.usage.set(usage);
         let seq = self.inner.flush.note_write();
         // Only once the removal is durable may the bytes go (see `body_file.rs`).

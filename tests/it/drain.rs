@@ -210,3 +210,77 @@ fn an_extra_session_the_smarthost_refuses_leaves_the_drain_to_the_first() {
     let log = relay.log();
     assert!(!log[before..].contains("unavailable"), "{log}");
 }
+
+#[test]
+fn a_backlog_drains_in_strict_order_while_the_journal_pass_still_reads_the_body_files() {
+    // Start-up recovery opens the queue from the message records; its pass over the body files
+    // runs behind the open queue. A FIFO named like the first body file holds that pass until
+    // the test opens and closes its write end.
+    let port = Smarthost::reserve_port();
+    let mut relay = RelayProcess::start_with(config(port, 1));
+    let sent = queue_backlog(&relay, 100);
+    relay.kill9();
+    let fifo = relay.data_dir.join("bodies").join("0000000000000001");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let upstream = Smarthost::start_on(port);
+    relay.restart();
+    let got = upstream
+        .wait_for(sent.len(), DELIVERY)
+        .unwrap_or_else(|| relay.fail("the backlog did not drain while the pass waited"));
+    // The pass is still inside the body files: its read end of the FIFO is open.
+    let writer = rustix::fs::open(
+        &fifo,
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap_or_else(|e| relay.fail(&format!("the journal pass does not hold the FIFO: {e}")));
+    // The log of this start only (the first one ran its own, empty pass).
+    let this_start = || {
+        relay
+            .log()
+            .rsplit("---- start #")
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    if this_start().contains("journal pass done") {
+        relay.fail("the journal pass ended while it held the FIFO");
+    }
+    let mut arrived: Vec<String> = got.iter().map(|d| message_id(&d.data_str())).collect();
+    let levels: Vec<usize> = arrived.iter().map(|id| level_of(id)).collect();
+    assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{arrived:?}");
+    arrived.sort();
+    let mut expected = sent;
+    expected.sort();
+    assert_eq!(arrived, expected, "each acknowledged message once");
+    // The operator sees that recovery still runs, and a second pass waits for it.
+    let status = relay.command_ok(&["status"]);
+    assert!(
+        status.contains("recovery: reading the body files"),
+        "{status}"
+    );
+    let recover = relay.command(&["queue", "recover"], b"");
+    assert!(
+        recover.code != Some(0) && recover.stderr.contains("try again once it is done"),
+        "{recover}"
+    );
+    drop(writer);
+    let done = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        this_start().contains("journal pass done")
+    });
+    if !done {
+        relay.fail("the journal pass did not end once the FIFO closed");
+    }
+    assert!(
+        !fifo.exists(),
+        "the FIFO holds no mail: deleted after the pass"
+    );
+    assert_eq!(upstream.count(), 100, "nothing sent twice");
+}

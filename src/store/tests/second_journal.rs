@@ -90,6 +90,106 @@ fn the_queue_is_rebuilt_from_the_body_files_when_the_database_is_gone() {
         (3, 0),
         "rebuilt once, not again"
     );
+    // The id floor is kept in the database: later starts need not read the journal first.
+    let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+    let (_, pass) = store.recover_queue().unwrap();
+    assert!(
+        pass.is_some(),
+        "the journal pass runs behind the open queue"
+    );
+    let later = commit(&store, &[b"later"], &["g@u"], 5);
+    assert!(later > next, "ids keep climbing");
+}
+
+/// Waits (bounded) until the journal pass, polled by `ex`, holds the read end of `fifo` (a
+/// FIFO named like a body file); returns the write end, whose close lets the pass go on.
+fn pass_held_at(ex: &LocalExecutor<'_>, fifo: &std::path::Path) -> rustix::fd::OwnedFd {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        ex.try_tick();
+        let opened = rustix::fs::open(
+            fifo,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
+            rustix::fs::Mode::empty(),
+        );
+        if let Ok(writer) = opened {
+            return writer;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal pass never opened the FIFO"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_journal_pass_behind_the_open_queue_rebuilds_what_sled_lacks_and_nothing_that_left_meanwhile()
+{
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let lacking = commit(&store, &[b"sled lost me"], &["a@x"], 1);
+    let leaving = commit(&store, &[b"delivered during the pass"], &["b@x"], 2);
+    let file = store.meta(leaving).unwrap().extents[0].file;
+    assert_eq!(store.meta(lacking).unwrap().extents[0].file, file);
+    block_on(store.flush()).unwrap();
+    drop(store);
+    {
+        let db = raw_db(&dir);
+        db.remove(key::msg(lacking)).unwrap();
+        db.flush().unwrap();
+    }
+    // A FIFO named like the first body file: the pass waits on it until the test closes it.
+    let fifo = dir.path().join(BODIES_DIR).join("0000000000000001");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+    let (report, pass) = store.recover_queue().unwrap();
+    assert_eq!((report.messages, report.recovered), (1, 0));
+    let pass = pass.expect("sled kept its database: the pass runs behind the open queue");
+    let ex = LocalExecutor::new();
+    let task = ex.spawn({
+        let store = store.clone();
+        async move { store.finish_recovery(pass).await }
+    });
+    let writer = pass_held_at(&ex, &fifo);
+    // The queue runs meanwhile: the message sled holds is delivered. Its body file also holds
+    // the lacking one, which the pass has not read yet: it stays on disk.
+    let path = dir.path().join(BODIES_DIR).join(format!("{file:016X}"));
+    let before = std::fs::metadata(&path).unwrap().len();
+    block_on(ex.run(store.delete(leaving))).unwrap();
+    assert!(
+        path.exists(),
+        "a body file is kept until the pass has read it"
+    );
+    // The pass reads that body file as it was before the done record, as a read that began
+    // before the delivery does: the delivered message must not come back.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(before)
+        .unwrap();
+    drop(writer);
+    let report = block_on(ex.run(task)).unwrap();
+    assert_eq!((report.recovered, report.messages), (1, 1), "{report:?}");
+    assert_eq!(ids(&store.list().unwrap()), vec![lacking]);
+    assert_eq!(body_of(&store, lacking), b"sled lost me");
+    assert!(
+        !fifo.exists(),
+        "a body file with no journal in it goes after the pass"
+    );
+    // The body file goes with the last message in it.
+    block_on(store.delete(lacking)).unwrap();
+    assert!(!path.exists());
+    // And a second pass while the queue runs has nothing to do.
+    assert_eq!(block_on(store.recover_journal()).unwrap().recovered, 0);
 }
 
 #[test]
