@@ -13,7 +13,10 @@ use crate::store::{QueueId, QueuedMessage};
 pub(super) struct Claims {
     /// Loaded and not taken yet, in the store's order.
     ready: VecDeque<Vec<QueuedMessage>>,
-    /// Every message taken this pass, in flight or done.
+    /// Every message taken this pass that is still in the queue: in flight, or done and kept
+    /// (deferred, or its outcome not recorded). A message that left the queue is forgotten:
+    /// the store never lists it again, and a pass over a deep backlog holds about a window's
+    /// worth of ids, not every id it sent.
     taken: HashSet<QueueId>,
     /// Messages taken whose outcome is not recorded yet (the store still lists them as due).
     in_flight: usize,
@@ -61,9 +64,15 @@ impl Claims {
         Some(delivery)
     }
 
-    /// The outcome of a taken delivery is recorded (or given up on).
-    pub(super) fn done(&mut self, delivery: &[QueuedMessage]) {
+    /// The outcome of a taken delivery is recorded (or given up on); `left(id)` says whether
+    /// a message of it is out of the queue now (delivered, bounced, quarantined).
+    pub(super) fn done(&mut self, delivery: &[QueuedMessage], left: impl Fn(QueueId) -> bool) {
         self.in_flight = self.in_flight.saturating_sub(delivery.len());
+        for message in delivery {
+            if left(message.id) {
+                self.taken.remove(&message.id);
+            }
+        }
     }
 
     /// No more taking: the sessions finish what they hold and end.
@@ -163,13 +172,19 @@ mod tests {
         assert_eq!(ids(&claims.take()), [1]);
         assert_eq!(ids(&claims.take()), [7]);
         assert_eq!(claims.take(), None);
+        // 4 and 1 were delivered (out of the queue), 2 and 7 deferred.
         for id in [4, 2, 1, 7] {
-            claims.done(&[message(id, Priority::Normal)]);
+            claims.done(&[message(id, Priority::Normal)], |id| {
+                [4, 1].contains(&id.0)
+            });
         }
         assert_eq!(claims.load_limit(64), 64);
-        // Done is still taken: a message deferred this pass is not tried again in it.
+        // Done is still taken while in the queue: a message deferred this pass is not tried
+        // again in it.
         load(&mut claims, vec![message(2, Priority::Normal)], 64);
         assert_eq!(claims.take(), None);
+        // What left the queue is forgotten: the pass holds no id of it.
+        assert_eq!(claims.taken.len(), 2);
     }
 
     #[test]

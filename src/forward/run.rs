@@ -440,7 +440,9 @@ impl Forwarder {
                 [] => Ok(true),
                 group => self.deliver_digest(conn, session, group).await,
             };
-            pool.claims.borrow_mut().done(&delivery);
+            pool.claims
+                .borrow_mut()
+                .done(&delivery, |id| !self.store.is_queued(id).unwrap_or(true));
             if !sent? {
                 // The smarthost closed the session (421): the rest waits like for any site
                 // failure.

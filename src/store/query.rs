@@ -24,6 +24,11 @@ impl Store {
         Ok(assemble(id, meta, recipients))
     }
 
+    /// Whether message `id` is in the queue (a point look-up, nothing decoded).
+    pub fn is_queued(&self, id: QueueId) -> Result<bool, StoreError> {
+        Ok(self.inner.db.contains_key(key::msg(id))?)
+    }
+
     /// When a message without pending recipients became failed (`None` while deliverable).
     pub fn failed_at(&self, id: QueueId) -> Result<Option<QueueTime>, StoreError> {
         Ok(self.meta(id)?.failed_at)
