@@ -12,7 +12,8 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 
 use crate::util::{
-    assert_queued, reply, wait_until, RawClient, RelayConfig, RelayProcess, Smarthost, Stage,
+    assert_queued, make_fifo, reply, wait_until, Delivered, RawClient, RelayConfig, RelayProcess,
+    Smarthost, Stage,
 };
 
 const DELIVERY: Duration = Duration::from_secs(60);
@@ -111,6 +112,20 @@ fn drain(n: usize, connections: usize, reload: Option<usize>) -> (Vec<String>, u
     (arrived, upstream.max_sessions())
 }
 
+/// `got` (what the smarthost received) is `sent`, each message once, nothing else, in strict
+/// priority order.
+fn assert_whole_in_strict_order(got: &[Delivered], mut sent: Vec<String>) {
+    let mut arrived: Vec<String> = got.iter().map(|d| message_id(&d.data_str())).collect();
+    let levels: Vec<usize> = arrived.iter().map(|id| level_of(id)).collect();
+    assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{arrived:?}");
+    arrived.sort();
+    sent.sort();
+    assert_eq!(
+        arrived, sent,
+        "each acknowledged message once, nothing else"
+    );
+}
+
 /// For each pair of levels: how many messages of the more urgent one arrived after the first
 /// one of the less urgent level; the largest such count.
 fn most_overtaken(arrived: &[String]) -> usize {
@@ -170,16 +185,7 @@ fn a_backlog_recovered_after_kill_9_drains_whole_in_strict_order() {
     let got = upstream
         .wait_for(sent.len(), DELIVERY)
         .unwrap_or_else(|| relay.fail("the recovered backlog did not drain"));
-    let mut arrived: Vec<String> = got.iter().map(|d| message_id(&d.data_str())).collect();
-    let levels: Vec<usize> = arrived.iter().map(|id| level_of(id)).collect();
-    assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{arrived:?}");
-    arrived.sort();
-    let mut expected = sent;
-    expected.sort();
-    assert_eq!(
-        arrived, expected,
-        "each acknowledged message once, nothing else"
-    );
+    assert_whole_in_strict_order(&got, sent);
 }
 
 #[test]
@@ -221,14 +227,7 @@ fn a_backlog_drains_in_strict_order_while_the_journal_pass_still_reads_the_body_
     let sent = queue_backlog(&relay, 100);
     relay.kill9();
     let fifo = relay.data_dir.join("bodies").join("0000000000000001");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fifo, 0o600);
     let upstream = Smarthost::start_on(port);
     relay.restart();
     let got = upstream
@@ -253,13 +252,7 @@ fn a_backlog_drains_in_strict_order_while_the_journal_pass_still_reads_the_body_
     if this_start().contains("journal pass done") {
         relay.fail("the journal pass ended while it held the FIFO");
     }
-    let mut arrived: Vec<String> = got.iter().map(|d| message_id(&d.data_str())).collect();
-    let levels: Vec<usize> = arrived.iter().map(|id| level_of(id)).collect();
-    assert!(levels.windows(2).all(|w| w[0] <= w[1]), "{arrived:?}");
-    arrived.sort();
-    let mut expected = sent;
-    expected.sort();
-    assert_eq!(arrived, expected, "each acknowledged message once");
+    assert_whole_in_strict_order(&got, sent);
     // The operator sees that recovery still runs, and a second pass waits for it.
     let status = relay.command_ok(&["status"]);
     assert!(

@@ -42,14 +42,7 @@ impl HeldRelay {
             .create(&bodies)
             .unwrap();
         let fifo = bodies.join("0000000000000001");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
+        make_fifo(&fifo, 0o600);
         more(&bodies);
         let config_path = dir.join("outpost.toml");
         std::fs::write(&config_path, config.render(&data)).unwrap();

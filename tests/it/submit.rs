@@ -13,8 +13,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::util::{
-    assert_queued, outpost_command, run_shell, settle, RawClient, RelayConfig, RelayProcess,
-    Smarthost, OUTPOST,
+    assert_queued, make_fifo, outpost_command, run_shell, settle, RawClient, RelayConfig,
+    RelayProcess, Smarthost, OUTPOST,
 };
 
 const DELIVERY: Duration = Duration::from_secs(20);
@@ -148,14 +148,7 @@ fn the_daemon_never_trusts_the_maildrop() {
     );
     std::os::unix::fs::symlink(&secret, maildrop.join("1-link.msg")).unwrap();
     let fifo = maildrop.join("2-fifo.msg");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fifo, 0o644);
     write_mode(
         &maildrop.join("3-foreign.msg"),
         &maildrop_text("ops@remote.test", "foreign", 10),

@@ -69,6 +69,19 @@ pub(crate) fn wait_until(
     }
 }
 
+/// Makes a FIFO at `path` with permission bits `mode`: what a test puts where the relay will
+/// read a file, to hold it there until the test opens the write end.
+pub(crate) fn make_fifo(path: &std::path::Path, mode: u32) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(mode),
+        0,
+    )
+    .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
+}
+
 // Temp dirs
 
 /// A per-test temporary directory, removed on drop (kept when the test panics, for inspection).
