@@ -54,7 +54,7 @@ mod spool;
 mod update;
 mod writes;
 
-use std::cell::Cell;
+use std::cell::{Cell, Ref, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
@@ -210,10 +210,10 @@ pub struct Store {
 }
 
 struct Inner {
-    /// The default tree holds every live key (see `key.rs`); one tree makes every update one
-    /// ordered sequence of writes (`writes.rs`).
-    db: sled::Db,
-    corrupt: sled::Tree,
+    /// The open database (`Inner::db`, `Inner::corrupt`), replaced whole by a live compaction
+    /// (`compact.rs`); `None` only after one failed half way, when every call fails until the
+    /// next open finishes the swap.
+    db: RefCell<Option<Database>>,
     usage: Cell<Usage>,
     clock: Cell<QueueTime>,
     max_bytes: u64,
@@ -225,6 +225,35 @@ struct Inner {
     damage: Cell<Damage>,
     /// Added to sled's `generate_id` (`Store::fresh_number`), set by `recover`.
     id_floor: Cell<u64>,
+}
+
+/// The open sled database and its trees.
+struct Database {
+    /// The default tree holds every live key (see `key.rs`); one tree makes every update one
+    /// ordered sequence of writes (`writes.rs`).
+    db: sled::Db,
+    /// Quarantined records (`recover.rs`).
+    corrupt: sled::Tree,
+}
+
+impl Inner {
+    /// The database's default tree. Never hold it across an await: a live compaction swaps it.
+    fn db(&self) -> sled::Result<Ref<'_, sled::Db>> {
+        self.database(|d| &d.db)
+    }
+
+    /// The `corrupt` tree (same rule as `db`).
+    fn corrupt(&self) -> sled::Result<Ref<'_, sled::Tree>> {
+        self.database(|d| &d.corrupt)
+    }
+
+    fn database<T>(&self, part: impl FnOnce(&Database) -> &T) -> sled::Result<Ref<'_, T>> {
+        Ref::filter_map(self.db.borrow(), |d| d.as_ref().map(part)).map_err(|_| {
+            sled::Error::Io(std::io::Error::other(
+                "the database is closed after a failed compaction; restart to finish it",
+            ))
+        })
+    }
 }
 
 /// An uncommitted message body being written.

@@ -4,7 +4,7 @@
 //! `recover`, a new `Spool`, a plain group flush and the sync statistics. Never reads or writes a
 //! message's records (the other `impl Store` files do), except to check that a fresh id is free.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -14,8 +14,8 @@ use super::body_file::BodyFiles;
 use super::due::DueIndex;
 use super::flush::{GroupFlush, SyncFiles, SyncHook};
 use super::{
-    compact, key, private, rebuild, record, recover, Damage, Inner, QueueId, RecoveryReport, Spool,
-    Store, StoreError, StoreOptions, Usage,
+    compact, key, private, rebuild, record, recover, Damage, Database, Inner, QueueId,
+    RecoveryReport, Spool, Store, StoreError, StoreOptions, Usage,
 };
 
 // Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
@@ -193,8 +193,7 @@ impl Store {
         };
         let flush = GroupFlush::new(db.clone(), files, BodyFiles::new(bodies));
         let inner = Inner {
-            db,
-            corrupt,
+            db: RefCell::new(Some(Database { db, corrupt })),
             usage: Cell::new(usage),
             clock: Cell::new(clock),
             max_bytes: options.max_bytes,
@@ -280,7 +279,7 @@ impl Store {
     pub(super) fn fresh_id(&self) -> Result<QueueId, StoreError> {
         for _ in 0..16 {
             let id = QueueId(self.fresh_number()?);
-            if !self.inner.db.contains_key(key::msg(id))? {
+            if !self.inner.db()?.contains_key(key::msg(id))? {
                 return Ok(id);
             }
             log::warn!("store: queue_id={id} generated twice; skipped");
@@ -296,7 +295,7 @@ impl Store {
     pub(super) fn fresh_number(&self) -> Result<u64, sled::Error> {
         Ok(self
             .inner
-            .db
+            .db()?
             .generate_id()?
             .saturating_add(self.inner.id_floor.get()))
     }

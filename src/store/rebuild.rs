@@ -141,7 +141,7 @@ fn restore(
     }
     batch.insert(key::msg(id), meta.encode());
     index(&mut batch, id, &meta);
-    batch.apply(&store.inner.db, &store.inner.due)?;
+    batch.apply(&*store.inner.db()?, &store.inner.due)?;
     Ok(Some(meta))
 }
 
@@ -163,7 +163,7 @@ fn read_all(
     let mut lacking: BTreeMap<QueueId, Lacking> = BTreeMap::new();
     // Whether sled lacks message `id`: once found lacking, it stays in the map.
     let lacks = |lacking: &BTreeMap<QueueId, Lacking>, id: QueueId| -> Result<bool, StoreError> {
-        Ok(lacking.contains_key(&id) || !store.inner.db.contains_key(key::msg(id))?)
+        Ok(lacking.contains_key(&id) || !store.inner.db()?.contains_key(key::msg(id))?)
     };
     for num in nums {
         let bytes = match std::fs::read(body_file_path(dir, num)) {

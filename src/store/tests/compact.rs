@@ -85,12 +85,18 @@ fn copy_dir(from: &Path, to: &Path) {
 /// What every open after a compaction (whole or interrupted) must find: the drained queue's
 /// keys, the clock, no compaction directory left, and a new id above every old one.
 fn assert_whole(store: &Store, dir: &Path, last: QueueId, clock: &[u8]) {
-    let db = &store.inner.db;
+    let db = store.inner.db().unwrap();
     assert_eq!(db.get(HIST).unwrap().as_deref(), Some(&b"an attempt"[..]));
     assert!(db.contains_key(FAILED).unwrap());
     assert_eq!(db.get(key::CLOCK).unwrap().as_deref(), Some(clock));
     assert_eq!(
-        store.inner.corrupt.get(b"msg/x").unwrap().as_deref(),
+        store
+            .inner
+            .corrupt()
+            .unwrap()
+            .get(b"msg/x")
+            .unwrap()
+            .as_deref(),
         Some(&b"kept aside"[..])
     );
     for leftover in ["compact.new", "compact.old", "compact.old.tmp"] {

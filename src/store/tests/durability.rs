@@ -33,7 +33,12 @@ fn commit_completes_only_after_its_fdatasync() {
         "the commit started a sync"
     );
     assert!(
-        store.inner.db.contains_key(key::msg(id)).unwrap(),
+        store
+            .inner
+            .db()
+            .unwrap()
+            .contains_key(key::msg(id))
+            .unwrap(),
         "written before the sync"
     );
     for _ in 0..20 {
