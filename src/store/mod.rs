@@ -234,6 +234,10 @@ struct Database {
     db: sled::Db,
     /// Quarantined records (`recover.rs`).
     corrupt: sled::Tree,
+    /// How `db` was opened: what a live compaction reopens it with.
+    config: sled::Config,
+    /// A live compaction waits for the `db` file to grow past this many bytes (`compact.rs`).
+    compact_above: u64,
 }
 
 impl Inner {

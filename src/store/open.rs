@@ -193,7 +193,12 @@ impl Store {
         };
         let flush = GroupFlush::new(db.clone(), files, BodyFiles::new(bodies));
         let inner = Inner {
-            db: RefCell::new(Some(Database { db, corrupt })),
+            db: RefCell::new(Some(Database {
+                db,
+                corrupt,
+                config,
+                compact_above: compact::COMPACT_ABOVE,
+            })),
             usage: Cell::new(usage),
             clock: Cell::new(clock),
             max_bytes: options.max_bytes,
