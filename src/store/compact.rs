@@ -18,7 +18,6 @@ use std::io;
 use std::path::Path;
 use std::time::Instant;
 
-use super::open::{open_db, sled_segment_size};
 use super::{key, Database, Store, StoreError};
 
 /// A `db` file above this many bytes is compacted at open when the queue is empty (an empty
@@ -94,33 +93,37 @@ pub(super) fn resolve(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// How the store opens a sled database (`open.rs` `open_db`: waits for a dropped handle's lock).
-pub(super) type Open = fn(&sled::Config) -> sled::Result<sled::Db>;
+/// How the store opens its sled database, which a compaction opens again.
+#[derive(Clone)]
+pub(super) struct Reopen {
+    pub(super) config: sled::Config,
+    /// The database's (`open.rs` `sled_segment_size`): its copy must have the same.
+    pub(super) segment_size: usize,
+    /// `open.rs` `open_db`: waits for a dropped handle's lock.
+    pub(super) open_db: fn(&sled::Config) -> sled::Result<sled::Db>,
+}
 
 /// Compacts `db` (open on `dir`) when it holds no message and its file is larger than
-/// `COMPACT_ABOVE`; returns the database to use: `db` itself, or the compact copy opened with
-/// `config`.
+/// `COMPACT_ABOVE`; returns the database to use: `db` itself, or the compact copy.
 /// A failure to build the copy is logged and leaves the database as it is.
 pub(super) fn compact_if_empty(
     dir: &Path,
     db: sled::Db,
-    config: &sled::Config,
-    segment_size: usize,
-    open_db: Open,
+    reopen: &Reopen,
 ) -> Result<sled::Db, StoreError> {
     let before = db_bytes(dir);
     if before <= COMPACT_ABOVE || !is_empty(&db)? {
         return Ok(db);
     }
     let started = Instant::now();
-    if let Err(e) = build(dir, &db, segment_size, open_db) {
+    if let Err(e) = build(dir, &db, reopen) {
         log::warn!("store: cannot compact the database ({e}); it stays as it is");
         let _ = fs::remove_dir_all(dir.join(NEW));
         return Ok(db);
     }
     drop(db);
     resolve(dir)?;
-    let db = open_db(config)?;
+    let db = (reopen.open_db)(&reopen.config)?;
     log::info!(
         "store: compacted the database: {} MB -> {} KB in {} ms",
         before >> 20,
@@ -165,23 +168,23 @@ impl Store {
             other => other.ok(),
         };
         let started = Instant::now();
-        if let Err(e) = build(&dir, &open.db, sled_segment_size(&dir), open_db) {
+        if let Err(e) = build(&dir, &open.db, &open.reopen) {
             log::warn!("store: cannot compact the database ({e}); it stays as it is");
             let _ = fs::remove_dir_all(dir.join(NEW));
             open.compact_above = before.saturating_mul(2);
             return Ok(false);
         }
-        let config = open.config.clone();
+        let reopen = open.reopen.clone();
         *slot = None;
         self.inner.flush.detach();
         resolve(&dir)?;
-        let db = open_db(&config)?;
+        let db = (reopen.open_db)(&reopen.config)?;
         let corrupt = db.open_tree("corrupt")?;
         self.inner.flush.attach(db.clone())?;
         *slot = Some(Database {
             db,
             corrupt,
-            config,
+            reopen,
             compact_above: COMPACT_ABOVE,
         });
         // The new files were created under the daemon's umask (`Store::open` checks them too).
@@ -213,7 +216,7 @@ fn is_empty(db: &sled::Db) -> sled::Result<bool> {
 }
 
 /// Writes the copy of `db` into `compact.new/`, durable, marked complete last.
-fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Result<(), StoreError> {
+fn build(dir: &Path, db: &sled::Db, reopen: &Reopen) -> Result<(), StoreError> {
     let new = dir.join(NEW);
     let _ = fs::remove_dir_all(&new);
     fs::create_dir(&new)?;
@@ -224,7 +227,7 @@ fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Resul
     let config = |interval: u64| {
         sled::Config::new()
             .path(&new)
-            .segment_size(segment_size)
+            .segment_size(reopen.segment_size)
             .cache_capacity(1 << 20)
             .flush_every_ms(None)
             .use_compression(false)
@@ -232,7 +235,7 @@ fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Resul
             .idgen_persist_interval(interval)
     };
     {
-        let copy = open_db(&config(IDGEN_INTERVAL))?;
+        let copy = (reopen.open_db)(&config(IDGEN_INTERVAL))?;
         for name in db.tree_names() {
             let (from, to) = (db.open_tree(&name)?, copy.open_tree(&name)?);
             for entry in from.iter() {
@@ -250,7 +253,7 @@ fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Resul
     // multiple of `IDGEN_INTERVAL`, as sled's next persist asserts.
     {
         let half = (next_id / IDGEN_INTERVAL + 1) * (IDGEN_INTERVAL / 2);
-        let copy = open_db(&config(half))?;
+        let copy = (reopen.open_db)(&config(half))?;
         copy.generate_id()?;
         copy.flush()?;
     }

@@ -235,7 +235,7 @@ struct Database {
     /// Quarantined records (`recover.rs`).
     corrupt: sled::Tree,
     /// How `db` was opened: what a live compaction reopens it with.
-    config: sled::Config,
+    reopen: compact::Reopen,
     /// A live compaction waits for the `db` file to grow past this many bytes (`compact.rs`).
     compact_above: u64,
 }

@@ -168,7 +168,12 @@ impl Store {
                 dir.display()
             )),
         })?;
-        let db = compact::compact_if_empty(dir, db, &config, segment_size, open_db)?;
+        let reopen = compact::Reopen {
+            config,
+            segment_size,
+            open_db,
+        };
+        let db = compact::compact_if_empty(dir, db, &reopen)?;
         drop(compacting);
         let corrupt = db.open_tree("corrupt")?;
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
@@ -196,7 +201,7 @@ impl Store {
             db: RefCell::new(Some(Database {
                 db,
                 corrupt,
-                config,
+                reopen,
                 compact_above: compact::COMPACT_ABOVE,
             })),
             usage: Cell::new(usage),
