@@ -19,8 +19,9 @@
 //! rebuilds from it what sled lost, and a body file that may still hold mail is moved to
 //! `quarantine/`, never deleted.
 //!
-//! sled never shrinks its `db` file: `compact.rs` rewrites the database into a fresh one at open
-//! when the queue is empty and the file has grown, with a swap a crash cannot leave half done.
+//! sled never shrinks its `db` file: `compact.rs` rewrites the database into a fresh one when the
+//! queue is empty and the file has grown, at open or while the store runs, with a swap a crash
+//! cannot leave half done.
 //!
 //! The `Store` handle's operations, by file: `open.rs` (open, recover, new spools, plain
 //! flush), `query.rs` (reads: one message, the list, the due ones, a body), `update.rs`
