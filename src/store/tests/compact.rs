@@ -192,12 +192,12 @@ fn grown_live(dir: &TempDir) -> (Store, QueueId, Vec<u8>) {
     store.save_clock(5).unwrap();
     {
         let db = store.inner.db().unwrap();
-        let filler = [0x5a; 200];
-        for n in 0..8000u64 {
+        let filler = [0x5a; 2000];
+        for n in 0..800u64 {
             db.insert(key::msg(QueueId(1 << 40 | n)), &filler[..])
                 .unwrap();
         }
-        for n in 0..8000u64 {
+        for n in 0..800u64 {
             db.remove(key::msg(QueueId(1 << 40 | n))).unwrap();
         }
         db.insert(HIST, &b"an attempt"[..]).unwrap();
@@ -329,4 +329,29 @@ fn a_crash_at_any_step_of_the_live_compaction_leaves_a_whole_database() {
         assert_eq!(body_of(&store, id), b"after");
     }
     panic!("the live compaction never finished in 100 steps");
+}
+
+#[test]
+fn a_copy_that_cannot_be_built_leaves_the_database_working_and_waits_for_growth() {
+    let dir = TempDir::new().unwrap();
+    let (store, last, clock) = grown_live(&dir);
+    // `compact.new` cannot be created as a directory.
+    let blocker = dir.path().join("compact.new");
+    std::fs::write(&blocker, b"in the way").unwrap();
+    let before = sled_bytes(dir.path());
+    assert!(!store.compact_if_idle().unwrap(), "the copy failed");
+    assert!(sled_bytes(dir.path()) >= before, "the database stays");
+    let id = commit(&store, &[b"still works"], &["a@x"], 80);
+    assert!(id > last);
+    block_on(store.delete(id)).unwrap();
+    std::fs::remove_file(&blocker).unwrap();
+    assert!(
+        !store.compact_if_idle().unwrap(),
+        "not tried again before the file has doubled"
+    );
+    drop(store);
+    // The next open compacts.
+    let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+    assert!(sled_bytes(dir.path()) <= COMPACT_ABOVE);
+    assert_whole(&store, dir.path(), id, &clock);
 }
