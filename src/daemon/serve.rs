@@ -29,6 +29,9 @@ use crate::{control, net, sendmail};
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often the queue clock is persisted (also at shutdown) and failed messages are purged.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+/// How often housekeeping offers the store a compaction (`Store::compact_if_idle`): once the
+/// queue was found empty at two checks in a row.
+const COMPACT_CHECK: Duration = Duration::from_secs(10);
 
 /// What `serve` starts besides the shared state.
 pub(super) struct Services {
@@ -253,11 +256,26 @@ pub(super) async fn operations(
 
 /// Every `HOUSEKEEPING_INTERVAL`: persist the queue clock (it counts time spent queued; saving
 /// bounds what a crash can lose of it) and delete failed messages older than
-/// `queue.failed_retention` (queue time, so a clock jump cannot purge early).
+/// `queue.failed_retention` (queue time, so a clock jump cannot purge early). Every
+/// `COMPACT_CHECK`: give the disk back once the queue stayed empty.
 async fn housekeeping(shared: Rc<Shared>) {
     let (store, intake) = (shared.store(), shared.intake());
+    let per_interval = HOUSEKEEPING_INTERVAL.as_secs() / COMPACT_CHECK.as_secs();
+    let (mut checks, mut was_empty) = (0, false);
     loop {
-        Timer::after(HOUSEKEEPING_INTERVAL).await;
+        Timer::after(COMPACT_CHECK).await;
+        let empty = store.usage().messages == 0;
+        if empty && was_empty {
+            if let Err(e) = store.compact_if_idle() {
+                error!("cannot compact the database: {e}");
+                intake.store_failed(&e);
+            }
+        }
+        was_empty = empty;
+        checks += 1;
+        if checks % per_interval != 0 {
+            continue;
+        }
         let retention = shared.config().queue.failed_retention;
         let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
         let now = shared.clock().now();

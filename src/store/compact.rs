@@ -1,6 +1,8 @@
-//! Compaction at open: gives the disk back once the queue is empty. sled 0.34.7 never shrinks
-//! its `db` file, so when it holds no message and has grown past `COMPACT_ABOVE`, `Store::open`
-//! copies every key of every tree into a fresh database in `compact.new/` and swaps it in.
+//! Compaction: gives the disk back once the queue is empty. sled 0.34.7 never shrinks its `db`
+//! file (nor the page state it keeps in memory for it), so when it holds no message and has
+//! grown past `COMPACT_ABOVE`, every key of every tree is copied into a fresh database in
+//! `compact.new/`, which is swapped in: by `Store::open`, and while the daemon runs by
+//! `Store::compact_if_idle` (called periodically), which swaps the store's sled handles too.
 //!
 //! The swap survives a crash at any step. The copy is complete once the `complete` marker is
 //! in `compact.new/` (written last, after every file and directory is fsynced); until then the
@@ -16,7 +18,7 @@ use std::io;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{key, StoreError};
+use super::{key, Database, Store, StoreError};
 
 /// A `db` file above this many bytes is compacted at open when the queue is empty (an empty
 /// store's database is a few hundred KiB).
@@ -44,13 +46,15 @@ fn is_sled_file(name: &str) -> bool {
 /// cover files that are being moved; the second start then waits for sled's). On a file system
 /// without `flock`, a warning and no lock.
 pub(super) fn lock(dir: &Path) -> Option<fs::File> {
-    let locked = fs::File::open(dir).and_then(|file| {
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
-        Ok(file)
-    });
-    locked
+    flock(dir, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| log::warn!("store: cannot lock {} ({e}); opening anyway", dir.display()))
         .ok()
+}
+
+fn flock(dir: &Path, operation: rustix::fs::FlockOperation) -> io::Result<fs::File> {
+    let file = fs::File::open(dir)?;
+    rustix::fs::flock(&file, operation)?;
+    Ok(file)
 }
 
 /// Finishes or rolls back a swap a crash interrupted. Call before sled opens `dir`.
@@ -89,33 +93,37 @@ pub(super) fn resolve(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// How the store opens a sled database (`open.rs` `open_db`: waits for a dropped handle's lock).
-pub(super) type Open = fn(&sled::Config) -> sled::Result<sled::Db>;
+/// How the store opens its sled database, which a compaction opens again.
+#[derive(Clone)]
+pub(super) struct Reopen {
+    pub(super) config: sled::Config,
+    /// The database's (`open.rs` `sled_segment_size`): its copy must have the same.
+    pub(super) segment_size: usize,
+    /// `open.rs` `open_db`: waits for a dropped handle's lock.
+    pub(super) open_db: fn(&sled::Config) -> sled::Result<sled::Db>,
+}
 
 /// Compacts `db` (open on `dir`) when it holds no message and its file is larger than
-/// `COMPACT_ABOVE`; returns the database to use: `db` itself, or the compact copy opened with
-/// `config`.
+/// `COMPACT_ABOVE`; returns the database to use: `db` itself, or the compact copy.
 /// A failure to build the copy is logged and leaves the database as it is.
 pub(super) fn compact_if_empty(
     dir: &Path,
     db: sled::Db,
-    config: &sled::Config,
-    segment_size: usize,
-    open_db: Open,
+    reopen: &Reopen,
 ) -> Result<sled::Db, StoreError> {
     let before = db_bytes(dir);
     if before <= COMPACT_ABOVE || !is_empty(&db)? {
         return Ok(db);
     }
     let started = Instant::now();
-    if let Err(e) = build(dir, &db, segment_size, open_db) {
+    if let Err(e) = build(dir, &db, reopen) {
         log::warn!("store: cannot compact the database ({e}); it stays as it is");
         let _ = fs::remove_dir_all(dir.join(NEW));
         return Ok(db);
     }
     drop(db);
     resolve(dir)?;
-    let db = open_db(config)?;
+    let db = (reopen.open_db)(&reopen.config)?;
     log::info!(
         "store: compacted the database: {} MB -> {} KB in {} ms",
         before >> 20,
@@ -123,6 +131,77 @@ pub(super) fn compact_if_empty(
         started.elapsed().as_millis()
     );
     Ok(db)
+}
+
+impl Store {
+    /// Something runs that must not see the database swapped: a sync started and not finished
+    /// (it holds a handle on the database), a database handle borrowed, or a pass over the body
+    /// file journal (`rebuild.rs`), which may still rebuild messages into it.
+    pub(super) fn compaction_blocked(&self) -> bool {
+        !self.inner.flush.idle()
+            || self.inner.db.try_borrow_mut().is_err()
+            || self.inner.pass.borrow().is_some()
+    }
+
+    /// Compacts the database while the store runs, as `Store::open` does, when the queue is
+    /// empty, nothing is in flight (`compaction_blocked`) and the `db` file has grown past
+    /// `COMPACT_ABOVE`; true if it did. One synchronous step from the copy to the swap, so no
+    /// write lands in the old database once the copy started. Every handle on the old database
+    /// is dropped (sled flushes and closes it) before `resolve` moves its files.
+    ///
+    /// A copy that cannot be built is logged, and tried again once the file has doubled. An
+    /// error means the swap failed half way: the database stays closed (every store call
+    /// fails) and the next open finishes the swap.
+    pub fn compact_if_idle(&self) -> Result<bool, StoreError> {
+        if self.inner.usage.get().messages != 0 || self.compaction_blocked() {
+            return Ok(false);
+        }
+        let mut slot = self.inner.db.borrow_mut();
+        let Some(open) = slot.as_mut() else {
+            return Ok(false);
+        };
+        let dir = self.inner.flush.files().dir().to_path_buf();
+        let before = db_bytes(&dir);
+        if before <= open.compact_above || !is_empty(&open.db)? {
+            return Ok(false);
+        }
+        // Another start on this directory holds it: try again at the next call.
+        let _lock = match flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            other => other.ok(),
+        };
+        let started = Instant::now();
+        if let Err(e) = build(&dir, &open.db, &open.reopen) {
+            log::warn!("store: cannot compact the database ({e}); it stays as it is");
+            let _ = fs::remove_dir_all(dir.join(NEW));
+            open.compact_above = before.saturating_mul(2);
+            return Ok(false);
+        }
+        let reopen = open.reopen.clone();
+        *slot = None;
+        self.inner.flush.detach();
+        resolve(&dir)?;
+        let db = (reopen.open_db)(&reopen.config)?;
+        let corrupt = db.open_tree("corrupt")?;
+        self.inner.flush.attach(db.clone())?;
+        *slot = Some(Database {
+            db,
+            corrupt,
+            reopen,
+            compact_above: COMPACT_ABOVE,
+        });
+        // The new files were created under the daemon's umask (`Store::open` checks them too).
+        if let Err(e) = super::private::tighten(&dir) {
+            log::warn!("store: cannot make the compacted database private: {e}");
+        }
+        log::info!(
+            "store: compacted the database while running: {} MB -> {} KB in {} ms",
+            before >> 20,
+            db_bytes(&dir) >> 10,
+            started.elapsed().as_millis()
+        );
+        Ok(true)
+    }
 }
 
 fn db_bytes(dir: &Path) -> u64 {
@@ -140,7 +219,7 @@ fn is_empty(db: &sled::Db) -> sled::Result<bool> {
 }
 
 /// Writes the copy of `db` into `compact.new/`, durable, marked complete last.
-fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Result<(), StoreError> {
+fn build(dir: &Path, db: &sled::Db, reopen: &Reopen) -> Result<(), StoreError> {
     let new = dir.join(NEW);
     let _ = fs::remove_dir_all(&new);
     fs::create_dir(&new)?;
@@ -151,7 +230,7 @@ fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Resul
     let config = |interval: u64| {
         sled::Config::new()
             .path(&new)
-            .segment_size(segment_size)
+            .segment_size(reopen.segment_size)
             .cache_capacity(1 << 20)
             .flush_every_ms(None)
             .use_compression(false)
@@ -159,7 +238,7 @@ fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Resul
             .idgen_persist_interval(interval)
     };
     {
-        let copy = open_db(&config(IDGEN_INTERVAL))?;
+        let copy = (reopen.open_db)(&config(IDGEN_INTERVAL))?;
         for name in db.tree_names() {
             let (from, to) = (db.open_tree(&name)?, copy.open_tree(&name)?);
             for entry in from.iter() {
@@ -177,7 +256,7 @@ fn build(dir: &Path, db: &sled::Db, segment_size: usize, open_db: Open) -> Resul
     // multiple of `IDGEN_INTERVAL`, as sled's next persist asserts.
     {
         let half = (next_id / IDGEN_INTERVAL + 1) * (IDGEN_INTERVAL / 2);
-        let copy = open_db(&config(half))?;
+        let copy = (reopen.open_db)(&config(half))?;
         copy.generate_id()?;
         copy.flush()?;
     }

@@ -56,7 +56,8 @@ pub(super) struct SyncStats {
 pub(super) struct SyncFiles {
     dir: PathBuf,
     /// Our own handle on sled's log file: `fdatasync` works on any descriptor of the inode.
-    log: File,
+    /// Replaced when a live compaction puts a new database in place (`reopen`).
+    log: Mutex<File>,
     /// Directory listings already made durable (data dir and `blobs/`).
     seen: Mutex<(BTreeSet<OsString>, BTreeSet<OsString>)>,
     stats: SyncStats,
@@ -67,17 +68,14 @@ impl SyncFiles {
     /// Opens the log file and makes what sled created at open durable: `conf` (written without
     /// any fsync by `Config::write_config`), `db`, and the directory entries.
     pub(super) fn open(dir: &Path) -> io::Result<Self> {
-        let log = File::open(dir.join("db"))?;
         let files = Self {
             dir: dir.to_path_buf(),
-            log,
+            log: Mutex::new(File::open(dir.join("db"))?),
             seen: Mutex::new((BTreeSet::new(), BTreeSet::new())),
             stats: SyncStats::default(),
             hook: Mutex::new(None),
         };
-        File::open(dir.join("conf"))?.sync_all()?;
-        files.log.sync_all()?;
-        files.sync_directories(true)?;
+        files.settle()?;
         // sled may just have created the data directory itself (`create_dir_all`).
         let parent = match dir.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -85,6 +83,27 @@ impl SyncFiles {
         };
         File::open(parent)?.sync_all()?;
         Ok(files)
+    }
+
+    /// Takes a handle on the log of the database a live compaction just put in place, and makes
+    /// its files durable as `open` does. Call with no sync running.
+    pub(super) fn reopen(&self) -> io::Result<()> {
+        *self.log.lock().unwrap_or_else(PoisonError::into_inner) = File::open(self.dir.join("db"))?;
+        self.settle()
+    }
+
+    fn settle(&self) -> io::Result<()> {
+        File::open(self.dir.join("conf"))?.sync_all()?;
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sync_all()?;
+        self.sync_directories(true)
+    }
+
+    /// The data directory.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub(super) fn stats(&self) -> &SyncStats {
@@ -119,7 +138,10 @@ impl SyncFiles {
     fn sync_inner(&self, db: &sled::Db) -> io::Result<()> {
         db.flush()
             .map_err(|e| io::Error::other(format!("sled flush: {e}")))?;
-        self.log.sync_data()?;
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sync_data()?;
         self.sync_directories(false)
     }
 
@@ -172,7 +194,8 @@ struct InFlight {
 
 /// Single-threaded group-commit state (lives in the store's `Rc`).
 pub(super) struct GroupFlush {
-    db: sled::Db,
+    /// `None` while a live compaction swaps the database (`detach`, `attach`).
+    db: RefCell<Option<sled::Db>>,
     files: Arc<SyncFiles>,
     body_files: BodyFiles,
     /// Sequence number of the last write applied to sled.
@@ -188,7 +211,7 @@ pub(super) struct GroupFlush {
 impl GroupFlush {
     pub(super) fn new(db: sled::Db, files: Arc<SyncFiles>, body_files: BodyFiles) -> Self {
         Self {
-            db,
+            db: RefCell::new(Some(db)),
             files,
             body_files,
             written: Cell::new(0),
@@ -197,6 +220,23 @@ impl GroupFlush {
             parked: RefCell::new(None),
             changed: Event::new(),
         }
+    }
+
+    /// No sync started and not finished (none running on its thread, none parked).
+    pub(super) fn idle(&self) -> bool {
+        !self.in_flight.get()
+    }
+
+    /// Lets go of the database (a live compaction drops every handle on it). Call when `idle`.
+    pub(super) fn detach(&self) {
+        self.db.replace(None);
+    }
+
+    /// Syncs `db` from now on: the database a live compaction put in place.
+    pub(super) fn attach(&self, db: sled::Db) -> io::Result<()> {
+        self.files.reopen()?;
+        self.db.replace(Some(db));
+        Ok(())
     }
 
     pub(super) fn files(&self) -> &Arc<SyncFiles> {
@@ -253,11 +293,14 @@ impl GroupFlush {
         // appended to a body file (writes are synchronous on this thread), so the sync below
         // includes them.
         let covers = self.written.get();
-        let db = self.db.clone();
+        let db = self.db.borrow().clone();
         let files = Arc::clone(&self.files);
         let bodies = self.body_files.take_dirty();
         let future = Box::pin(smol::unblock(move || {
-            let result = files.sync(&db, &bodies);
+            let result = match &db {
+                Some(db) => files.sync(db, &bodies),
+                None => Err(io::Error::other("the database is closed")),
+            };
             (result, bodies)
         }));
         InFlight { covers, future }

@@ -20,7 +20,7 @@ impl Store {
     pub fn save_clock(&self, now: QueueTime) -> Result<(), StoreError> {
         let now = now.max(self.inner.clock.get());
         self.inner
-            .db
+            .db()?
             .insert(key::CLOCK, record::encode_clock(now))?;
         self.inner.clock.set(now);
         Ok(())
@@ -31,7 +31,7 @@ impl Store {
     pub async fn purge_failed(&self, older_than: QueueTime) -> Result<u64, StoreError> {
         let range = key::failed(0, QueueId(0))..key::failed(older_than, QueueId(0));
         let mut ids = Vec::new();
-        for entry in self.inner.db.range(range).keys() {
+        for entry in self.inner.db()?.range(range).keys() {
             if let Some((_, id)) = key::parse_timed(key::FAILED, &entry?) {
                 ids.push(id);
             }
@@ -58,7 +58,7 @@ impl Store {
         for priority in Priority::ALL {
             self.reschedule_of(priority, now, after, &mut batch)?;
         }
-        batch.apply(&self.inner.db, &self.inner.due)?;
+        batch.apply(&*self.inner.db()?, &self.inner.due)?;
         Ok(())
     }
 

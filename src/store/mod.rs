@@ -19,8 +19,9 @@
 //! rebuilds from it what sled lost, and a body file that may still hold mail is moved to
 //! `quarantine/`, never deleted.
 //!
-//! sled never shrinks its `db` file: `compact.rs` rewrites the database into a fresh one at open
-//! when the queue is empty and the file has grown, with a swap a crash cannot leave half done.
+//! sled never shrinks its `db` file: `compact.rs` rewrites the database into a fresh one when the
+//! queue is empty and the file has grown, at open or while the store runs, with a swap a crash
+//! cannot leave half done.
 //!
 //! The `Store` handle's operations, by file: `open.rs` (open, recover, new spools, plain
 //! flush), `query.rs` (reads: one message, the list, the due ones, a body), `update.rs`
@@ -54,7 +55,7 @@ mod spool;
 mod update;
 mod writes;
 
-use std::cell::Cell;
+use std::cell::{Cell, Ref, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
@@ -225,10 +226,10 @@ pub struct Store {
 }
 
 struct Inner {
-    /// The default tree holds every live key (see `key.rs`); one tree makes every update one
-    /// ordered sequence of writes (`writes.rs`).
-    db: sled::Db,
-    corrupt: sled::Tree,
+    /// The open database (`Inner::db`, `Inner::corrupt`), replaced whole by a live compaction
+    /// (`compact.rs`); `None` only after one failed half way, when every call fails until the
+    /// next open finishes the swap.
+    db: RefCell<Option<Database>>,
     usage: Cell<Usage>,
     clock: Cell<QueueTime>,
     max_bytes: u64,
@@ -242,6 +243,39 @@ struct Inner {
     id_floor: Cell<u64>,
     /// The pass over the body files running, if any (`rebuild.rs`).
     pass: std::cell::RefCell<Option<rebuild::Watch>>,
+}
+
+/// The open sled database and its trees.
+struct Database {
+    /// The default tree holds every live key (see `key.rs`); one tree makes every update one
+    /// ordered sequence of writes (`writes.rs`).
+    db: sled::Db,
+    /// Quarantined records (`recover.rs`).
+    corrupt: sled::Tree,
+    /// How `db` was opened: what a live compaction reopens it with.
+    reopen: compact::Reopen,
+    /// A live compaction waits for the `db` file to grow past this many bytes (`compact.rs`).
+    compact_above: u64,
+}
+
+impl Inner {
+    /// The database's default tree. Never hold it across an await: a live compaction swaps it.
+    fn db(&self) -> sled::Result<Ref<'_, sled::Db>> {
+        self.database(|d| &d.db)
+    }
+
+    /// The `corrupt` tree (same rule as `db`).
+    fn corrupt(&self) -> sled::Result<Ref<'_, sled::Tree>> {
+        self.database(|d| &d.corrupt)
+    }
+
+    fn database<T>(&self, part: impl FnOnce(&Database) -> &T) -> sled::Result<Ref<'_, T>> {
+        Ref::filter_map(self.db.borrow(), |d| d.as_ref().map(part)).map_err(|_| {
+            sled::Error::Io(std::io::Error::other(
+                "the database is closed after a failed compaction; restart to finish it",
+            ))
+        })
+    }
 }
 
 /// An uncommitted message body being written.

@@ -4,7 +4,7 @@
 //! `recover`, a new `Spool`, a plain group flush and the sync statistics. Never reads or writes a
 //! message's records (the other `impl Store` files do), except to check that a fresh id is free.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -14,8 +14,8 @@ use super::body_file::BodyFiles;
 use super::due::DueIndex;
 use super::flush::{GroupFlush, SyncFiles, SyncHook};
 use super::{
-    compact, key, private, record, recover, Damage, Inner, JournalPass, QueueId, RecoveryReport,
-    Spool, Store, StoreError, StoreOptions, Usage,
+    compact, key, private, record, recover, Damage, Database, Inner, JournalPass, QueueId,
+    RecoveryReport, Spool, Store, StoreError, StoreOptions, Usage,
 };
 
 // Why sled values stay small (bodies live in body files, `body_file.rs`; the largest value is
@@ -168,7 +168,12 @@ impl Store {
                 dir.display()
             )),
         })?;
-        let db = compact::compact_if_empty(dir, db, &config, segment_size, open_db)?;
+        let reopen = compact::Reopen {
+            config,
+            segment_size,
+            open_db,
+        };
+        let db = compact::compact_if_empty(dir, db, &reopen)?;
         drop(compacting);
         let corrupt = db.open_tree("corrupt")?;
         // Created before `SyncFiles::open`, whose directory fsync makes the entry durable.
@@ -193,8 +198,12 @@ impl Store {
         };
         let flush = GroupFlush::new(db.clone(), files, BodyFiles::new(bodies));
         let inner = Inner {
-            db,
-            corrupt,
+            db: RefCell::new(Some(Database {
+                db,
+                corrupt,
+                reopen,
+                compact_above: compact::COMPACT_ABOVE,
+            })),
             usage: Cell::new(usage),
             clock: Cell::new(clock),
             max_bytes: options.max_bytes,
@@ -289,7 +298,7 @@ impl Store {
     pub(super) fn fresh_id(&self) -> Result<QueueId, StoreError> {
         for _ in 0..16 {
             let id = QueueId(self.fresh_number()?);
-            if !self.inner.db.contains_key(key::msg(id))? {
+            if !self.inner.db()?.contains_key(key::msg(id))? {
                 return Ok(id);
             }
             log::warn!("store: queue_id={id} generated twice; skipped");
@@ -305,7 +314,7 @@ impl Store {
     pub(super) fn fresh_number(&self) -> Result<u64, sled::Error> {
         Ok(self
             .inner
-            .db
+            .db()?
             .generate_id()?
             .saturating_add(self.inner.id_floor.get()))
     }

@@ -26,7 +26,7 @@ impl Store {
 
     /// Whether message `id` is in the queue (a point look-up, nothing decoded).
     pub fn is_queued(&self, id: QueueId) -> Result<bool, StoreError> {
-        Ok(self.inner.db.contains_key(key::msg(id))?)
+        Ok(self.inner.db()?.contains_key(key::msg(id))?)
     }
 
     /// When a message without pending recipients became failed (`None` while deliverable).
@@ -45,7 +45,7 @@ impl Store {
     /// a deep queue reads without holding every record at once (`list` holds them all).
     /// Unreadable ones are logged and skipped.
     pub fn each(&self, mut f: impl FnMut(QueuedMessage)) -> Result<(), StoreError> {
-        for entry in self.inner.db.scan_prefix(key::MSG).keys() {
+        for entry in self.inner.db()?.scan_prefix(key::MSG).keys() {
             let Some(id) = key::parse_id(key::MSG, &entry?) else {
                 continue;
             };
@@ -75,7 +75,7 @@ impl Store {
     /// unreadable entry is logged and skipped: history is informational.
     pub fn history(&self, id: QueueId) -> Result<Vec<AttemptRecord>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.inner.db.scan_prefix(key::hist_prefix(id)) {
+        for entry in self.inner.db()?.scan_prefix(key::hist_prefix(id)) {
             let (k, raw) = entry?;
             match record::decode_attempt(&raw) {
                 Ok(attempt) => out.push(attempt),
@@ -154,9 +154,10 @@ impl Store {
         let meta = self.meta(id)?;
         // With the extents in `msg/` there are no `part/` records or `body/` keys to look for.
         let listed = meta.extents.is_empty();
+        let db = self.inner.db()?;
         let scan = |prefix: Vec<u8>| {
             listed
-                .then(|| self.inner.db.scan_prefix(prefix).values())
+                .then(|| db.scan_prefix(prefix).values())
                 .into_iter()
                 .flatten()
         };
@@ -188,7 +189,7 @@ impl Store {
     pub(super) fn meta(&self, id: QueueId) -> Result<MessageMeta, StoreError> {
         let raw = self
             .inner
-            .db
+            .db()?
             .get(key::msg(id))?
             .ok_or(StoreError::NotFound(id))?;
         MessageMeta::decode(&raw)
@@ -206,7 +207,7 @@ impl Store {
             return Ok(vec![(None, rcpt.clone())]);
         }
         let mut out = Vec::new();
-        for entry in self.inner.db.scan_prefix(key::rcpt_prefix(id)) {
+        for entry in self.inner.db()?.scan_prefix(key::rcpt_prefix(id)) {
             let (k, raw) = entry?;
             let rcpt = record::decode_rcpt(&raw)
                 .map_err(|e| StoreError::Corrupt(format!("queue_id={id} key=rcpt: {e}")))?;

@@ -215,7 +215,7 @@ fn admit(store: &Store, out: &Rebuilt) -> Result<(), StoreError> {
              replaced): new ids start above {:016X}",
             out.max_number
         );
-        inner.db.insert(key::ID_FLOOR, &floor.to_be_bytes())?;
+        inner.db()?.insert(key::ID_FLOOR, &floor.to_be_bytes())?;
         inner.id_floor.set(floor);
     }
     Ok(())
@@ -312,7 +312,7 @@ fn restore(
     }
     batch.insert(key::msg(id), meta.encode());
     index(&mut batch, id, &meta);
-    batch.apply(&store.inner.db, &store.inner.due)?;
+    batch.apply(&*store.inner.db()?, &store.inner.due)?;
     Ok(Some(meta))
 }
 
@@ -361,7 +361,7 @@ fn lacks(
     if id.0 >= below || removed {
         return Ok(false);
     }
-    Ok(!store.inner.db.contains_key(key::msg(id))?)
+    Ok(!store.inner.db()?.contains_key(key::msg(id))?)
 }
 
 /// The records of body file `num` (its bytes as read), into `lacking` and `out`.

@@ -27,7 +27,7 @@ pub(super) fn run(store: &Store) -> Result<(RecoveryReport, Option<JournalPass>)
         swept_spools: sweep_spools(store)?,
         ..RecoveryReport::default()
     };
-    if let Some(raw) = store.inner.db.get(key::ID_FLOOR)? {
+    if let Some(raw) = store.inner.db()?.get(key::ID_FLOOR)? {
         let floor = <[u8; 8]>::try_from(raw.as_ref()).map_or(0, u64::from_be_bytes);
         store.inner.id_floor.set(floor);
     }
@@ -36,7 +36,7 @@ pub(super) fn run(store: &Store) -> Result<(RecoveryReport, Option<JournalPass>)
     let mut parts = check_parts(store)?;
     store.inner.due.clear();
     let mut kept = Kept::new(store, store.inner.clock.get());
-    for entry in store.inner.db.scan_prefix(key::MSG) {
+    for entry in store.inner.db()?.scan_prefix(key::MSG) {
         let (k, raw) = entry?;
         // sled's iterator reads a leaf once and walks a copy of it (sled 0.34.7 `iter.rs`,
         // `next_inner`), and its LRU pages out only once 64 accesses have queued in one of its
@@ -44,7 +44,7 @@ pub(super) fn run(store: &Store) -> Result<(RecoveryReport, Option<JournalPass>)
         // it read in memory. A look-up per key is an access to that key's leaf, so sled pages
         // out as the scan goes: at 100,000 messages the start-up peak is 12.5 MiB instead of
         // 34.6, in no measurable time.
-        store.inner.db.contains_key(&k)?;
+        store.inner.db()?.contains_key(&k)?;
         match check_message(store, &k, &raw, &mut parts)? {
             Ok((id, meta)) => kept.add(id, &meta),
             Err(quarantined) => report.quarantined += quarantined,
@@ -179,7 +179,7 @@ fn check_message(
 
 /// Writes the recounted counters and clock and makes everything recovery did durable.
 fn save_counters(store: &Store, usage: Usage, clock: QueueTime) -> Result<(), StoreError> {
-    let db = &store.inner.db;
+    let db = store.inner.db()?;
     // The stored counters date from the last start (commits do not write them): the recount is
     // the truth, not a repair.
     db.insert(key::USAGE, record::encode_usage(usage))?;
@@ -191,14 +191,14 @@ fn save_counters(store: &Store, usage: Usage, clock: QueueTime) -> Result<(), St
         .inner
         .flush
         .files()
-        .sync(db, &DirtyBodyFiles::default())
+        .sync(&db, &DirtyBodyFiles::default())
         .map_err(StoreError::Io)
 }
 
 /// Deletes the chunks of every spool whose marker is still there (never committed: the commit
 /// batch removes the marker).
 fn sweep_spools(store: &Store) -> Result<u64, StoreError> {
-    let db = &store.inner.db;
+    let db = store.inner.db()?;
     let mut swept = 0;
     for entry in db.scan_prefix(key::SPOOL).keys() {
         let marker = entry?;
@@ -236,7 +236,7 @@ fn damaged_part(
     meta: &MessageMeta,
     inline: bool,
 ) -> Result<Option<String>, StoreError> {
-    let db = &store.inner.db;
+    let db = store.inner.db()?;
     let mut recipients = 0u64;
     for rcpt in db.scan_prefix(key::rcpt_prefix(id)) {
         let (k, raw) = rcpt?;
@@ -283,7 +283,7 @@ fn damaged_part(
 /// is unreadable, or whose parts are damaged, next to it in `corrupt` (kept for the operator,
 /// out of the queue). Returns the recipient records moved (body chunks are data, not records).
 fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
-    let db = &store.inner.db;
+    let db = store.inner.db()?;
     let mut moved = 0;
     for prefix in [
         key::rcpt_prefix(id),
@@ -293,7 +293,7 @@ fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
     ] {
         for entry in db.scan_prefix(prefix) {
             let (k, raw) = entry?;
-            store.inner.corrupt.insert(&k, raw)?;
+            store.inner.corrupt()?.insert(&k, raw)?;
             db.remove(&k)?;
             if k.starts_with(key::RCPT) {
                 moved += 1;
@@ -306,7 +306,7 @@ fn quarantine_parts(store: &Store, id: QueueId) -> Result<u64, StoreError> {
 /// Removes recipient and attempt records of no message: what a crash left in the middle of a
 /// removal (which starts with `msg/`, see `writes.rs`) or of a commit (which ends with it).
 fn remove_orphan_recipients(store: &Store) -> Result<(), StoreError> {
-    let db = &store.inner.db;
+    let db = store.inner.db()?;
     let mut stray = sled::Batch::default();
     for (prefix, what) in [(key::RCPT, "recipient"), (key::HIST, "attempt record")] {
         for k in db.scan_prefix(prefix).keys() {
@@ -365,7 +365,7 @@ impl Parts {
 /// Reads every `part/` record once: records of no message (neither committed nor a spool, both
 /// handled before) are removed; the others are checked against the body files' lengths.
 fn check_parts(store: &Store) -> Result<Parts, StoreError> {
-    let db = &store.inner.db;
+    let db = store.inner.db()?;
     let mut parts = Parts::default();
     let mut stray = sled::Batch::default();
     for entry in db.scan_prefix(key::PART) {
@@ -421,7 +421,7 @@ fn body_intact(
     Ok(match listed {
         // Legacy bodies inline in sled (`body/` keys).
         0 if meta.chunks == 0 => Ok(()),
-        0 => match store.inner.db.scan_prefix(key::body_prefix(id)).next() {
+        0 => match store.inner.db()?.scan_prefix(key::body_prefix(id)).next() {
             Some(_) => Ok(()),
             None => Err(format!("has no parts ({} expected)", meta.chunks)),
         },
@@ -436,7 +436,7 @@ fn count_refs(
     store: &Store,
     mut refs: BTreeMap<u64, u64>,
 ) -> Result<BTreeMap<u64, u64>, StoreError> {
-    for raw in store.inner.db.scan_prefix(key::PART).values() {
+    for raw in store.inner.db()?.scan_prefix(key::PART).values() {
         if let Ok(extent) = Extent::decode(&raw?) {
             *refs.entry(extent.file).or_insert(0) += 1;
         }
@@ -450,15 +450,15 @@ fn quarantine(store: &Store, k: &[u8], raw: &[u8], why: &str) -> Result<(), Stor
         "store: key={} damaged ({why}); moved to the corrupt tree",
         printable(k)
     );
-    store.inner.corrupt.insert(k, raw)?;
-    store.inner.db.remove(k)?;
+    store.inner.corrupt()?.insert(k, raw)?;
+    store.inner.db()?.remove(k)?;
     Ok(())
 }
 
 /// Makes `failed/` hold exactly the entries the message records imply, and removes the
 /// legacy `due/` index keys (the schedule is in memory: `due.rs`).
 fn rebuild_index(store: &Store, mut expected: BTreeSet<Vec<u8>>) -> Result<(), StoreError> {
-    let db = &store.inner.db;
+    let db = store.inner.db()?;
     let mut batch = sled::Batch::default();
     let mut legacy = 0_u64;
     for prefix in Priority::ALL.map(key::due_prefix) {

@@ -102,7 +102,7 @@ impl Spool {
         };
         // A failure up to the `msg/` insert leaves the body for `Drop` to release (and records
         // of no message for `recover` to drop).
-        batch.apply(&inner.db, &inner.due)?;
+        batch.apply(&*inner.db()?, &inner.due)?;
         inner.clock.set(clock);
         // Committed: from here on the parts belong to the message.
         self.finished = true;

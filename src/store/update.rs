@@ -115,7 +115,7 @@ impl Store {
         // A forward scan (at most `KEPT_ATTEMPTS` keys): iterating backwards would link sled's
         // 1 MiB `MAX_KEY` constant (`iter.rs`, used for reverse scans only) into the binary.
         let mut last = None;
-        for k in self.inner.db.scan_prefix(key::hist_prefix(id)).keys() {
+        for k in self.inner.db()?.scan_prefix(key::hist_prefix(id)).keys() {
             last = key::parse_numbered(key::HIST, &k?).map(|(_, n)| n).or(last);
         }
         let n = last.map_or(0, |n| n.saturating_add(1));
@@ -187,7 +187,7 @@ impl Store {
             return Ok(meta.extents.clone());
         }
         let mut out = Vec::new();
-        for raw in self.inner.db.scan_prefix(key::part_prefix(id)).values() {
+        for raw in self.inner.db()?.scan_prefix(key::part_prefix(id)).values() {
             out.push(Extent::decode(&raw?)?);
         }
         Ok(out)
@@ -276,14 +276,14 @@ impl Store {
         for chunk in 0..listed {
             batch.remove(key::body(id, chunk)); // legacy inline chunks
             let k = key::part(id, chunk);
-            if let Some(raw) = self.inner.db.get(&k)? {
+            if let Some(raw) = self.inner.db()?.get(&k)? {
                 if let Ok(extent) = Extent::decode(&raw) {
                     count_extent(&mut body_files, extent.file);
                 }
             }
             batch.remove(k);
         }
-        for k in self.inner.db.scan_prefix(key::hist_prefix(id)).keys() {
+        for k in self.inner.db()?.scan_prefix(key::hist_prefix(id)).keys() {
             batch.remove(k?.to_vec());
         }
         let old = self.inner.usage.get();
@@ -292,7 +292,7 @@ impl Store {
             bytes: old.bytes.saturating_sub(meta.size),
         };
         self.mark_done(id, meta, &[]);
-        batch.apply(&self.inner.db, &self.inner.due)?;
+        batch.apply(&*self.inner.db()?, &self.inner.due)?;
         super::rebuild::note_removed(self, id);
         self.inner.usage.set(usage);
         let seq = self.inner.flush.note_write();
@@ -313,7 +313,7 @@ impl Store {
             None => meta
                 .chunks
                 .checked_sub(1)
-                .and_then(|n| self.inner.db.get(key::part(id, n)).ok().flatten())
+                .and_then(|n| self.inner.db().ok()?.get(key::part(id, n)).ok().flatten())
                 .and_then(|raw| Extent::decode(&raw).ok()),
         };
         let Some(last) = last.filter(|e| e.framed) else {
@@ -333,7 +333,7 @@ impl Store {
 
     /// Applies `batch` in order, then waits for the group flush.
     pub(super) async fn apply(&self, batch: Writes) -> Result<(), StoreError> {
-        batch.apply(&self.inner.db, &self.inner.due)?;
+        batch.apply(&*self.inner.db()?, &self.inner.due)?;
         let seq = self.inner.flush.note_write();
         self.inner.flush.wait(seq).await.map_err(StoreError::Io)
     }

@@ -1,6 +1,6 @@
-//! Compaction tests: an emptied database given back at the next open with every key kept and
-//! ids moving forward, a queue with a message left as it is, and a crash at every step of the
-//! copy and the swap.
+//! Compaction tests: an emptied database given back at the next open and while the store runs,
+//! with every key kept and ids moving forward; a queue with a message (or a sync running) left
+//! as it is; a crash at every step of the copy and the swap.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -85,12 +85,18 @@ fn copy_dir(from: &Path, to: &Path) {
 /// What every open after a compaction (whole or interrupted) must find: the drained queue's
 /// keys, the clock, no compaction directory left, and a new id above every old one.
 fn assert_whole(store: &Store, dir: &Path, last: QueueId, clock: &[u8]) {
-    let db = &store.inner.db;
+    let db = store.inner.db().unwrap();
     assert_eq!(db.get(HIST).unwrap().as_deref(), Some(&b"an attempt"[..]));
     assert!(db.contains_key(FAILED).unwrap());
     assert_eq!(db.get(key::CLOCK).unwrap().as_deref(), Some(clock));
     assert_eq!(
-        store.inner.corrupt.get(b"msg/x").unwrap().as_deref(),
+        store
+            .inner
+            .corrupt()
+            .unwrap()
+            .get(b"msg/x")
+            .unwrap()
+            .as_deref(),
         Some(&b"kept aside"[..])
     );
     for leftover in ["compact.new", "compact.old", "compact.old.tmp"] {
@@ -170,4 +176,182 @@ fn a_crash_at_any_step_of_the_compaction_leaves_a_whole_database() {
         assert_whole(&store, dir.path(), last, &clock);
     }
     panic!("the compaction never finished in 100 steps");
+}
+
+/// An open store whose queue was used and emptied, then its database grown past
+/// `COMPACT_ABOVE` while it runs by keys written and removed (what a drained backlog leaves),
+/// with the keys `assert_whole` checks. Returns the store, the largest id it gave out and the
+/// clock record.
+fn grown_live(dir: &TempDir) -> (Store, QueueId, Vec<u8>) {
+    let (store, _) = open(dir);
+    let mut last = QueueId(0);
+    for n in 0..3 {
+        last = commit(&store, &[b"a body"], &["a@x"], n);
+        block_on(store.delete(last)).unwrap();
+    }
+    store.save_clock(5).unwrap();
+    {
+        let db = store.inner.db().unwrap();
+        let filler = [0x5a; 2000];
+        for n in 0..800u64 {
+            db.insert(key::msg(QueueId(1 << 40 | n)), &filler[..])
+                .unwrap();
+        }
+        for n in 0..800u64 {
+            db.remove(key::msg(QueueId(1 << 40 | n))).unwrap();
+        }
+        db.insert(HIST, &b"an attempt"[..]).unwrap();
+        db.insert(FAILED, &b""[..]).unwrap();
+        store
+            .inner
+            .corrupt()
+            .unwrap()
+            .insert(b"msg/x", &b"kept aside"[..])
+            .unwrap();
+    }
+    block_on(store.flush()).unwrap();
+    assert!(
+        sled_bytes(dir.path()) > COMPACT_ABOVE,
+        "grown past the threshold"
+    );
+    let clock = store.inner.db().unwrap().get(key::CLOCK).unwrap().unwrap();
+    (store, last, clock.to_vec())
+}
+
+#[test]
+fn an_emptied_database_is_compacted_while_the_store_runs() {
+    let dir = TempDir::new().unwrap();
+    let (store, last, clock) = grown_live(&dir);
+    let body_files_before = body_files(&dir);
+    // A session in DATA while the compaction runs: its body is in a body file, not in sled.
+    let mut receiving = store.spool().unwrap();
+    receiving.append(b"received across ").unwrap();
+
+    assert!(store.compact_if_idle().unwrap(), "compacted");
+    assert!(sled_bytes(dir.path()) <= COMPACT_ABOVE);
+    assert!(dir_bytes(dir.path()) < 2 << 20);
+    assert_eq!(body_files(&dir), body_files_before, "body files untouched");
+    assert_whole(&store, dir.path(), last, &clock);
+    assert!(
+        !store.compact_if_idle().unwrap(),
+        "nothing more to give back"
+    );
+
+    // The store goes on with the new database: the spool commits, new ids climb, syncs reach
+    // the new log.
+    receiving.append(b"the compaction").unwrap();
+    let spooled = block_on(receiving.commit(info(&["a@x"]), 50))
+        .unwrap()
+        .unwrap();
+    let epoch = store.durable_epoch();
+    let after = commit(&store, &[b"after"], &["b@y"], 51);
+    assert!(
+        after > spooled && spooled > last,
+        "{last} < {spooled} < {after}"
+    );
+    assert!(store.durable_epoch() > epoch);
+    // The syncs flush the new database: its files as they are on disk hold the commit.
+    let on_disk = TempDir::new().unwrap();
+    copy_dir(dir.path(), on_disk.path());
+    let copy = open_db(
+        &sled::Config::new()
+            .path(on_disk.path())
+            .segment_size(sled_segment_size(on_disk.path())),
+    )
+    .unwrap();
+    assert!(
+        copy.contains_key(key::msg(after)).unwrap(),
+        "commit flushed"
+    );
+    drop(copy);
+    assert_eq!(body_of(&store, spooled), b"received across the compaction");
+    drop(store);
+
+    // Before `recover`, which drops the attempt record of no message that `assert_whole` checks.
+    let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+    assert_whole(&store, dir.path(), after, &clock);
+    assert_eq!(store.recover().unwrap().messages, 2);
+    assert_eq!(body_of(&store, spooled), b"received across the compaction");
+    assert_eq!(body_of(&store, after), b"after");
+}
+
+#[test]
+fn no_live_compaction_with_a_message_queued_a_sync_running_or_a_handle_borrowed() {
+    let dir = TempDir::new().unwrap();
+    let (store, _, _) = grown_live(&dir);
+    let queued = commit(&store, &[b"queued"], &["a@x"], 60);
+    assert!(!store.compact_if_idle().unwrap(), "a message is queued");
+    block_on(store.delete(queued)).unwrap();
+
+    let (synced, release) = super::durability::gated_hook(&store);
+    let ex = LocalExecutor::new();
+    let flushing = ex.spawn(store.flush());
+    super::durability::tick_until_synced(&ex, &synced, 1);
+    assert!(!store.compact_if_idle().unwrap(), "a sync is running");
+    release.send(()).unwrap();
+    block_on(ex.run(flushing)).unwrap();
+    store.set_sync_hook(None);
+
+    let borrowed = store.inner.db().unwrap();
+    assert!(!store.compact_if_idle().unwrap(), "a handle is borrowed");
+    drop(borrowed);
+    let before = sled_bytes(dir.path());
+    assert!(before > COMPACT_ABOVE, "nothing compacted so far");
+    assert!(store.compact_if_idle().unwrap());
+}
+
+#[test]
+fn a_crash_at_any_step_of_the_live_compaction_leaves_a_whole_database() {
+    for step in 0..100 {
+        let dir = TempDir::new().unwrap();
+        let (store, last, clock) = grown_live(&dir);
+        CRASH_AFTER.with(|c| c.set(Some(step)));
+        let compacted = catch_unwind(AssertUnwindSafe(|| store.compact_if_idle()));
+        CRASH_AFTER.with(|c| c.set(None));
+        if let Ok(compacted) = compacted {
+            // Past the last step: every earlier `step` crashed at a point of its own.
+            assert!(compacted.unwrap());
+            assert_whole(&store, dir.path(), last, &clock);
+            assert!(step >= 10, "only {step} crash points");
+            return;
+        }
+        drop(store);
+        let store = Store::open(dir.path(), options(1 << 30))
+            .unwrap_or_else(|e| panic!("after a crash at step {step}: {e}"));
+        assert_whole(&store, dir.path(), last, &clock);
+        assert!(sled_bytes(dir.path()) <= COMPACT_ABOVE, "step {step}");
+        assert_eq!(store.recover().unwrap().messages, 0, "step {step}");
+        let id = commit(&store, &[b"after"], &["b@y"], 70);
+        assert!(id > last);
+        drop(store);
+        let (store, report) = open(&dir);
+        assert_eq!(report.messages, 1, "step {step}");
+        assert_eq!(body_of(&store, id), b"after");
+    }
+    panic!("the live compaction never finished in 100 steps");
+}
+
+#[test]
+fn a_copy_that_cannot_be_built_leaves_the_database_working_and_waits_for_growth() {
+    let dir = TempDir::new().unwrap();
+    let (store, last, clock) = grown_live(&dir);
+    // `compact.new` cannot be created as a directory.
+    let blocker = dir.path().join("compact.new");
+    std::fs::write(&blocker, b"in the way").unwrap();
+    let before = sled_bytes(dir.path());
+    assert!(!store.compact_if_idle().unwrap(), "the copy failed");
+    assert!(sled_bytes(dir.path()) >= before, "the database stays");
+    let id = commit(&store, &[b"still works"], &["a@x"], 80);
+    assert!(id > last);
+    block_on(store.delete(id)).unwrap();
+    std::fs::remove_file(&blocker).unwrap();
+    assert!(
+        !store.compact_if_idle().unwrap(),
+        "not tried again before the file has doubled"
+    );
+    drop(store);
+    // The next open compacts.
+    let store = Store::open(dir.path(), options(1 << 30)).unwrap();
+    assert!(sled_bytes(dir.path()) <= COMPACT_ABOVE);
+    assert_whole(&store, dir.path(), id, &clock);
 }

@@ -33,7 +33,12 @@ fn commit_completes_only_after_its_fdatasync() {
         "the commit started a sync"
     );
     assert!(
-        store.inner.db.contains_key(key::msg(id)).unwrap(),
+        store
+            .inner
+            .db()
+            .unwrap()
+            .contains_key(key::msg(id))
+            .unwrap(),
         "written before the sync"
     );
     for _ in 0..20 {
@@ -88,7 +93,7 @@ fn concurrent_commits_share_one_flush_at_a_time() {
 }
 
 /// A hook that counts syncs and holds each one open until the test sends on the channel.
-fn gated_hook(store: &Store) -> (Arc<AtomicU64>, std::sync::mpsc::Sender<()>) {
+pub(super) fn gated_hook(store: &Store) -> (Arc<AtomicU64>, std::sync::mpsc::Sender<()>) {
     let synced = Arc::new(AtomicU64::new(0));
     let (release, gate) = std::sync::mpsc::channel::<()>();
     let gate = Mutex::new(gate);
@@ -102,7 +107,7 @@ fn gated_hook(store: &Store) -> (Arc<AtomicU64>, std::sync::mpsc::Sender<()>) {
 }
 
 /// Ticks `ex` until `synced` reaches `n` (bounded: 2000 rounds).
-fn tick_until_synced(ex: &LocalExecutor<'_>, synced: &AtomicU64, n: u64) {
+pub(super) fn tick_until_synced(ex: &LocalExecutor<'_>, synced: &AtomicU64, n: u64) {
     for _ in 0..2000 {
         ex.try_tick();
         if synced.load(Ordering::SeqCst) >= n {

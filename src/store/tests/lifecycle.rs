@@ -89,11 +89,12 @@ fn a_legacy_spool_marker_and_its_parts_are_swept_after_reopen() {
     let kept = commit(&store, &[b"kept"], &["a@x"], 1);
     // What a build that wrote `spool/` markers left when it died inside DATA.
     let lost = store.fresh_id().unwrap();
-    let db = &store.inner.db;
+    let db = store.inner.db().unwrap();
     db.insert(key::spool(lost), &[]).unwrap();
     for n in 0..2 {
         db.insert(key::part(lost, n), b"any".as_slice()).unwrap();
     }
+    drop(db);
     block_on(store.flush()).unwrap();
     drop(store);
 
@@ -216,7 +217,7 @@ fn a_message_without_inline_records_reads_delivers_and_deletes() {
     // Rewrite it without inline records: one `part/` record per
     // piece, the recipient in `rcpt/<id>/0`, neither in `msg/`.
     let mut meta = store.meta(id).unwrap();
-    let db = &store.inner.db;
+    let db = store.inner.db().unwrap();
     for (n, extent) in (0..).zip(&meta.extents) {
         db.insert(key::part(id, n), &extent.encode()).unwrap();
     }
@@ -227,6 +228,7 @@ fn a_message_without_inline_records_reads_delivers_and_deletes() {
     let old = meta.encode();
     assert_eq!(old[1] & 0b1100_0000, 0, "neither inline flag set");
     db.insert(key::msg(id), old).unwrap();
+    drop(db);
     block_on(store.flush()).unwrap();
     drop(store);
 

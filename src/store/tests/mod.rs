@@ -82,7 +82,7 @@ fn body_of(store: &Store, id: QueueId) -> Vec<u8> {
 }
 
 fn keys_with_prefix(store: &Store, prefix: &[u8]) -> usize {
-    store.inner.db.scan_prefix(prefix).count()
+    store.inner.db().unwrap().scan_prefix(prefix).count()
 }
 
 fn keys_in(db: &sled::Db, prefix: &[u8]) -> Vec<sled::IVec> {

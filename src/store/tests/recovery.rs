@@ -41,7 +41,7 @@ fn corrupt_record_is_quarantined_and_the_rest_loads() {
             bytes: 13
         }
     );
-    let corrupt = &store.inner.corrupt;
+    let corrupt = store.inner.corrupt().unwrap();
     assert_eq!(
         corrupt.get(key::msg(bad)).unwrap().as_deref(),
         Some(&b"\x01garbage"[..])
@@ -109,7 +109,7 @@ fn message_with_a_missing_body_part_or_recipient_is_quarantined_whole() {
         ids(&store.due(u64::MAX, 10).unwrap()),
         vec![cut, lone, good]
     );
-    let corrupt = &store.inner.corrupt;
+    let corrupt = store.inner.corrupt().unwrap();
     assert!(corrupt.get(key::msg(cut)).unwrap().is_some());
     // Its body's extent is inline: the record kept aside still says where the body is.
     let kept = corrupt.get(key::msg(lone)).unwrap().unwrap();
@@ -150,7 +150,13 @@ fn a_missing_or_truncated_body_is_quarantined_and_the_rest_flows() {
     assert_eq!(body_of(&store, whole), b"whole body");
     for id in [cut, gone] {
         assert!(matches!(store.get(id), Err(StoreError::NotFound(_))));
-        assert!(store.inner.corrupt.get(key::msg(id)).unwrap().is_some());
+        assert!(store
+            .inner
+            .corrupt()
+            .unwrap()
+            .get(key::msg(id))
+            .unwrap()
+            .is_some());
     }
     assert_eq!(
         store.usage(),
@@ -173,12 +179,13 @@ fn a_legacy_body_stored_inline_in_sled_still_reads_and_deletes() {
     let mut meta = store.meta(id).unwrap();
     meta.chunks = 2;
     meta.extents.clear();
-    let db = &store.inner.db;
+    let db = store.inner.db().unwrap();
     db.remove(key::part(id, 0)).unwrap();
     db.insert(key::body(id, 0), &b"old "[..]).unwrap();
     db.insert(key::body(id, 1), &b"body"[..]).unwrap();
     db.insert(key::msg(id), meta.encode()).unwrap();
     block_on(store.flush()).unwrap();
+    drop(db);
     drop(store);
     let (store, report) = open(&dir);
     assert_eq!(report.quarantined, 0);
@@ -195,7 +202,7 @@ fn a_crash_inside_a_commit_or_a_removal_leaves_nothing_behind_after_recover() {
     let mut spool = store.spool().unwrap();
     spool.append(b"never committed").unwrap();
     let half = spool.id();
-    let db = &store.inner.db;
+    let db = store.inner.db().unwrap();
     db.insert(key::part(half, 0), &spool.extents[0].encode())
         .unwrap();
     let rcpt = RcptRecord {
@@ -214,6 +221,7 @@ fn a_crash_inside_a_commit_or_a_removal_leaves_nothing_behind_after_recover() {
     db.remove(key::msg(gone)).unwrap();
     let kept = commit(&store, &[b"kept"], &["c@z"], 3);
     block_on(store.flush()).unwrap();
+    drop(db);
     drop(store);
 
     let (store, report) = open(&dir);

@@ -81,12 +81,14 @@ fn due_mail_goes_most_urgent_first_then_oldest_first_across_reopen_and_reschedul
     // in sled (here one missing and one of no message).
     store
         .inner
-        .db
+        .db()
+        .unwrap()
         .remove(key::due(Priority::Urgent, 100, urgent_new))
         .unwrap();
     store
         .inner
-        .db
+        .db()
+        .unwrap()
         .insert(key::due(Priority::Low, 7, QueueId(999)), &[])
         .unwrap();
     drop(store);

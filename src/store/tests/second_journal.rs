@@ -294,9 +294,9 @@ fn queue_recover_rebuilds_while_running() {
     let (store, _) = open(&dir);
     let id = commit(&store, &[b"runtime"], &["a@x", "b@y"], 1);
     // sled loses the message while the queue runs (as after a damaged replay).
-    store.inner.db.remove(key::msg(id)).unwrap();
-    for k in keys_in(&store.inner.db, &key::rcpt_prefix(id)) {
-        store.inner.db.remove(k).unwrap();
+    store.inner.db().unwrap().remove(key::msg(id)).unwrap();
+    for k in keys_in(&store.inner.db().unwrap(), &key::rcpt_prefix(id)) {
+        store.inner.db().unwrap().remove(k).unwrap();
     }
     store.inner.due.clear();
     store.inner.usage.set(Usage::default());
