@@ -257,7 +257,8 @@ pub(super) async fn operations(
 /// Every `HOUSEKEEPING_INTERVAL`: persist the queue clock (it counts time spent queued; saving
 /// bounds what a crash can lose of it) and delete failed messages older than
 /// `queue.failed_retention` (queue time, so a clock jump cannot purge early). Every
-/// `COMPACT_CHECK`: give the disk back once the queue stayed empty.
+/// `COMPACT_CHECK`: give the disk back once the queue stayed empty, and reopen the database
+/// once the start's recovery is done if that could not be done at once (`start::journal_pass`).
 async fn housekeeping(shared: Rc<Shared>) {
     let (store, intake) = (shared.store(), shared.intake());
     let per_interval = HOUSEKEEPING_INTERVAL.as_secs() / COMPACT_CHECK.as_secs();
@@ -270,6 +271,10 @@ async fn housekeeping(shared: Rc<Shared>) {
                 error!("cannot compact the database: {e}");
                 intake.store_failed(&e);
             }
+        }
+        if let Err(e) = store.reopen_if_idle() {
+            error!("cannot reopen the database: {e}");
+            intake.store_failed(&e);
         }
         was_empty = empty;
         checks += 1;

@@ -71,8 +71,9 @@ pub(super) fn open_store(config: &Config) -> Result<(Store, Option<JournalPass>)
 
 /// The rest of start-up recovery, while the queue runs: reads the body files for messages the
 /// database lacks and deletes the ones no message needs (`Store::finish_recovery`, which logs
-/// `journal pass done`). Rebuilt messages go to the forwarder at once. A failure is logged: the
-/// body files it did not finish with stay on disk until the next start retries.
+/// `journal pass done`), then reopens the database (`Store::reopen_if_idle`). Rebuilt messages
+/// go to the forwarder at once. A failure of the pass is logged: the body files it did not
+/// finish with stay on disk until the next start retries.
 pub(super) async fn journal_pass(shared: Rc<Shared>, pass: JournalPass) {
     match shared.store().finish_recovery(pass).await {
         Ok(report) if report.recovered > 0 => shared.forwarder().notify(),
@@ -80,6 +81,12 @@ pub(super) async fn journal_pass(shared: Rc<Shared>, pass: JournalPass) {
         Err(e) => {
             error!("journal pass failed: {e}; the body files stay until the next start retries it")
         }
+    }
+    // What recovery read leaves sled's memory with a reopen (housekeeping retries it when a
+    // sync is running now).
+    if let Err(e) = shared.store().reopen_if_idle() {
+        error!("cannot reopen the database: {e}");
+        shared.intake().store_failed(&e);
     }
 }
 

@@ -241,6 +241,8 @@ struct Inner {
     damage: Cell<Damage>,
     /// Added to sled's `generate_id` (`Store::fresh_number`): `meta/idfloor`.
     id_floor: Cell<u64>,
+    /// The start's recovery is done: the database is to be reopened (`Store::reopen_if_idle`).
+    reopen_wanted: Cell<bool>,
     /// The pass over the body files running, if any (`rebuild.rs`).
     pass: std::cell::RefCell<Option<rebuild::Watch>>,
 }

@@ -53,6 +53,27 @@ pub(super) fn sled_segment_size(dir: &Path) -> usize {
         .unwrap_or(SLED_SEGMENT_SIZE)
 }
 
+/// Removes sled's snapshot files (`snap.*`, `config.rs` `snapshot_path`) from `dir`; how many.
+fn remove_snapshots(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with("snap.") {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        std::fs::File::open(dir)?.sync_all()?;
+        log::warn!(
+            "store: sled's snapshot does not match its log in {} (a damaged or missing db): \
+             removed {removed} snapshot files; sled reads its whole log instead",
+            dir.display()
+        );
+    }
+    Ok(removed)
+}
+
 /// Checks sled's `conf` (its settings, `StorageParameters::serialize` in `config.rs`, then a
 /// little-endian CRC-32) and rewrites it when damaged: sled only warns on a bad CRC and then
 /// fails on the damaged text with a misleading "created using a sled version earlier than
@@ -160,7 +181,14 @@ impl Store {
             .use_compression(false)
             // LowSpace (sled's default) favours small files on flash over write throughput.
             .mode(sled::Mode::LowSpace);
-        let db = open_db(&config).map_err(|e| match e {
+        let db = match open_db(&config) {
+            // A snapshot of sled's page table pointing past what is left of its log (a `db`
+            // deleted, truncated or damaged): sled refuses to open. Snapshots only spare sled
+            // reading its whole log, so without them it opens from the log alone.
+            Err(sled::Error::Corruption { .. }) if remove_snapshots(dir)? > 0 => open_db(&config),
+            other => other,
+        }
+        .map_err(|e| match e {
             sled::Error::Io(e) => StoreError::Io(e),
             e => StoreError::Sled(format!(
                 "cannot open the database in {}: {e}. If it is damaged, move {0}/db and {0}/conf \
@@ -213,6 +241,7 @@ impl Store {
             damage: Cell::new(Damage::default()),
             id_floor: Cell::new(0),
             pass: std::cell::RefCell::new(None),
+            reopen_wanted: Cell::new(false),
         };
         Ok(Self {
             inner: Rc::new(inner),

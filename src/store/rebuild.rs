@@ -122,6 +122,11 @@ impl JournalPass {
         self.below == u64::MAX
     }
 
+    /// Whether it is the start's pass (not `outpost queue recover`'s).
+    pub(super) fn at_start(&self) -> bool {
+        self.at_start
+    }
+
     /// How many body files it reads.
     pub fn body_files(&self) -> usize {
         self.nums.len()

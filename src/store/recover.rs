@@ -99,6 +99,9 @@ pub(super) async fn finish(
         report.quarantined_files
     );
     store.note_damage(&report);
+    if pass.at_start() {
+        store.inner.reopen_wanted.set(true);
+    }
     Ok(report)
 }
 

@@ -355,3 +355,27 @@ fn a_copy_that_cannot_be_built_leaves_the_database_working_and_waits_for_growth(
     assert!(sled_bytes(dir.path()) <= COMPACT_ABOVE);
     assert_whole(&store, dir.path(), id, &clock);
 }
+
+#[test]
+fn the_database_is_reopened_once_after_the_start_up_recovery_and_keeps_everything() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = open(&dir);
+    let kept = commit(&store, &[b"queued across the reopen"], &["a@x"], 1);
+    // A removal not waited for: sled flushes it as it closes, the next sync makes it durable.
+    let gone = commit(&store, &[b"removed just before"], &["b@x"], 2);
+    block_on(store.delete(gone)).unwrap();
+    assert!(
+        store.reopen_if_idle().unwrap(),
+        "recover asked for a reopen"
+    );
+    assert!(!store.reopen_if_idle().unwrap(), "once");
+    assert_eq!(ids(&store.list().unwrap()), vec![kept]);
+    assert_eq!(body_of(&store, kept), b"queued across the reopen");
+    // The group flush syncs the reopened database: a commit after it survives a reopen.
+    let after = commit(&store, &[b"after"], &["c@x"], 3);
+    assert!(after > kept);
+    drop(store);
+    let (store, report) = open(&dir);
+    assert_eq!(report.messages, 2);
+    assert_eq!(ids(&store.list().unwrap()), vec![kept, after]);
+}
