@@ -12,8 +12,9 @@ use std::time::Duration;
 use super::Prepared;
 
 /// The runtime directories the systemd unit (`RuntimeDirectory=outpost`: `/run/outpost`) and
-/// the OpenWrt init script (`/var/run/outpost`, on its tmpfs) create: when one exists, the
-/// submission socket lives there, reachable by every user however closed `data_dir` is.
+/// the OpenWrt init script (`/var/run/outpost`, on its tmpfs) create for the daemon's user: when
+/// one exists and belongs to the owner of `data_dir`, the submission socket lives there,
+/// reachable by every user however closed `data_dir` is.
 pub const RUNTIME_DIRS: [&str; 2] = ["/run/outpost", "/var/run/outpost"];
 /// The submission socket's file name.
 pub const SOCKET: &str = "submit.sock";
@@ -23,13 +24,26 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_REPLY_LINE: u64 = 4096;
 
 /// Where the daemon listens for local submissions: `submit.sock` in the first of
-/// `RUNTIME_DIRS` that exists, else in `data_dir`.
+/// `RUNTIME_DIRS` that exists and belongs to the owner of `data_dir` (the daemon's user, who
+/// owns both), else in `data_dir`. Another instance (its own `data_dir`, another owner, as a
+/// test or a `cargo run` beside the installed daemon) keeps its socket in its own `data_dir`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
-    let run = RUNTIME_DIRS.iter().map(Path::new).find(|dir| dir.is_dir());
-    if let Some(run) = run {
-        run.join(SOCKET)
-    } else {
-        data_dir.join(SOCKET)
+    socket_path_among(RUNTIME_DIRS.map(Path::new), data_dir)
+}
+
+fn socket_path_among<'a>(runtime: impl IntoIterator<Item = &'a Path>, data_dir: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let owner = |dir: &Path| {
+        std::fs::metadata(dir)
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|m| m.uid())
+    };
+    let run =
+        owner(data_dir).and_then(|uid| runtime.into_iter().find(|dir| owner(dir) == Some(uid)));
+    match run {
+        Some(run) => run.join(SOCKET),
+        None => data_dir.join(SOCKET),
     }
 }
 
@@ -173,6 +187,32 @@ fn dot_stuffed(message: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_socket_is_in_a_runtime_dir_of_the_data_dirs_owner_only() {
+        let (run, data) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let missing = Path::new("/nonexistent/outpost-run");
+        assert_eq!(
+            socket_path_among([missing, run.path()], data.path()),
+            run.path().join(SOCKET)
+        );
+        // A runtime directory of another user: the data directory's own socket.
+        let (elsewhere, data_dir) = if rustix::process::geteuid().is_root() {
+            let nobody = rustix::fs::Uid::from_raw(65534);
+            rustix::fs::chown(run.path(), Some(nobody), None).unwrap();
+            (run.path(), data.path())
+        } else {
+            (run.path(), Path::new("/"))
+        };
+        assert_eq!(
+            socket_path_among([elsewhere], data_dir),
+            data_dir.join(SOCKET)
+        );
+        assert_eq!(
+            socket_path_among([missing], data.path()),
+            data.path().join(SOCKET)
+        );
+    }
 
     #[test]
     fn leading_dots_are_doubled_and_the_end_marked() {
