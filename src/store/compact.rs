@@ -247,6 +247,11 @@ impl Store {
     }
 }
 
+/// Whether sled's `db` file in `dir` has grown past `COMPACT_ABOVE`.
+pub(super) fn grown(dir: &Path) -> bool {
+    db_bytes(dir) > COMPACT_ABOVE
+}
+
 fn db_bytes(dir: &Path) -> u64 {
     fs::metadata(dir.join("db")).map_or(0, |m| m.len())
 }

@@ -99,7 +99,8 @@ pub(super) async fn finish(
         report.quarantined_files
     );
     store.note_damage(&report);
-    if pass.at_start() {
+    // Worth it only where the scans read a deep queue (a fresh store keeps its first ids).
+    if pass.at_start() && super::compact::grown(store.inner.flush.files().dir()) {
         store.inner.reopen_wanted.set(true);
     }
     Ok(report)

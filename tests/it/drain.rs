@@ -265,13 +265,11 @@ fn a_backlog_drains_in_strict_order_while_the_journal_pass_still_reads_the_body_
         "{recover}"
     );
     drop(writer);
-    // Then sled lets go of what recovery read: the database is reopened.
     let done = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
-        let log = this_start();
-        log.contains("journal pass done") && log.contains("reopened the database")
+        this_start().contains("journal pass done")
     });
     if !done {
-        relay.fail("the journal pass did not end, or the database was not reopened after it");
+        relay.fail("the journal pass did not end once the FIFO closed");
     }
     assert!(
         !fifo.exists(),

@@ -26,15 +26,7 @@ fn grown(dir: &TempDir) -> QueueId {
         store.save_clock(round * 10 + 5).unwrap();
         block_on(store.flush()).unwrap();
     }
-    let db = raw_db(dir);
-    let filler = [0x5a; 200];
-    for n in 0..8000u64 {
-        db.insert(key::msg(QueueId(1 << 40 | n)), &filler[..])
-            .unwrap();
-    }
-    for n in 0..8000u64 {
-        db.remove(key::msg(QueueId(1 << 40 | n))).unwrap();
-    }
+    let db = grow(dir);
     db.insert(HIST, &b"an attempt"[..]).unwrap();
     db.insert(FAILED, &b""[..]).unwrap();
     db.open_tree("corrupt")
@@ -48,6 +40,20 @@ fn grown(dir: &TempDir) -> QueueId {
         "grown past the threshold"
     );
     last
+}
+
+/// sled's database in `dir`, grown by keys written and removed (about 2 MB of log).
+fn grow(dir: &TempDir) -> sled::Db {
+    let db = raw_db(dir);
+    let filler = [0x5a; 200];
+    for n in 0..8000u64 {
+        db.insert(key::msg(QueueId(1 << 40 | n)), &filler[..])
+            .unwrap();
+    }
+    for n in 0..8000u64 {
+        db.remove(key::msg(QueueId(1 << 40 | n))).unwrap();
+    }
+    db
 }
 
 /// Bytes in sled's `db` file.
@@ -357,10 +363,19 @@ fn a_copy_that_cannot_be_built_leaves_the_database_working_and_waits_for_growth(
 }
 
 #[test]
-fn the_database_is_reopened_once_after_the_start_up_recovery_and_keeps_everything() {
+fn a_grown_database_is_reopened_once_after_the_start_up_recovery_and_keeps_everything() {
     let dir = TempDir::new().unwrap();
+    // A fresh store's scans read next to nothing: no reopen (its first ids stay small).
     let (store, _) = open(&dir);
+    assert!(!store.reopen_if_idle().unwrap());
     let kept = commit(&store, &[b"queued across the reopen"], &["a@x"], 1);
+    drop(store);
+    // Grown with a message queued: not compacted at open, reopened after the recovery.
+    let db = grow(&dir);
+    db.flush().unwrap();
+    drop(db);
+    assert!(sled_bytes(dir.path()) > COMPACT_ABOVE);
+    let (store, _) = open(&dir);
     // A removal not waited for: sled flushes it as it closes, the next sync makes it durable.
     let gone = commit(&store, &[b"removed just before"], &["b@x"], 2);
     block_on(store.delete(gone)).unwrap();
