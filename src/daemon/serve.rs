@@ -29,8 +29,8 @@ use crate::{control, net, sendmail};
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often the queue clock is persisted (also at shutdown) and failed messages are purged.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
-/// How often housekeeping offers the store a compaction (`Store::compact_if_idle`): once the
-/// queue was found empty at two checks in a row.
+/// How often housekeeping offers the store a compaction (`Store::compact_if_idle`), which it
+/// does when the queue is empty at two checks in a row.
 const COMPACT_CHECK: Duration = Duration::from_secs(10);
 
 /// What `serve` starts besides the shared state.

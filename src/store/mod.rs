@@ -254,7 +254,7 @@ struct Database {
     db: sled::Db,
     /// Quarantined records (`recover.rs`).
     corrupt: sled::Tree,
-    /// How `db` was opened: what a live compaction reopens it with.
+    /// How `db` is opened: what a compaction or a reopen opens it with.
     reopen: compact::Reopen,
     /// A live compaction waits for the `db` file to grow past this many bytes (`compact.rs`).
     compact_above: u64,

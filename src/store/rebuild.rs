@@ -50,8 +50,8 @@ pub(super) struct Watch {
     removed: BTreeSet<QueueId>,
 }
 
-/// Notes that message `id` left sled (`update.rs`), for a pass that may still read its
-/// envelope in a body file read as it was before its done record.
+/// Notes that message `id` left sled (`update.rs`): a running pass may hold a copy of its body
+/// file without the done record, and must not rebuild it from that copy.
 pub(super) fn note_removed(store: &Store, id: QueueId) {
     if let Some(watch) = store.inner.pass.borrow_mut().as_mut() {
         if id.0 < watch.below {
@@ -93,7 +93,7 @@ struct Lacking {
     done: Vec<u32>,
 }
 
-/// A pass over the body files that were in `bodies/` when it was planned.
+/// A pass over the body files listed in `bodies/` by `plan`.
 pub struct JournalPass {
     nums: Vec<u64>,
     /// Ids from here on were issued after the plan: never rebuilt.
@@ -134,7 +134,7 @@ impl JournalPass {
 }
 
 /// Rebuilds every message the pass's body files hold that sled lacks (see the module doc), of
-/// the ids issued before it was planned; makes them durable; then lets go of the body files:
+/// the ids below `below` (issued before `plan`); makes them durable; then lets go of the body files:
 /// the ones emptied meanwhile are unlinked, and at start the ones no record points into are
 /// deleted or, when they may hold mail, moved to `quarantine/`. One pass over the body files in
 /// number (creation) order, keeping only what belongs to messages sled lacks: memory goes with
