@@ -116,9 +116,7 @@ pub(super) fn compact_if_empty(
         return Ok(db);
     }
     let started = Instant::now();
-    if let Err(e) = build(dir, &db, reopen) {
-        log::warn!("store: cannot compact the database ({e}); it stays as it is");
-        let _ = fs::remove_dir_all(dir.join(NEW));
+    if !try_build(dir, &db, reopen) {
         return Ok(db);
     }
     drop(db);
@@ -171,9 +169,7 @@ impl Store {
             other => other.ok(),
         };
         let started = Instant::now();
-        if let Err(e) = build(&dir, &open.db, &open.reopen) {
-            log::warn!("store: cannot compact the database ({e}); it stays as it is");
-            let _ = fs::remove_dir_all(dir.join(NEW));
+        if !try_build(&dir, &open.db, &open.reopen) {
             open.compact_above = before.saturating_mul(2);
             return Ok(false);
         }
@@ -264,6 +260,19 @@ fn is_empty(db: &sled::Db) -> sled::Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// `build`; a copy that cannot be built is logged and removed, and the database stays as it is
+/// (`false`).
+fn try_build(dir: &Path, db: &sled::Db, reopen: &Reopen) -> bool {
+    match build(dir, db, reopen) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("store: cannot compact the database ({e}); it stays as it is");
+            let _ = fs::remove_dir_all(dir.join(NEW));
+            false
+        }
+    }
 }
 
 /// Writes the copy of `db` into `compact.new/`, durable, marked complete last.
